@@ -1,0 +1,221 @@
+"""The model card: the one artifact contract between training and serving.
+
+An exported model version is a folder ``models/<name>/<version>/`` holding ``model.onnx``
+and ``model.json`` (this schema) plus the files the card lists (golden frames, split, report).
+Serving reads only the card: classes, input size, resize method, channel conversion,
+normalisation and thresholds all come from here, never from constants in serving code.
+
+The ONNX graph takes the camera's 8-bit pixels, already decoded, converted to the card's
+colour mode and resized to the card's input size, as ``uint8[N, C, H, W]``; normalisation
+(``(x / 255 - mean) / std``) happens inside the graph and the graph outputs softmax
+probabilities ``float32[N, len(classes)]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError
+from pydantic import model_validator
+
+from inspection.errors import ModelCardError, ModelIntegrityError
+
+CARD_FILENAME = "model.json"
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """What the graph's input is, and how a camera frame becomes it."""
+
+    height: int = Field(gt=0, le=4096)
+    width: int = Field(gt=0, le=4096)
+    #: 1 = grayscale (the CCD default), 3 = RGB. A colour frame sent to a 1-channel model is
+    #: converted with OpenCV's BGR2GRAY luma weights; a gray frame sent to a 3-channel model
+    #: is replicated into three equal channels. Training uses the same function.
+    channels: Literal[1, 3] = 1
+    #: OpenCV interpolation used to reach (width, height); "area" is the right one for
+    #: down-scaling line-camera frames (no aliasing of fine coating texture).
+    resize: Literal["area", "linear", "cubic", "nearest"] = "area"
+    dtype: Literal["uint8"] = "uint8"
+    layout: Literal["NCHW"] = "NCHW"
+    input_name: str = "pixels"
+    output_name: str = "probabilities"
+
+
+class Normalization(_Strict):
+    """Applied inside the ONNX graph; recorded so a reader knows what the graph does."""
+
+    mean: list[float]
+    std: list[float]
+    scale: float = 1.0 / 255.0
+    in_graph: Literal[True] = True
+
+
+class Thresholds(_Strict):
+    """The operating point.
+
+    ``reject`` is the threshold on P(defect) = 1 - P(good class): a frame is rejected when
+    P(defect) >= reject. ``per_class`` optionally adds a threshold on a single defect class's
+    probability (reject when P(class) >= its threshold), for defect types that must never pass.
+    """
+
+    reject: float = Field(ge=0.0, le=1.0)
+    per_class: dict[str, float] = Field(default_factory=dict)
+    #: What the threshold was calibrated for, e.g. {"max_escape": 0.01}.
+    target: dict[str, float] = Field(default_factory=dict)
+    #: Calibration evidence (validation counts, achieved rates, whether the target is supported).
+    calibration: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetRef(_Strict):
+    name: str
+    fingerprint: str
+    #: File (relative to the version folder) with the split of every image: path,label,split.
+    split_file: str | None = None
+    split_seed: int | None = None
+    split_counts: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+
+class Parity(_Strict):
+    """Torch vs ONNX Runtime on the whole test split."""
+
+    max_abs_diff: float
+    tolerance: float
+    n_images: int
+    passed: bool
+
+
+class Golden(_Strict):
+    """A few frames with their expected probabilities, re-scored by serving on load."""
+
+    file: str = "golden.npz"
+    tolerance: float = 1e-4
+    count: int = Field(ge=1)
+
+
+class ModelCard(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    created: datetime
+    classes: list[str] = Field(min_length=2)
+    #: The class meaning "no defect". None for defect-type classifiers with no good class
+    #: (every frame of such a model's line is already known to be defective).
+    good_class: str | None
+    arch: str
+    model_file: str = "model.onnx"
+    int8_file: str | None = None
+    input: InputSpec
+    normalization: Normalization
+    thresholds: Thresholds
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    dataset: DatasetRef
+    training: dict[str, Any] = Field(default_factory=dict)
+    code_version: str = "unknown"
+    parity: Parity
+    golden: Golden
+    #: sha256 of every file of the version except model.json itself.
+    files: dict[str, str]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelCard":
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be unique, got {self.classes}")
+        if self.good_class is not None and self.good_class not in self.classes:
+            raise ValueError(f"good_class {self.good_class!r} is not one of classes {self.classes}")
+        unknown = sorted(set(self.thresholds.per_class) - set(self.defect_classes))
+        if unknown:
+            raise ValueError(
+                f"per-class thresholds for {unknown}, allowed only for defect classes {self.defect_classes}"
+            )
+        for stat in (self.normalization.mean, self.normalization.std):
+            if len(stat) != self.input.channels:
+                raise ValueError(
+                    f"normalization has {len(stat)} values, the input has {self.input.channels} channel(s)"
+                )
+        if self.model_file not in self.files:
+            raise ValueError(f"files must list the model file {self.model_file!r}")
+        if self.golden.file not in self.files:
+            raise ValueError(f"files must list the golden frames file {self.golden.file!r}")
+        return self
+
+    @property
+    def defect_classes(self) -> list[str]:
+        return [c for c in self.classes if c != self.good_class]
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, read in chunks so large models do not load twice."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_files(folder: Path, names: list[str]) -> dict[str, str]:
+    """sha256 of each named file in ``folder`` (for the card's ``files``)."""
+    return {name: sha256_file(folder / name) for name in sorted(names)}
+
+
+def load_card(folder: Path) -> ModelCard:
+    """Read and validate ``folder/model.json``.
+
+    Raises:
+        ModelCardError: the card is missing, is not JSON, or does not match the schema.
+    """
+    path = Path(folder) / CARD_FILENAME
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelCardError(f"no model card at {path}: a model version needs {CARD_FILENAME}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelCardError(f"model card {path} is not valid JSON: {exc}") from None
+    try:
+        return ModelCard.model_validate(raw)
+    except PydanticValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<card>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ModelCardError(f"model card {path} is invalid: {problems}") from None
+
+
+def save_card(card: ModelCard, folder: Path) -> Path:
+    """Write the card as pretty JSON (stable key order, so diffs of cards are readable)."""
+    path = Path(folder) / CARD_FILENAME
+    path.write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def verify_files(card: ModelCard, folder: Path) -> None:
+    """Check every file listed in the card against its sha256.
+
+    Raises:
+        ModelIntegrityError: a file is missing or its content differs from the card.
+    """
+    folder = Path(folder)
+    for name, expected in card.files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ModelIntegrityError(f"{card.model_id}: file {name!r} listed in the card is missing from {folder}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelIntegrityError(
+                f"{card.model_id}: file {name!r} has sha256 {actual[:12]}…, the card says {expected[:12]}…"
+            )
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,51 @@
+"""The ``inspection`` command line: thin entry points that parse and call library functions.
+
+Each subcommand group lives in its own module with a ``register(subparsers)`` function;
+heavy dependencies (torch for ``train``, FastAPI for ``serve``) are imported inside the
+handlers, so ``inspection dataset info`` works on a line PC with only the serving extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from inspection.errors import InspectionError
+
+from . import audit, dataset, demo, models, serve, train
+
+_GROUPS = (dataset, train, models, serve, audit, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inspection",
+        description="AI visual inspection for line cameras: datasets, training, serving, inspection log.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in _GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (0 ok, 2 bad input or domain error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        result = args.func(args)
+    except InspectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)

@@ -1,0 +1,9 @@
+"""`inspection dataset` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add the `dataset` subcommand(s) to the CLI."""

@@ -1,0 +1,9 @@
+"""`inspection serve` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add the `serve` subcommand(s) to the CLI."""

@@ -1,0 +1,9 @@
+"""`inspection train` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add the `train` subcommand(s) to the CLI."""

@@ -1,0 +1,233 @@
+"""One standard dataset layout on disk (see datasets/README.md)::
+
+    datasets/<name>/
+      manifest.json     # name, classes, good_class, counts, fingerprint, lineage
+      labels.csv        # path,label,split,source   (split and source may be empty)
+      images/...        # the image files; paths in labels.csv are relative to the folder
+
+The fingerprint is a sha256 over, for every sample sorted by path, the path, the sha256 of
+the image bytes, the label and the split. It identifies the data a model was trained on
+(recorded in the model card) and is byte-for-byte reproducible for a seeded generator.
+
+Writes are atomic: a dataset is assembled in a temporary sibling folder and renamed into
+place only when every image and label checked out, so a failed import leaves nothing
+half-written and an existing dataset untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from inspection.errors import DatasetError
+
+MANIFEST = "manifest.json"
+LABELS = "labels.csv"
+SPLITS = ("train", "val", "test")
+_LABEL_FIELDS = ["path", "label", "split", "source"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    path: str            # relative to the dataset folder, '/'-separated
+    label: str
+    split: str = ""      # "", "train", "val" or "test"
+    source: str = ""     # part id / serial / original file: keeps views of one part together
+
+
+@dataclass
+class Dataset:
+    root: Path
+    name: str
+    classes: list[str]
+    good_class: str | None
+    samples: list[Sample]
+    fingerprint: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def path_of(self, sample: Sample) -> Path:
+        return self.root / sample.path
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(s.label for s in self.samples)
+        return {cls: c.get(cls, 0) for cls in self.classes}
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def compute_fingerprint(root: Path, samples: Iterable[Sample], *, digests: dict[str, str] | None = None) -> str:
+    """sha256 over (path, image sha256, label, split) of every sample, sorted by path."""
+    h = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: s.path):
+        digest = (digests or {}).get(s.path) or file_sha256(Path(root) / s.path)
+        h.update(f"{s.path}\t{digest}\t{s.label}\t{s.split}\n".encode())
+    return h.hexdigest()
+
+
+def _validate(samples: list[Sample], classes: list[str], good_class: str | None, root: Path, digests: dict[str, str]) -> None:
+    if len(classes) < 1 or len(set(classes)) != len(classes):
+        raise DatasetError(f"classes must be a non-empty list of unique names, got {classes}")
+    if good_class is not None and good_class not in classes:
+        raise DatasetError(f"good class {good_class!r} is not one of the classes {classes}")
+    allowed = set(classes)
+    seen_paths: set[str] = set()
+    for s in samples:
+        if s.label not in allowed:
+            raise DatasetError(f"{s.path}: label {s.label!r} is not in the class list {sorted(allowed)}")
+        if s.split not in ("", *SPLITS):
+            raise DatasetError(f"{s.path}: split {s.split!r} is not allowed; use one of {list(SPLITS)} or leave empty")
+        if s.path in seen_paths:
+            raise DatasetError(f"{s.path}: listed twice in {LABELS}")
+        seen_paths.add(s.path)
+    counts = Counter(s.label for s in samples)
+    empty = [c for c in classes if counts.get(c, 0) == 0]
+    if empty:
+        raise DatasetError(f"class(es) {empty} have no images; every class in {classes} needs at least one")
+    by_digest: dict[str, Sample] = {}
+    for s in samples:
+        d = digests[s.path]
+        other = by_digest.get(d)
+        if other is not None and other.label != s.label:
+            raise DatasetError(
+                f"{s.path} (label {s.label!r}) has the same image content as {other.path} "
+                f"(label {other.label!r}); one image can have only one label"
+            )
+        by_digest.setdefault(d, s)
+
+
+def write_dataset(
+    dest: Path,
+    *,
+    name: str,
+    classes: list[str],
+    good_class: str | None,
+    items: Iterable[tuple[Sample, bytes | Path]],
+    extra_manifest: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    check_image: Callable[[bytes, str], Any] | None = None,
+) -> Dataset:
+    """Write a dataset in the standard layout, atomically.
+
+    ``items`` yields (sample, content) where content is the encoded image bytes or a file to
+    copy. ``check_image(data, source)`` (default: decode with OpenCV) rejects unreadable images.
+
+    Raises:
+        DatasetError: a label outside ``classes``, an empty class, duplicate content under two
+            labels, an unreadable image, or ``dest`` exists and ``overwrite`` is False.
+        ImageError: raised by ``check_image`` for an unreadable or truncated image.
+    """
+    from inspection.preprocess import decode_image  # local: keeps layout importable alone
+
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise DatasetError(f"{dest} already exists; choose another --out or pass --overwrite")
+    check = check_image or (lambda data, source: decode_image(data, source=source))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        samples: list[Sample] = []
+        digests: dict[str, str] = {}
+        for sample, content in items:
+            data = content if isinstance(content, bytes) else Path(content).read_bytes()
+            check(data, str(content) if isinstance(content, Path) else sample.path)
+            target = tmp / sample.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            digests[sample.path] = hashlib.sha256(data).hexdigest()
+            samples.append(sample)
+        _validate(samples, classes, good_class, tmp, digests)
+        samples.sort(key=lambda s: s.path)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(_LABEL_FIELDS)
+        for s in samples:
+            writer.writerow([s.path, s.label, s.split, s.source])
+        (tmp / LABELS).write_text(buf.getvalue(), encoding="utf-8")
+        fingerprint = compute_fingerprint(tmp, samples, digests=digests)
+        counts = Counter(s.label for s in samples)
+        manifest = {
+            "name": name,
+            "classes": classes,
+            "good_class": good_class,
+            "count": len(samples),
+            "counts": {c: counts.get(c, 0) for c in classes},
+            "fingerprint": fingerprint,
+            "format": 1,
+            **(extra_manifest or {}),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return read_dataset(dest)
+
+
+def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
+    """Read a dataset in the standard layout.
+
+    ``verify=True`` recomputes the fingerprint from the image bytes and checks every file.
+
+    Raises:
+        DatasetError: missing manifest/labels, a label outside the class list, a missing image
+            file, or (verify) a fingerprint that no longer matches.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{root} has no {MANIFEST}; import the images first with `inspection dataset import`") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{root / MANIFEST} is not valid JSON: {exc}") from None
+    try:
+        with open(root / LABELS, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+                raise DatasetError(f"{root / LABELS} needs a header with at least path,label")
+            samples = [
+                Sample(row["path"], row["label"], row.get("split") or "", row.get("source") or "")
+                for row in reader
+            ]
+    except FileNotFoundError:
+        raise DatasetError(f"{root} has no {LABELS}") from None
+    classes = list(manifest.get("classes") or [])
+    allowed = set(classes)
+    for s in samples:
+        if s.label not in allowed:
+            raise DatasetError(f"{root / LABELS}: {s.path} has label {s.label!r}, not in the class list {classes}")
+        if not (root / s.path).is_file():
+            raise DatasetError(f"{root / LABELS}: image file {s.path} is missing")
+    fingerprint = manifest.get("fingerprint", "")
+    if verify:
+        actual = compute_fingerprint(root, samples)
+        if actual != fingerprint:
+            raise DatasetError(f"{root}: fingerprint {actual[:12]}… differs from the manifest's {fingerprint[:12]}…; the data changed")
+    return Dataset(
+        root=root,
+        name=manifest.get("name", root.name),
+        classes=classes,
+        good_class=manifest.get("good_class"),
+        samples=samples,
+        fingerprint=fingerprint,
+        manifest=manifest,
+    )

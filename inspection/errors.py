@@ -1,0 +1,103 @@
+"""Domain errors, in one place.
+
+Every message names the bad value and what is allowed, so a quality engineer reading a
+CLI message or an HTTP 4xx body knows what to fix. Errors are mapped to HTTP status codes
+only in ``serving/`` (see ``serving.errors``) and to exit codes only in the CLI.
+"""
+
+from __future__ import annotations
+
+
+class InspectionError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+    #: A short machine-readable code, used in HTTP bodies and log records.
+    code: str = "inspection_error"
+
+
+class ConfigError(InspectionError):
+    """A setting or config file is invalid (bad value, unsafe default, unknown key)."""
+
+    code = "invalid_config"
+
+
+class DatasetError(InspectionError):
+    """A dataset on disk, or one being imported, is not usable as it is."""
+
+    code = "invalid_dataset"
+
+
+class ImageError(InspectionError):
+    """An image cannot be decoded, is truncated, empty or has the wrong dimensions."""
+
+    code = "invalid_image"
+
+
+class ModelCardError(InspectionError):
+    """A model card is missing, does not validate, or contradicts its files."""
+
+    code = "invalid_model_card"
+
+
+class ModelIntegrityError(ModelCardError):
+    """A model's files do not match the sha256 recorded in its card, or golden frames disagree."""
+
+    code = "model_integrity"
+
+
+class RegistryError(InspectionError):
+    """A model name, version or station is not in the registry, or a promotion is refused."""
+
+    code = "registry_error"
+
+
+class PromotionRefused(RegistryError):
+    """The promotion gate refused a model (worse escape rate, bad hashes, ...)."""
+
+    code = "promotion_refused"
+
+
+class NotFoundError(InspectionError):
+    """A referenced object (station, camera, part, record, frame) does not exist."""
+
+    code = "not_found"
+
+
+class ValidationError(InspectionError):
+    """A request or argument is malformed (empty part id, bad label, unknown class, ...)."""
+
+    code = "invalid_request"
+
+
+class ConflictError(InspectionError):
+    """The request conflicts with the current state (e.g. a concurrent relabel)."""
+
+    code = "conflict"
+
+
+class OverloadedError(InspectionError):
+    """The scoring queue is full; the caller should retry after a short delay."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ModelError(InspectionError):
+    """The model failed to score a frame (runtime error, wrong output shape)."""
+
+    code = "model_error"
+
+
+class LogIntegrityError(InspectionError):
+    """The inspection log's hash chain does not verify."""
+
+    code = "log_integrity"
+
+
+class TrainingError(InspectionError):
+    """Training cannot start or cannot honour what was asked (e.g. an unsupportable target)."""
+
+    code = "training_error"

@@ -1,0 +1,1 @@
+"""The inspection log: append-only, hash-chained records of every decision (SQLite or PostgreSQL)."""

@@ -1,0 +1,88 @@
+"""What goes into the inspection log, and the interface every store implements.
+
+One record per event: a frame's inspection, a part's decision across cameras, a human
+disposition or label, a model promotion or rollback, a frame pruning, a PLC acknowledgement.
+Records are never updated: a later fact about an inspection is a new record whose ``ref``
+names the original's ``inspection_id``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal, Protocol
+
+RecordKind = Literal[
+    "inspection",   # one frame scored (or fail-safe rejected) by a model
+    "part",         # the part-level decision across a station's cameras
+    "disposition",  # a human confirms/overrides a decision (auditor, engineer)
+    "label",        # an engineer labels a stored frame (labelling page)
+    "promotion",    # a model version became active for a station
+    "rollback",     # the previous model version was re-activated
+    "prune",        # frames removed by the retention policy (records are kept)
+    "plc_ack",      # the PLC acknowledged (or failed to acknowledge) a result
+    "event",        # other operational facts (e.g. MQTT messages dropped)
+]
+
+
+def new_id() -> str:
+    """A new inspection id: a UUID4 hex string (unique across stations sharing one log)."""
+    return uuid.uuid4().hex
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """A record as the caller hands it to the log (the log adds seq and hashes)."""
+
+    kind: RecordKind
+    inspection_id: str = field(default_factory=new_id)
+    time: datetime = field(default_factory=utc_now)
+    station: str | None = None
+    camera: str | None = None
+    part_id: str | None = None
+    frame_sha256: str | None = None
+    decision: str | None = None            # "pass" | "reject" for inspection/part records
+    defect_class: str | None = None
+    scores: dict[str, float] | None = None
+    threshold: float | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    model_sha256: str | None = None
+    latency_ms: float | None = None
+    failsafe_reason: str | None = None     # set on every fail-safe reject
+    ref: str | None = None                 # inspection_id of the record this one is about
+    actor: str | None = None               # who did it (API key name, CLI user)
+    data: dict[str, Any] | None = None     # kind-specific payload (label, reason, ack, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A record as stored: the entry plus its position and hash chain links."""
+
+    seq: int
+    entry: LogEntry
+    prev_hash: str
+    hash: str
+
+
+class InspectionLog(Protocol):
+    """The store interface serving, the CLI and the PLC/labelling code depend on."""
+
+    def append(self, entry: LogEntry, *, frame: bytes | None = None) -> StoredRecord:
+        """Append durably (returns only after commit); ``frame`` is stored content-addressed."""
+        ...
+
+    async def append_async(self, entry: LogEntry, *, frame: bytes | None = None) -> StoredRecord:
+        """As ``append``, without blocking the event loop; concurrent appends share a commit."""
+        ...
+
+    def get(self, inspection_id: str) -> StoredRecord:
+        """Raises NotFoundError when no record has that id."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,168 @@
+"""Frame decoding and preprocessing, in numpy/OpenCV only.
+
+This is the single implementation of "camera frame -> model input". Serving calls it for
+every frame and training calls it for every image it evaluates (and before augmenting), so
+the two can never drift apart. The steps follow the model card's ``InputSpec``:
+
+1. decode (PNG/JPEG/BMP/TIFF bytes, or raw 8-bit pixels with declared width/height/channels),
+2. convert colour to the card's channel count (BGR->GRAY luma weights, or gray replicated),
+3. resize to (width, height) with the card's OpenCV interpolation,
+4. lay out as ``uint8[C, H, W]``. Normalisation is inside the ONNX graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inspection.card import InputSpec
+from inspection.errors import ImageError
+
+_INTERPOLATION = {
+    "area": cv2.INTER_AREA,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "nearest": cv2.INTER_NEAREST,
+}
+
+#: Content types accepted for encoded frames; anything OpenCV's imdecode reads.
+ENCODED_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff")
+RAW_TYPE = "application/octet-stream"
+MAX_SIDE = 16384
+
+# Magic numbers of the formats we accept, so a truncated or foreign body is named precisely.
+_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"\xff\xd8\xff": "jpeg",
+    b"BM": "bmp",
+    b"II*\x00": "tiff",
+    b"MM\x00*": "tiff",
+}
+
+
+def _sniff(data: bytes) -> str | None:
+    for magic, name in _MAGIC.items():
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def _is_truncated(data: bytes, kind: str) -> bool:
+    # OpenCV happily decodes a truncated JPEG/PNG into a partly grey image (libjpeg only
+    # warns), which would let a broken transfer be scored as a real part. Check the trailers.
+    if kind == "png":
+        return not data.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82")
+    if kind == "jpeg":
+        return b"\xff\xd9" not in data[-64:]
+    return False
+
+
+def decode_image(data: bytes, *, source: str = "frame") -> np.ndarray:
+    """Decode an encoded image (PNG, JPEG, BMP, TIFF) to ``uint8`` HxW or HxWx3 (BGR).
+
+    Raises:
+        ImageError: empty, truncated, not an image, or not 8-bit.
+    """
+    if not data:
+        raise ImageError(f"{source}: empty image (0 bytes); send a PNG, JPEG, BMP or TIFF")
+    kind = _sniff(data)
+    if kind is None:
+        raise ImageError(f"{source}: not a PNG, JPEG, BMP or TIFF image (first bytes {data[:8]!r})")
+    if _is_truncated(data, kind):
+        raise ImageError(f"{source}: truncated {kind.upper()} image ({len(data)} bytes, end marker missing)")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageError(f"{source}: {kind.upper()} data could not be decoded ({len(data)} bytes)")
+    if image.dtype != np.uint8:
+        raise ImageError(f"{source}: {image.dtype} pixels; only 8-bit images are accepted")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 3 and _is_gray(image):
+        image = np.ascontiguousarray(image[:, :, 0])
+    return image
+
+
+def _is_gray(image: np.ndarray) -> bool:
+    # Many line cameras store grayscale as R=G=B JPEGs (NEU-DET does): keep them 1-channel
+    # so the conversion below is the identity rather than a luma re-weighting.
+    return bool(np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(image[:, :, 1], image[:, :, 2]))
+
+
+def decode_raw(data: bytes, *, width: int, height: int, channels: int, source: str = "frame") -> np.ndarray:
+    """Interpret raw 8-bit pixels (row-major, channels last, BGR when 3) as an image.
+
+    Raises:
+        ImageError: dimensions out of range, or the byte count differs from width*height*channels.
+    """
+    if channels not in (1, 3):
+        raise ImageError(f"{source}: channels={channels} is not allowed; raw frames have 1 or 3 channels")
+    for name, value in (("width", width), ("height", height)):
+        if not 0 < value <= MAX_SIDE:
+            raise ImageError(f"{source}: {name}={value} is out of range 1..{MAX_SIDE}")
+    expected = width * height * channels
+    if len(data) != expected:
+        raise ImageError(
+            f"{source}: raw frame has {len(data)} bytes, but width={width} x height={height} x "
+            f"channels={channels} needs {expected}"
+        )
+    image = np.frombuffer(data, dtype=np.uint8)
+    shape = (height, width) if channels == 1 else (height, width, 3)
+    return image.reshape(shape)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read and decode an image file (same checks as a frame sent over the API).
+
+    Raises:
+        ImageError: unreadable, truncated or not an image; the message names the file.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
+    return decode_image(data, source=str(path))
+
+
+def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Convert a decoded image (HxW or HxWx3 BGR) to ``channels`` (1: HxW, 3: HxWx3 RGB)."""
+    if channels == 1:
+        return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def resize(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Resize to the card's (width, height) with the card's interpolation; a no-op at size."""
+    if image.shape[0] == spec.height and image.shape[1] == spec.width:
+        return image
+    return cv2.resize(image, (spec.width, spec.height), interpolation=_INTERPOLATION[spec.resize])
+
+
+def to_model_input(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Decoded image -> ``uint8[C, H, W]`` as the card's graph expects (no batch axis)."""
+    converted = resize(convert_channels(image, spec.channels), spec)
+    if converted.ndim == 2:
+        return np.ascontiguousarray(converted[np.newaxis, :, :])
+    return np.ascontiguousarray(converted.transpose(2, 0, 1))
+
+
+def prepare_frame(data: bytes, spec: InputSpec, *, content_type: str | None = None, raw_shape: tuple[int, int, int] | None = None, source: str = "frame") -> tuple[np.ndarray, np.ndarray]:
+    """Bytes as sent by a camera -> (decoded image, model input ``uint8[C, H, W]``).
+
+    ``raw_shape`` is (width, height, channels) for ``application/octet-stream`` bodies.
+
+    Raises:
+        ImageError: the frame cannot be decoded or its declared dimensions are wrong.
+    """
+    if raw_shape is not None:
+        width, height, channels = raw_shape
+        image = decode_raw(data, width=width, height=height, channels=channels, source=source)
+    else:
+        image = decode_image(data, source=source)
+    return image, to_model_input(image, spec)

@@ -1,0 +1,1 @@
+"""The reject API for line controllers: FastAPI + onnxruntime + OpenCV, no torch."""

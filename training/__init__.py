@@ -1,0 +1,1 @@
+"""The training pipeline: torch, torchvision and albumentations; exports ONNX with a model card."""
