@@ -101,3 +101,27 @@ class TrainingError(InspectionError):
     """Training cannot start or cannot honour what was asked (e.g. an unsupportable target)."""
 
     code = "training_error"
+
+
+class AuthenticationError(InspectionError):
+    """No API key, or a key that is not configured (HTTP 401)."""
+
+    code = "unauthenticated"
+
+
+class PermissionDeniedError(InspectionError):
+    """A valid API key whose role may not use this route (HTTP 403)."""
+
+    code = "forbidden"
+
+
+class PayloadTooLargeError(ValidationError):
+    """A request body is over the configured limit (HTTP 413)."""
+
+    code = "payload_too_large"
+
+
+class UnsupportedMediaError(ValidationError):
+    """A frame's content type is not one the server decodes (HTTP 415)."""
+
+    code = "unsupported_media_type"
