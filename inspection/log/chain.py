@@ -1,0 +1,196 @@
+"""The hash chain: canonical serialisation of a record, its hash, and the walk that verifies it.
+
+Each record's hash is ``sha256(prev_hash + canonical(record))`` where the canonical form is
+compact, key-sorted JSON of every entry field *and* the record's ``seq``. Changing any field,
+moving a record to another position, removing one or slipping one in therefore breaks the
+chain at a place ``verify_rows`` can name, and (from which stored hash still matches which
+position) it can usually tell what was done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+
+from inspection.errors import ValidationError
+
+GENESIS = "0" * 64
+#: Bumped if the canonical form ever changes; part of every hash.
+CHAIN_VERSION = "v1"
+
+Tampering = Literal["edited", "deleted", "inserted", "reordered", "unknown"]
+
+
+def canonical_time(value: datetime) -> str:
+    """UTC ISO-8601 with microseconds and a ``Z``: one spelling per instant."""
+    from inspection.log.tables import as_utc
+
+    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_json(value: Any) -> str:
+    """Compact, key-sorted JSON; NaN and infinities are refused (they have no JSON spelling)."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"log record field is not plain JSON ({exc}); allowed: str, finite numbers, bool, None, lists, dicts") from exc
+
+
+def finite_float(name: str, value: Any) -> float | None:
+    """``value`` as a float (ints become floats so both stores read back the same spelling)."""
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"log record field {name}={value!r} is not a number") from exc
+    if not math.isfinite(out):
+        raise ValidationError(f"log record field {name}={value!r} must be a finite number")
+    return out
+
+
+def record_hash(seq: int, prev_hash: str, fields: Mapping[str, Any]) -> str:
+    """The hash of a record from its stored column values (``time`` as datetime, JSON as text)."""
+    body = {k: (canonical_time(v) if isinstance(v, datetime) else v) for k, v in fields.items()}
+    body["seq"] = seq
+    payload = CHAIN_VERSION + prev_hash + canonical_json(body)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChainRow:
+    """What verification needs from one stored row."""
+
+    seq: int
+    prev_hash: str
+    hash: str
+    fields: Mapping[str, Any]
+
+    def hash_at(self, seq: int) -> str:
+        return record_hash(seq, self.prev_hash, self.fields)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """The outcome of walking the chain."""
+
+    ok: bool
+    records: int  # rows checked before the first problem (all of them when ok)
+    head_seq: int
+    head_hash: str
+    first_bad_seq: int | None = None
+    tampering: Tampering | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "records": self.records, "head_seq": self.head_seq, "head_hash": self.head_hash,
+            "first_bad_seq": self.first_bad_seq, "tampering": self.tampering, "detail": self.detail,
+        }
+
+
+#: How far from its position a moved record is looked for, and how many rows after the
+#: first problem are read to tell a reorder from a deletion or an insertion.
+WINDOW = 64
+
+
+def verify_rows(
+    rows: Iterable[ChainRow],
+    *,
+    head_seq: int,
+    head_hash: str,
+    window: Callable[[int, int], Sequence[ChainRow]],
+) -> VerifyReport:
+    """Walk ``rows`` (ascending seq) and report the first record that was tampered with.
+
+    ``window(seq, n)`` returns up to ``n`` rows with seq >= ``seq`` (used only after a
+    problem is found, to classify it). ``head_seq``/``head_hash`` come from the chain-head
+    row and catch a removed or added tail.
+    """
+    expected_seq, prev_hash, checked = 1, GENESIS, 0
+    for row in rows:
+        if row.seq != expected_seq or row.prev_hash != prev_hash or row.hash_at(row.seq) != row.hash:
+            return _classify(row, expected_seq, prev_hash, checked, head_seq, head_hash, window)
+        expected_seq, prev_hash, checked = row.seq + 1, row.hash, checked + 1
+    last_seq = expected_seq - 1
+    if last_seq < head_seq:
+        return _bad(checked, head_seq, head_hash, last_seq + 1, "deleted",
+                    f"the chain head says {head_seq} records but the log ends at seq {last_seq}: "
+                    f"records {last_seq + 1}..{head_seq} were removed")
+    if last_seq > head_seq:
+        return _bad(checked, head_seq, head_hash, head_seq + 1, "inserted",
+                    f"records {head_seq + 1}..{last_seq} follow the chain head (seq {head_seq}) and were never appended")
+    if prev_hash != head_hash:
+        return _bad(checked, head_seq, head_hash, last_seq, "edited",
+                    f"record {last_seq} does not hash to the chain head: it was rewritten (hash recomputed)")
+    return VerifyReport(ok=True, records=checked, head_seq=head_seq, head_hash=head_hash)
+
+
+def _bad(checked: int, head_seq: int, head_hash: str, seq: int, kind: Tampering, detail: str) -> VerifyReport:
+    return VerifyReport(ok=False, records=checked, head_seq=head_seq, head_hash=head_hash,
+                        first_bad_seq=seq, tampering=kind, detail=detail)
+
+
+def _original_seq(row: ChainRow, near: int) -> int | None:
+    """The seq ``row``'s stored hash was computed for, if within WINDOW of ``near``."""
+    if row.hash_at(row.seq) == row.hash:
+        return row.seq
+    for delta in range(1, WINDOW + 1):
+        for seq in (near - delta, near + delta):
+            if seq >= 1 and row.hash_at(seq) == row.hash:
+                return seq
+    return None
+
+
+def _classify(
+    row: ChainRow,
+    expected_seq: int,
+    prev_hash: str,
+    checked: int,
+    head_seq: int,
+    head_hash: str,
+    window: Callable[[int, int], Sequence[ChainRow]],
+) -> VerifyReport:
+    def bad(seq: int, kind: Tampering, detail: str) -> VerifyReport:
+        return _bad(checked, head_seq, head_hash, seq, kind, detail)
+
+    if row.seq > expected_seq:
+        return bad(expected_seq, "deleted", f"records {expected_seq}..{row.seq - 1} are missing (the next stored record is {row.seq})")
+    self_ok = row.hash_at(row.seq) == row.hash
+    if self_ok:
+        # Row intact, but its predecessor is not the record it was chained to.
+        later = {r.hash: r.seq for r in window(row.seq + 1, WINDOW)}
+        if row.prev_hash in later:
+            return bad(expected_seq - 1, "reordered",
+                       f"record {row.seq} was chained after the record now at seq {later[row.prev_hash]}: records were reordered")
+        if expected_seq == 1:
+            return bad(1, "edited", "the first record does not start from the genesis hash")
+        return bad(expected_seq - 1, "edited",
+                   f"record {expected_seq - 1} was rewritten with a recomputed hash "
+                   f"(record {row.seq} still references the original {row.prev_hash[:12]}...)")
+    original = _original_seq(row, row.seq)
+    rows_after = list(window(row.seq + 1, WINDOW))
+    if original is None:
+        # Content changed, or a forged row was slipped in: the latter if the next row is the
+        # record that belonged here, shifted up by one.
+        nxt = rows_after[0] if rows_after else None
+        if nxt is not None and nxt.seq == row.seq + 1 and nxt.prev_hash == prev_hash and nxt.hash_at(row.seq) == nxt.hash:
+            return bad(row.seq, "inserted", f"record {row.seq} was inserted (the records after it were renumbered)")
+        return bad(row.seq, "edited", f"record {row.seq}'s contents no longer match its hash: it was edited")
+    if original < row.seq:
+        first = original
+        return bad(first, "inserted",
+                   f"record {row.seq} was at seq {original}: {row.seq - original} record(s) were inserted from seq {first}")
+    if original > row.seq:
+        for r in rows_after:
+            if _original_seq(r, r.seq) == row.seq and r.prev_hash == prev_hash:
+                return bad(row.seq, "reordered", f"record {row.seq} now holds the record that was at seq {original}, "
+                                                  f"and the original record {row.seq} is now at seq {r.seq}: records were reordered")
+        return bad(row.seq, "deleted", f"record {row.seq} was at seq {original}: records {row.seq}..{original - 1} "
+                                        "were removed and the rest renumbered")
+    # Hash matches its seq but the link is broken (handled above) or only the seq differs.
+    return bad(row.seq, "unknown", f"record {row.seq} does not chain to record {expected_seq - 1}")

@@ -1,0 +1,428 @@
+"""The SQL inspection log (SQLite or PostgreSQL) with group commit and a hash chain.
+
+``append`` hands the record to one writer thread and waits. The writer takes every record
+queued at that moment and commits them in ONE transaction (group commit): under load,
+concurrent requests share an fsync instead of queueing on the disk one by one, and each
+caller returns only once its record is durable. Inside that transaction the writer locks the
+chain-head row (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` is the
+database-wide write lock), so several servers sharing a PostgreSQL log extend one chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import queue
+import random
+import re
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence, get_args
+
+from sqlalchemy import create_engine, event, insert, select, text, update
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from inspection.errors import ConfigError, ConflictError, InspectionError, NotFoundError, ValidationError
+from inspection.log import chain
+from inspection.log.frames import FrameStore, sha256_hex
+from inspection.log.migrate import upgrade_to_head
+from inspection.log.records import LogEntry, RecordKind, StoredRecord
+from inspection.log.tables import ENTRY_COLUMNS, as_utc, chain_head, records
+
+log = logging.getLogger(__name__)
+
+_KINDS = frozenset(get_args(RecordKind))
+_STR_LIMITS = {
+    "inspection_id": 64, "station": 128, "camera": 128, "part_id": 256, "frame_sha256": 64, "decision": 32,
+    "defect_class": 128, "model_name": 128, "model_version": 128, "model_sha256": 64, "failsafe_reason": 4000,
+    "ref": 64, "actor": 128,
+}
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: pg_advisory_xact_lock key taken while migrating (any constant unique to this application).
+_PG_MIGRATION_LOCK = 0x1A5E_C7_10
+
+
+@dataclass
+class _Pending:
+    fields: dict[str, Any]
+    future: concurrent.futures.Future[StoredRecord]
+
+
+_STOP = object()
+
+
+@dataclass
+class WriterStats:
+    """Counters of the group-commit writer (a test and /metrics read these)."""
+
+    commits: int = 0
+    records: int = 0
+    largest_batch: int = 0
+
+
+def normalise_entry(entry: LogEntry) -> dict[str, Any]:
+    """The column values of ``entry`` exactly as the stores read them back.
+
+    Raises ValidationError on an unknown kind, over-long or NUL-containing text, a
+    non-finite number or a payload that is not plain JSON.
+    """
+    if entry.kind not in _KINDS:
+        raise ValidationError(f"log record kind {entry.kind!r} is not one of {sorted(_KINDS)}")
+    fields: dict[str, Any] = {}
+    for name in ENTRY_COLUMNS:
+        value = getattr(entry, name)
+        if name in _STR_LIMITS and value is not None:
+            if not isinstance(value, str):
+                raise ValidationError(f"log record field {name}={value!r} must be a string")
+            if len(value) > _STR_LIMITS[name]:
+                raise ValidationError(f"log record field {name} is {len(value)} characters; at most {_STR_LIMITS[name]} allowed")
+            if "\x00" in value:
+                raise ValidationError(f"log record field {name}={value!r} contains a NUL character")
+        fields[name] = value
+    if not entry.inspection_id:
+        raise ValidationError("log record inspection_id must not be empty")
+    fields["time"] = as_utc(entry.time)
+    for name in ("threshold", "latency_ms"):
+        fields[name] = chain.finite_float(name, fields[name])
+    if entry.scores is not None:
+        scores = {str(k): chain.finite_float(f"scores[{k!r}]", v) for k, v in dict(entry.scores).items()}
+        fields["scores"] = chain.canonical_json(scores)
+    if entry.data is not None:
+        text_ = chain.canonical_json(entry.data)
+        if "\\u0000" in text_:
+            raise ValidationError("log record data contains a NUL character")
+        fields["data"] = text_
+    return fields
+
+
+def row_to_record(row: Mapping[str, Any]) -> StoredRecord:
+    """A stored row as a ``StoredRecord`` (JSON columns parsed)."""
+    values = {name: row[name] for name in ENTRY_COLUMNS}
+    values["scores"] = json.loads(values["scores"]) if values["scores"] is not None else None
+    values["data"] = json.loads(values["data"]) if values["data"] is not None else None
+    return StoredRecord(seq=row["seq"], entry=LogEntry(**values), prev_hash=row["prev_hash"], hash=row["hash"])
+
+
+def row_to_chain(row: Mapping[str, Any]) -> chain.ChainRow:
+    return chain.ChainRow(seq=row["seq"], prev_hash=row["prev_hash"], hash=row["hash"],
+                          fields={name: row[name] for name in ENTRY_COLUMNS})
+
+
+class SqlInspectionLog:
+    """An ``InspectionLog`` on SQLite or PostgreSQL. Build it with ``open_log``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        frames: FrameStore | None,
+        frame_sample_rate: float,
+        max_batch: int,
+        rng: random.Random | None,
+    ) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.frames = frames
+        self.frame_sample_rate = frame_sample_rate
+        self.stats = WriterStats()
+        self._max_batch = max_batch
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._writer = threading.Thread(target=self._writer_loop, name="inspection-log-writer", daemon=True)
+        self._writer.start()
+
+    # ------------------------------------------------------------------ appending
+    def append(self, entry: LogEntry, *, frame: bytes | None = None) -> StoredRecord:
+        """Append durably; returns only after the transaction holding the record committed.
+
+        ``frame`` (the encoded image) is stored content-addressed, fsynced before the record
+        commits, when the record is not a pass, or for a pass at the sample rate.
+        Raises ValidationError (bad entry, frame sha256 mismatch), ConflictError (duplicate
+        inspection id, log closed) or InspectionError (the database failed).
+        """
+        return self._submit(self._prepare(entry, frame)).result()
+
+    async def append_async(self, entry: LogEntry, *, frame: bytes | None = None) -> StoredRecord:
+        """As ``append``, awaiting the commit without blocking the event loop."""
+        if frame is not None:
+            fields = await asyncio.to_thread(self._prepare, entry, frame)
+        else:
+            fields = self._prepare(entry, None)
+        return await asyncio.wrap_future(self._submit(fields))
+
+    def _prepare(self, entry: LogEntry, frame: bytes | None) -> dict[str, Any]:
+        if frame is not None:
+            digest = sha256_hex(frame)
+            if entry.frame_sha256 is not None and entry.frame_sha256 != digest:
+                raise ValidationError(f"entry frame_sha256 {entry.frame_sha256!r} does not match the frame's bytes ({digest})")
+            if entry.frame_sha256 is None:
+                entry = dataclasses.replace(entry, frame_sha256=digest)
+        fields = normalise_entry(entry)
+        if frame is not None and self.frames is not None and self._keep_frame(entry):
+            self.frames.put(frame, fields["frame_sha256"])
+        return fields
+
+    def _keep_frame(self, entry: LogEntry) -> bool:
+        if entry.decision != "pass" or entry.failsafe_reason:
+            return True
+        if self.frame_sample_rate <= 0.0:
+            return False
+        with self._rng_lock:
+            return self._rng.random() < self.frame_sample_rate
+
+    def _submit(self, fields: dict[str, Any]) -> concurrent.futures.Future[StoredRecord]:
+        if self._closed:
+            raise ConflictError("the inspection log is closed; no record can be appended")
+        fut: concurrent.futures.Future[StoredRecord] = concurrent.futures.Future()
+        self._queue.put(_Pending(fields, fut))
+        return fut
+
+    def _writer_loop(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._commit_batch(batch)
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        try:
+            stored = self._commit(batch)
+        except Exception as exc:
+            if len(batch) > 1:
+                # One bad record (e.g. a duplicate id) must not fail its neighbours.
+                for item in batch:
+                    self._commit_batch([item])
+                return
+            _settle(batch[0].future, exc=_as_domain_error(exc, batch[0].fields))
+            return
+        for item, rec in zip(batch, stored):
+            _settle(item.future, result=rec)
+
+    def _commit(self, batch: Sequence[_Pending]) -> list[StoredRecord]:
+        with self._write_tx() as conn:
+            head = conn.execute(
+                select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1).with_for_update()
+            ).one()
+            seq, prev = int(head.seq), str(head.hash)
+            rows: list[dict[str, Any]] = []
+            for item in batch:
+                seq += 1
+                digest = chain.record_hash(seq, prev, item.fields)
+                rows.append({**item.fields, "seq": seq, "prev_hash": prev, "hash": digest})
+                prev = digest
+            conn.execute(insert(records), rows)
+            conn.execute(update(chain_head).where(chain_head.c.id == 1).values(seq=seq, hash=prev))
+        self.stats.commits += 1
+        self.stats.records += len(rows)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
+        return [row_to_record(r) for r in rows]
+
+    # ------------------------------------------------------------------ reading
+    @contextmanager
+    def _write_tx(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(log_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only snapshot: every query on it sees the log as of its first read."""
+        with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
+    def get(self, inspection_id: str) -> StoredRecord:
+        """The record with that id; NotFoundError when there is none."""
+        with self.read() as conn:
+            row = conn.execute(select(records).where(records.c.inspection_id == inspection_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no log record has inspection id {inspection_id!r}")
+        return row_to_record(row)
+
+    def get_seq(self, seq: int) -> StoredRecord:
+        with self.read() as conn:
+            row = conn.execute(select(records).where(records.c.seq == seq)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no log record has seq {seq}")
+        return row_to_record(row)
+
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last committed record ((0, genesis) for an empty log)."""
+        with self.read() as conn:
+            row = conn.execute(select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1)).one()
+        return int(row.seq), str(row.hash)
+
+    def verify(self, *, batch: int = 2000) -> chain.VerifyReport:
+        """Walk the whole chain (streamed) and report the first tampered record."""
+        with self.read() as conn:
+            head = conn.execute(select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1)).one()
+
+            def window(seq: int, n: int) -> list[chain.ChainRow]:
+                q = select(records).where(records.c.seq >= seq).order_by(records.c.seq).limit(n)
+                return [row_to_chain(r) for r in conn.execute(q).mappings()]
+
+            result = conn.execution_options(yield_per=batch).execute(select(records).order_by(records.c.seq))
+            try:
+                rows = (row_to_chain(r) for r in result.mappings())
+                return chain.verify_rows(rows, head_seq=int(head.seq), head_hash=str(head.hash), window=window)
+            finally:
+                result.close()
+
+    def frame(self, sha256: str) -> bytes:
+        """A stored frame's bytes; NotFoundError if frames are off, not sampled or pruned."""
+        if self.frames is None:
+            raise NotFoundError("this log keeps no frames (no frames directory configured)")
+        return self.frames.read(sha256)
+
+    def has_frame(self, sha256: str | None) -> bool:
+        return bool(sha256) and self.frames is not None and self.frames.has(sha256)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer and release the database."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._queue.put(_STOP)
+        self._writer.join()
+        self.engine.dispose()
+
+    def __enter__(self) -> "SqlInspectionLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _settle(fut: concurrent.futures.Future[StoredRecord], *, result: StoredRecord | None = None,
+            exc: BaseException | None = None) -> None:
+    # The awaiting task may have been cancelled; the record is committed regardless.
+    if fut.done():
+        return
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+def _as_domain_error(exc: Exception, fields: Mapping[str, Any]) -> Exception:
+    if isinstance(exc, InspectionError):
+        return exc
+    if isinstance(exc, IntegrityError) and "inspection_id" in str(exc.orig).lower() + str(exc).lower():
+        return ConflictError(f"inspection id {fields['inspection_id']!r} is already in the log; ids must be unique")
+    if isinstance(exc, SQLAlchemyError):
+        log.error("inspection log commit failed: %s", exc)
+        return InspectionError(f"the inspection log could not commit the record: {type(exc).__name__}: {exc}")
+    return exc
+
+
+def _sqlite_engine(url: str, synchronous: str) -> Engine:
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        raise ConfigError(f"log url {url!r} names no SQLite file; use sqlite:///path/to/log.db (in-memory logs are not durable)")
+    Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (below): pysqlite's implicit transactions would not take
+        # the write lock up front, and two writers could then deadlock on upgrade.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # FULL: in WAL mode every commit syncs the WAL, so an acknowledged record survives a
+        # power cut too (NORMAL survives only a process crash). Group commit pays for it.
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("log_write") else "BEGIN")
+
+    return engine
+
+
+def _postgres_engine(url: str, schema: str | None) -> Engine:
+    connect_args: dict[str, Any] = {}
+    if schema is not None:
+        if not _SCHEMA_NAME.match(schema):
+            raise ConfigError(f"PostgreSQL schema {schema!r} is not a plain identifier (letters, digits, _)")
+        connect_args["options"] = f"-csearch_path={schema}"
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def open_log(
+    url: str,
+    *,
+    frames_dir: Path | None = None,
+    frame_sample_rate: float = 0.0,
+    schema: str | None = None,
+    max_batch: int = 256,
+    sqlite_synchronous: str = "FULL",
+    rng: random.Random | None = None,
+) -> SqlInspectionLog:
+    """Open (creating or migrating as needed) the inspection log at ``url``.
+
+    ``url`` is ``sqlite:///path/log.db`` or ``postgresql+psycopg://user@host/db``. Frames go
+    to ``frames_dir``; for SQLite it defaults to ``<log>.frames`` beside the database file,
+    for PostgreSQL frames are kept only when ``frames_dir`` is given. ``schema`` puts a
+    PostgreSQL log in that schema (which must exist). Raises ConfigError on a bad url or
+    setting, InspectionError when the database cannot be reached.
+    """
+    if not 0.0 <= frame_sample_rate <= 1.0:
+        raise ConfigError(f"frame_sample_rate {frame_sample_rate!r} must be between 0 and 1")
+    if max_batch < 1:
+        raise ConfigError(f"max_batch {max_batch!r} must be at least 1")
+    if sqlite_synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+        raise ConfigError(f"sqlite_synchronous {sqlite_synchronous!r} is not one of FULL, NORMAL, EXTRA")
+    try:
+        backend = make_url(url).get_backend_name()
+    except Exception as exc:
+        raise ConfigError(f"log url {url!r} is not a database url; allowed: sqlite:///path or postgresql+psycopg://...") from exc
+    if backend == "sqlite":
+        engine = _sqlite_engine(url, sqlite_synchronous.upper())
+        if frames_dir is None:
+            db = Path(make_url(url).database or "log.db").expanduser()
+            frames_dir = db.with_name(db.name + ".frames")
+    elif backend == "postgresql":
+        engine = _postgres_engine(url, schema)
+    else:
+        raise ConfigError(f"log url {url!r} uses {backend!r}; allowed: sqlite, postgresql")
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(log_write=True)
+            with conn.begin():
+                if backend == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                upgrade_to_head(conn)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise InspectionError(f"cannot open the inspection log at {engine.url!r}: {type(exc).__name__}: {exc}") from exc
+    frames = FrameStore(frames_dir) if frames_dir is not None else None
+    return SqlInspectionLog(engine, frames=frames, frame_sample_rate=frame_sample_rate, max_batch=max_batch, rng=rng)
