@@ -88,8 +88,8 @@ def _scratch(rng: np.random.Generator, surface: np.ndarray, scale: float) -> Non
     cv2.polylines(mask, [np.round(pts * 8).astype(np.int32)], False, 255, thickness, cv2.LINE_AA, shift=3)
     profile = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.5)
     # Scratches fade in and out along their length (pressure of the scraping particle varies).
-    fade = cv2.resize(rng.uniform(0.35, 1.0, size=(3, 3)).astype(np.float32), surface.shape[::-1], interpolation=cv2.INTER_LINEAR)
-    contrast = rng.uniform(11.0, 45.0) * (-1.0 if rng.random() < 0.75 else 1.0)
+    fade = cv2.resize(rng.uniform(0.55, 1.0, size=(3, 3)).astype(np.float32), surface.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    contrast = rng.uniform(14.0, 50.0) * (-1.0 if rng.random() < 0.75 else 1.0)
     surface += contrast * profile * fade
 
 
@@ -136,7 +136,7 @@ def _bubble(rng: np.random.Generator, surface: np.ndarray, scale: float) -> None
     # Slope of the rim lit from direction `light`: one side bright, the opposite side dark.
     facing = (dx * np.cos(light) + dy * np.sin(light)) / dist
     slope = -(dist - radius) / width
-    amp = rng.uniform(9.0, 30.0)
+    amp = rng.uniform(13.0, 40.0)
     surface += amp * slope * rim * facing + rng.uniform(-0.4, 0.4) * amp * rim
     surface += rng.uniform(-0.3, 0.3) * amp * _soft_disc(dist, radius, edge=width)  # dome/dent interior
 
