@@ -1,0 +1,102 @@
+"""Finding records: filters an auditor asks for, and cursor pagination by seq."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, get_args
+
+from sqlalchemy import Select, and_, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from inspection.errors import ValidationError
+from inspection.log.records import RecordKind, StoredRecord
+from inspection.log.store import SqlInspectionLog, row_to_record
+from inspection.log.tables import records
+
+Order = Literal["asc", "desc"]
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFilter:
+    """Every field is optional; set fields are ANDed. Times are inclusive-from, exclusive-to."""
+
+    time_from: datetime | None = None
+    time_to: datetime | None = None
+    station: str | None = None
+    camera: str | None = None
+    part_id: str | None = None
+    decision: str | None = None
+    defect_class: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    kind: str | None = None
+    ref: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in get_args(RecordKind):
+            raise ValidationError(f"kind {self.kind!r} is not one of {sorted(get_args(RecordKind))}")
+        if self.time_from and self.time_to and _aware(self.time_from) >= _aware(self.time_to):
+            raise ValidationError(f"time_from {self.time_from.isoformat()} must be before time_to {self.time_to.isoformat()}")
+
+    def where(self) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = []
+        if self.time_from is not None:
+            clauses.append(records.c.time >= self.time_from)
+        if self.time_to is not None:
+            clauses.append(records.c.time < self.time_to)
+        for name in ("station", "camera", "part_id", "decision", "defect_class", "model_name", "model_version", "kind", "ref"):
+            value = getattr(self, name)
+            if value is not None:
+                clauses.append(records.c[name] == value)
+        return clauses
+
+
+def _aware(value: datetime) -> datetime:
+    from inspection.log.tables import as_utc
+
+    return as_utc(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    records: list[StoredRecord]
+    next_cursor: int | None  # pass back as ``cursor`` for the next page; None at the end
+
+
+def select_records(flt: RecordFilter, *, cursor: int | None = None, order: Order = "desc") -> Select[Any]:
+    """The SELECT for ``flt`` in seq order, starting after ``cursor`` (a seq)."""
+    if order not in ("asc", "desc"):
+        raise ValidationError(f"order {order!r} is not one of ['asc', 'desc']")
+    clauses = flt.where()
+    if cursor is not None:
+        clauses.append(records.c.seq < cursor if order == "desc" else records.c.seq > cursor)
+    q = select(records)
+    if clauses:
+        q = q.where(and_(*clauses))
+    return q.order_by(records.c.seq.desc() if order == "desc" else records.c.seq.asc())
+
+
+def query_records(
+    log: SqlInspectionLog,
+    flt: RecordFilter | None = None,
+    *,
+    cursor: int | None = None,
+    limit: int = 100,
+    order: Order = "desc",
+) -> Page:
+    """One page of records matching ``flt`` (newest first by default).
+
+    Raises ValidationError on a limit outside 1..1000, a negative cursor or a bad order.
+    """
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValidationError(f"limit {limit} must be between 1 and {MAX_LIMIT}")
+    if cursor is not None and cursor < 0:
+        raise ValidationError(f"cursor {cursor} must be a record seq (>= 0)")
+    q = select_records(flt or RecordFilter(), cursor=cursor, order=order).limit(limit + 1)
+    with log.read() as conn:
+        rows = [row_to_record(r) for r in conn.execute(q).mappings()]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(records=rows, next_cursor=rows[-1].seq if more and rows else None)
