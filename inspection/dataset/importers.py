@@ -56,24 +56,30 @@ def _matches(rel: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(low, p.lower()) for p in patterns)
 
 
-def _walk_images(src: Path, include: Sequence[str], exclude: Sequence[str]) -> tuple[list[tuple[Path, str]], dict[str, int]]:
-    """Image files under ``src`` (sorted, filtered) and counts of what was skipped."""
+def _walk_images(src: Path, include: Sequence[str], exclude: Sequence[str]) -> tuple[list[tuple[Path, str]], dict[str, int], set[str]]:
+    """Image files under ``src`` (sorted, filtered), counts of what was skipped, and the
+    top-level folders holding any file the filters let through (image or not)."""
     if not src.is_dir():
         raise DatasetError(f"source folder {src} does not exist or is not a folder")
     kept: list[tuple[Path, str]] = []
     skipped = {"not_image": 0, "excluded": 0}
+    populated: set[str] = set()
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
-        rel = path.relative_to(src).as_posix()
-        if any(part.startswith(".") for part in path.relative_to(src).parts):
+        parts = path.relative_to(src).parts
+        rel = "/".join(parts)
+        if any(part.startswith(".") for part in parts):
             continue  # hidden files and folders (.DS_Store, .git)
+        if (include and not _matches(rel, include)) or _matches(rel, exclude):
+            skipped["excluded"] += 1
+            continue
+        if len(parts) > 1:
+            populated.add(parts[0])
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             skipped["not_image"] += 1
-        elif (include and not _matches(rel, include)) or _matches(rel, exclude):
-            skipped["excluded"] += 1
         else:
             kept.append((path, rel))
     _refuse_same_stem(kept)
-    return kept, skipped
+    return kept, skipped, populated
 
 
 def _refuse_same_stem(files: list[tuple[Path, str]]) -> None:
@@ -98,7 +104,7 @@ def scan_folders(src: Path, *, include: Sequence[str] = (), exclude: Sequence[st
             or not matching the pattern, or a class folder left without images.
     """
     src = Path(src)
-    files, skipped = _walk_images(src, include, exclude)
+    files, skipped, populated = _walk_images(src, include, exclude)
     found: list[Found] = []
     if class_pattern is not None:
         try:
@@ -116,7 +122,9 @@ def scan_folders(src: Path, *, include: Sequence[str] = (), exclude: Sequence[st
                 )
             found.append(Found(path, rel, m.group("label"), source=rel))
         return found, skipped
-    class_dirs = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # A class folder is one holding any file the filters let through; one whose files are all
+    # excluded (e.g. --exclude 'docs/*') is not a class, one holding only non-images is empty.
+    class_dirs = sorted(populated)
     for path, rel in files:
         if "/" not in rel:
             raise DatasetError(
@@ -129,7 +137,7 @@ def scan_folders(src: Path, *, include: Sequence[str] = (), exclude: Sequence[st
     if empty:
         raise DatasetError(
             f"class folder(s) {[str(src / d) for d in empty]} have no images (after --include/--exclude); "
-            f"every class needs at least one image, or exclude the folder with --exclude '<folder>/*'"
+            f"every class needs at least one image; to skip a folder, --exclude '<folder>/*'"
         )
     return found, skipped
 
@@ -141,7 +149,7 @@ def scan_prefix(src: Path, *, include: Sequence[str] = (), exclude: Sequence[str
         DatasetError: SRC missing, or a file name without a ``_<digits>`` suffix.
     """
     src = Path(src)
-    files, skipped = _walk_images(src, include, exclude)
+    files, skipped, _ = _walk_images(src, include, exclude)
     found: list[Found] = []
     for path, rel in files:
         m = _PREFIX_RULE.match(path.stem)

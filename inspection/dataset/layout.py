@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from inspection.errors import DatasetError
+from inspection.errors import DatasetError, ImageError
 
 MANIFEST = "manifest.json"
 LABELS = "labels.csv"
@@ -106,6 +106,13 @@ def _validate(samples: list[Sample], classes: list[str], good_class: str | None,
         by_digest.setdefault(d, s)
 
 
+def _read_source(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror}); fix or remove the file") from None
+
+
 def write_dataset(
     dest: Path,
     *,
@@ -125,7 +132,8 @@ def write_dataset(
     Raises:
         DatasetError: a label outside ``classes``, an empty class, duplicate content under two
             labels, an unreadable image, or ``dest`` exists and ``overwrite`` is False.
-        ImageError: raised by ``check_image`` for an unreadable or truncated image.
+        ImageError: a source file cannot be read, or ``check_image`` found an unreadable or
+            truncated image.
     """
     from inspection.preprocess import decode_image  # local: keeps layout importable alone
 
@@ -139,7 +147,7 @@ def write_dataset(
         samples: list[Sample] = []
         digests: dict[str, str] = {}
         for sample, content in items:
-            data = content if isinstance(content, bytes) else Path(content).read_bytes()
+            data = content if isinstance(content, bytes) else _read_source(Path(content))
             check(data, str(content) if isinstance(content, Path) else sample.path)
             target = tmp / sample.path
             target.parent.mkdir(parents=True, exist_ok=True)

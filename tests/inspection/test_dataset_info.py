@@ -1,0 +1,71 @@
+"""`dataset_info`: counts, sizes, channels and the problems a dataset can have."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inspection.dataset import Sample, write_dataset
+from inspection.dataset.info import dataset_info, format_info
+from inspection.dataset.synthetic import generate_dataset
+
+
+def _png(seed: int, shape: tuple[int, ...]) -> bytes:
+    ok, buf = cv2.imencode(".png", np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8))
+    assert ok
+    return buf.tobytes()
+
+
+def _mixed(root: Path, *, dup_same_label: bool = False):
+    items = [
+        (Sample("images/good/a.png", "good"), _png(1, (20, 30))),
+        (Sample("images/good/b.png", "good"), _png(2, (20, 30))),
+        (Sample("images/good/c.png", "good"), _png(3, (10, 40, 3))),
+        (Sample("images/dent/d.png", "dent"), _png(4, (20, 30))),
+    ]
+    if dup_same_label:
+        items.append((Sample("images/good/a2.png", "good"), items[0][1]))
+    return write_dataset(root, name="mixed", classes=["good", "dent"], good_class="good", items=items)
+
+
+def test_counts_sizes_channels_of_a_clean_dataset(tmp_path: Path) -> None:
+    ds = generate_dataset(tmp_path / "gen", seed=1, n_good=12, n_per_defect=10, size=48)
+    report = dataset_info(ds.root)
+    assert report["counts"] == ds.counts() and report["count"] == 62
+    assert report["good_class"] == "good" and report["fingerprint"] == ds.fingerprint
+    assert report["sizes"]["most_common"] == "48x48" and report["sizes"]["distinct"] == 1
+    assert report["channels"] == {"1": 62} and report["formats"] == {"png": 62}
+    assert report["problems"] == []
+    assert "problems: none" in format_info(report)
+
+
+def test_mixed_sizes_channels_and_tiny_classes(tmp_path: Path) -> None:
+    report = dataset_info(_mixed(tmp_path / "d").root, min_per_class=2)
+    assert report["sizes"]["width"] == {"min": 30, "max": 40}
+    assert report["sizes"]["height"] == {"min": 10, "max": 20}
+    assert report["sizes"]["most_common"] == "30x20" and report["sizes"]["most_common_count"] == 3
+    assert report["channels"] == {"1": 3, "3": 1}
+    assert [(p["kind"], p["severity"]) for p in report["problems"]] == [("tiny_class", "warning")]
+    assert "'dent' has only 1 image(s), fewer than 2" in report["problems"][0]["message"]
+    text = format_info(report)
+    assert "width 30..40, height 10..20" in text and "warning: tiny_class" in text
+
+
+def test_duplicates_unreadable_files_and_changed_data_are_reported(tmp_path: Path) -> None:
+    ds = _mixed(tmp_path / "d", dup_same_label=True)
+    report = dataset_info(ds.root, min_per_class=1)
+    assert [p["kind"] for p in report["problems"]] == ["duplicate"]
+    assert report["problems"][0]["paths"] == ["images/good/a.png", "images/good/a2.png"]
+    # Damage the stored dataset behind the manifest's back.
+    (ds.root / "images/dent/d.png").write_bytes((ds.root / "images/good/b.png").read_bytes())
+    data = (ds.root / "images/good/c.png").read_bytes()
+    (ds.root / "images/good/c.png").write_bytes(data[: len(data) // 2])
+    report = dataset_info(ds.root, min_per_class=1)
+    kinds = {p["kind"]: p for p in report["problems"]}
+    assert set(kinds) == {"conflicting_duplicate", "unreadable", "fingerprint_mismatch", "duplicate"}
+    assert kinds["unreadable"]["paths"] == ["images/good/c.png"] and "truncated PNG" in kinds["unreadable"]["message"]
+    assert kinds["conflicting_duplicate"]["paths"] == ["images/dent/d.png", "images/good/b.png"]
+    assert [p["severity"] for p in report["problems"]][-1] == "warning"  # errors listed first
+    assert "error: unreadable" in format_info(report)
