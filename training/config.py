@@ -1,0 +1,161 @@
+"""Typed training configuration: YAML sets defaults, command-line flags win, the result is saved.
+
+``load_config(file, overrides)`` builds the config once at start-up: the packaged
+``configs/default.yaml`` first, then the given YAML file, then the flags (``None`` flags are
+"not given"). The resolved config is written beside the model as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from inspection.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+
+
+class AugmentConfig(BaseModel):
+    """Augmentation for line images (albumentations); each probability 0 disables the step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hflip: bool = True
+    vflip: bool = True
+    #: 90-degree rotations: only for square parts/textures whose orientation carries no meaning.
+    rot90: bool = True
+    brightness: float = Field(0.15, ge=0.0, le=1.0)
+    contrast: float = Field(0.15, ge=0.0, le=1.0)
+    brightness_p: float = Field(0.5, ge=0.0, le=1.0)
+    gamma: tuple[int, int] = (85, 115)
+    gamma_p: float = Field(0.3, ge=0.0, le=1.0)
+    blur_p: float = Field(0.1, ge=0.0, le=1.0)
+    blur_sigma: tuple[float, float] = (0.3, 1.0)
+    noise_p: float = Field(0.2, ge=0.0, le=1.0)
+    noise_std: tuple[float, float] = (0.01, 0.04)
+    #: Small shifts/scales (a part never sits at exactly the same place under the camera).
+    shift_scale_p: float = Field(0.3, ge=0.0, le=1.0)
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run needs; saved as ``config.yaml`` with the model version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path | None = None
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
+    models_dir: Path = Path("models")
+    arch: str = "tinyres"
+    pretrained: bool = True
+    pretrained_path: Path | None = None
+    image_size: int = Field(128, ge=16, le=1024)
+    channels: Literal[1, 3] = 1
+    resize: Literal["area", "linear", "cubic", "nearest"] = "area"
+    epochs: int = Field(30, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=1024)
+    lr: float = Field(3e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    #: Class imbalance: "sampler" draws classes evenly (weighted sampler), "weights" weights the
+    #: loss by inverse frequency, "none" trains on the natural frequencies.
+    balance: Literal["sampler", "weights", "none"] = "sampler"
+    patience: int = Field(8, ge=1)
+    min_epochs: int = Field(5, ge=1)
+    seed: int = 0
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    augment: AugmentConfig = AugmentConfig()
+    #: Operating point: exactly one of the two is used; max_overkill wins when set.
+    max_escape: float | None = Field(0.01, gt=0.0, lt=1.0)
+    max_overkill: float | None = Field(None, gt=0.0, lt=1.0)
+    #: Fixed extra thresholds on single defect classes' probabilities (reject when reached).
+    per_class_thresholds: dict[str, float] = Field(default_factory=dict)
+    int8: bool = False
+    golden_count: int = Field(8, ge=1, le=64)
+    parity_tolerance: float = Field(1e-4, gt=0.0)
+    threads: int | None = Field(None, ge=1)
+    resume: Path | None = None
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.val_fraction + self.test_fraction >= 0.8:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} leaves too little to train; keep it < 0.8"
+            )
+        for cls, t in self.per_class_thresholds.items():
+            if not 0.0 <= t <= 1.0:
+                raise ValueError(f"per-class threshold for {cls!r} is {t}, allowed 0..1")
+        return self
+
+    @property
+    def target(self) -> dict[str, float]:
+        """The calibration target, e.g. ``{"max_escape": 0.01}``."""
+        if self.max_overkill is not None:
+            return {"max_overkill": self.max_overkill}
+        return {"max_escape": self.max_escape if self.max_escape is not None else 0.01}
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``.
+
+    Raises:
+        ConfigError: missing file, invalid YAML, or not a mapping.
+    """
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; see {CONFIG_DIR} for examples") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Default YAML, then ``config_file``, then non-None ``overrides`` (flags win).
+
+    Raises:
+        ConfigError: a file cannot be read, or a value is invalid (the message names the key).
+    """
+    merged = read_yaml(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else {}
+    if config_file is not None:
+        merged = _deep_merge(merged, read_yaml(config_file))
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "max_overkill" in flags and "max_escape" not in flags:
+        merged["max_escape"] = None
+    if "max_escape" in flags and "max_overkill" not in flags:
+        merged["max_overkill"] = None
+    merged = _deep_merge(merged, flags)
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<config>'}={err.get('input')!r}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid training config: {problems}") from None
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_yaml_dict(), sort_keys=True), encoding="utf-8")

@@ -1,0 +1,237 @@
+"""Data for training: the split, the image cache and augmentation.
+
+Every image goes through ``inspection.preprocess.read_image`` + ``to_model_input`` with the
+card's ``InputSpec`` — the very function serving calls on a camera frame — so the evaluation
+input in training is byte-for-byte the serving input. The resized ``uint8[C, H, W]`` arrays
+are cached in memory once; augmentation works on those arrays (train split only).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+from inspection.card import InputSpec
+from inspection.dataset.layout import Dataset, Sample
+from inspection.errors import DatasetError, ImageError
+from inspection.preprocess import read_image, to_model_input
+from training.config import AugmentConfig
+
+log = logging.getLogger(__name__)
+
+SPLIT_FILE = "split.csv"
+
+
+@dataclass
+class SplitData:
+    """One split's cached model inputs and integer labels."""
+
+    name: str
+    samples: list[Sample]
+    images: np.ndarray  # uint8[N, C, H, W]
+    labels: np.ndarray  # int64[N]
+
+
+def check_dataset(ds: Dataset) -> None:
+    """Refuse a dataset training cannot use.
+
+    Raises:
+        DatasetError: fewer than two classes, a label outside the class list, a missing image,
+            or a class without images.
+    """
+    if len(ds.classes) < 2:
+        raise DatasetError(
+            f"dataset {ds.name!r} has {len(ds.classes)} class(es) {ds.classes}; a classifier needs at least 2 "
+            "(e.g. good + one defect type)"
+        )
+    allowed = set(ds.classes)
+    for s in ds.samples:
+        if s.label not in allowed:
+            raise DatasetError(f"{s.path}: label {s.label!r} is not in the class list {ds.classes}")
+        if not ds.path_of(s).is_file():
+            raise DatasetError(f"{ds.root}: image file {s.path} is missing")
+    counts = Counter(s.label for s in ds.samples)
+    empty = [c for c in ds.classes if counts.get(c, 0) == 0]
+    if empty:
+        raise DatasetError(f"class(es) {empty} of {ds.classes} have no images; every class needs some")
+
+
+def make_split(samples: list[Sample], *, seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
+    """Assign train/val/test to every sample, stratified by label, reproducible by seed.
+
+    Samples that already carry a split keep it. Samples sharing a non-empty ``source`` (views of
+    one part) always land in the same split — the split of the first of them that has one.
+    Each class with at least 3 groups gets at least one group in val and in test.
+    """
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[s.source or f"\0{s.path}"].append(s)
+    assigned: dict[str, str] = {}
+    free_by_label: dict[str, list[str]] = defaultdict(list)
+    for key in sorted(groups):
+        members = groups[key]
+        given = next((m.split for m in members if m.split), "")
+        if given:
+            for m in members:
+                assigned[m.path] = given
+        else:
+            label = Counter(m.label for m in members).most_common(1)[0][0]
+            free_by_label[label].append(key)
+    rng = np.random.default_rng(seed)
+    for label in sorted(free_by_label):
+        keys = free_by_label[label]
+        order = rng.permutation(len(keys))
+        keys = [keys[i] for i in order]
+        n = len(keys)
+        n_test = int(round(n * test_fraction))
+        n_val = int(round(n * val_fraction))
+        if n >= 3:
+            n_test, n_val = max(n_test, 1), max(n_val, 1)
+        n_test, n_val = min(n_test, n), min(n_val, max(n - n_test - 1, 0))
+        for i, key in enumerate(keys):
+            split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+            for m in groups[key]:
+                assigned[m.path] = split
+    return assigned
+
+
+def split_counts(samples: list[Sample], split: dict[str, str], classes: list[str]) -> dict[str, dict[str, int]]:
+    """``{split: {class: count}}`` for the card."""
+    out: dict[str, dict[str, int]] = {name: {c: 0 for c in classes} for name in ("train", "val", "test")}
+    for s in samples:
+        out[split[s.path]][s.label] += 1
+    return out
+
+
+def write_split(path: Path, samples: list[Sample], split: dict[str, str]) -> None:
+    """Save the split as CSV (path,label,split,source), sorted by path."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label", "split", "source"])
+    for s in sorted(samples, key=lambda s: s.path):
+        writer.writerow([s.path, s.label, split[s.path], s.source])
+    Path(path).write_text(buf.getvalue(), encoding="utf-8")
+
+
+def read_split(path: Path) -> dict[str, str]:
+    """Read a split.csv back into ``{path: split}``."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {row["path"]: row["split"] for row in csv.DictReader(fh)}
+
+
+def load_images(ds: Dataset, samples: list[Sample], spec: InputSpec) -> np.ndarray:
+    """Read and preprocess ``samples`` exactly as serving would: ``uint8[N, C, H, W]``.
+
+    Raises:
+        DatasetError: an image is missing or cannot be decoded (names the file).
+    """
+    out = np.empty((len(samples), spec.channels, spec.height, spec.width), dtype=np.uint8)
+    for i, s in enumerate(samples):
+        try:
+            out[i] = to_model_input(read_image(ds.path_of(s)), spec)
+        except ImageError as exc:
+            raise DatasetError(f"dataset {ds.name!r}: {exc}") from None
+    return out
+
+
+def load_splits(ds: Dataset, split: dict[str, str], spec: InputSpec) -> dict[str, SplitData]:
+    """The cached train/val/test arrays (images read once)."""
+    index = {c: i for i, c in enumerate(ds.classes)}
+    out: dict[str, SplitData] = {}
+    for name in ("train", "val", "test"):
+        samples = sorted((s for s in ds.samples if split[s.path] == name), key=lambda s: s.path)
+        images = load_images(ds, samples, spec)
+        labels = np.array([index[s.label] for s in samples], dtype=np.int64)
+        out[name] = SplitData(name, samples, images, labels)
+    return out
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of ``uint8[N, C, H, W]`` scaled to 0..1 (for the Normalize layer)."""
+    x = images.astype(np.float64) / 255.0
+    mean = x.mean(axis=(0, 2, 3))
+    std = np.maximum(x.std(axis=(0, 2, 3)), 1e-3)
+    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+
+
+class LineAugment:
+    """Albumentations preset for line-camera images, on ``uint8[C, H, W]`` arrays."""
+
+    def __init__(self, cfg: AugmentConfig, *, seed: int) -> None:
+        import albumentations as A
+
+        steps: list = []
+        if cfg.hflip:
+            steps.append(A.HorizontalFlip(p=0.5))
+        if cfg.vflip:
+            steps.append(A.VerticalFlip(p=0.5))
+        if cfg.rot90:
+            steps.append(A.RandomRotate90(p=0.5))
+        if cfg.shift_scale_p > 0:
+            steps.append(
+                A.Affine(translate_percent=(-0.05, 0.05), scale=(0.93, 1.07), border_mode=4, p=cfg.shift_scale_p)
+            )
+        if cfg.brightness_p > 0 and (cfg.brightness > 0 or cfg.contrast > 0):
+            steps.append(
+                A.RandomBrightnessContrast(
+                    brightness_limit=cfg.brightness, contrast_limit=cfg.contrast, p=cfg.brightness_p
+                )
+            )
+        if cfg.gamma_p > 0:
+            steps.append(A.RandomGamma(gamma_limit=cfg.gamma, p=cfg.gamma_p))
+        if cfg.blur_p > 0:
+            steps.append(A.GaussianBlur(blur_limit=(3, 5), sigma_limit=cfg.blur_sigma, p=cfg.blur_p))
+        if cfg.noise_p > 0:
+            steps.append(A.GaussNoise(std_range=cfg.noise_std, p=cfg.noise_p))
+        self.compose = A.Compose(steps, seed=seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random stream (once per epoch, so a resumed run repeats the same epochs)."""
+        self.compose.set_random_seed(seed)
+
+    def __call__(self, chw: np.ndarray) -> np.ndarray:
+        hwc = np.ascontiguousarray(chw.transpose(1, 2, 0))
+        out = self.compose(image=hwc)["image"]
+        if out.ndim == 2:
+            out = out[:, :, None]
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+class ArrayDataset(TorchDataset):
+    """Cached arrays as a torch dataset, augmenting each draw when a transform is given."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: LineAugment | None = None) -> None:
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.images[i]
+        if self.transform is not None:
+            img = self.transform(img)
+        return torch.from_numpy(np.ascontiguousarray(img)), int(self.labels[i])
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse-frequency weights per class, normalised to mean 1 (absent classes get 0)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    w = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    present = counts > 0
+    return w / w[present].mean() if present.any() else w
+
+
+def min_defects_needed(target: float) -> int:
+    """Validation defects (or good parts) needed to resolve a rate target: ceil(1 / target)."""
+    return int(math.ceil(1.0 / target - 1e-9))

@@ -1,0 +1,245 @@
+"""The training loop: ``train_one_epoch``, ``predict``, early stopping and checkpoints.
+
+Determinism: one seed fixes the weights' initialisation, the sampler's draws and the
+augmentation stream; both are re-seeded at every epoch from (seed, epoch), so a run resumed
+from a checkpoint at epoch k repeats epochs k+1.. exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from inspection.errors import TrainingError
+from inspection.metrics import macro_recall, confusion_matrix
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU) and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
+
+
+def make_loader(dataset: torch.utils.data.Dataset, labels: np.ndarray, *, batch_size: int, balance: str, n_classes: int, seed: int) -> DataLoader:
+    """A loader drawing classes evenly (``balance="sampler"``) or shuffling plainly."""
+    generator = torch.Generator().manual_seed(seed)
+    if balance == "sampler":
+        counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+        per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0), 0.0)
+        weights = torch.as_tensor(per_class[labels], dtype=torch.double)
+        sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0, drop_last=len(labels) > batch_size)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=0, drop_last=len(labels) > batch_size)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, *, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, scheduler: Any | None = None, progress: Any | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss and accuracy on the (augmented) batches."""
+    model.train()
+    total, correct, loss_sum = 0, 0, 0.0
+    for images, labels in loader:
+        logits = model(images)
+        loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        n = labels.numel()
+        total += n
+        loss_sum += float(loss.detach()) * n
+        correct += int((logits.detach().argmax(1) == labels).sum())
+        if progress is not None:
+            progress.update(n)
+            progress.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}", refresh=False)
+    if total == 0:
+        raise TrainingError("the training split is empty; add images or lower val/test fractions")
+    return {"loss": loss_sum / total, "acc": correct / total}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
+    """Softmax probabilities ``float32[N, K]`` for cached ``uint8[N, C, H, W]`` inputs (eval mode)."""
+    model.eval()
+    out: list[np.ndarray] = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size]))
+        out.append(torch.softmax(model(x), dim=1).numpy())
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+
+def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """Loss, accuracy and macro recall of ``model`` on cached arrays, plus the probabilities."""
+    probs = predict(model, images)
+    if len(labels) == 0:
+        return {"loss": float("nan"), "acc": float("nan"), "macro_recall": float("nan"), "probs": probs}
+    p_true = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
+    cm = confusion_matrix(labels, probs.argmax(1), n_classes)
+    return {
+        "loss": float(-np.log(p_true).mean()),
+        "acc": float(np.trace(cm) / cm.sum()),
+        "macro_recall": macro_recall(cm),
+        "probs": probs,
+    }
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when the validation score has not improved for ``patience`` epochs.
+
+    The score is validation macro recall (balanced accuracy: rare defects count as much as the
+    common good class); ties are broken by the lower validation loss.
+    """
+
+    patience: int
+    min_epochs: int = 1
+    best_score: tuple[float, float] = (-np.inf, -np.inf)
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def step(self, epoch: int, *, score: float, loss: float) -> bool:
+        """Record an epoch; True when this epoch is the best so far."""
+        key = (round(score, 6), -loss)
+        improved = key > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.bad_epochs = key, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    def should_stop(self, epoch: int) -> bool:
+        return epoch + 1 >= self.min_epochs and self.bad_epochs >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"best_score": list(self.best_score), "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.best_score = tuple(state["best_score"])  # type: ignore[assignment]
+        self.best_epoch = int(state["best_epoch"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.history = list(state["history"])
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (temp + rename), so an interrupt never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``.
+
+    Raises:
+        TrainingError: missing or unreadable file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise TrainingError(f"checkpoint {path} does not exist; pass the checkpoint.pt of an interrupted run")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a torn or foreign file: name it instead of a pickle traceback
+        raise TrainingError(f"checkpoint {path} cannot be read: {exc}") from None
+
+
+def fit(
+    model: nn.Module,
+    *,
+    make_epoch_loader: Callable[[int], DataLoader],
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    n_classes: int,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    loss_fn: nn.Module,
+    stopper: EarlyStopping,
+    checkpoint: Path,
+    checkpoint_extra: dict[str, Any],
+    resume: dict[str, Any] | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train with AdamW + one-cycle LR, early stopping and a checkpoint after every epoch.
+
+    Returns the best model's state dict and the history. The model ends holding the best weights.
+    """
+    from tqdm.auto import tqdm
+
+    steps_per_epoch = max(len(make_epoch_loader(0)), 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    start = 0
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        stopper.load(resume["stopper"])
+        best_state = resume["best_model"]
+        start = int(resume["epoch"]) + 1
+        torch.set_rng_state(resume["torch_rng"])
+        log.info("resuming at epoch %d of %d from %s", start + 1, epochs, checkpoint)
+    n_train = len(make_epoch_loader(0).dataset)  # type: ignore[arg-type]
+    for epoch in range(start, epochs):
+        loader = make_epoch_loader(epoch)
+        bar = tqdm(total=n_train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress, unit="img")
+        train = train_one_epoch(model, loader, optimizer=optimizer, loss_fn=loss_fn, scheduler=scheduler, progress=bar)
+        bar.close()
+        val = evaluate(model, val_images, val_labels, n_classes)
+        improved = stopper.step(epoch, score=val["macro_recall"], loss=val["loss"])
+        if improved:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"],
+               "val_loss": val["loss"], "val_acc": val["acc"], "val_macro_recall": val["macro_recall"],
+               "lr": float(scheduler.get_last_lr()[0])}
+        stopper.history.append(row)
+        line = (f"epoch {epoch + 1}/{epochs}  train loss {train['loss']:.4f} acc {train['acc']:.3f}  "
+                f"val loss {val['loss']:.4f} acc {val['acc']:.3f} macro-recall {val['macro_recall']:.3f}"
+                f"{'  *best' if improved else ''}")
+        if progress:
+            tqdm.write(line)
+        log.info(line)
+        if on_epoch is not None:
+            on_epoch(row)
+        stop = stopper.should_stop(epoch)
+        save_checkpoint(checkpoint, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "stopper": stopper.state(), "best_model": best_state, "epoch": epoch, "done": stop or epoch + 1 == epochs,
+            "torch_rng": torch.get_rng_state(), **checkpoint_extra,
+        })
+        if stop:
+            log.info("early stop after epoch %d: no better validation macro recall for %d epochs (best epoch %d)",
+                     epoch + 1, stopper.patience, stopper.best_epoch + 1)
+            break
+    model.load_state_dict(best_state)
+    return {"history": stopper.history, "best_epoch": stopper.best_epoch + 1}

@@ -1,0 +1,255 @@
+"""Model registry: ``register_model`` / ``get_model`` / ``list_models``.
+
+Every architecture is built for the card's channel count *deliberately*: line cameras are
+grayscale, so a 1-channel model gets a 1-channel first convolution (pretrained 3-channel
+weights, when used, are summed over the colour axis — the exact response of the RGB filter to
+a gray image replicated into three channels). Nothing converts gray to fake RGB at run time.
+
+Architectures:
+
+* ``tinyres`` (default) — a compact ResNet (widths 24-48-96-192), ~1.2 M parameters: fast on
+  two CPU cores at 128–160 px and strong enough for texture defects.
+* ``resnet18`` — torchvision's ResNet-18 (11 M parameters).
+* ``resnet18_half`` — ResNet-18 layout at half width (2.8 M parameters).
+* ``mobilenet_v3_small`` — torchvision's MobileNetV3-Small.
+* ``efficientnet_b0`` — torchvision's EfficientNet-B0 (the largest choice here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from inspection.errors import TrainingError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    #: torchvision weight file name in the torch hub cache (None: no pretrained weights exist).
+    pretrained_file: str | None
+    description: str
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, pretrained_file: str | None = None, description: str = "") -> Callable:
+    """Decorator adding a builder ``fn(num_classes, in_channels) -> nn.Module`` to the registry.
+
+    Raises:
+        ValueError: ``name`` is already registered (two builders for one name is a bug).
+    """
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = ModelInfo(name, fn, pretrained_file, description or (fn.__doc__ or "").strip())
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names of the registered architectures, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    """Registry entry for ``name``.
+
+    Raises:
+        TrainingError: unknown architecture (the message lists the registered ones).
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise TrainingError(f"unknown architecture {name!r}; choose one of {list_models()}") from None
+
+
+def get_model(name: str, *, num_classes: int, in_channels: int = 1) -> nn.Module:
+    """Build architecture ``name`` for ``num_classes`` outputs and ``in_channels`` inputs.
+
+    Raises:
+        TrainingError: unknown architecture, or fewer than 2 classes.
+    """
+    info = model_info(name)
+    if num_classes < 2:
+        raise TrainingError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
+    if in_channels not in (1, 3):
+        raise TrainingError(f"in_channels={in_channels}: models take 1 (grayscale) or 3 (RGB) channels")
+    return info.builder(num_classes=num_classes, in_channels=in_channels)
+
+
+def find_pretrained(name: str, *, path: Path | None = None, hub_dir: Path | None = None) -> Path | None:
+    """Local pretrained weights for ``name``: ``path`` if given, else the torch hub cache file.
+
+    Never downloads. Returns None when no local file exists.
+
+    Raises:
+        TrainingError: ``path`` was given but does not exist.
+    """
+    if path is not None:
+        if not Path(path).is_file():
+            raise TrainingError(f"pretrained weights {path} do not exist; give an existing .pth file or omit it")
+        return Path(path)
+    info = model_info(name)
+    if info.pretrained_file is None:
+        return None
+    hub = Path(hub_dir) if hub_dir is not None else Path(torch.hub.get_dir())
+    candidate = hub / "checkpoints" / info.pretrained_file
+    return candidate if candidate.is_file() else None
+
+
+def load_pretrained(model: nn.Module, weights: Path) -> list[str]:
+    """Load a torchvision state dict into ``model``, adapting the first conv and skipping the head.
+
+    Returns the names of parameters left at their initial values (head, mismatched shapes).
+    """
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    skipped: list[str] = []
+    adapted: dict[str, torch.Tensor] = {}
+    for key, target in own.items():
+        value = state.get(key)
+        if value is None:
+            skipped.append(key)
+            continue
+        if value.ndim == 4 and target.ndim == 4 and value.shape[1] == 3 and target.shape[1] == 1:
+            value = value.sum(dim=1, keepdim=True)
+        if value.shape != target.shape:
+            skipped.append(key)
+            continue
+        adapted[key] = value
+    model.load_state_dict(adapted, strict=False)
+    return skipped
+
+
+# -- architectures ----------------------------------------------------------------------------
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.act = nn.ReLU(inplace=True)
+        self.short: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.act(y + self.short(x))
+
+
+class TinyResNet(nn.Module):
+    """A compact ResNet: stem, four stages of one or two basic blocks, global average pool."""
+
+    def __init__(self, *, num_classes: int, in_channels: int = 1, widths: tuple[int, ...] = (24, 48, 96, 192), depth: tuple[int, ...] = (1, 1, 2, 1)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        layers: list[nn.Module] = []
+        cin = widths[0]
+        for i, (w, d) in enumerate(zip(widths, depth)):
+            for j in range(d):
+                layers.append(_Block(cin, w, 2 if (j == 0 and i > 0) else 1))
+                cin = w
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():
+            if isinstance(m, _Block):
+                nn.init.zeros_(m.bn2.weight)  # each block starts as identity: stabler from scratch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(self.stem(x))
+        return self.fc(self.drop(torch.flatten(self.pool(x), 1)))
+
+
+@register_model("tinyres", description="compact ResNet, ~1.2M params (default; fast on CPU)")
+def _tinyres(*, num_classes: int, in_channels: int) -> nn.Module:
+    return TinyResNet(num_classes=num_classes, in_channels=in_channels)
+
+
+def _first_conv_to(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    if conv.in_channels == in_channels:
+        return conv
+    return nn.Conv2d(
+        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None  # type: ignore[arg-type]
+    )
+
+
+@register_model("resnet18", pretrained_file="resnet18-f37072fd.pth", description="torchvision ResNet-18 (11M params)")
+def _resnet18(*, num_classes: int, in_channels: int) -> nn.Module:
+    from torchvision.models import resnet18
+
+    m = resnet18(weights=None, num_classes=num_classes)
+    m.conv1 = _first_conv_to(m.conv1, in_channels)
+    return m
+
+
+@register_model("resnet18_half", description="ResNet-18 layout at half width (2.8M params)")
+def _resnet18_half(*, num_classes: int, in_channels: int) -> nn.Module:
+    return TinyResNet(num_classes=num_classes, in_channels=in_channels, widths=(32, 64, 128, 256), depth=(2, 2, 2, 2))
+
+
+@register_model("mobilenet_v3_small", pretrained_file="mobilenet_v3_small-047dcff4.pth", description="torchvision MobileNetV3-Small (1.5M params)")
+def _mobilenet_v3_small(*, num_classes: int, in_channels: int) -> nn.Module:
+    from torchvision.models import mobilenet_v3_small
+
+    m = mobilenet_v3_small(weights=None, num_classes=num_classes)
+    first = m.features[0][0]
+    m.features[0][0] = _first_conv_to(first, in_channels)
+    return m
+
+
+@register_model("efficientnet_b0", pretrained_file="efficientnet_b0_rwightman-7f5810bc.pth", description="torchvision EfficientNet-B0 (4M params)")
+def _efficientnet_b0(*, num_classes: int, in_channels: int) -> nn.Module:
+    from torchvision.models import efficientnet_b0
+
+    m = efficientnet_b0(weights=None, num_classes=num_classes)
+    first = m.features[0][0]
+    m.features[0][0] = _first_conv_to(first, in_channels)
+    return m
+
+
+class Normalize(nn.Module):
+    """``uint8``/float pixels -> ``(x * scale - mean) / std``; lives inside the model and the graph."""
+
+    def __init__(self, mean: list[float], std: list[float], scale: float = 1.0 / 255.0) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.to(torch.float32) * self.scale - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """Normalisation + backbone: takes pixels (uint8 or float 0..255), returns logits."""
+
+    def __init__(self, backbone: nn.Module, *, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))

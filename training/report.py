@@ -1,0 +1,137 @@
+"""The evaluation report a quality engineer reads: ``report.html`` plus PNG plots.
+
+Contents: escape and overkill rates at the operating point with 95% Wilson intervals, per-class
+precision/recall/F1, the confusion matrix, ROC and precision–recall curves for defect vs good
+(only for models with a good class), and the training history.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inspection import metrics as M
+
+
+def _plt():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on a build server or line PC
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(classes), 0.8 + 0.7 * len(classes)), dpi=100)
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    vmax = cm.max() if cm.size else 0
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > vmax / 2 else "black")
+    ax.set_title("confusion matrix (test)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_roc(is_defect: np.ndarray, score: np.ndarray, threshold: float, path: Path) -> None:
+    plt = _plt()
+    fpr, tpr, thr = M.roc_curve(is_defect, score)
+    auc = M.roc_auc(is_defect, score)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    ax.plot(fpr, tpr, label=f"AUC {auc:.4f}")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    op = M.escape_overkill(is_defect, score >= threshold)
+    ax.plot([op["overkill"].rate], [1 - op["escape"].rate], "o", color="red", label=f"operating point t={threshold:.3g}")
+    ax.set_xlabel("overkill rate (good rejected)")
+    ax.set_ylabel("1 - escape rate (defects caught)")
+    ax.set_title("ROC, defect vs good (test)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_pr(is_defect: np.ndarray, score: np.ndarray, path: Path) -> None:
+    plt = _plt()
+    precision, recall, _ = M.precision_recall_curve(is_defect, score)
+    ap = M.average_precision(is_defect, score)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    ax.step(recall, precision, where="post", label=f"AP {ap:.4f}")
+    ax.set_xlabel("recall (defects caught)")
+    ax.set_ylabel("precision (rejects that are defects)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("precision–recall, defect vs good (test)")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _rate_cell(r: dict[str, Any]) -> str:
+    if not r["n"]:
+        return "n/a"
+    return f"{r['rate']:.2%} ({r['k']}/{r['n']}; 95% CI {r['ci_low']:.2%}–{r['ci_high']:.2%})"
+
+
+def write_report(folder: Path, *, title: str, classes: list[str], good_class: str | None, y_true: np.ndarray, probs: np.ndarray, threshold: float, test_metrics: dict[str, Any], calibration: dict[str, Any], history: list[dict[str, float]]) -> list[str]:
+    """Write ``report.html`` and its PNGs into ``folder``; returns the file names written."""
+    folder = Path(folder)
+    files = ["report.html", "confusion.png"]
+    cm = np.asarray(test_metrics["confusion_matrix"])
+    plot_confusion(cm, classes, folder / "confusion.png")
+    esc = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:60em}td,th{padding:2px 8px;text-align:right}"
+             "th:first-child,td:first-child{text-align:left}table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}</style>",
+             f"</head><body><h1>{esc(title)}</h1>"]
+    if good_class is not None:
+        is_defect = y_true != classes.index(good_class)
+        score = 1.0 - probs[:, classes.index(good_class)]
+        plot_roc(is_defect, score, threshold, folder / "roc.png")
+        plot_pr(is_defect, score, folder / "pr.png")
+        files += ["roc.png", "pr.png"]
+        op = test_metrics["operating_point"]
+        parts.append("<h2>Operating point (test split)</h2><table>")
+        parts.append(f"<tr><td>reject threshold on P(defect)</td><td>{threshold:.6g}</td></tr>")
+        parts.append(f"<tr><td>calibrated for</td><td>{esc(str(calibration.get('target', {})))} on validation</td></tr>")
+        parts.append(f"<tr><td><b>escape rate</b> (defects passed)</td><td>{_rate_cell(op['escape'])}</td></tr>")
+        parts.append(f"<tr><td><b>overkill rate</b> (good rejected)</td><td>{_rate_cell(op['overkill'])}</td></tr>")
+        parts.append(f"<tr><td>ROC AUC defect vs good</td><td>{test_metrics['roc_auc']:.4f}</td></tr>")
+        parts.append(f"<tr><td>average precision</td><td>{test_metrics['average_precision']:.4f}</td></tr></table>")
+        parts.append("<p>The interval is how sure the figure is: with few defects on the test split a low escape rate is "
+                     "compatible with a much higher true rate.</p>")
+        parts.append("<img src='roc.png' alt='ROC'> <img src='pr.png' alt='precision-recall'>")
+    parts.append("<h2>Per class (test split)</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>")
+    for name, v in test_metrics["per_class"].items():
+        parts.append(f"<tr><td>{esc(name)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>")
+    parts.append(f"</table><p>accuracy {test_metrics['accuracy']:.4f}, macro recall {test_metrics['macro_recall']:.4f}, macro F1 {test_metrics['macro_f1']:.4f}</p>")
+    parts.append("<img src='confusion.png' alt='confusion matrix'>")
+    if history:
+        parts.append("<h2>Training history</h2><table><tr>" + "".join(f"<th>{esc(k)}</th>" for k in history[0]) + "</tr>")
+        for row in history:
+            parts.append("<tr>" + "".join(f"<td>{v:.4g}</td>" if isinstance(v, float) else f"<td>{v}</td>" for v in row.values()) + "</tr>")
+        parts.append("</table>")
+    parts.append("</body></html>\n")
+    (folder / "report.html").write_text("\n".join(parts), encoding="utf-8")
+    return files
+
+
+def text_summary(test_metrics: dict[str, Any], good_class: str | None) -> str:
+    """A few lines for the terminal: the escape/overkill report."""
+    lines = [f"test accuracy {test_metrics['accuracy']:.4f}  macro recall {test_metrics['macro_recall']:.4f}  (n={test_metrics['n']})"]
+    if good_class is not None:
+        op = test_metrics["operating_point"]
+        lines.append(f"escape rate   {_rate_cell(op['escape'])}")
+        lines.append(f"overkill rate {_rate_cell(op['overkill'])}")
+        lines.append(f"ROC AUC defect vs good {test_metrics['roc_auc']:.4f}")
+    return "\n".join(lines)
