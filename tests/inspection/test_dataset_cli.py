@@ -1,0 +1,90 @@
+"""`inspection dataset generate|import|info` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from inspection.cli import main
+from inspection.dataset import read_dataset
+
+
+def _generate(out: Path, *extra: str) -> int:
+    return main(["dataset", "generate", "--out", str(out), "--seed", "3", "--good", "6", "--per-defect", "2", "--size", "40", *extra])
+
+
+def test_generate_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _generate(tmp_path / "coat") == 0
+    out = capsys.readouterr().out
+    ds = read_dataset(tmp_path / "coat", verify=True)
+    assert f"wrote 16 images to {tmp_path / 'coat'}" in out and ds.fingerprint in out
+    assert main(["dataset", "info", str(tmp_path / "coat"), "--json", "--min-per-class", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"] == ds.counts() and report["problems"] == []
+    assert main(["dataset", "info", str(tmp_path / "coat")]) == 0
+    text = capsys.readouterr().out
+    assert "16 images, 6 classes (good class: good)" in text and "warning: tiny_class" in text
+
+
+def test_generate_refuses_an_existing_folder_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _generate(tmp_path / "coat") == 0
+    fingerprint = read_dataset(tmp_path / "coat").fingerprint
+    capsys.readouterr()
+    assert main(["dataset", "generate", "--out", str(tmp_path / "coat"), "--seed", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "already exists" in err and "--overwrite" in err
+    assert read_dataset(tmp_path / "coat").fingerprint == fingerprint
+    assert _generate(tmp_path / "coat", "--overwrite") == 0
+
+
+def test_generate_bad_size_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dataset", "generate", "--out", str(tmp_path / "x"), "--size", "4"]) == 2
+    assert "size=4 is out of range 32..2048" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_import_folders_with_exclude_and_pattern(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _generate(tmp_path / "gen") == 0
+    src = tmp_path / "src"
+    for s in read_dataset(tmp_path / "gen").samples:  # MT-like: Cls_<label>/Imgs/<n>.png + a .bmp "mask"
+        target = src / f"Cls_{s.label}" / "Imgs" / Path(s.path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((tmp_path / "gen" / s.path).read_bytes())
+        target.with_suffix(".bmp").write_bytes(b"BM not really")
+    capsys.readouterr()
+    rc = main(["dataset", "import", "--layout", "folders", str(src), "--out", str(tmp_path / "imp"),
+               "--exclude", "*.bmp", "--class-from-dir-pattern", "Cls_(?P<label>[^/]+)/", "--good", "good"])
+    assert rc == 0, capsys.readouterr().err
+    ds = read_dataset(tmp_path / "imp", verify=True)
+    assert ds.counts() == read_dataset(tmp_path / "gen").counts() and ds.classes[0] == "good"
+    assert f"imported 16 images to {tmp_path / 'imp'}" in capsys.readouterr().out
+
+
+def test_import_bad_input_exits_2_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "src"
+    (src / "good").mkdir(parents=True)
+    (src / "good" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    rc = main(["dataset", "import", "--layout", "folders", str(src), "--out", str(tmp_path / "out")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{src / 'good' / 'a.png'}: truncated PNG" in err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "l.csv").write_text("path,label\nsrc/good/a.png,good\n")
+    rc = main(["dataset", "import", "--layout", "csv", str(tmp_path / "l.csv"), "--out", str(tmp_path / "out"),
+               "--classes", "ok,dent"])
+    assert rc == 2
+    assert "label 'good' is not in the class list ['ok', 'dent']" in capsys.readouterr().err
+
+
+def test_unknown_layout_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["dataset", "import", "--layout", "tree", "src", "--out", "x"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'tree'" in capsys.readouterr().err
+
+
+def test_info_on_a_folder_without_a_dataset_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dataset", "info", str(tmp_path)]) == 2
+    assert "has no manifest.json" in capsys.readouterr().err
