@@ -1,0 +1,201 @@
+"""Appending: group commit, durability contract, validation, frames, several writers, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from inspection.errors import ConfigError, ConflictError, InspectionError, NotFoundError, ValidationError
+from inspection.log.frames import sha256_hex
+from inspection.log.migrate import current_revision
+from inspection.log.records import LogEntry
+from inspection.log.store import open_log
+
+
+def test_append_returns_the_committed_record_and_get_reads_it_back(log: Any) -> None:
+    entry = LogEntry(kind="inspection", time=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc), station="s",
+                     camera="c", part_id="P1", decision="reject", defect_class="dent", scores={"ok": 0.2, "dent": 0.8},
+                     threshold=1, model_name="m", model_version="3", model_sha256="a" * 64, latency_ms=2,
+                     failsafe_reason=None, actor="line-1", data={"plc": {"ack": True}})
+    stored = log.append(entry)
+    assert stored.seq == 1
+    got = log.get(entry.inspection_id)
+    assert got == stored
+    assert got.entry.threshold == 1.0 and isinstance(got.entry.threshold, float)
+    assert got.entry.time == entry.time
+    assert got.entry.scores == {"ok": 0.2, "dent": 0.8}
+
+
+def test_get_unknown_id_is_not_found(log: Any) -> None:
+    with pytest.raises(NotFoundError, match="nope"):
+        log.get("nope")
+
+
+def test_concurrent_appends_share_commits_and_keep_one_chain(log: Any) -> None:
+    n_threads, per_thread = 8, 25
+    barrier = threading.Barrier(n_threads)
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        barrier.wait()
+        try:
+            for i in range(per_thread):
+                log.append(LogEntry(kind="inspection", station=f"s{t}", part_id=f"{t}-{i}", decision="pass"))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    total = n_threads * per_thread
+    assert log.stats.records == total
+    assert log.stats.commits < total, "group commit should put concurrent appends into shared transactions"
+    report = log.verify()
+    assert report.ok and report.records == total
+
+
+def test_append_async_does_not_block_and_batches(log: Any) -> None:
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(log.append_async(LogEntry(kind="inspection", part_id=str(i), decision="pass"))
+                                      for i in range(64)))
+
+    stored = asyncio.run(main())
+    assert sorted(r.seq for r in stored) == list(range(1, 65))
+    assert log.stats.largest_batch > 1
+    assert log.verify().ok
+
+
+def test_duplicate_id_fails_alone_without_failing_its_batch(log: Any) -> None:
+    first = log.append(LogEntry(kind="inspection", decision="pass"))
+
+    async def main() -> list[Any]:
+        entries = [LogEntry(kind="inspection", decision="pass") for _ in range(5)]
+        entries.insert(2, LogEntry(kind="inspection", inspection_id=first.entry.inspection_id, decision="reject"))
+        return await asyncio.gather(*(log.append_async(e) for e in entries), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert isinstance(results[2], ConflictError) and first.entry.inspection_id in str(results[2])
+    assert sum(1 for r in results if not isinstance(r, BaseException)) == 5
+    assert log.verify().ok and log.head()[0] == 6
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        (LogEntry(kind="bogus"), "kind 'bogus'"),  # type: ignore[arg-type]
+        (LogEntry(kind="inspection", station="x" * 129), "station is 129 characters"),
+        (LogEntry(kind="inspection", part_id="a\x00b"), "NUL"),
+        (LogEntry(kind="inspection", latency_ms=float("nan")), "latency_ms"),
+        (LogEntry(kind="inspection", scores={"ok": float("inf")}), "scores"),
+        (LogEntry(kind="inspection", data={"x": object()}), "not plain JSON"),
+        (LogEntry(kind="inspection", inspection_id=""), "inspection_id"),
+    ],
+)
+def test_bad_entries_are_refused_with_a_reason(log: Any, entry: LogEntry, match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        log.append(entry)
+    assert log.head()[0] == 0
+
+
+def test_reject_frames_always_kept_passes_only_at_sample_rate(logs: Any) -> None:
+    log = logs.open(frame_sample_rate=0.0)
+    reject = log.append(LogEntry(kind="inspection", decision="reject"), frame=b"reject-frame")
+    failsafe = log.append(LogEntry(kind="inspection", decision="reject", failsafe_reason="timeout"), frame=b"fs")
+    passed = log.append(LogEntry(kind="inspection", decision="pass"), frame=b"pass-frame")
+    assert reject.entry.frame_sha256 == sha256_hex(b"reject-frame")
+    assert log.frame(reject.entry.frame_sha256) == b"reject-frame"
+    assert log.has_frame(failsafe.entry.frame_sha256)
+    assert passed.entry.frame_sha256 == sha256_hex(b"pass-frame")  # the record names it even if not kept
+    assert not log.has_frame(passed.entry.frame_sha256)
+    with pytest.raises(NotFoundError, match="not stored"):
+        log.frame(passed.entry.frame_sha256)
+    log.close()
+    sampled = logs.open(frame_sample_rate=1.0)
+    p2 = sampled.append(LogEntry(kind="inspection", decision="pass"), frame=b"pass-frame-2")
+    assert sampled.frame(p2.entry.frame_sha256) == b"pass-frame-2"
+
+
+def test_frame_sha_mismatch_is_refused(log: Any) -> None:
+    with pytest.raises(ValidationError, match="does not match"):
+        log.append(LogEntry(kind="inspection", decision="reject", frame_sha256="0" * 64), frame=b"x")
+
+
+def test_two_logs_on_one_database_extend_one_chain(logs: Any) -> None:
+    # Two servers (two engines, two writer threads) sharing one log must not fork the chain.
+    a, b = logs.open(), logs.open()
+    barrier = threading.Barrier(2)
+
+    def worker(lg: Any, name: str) -> None:
+        barrier.wait()
+        for i in range(60):
+            lg.append(LogEntry(kind="inspection", station=name, part_id=str(i), decision="pass"))
+
+    threads = [threading.Thread(target=worker, args=(lg, n)) for lg, n in ((a, "A"), (b, "B"))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    report = a.verify()
+    assert report.ok and report.records == 120 and report.head_seq == 120
+
+
+def test_reopening_keeps_records_and_migrations_are_at_head(logs: Any) -> None:
+    log = logs.open()
+    rec = log.append(LogEntry(kind="inspection", decision="pass"))
+    log.close()
+    again = logs.open()
+    assert again.get(rec.entry.inspection_id) == rec
+    with again.engine.connect() as conn:
+        assert current_revision(conn) == "0001"
+    assert again.append(LogEntry(kind="event")).seq == 2
+
+
+def test_closed_log_refuses_appends(log: Any) -> None:
+    log.close()
+    with pytest.raises(ConflictError, match="closed"):
+        log.append(LogEntry(kind="event"))
+
+
+@pytest.mark.parametrize(
+    ("url", "kwargs", "match"),
+    [
+        ("mysql://x/y", {}, "allowed: sqlite, postgresql"),
+        ("not a url", {}, "not a database url"),
+        ("sqlite://", {}, "names no SQLite file"),
+        ("sqlite:///{tmp}/l.db", {"frame_sample_rate": 1.5}, "frame_sample_rate"),
+        ("sqlite:///{tmp}/l.db", {"sqlite_synchronous": "OFF"}, "sqlite_synchronous"),
+    ],
+)
+def test_bad_settings_are_config_errors(tmp_path: Path, url: str, kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        open_log(url.format(tmp=tmp_path), **kwargs)
+
+
+def test_sqlite_runs_in_wal_with_full_sync(tmp_path: Path) -> None:
+    with open_log(f"sqlite:///{tmp_path}/l.db") as log:
+        with log.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert log.frames is not None and log.frames.root == tmp_path / "l.db.frames"
+
+
+def test_a_crashed_writer_leaves_no_partial_batch(log: Any) -> None:
+    # A batch is one transaction: if the head update fails, none of its records exist.
+    from inspection.log.tables import chain_head
+
+    log.append(LogEntry(kind="event"))
+    with log.engine.begin() as conn:
+        conn.execute(sa.delete(chain_head))  # the writer's SELECT ... FOR UPDATE now finds no head
+    with pytest.raises(InspectionError, match="could not commit"):
+        log.append(LogEntry(kind="event"))
+    with log.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM inspection_records")).scalar() == 1
