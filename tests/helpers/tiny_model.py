@@ -33,7 +33,6 @@ from inspection.card import (
 )
 from inspection.registry import ModelRegistry, ModelVersion
 
-GOLDEN_KEYS = ("pixels", "probabilities")
 
 
 def build_onnx(
@@ -154,7 +153,7 @@ def make_model_version(
     )
     pixels = golden_frames(size, channels)
     probs = score(model_path, pixels)
-    np.savez(folder / "golden.npz", pixels=pixels, probabilities=probs)
+    np.savez(folder / "golden.npz", inputs=pixels, probabilities=probs)  # as training.export writes it
     card = ModelCard(
         name=name,
         version=version,

@@ -1,0 +1,70 @@
+"""Operational routes: health (open), metrics, models (engineer) and settings/keys (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from serving.auth import Principal, Require
+from serving.settings import ServeSettings
+
+ENGINEER = Require("engineer", "admin")
+ADMIN = Require("admin")
+METRICS = Require("engineer", "admin", "auditor")
+
+
+def build_health_router(settings: ServeSettings) -> APIRouter:
+    """``/healthz`` (the process answers) and ``/readyz`` (every station can score); both open."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="Readiness: every station has a verified model and the log is open")
+    async def readyz(request: Request) -> JSONResponse:
+        state = request.app.state
+        if not getattr(state, "ready", False):
+            return JSONResponse({"status": "starting"}, status_code=503)
+        problems = {s: p for s, p in state.models.ready().items() if p}
+        body = {"status": "ready" if not problems else "not_ready", "problems": problems,
+                "models": {s["station"]: s["model_version"] for s in state.models.status()}}
+        return JSONResponse(body, status_code=200 if not problems else 503)
+
+    return router
+
+
+def build_ops_router(settings: ServeSettings) -> APIRouter:
+    """Metrics, model status and reload, settings and key listing."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/metrics", summary="Prometheus metrics")
+    async def metrics(request: Request, who: Annotated[Principal, Depends(METRICS)]) -> Response:
+        state = request.app.state
+        state.metrics.queue_depth.set(state.batcher.depth)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/v1/models", summary="The model version scoring each station")
+    async def models(request: Request, who: Annotated[Principal, Depends(ENGINEER)]) -> JSONResponse:
+        manager = request.app.state.models
+        return JSONResponse({"stations": manager.status(), "swaps": manager.swaps})
+
+    @router.post("/v1/models/reload", summary="Check models/active.json now (instead of at the next poll)")
+    async def reload(request: Request, who: Annotated[Principal, Depends(ENGINEER)]) -> JSONResponse:
+        manager = request.app.state.models
+        changed = await manager.check()
+        return JSONResponse({"changed": changed, "stations": manager.status()})
+
+    @router.get("/v1/admin/settings", summary="The running settings (key digests left out)")
+    async def admin_settings(request: Request, who: Annotated[Principal, Depends(ADMIN)]) -> JSONResponse:
+        return JSONResponse(request.app.state.settings.redacted())
+
+    @router.get("/v1/admin/keys", summary="Configured API keys: names and roles")
+    async def admin_keys(request: Request, who: Annotated[Principal, Depends(ADMIN)]) -> JSONResponse:
+        return JSONResponse({"keys": [{"name": k.name, "role": k.role} for k in request.app.state.settings.api_keys]})
+
+    return router

@@ -1,0 +1,133 @@
+"""Assembles the serving app: ``create_app(settings)``. Routes live in their own modules.
+
+Extending the app (other packages add one line each):
+
+* a router: add its factory ``(settings) -> APIRouter | None`` to ``default_routers()``;
+  every route declares its roles with ``Depends(serving.auth.Require(...))`` (the role x route
+  test walks ``app.routes``, so a new route is covered without touching the test);
+* start-up/shutdown work (a PLC server, an MQTT client): add a factory
+  ``(app) -> async context manager`` to ``default_lifespan_hooks()``. Hooks are entered after
+  the models, log, batcher and decision bus (``app.state.bus``) are up, and left before them.
+
+Nothing is built at import time; tests pass their own settings (and may inject a log store).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import AsyncIterator, Callable, Sequence
+
+from fastapi import APIRouter, FastAPI
+
+from inspection.log.records import InspectionLog
+from serving import errors
+from serving.auth import KeyStore
+from serving.batching import MicroBatcher
+from serving.events import DecisionBus
+from serving.lifecycle import ModelManager
+from serving.metrics import ServingMetrics
+from serving.service import InspectionService
+from serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+RouterFactory = Callable[[ServeSettings], "APIRouter | None"]
+LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def default_routers() -> list[RouterFactory]:
+    """Every router the product serves."""
+    from serving import admin, frames
+
+    return [admin.build_health_router, frames.build_router, admin.build_ops_router]
+
+
+def default_lifespan_hooks() -> list[LifespanHook]:
+    """Start-up/shutdown work of optional integrations (line, PLC, MQTT)."""
+    return []
+
+
+def open_inspection_log(settings: ServeSettings) -> InspectionLog:
+    """The store named by ``settings.log_url`` (SQLite default, PostgreSQL optional)."""
+    from inspection.log.store import open_log
+
+    options: dict[str, Any] = {}
+    if settings.frame_sample_rate is not None:
+        options["frame_sample_rate"] = settings.frame_sample_rate
+    if settings.log_url.startswith("sqlite:///"):
+        options["sqlite_synchronous"] = settings.log_sqlite_synchronous
+        Path(settings.log_url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return open_log(settings.log_url, frames_dir=settings.frames_dir, **options)
+
+
+def create_app(
+    settings: ServeSettings,
+    *,
+    log_store: InspectionLog | None = None,
+    bus: DecisionBus | None = None,
+    routers: Sequence[RouterFactory] | None = None,
+    lifespan_hooks: Sequence[LifespanHook] | None = None,
+) -> FastAPI:
+    """Build the app. Models load and the log opens in the lifespan (at start, not here).
+
+    ``log_store`` is used as given and left open at shutdown (the caller owns it); otherwise
+    the store at ``settings.log_url`` is opened and closed by the app.
+
+    Start-up raises ``ModelIntegrityError`` / ``ModelCardError`` when an active model fails
+    verification (hashes or golden frames): the server refuses to serve an untrusted model.
+    """
+    hooks = list(default_lifespan_hooks() if lifespan_hooks is None else lifespan_hooks)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import asyncio
+
+        state = app.state
+        models = ModelManager(settings, state.metrics)
+        await asyncio.to_thread(models.load_all)
+        owned = log_store is None
+        store = open_inspection_log(settings) if owned else log_store
+        assert store is not None
+        batcher = MicroBatcher(settings.batching, state.metrics)
+        batcher.start()
+        service = InspectionService(settings=settings, models=models, batcher=batcher, log_store=store,
+                                    bus=state.bus, metrics=state.metrics)
+        state.models, state.log, state.batcher, state.service = models, store, batcher, service
+        models.start_watching()
+        try:
+            async with AsyncExitStack() as stack:
+                for hook in hooks:
+                    await stack.enter_async_context(hook(app))
+                state.ready = True
+                try:
+                    yield
+                finally:
+                    state.ready = False
+                    # Open parts are fail-safe rejected (and published) while integrations still listen.
+                    await service.parts.close()
+        finally:
+            await models.stop_watching()
+            await batcher.close()
+            if owned:
+                store.close()
+
+    app = FastAPI(
+        title="inspection serving",
+        summary="Reject decisions for line controllers: frames in, pass/reject out, every decision logged.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = ServingMetrics()
+    app.state.bus = bus or DecisionBus()
+    app.state.keys = KeyStore(settings.api_keys, open_access=settings.demo)
+    app.state.ready = False
+    errors.install(app)
+    for factory in (default_routers() if routers is None else routers):
+        router = factory(settings)
+        if router is not None:
+            app.include_router(router)
+    return app

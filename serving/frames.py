@@ -1,0 +1,267 @@
+"""Frame and part routes: ``POST /v1/inspections``, ``WS /v1/stream``, ``GET /v1/parts/{id}/decision``.
+
+``POST /v1/inspections`` — the body is the frame:
+
+* ``Content-Type: image/png | image/jpeg | image/bmp | image/tiff`` — an encoded image, or
+* ``Content-Type: application/octet-stream`` — raw 8-bit pixels, row-major, channels last
+  (BGR when 3), with ``width``, ``height`` and ``channels`` (1 or 3) given.
+
+Where the frame goes, each as a query parameter or a header (the query parameter wins):
+
+==============  ===============  =========================================================
+query           header           meaning
+==============  ===============  =========================================================
+station         X-Station        a configured station
+camera          X-Camera         one of that station's cameras
+part_id         X-Part-Id        the part's serial (1..max_part_id_length printable chars)
+capture_time    X-Capture-Time   optional; ISO 8601 (``2026-01-31T08:00:00.123Z``) or Unix s
+width/height    X-Width/X-Height raw frames only
+channels        X-Channels       raw frames only (1 or 3)
+==============  ===============  =========================================================
+
+Header values must be UTF-8. The answer is ``{inspection_id, part_id, station, camera,
+decision, defect_class, score, threshold, model_version, latency_ms}``, sent only after the
+inspection record is durable in the log. A request with a bad station, camera or part id gets
+its 4xx and nothing is recorded; any later failure (bad frame or media type, body over the
+limit, model error, overload) gets its 4xx/5xx *and* fail-safe rejects that part's view.
+
+``WS /v1/stream?station=S&camera=C`` — for a camera streaming many frames: send a text
+message ``{"part_id": ..., "content_type": ..., "capture_time"?, "width"?, "height"?,
+"channels"?}`` followed by one binary message with the frame; each frame is answered, in
+order, with the same JSON as the POST, or ``{"error", "detail", "status", "failsafe"?}``.
+Up to 8 frames may be in flight on one connection (they batch with everyone else's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
+
+from inspection.errors import InspectionError, PayloadTooLargeError, ValidationError
+from inspection.preprocess import RAW_TYPE
+from serving.auth import Principal, Require
+from serving.errors import error_body, status_for
+from serving.service import FrameRequest, InspectionService
+from serving.settings import ServeSettings
+
+LINE = Require("line")
+_STREAM_IN_FLIGHT = 8
+MAX_WAIT_MS = 60_000
+
+
+def _header(conn: HTTPConnection, name: bytes) -> str | None:
+    for key, value in conn.scope["headers"]:
+        if key == name:
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValidationError(
+                    f"header {name.decode('latin-1')} is not valid UTF-8 ({value[:40]!r}); send UTF-8 text"
+                ) from None
+    return None
+
+
+def _param(conn: HTTPConnection, query: str, header: bytes) -> str | None:
+    value = conn.query_params.get(query)
+    if value is not None:
+        if "\ufffd" in value:
+            raise ValidationError(f"query parameter {query} is not valid UTF-8 ({value[:40]!r})")
+        return value
+    return _header(conn, header)
+
+
+def _int(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValidationError(f"{name}={value[:40]!r} is not an integer") from None
+
+
+def parse_capture_time(value: str | None) -> datetime | None:
+    """ISO 8601 (naive = UTC) or Unix seconds -> aware datetime.
+
+    Raises:
+        ValidationError: neither format.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return datetime.fromtimestamp(float(text), tz=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(f"capture_time {text[:40]!r} is neither ISO 8601 nor Unix seconds") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def raw_shape(width: str | None, height: str | None, channels: str | None) -> tuple[int, int, int] | None:
+    """(width, height, channels) when any is given; all three are then required.
+
+    Raises:
+        ValidationError: some missing or not integers.
+    """
+    given = {"width": width, "height": height, "channels": channels}
+    if all(v is None for v in given.values()):
+        return None
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        raise ValidationError(f"raw frames need width, height and channels; missing {missing}")
+    w, h, c = (_int(k, v) for k, v in given.items())
+    assert w is not None and h is not None and c is not None
+    return w, h, c
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        size = _int("Content-Length", declared)
+        if size is not None and size > limit:
+            raise PayloadTooLargeError(f"body of {size} bytes is over the limit of {limit} bytes (max_body_bytes)")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLargeError(f"body is over the limit of {limit} bytes (max_body_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+def _json(data: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(data, separators=(",", ":")), status_code=status, media_type="application/json")
+
+
+def build_router(settings: ServeSettings) -> APIRouter:
+    """The frame, stream and part-decision routes."""
+    router = APIRouter(tags=["frames"])
+
+    @router.post("/v1/inspections", summary="Score one frame of a part and answer pass/reject")
+    async def post_inspection(request: Request, who: Annotated[Principal, Depends(LINE)]) -> Response:
+        started = time.perf_counter()
+        service: InspectionService = request.app.state.service
+        station, camera, part_id = service.check_target(
+            _param(request, "station", b"x-station"), _param(request, "camera", b"x-camera"),
+            _param(request, "part_id", b"x-part-id"))
+        req = FrameRequest(station, camera, part_id, content_type="", actor=who.name, started=started)
+        try:
+            shape = raw_shape(_param(request, "width", b"x-width"), _param(request, "height", b"x-height"),
+                              _param(request, "channels", b"x-channels"))
+            media = service.check_media(request.headers.get("content-type"), shape)
+            capture = parse_capture_time(_param(request, "capture_time", b"x-capture-time"))
+            body = await _read_body(request, settings.max_body_bytes)
+        except InspectionError as exc:
+            await service.reject_failsafe(req, exc)
+            raise
+        req = FrameRequest(station, camera, part_id, content_type=media, raw_shape=shape if media == RAW_TYPE else None,
+                           capture_time=capture, actor=who.name, started=started)
+        return _json(await service.inspect(req, body))
+
+    @router.get("/v1/parts/{part_id}/decision", summary="The part's decision across the station's cameras")
+    async def part_decision(
+        request: Request,
+        part_id: str,
+        who: Annotated[Principal, Depends(LINE)],
+        station: Annotated[str | None, Query(description="needed when several stations are configured")] = None,
+        wait_ms: Annotated[float, Query(ge=0, le=MAX_WAIT_MS)] = 0.0,
+    ) -> Response:
+        service: InspectionService = request.app.state.service
+        service.check_part_id(part_id)
+        if station is None:
+            if len(settings.stations) != 1:
+                raise ValidationError(f"station is required with several stations configured: {sorted(settings.stations)}")
+            station = next(iter(settings.stations))
+        service.check_station(station)
+        part = await service.parts.wait(station, part_id, wait_ms / 1000.0)
+        summary = part.summary()
+        return _json(summary, 200 if summary["status"] == "decided" else 202)
+
+    @router.websocket("/v1/stream")
+    async def stream(websocket: WebSocket, who: Annotated[Principal, Depends(LINE)]) -> None:
+        service: InspectionService = websocket.app.state.service
+        station, camera, _ = service.check_target(
+            _param(websocket, "station", b"x-station"), _param(websocket, "camera", b"x-camera"), "-")
+        await websocket.accept()
+        pending: deque[asyncio.Task[dict[str, Any]]] = deque()
+        sender_wakeup = asyncio.Event()
+        done = False
+
+        async def send_answers() -> None:
+            while True:
+                while pending:
+                    answer = await pending[0]
+                    pending.popleft()
+                    await websocket.send_text(json.dumps(answer, separators=(",", ":")))
+                if done:
+                    return
+                sender_wakeup.clear()
+                await sender_wakeup.wait()
+
+        sender = asyncio.create_task(send_answers())
+        try:
+            while True:
+                header = await websocket.receive_text()
+                frame = await websocket.receive_bytes()
+                started = time.perf_counter()
+                while len(pending) >= _STREAM_IN_FLIGHT:
+                    await asyncio.sleep(0)
+                    await asyncio.wait({pending[0]})
+                pending.append(asyncio.create_task(_stream_frame(service, station, camera, who, header, frame, started)))
+                sender_wakeup.set()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            done = True
+            sender_wakeup.set()
+            try:
+                await sender
+            except (WebSocketDisconnect, RuntimeError):
+                for task in pending:
+                    await asyncio.gather(task, return_exceptions=True)
+
+    return router
+
+
+async def _stream_frame(service: InspectionService, station: str, camera: str, who: Principal,
+                        header: str, frame: bytes, started: float) -> dict[str, Any]:
+    """One streamed frame -> its answer dict (errors become error answers, never exceptions)."""
+    req: FrameRequest | None = None
+    try:
+        try:
+            meta = json.loads(header)
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"frame header is not JSON: {exc}") from None
+        if not isinstance(meta, dict):
+            raise ValidationError("frame header must be a JSON object with part_id and content_type")
+        part_id = meta.get("part_id")
+        service.check_target(station, camera, part_id if isinstance(part_id, str) else None)
+        req = FrameRequest(station, camera, part_id, content_type="", actor=who.name, started=started)
+        str_or_none = lambda k: None if meta.get(k) is None else str(meta.get(k))  # noqa: E731
+        shape = raw_shape(str_or_none("width"), str_or_none("height"), str_or_none("channels"))
+        media = service.check_media(str_or_none("content_type"), shape)
+        capture = parse_capture_time(str_or_none("capture_time"))
+        if len(frame) > service.settings.max_body_bytes:
+            raise PayloadTooLargeError(f"frame of {len(frame)} bytes is over the limit of "
+                                       f"{service.settings.max_body_bytes} bytes (max_body_bytes)")
+    except InspectionError as exc:
+        if req is not None:
+            await service.reject_failsafe(req, exc)
+        return {**error_body(exc), "status": status_for(exc)}
+    req = FrameRequest(station, camera, part_id, content_type=media, raw_shape=shape if media == RAW_TYPE else None,
+                       capture_time=capture, actor=who.name, started=started)
+    try:
+        return await service.inspect(req, frame)
+    except InspectionError as exc:
+        return {**error_body(exc), "status": status_for(exc)}

@@ -1,0 +1,170 @@
+"""Which model scores which station, and live swaps when ``models/active.json`` changes.
+
+At start every station's active version (``ModelRegistry.active``) is loaded and verified;
+a version that fails verification stops the start with its error. Afterwards a watcher polls
+``active.json`` (mtime, size, inode); on a change it loads and verifies the newly active
+versions in a worker thread and then swaps the station's reference in one assignment. A
+request holds the ``LoadedModel`` it started with, so in-flight frames finish on the old
+model and every answer names the version that really decided it. A version refused on
+reload leaves the station on its current model; the refusal is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from inspection.errors import InspectionError, ModelError
+from inspection.registry import ModelRegistry, ModelVersion
+from serving.metrics import ServingMetrics
+from serving.model import LoadedModel, load_model
+from serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+class ModelManager:
+    """The loaded model per station."""
+
+    def __init__(self, settings: ServeSettings, metrics: ServingMetrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self.registry = ModelRegistry(settings.models_dir)
+        self._current: dict[str, LoadedModel | None] = {s: None for s in settings.stations}
+        self.errors: dict[str, str] = {}
+        self._stamp: tuple[int, int, int] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.swaps = 0
+
+    # -- queries -------------------------------------------------------------------------
+    def current(self, station: str) -> LoadedModel:
+        """The model scoring ``station`` now.
+
+        Raises:
+            ModelError: the station has no verified active model.
+        """
+        model = self._current.get(station)
+        if model is None:
+            why = self.errors.get(station) or f"no model is active for station {station!r} in {self.registry.root}"
+            raise ModelError(f"station {station!r} cannot score frames: {why}")
+        return model
+
+    def ready(self) -> dict[str, str | None]:
+        """Station -> problem (None when it has a model)."""
+        return {s: (None if m is not None else (self.errors.get(s) or "no active model"))
+                for s, m in self._current.items()}
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for station, model in self._current.items():
+            out.append({
+                "station": station,
+                "model_version": model.model_id if model else None,
+                "model_sha256": model.model_sha256 if model else None,
+                "classes": model.card.classes if model else None,
+                "threshold": model.card.thresholds.reject if model else None,
+                "golden_max_diff": model.golden_max_diff if model else None,
+                "error": self.errors.get(station),
+            })
+        return out
+
+    # -- loading -------------------------------------------------------------------------
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.registry.active_path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _wanted(self) -> dict[str, ModelVersion | None]:
+        return {s: self.registry.active(s) for s in self._current}
+
+    def load_all(self) -> None:
+        """Load every station's active model (start-up).
+
+        Raises:
+            ModelIntegrityError / ModelCardError / RegistryError: a version fails verification;
+                the server must not start on a model it cannot trust.
+        """
+        self._stamp = self._stat()
+        by_id: dict[str, LoadedModel] = {}
+        for station, version in self._wanted().items():
+            if version is None:
+                self.errors[station] = f"no model is active for station {station!r} in {self.registry.root}"
+                log.warning("%s", self.errors[station])
+                continue
+            if version.model_id not in by_id:
+                by_id[version.model_id] = load_model(version, self._settings.runtime)
+            self._set(station, by_id[version.model_id])
+
+    def _set(self, station: str, model: LoadedModel) -> None:
+        old = self._current.get(station)
+        if old is not None:
+            self._metrics.model_info.labels(station, old.model_id).set(0)
+        self._current[station] = model  # the atomic swap: one reference assignment
+        self.errors.pop(station, None)
+        self._metrics.model_info.labels(station, model.model_id).set(1)
+
+    def reload(self) -> list[str]:
+        """Bring every station to its active version (blocking; run in a thread).
+
+        Returns the stations that changed model. Never raises for a bad version: the station
+        keeps its current model and the error is kept in ``errors``.
+        """
+        try:
+            wanted = self._wanted()
+        except InspectionError as exc:
+            log.error("cannot read the active models: %s", exc)
+            for station in self._current:
+                self.errors[station] = f"active.json unreadable, staying on current model: {exc}"
+            return []
+        changed: list[str] = []
+        loaded: dict[str, LoadedModel] = {m.model_id: m for m in self._current.values() if m is not None}
+        for station, version in wanted.items():
+            current = self._current.get(station)
+            if version is None or (current is not None and current.model_id == version.model_id):
+                continue
+            try:
+                model = loaded.get(version.model_id) or load_model(version, self._settings.runtime)
+            except InspectionError as exc:
+                self.errors[station] = f"refused {version.model_id}: {exc}"
+                self._metrics.model_load_failures.labels(version.model_id).inc()
+                log.error("station %s stays on %s: %s", station, current.model_id if current else "no model", exc)
+                continue
+            loaded[version.model_id] = model
+            self._set(station, model)
+            self.swaps += 1
+            changed.append(station)
+            log.info("station %s now scores with %s (was %s)", station, model.model_id,
+                     current.model_id if current else "none")
+        return changed
+
+    async def check(self) -> list[str]:
+        """Reload if active.json changed since the last look."""
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return []
+        self._stamp = stamp
+        return await asyncio.to_thread(self.reload)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.reload_poll_s)
+            try:
+                await self.check()
+            except Exception:  # the watcher must survive anything a bad file throws at it
+                log.exception("model watcher failed; will retry")
+
+    def start_watching(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch(), name="model-watcher")
+
+    async def stop_watching(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None

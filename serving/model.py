@@ -1,0 +1,161 @@
+"""One loaded model version: an onnxruntime session, verified before it scores a single part.
+
+Loading checks every file's sha256 against the card, creates the session once, warms it up
+and re-scores the card's golden frames; a model whose outputs differ from the card's beyond
+the card's tolerance is refused with ``ModelIntegrityError``. Nothing here is copied from
+training: input name, size, channels and classes all come from the card.
+
+Golden file format (``card.golden.file``, a NumPy ``.npz``, as ``training.export`` writes it):
+``inputs`` = ``uint8[N, C, H, W]`` exactly as the graph takes them, ``probabilities`` =
+``float32[N, len(classes)]`` (other arrays, e.g. ``names``, are ignored).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from inspection.card import ModelCard, verify_files
+from inspection.errors import ModelError, ModelIntegrityError
+from inspection.registry import ModelVersion
+from serving.settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+GOLDEN_INPUT_KEYS = ("inputs",)
+GOLDEN_OUTPUT_KEYS = ("probabilities",)
+
+
+def _session_options(runtime: RuntimeSettings):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = runtime.resolved_intra_op_threads()
+    opts.inter_op_num_threads = runtime.inter_op_threads
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if runtime.allow_spinning else "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+def _golden_arrays(path: Path, model_id: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = set(data.files)
+            x_key = next((k for k in GOLDEN_INPUT_KEYS if k in keys), None)
+            y_key = next((k for k in GOLDEN_OUTPUT_KEYS if k in keys), None)
+            if x_key is None or y_key is None:
+                raise ModelIntegrityError(
+                    f"{model_id}: golden file {path.name} has arrays {sorted(keys)}; it needs the inputs as one of "
+                    f"{list(GOLDEN_INPUT_KEYS)} and the expected probabilities as one of {list(GOLDEN_OUTPUT_KEYS)}"
+                )
+            return np.asarray(data[x_key]), np.asarray(data[y_key])
+    except (OSError, ValueError) as exc:
+        raise ModelIntegrityError(f"{model_id}: golden file {path.name} cannot be read: {exc}") from None
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A verified model version ready to score ``uint8[N, C, H, W]`` batches."""
+
+    version: ModelVersion
+    session: object
+    model_sha256: str
+    golden_max_diff: float
+    loaded_at: float = field(default_factory=time.time)
+    # onnxruntime's InferenceSession.run is thread-safe, but one call at a time per session
+    # keeps intra-op threads from oversubscribing a small line PC.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def card(self) -> ModelCard:
+        return self.version.card
+
+    @property
+    def model_id(self) -> str:
+        return self.version.model_id
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities ``float32[N, len(classes)]`` for ``uint8[N, C, H, W]`` pixels.
+
+        Raises:
+            ModelError: onnxruntime failed, or the output has the wrong shape or non-finite values.
+        """
+        spec = self.card.input
+        try:
+            with self._lock:
+                out = self.session.run([spec.output_name], {spec.input_name: pixels})[0]  # type: ignore[attr-defined]
+        except Exception as exc:  # onnxruntime raises its own untyped exceptions
+            raise ModelError(f"{self.model_id}: onnxruntime failed on a batch of {len(pixels)}: {exc}") from exc
+        if out.shape != (len(pixels), len(self.card.classes)):
+            raise ModelError(
+                f"{self.model_id}: output shape {out.shape}, expected ({len(pixels)}, {len(self.card.classes)})"
+            )
+        if not np.isfinite(out).all():
+            raise ModelError(f"{self.model_id}: output has NaN or infinite probabilities")
+        return out
+
+
+def load_model(version: ModelVersion, runtime: RuntimeSettings, *, warmup_batch: int = 1) -> LoadedModel:
+    """Verify and load one model version (hashes, session, warm-up, golden frames).
+
+    Raises:
+        ModelIntegrityError: a file differs from its sha256 in the card, or the golden frames
+            score differently from the card's expected probabilities beyond its tolerance.
+        ModelCardError: the ONNX file cannot be loaded or does not match the card's input.
+    """
+    import onnxruntime as ort
+
+    card = version.card
+    folder = Path(version.path)
+    verify_files(card, folder)
+    model_path = folder / card.model_file
+    try:
+        session = ort.InferenceSession(str(model_path), sess_options=_session_options(runtime),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelIntegrityError(f"{version.model_id}: onnxruntime cannot load {model_path.name}: {exc}") from None
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    spec = card.input
+    if spec.input_name not in inputs or spec.output_name not in outputs:
+        raise ModelIntegrityError(
+            f"{version.model_id}: graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}, the card "
+            f"names input {spec.input_name!r} and output {spec.output_name!r}"
+        )
+    shape = inputs[spec.input_name].shape
+    if len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]) and tuple(shape[1:]) != (spec.channels, spec.height, spec.width):
+        raise ModelIntegrityError(
+            f"{version.model_id}: graph input is {shape[1:]}, the card says ({spec.channels}, {spec.height}, {spec.width})"
+        )
+    loaded = LoadedModel(version=version, session=session, model_sha256=card.files[card.model_file], golden_max_diff=0.0)
+    warm = np.zeros((warmup_batch, spec.channels, spec.height, spec.width), dtype=np.uint8)
+    loaded.run(warm)
+    pixels, expected = _golden_arrays(folder / card.golden.file, version.model_id)
+    expected_shape = (spec.channels, spec.height, spec.width)
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected_shape:
+        raise ModelIntegrityError(
+            f"{version.model_id}: golden pixels are {pixels.dtype}{list(pixels.shape)}, expected uint8[N, "
+            f"{spec.channels}, {spec.height}, {spec.width}]"
+        )
+    try:
+        got = loaded.run(np.ascontiguousarray(pixels))
+    except ModelError as exc:
+        raise ModelIntegrityError(f"{version.model_id}: golden frames cannot be scored: {exc}") from None
+    if got.shape != expected.shape:
+        raise ModelIntegrityError(f"{version.model_id}: golden outputs {got.shape}, the card's file has {expected.shape}")
+    diff = float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64)))) if got.size else 0.0
+    if not diff <= card.golden.tolerance:
+        raise ModelIntegrityError(
+            f"{version.model_id}: golden frames re-scored with max abs difference {diff:.3g}, beyond the card's "
+            f"tolerance {card.golden.tolerance:g}; refusing this model (wrong file, runtime or hardware?)"
+        )
+    loaded.golden_max_diff = diff
+    log.info("loaded %s (golden max diff %.2g, %d threads)", version.model_id, diff, runtime.resolved_intra_op_threads())
+    return loaded

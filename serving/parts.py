@@ -1,0 +1,169 @@
+"""Part decisions across a station's cameras.
+
+A part (station + part id) collects one view per camera the station lists. It is decided
+as soon as every camera has reported — ``reject`` if any view rejected — or, at the
+station's ``part_deadline_ms`` after it was first seen (first view or first decision
+query), as a **fail-safe reject** naming the missing cameras. A view that failed (bad frame,
+model error, overload) counts as a rejecting view with its reason. A view arriving after its
+part was decided is late: it is logged, and the part stays as decided.
+
+The part record is appended to the inspection log (and published on the decision bus)
+before anyone waiting for it is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class View:
+    camera: str
+    inspection_id: str
+    decision: str
+    model_version: str | None
+    failsafe_reason: str | None = None
+
+
+@dataclass
+class Part:
+    station: str
+    part_id: str
+    cameras: tuple[str, ...]
+    first_seen: float = field(default_factory=time.monotonic)
+    views: dict[str, list[View]] = field(default_factory=dict)
+    decision: str | None = None
+    failsafe_reason: str | None = None
+    inspection_id: str | None = None  # of the part record, once logged
+    decided: asyncio.Event = field(default_factory=asyncio.Event)
+    _timer: asyncio.TimerHandle | None = None
+    _finalizing: bool = False
+
+    @property
+    def missing(self) -> list[str]:
+        return [c for c in self.cameras if c not in self.views]
+
+    def summary(self) -> dict[str, Any]:
+        """The decision as ``GET /v1/parts/{id}/decision`` answers it."""
+        return {
+            "part_id": self.part_id,
+            "station": self.station,
+            "status": "decided" if self.decided.is_set() else "pending",
+            "decision": self.decision if self.decided.is_set() else None,
+            "failsafe_reason": self.failsafe_reason,
+            "inspection_id": self.inspection_id,
+            "missing_cameras": self.missing,
+            "views": [
+                {"camera": v.camera, "inspection_id": v.inspection_id, "decision": v.decision,
+                 "model_version": v.model_version, "failsafe_reason": v.failsafe_reason}
+                for views in self.views.values() for v in views
+            ],
+        }
+
+
+#: Called to make a part's decision durable: (part) -> None; must not raise.
+Recorder = Callable[[Part], Awaitable[None]]
+
+
+class PartTracker:
+    """Open and recently decided parts, per station."""
+
+    def __init__(self, settings: ServeSettings, recorder: Recorder) -> None:
+        self._settings = settings
+        self._record = recorder
+        self._parts: OrderedDict[tuple[str, str], Part] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def get(self, station: str, part_id: str) -> Part | None:
+        return self._parts.get((station, part_id))
+
+    def touch(self, station: str, part_id: str) -> Part:
+        """The part, created (and its deadline started) when first seen."""
+        key = (station, part_id)
+        part = self._parts.get(key)
+        if part is not None:
+            return part
+        cameras = tuple(self._settings.stations[station].cameras)
+        part = Part(station, part_id, cameras)
+        self._parts[key] = part
+        deadline = self._settings.stations[station].part_deadline_ms / 1000.0
+        part._timer = asyncio.get_running_loop().call_later(deadline, self._on_deadline, part)
+        self._forget_old()
+        return part
+
+    def _forget_old(self) -> None:
+        limit = self._settings.parts_remembered
+        while len(self._parts) > limit:
+            key, oldest = next(iter(self._parts.items()))
+            if not oldest.decided.is_set():
+                break  # open parts are bounded by their deadline; never drop one undecided
+            del self._parts[key]
+
+    def is_late(self, station: str, part_id: str) -> bool:
+        """True when the part was already decided (a view now would be late)."""
+        part = self._parts.get((station, part_id))
+        return part is not None and (part.decided.is_set() or part._finalizing)
+
+    async def add_view(self, station: str, part_id: str, view: View) -> Part:
+        """Record a view; decides (and logs) the part when it was the last one missing."""
+        part = self.touch(station, part_id)
+        if part.decided.is_set() or part._finalizing:
+            log.warning("late view %s of part %s/%s (already %s)", view.camera, station, part_id, part.decision)
+            return part
+        part.views.setdefault(view.camera, []).append(view)
+        if not part.missing:
+            await self._finalize(part, None)
+        return part
+
+    def _on_deadline(self, part: Part) -> None:
+        if part.decided.is_set() or part._finalizing:
+            return
+        missing = part.missing
+        reason = f"missing_view: no frame from camera(s) {', '.join(missing)} within " \
+                 f"{self._settings.stations[part.station].part_deadline_ms:g} ms"
+        task = asyncio.get_running_loop().create_task(self._finalize(part, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finalize(self, part: Part, deadline_reason: str | None) -> None:
+        part._finalizing = True
+        if part._timer is not None:
+            part._timer.cancel()
+        all_views = [v for views in part.views.values() for v in views]
+        reasons = [f"{v.camera}: {v.failsafe_reason}" for v in all_views if v.failsafe_reason]
+        if deadline_reason:
+            reasons.insert(0, deadline_reason)
+        rejected = bool(deadline_reason) or any(v.decision != "pass" for v in all_views)
+        part.decision = "reject" if rejected else "pass"
+        part.failsafe_reason = "; ".join(reasons) or None
+        try:
+            await self._record(part)
+        finally:
+            part.decided.set()
+
+    async def wait(self, station: str, part_id: str, wait_s: float) -> Part:
+        """The part after at most ``wait_s`` seconds (decided sooner if all views come in)."""
+        part = self.touch(station, part_id)
+        if not part.decided.is_set() and wait_s > 0:
+            try:
+                await asyncio.wait_for(part.decided.wait(), wait_s)
+            except TimeoutError:
+                pass
+        return part
+
+    async def close(self) -> None:
+        """Decide every open part now (fail-safe) so nothing is left unlogged at shutdown."""
+        for part in list(self._parts.values()):
+            if not part.decided.is_set() and not part._finalizing:
+                await self._finalize(part, "missing_view: server shut down before all views arrived")
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,268 @@
+"""The decision path shared by the HTTP and WebSocket frame endpoints.
+
+``InspectionService.inspect`` takes a validated frame request and returns the answer dict:
+decode + preprocess (as the card says) -> micro-batched model call -> decision rule ->
+inspection record appended to the log (durable) -> decision bus -> part bookkeeping -> answer.
+Every failure after the request named a valid station/camera/part is a **fail-safe reject**
+of that view: an ``inspection`` record with ``decision="reject"`` and ``failsafe_reason``,
+then the domain error is re-raised (with the fail-safe attached) for ``serving.errors`` to
+answer with the right status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from inspection.decisions import decide
+from inspection.errors import (
+    ImageError,
+    InspectionError,
+    ModelError,
+    NotFoundError,
+    OverloadedError,
+    PayloadTooLargeError,
+    UnsupportedMediaError,
+    ValidationError,
+)
+from inspection.log.records import InspectionLog, LogEntry, StoredRecord, new_id
+from inspection.preprocess import ENCODED_TYPES, RAW_TYPE, prepare_frame
+from serving.batching import MicroBatcher
+from serving.errors import attach_failsafe
+from serving.events import DecisionBus, DecisionEvent
+from serving.lifecycle import ModelManager
+from serving.metrics import ServingMetrics
+from serving.model import LoadedModel
+from serving.parts import Part, PartTracker, View
+from serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_TYPES = (*ENCODED_TYPES, RAW_TYPE)
+
+
+def failsafe_code(exc: BaseException) -> str:
+    """The short reason recorded (and counted) for a view that failed with ``exc``."""
+    if isinstance(exc, OverloadedError):
+        return "overload"
+    if isinstance(exc, ImageError):
+        return "undecodable_frame"
+    if isinstance(exc, ModelError):
+        return "model_error"
+    if isinstance(exc, PayloadTooLargeError):
+        return "payload_too_large"
+    if isinstance(exc, UnsupportedMediaError):
+        return "unsupported_media_type"
+    if isinstance(exc, ValidationError):
+        return "invalid_request"
+    return "server_error"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRequest:
+    """A frame request whose station, camera and part id are already validated."""
+
+    station: str
+    camera: str
+    part_id: str
+    content_type: str
+    raw_shape: tuple[int, int, int] | None = None
+    capture_time: datetime | None = None
+    actor: str | None = None
+    started: float = 0.0  # perf_counter() when the request arrived
+
+
+class InspectionService:
+    """Scores frames, keeps the log and the part decisions; one per app."""
+
+    def __init__(self, *, settings: ServeSettings, models: ModelManager, batcher: MicroBatcher,
+                 log_store: InspectionLog, bus: DecisionBus, metrics: ServingMetrics) -> None:
+        self.settings = settings
+        self.models = models
+        self.batcher = batcher
+        self.log = log_store
+        self.bus = bus
+        self.metrics = metrics
+        self.parts = PartTracker(settings, self._record_part)
+
+    # -- validation (nothing is recorded for a request that fails here) ---------------------
+    def check_target(self, station: str | None, camera: str | None, part_id: str | None) -> tuple[str, str, str]:
+        """Validate station, camera and part id.
+
+        Raises:
+            ValidationError: a value is missing, or the part id is empty, too long or has control characters.
+            NotFoundError: the station or camera is not configured.
+        """
+        station = self.check_station(station)
+        cameras = self.settings.stations[station].cameras
+        if not camera:
+            raise ValidationError(f"camera is required (query ?camera= or header X-Camera); station {station!r} has {cameras}")
+        if camera not in cameras:
+            raise NotFoundError(f"unknown camera {camera!r} for station {station!r}; it has {cameras}")
+        self.check_part_id(part_id)
+        assert part_id is not None
+        return station, camera, part_id
+
+    def check_station(self, station: str | None) -> str:
+        """Raises ValidationError when missing, NotFoundError when not configured."""
+        if not station:
+            raise ValidationError(f"station is required (query ?station= or header X-Station); configured: {sorted(self.settings.stations)}")
+        if station not in self.settings.stations:
+            raise NotFoundError(f"unknown station {station!r}; configured: {sorted(self.settings.stations)}")
+        return station
+
+    def check_part_id(self, part_id: str | None) -> str:
+        """Raises ValidationError unless ``part_id`` is 1..max_part_id_length printable characters."""
+        limit = self.settings.max_part_id_length
+        if part_id is None or not part_id.strip():
+            raise ValidationError(f"part id is required and must not be empty or blank (1..{limit} characters)")
+        if len(part_id) > limit:
+            raise ValidationError(f"part id has {len(part_id)} characters; at most {limit} are allowed")
+        if not part_id.isprintable():
+            raise ValidationError(f"part id {part_id!r} contains control characters; only printable text is allowed")
+        return part_id
+
+    def check_media(self, content_type: str | None, raw_shape: tuple[int, int, int] | None) -> str:
+        """The bare media type, checked against what can be decoded.
+
+        Raises:
+            UnsupportedMediaError: a type other than PNG/JPEG/BMP/TIFF/octet-stream.
+            ValidationError: raw pixels without width/height/channels.
+        """
+        media = (content_type or "").split(";", 1)[0].strip().lower()
+        if media not in ACCEPTED_TYPES:
+            raise UnsupportedMediaError(f"content type {content_type!r} is not accepted; send one of {list(ACCEPTED_TYPES)}")
+        if media == RAW_TYPE and raw_shape is None:
+            raise ValidationError(f"{RAW_TYPE} frames need width, height and channels (query or X-Width/X-Height/X-Channels)")
+        return media
+
+    # -- the decision path --------------------------------------------------------------
+    async def inspect(self, req: FrameRequest, body: bytes) -> dict[str, Any]:
+        """Score one frame and return the answer (after its record is durable).
+
+        Raises:
+            ImageError, ModelError, OverloadedError, InspectionError (log failure): each after
+            the view was fail-safe rejected (the error carries ``failsafe``).
+        """
+        started = req.started or time.perf_counter()
+        try:
+            model = self.models.current(req.station)
+            with self.batcher.arriving():
+                self.batcher.check_capacity()
+                _, pixels = prepare_frame(body, model.card.input, content_type=req.content_type,
+                                          raw_shape=req.raw_shape, source=f"frame of part {req.part_id!r}")
+            probs, model_ms = await self.batcher.submit(model, pixels)
+        except InspectionError as exc:
+            await self.reject_failsafe(req, exc, frame=body)
+            raise
+        return await self._record_decision(req, model, probs, model_ms, body, started)
+
+    async def _record_decision(self, req: FrameRequest, model: LoadedModel, probs: Any, model_ms: float,
+                               body: bytes, started: float) -> dict[str, Any]:
+        decision = decide(probs, model.card)
+        verdict = decision.decision
+        failsafe_reason = None
+        data: dict[str, Any] = {"model_ms": round(model_ms, 3)}
+        if req.capture_time is not None:
+            data["capture_time"] = req.capture_time.isoformat()
+        if self.parts.is_late(req.station, req.part_id):
+            # The part was already decided (fail-safe) without this view: say reject, as the part is.
+            data["model_decision"] = verdict
+            verdict, failsafe_reason = "reject", "late_view: the part was decided before this frame arrived"
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        entry = LogEntry(
+            kind="inspection", inspection_id=new_id(), station=req.station, camera=req.camera, part_id=req.part_id,
+            decision=verdict, defect_class=decision.defect_class, scores=decision.scores,
+            threshold=decision.threshold, model_name=model.card.name, model_version=model.card.version,
+            model_sha256=model.model_sha256, latency_ms=round(latency_ms, 3), failsafe_reason=failsafe_reason,
+            actor=req.actor, data=data,
+        )
+        try:
+            record = await self.log.append_async(entry, frame=body)
+        except InspectionError as exc:
+            log.error("inspection record not stored, fail-safe reject of part %s: %s", req.part_id, exc)
+            await self._view_failed(req, new_id(), "log_error", None)
+            raise attach_failsafe(exc, {"decision": "reject", "reason": f"log_error: {exc}", "part_id": req.part_id})
+        self.bus.publish(DecisionEvent("inspection", record))
+        self.metrics.decisions.labels(req.station, verdict, decision.defect_class or "").inc()
+        if failsafe_reason:
+            self.metrics.failsafe.labels(req.station, "late_view").inc()
+        await self.parts.add_view(req.station, req.part_id, View(req.camera, entry.inspection_id, verdict,
+                                                                 model.model_id, failsafe_reason))
+        self.metrics.e2e_latency.labels(req.station).observe(time.perf_counter() - started)
+        return {
+            "inspection_id": entry.inspection_id,
+            "part_id": req.part_id,
+            "station": req.station,
+            "camera": req.camera,
+            "decision": verdict,
+            "defect_class": decision.defect_class,
+            "score": decision.score,
+            "threshold": decision.threshold,
+            "model_version": model.model_id,
+            "latency_ms": round(latency_ms, 3),
+        }
+
+    # -- fail-safe -------------------------------------------------------------------------
+    async def reject_failsafe(self, req: FrameRequest, exc: InspectionError, *, frame: bytes | None = None) -> StoredRecord | None:
+        """Record a fail-safe reject of ``req``'s view because of ``exc`` and attach it to ``exc``."""
+        code = failsafe_code(exc)
+        reason = f"{code}: {exc}"
+        model_version: str | None = None
+        try:
+            model: LoadedModel | None = self.models.current(req.station)
+        except ModelError:
+            model = None
+        if model is not None:
+            model_version = model.model_id
+        entry = LogEntry(
+            kind="inspection", inspection_id=new_id(), station=req.station, camera=req.camera, part_id=req.part_id,
+            decision="reject", failsafe_reason=reason[:4000], actor=req.actor,
+            model_name=model.card.name if model else None, model_version=model.card.version if model else None,
+            latency_ms=round((time.perf_counter() - req.started) * 1000.0, 3) if req.started else None,
+            data={"error": exc.code},
+        )
+        record: StoredRecord | None = None
+        try:
+            # A frame that cannot be decoded is still kept (evidence); an over-limit body never is.
+            record = await self.log.append_async(entry, frame=frame or None)
+        except InspectionError as log_exc:
+            log.error("fail-safe record of part %s not stored: %s", req.part_id, log_exc)
+        if record is not None:
+            self.bus.publish(DecisionEvent("inspection", record))
+        self.metrics.failsafe.labels(req.station, code).inc()
+        await self._view_failed(req, entry.inspection_id, code, model_version)
+        attach_failsafe(exc, {"decision": "reject", "reason": code, "inspection_id": entry.inspection_id,
+                              "part_id": req.part_id, "station": req.station, "camera": req.camera})
+        return record
+
+    async def _view_failed(self, req: FrameRequest, inspection_id: str, code: str, model_version: str | None) -> None:
+        await self.parts.add_view(req.station, req.part_id, View(req.camera, inspection_id, "reject", model_version, code))
+
+    async def _record_part(self, part: Part) -> None:
+        views = [v for vs in part.views.values() for v in vs]
+        entry = LogEntry(
+            kind="part", inspection_id=new_id(), station=part.station, part_id=part.part_id,
+            decision=part.decision, failsafe_reason=(part.failsafe_reason or None) and part.failsafe_reason[:4000],
+            data={"views": [{"camera": v.camera, "inspection_id": v.inspection_id, "decision": v.decision,
+                             "model_version": v.model_version, "failsafe_reason": v.failsafe_reason} for v in views],
+                  "missing_cameras": part.missing},
+        )
+        models = {v.model_version for v in views if v.model_version}
+        if len(models) == 1:
+            name, _, version = next(iter(models)).partition("/")
+            entry = replace(entry, model_name=name, model_version=version)
+        try:
+            record = await self.log.append_async(entry)
+        except InspectionError as exc:
+            log.error("part record of %s/%s not stored: %s", part.station, part.part_id, exc)
+            part.inspection_id = None
+        else:
+            part.inspection_id = entry.inspection_id
+            self.bus.publish(DecisionEvent("part", record))
+        self.metrics.part_decisions.labels(part.station, part.decision or "reject").inc()
+        if part.failsafe_reason and any(r.startswith("missing_view") for r in part.failsafe_reason.split("; ")):
+            self.metrics.failsafe.labels(part.station, "missing_view").inc()

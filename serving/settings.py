@@ -1,0 +1,282 @@
+"""Typed serving settings, validated once at start-up and passed to ``create_app(settings)``.
+
+Nothing is read at import time. ``load_settings(path, env=...)`` reads a YAML or JSON file and
+then applies overrides from an environment mapping the caller passes in explicitly
+(``INSPECTION_<FIELD>`` with ``__`` between nested keys, values parsed as YAML), so tests never
+patch ``os.environ``. Example file::
+
+    demo: false
+    models_dir: models
+    log_url: sqlite:///var/log.db
+    frames_dir: var/frames
+    stations:
+      press-1:
+        cameras: [top, side]
+        part_deadline_ms: 250
+    batching: {max_delay_ms: 2, max_batch: 16, queue_size: 256}
+    api_keys:
+      - {name: plc-gateway, role: line, sha256: "<64 hex>"}
+
+Keys are stored only as sha256 digests (``inspection serve hash-key`` makes one). Outside demo
+mode the server refuses to start without keys, or with a key whose digest is that of a
+well-known default such as ``changethis``.
+
+Other engineers extend this file additively: a new section is a new field with a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError
+from pydantic import field_validator, model_validator
+
+from inspection.errors import ConfigError
+
+Role = Literal["line", "engineer", "auditor", "admin"]
+ROLES: tuple[Role, ...] = ("line", "engineer", "auditor", "admin")
+ENV_PREFIX = "INSPECTION_"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+#: Keys nobody may use outside demo mode (they appear in docs, examples and demo configs).
+DEFAULT_KEYS = ("", "changethis", "changeme", "secret", "password", "admin", "demo", "test", "key", "apikey",
+                "api-key", "line", "engineer", "auditor", "demo-line", "demo-engineer", "demo-auditor", "demo-admin")
+
+
+def hash_key(key: str) -> str:
+    """The sha256 hex digest stored in settings for an API key (keys are random tokens, so a
+    fast hash is the right one: there is nothing to brute-force from a dictionary)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+_DEFAULT_DIGESTS = frozenset(hash_key(k) for k in DEFAULT_KEYS)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StationSettings(_Section):
+    """One inspection station: the cameras that each see every part, and the part deadline."""
+
+    cameras: list[str] = Field(min_length=1)
+    #: Time from a part's first view (or first decision query) until missing views make it a
+    #: fail-safe reject.
+    part_deadline_ms: float = Field(default=500.0, gt=0, le=600_000)
+
+    @field_validator("cameras")
+    @classmethod
+    def _camera_names(cls, cameras: list[str]) -> list[str]:
+        bad = [c for c in cameras if not _NAME.match(c)]
+        if bad:
+            raise ValueError(f"camera names {bad} are invalid: letters, digits, _ . - (max 64)")
+        if len(set(cameras)) != len(cameras):
+            raise ValueError(f"camera names must be unique, got {cameras}")
+        return cameras
+
+
+class BatchingSettings(_Section):
+    #: Longest a frame waits for others to share its model call (only while others are on the way).
+    max_delay_ms: float = Field(default=2.0, ge=0, le=1000)
+    max_batch: int = Field(default=16, ge=1, le=1024)
+    #: Frames waiting for the model; beyond this, 503 + Retry-After and a fail-safe reject.
+    queue_size: int = Field(default=256, ge=1, le=100_000)
+    retry_after_s: float = Field(default=1.0, gt=0, le=3600)
+
+
+class RuntimeSettings(_Section):
+    """onnxruntime threads. ``None`` = as many intra-op threads as the machine has cores."""
+
+    intra_op_threads: int | None = Field(default=None, ge=1, le=256)
+    inter_op_threads: int = Field(default=1, ge=1, le=64)
+    #: Spinning workers answer a few microseconds sooner but burn a core while idle.
+    allow_spinning: bool = False
+
+    def resolved_intra_op_threads(self) -> int:
+        return self.intra_op_threads or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+class ApiKeySettings(_Section):
+    name: str = Field(min_length=1, max_length=64)
+    role: Role
+    sha256: str
+
+    @field_validator("sha256")
+    @classmethod
+    def _digest(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _HEX64.match(value):
+            raise ValueError("sha256 must be 64 hex digits (make one with `inspection serve hash-key`)")
+        return value
+
+
+class ServeSettings(_Section):
+    """Everything ``inspection serve`` needs, validated before the app is built."""
+
+    #: Demo mode allows well-known keys and no keys at all (then every route is open).
+    demo: bool = False
+    models_dir: Path = Path("models")
+    log_url: str = "sqlite:///var/log.db"
+    frames_dir: Path | None = None
+    #: Fraction of passed frames whose image is kept in the log (rejects always; records always).
+    frame_sample_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    #: SQLite only: FULL survives power loss; NORMAL survives a process crash and commits faster.
+    log_sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    stations: dict[str, StationSettings] = Field(min_length=1)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1, le=1 << 31)
+    max_part_id_length: int = Field(default=128, ge=1, le=1024)
+    #: How often models/active.json is checked for a promotion or rollback.
+    reload_poll_s: float = Field(default=0.5, gt=0, le=3600)
+    #: Part decisions kept in memory for GET /v1/parts/{id}/decision after they are made.
+    parts_remembered: int = Field(default=10_000, ge=10, le=10_000_000)
+    api_keys: list[ApiKeySettings] = Field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    @field_validator("stations")
+    @classmethod
+    def _station_names(cls, stations: dict[str, StationSettings]) -> dict[str, StationSettings]:
+        bad = [s for s in stations if not _NAME.match(s)]
+        if bad:
+            raise ValueError(f"station names {bad} are invalid: letters, digits, _ . - (max 64)")
+        return stations
+
+    @model_validator(mode="after")
+    def _safe_keys(self) -> "ServeSettings":
+        names = [k.name for k in self.api_keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"api key names must be unique, got {names}")
+        if len({k.sha256 for k in self.api_keys}) != len(self.api_keys):
+            raise ValueError("two api keys have the same digest; give every client its own key")
+        if self.demo:
+            return self
+        if not self.api_keys:
+            raise ValueError("no api_keys configured; outside demo mode every client needs a key "
+                             "(make one with `inspection serve hash-key`)")
+        weak = [k.name for k in self.api_keys if k.sha256 in _DEFAULT_DIGESTS]
+        if weak:
+            raise ValueError(f"api keys {weak} use an empty or well-known default key; allowed only with demo: true")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as JSON, without key digests (for the admin settings route)."""
+        data = self.model_dump(mode="json")
+        data["api_keys"] = [{"name": k.name, "role": k.role} for k in self.api_keys]
+        return data
+
+
+def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+    for key in path[:-1]:
+        nxt = target.get(key)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            target[key] = nxt
+        target = nxt
+    target[path[-1]] = value
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """``INSPECTION_BATCHING__MAX_DELAY_MS=1`` -> ``{"batching": {"max_delay_ms": 1}}``.
+
+    Values are parsed as YAML, so lists and mappings can be given inline
+    (``INSPECTION_STATIONS='{s1: {cameras: [top]}}'``).
+
+    Raises:
+        ConfigError: a value is not valid YAML.
+    """
+    out: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "SETTINGS":
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path or path[0] not in ServeSettings.model_fields:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"environment variable {name}: not valid YAML ({exc})") from None
+        _set_path(out, path, value)
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The raw mapping from a YAML (.yaml/.yml) or JSON file.
+
+    Raises:
+        ConfigError: missing, unreadable, or not a mapping.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"settings file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"settings file {path} cannot be read: {exc}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"settings file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"settings file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def build_settings(data: Mapping[str, Any], *, source: str = "settings") -> ServeSettings:
+    """Validate a mapping into ``ServeSettings``.
+
+    Raises:
+        ConfigError: a value is invalid; the message lists each field and what is allowed.
+    """
+    try:
+        return ServeSettings.model_validate(dict(data))
+    except PydanticValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<settings>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source} invalid: {problems}") from None
+
+
+def load_settings(path: Path | None = None, *, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> ServeSettings:
+    """Settings from a file, then the environment mapping, then explicit overrides (last wins).
+
+    Raises:
+        ConfigError: the file cannot be read or any value is invalid.
+    """
+    data: dict[str, Any] = read_settings_file(path) if path is not None else {}
+    if env is not None:
+        data = _merge(data, env_overrides(env))
+    if overrides:
+        data = _merge(data, dict(overrides))
+    base = Path(path).resolve().parent if path is not None else None
+    if base is not None:
+        # Relative paths in a settings file are relative to the file, not to the cwd.
+        for key in ("models_dir", "frames_dir"):
+            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+                data[key] = str(base / data[key])
+    return build_settings(data, source=str(path) if path else "settings")

@@ -1,0 +1,66 @@
+"""Serving fixtures: a real tiny ONNX model in a registry, real settings, the real app and log."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from inspection.registry import ModelRegistry
+from serving.app import create_app
+from serving.settings import ROLES, ServeSettings, build_settings, hash_key
+from tests.helpers.tiny_model import make_model_version
+
+STATION = "press-1"
+CAMERAS = ["top", "side"]
+SINGLE = "press-2"  # a one-camera station
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    make_model_version(root, version="v1")
+    registry = ModelRegistry(root)
+    registry.promote("tiny", "v1", station=STATION)
+    registry.promote("tiny", "v1", station=SINGLE)
+    return root
+
+
+@pytest.fixture
+def keys() -> dict[str, str]:
+    """A fresh random key per role."""
+    return {role: secrets.token_urlsafe(24) for role in ROLES}
+
+
+def settings_data(tmp_path: Path, models_dir: Path, keys: dict[str, str], **over: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "models_dir": str(models_dir),
+        "log_url": f"sqlite:///{tmp_path / 'var' / 'log.db'}",
+        "log_sqlite_synchronous": "NORMAL",
+        "stations": {
+            STATION: {"cameras": CAMERAS, "part_deadline_ms": 400},
+            SINGLE: {"cameras": ["cam"], "part_deadline_ms": 400},
+        },
+        "reload_poll_s": 0.05,
+        "api_keys": [{"name": f"{role}-key", "role": role, "sha256": hash_key(k)} for role, k in keys.items()],
+    }
+    data.update(over)
+    return data
+
+
+@pytest.fixture
+def settings(tmp_path: Path, models_dir: Path, keys: dict[str, str]) -> ServeSettings:
+    return build_settings(settings_data(tmp_path, models_dir, keys))
+
+
+@pytest.fixture
+def client(settings: ServeSettings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def auth(keys: dict[str, str], role: str = "line") -> dict[str, str]:
+    return {"Authorization": f"Bearer {keys[role]}"}
