@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `dataset` subcommand(s) to the CLI."""
     parser = sub.add_parser("dataset", help="generate, import and inspect datasets (standard layout)")
     dsub = parser.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")

@@ -27,9 +27,9 @@ import csv
 import fnmatch
 import hashlib
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from inspection.dataset.layout import Dataset, Sample, write_dataset
 from inspection.errors import DatasetError, ImageError

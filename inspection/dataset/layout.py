@@ -24,9 +24,10 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from inspection.errors import DatasetError, ImageError
 

@@ -19,8 +19,8 @@ same platform and library versions, whatever order or process the images are dra
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -43,6 +43,11 @@ def _soft_disc(dist: np.ndarray, radius: float, edge: float = 0.6) -> np.ndarray
     return 1.0 / (1.0 + np.exp(np.clip((dist - radius) / edge, -30.0, 30.0)))
 
 
+def _f32(a: np.ndarray) -> np.ndarray:
+    """OpenCV's float32 output, typed as such (a no-op at run time)."""
+    return np.asarray(a, dtype=np.float32)
+
+
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     return yy, xx
@@ -52,14 +57,14 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     """The coating's reflectance (float32, grey levels) and the illumination field (gain)."""
     level = rng.uniform(100.0, 150.0)
     # Fine granular texture: blurred white noise (active-material grains of about 1-2 px).
-    grain = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), rng.uniform(0.7, 1.1))
+    grain = _f32(cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), rng.uniform(0.7, 1.1)))
     grain *= rng.uniform(9.0, 15.0)
     # Mottling: coating thickness varies slowly.
     cells = max(2, size // 16)
-    low = cv2.resize(rng.standard_normal((cells, cells)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+    low = _f32(cv2.resize(rng.standard_normal((cells, cells)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC))
     low *= rng.uniform(1.5, 4.0)
     # Roller streaks run along the scan direction (image columns are fixed pixels of the line).
-    streaks = cv2.GaussianBlur(rng.standard_normal((1, size)).astype(np.float32), (0, 0), rng.uniform(1.0, 3.0))
+    streaks = _f32(cv2.GaussianBlur(rng.standard_normal((1, size)).astype(np.float32), (0, 0), rng.uniform(1.0, 3.0)))
     streaks *= rng.uniform(0.0, 5.0)
     surface = level + grain + low + streaks
     # Illumination: vignetting plus a gradient across the line, different for every frame.
@@ -84,7 +89,7 @@ def _scratch(rng: np.random.Generator, surface: np.ndarray, scale: float) -> Non
     pts = np.stack([start[0] + dx, start[1] + dy], axis=1)
     mask = np.zeros(surface.shape, np.uint8)
     # Drawn at 8x sub-pixel precision so that thin lines stay smooth.
-    thickness = 1 if rng.random() < 0.7 * min(1.0, 1.5 / scale) else max(1, int(round(rng.uniform(1.0, 2.5) * scale)))
+    thickness = 1 if rng.random() < 0.7 * min(1.0, 1.5 / scale) else max(1, round(rng.uniform(1.0, 2.5) * scale))
     cv2.polylines(mask, [np.round(pts * 8).astype(np.int32)], False, 255, thickness, cv2.LINE_AA, shift=3)
     profile = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.5)
     # Scratches fade in and out along their length (pressure of the scraping particle varies).
