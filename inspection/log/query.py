@@ -35,6 +35,17 @@ class RecordFilter:
     ref: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("station", "camera", "part_id", "decision", "defect_class", "model_name", "model_version", "kind", "ref"):
+            value = getattr(self, name)
+            if value is not None and "\x00" in value:
+                raise ValidationError(f"filter {name}={value!r} contains a NUL character")
+        for name in ("time_from", "time_to"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    _aware(value)
+                except OverflowError:
+                    raise ValidationError(f"filter {name}={value.isoformat()} is outside the representable UTC range") from None
         if self.kind is not None and self.kind not in get_args(RecordKind):
             raise ValidationError(f"kind {self.kind!r} is not one of {sorted(get_args(RecordKind))}")
         if self.time_from and self.time_to and _aware(self.time_from) >= _aware(self.time_to):

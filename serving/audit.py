@@ -1,0 +1,227 @@
+"""The auditor's routes: query, inspect, export and verify the inspection log; record dispositions.
+
+``audit_router()`` is mounted by ``serving.app.create_app``; ``audit_page_router()`` serves the
+audit web page (``static/audit.html``), which calls these routes with the key the auditor
+pastes in. Routes are thin: they call ``inspection.log`` and let the app's domain-error handler
+map ``NotFoundError``/``ValidationError``/... to 404/400/...
+"""
+
+
+from datetime import datetime
+from importlib import resources
+from typing import Annotated, Any, Callable, Literal
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from inspection.errors import ConflictError, NotFoundError
+from inspection.log.chain import VerifyReport, canonical_time
+from inspection.log.export import MEDIA_TYPES, iter_export
+from inspection.log.frames import check_sha, media_type
+from inspection.log.query import MAX_LIMIT, RecordFilter, query_records
+from inspection.log.records import LogEntry, RecordKind, StoredRecord
+from inspection.log.store import SqlInspectionLog
+from inspection.log.tables import ENTRY_COLUMNS
+
+AUDIT_ROLES = ("auditor", "admin")
+#: Records a disposition may be about (a human confirms or overrides a machine decision).
+DISPOSABLE_KINDS = ("inspection", "part")
+
+
+def app_log(request: Request) -> SqlInspectionLog:
+    """The app's inspection log (``app.state.service.log``, or ``app.state.log``)."""
+    service = getattr(request.app.state, "service", None)
+    log = getattr(service, "log", None) or getattr(request.app.state, "log", None)
+    if log is None:
+        raise NotFoundError("this server has no inspection log configured")
+    return log
+
+
+def record_json(rec: StoredRecord, log: SqlInspectionLog | None = None) -> dict[str, Any]:
+    """A stored record as the API returns it (times as UTC ISO-8601 with ``Z``)."""
+    out: dict[str, Any] = {"seq": rec.seq}
+    for name in ENTRY_COLUMNS:
+        value = getattr(rec.entry, name)
+        out[name] = canonical_time(value) if isinstance(value, datetime) else value
+    out["prev_hash"] = rec.prev_hash
+    out["hash"] = rec.hash
+    if log is not None:
+        out["frame_stored"] = log.has_frame(rec.entry.frame_sha256)
+    return out
+
+
+class FilterParams(BaseModel):
+    """Query-string filters shared by the list and export routes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time_from: datetime | None = Field(None, description="inclusive, ISO-8601 (naive = UTC)")
+    time_to: datetime | None = Field(None, description="exclusive, ISO-8601 (naive = UTC)")
+    station: str | None = Field(None, max_length=128)
+    camera: str | None = Field(None, max_length=128)
+    part_id: str | None = Field(None, max_length=256)
+    decision: str | None = Field(None, max_length=32)
+    defect_class: str | None = Field(None, max_length=128)
+    model_name: str | None = Field(None, max_length=128)
+    model_version: str | None = Field(None, max_length=128)
+    kind: RecordKind | None = None
+    ref: str | None = Field(None, max_length=64)
+
+    def to_filter(self) -> RecordFilter:
+        return RecordFilter(**self.model_dump())
+
+
+class ListParams(FilterParams):
+    cursor: int | None = Field(None, ge=0, le=2**62, description="next_cursor of the previous page")
+    limit: int = Field(100, ge=1, le=MAX_LIMIT)
+    order: Literal["asc", "desc"] = "desc"
+
+
+class ExportParams(FilterParams):
+    format: Literal["csv", "jsonl"] = "csv"
+
+
+class DispositionIn(BaseModel):
+    """An auditor's verdict on a decision: confirm it, or override it with another decision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["confirm", "override"]
+    decision: Literal["pass", "reject"] | None = Field(None, description="required for override: the decision that should have been made")
+    defect_class: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]*$")
+    note: str | None = Field(None, max_length=2000, pattern=r"^[^\x00]*$")
+
+    @model_validator(mode="after")
+    def _override_needs_decision(self) -> "DispositionIn":
+        if self.action == "override" and self.decision is None:
+            raise ValueError("an override needs the decision that should have been made: 'pass' or 'reject'")
+        return self
+
+
+def _chain_status(log: SqlInspectionLog, rec: StoredRecord) -> dict[str, Any]:
+    """Whether this one record still hashes to its stored hash and links to its neighbours."""
+    from inspection.log.chain import GENESIS, record_hash
+    from inspection.log.store import normalise_entry
+
+    hash_ok = record_hash(rec.seq, rec.prev_hash, normalise_entry(rec.entry)) == rec.hash
+    if rec.seq == 1:
+        prev_ok = rec.prev_hash == GENESIS
+    else:
+        try:
+            prev_ok = log.get_seq(rec.seq - 1).hash == rec.prev_hash
+        except NotFoundError:
+            prev_ok = False
+    head_seq, head_hash = log.head()
+    if rec.seq == head_seq:
+        next_ok = head_hash == rec.hash
+    else:
+        try:
+            next_ok = log.get_seq(rec.seq + 1).prev_hash == rec.hash
+        except NotFoundError:
+            next_ok = False
+    return {"hash_ok": hash_ok, "links_previous": prev_ok, "linked_by_next": next_ok, "ok": hash_ok and prev_ok and next_ok}
+
+
+def audit_router(
+    *,
+    require: Any = None,
+    get_log: Callable[[Request], SqlInspectionLog] = app_log,
+) -> APIRouter:
+    """The ``/v1/audit`` routes. ``require`` is the auth dependency (default: auditor or admin)."""
+    if require is None:
+        from serving.auth import Require
+
+        require = Require(*AUDIT_ROLES)
+    LogDep = Annotated[SqlInspectionLog, Depends(get_log)]
+    WhoDep = Annotated[Any, Depends(require)]
+    router = APIRouter(prefix="/v1/audit", tags=["audit"])
+
+    @router.get("/records", summary="Records matching the filters, one page at a time (cursor = seq)")
+    def list_records(who: WhoDep, log: LogDep, params: Annotated[ListParams, Query()]) -> dict[str, Any]:
+        flt = FilterParams.model_validate(params.model_dump(include=set(FilterParams.model_fields))).to_filter()
+        page = query_records(log, flt, cursor=params.cursor, limit=params.limit, order=params.order)
+        return {"records": [record_json(r, log) for r in page.records], "next_cursor": page.next_cursor}
+
+    @router.get("/records/{inspection_id}", summary="One record, its dispositions, frame and chain status")
+    def get_record(who: WhoDep, log: LogDep, inspection_id: str) -> dict[str, Any]:
+        rec = log.get(inspection_id)
+        refs = query_records(log, RecordFilter(ref=inspection_id), limit=MAX_LIMIT, order="asc")
+        sha = rec.entry.frame_sha256
+        return {
+            "record": record_json(rec, log),
+            "related": [record_json(r, log) for r in refs.records],
+            "frame": {"sha256": sha, "stored": log.has_frame(sha),
+                      "url": f"/v1/audit/records/{inspection_id}/frame" if log.has_frame(sha) else None},
+            "chain": _chain_status(log, rec),
+        }
+
+    @router.get("/records/{inspection_id}/frame", summary="The record's frame as stored (404 if not kept or pruned)",
+                response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+    def get_frame(who: WhoDep, log: LogDep, inspection_id: str) -> Response:
+        rec = log.get(inspection_id)
+        if not rec.entry.frame_sha256:
+            raise NotFoundError(f"record {inspection_id!r} names no frame")
+        data = log.frame(check_sha(rec.entry.frame_sha256))
+        return Response(data, media_type=media_type(data), headers={"Cache-Control": "private, max-age=86400",
+                                                                     "ETag": f'"{rec.entry.frame_sha256}"'})
+
+    @router.get("/export", summary="All matching records as CSV or JSON Lines, streamed (ascending seq)",
+                response_class=StreamingResponse,
+                responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}})
+    def export(who: WhoDep, log: LogDep, params: Annotated[ExportParams, Query()]) -> StreamingResponse:
+        flt = FilterParams.model_validate(params.model_dump(exclude={"format"})).to_filter()
+        chunks = iter_export(log, params.format, flt)
+        filename = f"inspection-log.{params.format}"
+        return StreamingResponse(chunks, media_type=MEDIA_TYPES[params.format],
+                                 headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+    @router.post("/verify", summary="Walk the whole hash chain; report the first tampered record")
+    def verify(who: WhoDep, log: LogDep) -> dict[str, Any]:
+        report: VerifyReport = log.verify()
+        return report.as_dict()
+
+    @router.post("/records/{inspection_id}/dispositions", status_code=201,
+                 summary="Confirm or override a decision: a new record referencing the original")
+    def add_disposition(who: WhoDep, log: LogDep, inspection_id: str,
+                        body: Annotated[DispositionIn, Body()]) -> dict[str, Any]:
+        original = log.get(inspection_id)
+        if original.entry.kind not in DISPOSABLE_KINDS:
+            raise ConflictError(f"record {inspection_id!r} is a {original.entry.kind!r} record; "
+                                f"dispositions apply to {list(DISPOSABLE_KINDS)} records")
+        e = original.entry
+        decision = e.decision if body.action == "confirm" else body.decision
+        entry = LogEntry(
+            kind="disposition", ref=inspection_id, station=e.station, camera=e.camera, part_id=e.part_id,
+            frame_sha256=e.frame_sha256, decision=decision,
+            defect_class=body.defect_class if body.defect_class is not None else (e.defect_class if body.action == "confirm" else None),
+            model_name=e.model_name, model_version=e.model_version, model_sha256=e.model_sha256,
+            actor=getattr(who, "name", None),
+            data={"action": body.action, "note": body.note, "original_decision": e.decision,
+                  "original_defect_class": e.defect_class, "original_seq": original.seq},
+        )
+        return {"record": record_json(log.append(entry), log)}
+
+    return router
+
+
+def audit_page_router() -> APIRouter:
+    """``GET /audit``: the audit web page (static; it asks for an API key and calls the API)."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/audit", response_class=HTMLResponse)
+    def audit_page() -> HTMLResponse:
+        html = resources.files("serving").joinpath("static/audit.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"Cache-Control": "no-store",
+                                           "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                                                      "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
+
+    return router
+
+
+def build_router(settings: Any = None) -> APIRouter:
+    """The app's router factory: the ``/v1/audit`` API (auditor, admin) and the ``/audit`` page."""
+    router = APIRouter()
+    router.include_router(audit_router())
+    router.include_router(audit_page_router())
+    return router
