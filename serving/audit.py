@@ -16,13 +16,12 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inspection.errors import ConflictError, NotFoundError
-from inspection.log.chain import VerifyReport, canonical_time
-from inspection.log.export import MEDIA_TYPES, iter_export
+from inspection.log.chain import VerifyReport
+from inspection.log.export import MEDIA_TYPES, iter_export, record_dict
 from inspection.log.frames import check_sha, media_type
 from inspection.log.query import MAX_LIMIT, RecordFilter, query_records
 from inspection.log.records import LogEntry, RecordKind, StoredRecord
 from inspection.log.store import SqlInspectionLog
-from inspection.log.tables import ENTRY_COLUMNS
 
 AUDIT_ROLES = ("auditor", "admin")
 #: Records a disposition may be about (a human confirms or overrides a machine decision).
@@ -39,13 +38,8 @@ def app_log(request: Request) -> SqlInspectionLog:
 
 
 def record_json(rec: StoredRecord, log: SqlInspectionLog | None = None) -> dict[str, Any]:
-    """A stored record as the API returns it (times as UTC ISO-8601 with ``Z``)."""
-    out: dict[str, Any] = {"seq": rec.seq}
-    for name in ENTRY_COLUMNS:
-        value = getattr(rec.entry, name)
-        out[name] = canonical_time(value) if isinstance(value, datetime) else value
-    out["prev_hash"] = rec.prev_hash
-    out["hash"] = rec.hash
+    """A stored record as the API returns it, plus whether its frame is kept."""
+    out = record_dict(rec)
     if log is not None:
         out["frame_stored"] = log.has_frame(rec.entry.frame_sha256)
     return out

@@ -1,9 +1,184 @@
-"""`inspection audit` subcommands."""
+"""`inspection audit` subcommands: list, show, export, verify and prune the inspection log."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from inspection.errors import ConfigError, ValidationError
+
+
+def _time(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO-8601 time (e.g. 2026-05-04T08:00:00Z)") from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-url", default=None,
+                   help="sqlite:///path/log.db or postgresql+psycopg://user@host/db (default: $INSPECTION_LOG_URL)")
+    p.add_argument("--frames-dir", type=Path, default=None, help="where the log keeps frames (default: <log>.frames for SQLite)")
+    p.add_argument("--schema", default=None, help="PostgreSQL schema holding the log")
+
+
+def _filters(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("filters")
+    g.add_argument("--from", dest="time_from", type=_time, help="records at or after this UTC time")
+    g.add_argument("--to", dest="time_to", type=_time, help="records before this UTC time")
+    for name in ("station", "camera", "part-id", "decision", "defect-class", "model-name", "model-version", "kind", "ref"):
+        g.add_argument(f"--{name}", dest=name.replace("-", "_"))
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the `audit` subcommand(s) to the CLI."""
+    audit = sub.add_parser("audit", help="inspect, export and verify the inspection log")
+    asub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+
+    p = asub.add_parser("list", help="records matching filters, newest first")
+    _common(p)
+    _filters(p)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor", type=int, default=None, help="continue after this seq (printed as next cursor)")
+    p.add_argument("--order", choices=("asc", "desc"), default="desc")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_list)
+
+    p = asub.add_parser("show", help="one record, its dispositions and chain status")
+    _common(p)
+    p.add_argument("inspection_id")
+    p.set_defaults(func=cmd_show)
+
+    p = asub.add_parser("export", help="records as CSV or JSON Lines (streamed)")
+    _common(p)
+    _filters(p)
+    p.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    p.add_argument("-o", "--output", type=Path, default=None, help="file to write (default: stdout)")
+    p.set_defaults(func=cmd_export)
+
+    p = asub.add_parser("verify", help="walk the hash chain; exit 2 at the first tampered record")
+    _common(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = asub.add_parser("prune", help="remove frames by age or total size (records are kept; a prune record is added)")
+    _common(p)
+    p.add_argument("--max-age-days", type=float, default=None)
+    p.add_argument("--max-bytes", type=int, default=None)
+    p.set_defaults(func=cmd_prune)
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from inspection.log.store import open_log
+
+    url = args.log_url or os.environ.get("INSPECTION_LOG_URL")
+    if not url:
+        raise ConfigError("no log given: pass --log-url sqlite:///path/log.db (or set INSPECTION_LOG_URL)")
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise ConfigError(f"no inspection log at {path}; allowed: an existing SQLite log file or a postgresql+psycopg:// url")
+    return open_log(url, frames_dir=args.frames_dir, schema=args.schema)
+
+
+def _filter(args: argparse.Namespace) -> Any:
+    from inspection.log.query import RecordFilter
+
+    names = ("time_from", "time_to", "station", "camera", "part_id", "decision", "defect_class", "model_name",
+             "model_version", "kind", "ref")
+    return RecordFilter(**{n: getattr(args, n) for n in names})
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from inspection.log.export import record_dict
+    from inspection.log.query import query_records
+
+    with _open(args) as log:
+        page = query_records(log, _filter(args), cursor=args.cursor, limit=args.limit, order=args.order)
+    if args.json:
+        for rec in page.records:
+            print(json.dumps(record_dict(rec), ensure_ascii=False))
+    else:
+        cols = ("seq", "time", "kind", "station", "camera", "part_id", "decision", "defect_class", "model_version", "inspection_id")
+        dicts = [record_dict(r) for r in page.records]
+        rows = [["-" if d[c] is None else str(d[c]) for c in cols] for d in dicts]
+        widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(cols)]
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+        for row in rows:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    if page.next_cursor is not None:
+        print(f"next cursor: {page.next_cursor} (pass --cursor {page.next_cursor})", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from inspection.log.export import record_dict
+    from inspection.log.query import RecordFilter, query_records
+
+    with _open(args) as log:
+        rec = log.get(args.inspection_id)
+        related = query_records(log, RecordFilter(ref=args.inspection_id), limit=1000, order="asc").records
+        out = record_dict(rec)
+        out["frame_stored"] = log.has_frame(rec.entry.frame_sha256)
+        out["related"] = [record_dict(r) for r in related]
+    print(json.dumps(out, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from inspection.log.export import iter_export
+
+    with _open(args) as log:
+        chunks = iter_export(log, args.format, _filter(args))
+        if args.output is None:
+            for chunk in chunks:
+                sys.stdout.write(chunk)
+            sys.stdout.flush()
+            return 0
+        # Temp + rename: an interrupted export never leaves a file that looks complete.
+        tmp = args.output.with_name(args.output.name + ".part")
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+            os.replace(tmp, args.output)
+        finally:
+            tmp.unlink(missing_ok=True)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from inspection.errors import LogIntegrityError
+
+    with _open(args) as log:
+        report = log.verify()
+    if not report.ok:
+        raise LogIntegrityError(
+            f"chain broken at record {report.first_bad_seq} ({report.tampering}): {report.detail}; "
+            f"{report.records} record(s) before it verify"
+        )
+    print(f"chain OK: {report.records} records, head seq {report.head_seq} hash {report.head_hash}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from inspection.log.retention import prune_frames
+
+    if args.max_age_days is None and args.max_bytes is None:
+        raise ValidationError("prune needs --max-age-days and/or --max-bytes")
+    with _open(args) as log:
+        result = prune_frames(
+            log,
+            max_age=timedelta(days=args.max_age_days) if args.max_age_days is not None else None,
+            max_bytes=args.max_bytes,
+            actor=os.environ.get("USER") or "cli",
+        )
+    print(f"removed {len(result.removed)} frame(s), {result.bytes_freed} bytes; {result.kept} kept")
+    return 0

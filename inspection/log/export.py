@@ -15,6 +15,7 @@ from typing import Any, Iterator, Literal, TextIO
 from inspection.errors import ValidationError
 from inspection.log.chain import canonical_time
 from inspection.log.query import RecordFilter, select_records
+from inspection.log.records import StoredRecord
 from inspection.log.store import SqlInspectionLog
 from inspection.log.tables import ENTRY_COLUMNS
 
@@ -30,6 +31,16 @@ def _cell(name: str, value: Any) -> Any:
     if name == "time":
         return canonical_time(value)
     return value
+
+
+def record_dict(rec: StoredRecord) -> dict[str, Any]:
+    """A stored record as plain JSON-ready values (times as UTC ISO-8601 with ``Z``)."""
+    out: dict[str, Any] = {"seq": rec.seq}
+    for name in ENTRY_COLUMNS:
+        out[name] = _cell(name, getattr(rec.entry, name))
+    out["prev_hash"] = rec.prev_hash
+    out["hash"] = rec.hash
+    return out
 
 
 def iter_export(

@@ -1,0 +1,95 @@
+"""`inspection audit list | show | export | verify | prune` on a real log (the CLI's main)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from inspection.cli import main
+from inspection.log.records import LogEntry
+
+
+def _args(logs: Any, *rest: str) -> list[str]:
+    extra = ["--schema", logs.schema] if logs.backend == "postgresql" else []
+    return [*rest, "--log-url", logs.url, "--frames-dir", str(logs.tmp_path / "frames"), *extra]
+
+
+@pytest.fixture
+def filled(logs: Any) -> list[Any]:
+    log = logs.open()
+    recs = [log.append(LogEntry(kind="inspection", station="s1", part_id=f"P{i}", decision="reject" if i == 2 else "pass",
+                                model_version="7"), frame=b"img%d" % i) for i in range(5)]
+    log.close()
+    return recs
+
+
+def test_list_filters_and_prints_json(logs: Any, filled: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_args(logs, "audit", "list", "--decision", "reject", "--json")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["part_id"] for line in lines] == ["P2"]
+
+
+def test_list_table_pages_with_cursor(logs: Any, filled: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_args(logs, "audit", "list", "--limit", "2")) == 0
+    out = capsys.readouterr()
+    assert "P4" in out.out and "P3" in out.out and "P2" not in out.out
+    assert "--cursor 4" in out.err
+
+
+def test_show_prints_record_with_dispositions(logs: Any, filled: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
+    log = logs.open()
+    log.append(LogEntry(kind="disposition", ref=filled[2].entry.inspection_id, decision="reject", actor="qa"))
+    log.close()
+    assert main(_args(logs, "audit", "show", filled[2].entry.inspection_id)) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["hash"] == filled[2].hash and shown["frame_stored"] is True
+    assert [r["actor"] for r in shown["related"]] == ["qa"]
+
+
+def test_show_unknown_id_exits_2(logs: Any, filled: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_args(logs, "audit", "show", "missing")) == 2
+    assert "error: no log record has inspection id 'missing'" in capsys.readouterr().err
+
+
+def test_export_csv_to_file(logs: Any, filled: list[Any], tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    assert main(_args(logs, "audit", "export", "--format", "csv", "-o", str(out), "--station", "s1")) == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert [r["hash"] for r in rows] == [r.hash for r in filled]
+    assert not (tmp_path / "out.csv.part").exists()
+
+
+def test_export_jsonl_to_stdout(logs: Any, filled: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_args(logs, "audit", "export", "--format", "jsonl", "--part-id", "P1")) == 0
+    assert [json.loads(x)["seq"] for x in capsys.readouterr().out.splitlines()] == [2]
+
+
+def test_verify_ok_then_tampered(logs: Any, filled: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_args(logs, "audit", "verify")) == 0
+    assert "chain OK: 5 records" in capsys.readouterr().out
+    log = logs.open()
+    with log.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE inspection_records SET part_id = 'X' WHERE seq = 3"))
+    log.close()
+    assert main(_args(logs, "audit", "verify")) == 2
+    assert "error: chain broken at record 3 (edited)" in capsys.readouterr().err
+
+
+def test_prune_needs_a_limit_and_records_the_pruning(logs: Any, filled: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_args(logs, "audit", "prune")) == 2
+    assert "--max-age-days" in capsys.readouterr().err
+    assert main(_args(logs, "audit", "prune", "--max-bytes", "0")) == 0
+    assert "removed 1 frame(s)" in capsys.readouterr().out  # only the reject's frame was kept
+    assert main(_args(logs, "audit", "list", "--kind", "prune", "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["data"]["removed"] == [filled[2].entry.frame_sha256]
+
+
+def test_missing_sqlite_log_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "verify", "--log-url", f"sqlite:///{tmp_path}/nope.db"]) == 2
+    assert "no inspection log at" in capsys.readouterr().err
