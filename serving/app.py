@@ -22,6 +22,7 @@ from typing import AsyncIterator, Callable, Sequence
 
 from fastapi import APIRouter, FastAPI
 
+from inspection.errors import InspectionError
 from inspection.log.records import InspectionLog
 from serving import errors
 from serving.auth import KeyStore
@@ -87,9 +88,13 @@ def create_app(
 
         state = app.state
         models = ModelManager(settings, state.metrics)
-        await asyncio.to_thread(models.load_all)
         owned = log_store is None
-        store = open_inspection_log(settings) if owned else log_store
+        try:
+            await asyncio.to_thread(models.load_all)
+            store = open_inspection_log(settings) if owned else log_store
+        except InspectionError as exc:
+            state.startup_error = exc  # for the CLI: uvicorn only logs a failed start
+            raise
         assert store is not None
         batcher = MicroBatcher(settings.batching, state.metrics)
         batcher.start()

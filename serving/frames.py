@@ -64,7 +64,7 @@ def _header(conn: HTTPConnection, name: bytes) -> str | None:
                 return value.decode("utf-8")
             except UnicodeDecodeError:
                 raise ValidationError(
-                    f"header {name.decode('latin-1')} is not valid UTF-8 ({value[:40]!r}); send UTF-8 text"
+                    f"header {name.decode('latin-1').title()} is not valid UTF-8 ({value[:40]!r}); send UTF-8 text"
                 ) from None
     return None
 

@@ -1,9 +1,61 @@
-"""`inspection serve` subcommands."""
+"""`inspection serve`: run the reject API, or make an API key for its settings.
+
+    inspection serve --settings serve.yaml [--host 0.0.0.0] [--port 8000]
+    inspection serve --new-key line:plc-gateway      # prints the key once, and its settings line
+
+Settings come from the file, then ``INSPECTION_*`` environment variables (nested keys joined
+with ``__``, e.g. ``INSPECTION_BATCHING__MAX_DELAY_MS=1``); see ``serving.settings``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
+from pathlib import Path
+
+from inspection.errors import ValidationError
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add the `serve` subcommand(s) to the CLI."""
+    """Add the `serve` subcommand to the CLI."""
+    p = sub.add_parser("serve", help="serve reject decisions over HTTP/WebSocket (FastAPI + onnxruntime)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--settings", type=Path, help="YAML or JSON settings file (see serving/settings.py)")
+    p.add_argument("--host", help="interface to listen on (default: the settings' host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default: the settings' port, 8000)")
+    p.add_argument("--demo", action="store_true", help="demo mode: well-known or no API keys allowed")
+    p.add_argument("--new-key", metavar="ROLE:NAME",
+                   help="print a new random API key and the api_keys entry (its sha256) for the settings, then exit")
+    p.set_defaults(func=_run)
+
+
+def new_key_entry(spec: str) -> tuple[str, str]:
+    """``"line:plc-1"`` -> (the new key, its YAML settings entry).
+
+    Raises:
+        ValidationError: not ROLE:NAME with a known role.
+    """
+    from serving.settings import ROLES, hash_key
+
+    role, _, name = spec.partition(":")
+    if role not in ROLES or not name:
+        raise ValidationError(f"--new-key {spec!r}: expected ROLE:NAME with ROLE one of {list(ROLES)}")
+    key = secrets.token_urlsafe(32)
+    return key, f'  - {{name: {name}, role: {role}, sha256: "{hash_key(key)}"}}'
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.new_key:
+        key, entry = new_key_entry(args.new_key)
+        print(f"key (give it to the client; it is not stored anywhere): {key}")
+        print("settings entry (under api_keys:):")
+        print(entry)
+        return 0
+    from serving.runner import serve
+    from serving.settings import load_settings
+
+    overrides = {"demo": True} if args.demo else None
+    settings = load_settings(args.settings, env=dict(os.environ), overrides=overrides)
+    serve(settings, host=args.host, port=args.port)
+    return 0

@@ -64,3 +64,28 @@ def client(settings: ServeSettings) -> Iterator[TestClient]:
 
 def auth(keys: dict[str, str], role: str = "line") -> dict[str, str]:
     return {"Authorization": f"Bearer {keys[role]}"}
+
+
+def post_frame(client: TestClient, keys: dict[str, str], body: bytes, *, station: str = SINGLE, camera: str = "cam",
+               part_id: str | None = "p-1", content_type: str = "image/png", role: str = "line",
+               headers: dict[str, str] | None = None, **params: Any) -> Any:
+    """POST a frame with its target as query parameters (None leaves one out)."""
+    query = {"station": station, "camera": camera, "part_id": part_id, **params}
+    query = {k: v for k, v in query.items() if v is not None}
+    return client.post("/v1/inspections", params=query, content=body,
+                       headers={**auth(keys, role), "content-type": content_type, **(headers or {})})
+
+
+def all_records(client: TestClient) -> list[Any]:
+    """Every record of the app's log, oldest first."""
+    from inspection.log.query import query_records
+
+    store = client.app.state.log  # type: ignore[attr-defined]
+    out: list[Any] = []
+    cursor = None
+    while True:
+        page = query_records(store, None, cursor=cursor, limit=1000, order="asc")
+        out += page.records
+        if page.next_cursor is None:
+            return out
+        cursor = page.next_cursor

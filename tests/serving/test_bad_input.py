@@ -1,0 +1,145 @@
+"""Bad input: a 4xx with a reason, the server stays healthy, no stored record is touched.
+
+A request naming a valid station, camera and part still fail-safe rejects that part (a new
+record with the reason); a request that names no valid part records nothing at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
+from tests.serving.conftest import SINGLE, STATION, all_records, auth, post_frame
+
+PNG = frame_png(BRIGHT)
+
+# (id, request kwargs for post_frame, expected status, text the reason must contain, part fail-safe rejected?)
+VALID_PART_CASES: list[tuple[str, dict[str, Any], int, str]] = [
+    ("corrupt", {"body": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4}, 422, "PNG"),
+    ("truncated", {"body": PNG[: len(PNG) // 2]}, 422, "truncated PNG"),
+    ("zero-bytes", {"body": b""}, 422, "0 bytes"),
+    ("not-an-image", {"body": b"hello world"}, 422, "not a PNG"),
+    ("raw-wrong-dims", {"body": bytes(100), "content_type": "application/octet-stream",
+                        "width": 10, "height": 11, "channels": 1}, 422, "needs 110"),
+    ("raw-missing-dims", {"body": bytes(100), "content_type": "application/octet-stream", "width": 10}, 400,
+     "missing ['height', 'channels']"),
+    ("raw-bad-channels", {"body": bytes(200), "content_type": "application/octet-stream",
+                          "width": 10, "height": 10, "channels": 2}, 422, "channels=2"),
+    ("raw-non-integer", {"body": bytes(100), "content_type": "application/octet-stream",
+                         "width": "ten", "height": 10, "channels": 1}, 400, "'ten' is not an integer"),
+    ("media-type", {"body": PNG, "content_type": "text/plain"}, 415, "text/plain"),
+    ("capture-time", {"body": PNG, "capture_time": "yesterday"}, 400, "'yesterday'"),
+    ("over-limit", {"body": bytes(4096)}, 413, "over the limit of 2048 bytes"),
+]
+
+NO_PART_CASES: list[tuple[str, dict[str, Any], int, str]] = [
+    ("unknown-station", {"station": "nowhere"}, 404, "unknown station 'nowhere'"),
+    ("unknown-camera", {"camera": "bottom"}, 404, "unknown camera 'bottom'"),
+    ("missing-station", {"station": None}, 400, "station is required"),
+    ("empty-part-id", {"part_id": ""}, 400, "must not be empty"),
+    ("blank-part-id", {"part_id": "   "}, 400, "must not be empty"),
+    ("over-long-part-id", {"part_id": "x" * 129}, 400, "129 characters; at most 128"),
+    ("control-chars", {"part_id": "a\x07b"}, 400, "control characters"),
+]
+
+
+@pytest.fixture
+def small_limit_client(tmp_path, models_dir, keys):
+    from serving.app import create_app
+    from serving.settings import build_settings
+    from tests.serving.conftest import settings_data
+
+    settings = build_settings(settings_data(tmp_path, models_dir, keys, max_body_bytes=2048))
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _snapshot(client: TestClient) -> list[tuple[int, str]]:
+    return [(r.seq, r.hash) for r in all_records(client)]
+
+
+def _still_healthy(client: TestClient, keys: dict[str, str], part_id: str) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    good = post_frame(client, keys, frame_png(DARK), part_id=part_id)
+    assert good.status_code == 200 and good.json()["decision"] == "reject"
+
+
+@pytest.mark.parametrize("case", VALID_PART_CASES, ids=[c[0] for c in VALID_PART_CASES])
+def test_bad_frame_for_a_valid_part_is_4xx_and_failsafe_rejects_the_part(small_limit_client: TestClient, keys, case) -> None:
+    name, kwargs, status, reason = case
+    client = small_limit_client
+    post_frame(client, keys, frame_png(BRIGHT), part_id="before")
+    before = _snapshot(client)
+    kwargs = dict(kwargs)
+    r = post_frame(client, keys, kwargs.pop("body"), part_id=f"bad-{name}", **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert reason in body["detail"], body
+    assert body["failsafe"]["decision"] == "reject" and body["failsafe"]["part_id"] == f"bad-{name}"
+    after = _snapshot(client)
+    assert after[: len(before)] == before  # nothing already stored changed
+    view, part = (client.app.state.log.get(x.entry.inspection_id).entry for x in all_records(client)[len(before):])
+    assert (view.kind, view.decision, view.part_id) == ("inspection", "reject", f"bad-{name}")
+    assert view.failsafe_reason and body["failsafe"]["reason"] in view.failsafe_reason
+    assert (part.kind, part.decision) == ("part", "reject") and part.failsafe_reason
+    decision = client.get(f"/v1/parts/bad-{name}/decision", params={"station": SINGLE}, headers=auth(keys)).json()
+    assert (decision["decision"], decision["status"]) == ("reject", "decided")
+    assert client.app.state.log.verify().ok
+    _still_healthy(client, keys, f"after-{name}")
+
+
+@pytest.mark.parametrize("case", NO_PART_CASES, ids=[c[0] for c in NO_PART_CASES])
+def test_request_naming_no_valid_part_is_4xx_and_records_nothing(client: TestClient, keys, case) -> None:
+    name, target, status, reason = case
+    post_frame(client, keys, frame_png(BRIGHT), part_id="before")
+    before = _snapshot(client)
+    r = post_frame(client, keys, PNG, **target)
+    assert r.status_code == status, r.text
+    assert reason in r.json()["detail"]
+    assert "failsafe" not in r.json()
+    assert _snapshot(client) == before
+    _still_healthy(client, keys, f"after-{name}")
+
+
+@pytest.mark.asyncio
+async def test_non_utf8_headers_are_refused_with_a_reason(settings, keys) -> None:
+    # httpx's ASGI transport passes header bytes through untouched (TestClient re-encodes them).
+    import httpx
+
+    from serving.app import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            store = app.state.log
+            before = store.head()
+            base = {**auth(keys), "content-type": "image/png"}
+            r = await http.post("/v1/inspections", content=PNG, headers={
+                **base, "X-Station": SINGLE, "X-Camera": "cam", "X-Part-Id": b"\xff\xfe-bad"})
+            assert r.status_code == 400 and "X-Part-Id is not valid UTF-8" in r.json()["detail"]
+            assert store.head() == before  # nothing recorded
+            # A valid part with a non-UTF-8 capture time: 400, and the part is fail-safe rejected.
+            r = await http.post("/v1/inspections", content=PNG, headers={
+                **base, "X-Station": SINGLE, "X-Camera": "cam", "X-Part-Id": "U1", "X-Capture-Time": b"\xc3\x28"})
+            assert r.status_code == 400 and "X-Capture-Time is not valid UTF-8" in r.json()["detail"]
+            assert r.json()["failsafe"]["reason"] == "invalid_request"
+            assert store.get(r.json()["failsafe"]["inspection_id"]).entry.decision == "reject"
+            good = await http.post("/v1/inspections", content=frame_png(DARK), headers={
+                **base, "X-Station": SINGLE, "X-Camera": "cam", "X-Part-Id": "U2"})
+            assert good.status_code == 200 and (await http.get("/healthz")).status_code == 200
+            assert store.verify().ok
+
+
+def test_over_limit_body_without_content_length_is_refused_while_streaming(small_limit_client: TestClient, keys) -> None:
+    def chunks():
+        for _ in range(8):
+            yield bytes(512)
+
+    r = small_limit_client.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": "S1"},
+                                content=chunks(), headers={**auth(keys), "content-type": "image/png"})
+    assert r.status_code == 413 and "over the limit of 2048 bytes" in r.json()["detail"]
+    _still_healthy(small_limit_client, keys, "after-stream")
