@@ -1,0 +1,119 @@
+"""The audit web page in headless Chromium against a real uvicorn server: paste the key,
+filter by part id and by decision, and see exactly the expected rows; open a record; verify."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from serving.settings import ServeSettings
+from tests.serving.conftest import SINGLE
+from tests.serving.test_audit_api import png
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"]
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live(settings: ServeSettings) -> Iterator[str]:
+    """The real app under uvicorn on a free port (in a thread of this process)."""
+    import uvicorn
+
+    from serving.app import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not installed (Debian package 'chromium')")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_filter_by_part_and_decision_shows_exactly_the_expected_rows(live: str, keys: dict[str, str], browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    plan = {"A1": 250, "A2": 5, "B1": 250, "B2": 5, "B3": 5, "C1": 250}
+    answers: dict[str, dict[str, Any]] = {}
+    with httpx.Client(base_url=live, headers={"Authorization": f"Bearer {keys['line']}"}) as http:
+        for part, brightness in plan.items():
+            r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": part},
+                          content=png(brightness, seed=brightness), headers={"Content-Type": "image/png"})
+            assert r.status_code == 200, r.text
+            answers[part] = r.json()
+    rejected = {a["inspection_id"] for a in answers.values() if a["decision"] == "reject"}
+    assert len(rejected) == 3  # the dark frames
+
+    page = browser.new_page()
+    page.goto(f"{live}/audit")
+    expect(page.locator("#status")).to_contain_text("401")  # no key yet: the API refuses, the page says so
+    page.fill("#api-key", keys["auditor"])
+    page.click("#save-key")
+    rows = page.locator("#rows tr")
+    kind = page.locator("select[name=kind]")
+    kind.select_option("inspection")
+
+    page.fill("[data-testid=filter-part]", "B1")
+    page.click("[data-testid=apply]")
+    expect(rows).to_have_count(1)
+    assert rows.first.get_attribute("data-id") == answers["B1"]["inspection_id"]
+    expect(rows.first.locator("td.part-id")).to_have_text("B1")
+
+    page.fill("[data-testid=filter-part]", "")
+    page.select_option("[data-testid=filter-decision]", "reject")
+    page.click("[data-testid=apply]")
+    expect(rows).to_have_count(3)
+    assert {rows.nth(i).get_attribute("data-id") for i in range(3)} == rejected
+    expect(page.locator("#rows td.decision")).to_have_text(["reject"] * 3)
+
+    page.fill("[data-testid=filter-part]", "B2")
+    page.click("[data-testid=apply]")
+    expect(rows).to_have_count(1)
+    assert rows.first.get_attribute("data-id") == answers["B2"]["inspection_id"]
+
+    # The row's thumbnail and the detail's frame load (fetched with the key, shown as blobs).
+    rows.first.click()
+    expect(page.locator("[data-testid=chain-status]")).to_have_class("ok")
+    page.wait_for_function("() => [...document.querySelectorAll('#detail img')].some(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function("() => [...document.querySelectorAll('#rows img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
+
+    page.click("[data-testid=verify]")
+    expect(page.locator("[data-testid=verify-result]")).to_contain_text("chain OK")
+    # The key lives in sessionStorage only, never in the page's URL.
+    assert page.evaluate("sessionStorage.getItem('inspection.audit.key')") == keys["auditor"]
+    assert keys["auditor"] not in page.url
