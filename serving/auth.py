@@ -26,6 +26,12 @@ from inspection.errors import AuthenticationError, PermissionDeniedError
 from serving.settings import ROLES, ApiKeySettings, Role
 
 
+#: Routes open without a key, on purpose (the role x route test refuses any other route that
+#: does not declare ``Require``): liveness/readiness probes, the API description, and the audit
+#: page's static shell (it asks for a key and calls the protected /v1/audit API with it).
+OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/audit"})
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: the key's name (recorded as the log's ``actor``) and its role."""

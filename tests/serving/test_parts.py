@@ -1,0 +1,63 @@
+"""Part decisions across a station's cameras: any reject rejects; missing or late views fail safe."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
+from tests.serving.conftest import STATION, auth, post_frame
+
+
+def _decision(client: TestClient, keys, part_id: str, wait_ms: float = 0) -> tuple[int, dict]:
+    r = client.get(f"/v1/parts/{part_id}/decision", params={"station": STATION, "wait_ms": wait_ms}, headers=auth(keys))
+    return r.status_code, r.json()
+
+
+def test_all_views_pass_means_the_part_passes(client: TestClient, keys) -> None:
+    for camera in ("top", "side"):
+        assert post_frame(client, keys, frame_png(BRIGHT), station=STATION, camera=camera, part_id="P1").status_code == 200
+    status, part = _decision(client, keys, "P1")
+    assert status == 200 and (part["decision"], part["failsafe_reason"]) == ("pass", None)
+    assert sorted(v["camera"] for v in part["views"]) == ["side", "top"]
+    assert client.app.state.log.get(part["inspection_id"]).entry.data["views"][0]["model_version"] == "tiny/v1"
+
+
+def test_one_rejecting_view_rejects_the_part(client: TestClient, keys) -> None:
+    post_frame(client, keys, frame_png(BRIGHT), station=STATION, camera="top", part_id="P2")
+    status, part = _decision(client, keys, "P2")
+    assert status == 202 and part["status"] == "pending" and part["decision"] is None
+    assert part["missing_cameras"] == ["side"]
+    post_frame(client, keys, frame_png(DARK), station=STATION, camera="side", part_id="P2")
+    status, part = _decision(client, keys, "P2")
+    assert (status, part["decision"], part["failsafe_reason"]) == (200, "reject", None)
+
+
+def test_missing_view_is_a_failsafe_reject_at_the_deadline_and_a_late_view_stays_rejected(client: TestClient, keys) -> None:
+    post_frame(client, keys, frame_png(BRIGHT), station=STATION, camera="top", part_id="P3")
+    # wait_ms beyond the station's 400 ms deadline: the answer comes at the deadline.
+    status, part = _decision(client, keys, "P3", wait_ms=5000)
+    assert (status, part["decision"]) == (200, "reject")
+    assert part["failsafe_reason"].startswith("missing_view: no frame from camera(s) side within 400 ms")
+    entry = client.app.state.log.get(part["inspection_id"]).entry
+    assert (entry.kind, entry.decision, entry.failsafe_reason) == ("part", "reject", part["failsafe_reason"])
+    late = post_frame(client, keys, frame_png(BRIGHT), station=STATION, camera="side", part_id="P3")
+    assert late.status_code == 200 and late.json()["decision"] == "reject"
+    record = client.app.state.log.get(late.json()["inspection_id"]).entry
+    assert record.failsafe_reason.startswith("late_view") and record.data["model_decision"] == "pass"
+    assert _decision(client, keys, "P3")[1]["decision"] == "reject"
+
+
+def test_asking_for_a_part_no_camera_saw_fails_safe_at_the_deadline(client: TestClient, keys) -> None:
+    status, part = _decision(client, keys, "ghost", wait_ms=3000)
+    assert (status, part["decision"], part["missing_cameras"]) == (200, "reject", ["top", "side"])
+
+
+def test_part_decision_query_validates_its_inputs(client: TestClient, keys) -> None:
+    r = client.get("/v1/parts/x/decision", params={"station": "nowhere"}, headers=auth(keys))
+    assert r.status_code == 404 and "unknown station 'nowhere'" in r.json()["detail"]
+    r = client.get("/v1/parts/x/decision", headers=auth(keys))
+    assert r.status_code == 400 and "station is required" in r.json()["detail"]
+    r = client.get("/v1/parts/x/decision", params={"station": STATION, "wait_ms": -1}, headers=auth(keys))
+    assert r.status_code == 400 and "wait_ms" in r.json()["detail"]
+    r = client.get(f"/v1/parts/{'y' * 200}/decision", params={"station": STATION}, headers=auth(keys))
+    assert r.status_code == 400 and "at most 128" in r.json()["detail"]
