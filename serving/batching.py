@@ -28,6 +28,20 @@ from serving.settings import BatchingSettings
 log = logging.getLogger(__name__)
 
 
+class Arrival:
+    """A frame on its way to the batcher; ``done()`` once it is queued or given up."""
+
+    __slots__ = ("_batcher",)
+
+    def __init__(self, batcher: "MicroBatcher") -> None:
+        self._batcher: MicroBatcher | None = batcher
+
+    def done(self) -> None:
+        if self._batcher is not None:
+            self._batcher._arrived()
+            self._batcher = None
+
+
 @dataclass(slots=True)
 class _Item:
     model: LoadedModel
@@ -67,15 +81,20 @@ class MicroBatcher:
 
     # -- producers ---------------------------------------------------------------------
     @contextmanager
-    def arriving(self) -> Iterator[None]:
-        """Mark a frame as on its way (reading/decoding), so the batcher may wait for it."""
+    def arriving(self) -> Iterator["Arrival"]:
+        """Mark a frame as on its way (body being read or decoded) until ``Arrival.done()``
+        or the end of the block, so a batch being formed may wait (bounded) for it."""
+        arrival = Arrival(self)
         self._arriving += 1
         try:
-            yield
+            yield arrival
         finally:
-            self._arriving -= 1
-            if self._arriving == 0:
-                self._wakeup.set()
+            arrival.done()
+
+    def _arrived(self) -> None:
+        self._arriving -= 1
+        if self._arriving == 0:
+            self._wakeup.set()
 
     def check_capacity(self) -> None:
         """Raise ``OverloadedError`` now if a frame submitted next would not fit."""

@@ -156,18 +156,21 @@ def build_router(settings: ServeSettings) -> APIRouter:
             _param(request, "station", b"x-station"), _param(request, "camera", b"x-camera"),
             _param(request, "part_id", b"x-part-id"))
         req = FrameRequest(station, camera, part_id, content_type="", actor=who.name, started=started)
-        try:
-            shape = raw_shape(_param(request, "width", b"x-width"), _param(request, "height", b"x-height"),
-                              _param(request, "channels", b"x-channels"))
-            media = service.check_media(request.headers.get("content-type"), shape)
-            capture = parse_capture_time(_param(request, "capture_time", b"x-capture-time"))
-            body = await _read_body(request, settings.max_body_bytes)
-        except InspectionError as exc:
-            await service.reject_failsafe(req, exc)
-            raise
-        req = FrameRequest(station, camera, part_id, content_type=media, raw_shape=shape if media == RAW_TYPE else None,
-                           capture_time=capture, actor=who.name, started=started)
-        return _json(await service.inspect(req, body))
+        with service.batcher.arriving() as arrival:
+            try:
+                shape = raw_shape(_param(request, "width", b"x-width"), _param(request, "height", b"x-height"),
+                                  _param(request, "channels", b"x-channels"))
+                media = service.check_media(request.headers.get("content-type"), shape)
+                capture = parse_capture_time(_param(request, "capture_time", b"x-capture-time"))
+                body = await _read_body(request, settings.max_body_bytes)
+            except InspectionError as exc:
+                arrival.done()
+                await service.reject_failsafe(req, exc)
+                raise
+            req = FrameRequest(station, camera, part_id, content_type=media,
+                               raw_shape=shape if media == RAW_TYPE else None, capture_time=capture,
+                               actor=who.name, started=started)
+            return _json(await service.inspect(req, body, arrival=arrival))
 
     @router.get("/v1/parts/{part_id}/decision", summary="The part's decision across the station's cameras")
     async def part_decision(

@@ -135,8 +135,12 @@ def load_model(version: ModelVersion, runtime: RuntimeSettings, *, warmup_batch:
             f"{version.model_id}: graph input is {shape[1:]}, the card says ({spec.channels}, {spec.height}, {spec.width})"
         )
     loaded = LoadedModel(version=version, session=session, model_sha256=card.files[card.model_file], golden_max_diff=0.0)
-    warm = np.zeros((warmup_batch, spec.channels, spec.height, spec.width), dtype=np.uint8)
-    loaded.run(warm)
+    # Warm-up (allocations, kernel choice) with mid-grey frames; only the golden frames are judged.
+    warm = np.full((warmup_batch, spec.channels, spec.height, spec.width), 128, dtype=np.uint8)
+    try:
+        session.run([spec.output_name], {spec.input_name: warm})
+    except Exception as exc:
+        raise ModelIntegrityError(f"{version.model_id}: warm-up run failed: {exc}") from None
     pixels, expected = _golden_arrays(folder / card.golden.file, version.model_id)
     expected_shape = (spec.channels, spec.height, spec.width)
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected_shape:

@@ -30,7 +30,7 @@ from inspection.errors import (
 )
 from inspection.log.records import InspectionLog, LogEntry, StoredRecord, new_id
 from inspection.preprocess import ENCODED_TYPES, RAW_TYPE, prepare_frame
-from serving.batching import MicroBatcher
+from serving.batching import Arrival, MicroBatcher
 from serving.errors import attach_failsafe
 from serving.events import DecisionBus, DecisionEvent
 from serving.lifecycle import ModelManager
@@ -140,7 +140,7 @@ class InspectionService:
         return media
 
     # -- the decision path --------------------------------------------------------------
-    async def inspect(self, req: FrameRequest, body: bytes) -> dict[str, Any]:
+    async def inspect(self, req: FrameRequest, body: bytes, *, arrival: Arrival | None = None) -> dict[str, Any]:
         """Score one frame and return the answer (after its record is durable).
 
         Raises:
@@ -149,11 +149,14 @@ class InspectionService:
         """
         started = req.started or time.perf_counter()
         try:
-            model = self.models.current(req.station)
-            with self.batcher.arriving():
+            try:
+                model = self.models.current(req.station)
                 self.batcher.check_capacity()
                 _, pixels = prepare_frame(body, model.card.input, content_type=req.content_type,
                                           raw_shape=req.raw_shape, source=f"frame of part {req.part_id!r}")
+            finally:
+                if arrival is not None:
+                    arrival.done()  # queued next, or given up: a forming batch need not wait for it
             probs, model_ms = await self.batcher.submit(model, pixels)
         except InspectionError as exc:
             await self.reject_failsafe(req, exc, frame=body)

@@ -44,6 +44,7 @@ def build_onnx(
     gain: float = 4.0,
     bias: float = 0.0,
     conv: bool = True,
+    nan_when_black: bool = False,
 ) -> bytes:
     """Serialized ONNX graph: pixels -> brightness feature -> Gemm -> Softmax.
 
@@ -51,6 +52,8 @@ def build_onnx(
     ``-gain * b + bias + 0.1 * i`` where ``b`` is the normalised mean brightness in [-1, 1];
     ``bias`` > 0 pushes every frame towards reject. With ``conv`` a 3x3 box-filter convolution
     runs first, so the graph does real per-pixel work like a CNN (its output is unchanged).
+    With ``nan_when_black`` the logits are scaled by ``sqrt(b + 0.95)``, so a (nearly) black
+    frame makes the model output NaN: a model failing at run time, for fail-safe tests.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -92,8 +95,17 @@ def build_onnx(
         helper.make_node("ReduceMean", [feature_in], ["m4"], axes=[1, 2, 3], keepdims=1),
         helper.make_node("Flatten", ["m4"], ["m"], axis=1),
         helper.make_node("Gemm", ["m", "W", "B"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
     ]
+    logits = "logits"
+    if nan_when_black:
+        inits.append(numpy_helper.from_array(np.array(0.95, dtype=np.float32), "shift"))
+        nodes += [
+            helper.make_node("Add", ["m", "shift"], ["m_shift"]),
+            helper.make_node("Sqrt", ["m_shift"], ["gate"]),
+            helper.make_node("Mul", ["logits", "gate"], ["logits_gated"]),
+        ]
+        logits = "logits_gated"
+    nodes.append(helper.make_node("Softmax", [logits], ["probabilities"], axis=1))
     graph = helper.make_graph(
         nodes,
         "tiny_brightness",
@@ -139,6 +151,7 @@ def make_model_version(
     conv: bool = True,
     per_class: dict[str, float] | None = None,
     golden_tolerance: float = 1e-4,
+    nan_when_black: bool = False,
 ) -> ModelVersion:
     """Write a complete model version under ``models_dir/name/version`` and return it.
 
@@ -149,7 +162,8 @@ def make_model_version(
     folder.mkdir(parents=True, exist_ok=True)
     model_path = folder / "model.onnx"
     model_path.write_bytes(
-        build_onnx(classes=classes, good_class=good_class, size=size, channels=channels, gain=gain, bias=bias, conv=conv)
+        build_onnx(classes=classes, good_class=good_class, size=size, channels=channels, gain=gain, bias=bias, conv=conv,
+                   nan_when_black=nan_when_black)
     )
     pixels = golden_frames(size, channels)
     probs = score(model_path, pixels)

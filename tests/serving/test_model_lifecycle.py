@@ -1,0 +1,120 @@
+"""Model verification on load, and live swaps on promote/rollback without failing in-flight frames."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from inspection.card import hash_files, load_card, save_card
+from inspection.errors import ModelIntegrityError
+from inspection.registry import ModelRegistry
+from serving.app import create_app
+from serving.settings import build_settings
+from tests.helpers.tiny_model import BRIGHT, DARK, frame_png, make_model_version
+from tests.serving.conftest import SINGLE, auth, settings_data
+
+
+def _skew_golden(folder: Path, delta: float) -> None:
+    """Change the expected golden probabilities and re-hash the card (hashes stay consistent)."""
+    with np.load(folder / "golden.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["probabilities"] = arrays["probabilities"] + delta
+    np.savez(folder / "golden.npz", **arrays)
+    card = load_card(folder)
+    save_card(card.model_copy(update={"files": hash_files(folder, list(card.files))}), folder)
+
+
+def test_start_refuses_a_model_whose_golden_frames_disagree(tmp_path, models_dir, keys) -> None:
+    _skew_golden(models_dir / "tiny" / "v1", 0.01)
+    app = create_app(build_settings(settings_data(tmp_path, models_dir, keys)))
+    with pytest.raises(ModelIntegrityError, match=r"golden frames re-scored with max abs difference 0\.01.*tolerance 0\.0001"):
+        with TestClient(app):
+            pass
+
+
+def test_start_refuses_a_model_whose_file_hash_differs(tmp_path, models_dir, keys) -> None:
+    onnx_file = models_dir / "tiny" / "v1" / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"\x00")
+    app = create_app(build_settings(settings_data(tmp_path, models_dir, keys)))
+    with pytest.raises(ModelIntegrityError, match="file 'model.onnx' has sha256"):
+        with TestClient(app):
+            pass
+
+
+def test_golden_tolerance_comes_from_the_card(tmp_path, models_dir, keys) -> None:
+    folder = models_dir / "tiny" / "v1"
+    _skew_golden(folder, 1e-6)  # within the card's 1e-4
+    with TestClient(create_app(build_settings(settings_data(tmp_path, models_dir, keys)))) as client:
+        status = client.get("/v1/models", headers=auth(keys, "engineer")).json()["stations"]
+        assert {s["model_version"] for s in status} == {"tiny/v1"}
+        assert all(0 < s["golden_max_diff"] <= 1e-4 for s in status)
+
+
+@pytest.mark.asyncio
+async def test_promote_and_rollback_swap_live_without_failing_in_flight_frames(tmp_path, models_dir, keys) -> None:
+    # v2 rejects everything (large bias towards the defect classes), so answers show which model decided.
+    make_model_version(models_dir, version="v2", bias=50.0)
+    make_model_version(models_dir, version="v3")
+    _skew_golden(models_dir / "tiny" / "v3", 0.05)  # hashes fine, golden frames wrong: must be refused
+    registry = ModelRegistry(models_dir)
+    app = create_app(build_settings(settings_data(tmp_path, models_dir, keys)))
+    answers: list[dict] = []
+    stop = asyncio.Event()
+
+    async def line(http: httpx.AsyncClient, worker: int) -> None:
+        n = 0
+        while not stop.is_set():
+            r = await http.post("/v1/inspections", content=frame_png(BRIGHT, seed=n),
+                                params={"station": SINGLE, "camera": "cam", "part_id": f"w{worker}-{n}"},
+                                headers={**auth(keys), "content-type": "image/png"})
+            assert r.status_code == 200, r.text
+            answers.append(r.json())
+            n += 1
+
+    async def active_version(http: httpx.AsyncClient, want: str) -> None:
+        for _ in range(200):
+            status = (await http.get("/v1/models", headers=auth(keys, "engineer"))).json()["stations"]
+            if {s["model_version"] for s in status if s["station"] == SINGLE} == {want}:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"station never switched to {want}")
+
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            workers = [asyncio.create_task(line(http, i)) for i in range(4)]
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(registry.promote, "tiny", "v2", station=SINGLE)
+            await active_version(http, "tiny/v2")
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(registry.promote, "tiny", "v3", station=SINGLE)
+            for _ in range(100):  # the watcher polls every 50 ms
+                status = (await http.get("/v1/models", headers=auth(keys, "engineer"))).json()["stations"]
+                single = next(s for s in status if s["station"] == SINGLE)
+                if single["error"]:
+                    break
+                await asyncio.sleep(0.02)
+            assert single["model_version"] == "tiny/v2" and "refused tiny/v3" in single["error"]
+            assert "golden frames re-scored" in single["error"]
+            await asyncio.to_thread(registry.rollback, station=SINGLE)  # v3 -> v2: no change needed
+            await asyncio.to_thread(registry.rollback, station=SINGLE)  # v2 -> v1
+            await active_version(http, "tiny/v1")
+            await asyncio.sleep(0.1)
+            stop.set()
+            await asyncio.gather(*workers)
+            metrics = (await http.get("/metrics", headers=auth(keys, "admin"))).text
+            for answer in answers:  # the log names the same version as the answer
+                entry = app.state.log.get(answer["inspection_id"]).entry
+                assert f"{entry.model_name}/{entry.model_version}" == answer["model_version"]
+            ready = await http.get("/readyz")
+    versions = [a["model_version"] for a in answers]
+    assert set(versions) == {"tiny/v1", "tiny/v2"}
+    for answer in answers:  # every answer names the model that decided it
+        assert answer["decision"] == ("pass" if answer["model_version"] == "tiny/v1" else "reject")
+    assert versions[0] == "tiny/v1" and versions[-1] == "tiny/v1" and "tiny/v2" in versions
+    assert 'inspection_model_load_failures_total{model="tiny/v3"} 1.0' in metrics
+    assert ready.status_code == 200
