@@ -1,0 +1,214 @@
+"""MQTT publishing against a real Mosquitto broker this test starts, stops and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+import pytest_asyncio
+from paho.mqtt.enums import CallbackAPIVersion
+
+from inspection.log.store import SqlInspectionLog
+from serving.events import DecisionBus, DecisionEvent
+from serving.line.logsink import LogSink
+from serving.line.metrics import LineMetrics
+from serving.line.mqtt import MqttPublisher
+from serving.line.settings import MqttSettings
+from tests.serving.line.conftest import decide_many, part_entry, records_of, wait_for
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+STATION = "press-1"
+pytestmark = [pytest.mark.mqtt, pytest.mark.asyncio]
+
+
+class Broker:
+    """A private mosquitto on its own port, with persistence so a subscriber's session survives a restart."""
+
+    def __init__(self, tmp: Path, port: int) -> None:
+        self.port = port
+        self.conf = tmp / "mosquitto.conf"
+        (tmp / "db").mkdir()
+        self.conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {tmp / 'db'}/\nlog_dest none\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.02)
+        raise RuntimeError(f"mosquitto did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)  # a clean stop writes the persistence file
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def broker(tmp_path: Path, port: int) -> Iterator[Broker]:
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    b = Broker(tmp_path, port)
+    b.start()
+    yield b
+    b.stop()
+
+
+class Subscriber:
+    """A persistent-session QoS 1 subscriber collecting payloads by topic."""
+
+    def __init__(self, port: int, client_id: str = "test-sub", clean: bool = False) -> None:
+        self.messages: list[tuple[str, dict[str, Any], bool]] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
+                        protocol=paho.MQTTv311)
+        c.reconnect_delay_set(min_delay=1, max_delay=1)
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("inspection/#", qos=1)
+        c.on_subscribe = lambda cl, u, mid, rc, p: self._ready.set()
+        c.on_message = self._on_message
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        self.client = c
+        if not self._ready.wait(10):
+            raise RuntimeError("subscriber did not subscribe")
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, json.loads(msg.payload), bool(msg.retain)))
+
+    def decisions(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [m for t, m, _ in self.messages if t.endswith("/decisions")]
+
+    def first_seen_ids(self) -> list[str]:
+        """Inspection ids in order of first arrival (QoS 1 may repeat a message after a reconnect)."""
+        seen: dict[str, None] = {}
+        for m in self.decisions():
+            seen.setdefault(m["inspection_id"], None)
+        return list(seen)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest_asyncio.fixture
+async def rig(broker: Broker, log_store: SqlInspectionLog) -> AsyncIterator[dict[str, Any]]:
+    sink = LogSink(log_store)
+    sink.start()
+    made: list[MqttPublisher] = []
+
+    async def make(**kw: Any) -> tuple[MqttPublisher, DecisionBus]:
+        bus = DecisionBus()
+        pub = MqttPublisher(STATION, MqttSettings(enabled=True, port=broker.port, **kw), sink=sink,
+                            metrics=LineMetrics(), status_extra=lambda: {"pending_results": 0})
+        await pub.start(bus.subscribe("mqtt", maxsize=100_000).queue)
+        made.append(pub)
+        return pub, bus
+
+    yield {"make": make, "sink": sink, "log": log_store, "broker": broker}
+    for pub in made:
+        await pub.stop(drain_s=0.2)
+    await sink.stop()
+
+
+def publish(bus: DecisionBus, records: list[Any]) -> None:
+    for r in records:
+        bus.publish(DecisionEvent(kind="part" if r.entry.kind == "part" else "inspection", record=r))
+
+
+async def test_every_decision_arrives_in_order_and_status_is_retained(rig: dict[str, Any]) -> None:
+    sub = Subscriber(rig["broker"].port, clean=True)
+    try:
+        pub, bus = await rig["make"](status_interval_s=0.05)
+        await wait_for(lambda: pub.connected, what="publisher connected")
+        entries = [part_entry(STATION, f"P-{i}", "reject" if i % 3 == 0 else "pass") for i in range(300)]
+        recs = await decide_many(rig["log"], entries)
+        other = await decide_many(rig["log"], [part_entry("press-2", "X-1")])
+        publish(bus, recs[:150] + other + recs[150:])  # another station's decision is not ours
+        await wait_for(lambda: len(sub.decisions()) >= 300, what="300 decisions")
+        got = sub.decisions()
+        assert [m["inspection_id"] for m in got] == [r.entry.inspection_id for r in recs]
+        assert [m["seq"] for m in got] == [r.seq for r in recs]
+        assert got[0]["decision"] == recs[0].entry.decision and got[0]["station"] == STATION
+        assert got[0]["hash"] == recs[0].hash and got[0]["kind"] == "part"
+        await wait_for(lambda: pub.queued == 0 and pub.published == 300, what="all acknowledged")
+        assert pub.metrics.mqtt_published.labels(STATION)._value.get() == 300
+    finally:
+        sub.close()
+    # A subscriber arriving later gets the retained status at once.
+    late = Subscriber(rig["broker"].port, client_id="late", clean=True)
+    try:
+        await wait_for(lambda: any(t.endswith("/status") and r for t, _, r in late.messages), what="retained status")
+        status = next(m for t, m, r in late.messages if t.endswith("/status") and r)
+        assert status["station"] == STATION and status["state"] == "online" and "heartbeat" in status
+    finally:
+        late.close()
+
+
+async def test_broker_stopped_mid_stream_queue_drains_after_it_returns(rig: dict[str, Any]) -> None:
+    broker: Broker = rig["broker"]
+    sub = Subscriber(broker.port)
+    pub, bus = await rig["make"]()
+    recs = await decide_many(rig["log"], [part_entry(STATION, f"P-{i}") for i in range(400)])
+    try:
+        await wait_for(lambda: pub.connected, what="publisher connected")
+        publish(bus, recs[:100])
+        # Messages the broker acknowledged but had not yet passed on when it stops are the
+        # broker's to lose, not ours: let the first 100 arrive, then stop it while the line runs on.
+        await wait_for(lambda: len(sub.first_seen_ids()) >= 100, what="first 100 arriving")
+        await asyncio.to_thread(broker.stop)
+        for i in range(100, 400, 20):  # the line goes on while the broker is away
+            publish(bus, recs[i: i + 20])
+            await asyncio.sleep(0.005)
+        await wait_for(lambda: not pub.connected, what="publisher noticed")
+        assert pub.queued > 0 and pub.dropped == 0
+        assert pub.metrics.mqtt_queue.labels(STATION)._value.get() == pub.queued
+        await asyncio.to_thread(broker.start)
+        await wait_for(lambda: pub.queued == 0, timeout_s=30, what="queue drained")
+        await wait_for(lambda: len(sub.first_seen_ids()) >= 400, timeout_s=30, what="all 400 at the subscriber")
+        assert sub.first_seen_ids() == [r.entry.inspection_id for r in recs]
+        assert pub.dropped == 0
+    finally:
+        sub.close()
+
+
+async def test_full_queue_drops_oldest_counts_and_logs(rig: dict[str, Any]) -> None:
+    broker: Broker = rig["broker"]
+    sub = Subscriber(broker.port, client_id="after")  # its session outlives the broker's restart
+    await asyncio.to_thread(broker.stop)  # the broker is away from the start
+    pub, bus = await rig["make"](queue_size=50)
+    recs = await decide_many(rig["log"], [part_entry(STATION, f"P-{i}") for i in range(80)])
+    publish(bus, recs)
+    await wait_for(lambda: pub.dropped == 30, what="30 drops")
+    assert pub.queued == 50 and pub.metrics.mqtt_dropped.labels(STATION)._value.get() == 30
+    await asyncio.to_thread(broker.start)
+    try:
+        await wait_for(lambda: pub.queued == 0, timeout_s=30, what="queue drained")
+        await wait_for(lambda: len(sub.decisions()) >= 50, what="the 50 newest")
+        assert sub.first_seen_ids() == [r.entry.inspection_id for r in recs[30:]]
+    finally:
+        sub.close()
+    await rig["sink"].flush()
+    events = [e for e in records_of(rig["log"], "event") if (e.entry.data or {}).get("event") == "mqtt_dropped"]
+    assert sum(e.entry.data["count"] for e in events if e.entry.data) == 30
+    assert all(e.entry.station == STATION for e in events)
