@@ -46,7 +46,14 @@ def serve(settings: ServeSettings, *, host: str | None = None, port: int | None 
 
     app = create_app(settings)
     server = uvicorn.Server(uvicorn_config(settings, host=host, port=port, app=app))
-    server.run()
+    try:
+        server.run()
+    except SystemExit:
+        # uvicorn exits(3) when the lifespan fails; surface the domain error instead.
+        error = getattr(app.state, "startup_error", None)
+        if error is not None:
+            raise error from None
+        raise
     error = getattr(app.state, "startup_error", None)
     if error is not None:
         raise error
