@@ -41,9 +41,10 @@ LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 def default_routers() -> list[RouterFactory]:
     """Every router the product serves."""
-    from serving import admin, audit, frames
+    from serving import admin, audit, frames, labelling
 
-    return [admin.build_health_router, frames.build_router, admin.build_ops_router, audit.build_router]
+    return [admin.build_health_router, frames.build_router, admin.build_ops_router, audit.build_router,
+            labelling.build_router]
 
 
 def default_lifespan_hooks() -> list[LifespanHook]:

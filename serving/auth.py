@@ -28,8 +28,9 @@ from serving.settings import ROLES, ApiKeySettings, Role
 
 #: Routes open without a key, on purpose (the role x route test refuses any other route that
 #: does not declare ``Require``): liveness/readiness probes, the API description, and the audit
-#: page's static shell (it asks for a key and calls the protected /v1/audit API with it).
-OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/audit"})
+#: page's static shell (it asks for a key and calls the protected /v1/audit API with it); the
+#: labelling page's shell (/label) likewise.
+OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/audit", "/label"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,30 @@ class ApiKeySettings(_Section):
         return value
 
 
+class LabellingSettings(_Section):
+    """The labelling page (``serving.labelling``): which classes a label may take, queue order."""
+
+    #: Classes a label may take, e.g. the active model's classes plus a new defect type.
+    #: Empty: the union of the classes of the stations' active models.
+    classes: list[str] = Field(default_factory=list)
+    #: Frames whose P(defect) is within this distance of their threshold are "uncertain" (shown first).
+    margin: float = Field(default=0.2, ge=0.0, le=1.0)
+    #: Stored passes drawn at random into the queue.
+    pass_sample: int = Field(default=50, ge=0, le=10_000)
+    #: Newest inspection records considered for the queue.
+    window: int = Field(default=5000, ge=1, le=1_000_000)
+    seed: int = 0
+    #: Station whose current model scores unlabelled imports (default: the first configured station).
+    import_station: str | None = None
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, classes: list[str]) -> list[str]:
+        if len(set(classes)) != len(classes) or any(not c or len(c) > 128 for c in classes):
+            raise ValueError(f"labelling classes must be unique non-empty names (max 128 characters), got {classes}")
+        return classes
+
+
 class ServeSettings(_Section):
     """Everything ``inspection serve`` needs, validated before the app is built."""
 
@@ -141,6 +165,7 @@ class ServeSettings(_Section):
     api_keys: list[ApiKeySettings] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    labelling: LabellingSettings = Field(default_factory=LabellingSettings)
 
     @field_validator("stations")
     @classmethod

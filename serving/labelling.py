@@ -1,0 +1,165 @@
+"""The engineer's labelling routes and page.
+
+``GET /label`` serves ``static/label.html`` (it asks for an engineer key and calls the API).
+The API, for roles engineer and admin:
+
+==========================================================  =====================================
+``GET  /v1/labelling/queue?limit=&include_labelled=``       classes + frames to label, queue order
+``GET  /v1/labelling/frames/{frame_id}``                   one frame: record, label history, the
+                                                            current model's prediction and score
+``GET  /v1/labelling/frames/{frame_id}/image``             the stored frame's bytes
+``POST /v1/labelling/frames/{frame_id}/labels``            ``{label, expected_revision}`` -> 201
+``POST /v1/labelling/frames/{frame_id}/undo``              ``{expected_revision}`` -> 201
+==========================================================  =====================================
+
+A label outside the class list is a 400, an unknown frame id a 404, a relabel by someone who
+saw an older revision a 409 (see ``inspection.labels``); none of them writes anything.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from inspection import labels as L
+from inspection.errors import InspectionError
+from inspection.log.frames import check_sha, media_type
+from inspection.log.query import MAX_LIMIT
+from inspection.log.store import SqlInspectionLog
+from serving.audit import app_log
+from serving.auth import Principal, Require
+
+LABEL_ROLES = ("engineer", "admin")
+
+
+class LabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=128)
+    #: The revision the labeller saw (0 = unlabelled); a newer one on the server -> 409.
+    expected_revision: int = Field(ge=0, le=1_000_000)
+
+
+class UndoIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expected_revision: int = Field(ge=1, le=1_000_000)
+
+
+def label_classes(request: Request) -> list[str]:
+    """The configured label classes, else the union of the active models' classes (in order)."""
+    settings = request.app.state.settings
+    if settings.labelling.classes:
+        return list(settings.labelling.classes)
+    out: list[str] = []
+    models = getattr(request.app.state, "models", None)
+    for entry in (models.status() if models is not None else []):
+        for c in entry.get("classes") or []:
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def _queue_options(request: Request) -> L.QueueOptions:
+    s = request.app.state.settings.labelling
+    good: dict[str, str] = {}
+    models = getattr(request.app.state, "models", None)
+    if models is not None:
+        for v in models.registry.list_versions():
+            if v.card.good_class is not None:
+                good.setdefault(v.name, v.card.good_class)
+    return L.QueueOptions(margin=s.margin, pass_sample=s.pass_sample, window=s.window, seed=s.seed, good_classes=good)
+
+
+def _current_prediction(request: Request, rec: Any, data: bytes) -> dict[str, Any]:
+    """The station's model *now* on this frame (it may differ from the one that decided it)."""
+    from inspection.decisions import decide
+    from inspection.preprocess import prepare_frame
+
+    settings = request.app.state.settings
+    station = rec.entry.station or settings.labelling.import_station or next(iter(settings.stations))
+    try:
+        model = request.app.state.models.current(station)
+        _, pixels = prepare_frame(data, model.card.input, source=f"frame {rec.entry.inspection_id}")
+        probs = model.run(pixels[np.newaxis])[0]
+    except InspectionError as exc:
+        return {"station": station, "error": str(exc)}
+    d = decide(probs, model.card)
+    predicted = model.card.classes[int(np.argmax(probs))]
+    return {"station": station, "model_version": model.model_id, "decision": d.decision, "predicted_class": predicted,
+            "defect_class": d.defect_class, "score": d.score, "threshold": d.threshold, "scores": d.scores}
+
+
+def labelling_router() -> APIRouter:
+    """The ``/v1/labelling`` routes (engineer, admin)."""
+    require = Require(*LABEL_ROLES)
+    LogDep = Annotated[SqlInspectionLog, Depends(app_log)]
+    WhoDep = Annotated[Principal, Depends(require)]
+    router = APIRouter(prefix="/v1/labelling", tags=["labelling"])
+
+    @router.get("/queue", summary="Frames to label: uncertain first, then rejects, sampled passes, imports")
+    def queue(who: WhoDep, log: LogDep, request: Request,
+              limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+              include_labelled: bool = False) -> dict[str, Any]:
+        items = L.labelling_queue(log, options=_queue_options(request), limit=limit, include_labelled=include_labelled)
+        return {"classes": label_classes(request), "items": [q.as_dict() for q in items]}
+
+    @router.get("/frames/{frame_id}", summary="One frame: its record, label history and the current model's prediction")
+    async def frame(who: WhoDep, log: LogDep, request: Request, frame_id: str) -> dict[str, Any]:
+        rec = await run_in_threadpool(L.frame_record, log, frame_id)
+        data = await run_in_threadpool(log.frame, check_sha(rec.entry.frame_sha256 or ""))
+        hist = await run_in_threadpool(L.history, log, frame_id)
+        item = L.QueueItem(frame_id, "import" if L.is_import(rec) else "production", rec, hist.revision, hist.current)
+        prediction = await run_in_threadpool(_current_prediction, request, rec, data)
+        return {"frame": item.as_dict(), "history": [h.as_dict() for h in hist.history],
+                "prediction": prediction, "classes": label_classes(request),
+                "image_url": f"/v1/labelling/frames/{frame_id}/image"}
+
+    @router.get("/frames/{frame_id}/image", summary="The stored frame as it was sent",
+                response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+    def image(who: WhoDep, log: LogDep, frame_id: str) -> Response:
+        rec = L.frame_record(log, frame_id)
+        data = log.frame(check_sha(rec.entry.frame_sha256 or ""))
+        return Response(data, media_type=media_type(data), headers={"Cache-Control": "private, max-age=86400"})
+
+    @router.post("/frames/{frame_id}/labels", status_code=201, summary="Label a frame (a new label record)")
+    def add_label(who: WhoDep, log: LogDep, request: Request, frame_id: str,
+                  body: Annotated[LabelIn, Body()]) -> dict[str, Any]:
+        lab = L.add_label(log, frame_id, body.label, classes=label_classes(request), actor=who.name,
+                          expected_revision=body.expected_revision)
+        return {"label": lab.as_dict(), "revision": lab.revision}
+
+    @router.post("/frames/{frame_id}/undo", status_code=201, summary="Undo the frame's latest label (a new record)")
+    def undo(who: WhoDep, log: LogDep, frame_id: str, body: Annotated[UndoIn, Body()]) -> dict[str, Any]:
+        lab = L.undo_label(log, frame_id, actor=who.name, expected_revision=body.expected_revision)
+        return {"label": lab.as_dict(), "revision": lab.revision}
+
+    return router
+
+
+def label_page_router() -> APIRouter:
+    """``GET /label``: the labelling page (static; it asks for a key and calls the API)."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/label", response_class=HTMLResponse)
+    def label_page() -> HTMLResponse:
+        html = resources.files("serving").joinpath("static/label.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"Cache-Control": "no-store",
+                                           "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                                                      "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
+
+    return router
+
+
+def build_router(settings: Any = None) -> APIRouter:
+    """The app's router factory: the ``/v1/labelling`` API (engineer, admin) and the ``/label`` page."""
+    router = APIRouter()
+    router.include_router(labelling_router())
+    router.include_router(label_page_router())
+    return router
