@@ -94,7 +94,7 @@ def _scratch(rng: np.random.Generator, surface: np.ndarray, scale: float) -> Non
     profile = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.5)
     # Scratches fade in and out along their length (pressure of the scraping particle varies).
     fade = cv2.resize(rng.uniform(0.55, 1.0, size=(3, 3)).astype(np.float32), surface.shape[::-1], interpolation=cv2.INTER_LINEAR)
-    contrast = rng.uniform(14.0, 50.0) * (-1.0 if rng.random() < 0.75 else 1.0)
+    contrast = rng.uniform(18.0, 55.0) * (-1.0 if rng.random() < 0.75 else 1.0)
     surface += contrast * profile * fade
 
 
@@ -141,7 +141,7 @@ def _bubble(rng: np.random.Generator, surface: np.ndarray, scale: float) -> None
     # Slope of the rim lit from direction `light`: one side bright, the opposite side dark.
     facing = (dx * np.cos(light) + dy * np.sin(light)) / dist
     slope = -(dist - radius) / width
-    amp = rng.uniform(13.0, 40.0)
+    amp = rng.uniform(15.0, 42.0)
     surface += amp * slope * rim * facing + rng.uniform(-0.4, 0.4) * amp * rim
     surface += rng.uniform(-0.3, 0.3) * amp * _soft_disc(dist, radius, edge=width)  # dome/dent interior
 
@@ -161,7 +161,7 @@ def _edge_wrinkle(rng: np.random.Generator, surface: np.ndarray, scale: float) -
     if rng.random() < 0.5 or y1 - y0 < 0.3 * size:
         y0, y1 = -size, 2 * size
     span = 1.0 / (1.0 + np.exp(-(yy - y0) / 3.0)) / (1.0 + np.exp((yy - y1) / 3.0))
-    surface += rng.uniform(5.0, 22.0) * np.sin(phase) * envelope * span
+    surface += rng.uniform(6.0, 22.0) * np.sin(phase) * envelope * span
 
 
 _DRAW: dict[str, Callable[[np.random.Generator, np.ndarray, float], None]] = {
