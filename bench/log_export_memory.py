@@ -17,7 +17,7 @@ import tempfile
 import time
 import tracemalloc
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from inspection.log.export import iter_export
@@ -28,7 +28,7 @@ from inspection.log.store import SqlInspectionLog, open_log
 def fill(log: SqlInspectionLog, n: int, *, seed: int = 0) -> None:
     """Append ``n`` realistic inspection records (concurrently, so group commit batches them)."""
     rng = random.Random(seed)
-    t0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
 
     def entry(i: int) -> LogEntry:
         reject = rng.random() < 0.1

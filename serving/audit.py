@@ -7,9 +7,10 @@ map ``NotFoundError``/``ValidationError``/... to 404/400/...
 """
 
 
+from collections.abc import Callable
 from datetime import datetime
 from importlib import resources
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
@@ -23,7 +24,7 @@ from inspection.log.query import MAX_LIMIT, RecordFilter, query_records
 from inspection.log.records import LogEntry, RecordKind, StoredRecord
 from inspection.log.store import SqlInspectionLog
 
-AUDIT_ROLES = ("auditor", "admin")
+AUDIT_ROLES: tuple[Literal["auditor"], Literal["admin"]] = ("auditor", "admin")
 #: Records a disposition may be about (a human confirms or overrides a machine decision).
 DISPOSABLE_KINDS = ("inspection", "part")
 

@@ -15,7 +15,7 @@ from inspection.errors import ConfigError, ValidationError
 
 def _time(value: str) -> datetime:
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return datetime.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an ISO-8601 time (e.g. 2026-05-04T08:00:00Z)") from None
 
@@ -35,7 +35,7 @@ def _filters(p: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{name}", dest=name.replace("-", "_"))
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `audit` subcommand(s) to the CLI."""
     audit = sub.add_parser("audit", help="inspect, export and verify the inspection log")
     asub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any, Iterator, Literal, TextIO
+from collections.abc import Iterator
+from typing import Any, Literal, TextIO
 
 from inspection.errors import ValidationError
 from inspection.log.chain import canonical_time

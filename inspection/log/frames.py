@@ -11,9 +11,9 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from inspection.errors import NotFoundError, ValidationError
 

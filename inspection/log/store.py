@@ -19,12 +19,13 @@ import queue
 import random
 import re
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, get_args
+from typing import Any, get_args
 
-from sqlalchemy import create_engine, event, insert, select, text, update
+from sqlalchemy import RowMapping, create_engine, event, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -101,7 +102,7 @@ def normalise_entry(entry: LogEntry) -> dict[str, Any]:
     return fields
 
 
-def row_to_record(row: Mapping[str, Any]) -> StoredRecord:
+def row_to_record(row: Mapping[str, Any] | RowMapping) -> StoredRecord:
     """A stored row as a ``StoredRecord`` (JSON columns parsed)."""
     values = {name: row[name] for name in ENTRY_COLUMNS}
     values["scores"] = json.loads(values["scores"]) if values["scores"] is not None else None
@@ -109,7 +110,7 @@ def row_to_record(row: Mapping[str, Any]) -> StoredRecord:
     return StoredRecord(seq=row["seq"], entry=LogEntry(**values), prev_hash=row["prev_hash"], hash=row["hash"])
 
 
-def row_to_chain(row: Mapping[str, Any]) -> chain.ChainRow:
+def row_to_chain(row: Mapping[str, Any] | RowMapping) -> chain.ChainRow:
     return chain.ChainRow(seq=row["seq"], prev_hash=row["prev_hash"], hash=row["hash"],
                           fields={name: row[name] for name in ENTRY_COLUMNS})
 
@@ -207,7 +208,7 @@ class SqlInspectionLog:
     def _commit_batch(self, batch: list[_Pending]) -> None:
         try:
             stored = self._commit(batch)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- every failure must reach the waiting callers
             if len(batch) > 1:
                 # One bad record (e.g. a duplicate id) must not fail its neighbours.
                 for item in batch:
@@ -310,7 +311,7 @@ class SqlInspectionLog:
         self._writer.join()
         self.engine.dispose()
 
-    def __enter__(self) -> "SqlInspectionLog":
+    def __enter__(self) -> SqlInspectionLog:  # noqa: PYI034 -- not subclassed
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 PG_URL = os.environ.get("INSPECTION_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -24,7 +25,7 @@ def pg_unreachable_reason() -> str | None:
         with engine.connect() as conn:
             conn.execute(sa.text("select 1"))
         engine.dispose()
-    except Exception as exc:  # any failure to connect means: skip, with the reason
+    except Exception as exc:  # noqa: BLE001 -- any failure to connect means: skip, with the reason
         return f"PostgreSQL at {PG_URL} unreachable: {type(exc).__name__}: {exc}"
     return None
 

@@ -7,7 +7,7 @@ import io
 import json
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from inspection.log.query import RecordFilter, query_records
 from inspection.log.records import LogEntry
 from inspection.log.retention import prune_frames
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def _populate(log: Any) -> list[Any]:

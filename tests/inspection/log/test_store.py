@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from inspection.log.store import open_log
 
 
 def test_append_returns_the_committed_record_and_get_reads_it_back(log: Any) -> None:
-    entry = LogEntry(kind="inspection", time=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc), station="s",
+    entry = LogEntry(kind="inspection", time=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), station="s",
                      camera="c", part_id="P1", decision="reject", defect_class="dent", scores={"ok": 0.2, "dent": 0.8},
                      threshold=1, model_name="m", model_version="3", model_sha256="a" * 64, latency_ms=2,
                      failsafe_reason=None, actor="line-1", data={"plc": {"ack": True}})
@@ -40,14 +40,14 @@ def test_get_unknown_id_is_not_found(log: Any) -> None:
 def test_concurrent_appends_share_commits_and_keep_one_chain(log: Any) -> None:
     n_threads, per_thread = 8, 25
     barrier = threading.Barrier(n_threads)
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
 
     def worker(t: int) -> None:
         barrier.wait()
         try:
             for i in range(per_thread):
                 log.append(LogEntry(kind="inspection", station=f"s{t}", part_id=f"{t}-{i}", decision="pass"))
-        except BaseException as exc:  # surfaced below
+        except Exception as exc:  # noqa: BLE001 -- surfaced below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
