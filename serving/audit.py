@@ -7,8 +7,11 @@ map ``NotFoundError``/``ValidationError``/... to 404/400/...
 """
 
 
-from collections.abc import Callable
-from datetime import datetime
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -16,13 +19,16 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from inspection.errors import ConflictError, NotFoundError
+from inspection.errors import ConflictError, InspectionError, NotFoundError
 from inspection.log.chain import VerifyReport
 from inspection.log.export import MEDIA_TYPES, iter_export, record_dict
 from inspection.log.frames import check_sha, media_type
 from inspection.log.query import MAX_LIMIT, RecordFilter, query_records
 from inspection.log.records import LogEntry, RecordKind, StoredRecord
+from inspection.log.retention import prune_frames
 from inspection.log.store import SqlInspectionLog
+
+log = logging.getLogger(__name__)
 
 AUDIT_ROLES: tuple[Literal["auditor"], Literal["admin"]] = ("auditor", "admin")
 #: Records a disposition may be about (a human confirms or overrides a machine decision).
@@ -214,9 +220,52 @@ def audit_page_router() -> APIRouter:
     return router
 
 
+def retention_lifespan(settings: Any) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A lifespan applying the frame retention policy every ``retention_interval_s``.
+
+    It rides on the audit router (FastAPI nests a router's lifespan inside the app's), so it
+    starts after the app's lifespan opened the log and stops before the log closes.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        max_age = getattr(settings, "frames_max_age_days", None)
+        max_bytes = getattr(settings, "frames_max_bytes", None)
+        if max_age is None and max_bytes is None:
+            yield
+            return
+        task = asyncio.create_task(_retention_loop(app, max_age, max_bytes, float(settings.retention_interval_s)))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    return lifespan
+
+
+async def _retention_loop(app: Any, max_age_days: float | None, max_bytes: int | None, interval_s: float) -> None:
+    max_age = timedelta(days=max_age_days) if max_age_days is not None else None
+    while True:
+        log_ = getattr(app.state, "log", None)
+        if log_ is not None and getattr(log_, "frames", None) is None:
+            log.warning("frame retention is configured but the log keeps no frames; retention is off")
+            return
+        if log_ is not None:
+            try:
+                result = await asyncio.to_thread(prune_frames, log_, max_age=max_age, max_bytes=max_bytes, actor="retention")
+                if result.removed:
+                    log.info("retention removed %d frame(s), %d bytes; %d kept", len(result.removed), result.bytes_freed, result.kept)
+            except InspectionError as exc:
+                log.error("frame retention failed: %s", exc)
+        await asyncio.sleep(interval_s)
+
+
 def build_router(settings: Any = None) -> APIRouter:
-    """The app's router factory: the ``/v1/audit`` API (auditor, admin) and the ``/audit`` page."""
-    router = APIRouter()
+    """The app's router factory: the ``/v1/audit`` API (auditor, admin), the ``/audit`` page and,
+    when ``settings`` sets a frame retention limit, the periodic pruning."""
+    router = APIRouter(lifespan=retention_lifespan(settings)) if settings is not None else APIRouter()
     router.include_router(audit_router())
     router.include_router(audit_page_router())
     return router

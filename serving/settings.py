@@ -153,6 +153,13 @@ class ServeSettings(_Section):
     frame_sample_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     #: SQLite only: FULL survives power loss; NORMAL survives a process crash and commits faster.
     log_sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    #: Frame retention (records are always kept; each pruning is itself a ``prune`` record):
+    #: frames older than this many days are removed ...
+    frames_max_age_days: float | None = Field(default=None, gt=0, le=36_500)
+    #: ... then the oldest frames until all of them take at most this many bytes.
+    frames_max_bytes: int | None = Field(default=None, ge=0)
+    #: How often the server applies the retention policy (only when one of the limits is set).
+    retention_interval_s: float = Field(default=3600.0, ge=1, le=7 * 86400)
     stations: dict[str, StationSettings] = Field(min_length=1)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)

@@ -160,3 +160,28 @@ def test_audit_page_is_served(client: TestClient) -> None:
     resp = client.get("/audit")
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
     assert "Verify chain" in resp.text and "sessionStorage" in resp.text
+
+
+def test_retention_policy_prunes_frames_and_records_it(tmp_path: Any, models_dir: Any, keys: dict[str, str]) -> None:
+    import time
+
+    from serving.app import create_app
+    from serving.settings import build_settings
+    from tests.serving.conftest import settings_data
+
+    settings = build_settings(settings_data(tmp_path, models_dir, keys, frames_max_bytes=0, retention_interval_s=1))
+    with TestClient(create_app(settings)) as client:
+        rejected = inspect(client, keys, "R1", 5)
+        h = auth(keys, "auditor")
+        deadline = time.monotonic() + 20
+        while True:
+            prunes = client.get("/v1/audit/records", params={"kind": "prune"}, headers=h).json()["records"]
+            removed = [sha for p in prunes for sha in p["data"]["removed"]]
+            record = client.get(f"/v1/audit/records/{rejected['inspection_id']}", headers=h).json()
+            if record["record"]["frame_sha256"] in removed:
+                break
+            assert time.monotonic() < deadline, "retention never pruned the reject's frame"
+            time.sleep(0.2)
+        assert prunes[0]["actor"] == "retention"
+        assert record["frame"]["stored"] is False and record["record"]["decision"] == "reject"  # the record stays
+        assert client.post("/v1/audit/verify", headers=h).json()["ok"] is True
