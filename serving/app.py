@@ -49,7 +49,9 @@ def default_routers() -> list[RouterFactory]:
 
 def default_lifespan_hooks() -> list[LifespanHook]:
     """Start-up/shutdown work of optional integrations (line, PLC, MQTT)."""
-    return []
+    from serving.line.integration import lifespan_hook as line_hook
+
+    return [line_hook]
 
 
 def open_inspection_log(settings: ServeSettings) -> InspectionLog:

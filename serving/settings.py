@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticVa
 from pydantic import field_validator, model_validator
 
 from inspection.errors import ConfigError
+from serving.line.settings import LineSettings
 
 Role = Literal["line", "engineer", "auditor", "admin"]
 ROLES: tuple[Role, ...] = ("line", "engineer", "auditor", "admin")
@@ -70,6 +71,8 @@ class StationSettings(_Section):
     #: Time from a part's first view (or first decision query) until missing views make it a
     #: fail-safe reject.
     part_deadline_ms: float = Field(default=500.0, gt=0, le=600_000)
+    #: PLC (Modbus TCP / OPC UA) and MQTT integrations of this station (serving.line; docs/plc.md).
+    line: LineSettings = Field(default_factory=LineSettings)
 
     @field_validator("cameras")
     @classmethod

@@ -82,9 +82,7 @@ def to_line_result(
     e = record.entry
     failsafe = e.failsafe_reason is not None or e.decision not in ("pass", "reject")
     ok = e.decision == "pass" and not failsafe
-    if ok:
-        code = 0
-    elif e.defect_class is None:
+    if ok or e.defect_class is None:
         code = 0
     else:
         code = class_codes.get(e.defect_class, reg.UNMAPPED_CLASS)
@@ -183,11 +181,7 @@ class ResultHandshake:
     # --- inputs ----------------------------------------------------------------------------
     def offer(self, record: StoredRecord, *, kind: str = "part") -> LineResult | None:
         """Buffer a committed decision for the PLC; None when the buffer was full (fail-safe)."""
-        seq = self._next_seq
-        self._next_seq += 1
-        if self._next_seq & 0xFFFF == 0:
-            # A Modbus PLC acknowledges with the low word and writes 0 to clear: never use 0.
-            self._next_seq += 1
+        seq = self._take_seq()
         result = to_line_result(record, seq=seq, class_codes=self.class_codes, kind=kind,
                                 skipped_before=self._skipped)
         c = self.counters
@@ -209,6 +203,29 @@ class ResultHandshake:
         self._buffer.append(_Slot(result, self._clock()))
         self._changed()
         return result
+
+    def _take_seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        if self._next_seq & 0xFFFF == 0:
+            # A Modbus PLC acknowledges with the low word and writes 0 to clear: never use 0.
+            self._next_seq += 1
+        return seq
+
+    def note_lost(self, n: int) -> None:
+        """``n`` decisions never reached the station (dropped upstream): count them as overflowed."""
+        if n <= 0:
+            return
+        c = self.counters
+        c.inspected += n
+        c.overflowed += n
+        c.failsafe += n
+        c.rejected += n
+        self._skipped += n
+        for _ in range(n):
+            self._take_seq()
+        self.error_code = ErrorCode.BUFFER_FULL
+        self._changed()
 
     def acknowledge(self, seq: int, *, via: str, bits: int = 32, latch: bool = False) -> ErrorCode:
         """The PLC acknowledges result ``seq`` (compared on its low ``bits`` bits).

@@ -28,7 +28,7 @@ _WRITE_FC = frozenset({6, 16, 23})
 class HandshakeContext(ModbusServerContext):
     """pymodbus datastore backed by a handshake (answers every unit id the same way)."""
 
-    def __init__(self, handshake: ResultHandshake) -> None:  # noqa: D107 - base __init__ only logs
+    def __init__(self, handshake: ResultHandshake) -> None:
         # The base class builds memory blocks we do not use; "old_simulator" makes the
         # server call our async_getValues/async_setValues directly.
         self.old_simulator = True
@@ -40,7 +40,7 @@ class HandshakeContext(ModbusServerContext):
     def device_ids(self) -> list[int]:
         return [0]
 
-    async def async_getValues(  # noqa: N802 - pymodbus' name
+    async def async_getValues(
         self, device_id: int, func_code: int, address: int, count: int = 1
     ) -> list[int] | list[bool] | ExcCodes:
         if func_code not in _READ_FC:
@@ -49,7 +49,7 @@ class HandshakeContext(ModbusServerContext):
             return ExcCodes.ILLEGAL_ADDRESS
         return render_registers(self.handshake, ack_register=self.ack_register)[address: address + count]
 
-    async def async_setValues(  # noqa: N802 - pymodbus' name
+    async def async_setValues(
         self, device_id: int, func_code: int, address: int, values: Sequence[int] | Sequence[bool]
     ) -> ExcCodes | None:
         return self.write(address, [int(v) for v in values], func_code=func_code)

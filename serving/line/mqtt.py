@@ -23,7 +23,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -260,7 +260,7 @@ class MqttPublisher:
 
     def _status_payload(self, state: str) -> bytes:
         body: dict[str, Any] = {"station": self.station, "state": state,
-                                "time": datetime.now(timezone.utc).isoformat()}
+                                "time": datetime.now(UTC).isoformat()}
         if state == "online":
             body.update(heartbeat=self._heartbeat, queued=self.queued, dropped=self.dropped)
             if self._status_extra is not None:

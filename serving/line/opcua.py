@@ -21,12 +21,13 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from asyncua import Server, ua
 from asyncua.common.node import Node
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
 
 from serving.line.handshake import ResultHandshake
 from serving.line.registers import Decision, ErrorCode
@@ -35,11 +36,11 @@ from serving.line.settings import OpcUaSettings
 log = logging.getLogger(__name__)
 
 NAMESPACE = "urn:inspection:line"
-_NULL_TIME = datetime(1601, 1, 1, tzinfo=timezone.utc)  # OPC UA's "no time"
+_NULL_TIME = datetime(1601, 1, 1, tzinfo=UTC)  # OPC UA's "no time"
 _V = ua.VariantType
 
 
-class _Users:
+class _Users(UserManager):
     """asyncua user manager: the configured account, and anonymous only when allowed."""
 
     def __init__(self, settings: OpcUaSettings) -> None:
@@ -144,12 +145,16 @@ class OpcUaStationServer:
 
         ack = await rm.add_variable(idx, "ResultAck", ua.Variant(0, _V.UInt32))
         await ack.set_writable()
-        server.iserver.aspace.set_attribute_value_setter(ack.nodeid, ua.AttributeIds.Value, self._on_ack_write)
+        # asyncua calls the setter with (node, attribute, value); its annotation says otherwise.
+        server.iserver.aspace.set_attribute_value_setter(ack.nodeid, ua.AttributeIds.Value,
+                                                         self._on_ack_write)  # type: ignore[arg-type]
         self._ack_node = ack
 
-        seq_arg = ua.Argument(Name="ResultSeq", DataType=ua.NodeId(ua.ObjectIds.UInt32), ValueRank=-1,
+        seq_arg = ua.Argument(Name="ResultSeq", DataType=ua.NodeId(ua.ObjectIds.UInt32),  # type: ignore[arg-type]
+                              ValueRank=-1,
                               Description=ua.LocalizedText("ResultSeq of the result being acknowledged"))
-        err_arg = ua.Argument(Name="ErrorCode", DataType=ua.NodeId(ua.ObjectIds.UInt16), ValueRank=-1,
+        err_arg = ua.Argument(Name="ErrorCode", DataType=ua.NodeId(ua.ObjectIds.UInt16),  # type: ignore[arg-type]
+                              ValueRank=-1,
                               Description=ua.LocalizedText("0 = acknowledged, 3 = that result is not pending"))
         await rm.add_method(idx, "AcknowledgeResult", self._ack_method, [seq_arg], [err_arg])
         await vs.add_method(idx, "ClearError", self._clear_method, [], [])

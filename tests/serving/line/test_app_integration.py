@@ -1,0 +1,132 @@
+"""The real app with its line integrations on: frames in over HTTP, a PLC on Modbus, a subscriber on MQTT."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pymodbus.client import ModbusTcpClient
+
+from inspection.errors import ConfigError
+from serving.app import create_app
+from serving.line import registers as reg
+from serving.line.registers import Decision, StatusBit
+from serving.settings import build_settings
+from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
+from tests.serving.conftest import SINGLE, all_records, post_frame, settings_data
+from tests.serving.line.conftest import free_port
+from tests.serving.line.peers import MOSQUITTO, Broker, Subscriber
+
+
+def _until(predicate: Any, what: str, timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.mark.mqtt
+def test_decisions_reach_the_plc_and_mqtt_and_acks_are_logged(
+        tmp_path: Path, models_dir: Path, keys: dict[str, str]) -> None:
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed")
+    broker = Broker(tmp_path, free_port())
+    broker.start()
+    modbus_port = free_port()
+    data = settings_data(tmp_path, models_dir, keys)
+    data["stations"][SINGLE]["line"] = {
+        "plc": {"ack_deadline_s": 30},
+        "modbus": {"enabled": True, "port": modbus_port},
+        "mqtt": {"enabled": True, "port": broker.port, "status_interval_s": 0.1},
+    }
+    sub = Subscriber(broker.port, clean=True)
+    try:
+        with TestClient(create_app(build_settings(data))) as client:
+            plc = ModbusTcpClient("127.0.0.1", port=modbus_port, timeout=5)
+            assert plc.connect()
+            try:
+                parts = [("p-1", DARK), ("p-2", BRIGHT), ("p-3", DARK)]
+                answers = []
+                for part, level in parts:
+                    r = post_frame(client, keys, frame_png(level), station=SINGLE, camera="cam", part_id=part)
+                    assert r.status_code == 200, r.text
+                    answers.append(r.json())
+                line = client.app.state.line  # type: ignore[attr-defined]
+                _until(lambda: line.lines[SINGLE].handshake.counters.inspected == 3, "3 part decisions at the PLC")
+
+                acked = []
+                for seq in (1, 2, 3):
+                    w = plc.read_holding_registers(0, count=reg.REGISTER_COUNT).registers
+                    assert w[reg.STATUS] & StatusBit.RESULT_VALID
+                    assert reg.join_u32(w[reg.RESULT_SEQ], w[reg.RESULT_SEQ + 1]) == seq
+                    text = reg.decode_text(w[reg.PART_ID_TEXT: reg.PART_ID_TEXT + reg.PART_ID_TEXT_LEN])
+                    acked.append((text, Decision(w[reg.DECISION])))
+                    assert not plc.write_register(reg.RESULT_ACK, seq).isError()
+                    assert not plc.write_register(reg.RESULT_ACK, 0).isError()
+                records = all_records(client)
+                part_records = [r for r in records if r.entry.kind == "part"]
+                assert acked == [(r.entry.part_id, Decision.OK if r.entry.decision == "pass" else Decision.NG)
+                                 for r in part_records]
+                assert {d for _, d in acked} == {Decision.OK, Decision.NG}
+
+                # MQTT gets every decision: three frame inspections and three part decisions, in log order.
+                _until(lambda: len(sub.decisions()) >= 6, "6 MQTT decisions")
+                published = [(m["kind"], m["inspection_id"]) for m in sub.decisions()]
+                assert published == [(r.entry.kind, r.entry.inspection_id) for r in records
+                                     if r.entry.kind in ("inspection", "part")]
+                _until(lambda: any(t.endswith(f"{SINGLE}/status") and m.get("plc", {}).get("acknowledged") == 3
+                                   for t, m, _ in sub.messages), "status with PLC counters")
+                metrics = client.get("/metrics", headers={"Authorization": f"Bearer {keys['admin']}"}).text
+            finally:
+                plc.close()
+            _until(lambda: len([r for r in all_records(client) if r.entry.kind == "plc_ack"]) == 3, "3 plc_ack records")
+            acks = [r for r in all_records(client) if r.entry.kind == "plc_ack"]
+            assert [a.entry.ref for a in acks] == [r.entry.inspection_id for r in part_records]
+            assert all(a.entry.data and a.entry.data["outcome"] == "acknowledged" for a in acks)
+        assert 'inspection_plc_results_total{outcome="acknowledged",station="press-2"} 3.0' in metrics
+        assert 'inspection_mqtt_published_total{station="press-2"} 6.0' in metrics
+        # On a clean stop the retained status says offline.
+        _until(lambda: any(t.endswith(f"{SINGLE}/status") and m["state"] == "offline" for t, m, _ in sub.messages),
+               "offline status")
+    finally:
+        sub.close()
+        broker.stop()
+
+
+def test_anonymous_opcua_outside_demo_mode_refuses_to_start(tmp_path: Path, models_dir: Path,
+                                                             keys: dict[str, str]) -> None:
+    data = settings_data(tmp_path, models_dir, keys)
+    data["stations"][SINGLE]["line"] = {"opcua": {"enabled": True, "port": free_port(), "allow_anonymous": True}}
+    with pytest.raises(ConfigError, match="allow_anonymous"):
+        with TestClient(create_app(build_settings(data))):
+            pass
+
+
+def test_two_servers_on_one_port_refuse_to_start(tmp_path: Path, models_dir: Path, keys: dict[str, str]) -> None:
+    data = settings_data(tmp_path, models_dir, keys)
+    port = free_port()
+    for station in data["stations"]:
+        data["stations"][station]["line"] = {"modbus": {"enabled": True, "port": port}}
+    with pytest.raises(ConfigError, match="same|both listen"):
+        with TestClient(create_app(build_settings(data))):
+            pass
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"plc": {"buffer_depth": 0}}, "buffer_depth"),
+    ({"plc": {"class_codes": {"scratch": 0}}}, "out of range"),
+    ({"plc": {"class_codes": {"scratch": 1, "dent": 1}}}, "distinct"),
+    ({"modbus": {"enabled": True, "port": 70000}}, "port"),
+    ({"mqtt": {"topic_prefix": "a/#"}}, "topic_prefix"),
+    ({"modbus": {"enable": True}}, "enable"),
+])
+def test_bad_line_settings_are_refused_with_the_reason(tmp_path: Path, models_dir: Path, keys: dict[str, str],
+                                                        bad: dict[str, Any], match: str) -> None:
+    data = settings_data(tmp_path, models_dir, keys)
+    data["stations"][SINGLE]["line"] = bad
+    with pytest.raises(ConfigError, match=match):
+        build_settings(data)
