@@ -165,7 +165,8 @@ def audit_router(
             raise NotFoundError(f"record {inspection_id!r} names no frame")
         data = log.frame(check_sha(rec.entry.frame_sha256))
         return Response(data, media_type=media_type(data), headers={"Cache-Control": "private, max-age=86400",
-                                                                     "ETag": f'"{rec.entry.frame_sha256}"'})
+                                                                     "ETag": f'"{rec.entry.frame_sha256}"',
+                                                                     "X-Content-Type-Options": "nosniff"})
 
     @router.get("/export", summary="All matching records as CSV or JSON Lines, streamed (ascending seq)",
                 response_class=StreamingResponse,

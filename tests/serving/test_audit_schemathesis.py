@@ -3,6 +3,7 @@ valid or not, makes the audit API answer 5xx. Bounded: a few examples per operat
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,17 +17,32 @@ from inspection.log.records import LogEntry
 from serving import admin, audit
 from serving.app import create_app
 from serving.settings import ServeSettings
+from tests.helpers.logdb import LogFactory, pg_schema, pg_unreachable_reason
 from tests.serving.conftest import auth
 
 EXAMPLES = {"positive": 12, "negative": 8}
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])
-def test_audit_api_never_answers_5xx(settings: ServeSettings, keys: dict[str, str], mode: str) -> None:
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_audit_api_never_answers_5xx(settings: ServeSettings, keys: dict[str, str], tmp_path: Path, mode: str, store: str) -> None:
     # The real app factory, with the routers this test is about (health + audit), so another
     # router's schema problem cannot hide or fake a result here.
-    with TestClient(create_app(settings, routers=[admin.build_health_router, audit.build_router])) as client:
-        _run(client, keys, mode)
+    routers = [admin.build_health_router, audit.build_router]
+    if store == "sqlite":
+        with TestClient(create_app(settings, routers=routers)) as client:
+            _run(client, keys, mode)
+        return
+    reason = pg_unreachable_reason()
+    if reason:
+        pytest.skip(reason)
+    with pg_schema() as schema:
+        factory = LogFactory("postgresql", tmp_path, schema)
+        try:
+            with TestClient(create_app(settings, routers=routers, log_store=factory.open())) as client:
+                _run(client, keys, mode)
+        finally:
+            factory.close_all()
 
 
 def _run(client: TestClient, keys: dict[str, str], mode: str) -> None:
