@@ -1,4 +1,4 @@
-"""`inspection dataset` subcommands: generate, import, info."""
+"""`inspection dataset` subcommands: generate, import, info, build, import-unlabelled."""
 
 from __future__ import annotations
 
@@ -57,6 +57,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     info.add_argument("--min-per-class", type=int, default=10, help="flag classes with fewer images (default 10)")
     info.set_defaults(func=_info)
 
+    build = dsub.add_parser(
+        "build",
+        help="a new dataset version: a base dataset + the production labels from the inspection log",
+        description="Copies the base dataset and every labelled frame (latest label wins) from the log's frame store; "
+                    "production samples get a seeded split; the manifest records the lineage (records and labels).",
+    )
+    build.add_argument("--base", type=Path, required=True, metavar="DATASET", help="base dataset folder (standard layout)")
+    build.add_argument("--log-url", required=True, help="inspection log, e.g. sqlite:///var/log.db")
+    build.add_argument("--frames-dir", type=Path, default=None, help="the log's frame store (default: beside a SQLite log)")
+    build.add_argument("--out", type=Path, required=True, help="dataset folder to create, e.g. datasets/coating-v2")
+    build.add_argument("--name", default=None, help="dataset name (default: the --out folder name)")
+    build.add_argument("--seed", type=int, default=0, help="split seed for the production samples (default 0)")
+    build.add_argument("--val-fraction", type=float, default=0.2)
+    build.add_argument("--test-fraction", type=float, default=0.2)
+    build.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    build.set_defaults(func=_build)
+
+    unl = dsub.add_parser(
+        "import-unlabelled",
+        help="bring image files without labels into the inspection log, for the labelling page's queue",
+    )
+    unl.add_argument("src", type=Path, metavar="SRC", help="folder of images (searched recursively) or one image")
+    unl.add_argument("--log-url", required=True, help="inspection log, e.g. sqlite:///var/log.db")
+    unl.add_argument("--frames-dir", type=Path, default=None, help="the log's frame store (default: beside a SQLite log)")
+    unl.add_argument("--station", default=None, help="station whose model shows its prediction on the page")
+    unl.add_argument("--actor", default="cli", help="who imported them (recorded)")
+    unl.set_defaults(func=_import_unlabelled)
+
 
 def _generate(args: argparse.Namespace) -> int:
     from inspection.dataset.synthetic import generate_dataset
@@ -91,4 +119,41 @@ def _info(args: argparse.Namespace) -> int:
 
     report = dataset_info(args.dataset, min_per_class=args.min_per_class)
     print(json.dumps(report, indent=2) if args.json else format_info(report))
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from inspection.dataset.build import build_dataset
+    from inspection.log.store import open_log
+
+    with open_log(args.log_url, frames_dir=args.frames_dir) as log:
+        ds = build_dataset(args.base, log, args.out, log_url=args.log_url, name=args.name, seed=args.seed,
+                           val_fraction=args.val_fraction, test_fraction=args.test_fraction, overwrite=args.overwrite)
+    lineage = ds.manifest["lineage"]
+    counts = ", ".join(f"{c} {n}" for c, n in ds.counts().items())
+    print(f"wrote {len(ds.samples)} images to {ds.root} ({counts})")
+    print(f"base {lineage['base']['name']} ({lineage['base']['count']} images) + {len(lineage['labels'])} labelled "
+          f"frame(s) from the log; new classes: {lineage['new_classes'] or 'none'}; skipped: {len(lineage['skipped'])}")
+    print(f"fingerprint {ds.fingerprint}")
+    return 0
+
+
+def _import_unlabelled(args: argparse.Namespace) -> int:
+    from inspection.dataset.importers import IMAGE_EXTENSIONS
+    from inspection.errors import DatasetError
+    from inspection.labels import import_unlabelled
+    from inspection.log.store import open_log
+
+    src: Path = args.src
+    if src.is_file():
+        files = [src]
+    elif src.is_dir():
+        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    else:
+        raise DatasetError(f"{src} is neither an image file nor a folder")
+    if not files:
+        raise DatasetError(f"{src} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    with open_log(args.log_url, frames_dir=args.frames_dir) as log:
+        recs = import_unlabelled(log, ((str(p), p.read_bytes()) for p in files), actor=args.actor, station=args.station)
+    print(f"imported {len(recs)} new frame(s) of {len(files)} into the log (the rest were already there)")
     return 0

@@ -1,0 +1,156 @@
+"""A new dataset version: a base dataset plus the labels engineers gave production frames.
+
+``build_dataset(base, log, out)`` writes, in the standard layout (atomic, fingerprinted):
+
+* every sample of the base dataset, unchanged (path, label, split, source);
+* every frame of the inspection log whose *current* label (``inspection.labels``, latest wins;
+  a frame whose latest record is an undo is left out) is set, copied from the log's frame store
+  to ``images/production/<label>/<sha256[:20]>.<ext>``.
+
+Classes are the base's classes, then any new label classes (sorted), so a defect type the base
+model never saw becomes a new class. Production samples get an explicit split, stratified per
+label and grouped by part (views of one part stay together), from a seeded hash — the same
+log and seed always give the same split, so a model trained on the version and the model it
+replaces can be compared on the same held-out test split (``inspection models compare``).
+
+The manifest's ``lineage`` says what went in: the base (name, fingerprint), the log (url
+without password, head seq and hash at build time) and, per production sample, the frame's
+record, the label record (id, seq, revision), who labelled it and when. Labels whose frame is
+no longer stored (pruned) are listed under ``skipped``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inspection.card import utc_now
+from inspection.dataset.layout import Dataset, Sample, read_dataset, write_dataset
+from inspection.errors import DatasetError, NotFoundError, ValidationError
+from inspection.labels import all_labels
+from inspection.log.frames import media_type
+from inspection.log.store import SqlInspectionLog
+
+_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/bmp": "bmp", "image/tiff": "tif"}
+
+
+@dataclass(frozen=True)
+class _Prod:
+    frame_id: str
+    sha: str
+    label: str
+    group: str
+    data: bytes
+    lineage: dict[str, Any]
+
+
+def _safe_url(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL we can parse: say so rather than leak it
+        return "<unparseable url>"
+
+
+def _assign_splits(items: list[_Prod], *, seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
+    """group -> split, stratified per label: at least one group in val and test once a label has 3."""
+    groups_by_label: dict[str, set[str]] = defaultdict(set)
+    for it in items:
+        groups_by_label[it.label].add(it.group)
+    out: dict[str, str] = {}
+    for label in sorted(groups_by_label):
+        groups = sorted(g for g in groups_by_label[label] if g not in out)
+        groups.sort(key=lambda g: hashlib.sha256(f"{seed}\0{g}".encode()).hexdigest())
+        n = len(groups)
+        n_test = max(1, round(n * test_fraction)) if n >= 3 else 0
+        n_val = max(1, round(n * val_fraction)) if n >= 3 else 0
+        for i, g in enumerate(groups):
+            out[g] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return out
+
+
+def build_dataset(
+    base: Path,
+    log: SqlInspectionLog,
+    out: Path,
+    *,
+    log_url: str = "",
+    name: str | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    overwrite: bool = False,
+) -> Dataset:
+    """Write base + production labels as a new dataset version at ``out``.
+
+    Raises:
+        DatasetError: the base is unreadable, ``out`` exists (without ``overwrite``), one image
+            carries two different current labels, or the result fails the layout's checks.
+        ValidationError: fractions outside (0, 0.5).
+    """
+    for what, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < f < 0.5:
+            raise ValidationError(f"{what} {f!r} must be between 0 and 0.5")
+    base_ds = read_dataset(base)
+    out = Path(out)
+    head_seq, head_hash = log.head()
+    prods: list[_Prod] = []
+    skipped: list[dict[str, Any]] = []
+    for frame_id, fl in sorted(all_labels(log).items(), key=lambda kv: kv[1].history[-1].seq):
+        latest = fl.latest
+        if latest is None or latest.label is None:
+            continue
+        try:
+            rec = log.get(frame_id)
+            data = log.frame(rec.entry.frame_sha256 or "")
+        except (NotFoundError, ValidationError) as exc:
+            skipped.append({"frame_id": frame_id, "label": latest.label, "reason": str(exc)})
+            continue
+        e = rec.entry
+        sha = e.frame_sha256 or ""
+        group = f"part:{e.station}/{e.part_id}" if e.part_id else f"frame:{sha}"
+        prods.append(_Prod(frame_id, sha, latest.label, group, data, {
+            "frame_id": frame_id, "frame_sha256": sha, "frame_kind": e.kind, "station": e.station, "camera": e.camera,
+            "part_id": e.part_id, "label": latest.label, "label_record": latest.inspection_id,
+            "label_seq": latest.seq, "revision": latest.revision, "labelled_by": latest.actor,
+            "labelled_at": latest.time.isoformat(), "decided": e.decision,
+            "decided_by": f"{e.model_name}/{e.model_version}" if e.model_name else None,
+        }))
+    by_sha: dict[str, _Prod] = {}
+    for p in prods:
+        other = by_sha.get(p.sha)
+        if other is not None and other.label != p.label:
+            raise DatasetError(f"frame {p.frame_id!r} is labelled {p.label!r} and frame {other.frame_id!r} with the same image "
+                               f"is labelled {other.label!r}; one image can have only one label — relabel one of them")
+        by_sha.setdefault(p.sha, p)
+    splits = _assign_splits(list(by_sha.values()), seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    new_classes = sorted({p.label for p in prods} - set(base_ds.classes))
+    classes = [*base_ds.classes, *new_classes]
+
+    items: list[tuple[Sample, bytes | Path]] = [(s, base_ds.path_of(s)) for s in base_ds.samples]
+    lineage_samples: list[dict[str, Any]] = []
+    written: dict[str, str] = {}
+    for p in prods:
+        ext = _EXT.get(media_type(p.data), "img")
+        path = f"images/production/{p.label}/{p.sha[:20]}.{ext}"
+        if p.sha not in written:
+            written[p.sha] = path
+            items.append((Sample(path, p.label, splits[p.group], p.group), p.data))
+        lineage_samples.append({"path": written[p.sha], "split": splits[p.group], **p.lineage})
+    lineage = {
+        "built": utc_now().isoformat(),
+        "base": {"name": base_ds.name, "fingerprint": base_ds.fingerprint, "path": str(Path(base).resolve()),
+                 "count": len(base_ds.samples)},
+        "log": {"url": _safe_url(log_url) if log_url else None, "head_seq": head_seq, "head_hash": head_hash},
+        "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                  "rule": "production samples: stratified per label, grouped by part, order by sha256(seed, group)"},
+        "new_classes": new_classes,
+        "labels": lineage_samples,
+        "skipped": skipped,
+    }
+    return write_dataset(out, name=name or out.name, classes=classes, good_class=base_ds.good_class, items=items,
+                         extra_manifest={"lineage": lineage}, overwrite=overwrite)
