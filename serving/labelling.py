@@ -16,7 +16,7 @@ A label outside the class list is a 400, an unknown frame id a 404, a relabel by
 saw an older revision a 409 (see ``inspection.labels``); none of them writes anything.
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations": FastAPI must resolve the route-local Annotated aliases.
 
 from importlib import resources
 from typing import Annotated, Any
