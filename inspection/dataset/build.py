@@ -97,6 +97,8 @@ def build_dataset(
             raise ValidationError(f"{what} {f!r} must be between 0 and 0.5")
     base_ds = read_dataset(base)
     out = Path(out)
+    if out.exists() and not overwrite:
+        raise DatasetError(f"{out} already exists; choose another --out or pass --overwrite")
     head_seq, head_hash = log.head()
     prods: list[_Prod] = []
     skipped: list[dict[str, Any]] = []
@@ -133,14 +135,15 @@ def build_dataset(
 
     items: list[tuple[Sample, bytes | Path]] = [(s, base_ds.path_of(s)) for s in base_ds.samples]
     lineage_samples: list[dict[str, Any]] = []
-    written: dict[str, str] = {}
+    written: dict[str, tuple[str, str]] = {}  # sha -> (path, split): the same image seen twice is one sample
     for p in prods:
-        ext = _EXT.get(media_type(p.data), "img")
-        path = f"images/production/{p.label}/{p.sha[:20]}.{ext}"
         if p.sha not in written:
-            written[p.sha] = path
-            items.append((Sample(path, p.label, splits[p.group], p.group), p.data))
-        lineage_samples.append({"path": written[p.sha], "split": splits[p.group], **p.lineage})
+            first = by_sha[p.sha]
+            path = f"images/production/{p.label}/{p.sha[:20]}.{_EXT.get(media_type(p.data), 'img')}"
+            written[p.sha] = (path, splits[first.group])
+            items.append((Sample(path, p.label, splits[first.group], first.group), p.data))
+        path, split = written[p.sha]
+        lineage_samples.append({"path": path, "split": split, **p.lineage})
     lineage = {
         "built": utc_now().isoformat(),
         "base": {"name": base_ds.name, "fingerprint": base_ds.fingerprint, "path": str(Path(base).resolve()),

@@ -1,0 +1,129 @@
+"""`inspection dataset build` and `import-unlabelled`: base dataset + production labels -> a new version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from inspection import labels as L
+from inspection.cli import main as cli
+from inspection.dataset.layout import Sample, read_dataset, write_dataset
+from inspection.log.records import LogEntry, StoredRecord
+from inspection.log.store import SqlInspectionLog, open_log
+
+CLASSES = ["good", "scratch", "spot"]
+
+
+def png(level: int, seed: int) -> bytes:
+    img = np.clip(np.random.default_rng(seed).normal(level, 5, (24, 24)), 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    items = [(Sample(f"images/{c}/{i}.png", c, ["train", "val", "test"][i % 3]), png(200 if c == "good" else 40, i + (50 if c == "good" else 0)))
+             for c in ("good", "scratch") for i in range(6)]
+    write_dataset(tmp_path / "base", name="base", classes=["good", "scratch"], good_class="good", items=items)
+    return tmp_path / "base"
+
+
+def _frame(log: SqlInspectionLog, seed: int, part: str, data: bytes | None = None) -> StoredRecord:
+    return log.append(LogEntry(kind="inspection", station="s1", camera="cam", part_id=part, decision="reject",
+                               scores={"good": 0.4, "scratch": 0.6}, threshold=0.5, model_name="m", model_version="v1"),
+                      frame=data or png(120, 1000 + seed))
+
+
+def test_build_takes_the_latest_labels_with_lineage(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    with open_log(url) as log:
+        spots = [_frame(log, i, f"P{i}") for i in range(6)]
+        for r in spots:
+            L.add_label(log, r.entry.inspection_id, "spot", classes=CLASSES, actor="ann", expected_revision=0)
+        relabelled = _frame(log, 10, "P10")
+        L.add_label(log, relabelled.entry.inspection_id, "spot", classes=CLASSES, actor="ann", expected_revision=0)
+        L.add_label(log, relabelled.entry.inspection_id, "scratch", classes=CLASSES, actor="bob", expected_revision=1)
+        undone = _frame(log, 11, "P11")
+        L.add_label(log, undone.entry.inspection_id, "spot", classes=CLASSES, actor="ann", expected_revision=0)
+        L.undo_label(log, undone.entry.inspection_id, actor="ann", expected_revision=1)
+        pruned = _frame(log, 12, "P12")
+        L.add_label(log, pruned.entry.inspection_id, "spot", classes=CLASSES, actor="ann", expected_revision=0)
+        assert log.frames is not None
+        log.frames.remove(pruned.entry.frame_sha256 or "")
+        twice = _frame(log, 0, "P0-again", data=png(120, 1000))  # the same image as spots[0], seen again
+        L.add_label(log, twice.entry.inspection_id, "spot", classes=CLASSES, actor="cy", expected_revision=0)
+        _frame(log, 13, "P13")  # never labelled
+        head = log.head()
+
+    out = tmp_path / "datasets" / "v2"
+    assert cli(["dataset", "build", "--base", str(base), "--log-url", url, "--out", str(out), "--seed", "4"]) == 0
+    assert "new classes: ['spot']" in capsys.readouterr().out
+    ds = read_dataset(out, verify=True)
+    assert ds.classes == ["good", "scratch", "spot"] and ds.good_class == "good"
+    base_ds = read_dataset(base)
+    assert {s for s in ds.samples if not s.path.startswith("images/production/")} == set(base_ds.samples)
+    prod = {s.path: s for s in ds.samples if s.path.startswith("images/production/")}
+    lineage = ds.manifest["lineage"]
+    assert lineage["base"]["fingerprint"] == base_ds.fingerprint
+    assert (lineage["log"]["head_seq"], lineage["log"]["head_hash"]) == head
+    by_frame = {e["frame_id"]: e for e in lineage["labels"]}
+    expected = {r.entry.inspection_id: "spot" for r in spots} | {relabelled.entry.inspection_id: "scratch",
+                                                                   twice.entry.inspection_id: "spot"}
+    assert {f: e["label"] for f, e in by_frame.items()} == expected
+    assert by_frame[relabelled.entry.inspection_id]["labelled_by"] == "bob"
+    assert by_frame[relabelled.entry.inspection_id]["revision"] == 2
+    assert by_frame[twice.entry.inspection_id]["path"] == by_frame[spots[0].entry.inspection_id]["path"]
+    assert len(prod) == 7  # 6 spots (one seen twice) + the relabelled scratch
+    with open_log(url) as log:
+        for fid, e in by_frame.items():
+            assert (out / e["path"]).read_bytes() == log.frame(log.get(fid).entry.frame_sha256 or "")
+            assert prod[e["path"]].label == e["label"] and prod[e["path"]].split == e["split"]
+            rec = log.get(e["label_record"])
+            assert rec.entry.kind == "label" and rec.entry.ref == fid and rec.seq == e["label_seq"]
+    assert [s["frame_id"] for s in lineage["skipped"]] == [pruned.entry.inspection_id]
+    spot_splits = sorted(s.split for s in prod.values() if s.label == "spot")
+    assert "test" in spot_splits and "val" in spot_splits and "train" in spot_splits
+
+    again = tmp_path / "datasets" / "v2-again"
+    assert cli(["dataset", "build", "--base", str(base), "--log-url", url, "--out", str(again), "--seed", "4"]) == 0
+    assert read_dataset(again).fingerprint == ds.fingerprint  # same log, same seed: same version
+
+
+def test_build_refusals_leave_everything_as_it_was(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    out = tmp_path / "v2"
+    with open_log(url) as log:
+        a = _frame(log, 1, "A")
+        b = _frame(log, 1, "B")  # same image, different part
+        L.add_label(log, a.entry.inspection_id, "spot", classes=CLASSES, actor="ann", expected_revision=0)
+        L.add_label(log, b.entry.inspection_id, "scratch", classes=CLASSES, actor="bob", expected_revision=0)
+    assert cli(["dataset", "build", "--base", str(base), "--log-url", url, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "one image can have only one label" in err and a.entry.inspection_id in err
+    assert not out.exists() and not list(tmp_path.glob(".v2.*"))
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert cli(["dataset", "build", "--base", str(base), "--log-url", url, "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
+
+
+def test_import_unlabelled_cli_feeds_the_queue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "new"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.png").write_bytes(png(90, 1))
+    (src / "sub" / "b.png").write_bytes(png(95, 2))
+    (src / "notes.txt").write_text("not an image")
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    assert cli(["dataset", "import-unlabelled", str(src), "--log-url", url, "--station", "s1"]) == 0
+    assert "imported 2 new frame(s) of 2" in capsys.readouterr().out
+    assert cli(["dataset", "import-unlabelled", str(src), "--log-url", url]) == 0
+    assert "imported 0 new frame(s) of 2" in capsys.readouterr().out
+    with open_log(url) as log:
+        q = L.labelling_queue(log)
+        assert [i.bucket for i in q] == ["import", "import"]
+        assert {Path(i.as_dict()["import_source"]).name for i in q} == {"a.png", "b.png"}
+    assert cli(["dataset", "import-unlabelled", str(tmp_path / "nope"), "--log-url", url]) == 2
