@@ -126,8 +126,10 @@ class SqlInspectionLog:
         frame_sample_rate: float,
         max_batch: int,
         rng: random.Random | None,
+        commit_timeout_s: float | None = 30.0,
     ) -> None:
         self.engine = engine
+        self.commit_timeout_s = commit_timeout_s
         self.dialect = engine.dialect.name
         self.frames = frames
         self.frame_sample_rate = frame_sample_rate
@@ -150,7 +152,11 @@ class SqlInspectionLog:
         Raises ValidationError (bad entry, frame sha256 mismatch), ConflictError (duplicate
         inspection id, log closed) or InspectionError (the database failed).
         """
-        return self._submit(self._prepare(entry, frame)).result()
+        fut = self._submit(self._prepare(entry, frame))
+        try:
+            return fut.result(timeout=self.commit_timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise self._timeout_error() from None
 
     async def append_async(self, entry: LogEntry, *, frame: bytes | None = None) -> StoredRecord:
         """As ``append``, awaiting the commit without blocking the event loop."""
@@ -158,7 +164,18 @@ class SqlInspectionLog:
             fields = await asyncio.to_thread(self._prepare, entry, frame)
         else:
             fields = self._prepare(entry, None)
-        return await asyncio.wrap_future(self._submit(fields))
+        waiter = asyncio.wrap_future(self._submit(fields))
+        try:
+            # shield: a caller giving up must not cancel the record, which may already be committing.
+            return await asyncio.wait_for(asyncio.shield(waiter), self.commit_timeout_s)
+        except TimeoutError:
+            raise self._timeout_error() from None
+
+    def _timeout_error(self) -> InspectionError:
+        # The record may still commit later: the log can hold a decision nobody was told, never
+        # the reverse. The caller answers with a fail-safe reject.
+        return InspectionError(f"the inspection log did not commit within {self.commit_timeout_s} s "
+                               "(database locked or unreachable)")
 
     def _prepare(self, entry: LogEntry, frame: bytes | None) -> dict[str, Any]:
         if frame is not None:
@@ -387,17 +404,21 @@ def open_log(
     max_batch: int = 256,
     sqlite_synchronous: str = "FULL",
     rng: random.Random | None = None,
+    commit_timeout_s: float | None = 30.0,
 ) -> SqlInspectionLog:
     """Open (creating or migrating as needed) the inspection log at ``url``.
 
     ``url`` is ``sqlite:///path/log.db`` or ``postgresql+psycopg://user@host/db``. Frames go
     to ``frames_dir``; for SQLite it defaults to ``<log>.frames`` beside the database file,
     for PostgreSQL frames are kept only when ``frames_dir`` is given. ``schema`` puts a
-    PostgreSQL log in that schema (which must exist). Raises ConfigError on a bad url or
+    PostgreSQL log in that schema (which must exist). ``append`` gives up
+    waiting for its commit after ``commit_timeout_s`` (None: wait forever). Raises ConfigError on a bad url or
     setting, InspectionError when the database cannot be reached.
     """
     if not 0.0 <= frame_sample_rate <= 1.0:
         raise ConfigError(f"frame_sample_rate {frame_sample_rate!r} must be between 0 and 1")
+    if commit_timeout_s is not None and not commit_timeout_s > 0:
+        raise ConfigError(f"commit_timeout_s {commit_timeout_s!r} must be positive (or None to wait forever)")
     if max_batch < 1:
         raise ConfigError(f"max_batch {max_batch!r} must be at least 1")
     if sqlite_synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
@@ -426,4 +447,5 @@ def open_log(
         engine.dispose()
         raise InspectionError(f"cannot open the inspection log at {engine.url!r}: {type(exc).__name__}: {exc}") from exc
     frames = FrameStore(frames_dir) if frames_dir is not None else None
-    return SqlInspectionLog(engine, frames=frames, frame_sample_rate=frame_sample_rate, max_batch=max_batch, rng=rng)
+    return SqlInspectionLog(engine, frames=frames, frame_sample_rate=frame_sample_rate, max_batch=max_batch, rng=rng,
+                            commit_timeout_s=commit_timeout_s)

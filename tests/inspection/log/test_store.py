@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,26 @@ def test_a_crashed_writer_leaves_no_partial_batch(log: Any) -> None:
         log.append(LogEntry(kind="event"))
     with log.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM inspection_records")).scalar() == 1
+
+
+def test_append_gives_up_after_the_commit_timeout_while_the_database_is_locked(logs: Any) -> None:
+    # Another writer holds the chain head; the caller gets an error (-> fail-safe reject), not a hang.
+    log = logs.open(commit_timeout_s=0.5)
+    blocker = logs.open()
+    from inspection.log.tables import chain_head
+
+    with blocker._write_tx() as conn:
+        conn.execute(sa.select(chain_head).with_for_update()).all()
+        with pytest.raises(InspectionError, match="did not commit within 0.5 s"):
+            log.append(LogEntry(kind="event"))
+
+        async def later() -> None:
+            await log.append_async(LogEntry(kind="event"))
+
+        with pytest.raises(InspectionError, match="did not commit within"):
+            asyncio.run(later())
+    # Once the lock is released, the queued records commit and the chain is whole.
+    deadline = time.monotonic() + 30
+    while log.head()[0] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.head()[0] == 2 and log.verify().ok
