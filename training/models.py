@@ -152,7 +152,7 @@ class _Block(nn.Module):
 
 
 class TinyResNet(nn.Module):
-    """A compact ResNet: stem, four stages of one or two basic blocks, global average pool."""
+    """A compact ResNet: stem, four stages of one or two basic blocks, global average + max pool."""
 
     def __init__(self, *, num_classes: int, in_channels: int = 1, widths: tuple[int, ...] = (24, 48, 96, 192), depth: tuple[int, ...] = (1, 1, 2, 1)) -> None:
         super().__init__()
@@ -168,9 +168,12 @@ class TinyResNet(nn.Module):
                 layers.append(_Block(cin, w, 2 if (j == 0 and i > 0) else 1))
                 cin = w
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        # Average *and* max pooling: a 3-px pinhole is 1/400 of a 128-px frame and vanishes in
+        # an average, but the max over positions keeps it (small defects are the norm here).
+        self.avg = nn.AdaptiveAvgPool2d(1)
+        self.max = nn.AdaptiveMaxPool2d(1)
         self.drop = nn.Dropout(0.2)
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = nn.Linear(2 * cin, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -180,7 +183,8 @@ class TinyResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.stem(x))
-        return self.fc(self.drop(torch.flatten(self.pool(x), 1)))
+        pooled = torch.cat([torch.flatten(self.avg(x), 1), torch.flatten(self.max(x), 1)], dim=1)
+        return self.fc(self.drop(pooled))
 
 
 @register_model("tinyres", description="compact ResNet, ~1.2M params (default; fast on CPU)")

@@ -1,9 +1,161 @@
-"""`inspection models` subcommands."""
+"""`inspection models` — the model registry: list, show, promote, rollback (and archs).
+
+Each action is a small ``_add_<action>(sub)`` function listed in ``_ACTIONS``; a new action
+(e.g. ``compare``, a promotion gate) adds one function to the tuple. Handlers are thin: they
+call ``inspection.registry.ModelRegistry`` and print.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from inspection.cli.compare import add_compare, add_gate_arguments
+from inspection.cli import compare as _gate
+from inspection.registry import DEFAULT_STATION, ModelRegistry, parse_model_id
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the `models` subcommand(s) to the CLI."""
+    p = sub.add_parser("models", help="list, inspect, promote and roll back model versions",
+                       description="The model registry: models/<name>/<version>/ and the active version per station.")
+    actions = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    for add in _ACTIONS:
+        add(actions)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models-dir", type=Path, default=Path("models"), help="registry root (default: models)")
+
+
+def _add_list(actions: Any) -> None:
+    p = actions.add_parser("list", help="every model version, and which is active where")
+    _common(p)
+    p.add_argument("--name", help="only versions of this model")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_list)
+
+
+def _add_show(actions: Any) -> None:
+    p = actions.add_parser("show", help="a version's card: classes, threshold, test figures, files")
+    _common(p)
+    p.add_argument("model", help="NAME/VERSION")
+    p.add_argument("--verify", action="store_true", help="also check every file against its sha256")
+    p.add_argument("--json", action="store_true", help="print the whole card as JSON")
+    p.set_defaults(func=_show)
+
+
+def _add_promote(actions: Any) -> None:
+    p = actions.add_parser("promote", help="make a version active for a station (refuses files that do not match the card)")
+    _common(p)
+    p.add_argument("model", help="NAME/VERSION")
+    p.add_argument("--station", default=DEFAULT_STATION, help=f"station or line (default: {DEFAULT_STATION})")
+    p.add_argument("--reason", default="", help="why (kept in the promotion history)")
+    p.add_argument("--actor", default="cli", help="who (kept in the promotion history)")
+    add_gate_arguments(p, promote=True)
+    p.set_defaults(func=_gate.promote)
+
+
+def _add_rollback(actions: Any) -> None:
+    p = actions.add_parser("rollback", help="re-activate the previous version of a station")
+    _common(p)
+    p.add_argument("--station", default=DEFAULT_STATION, help=f"station or line (default: {DEFAULT_STATION})")
+    p.add_argument("--reason", default="")
+    p.add_argument("--actor", default="cli")
+    add_gate_arguments(p, promote=False)
+    p.set_defaults(func=_gate.rollback)
+
+
+def _add_archs(actions: Any) -> None:
+    p = actions.add_parser("archs", help="architectures `inspection train --arch` accepts")
+    p.set_defaults(func=_archs)
+
+
+_ACTIONS: tuple[Callable[[Any], None], ...] = (_add_list, _add_show, _add_promote, _add_rollback, add_compare, _add_archs)
+
+
+def _active_by_model(reg: ModelRegistry) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for station, entry in reg.read_state()["stations"].items():
+        if entry.get("history"):
+            out.setdefault(entry["history"][-1]["model"], []).append(station)
+    return out
+
+
+def _headline(card: Any) -> str:
+    test = card.metrics.get("test", {})
+    parts = [f"acc {test['accuracy']:.4f}" if isinstance(test.get("accuracy"), float) else "acc n/a"]
+    op = test.get("operating_point")
+    if op:
+        esc, ovk = op["escape"], op["overkill"]
+        if esc.get("n"):
+            parts.append(f"escape {esc['rate']:.2%}")
+        if ovk.get("n"):
+            parts.append(f"overkill {ovk['rate']:.2%}")
+    return ", ".join(parts)
+
+
+def _list(args: argparse.Namespace) -> int:
+    reg = ModelRegistry(args.models_dir)
+    active = _active_by_model(reg)
+    versions = reg.list_versions(args.name)
+    if args.json:
+        print(json.dumps([{"model": v.model_id, "created": v.card.created.isoformat(), "arch": v.card.arch,
+                           "classes": v.card.classes, "active_for": active.get(v.model_id, [])} for v in versions], indent=2))
+        return 0
+    if not versions:
+        print(f"no model versions under {reg.root}")
+        return 0
+    for v in versions:
+        where = f"  [active: {', '.join(sorted(active[v.model_id]))}]" if v.model_id in active else ""
+        print(f"{v.model_id:32s} {v.card.created:%Y-%m-%d %H:%M} {v.card.arch:18s} {_headline(v.card)}{where}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    reg = ModelRegistry(args.models_dir)
+    mv = reg.get(*parse_model_id(args.model), verify=args.verify)
+    card = mv.card
+    if args.json:
+        print(card.model_dump_json(indent=2))
+        return 0
+    t = card.thresholds
+    lines = [
+        f"{card.model_id}  ({mv.path})",
+        f"created   {card.created.isoformat()}   code {card.code_version}   arch {card.arch}",
+        f"classes   {card.classes}  good class: {card.good_class}",
+        f"input     {card.input.channels}x{card.input.height}x{card.input.width} uint8, resize {card.input.resize}",
+        f"threshold reject when P(defect) >= {t.reject:.6g}  target {t.target or '-'}  per-class {t.per_class or '-'}",
+        f"dataset   {card.dataset.name} ({card.dataset.fingerprint[:12]}…)  split {card.dataset.split_counts}",
+        f"parity    max |torch - onnx| {card.parity.max_abs_diff:.2g} on {card.parity.n_images} test images "
+        f"(tolerance {card.parity.tolerance:g}, {'passed' if card.parity.passed else 'FAILED'})",
+        f"test      {_headline(card)}",
+        f"files     {', '.join(sorted(card.files))}" + ("  (sha256 verified)" if args.verify else ""),
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    reg = ModelRegistry(args.models_dir)
+    name, version = parse_model_id(args.model)
+    event = reg.promote(name, version, station=args.station, actor=args.actor, reason=args.reason)
+    print(f"{event['model']} is now active for station {args.station!r} (previous: {event['previous'] or 'none'})")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    reg = ModelRegistry(args.models_dir)
+    event = reg.rollback(station=args.station, actor=args.actor, reason=args.reason)
+    print(f"station {args.station!r} rolled back to {event['model']} (was {event['previous']})")
+    return 0
+
+
+def _archs(args: argparse.Namespace) -> int:
+    from training.models import list_models, model_info
+
+    for name in list_models():
+        print(f"{name:20s} {model_info(name).description}")
+    return 0

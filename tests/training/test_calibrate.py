@@ -1,0 +1,54 @@
+"""Operating-point calibration and the 'validation cannot support this target' refusal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inspection.errors import TrainingError
+from training.calibrate import calibrate, check_supported, needed
+
+
+def _scores(seed: int, n_def: int, n_good: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    s = np.r_[rng.beta(5, 2, n_def), rng.beta(2, 5, n_good)]
+    return s, np.r_[np.ones(n_def, bool), np.zeros(n_good, bool)]
+
+
+@pytest.mark.parametrize("target", [0.01, 0.02, 0.05, 0.1])
+def test_max_escape_threshold_meets_the_target_and_is_the_highest_that_does(target: float) -> None:
+    s, d = _scores(0, 200, 400)
+    t, ev = calibrate(s, d, {"max_escape": target})
+    escapes = np.sum(d & (s < t))
+    assert escapes <= target * d.sum()
+    # Any higher threshold (the next defect score up) would let one more defect pass.
+    higher = np.min(s[d & (s > t)])
+    assert np.sum(d & (s < higher)) > target * d.sum()
+    assert ev["supported"] is True and ev["val_escape"]["k"] == escapes
+
+
+@pytest.mark.parametrize("target", [0.01, 0.05])
+def test_max_overkill_threshold_meets_the_target_and_is_the_lowest_that_does(target: float) -> None:
+    s, d = _scores(1, 200, 400)
+    t, ev = calibrate(s, d, {"max_overkill": target})
+    assert np.sum(~d & (s >= t)) <= target * (~d).sum()
+    assert np.sum(~d & (s >= np.max(s[~d & (s < t)]))) > target * (~d).sum()
+    assert ev["val_overkill"]["n"] == 400
+
+
+def test_needed_counts() -> None:
+    assert needed(0.01) == 100 and needed(0.05) == 20 and needed(0.03) == 34
+
+
+def test_unsupported_escape_target_names_the_value_count_and_what_is_allowed() -> None:
+    s, d = _scores(2, 59, 300)
+    with pytest.raises(TrainingError, match=r"--max-escape 0.01 needs at least 100 defective .* validation has 59\. "
+                                            r"Allowed with this split: --max-escape >= 0.017"):
+        calibrate(s, d, {"max_escape": 0.01})
+
+
+def test_unsupported_overkill_target_and_no_defects_at_all() -> None:
+    with pytest.raises(TrainingError, match="--max-overkill 0.001 needs at least 1000 good"):
+        check_supported({"max_overkill": 0.001}, n_val_defects=50, n_val_good=200)
+    with pytest.raises(TrainingError, match="validation has 0.*no target at all"):
+        check_supported({"max_escape": 0.5}, n_val_defects=0, n_val_good=10)

@@ -1,0 +1,62 @@
+"""Config: YAML defaults, flags win, targets exclusive, errors name the key, saved and reloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inspection.errors import ConfigError
+from training.config import CONFIG_DIR, TrainConfig, load_config, save_config
+
+
+def test_defaults_then_file_then_flags(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 7\nimage_size: 96\naugment:\n  rot90: false\n")
+    cfg = load_config(f, {"epochs": 3, "arch": None})
+    assert cfg.epochs == 3            # flag wins
+    assert cfg.image_size == 96       # file beats default
+    assert cfg.arch == "tinyres"      # None flag = not given
+    assert cfg.augment.rot90 is False and cfg.augment.hflip is True  # nested merge keeps other keys
+
+
+def test_max_overkill_flag_replaces_the_default_escape_target() -> None:
+    assert load_config(None, {}).target == {"max_escape": 0.01}
+    assert load_config(None, {"max_overkill": 0.02}).target == {"max_overkill": 0.02}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"epochs": 0}, "epochs=0"),
+        ({"max_escape": 1.5}, "max_escape=1.5"),
+        ({"val_fraction": 0.45, "test_fraction": 0.45}, "leaves too little to train"),
+        ({"balance": "magic"}, "balance='magic'"),
+        ({"unknown_key": 1}, "unknown_key"),
+    ],
+)
+def test_invalid_values_name_the_key(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
+def test_shipped_configs_are_valid(name: str) -> None:
+    load_config(CONFIG_DIR / name)
+
+
+def test_saved_config_reloads_to_the_same_config(tmp_path: Path) -> None:
+    cfg = load_config(None, {"data": tmp_path, "epochs": 4, "max_overkill": 0.05})
+    save_config(cfg, tmp_path / "config.yaml")
+    again = TrainConfig.model_validate(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    assert again == cfg

@@ -1,0 +1,71 @@
+"""The model registry: every architecture runs at a tiny size, 1-channel on purpose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from inspection.errors import TrainingError
+from training.models import Classifier, find_pretrained, get_model, list_models, load_pretrained, register_model
+
+
+def test_registry_has_a_small_default_and_larger_torchvision_choices() -> None:
+    names = list_models()
+    assert "tinyres" in names
+    assert {"resnet18", "mobilenet_v3_small", "efficientnet_b0"} <= set(names)
+
+
+@pytest.mark.parametrize(("name", "channels"), [(n, 1) for n in list_models()] + [("tinyres", 3), ("resnet18", 3)])
+def test_every_model_runs_forward_and_backward_at_a_tiny_size(name: str, channels: int) -> None:
+    torch.manual_seed(0)
+    model = Classifier(get_model(name, num_classes=4, in_channels=channels), mean=[0.5] * channels, std=[0.25] * channels)
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.in_channels == channels
+    x = torch.randint(0, 256, (2, channels, 32, 32), dtype=torch.uint8)
+    logits = model(x)
+    assert logits.shape == (2, 4) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == (2, 4)
+
+
+def test_unknown_architecture_lists_the_registered_ones() -> None:
+    with pytest.raises(TrainingError, match=r"unknown architecture 'vgg99'; choose one of \[.*'tinyres'"):
+        get_model("vgg99", num_classes=2)
+
+
+def test_bad_class_or_channel_counts_are_refused() -> None:
+    with pytest.raises(TrainingError, match="num_classes=1"):
+        get_model("tinyres", num_classes=1)
+    with pytest.raises(TrainingError, match="in_channels=2"):
+        get_model("tinyres", num_classes=2, in_channels=2)
+
+
+def test_register_model_refuses_duplicates() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("tinyres")(lambda **kw: None)
+
+
+def test_pretrained_is_looked_up_locally_only(tmp_path: Path) -> None:
+    assert find_pretrained("resnet18", hub_dir=tmp_path) is None  # empty cache: no download, None
+    assert find_pretrained("tinyres", hub_dir=tmp_path) is None
+    with pytest.raises(TrainingError, match="do not exist"):
+        find_pretrained("resnet18", path=tmp_path / "missing.pth")
+
+
+def test_rgb_weights_are_summed_into_a_gray_first_conv(tmp_path: Path) -> None:
+    rgb = get_model("resnet18", num_classes=1000, in_channels=3)
+    weights = tmp_path / "checkpoints" / "resnet18-f37072fd.pth"
+    weights.parent.mkdir()
+    torch.save(rgb.state_dict(), weights)
+    assert find_pretrained("resnet18", hub_dir=tmp_path) == weights
+    gray = get_model("resnet18", num_classes=3, in_channels=1)
+    skipped = load_pretrained(gray, weights)
+    assert set(skipped) == {"fc.weight", "fc.bias"}
+    assert torch.allclose(gray.conv1.weight, rgb.conv1.weight.sum(dim=1, keepdim=True))
+    # A gray image replicated to RGB gives the RGB net's first-layer response exactly.
+    x = torch.rand(1, 1, 32, 32)
+    assert torch.allclose(gray.conv1(x), rgb.conv1(x.repeat(1, 3, 1, 1)), atol=1e-5)
