@@ -107,11 +107,26 @@ def test_filter_by_part_and_decision_shows_exactly_the_expected_rows(live: str, 
     expect(rows).to_have_count(1)
     assert rows.first.get_attribute("data-id") == answers["B2"]["inspection_id"]
 
+    # Export uses the same filters and the same key (downloaded as a file).
+    with page.expect_download() as download:
+        page.click("#export-csv")
+    exported = Path(download.value.path()).read_text(encoding="utf-8").splitlines()
+    assert exported[0].startswith("seq,kind,inspection_id") and len(exported) == 2
+    assert answers["B2"]["inspection_id"] in exported[1]
+
     # The row's thumbnail and the detail's frame load (fetched with the key, shown as blobs).
     rows.first.click()
     expect(page.locator("[data-testid=chain-status]")).to_have_class("ok")
     page.wait_for_function("() => [...document.querySelectorAll('#detail img')].some(i => i.complete && i.naturalWidth > 0)")
     page.wait_for_function("() => [...document.querySelectorAll('#rows img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
+
+    # An override is recorded as a new record that references this one; the chain still verifies.
+    page.select_option("#detail select[name=action]", "override")
+    page.select_option("#detail select[name=decision]", "pass")
+    page.fill("#detail input[name=note]", "glare, part is fine")
+    page.click("[data-testid=dispose]")
+    expect(page.locator("#detail")).to_contain_text("glare, part is fine")
+    expect(page.locator("#detail")).to_contain_text("auditor-key")
 
     page.click("[data-testid=verify]")
     expect(page.locator("[data-testid=verify-result]")).to_contain_text("chain OK")
