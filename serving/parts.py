@@ -32,6 +32,8 @@ class View:
     decision: str
     model_version: str | None
     failsafe_reason: str | None = None
+    #: The view's own log append, when still in flight (the part is published after it).
+    committed: "asyncio.Future[Any] | None" = None
 
 
 @dataclass

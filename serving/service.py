@@ -11,6 +11,8 @@ answer with the right status.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -183,18 +185,25 @@ class InspectionService:
             model_sha256=model.model_sha256, latency_ms=round(latency_ms, 3), failsafe_reason=failsafe_reason,
             actor=req.actor, data=data,
         )
+        entry, frame = self._frame_for_log(entry, body)
+        commit = asyncio.ensure_future(self._commit(entry, frame))
+        if frame is None:
+            # Without a frame to write, the append is queued at its first step: yield once so it
+            # is, and a part record this view completes joins the same commit, after it.
+            await asyncio.sleep(0)
+        else:
+            await asyncio.wait({commit})
+        await self.parts.add_view(req.station, req.part_id, View(req.camera, entry.inspection_id, verdict,
+                                                                 model.model_id, failsafe_reason, commit))
         try:
-            record = await self.log.append_async(entry, frame=body)
+            await commit
         except InspectionError as exc:
             log.error("inspection record not stored, fail-safe reject of part %s: %s", req.part_id, exc)
-            await self._view_failed(req, new_id(), "log_error", None)
+            self.metrics.failsafe.labels(req.station, "log_error").inc()
             raise attach_failsafe(exc, {"decision": "reject", "reason": f"log_error: {exc}", "part_id": req.part_id})
-        self.bus.publish(DecisionEvent("inspection", record))
         self.metrics.decisions.labels(req.station, verdict, decision.defect_class or "").inc()
         if failsafe_reason:
             self.metrics.failsafe.labels(req.station, "late_view").inc()
-        await self.parts.add_view(req.station, req.part_id, View(req.camera, entry.inspection_id, verdict,
-                                                                 model.model_id, failsafe_reason))
         self.metrics.e2e_latency.labels(req.station).observe(time.perf_counter() - started)
         return {
             "inspection_id": entry.inspection_id,
@@ -208,6 +217,23 @@ class InspectionService:
             "model_version": model.model_id,
             "latency_ms": round(latency_ms, 3),
         }
+
+    def _frame_for_log(self, entry: LogEntry, body: bytes) -> tuple[LogEntry, bytes | None]:
+        """The entry and the frame to hand to the log.
+
+        The log keeps every reject's frame and passes' frames at its sample rate. When it would
+        not keep this frame anyway (a pass, sample rate 0) only its sha256 is recorded, computed
+        here: that spares the log a worker-thread hop per frame.
+        """
+        if entry.decision == "pass" and not entry.failsafe_reason and getattr(self.log, "frame_sample_rate", None) == 0.0:
+            return replace(entry, frame_sha256=hashlib.sha256(body).hexdigest()), None
+        return entry, body
+
+    async def _commit(self, entry: LogEntry, frame: bytes | None) -> StoredRecord:
+        """Append one inspection record and publish it once durable."""
+        record = await self.log.append_async(entry, frame=frame)
+        self.bus.publish(DecisionEvent("inspection", record))
+        return record
 
     # -- fail-safe -------------------------------------------------------------------------
     async def reject_failsafe(self, req: FrameRequest, exc: InspectionError, *, frame: bytes | None = None) -> StoredRecord | None:
@@ -265,6 +291,8 @@ class InspectionService:
             part.inspection_id = None
         else:
             part.inspection_id = entry.inspection_id
+            # Subscribers see a part after its views (their records share the commit or precede it).
+            await asyncio.gather(*(v.committed for v in views if v.committed is not None), return_exceptions=True)
             self.bus.publish(DecisionEvent("part", record))
         self.metrics.part_decisions.labels(part.station, part.decision or "reject").inc()
         if part.failsafe_reason and any(r.startswith("missing_view") for r in part.failsafe_reason.split("; ")):

@@ -1,0 +1,453 @@
+"""Serving latency: bare onnxruntime vs our server vs a plain torch-eager FastAPI server.
+
+Same model (the training default architecture, exported by ``training.export``) and the same
+frames in one run:
+
+(a) bare onnxruntime in-process: decode + preprocess + run, one frame at a time, and batched;
+(b) our server (``inspection serve``, a real uvicorn process) over HTTP on loopback, with one
+    client and with 8 concurrent clients (every decision durably logged, as in production);
+(c) a plain FastAPI server running the same network in torch eager mode.
+
+Prints p50/p99 latency and frames/s for each, the ratios b/a and c/b, the server's resident
+memory, and whether each target holds. Run:
+
+    .venv/bin/python bench/serve_latency.py                  # defaults: tinyres, 128 px model input
+    .venv/bin/python bench/serve_latency.py --settings extra.yaml   # merge extra serve settings
+                                                              # (e.g. line integrations enabled)
+
+``measure_server(settings_overrides)`` is the hook for comparing configurations (e.g. MQTT and
+Modbus enabled vs disabled): it starts our server with the overrides and returns its figures.
+Clients are raw HTTP/1.1 keep-alive sockets (prebuilt requests), so the client's own CPU cost
+is small next to the server's on a 2-core machine. Latency is measured at the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from fastapi import Request  # module level: the torch server's route annotation must resolve
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+STATION, CAMERA = "bench", "cam"
+CLASSES = ["good", "scratch", "dent", "bubble"]
+
+
+# --------------------------------------------------------------------------------------------
+# model and frames
+# --------------------------------------------------------------------------------------------
+def build_model(models_dir: Path, *, arch: str, size: int, seed: int = 0) -> tuple[Path, Path]:
+    """Export ``arch`` (random weights, eval mode) as a registered, promoted model version.
+
+    Returns (version folder, torch state_dict file for the torch-eager server).
+    """
+    import torch
+
+    from inspection.card import (DatasetRef, Golden, InputSpec, ModelCard, Normalization, Parity, Thresholds,
+                                 hash_files, save_card, utc_now)
+    from inspection.registry import ModelRegistry
+    from training.export import export_onnx
+    from training.models import Classifier, get_model
+
+    torch.manual_seed(seed)
+    spec = InputSpec(height=size, width=size, channels=1, resize="area")
+    mean, std = [0.5], [0.25]
+    classifier = Classifier(get_model(arch, num_classes=len(CLASSES), in_channels=1), mean=mean, std=std).eval()
+    folder = models_dir / "bench" / "v1"
+    folder.mkdir(parents=True, exist_ok=True)
+    export_onnx(classifier, folder / "model.onnx", spec)
+    weights = models_dir / "bench.pt"
+    torch.save(classifier.state_dict(), weights)
+    golden = np.random.default_rng(seed).integers(0, 256, size=(4, 1, size, size), dtype=np.uint8)
+    import onnxruntime as ort
+
+    probs = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"pixels": golden})[0]
+    np.savez(folder / "golden.npz", inputs=golden, probabilities=probs)
+    card = ModelCard(
+        name="bench", version="v1", created=utc_now(), classes=CLASSES, good_class="good", arch=arch, input=spec,
+        # Random weights give P(defect) ~ 0.75 for every frame; a high threshold makes most frames
+        # pass, as on a real line (a reject also stores its frame, fsynced, in the log).
+        normalization=Normalization(mean=mean, std=std), thresholds=Thresholds(reject=0.99),
+        dataset=DatasetRef(name="bench-random", fingerprint="0" * 64),
+        parity=Parity(max_abs_diff=0.0, tolerance=1e-4, n_images=4, passed=True),
+        golden=Golden(file="golden.npz", tolerance=1e-4, count=4),
+        files=hash_files(folder, ["model.onnx", "golden.npz"]),
+    )
+    save_card(card, folder)
+    ModelRegistry(models_dir).promote("bench", "v1", station=STATION)
+    return folder, weights
+
+
+def make_frames(n: int, side: int, *, seed: int = 1) -> list[bytes]:
+    """``n`` grayscale PNG frames ``side`` x ``side`` (textured background with a few blobs)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        img = cv2.GaussianBlur(rng.integers(90, 170, size=(side, side), dtype=np.uint8), (5, 5), 0)
+        for _ in range(int(rng.integers(0, 3))):
+            c = (int(rng.integers(0, side)), int(rng.integers(0, side)))
+            cv2.circle(img, c, int(rng.integers(3, side // 10)), int(rng.integers(0, 255)), -1)
+        frames.append(cv2.imencode(".png", img)[1].tobytes())
+    return frames
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------------------------
+def summary(latencies_s: list[float], wall_s: float | None = None, frames: int | None = None) -> dict[str, float]:
+    ms = sorted(x * 1000.0 for x in latencies_s)
+    out = {"p50_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))],
+           "n": len(ms)}
+    if wall_s:
+        out["fps"] = (frames or len(ms)) / wall_s
+    else:
+        out["fps"] = 1000.0 / statistics.mean(ms)
+    return out
+
+
+def bare_onnxruntime(version_dir: Path, frames: list[bytes], *, n: int, batch_sizes: tuple[int, ...],
+                     runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+    """(a): the same code serving uses (load_model, prepare_frame), without HTTP, queue or log,
+    with the same onnxruntime thread settings as the server."""
+    from inspection.preprocess import prepare_frame
+    from inspection.registry import ModelRegistry
+    from serving.model import load_model
+    from serving.settings import RuntimeSettings
+
+    model = load_model(ModelRegistry(version_dir.parents[1]).get("bench", "v1"), RuntimeSettings(**(runtime or {})))
+    spec = model.card.input
+    for frame in frames[:20]:  # warm caches
+        model.run(prepare_frame(frame, spec)[1][np.newaxis])
+    lat = []
+    for i in range(n):
+        t = time.perf_counter()
+        _, x = prepare_frame(frames[i % len(frames)], spec)
+        model.run(x[np.newaxis])
+        lat.append(time.perf_counter() - t)
+    single = summary(lat)
+    batched: dict[int, float] = {}
+    for bs in batch_sizes:
+        total = max(n, bs * 20)
+        t0 = time.perf_counter()
+        done = 0
+        while done < total:
+            xs = [prepare_frame(frames[(done + j) % len(frames)], spec)[1] for j in range(bs)]
+            model.run(np.stack(xs))
+            done += bs
+        batched[bs] = done / (time.perf_counter() - t0)
+    return {"single": single, "batched_fps": batched, "best_batched_fps": max(batched.values())}
+
+
+class RawClient:
+    """A keep-alive HTTP/1.1 client on a plain socket: prebuilt requests, minimal client CPU."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def request(self, raw: bytes) -> tuple[int, bytes]:
+        self.sock.sendall(raw)
+        while b"\r\n\r\n" not in self.buf:
+            self._recv()
+        head, _, rest = self.buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = next(int(v) for k, _, v in (ln.partition(b":") for ln in lines[1:]) if k.strip().lower() == b"content-length")
+        while len(rest) < length:
+            rest += self._recv_chunk()
+        self.buf = rest[length:]
+        return status, rest[:length]
+
+    def _recv_chunk(self) -> bytes:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        return chunk
+
+    def _recv(self) -> None:
+        self.buf += self._recv_chunk()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def build_request(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return head.encode("latin-1") + b"\r\n" + body
+
+
+def run_clients(port: int, requests_for: Callable[[int, int], bytes], *, clients: int, per_client: int,
+                check: Callable[[int, bytes], None]) -> dict[str, Any]:
+    """``clients`` threads each sending ``per_client`` requests back to back; client-side latency."""
+    lat: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[str] = []
+    start = threading.Barrier(clients + 1)
+
+    def worker(c: int) -> None:
+        client = RawClient(port)
+        try:
+            start.wait()
+            for i in range(per_client):
+                raw = requests_for(c, i)
+                t = time.perf_counter()
+                status, body = client.request(raw)
+                lat[c].append(time.perf_counter() - t)
+                check(status, body)
+        except Exception as exc:  # reported below; a bench must not hang on one failed client
+            errors.append(f"client {c}: {exc}")
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError("; ".join(errors[:3]))
+    return summary([x for xs in lat for x in xs], wall, clients * per_client)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(proc: subprocess.Popen, url_port: int, path: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with socket.create_connection(("127.0.0.1", url_port), timeout=1) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                if b" 200 " in s.recv(4096).split(b"\r\n")[0]:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server did not become ready")
+
+
+class RssSampler:
+    """Peak resident memory of a process, sampled every 50 ms."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except Exception:
+                return
+            time.sleep(0.05)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure_server(work: Path, models_dir: Path, frames: list[bytes], *, n: int, clients: int = 8,
+                   settings_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """(b): start ``inspection serve`` with the bench settings (+ overrides), measure 1 and N clients."""
+    import yaml
+
+    from serving.settings import hash_key
+
+    key = secrets.token_urlsafe(24)
+    settings: dict[str, Any] = {
+        "models_dir": str(models_dir),
+        "log_url": f"sqlite:///{work / 'log.db'}",
+        "stations": {STATION: {"cameras": [CAMERA], "part_deadline_ms": 5000}},
+        "api_keys": [{"name": "bench", "role": "line", "sha256": hash_key(key)}],
+    }
+    for k, v in (settings_overrides or {}).items():
+        settings[k] = {**settings[k], **v} if isinstance(v, dict) and isinstance(settings.get(k), dict) else v
+    path = work / f"serve-{secrets.token_hex(3)}.yaml"
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port", str(port)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_ready(proc, port, "/readyz")
+        headers = {"Authorization": f"Bearer {key}"}
+        run = secrets.token_hex(4)
+
+        def req(c: int, i: int) -> bytes:
+            return build_request(f"/v1/inspections?station={STATION}&camera={CAMERA}&part_id={run}-{c}-{i}",
+                                 frames[(c * 7 + i) % len(frames)], headers)
+
+        def check(status: int, body: bytes) -> None:
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+
+        with RssSampler(proc.pid) as rss:
+            run_clients(port, req, clients=1, per_client=min(50, n), check=check)  # warm-up
+            one = run_clients(port, req, clients=1, per_client=n, check=check)
+            many = run_clients(port, req, clients=clients, per_client=max(1, n // 2), check=check)
+        return {"one_client": one, f"{clients}_clients": many, "rss_mb": rss.peak / 2**20}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# --------------------------------------------------------------------------------------------
+# (c) the torch-eager FastAPI server (what serving the PyTorch checkpoint directly gives)
+# --------------------------------------------------------------------------------------------
+def torch_server_main(port: int, weights: Path, arch: str, size: int) -> None:
+    """A plain FastAPI app: decode + preprocess (same function), torch eager forward, softmax, JSON."""
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+
+    from inspection.card import InputSpec
+    from inspection.preprocess import prepare_frame
+    from training.models import Classifier, get_model
+
+    spec = InputSpec(height=size, width=size, channels=1, resize="area")
+    model = Classifier(get_model(arch, num_classes=len(CLASSES), in_channels=1), mean=[0.5], std=[0.25])
+    model.load_state_dict(torch.load(weights, map_location="cpu"))
+    model.eval()
+    app = FastAPI()
+
+    @app.get("/ready")
+    async def ready() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        _, x = prepare_frame(await request.body(), spec)
+        with torch.inference_mode():
+            probs = torch.softmax(model(torch.from_numpy(x).unsqueeze(0)), dim=1)[0].tolist()
+        return {"probabilities": probs, "class": CLASSES[int(np.argmax(probs))]}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def measure_torch_server(weights: Path, arch: str, size: int, frames: list[bytes], *, n: int) -> dict[str, Any]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--torch-server", str(port), "--weights", str(weights),
+                             "--arch", arch, "--size", str(size)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_ready(proc, port, "/ready")
+
+        def req(c: int, i: int) -> bytes:
+            return build_request("/predict", frames[(c * 7 + i) % len(frames)], {})
+
+        def check(status: int, body: bytes) -> None:
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+
+        run_clients(port, req, clients=1, per_client=min(30, n), check=check)
+        return {"one_client": run_clients(port, req, clients=1, per_client=n, check=check)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# --------------------------------------------------------------------------------------------
+def _fmt(name: str, s: dict[str, float]) -> str:
+    return f"{name:<44} p50 {s['p50_ms']:8.2f} ms   p99 {s['p99_ms']:8.2f} ms   {s['fps']:8.1f} frames/s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="tinyres", help="training.models architecture (default: tinyres)")
+    parser.add_argument("--size", type=int, default=128, help="model input side in pixels (default 128)")
+    parser.add_argument("--frame-side", type=int, default=256, help="camera frame side sent, PNG (default 256)")
+    parser.add_argument("--frames", type=int, default=64, help="distinct frames (default 64)")
+    parser.add_argument("-n", type=int, default=400, help="requests per measurement (default 400)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--settings", type=Path, help="YAML/JSON with extra serve settings merged into the bench's")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--skip-torch", action="store_true", help="skip (c), the torch-eager server")
+    parser.add_argument("--torch-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.torch_server:
+        torch_server_main(args.torch_server, args.weights, args.arch, args.size)
+        return 0
+
+    overrides: dict[str, Any] = {}
+    if args.settings:
+        from serving.settings import read_settings_file
+
+        overrides = read_settings_file(args.settings)
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        work = Path(tmp)
+        models_dir = work / "models"
+        version_dir, weights = build_model(models_dir, arch=args.arch, size=args.size)
+        frames = make_frames(args.frames, args.frame_side)
+        print(f"model {args.arch} input 1x{args.size}x{args.size}, frames {args.frame_side}x{args.frame_side} PNG "
+              f"(~{sum(map(len, frames)) // len(frames) // 1024} KiB), cores {os.cpu_count()}, n={args.n}")
+        bare = bare_onnxruntime(version_dir, frames, n=args.n, batch_sizes=(4, 8, 16), runtime=overrides.get("runtime"))
+        print(_fmt("(a) bare onnxruntime, 1 frame at a time", bare["single"]))
+        for bs, fps in bare["batched_fps"].items():
+            print(f"{'(a) bare onnxruntime, batches of ' + str(bs):<44} {'':>36}{fps:8.1f} frames/s")
+        ours = measure_server(work, models_dir, frames, n=args.n, clients=args.clients, settings_overrides=overrides)
+        one, many = ours["one_client"], ours[f"{args.clients}_clients"]
+        print(_fmt("(b) our server, 1 client", one))
+        print(_fmt(f"(b) our server, {args.clients} clients", many))
+        print(f"(b) our server resident memory (peak)        {ours['rss_mb']:.0f} MB")
+        torch_one = None
+        if not args.skip_torch:
+            torch_one = measure_torch_server(weights, args.arch, args.size, frames, n=args.n)["one_client"]
+            print(_fmt("(c) torch-eager FastAPI server, 1 client", torch_one))
+        ratio_ba = one["p50_ms"] / bare["single"]["p50_ms"]
+        print(f"\nb/a p50 (1 client vs bare): {ratio_ba:.2f}x   target <= 1.3x   {'OK' if ratio_ba <= 1.3 else 'MISSED'}")
+        tail = one["p99_ms"] / one["p50_ms"]
+        print(f"b p99/p50 (1 client):       {tail:.2f}x   target <= 2x     {'OK' if tail <= 2 else 'MISSED'}")
+        if torch_one is not None:
+            ratio_cb = torch_one["p50_ms"] / one["p50_ms"]
+            print(f"c/b p50 (torch vs ours):    {ratio_cb:.2f}x   target >= 4x     {'OK' if ratio_cb >= 4 else 'MISSED'}")
+        share = many["fps"] / bare["best_batched_fps"]
+        print(f"b {args.clients} clients fps / best bare batched fps: {share:.2f}   target >= 0.8   "
+              f"{'OK' if share >= 0.8 else 'MISSED'}")
+        print(f"b resident memory: {ours['rss_mb']:.0f} MB   target <= 400 MB   {'OK' if ours['rss_mb'] <= 400 else 'MISSED'}")
+        if args.json:
+            args.json.write_text(json.dumps({"bare": bare, "ours": ours, "torch": torch_one}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
