@@ -1,0 +1,107 @@
+"""Split, dataset checks, image cache (== serving preprocessing) and augmentation."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inspection.card import InputSpec
+from inspection.dataset.layout import Sample, read_dataset
+from inspection.errors import DatasetError
+from inspection.preprocess import prepare_frame
+from training import data as D
+from training.config import AugmentConfig
+from tests.training.conftest import make_dataset
+
+
+def _samples(n_per: dict[str, int], sources: bool = False) -> list[Sample]:
+    return [Sample(f"{c}/{i}.png", c, source=f"part{i // 3}-{c}" if sources else "") for c, n in n_per.items() for i in range(n)]
+
+
+def test_split_is_stratified_reproducible_and_seed_dependent() -> None:
+    samples = _samples({"good": 100, "crack": 20, "dent": 5})
+    a = D.make_split(samples, seed=1, val_fraction=0.2, test_fraction=0.2)
+    assert a == D.make_split(samples, seed=1, val_fraction=0.2, test_fraction=0.2)
+    assert a != D.make_split(samples, seed=2, val_fraction=0.2, test_fraction=0.2)
+    counts = Counter((s.label, a[s.path]) for s in samples)
+    assert counts[("good", "val")] == 20 and counts[("good", "test")] == 20
+    assert counts[("crack", "val")] == 4 and counts[("crack", "test")] == 4
+    assert counts[("dent", "val")] >= 1 and counts[("dent", "test")] >= 1 and counts[("dent", "train")] >= 1
+
+
+def test_split_keeps_views_of_one_part_together_and_respects_given_splits() -> None:
+    samples = _samples({"good": 30, "crack": 12}, sources=True)
+    samples[0] = Sample(samples[0].path, "good", "test", samples[0].source)  # a given split wins for the whole part
+    split = D.make_split(samples, seed=0, val_fraction=0.2, test_fraction=0.2)
+    by_source: dict[str, set[str]] = {}
+    for s in samples:
+        by_source.setdefault(s.source, set()).add(split[s.path])
+    assert all(len(v) == 1 for v in by_source.values())
+    assert {split[s.path] for s in samples if s.source == samples[0].source} == {"test"}
+
+
+def test_split_file_round_trips(tmp_path: Path) -> None:
+    samples = _samples({"good": 6, "crack": 6})
+    split = D.make_split(samples, seed=0, val_fraction=0.2, test_fraction=0.2)
+    D.write_split(tmp_path / "split.csv", samples, split)
+    assert D.read_split(tmp_path / "split.csv") == split
+
+
+def test_a_dataset_with_one_class_is_refused(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "one", classes=("good",), counts={"good": 5})
+    with pytest.raises(DatasetError, match=r"has 1 class\(es\) \['good'\]; a classifier needs at least 2"):
+        D.check_dataset(ds)
+
+
+def test_missing_image_file_is_named(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 4, "scratch": 3, "spot": 3})
+    (ds.root / ds.samples[2].path).unlink()
+    with pytest.raises(DatasetError, match=f"image file {ds.samples[2].path} is missing"):
+        D.check_dataset(ds)
+
+
+def test_label_outside_the_class_list_is_named(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 4, "scratch": 3, "spot": 3})
+    ds.samples[0] = Sample(ds.samples[0].path, "rust")
+    with pytest.raises(DatasetError, match=r"label 'rust' is not in the class list \['good', 'scratch', 'spot'\]"):
+        D.check_dataset(ds)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_cached_training_input_equals_serving_preprocessing(tmp_path: Path, channels: int) -> None:
+    ds = make_dataset(tmp_path / "d", size=40, counts={"good": 3, "scratch": 2, "spot": 2})
+    spec = InputSpec(height=24, width=32, channels=channels, resize="area")
+    cached = D.load_images(ds, ds.samples, spec)
+    for sample, arr in zip(ds.samples, cached):
+        _, served = prepare_frame((ds.root / sample.path).read_bytes(), spec, content_type="image/png")
+        assert served.dtype == np.uint8 and np.array_equal(served, arr)
+
+
+def test_channel_stats_and_class_weights() -> None:
+    images = np.stack([np.full((1, 4, 4), 0, np.uint8), np.full((1, 4, 4), 255, np.uint8)])
+    mean, std = D.channel_stats(images)
+    assert mean == [0.5] and std == [0.5]
+    w = D.class_weights(np.array([0, 0, 0, 1]), 3)
+    assert w[1] == pytest.approx(3 * w[0]) and w[2] == 0.0
+
+
+def test_augmentation_keeps_shape_dtype_and_is_reproducible_by_seed() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (1, 32, 32), dtype=np.uint8)
+    aug = D.LineAugment(AugmentConfig(), seed=3)
+    first = [aug(img) for _ in range(5)]
+    assert all(o.shape == img.shape and o.dtype == np.uint8 for o in first)
+    assert any(not np.array_equal(o, img) for o in first)
+    aug.reseed(3)
+    assert all(np.array_equal(a, b) for a, b in zip(first, [aug(img) for _ in range(5)]))
+
+
+def test_load_images_names_an_undecodable_file(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 3, "scratch": 2, "spot": 2})
+    (ds.root / ds.samples[0].path).write_bytes(b"not an image")
+    ds = read_dataset(ds.root)
+    with pytest.raises(DatasetError, match=ds.samples[0].path):
+        D.load_images(ds, ds.samples, InputSpec(height=16, width=16))

@@ -1,0 +1,168 @@
+"""Real train + export on a tiny generated dataset, and the refusals that must leave nothing behind."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from inspection.card import load_card, verify_files
+from inspection.cli import main as cli
+from inspection.errors import ConfigError, DatasetError, TrainingError
+from inspection.preprocess import prepare_frame
+from inspection.registry import ModelRegistry
+from tests.training.conftest import make_dataset
+from training.config import load_config
+from training.train import main as train_main
+
+FAST = {"image_size": 32, "epochs": 2, "min_epochs": 1, "batch_size": 16, "max_escape": 0.25, "progress": False, "threads": 1}
+
+
+def _leftovers(models: Path) -> list[str]:
+    return sorted(str(p.relative_to(models)) for p in models.rglob("*")) if models.exists() else []
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("train")
+    ds = make_dataset(root / "parts")
+    models = root / "models"
+    code = cli(["train", "--data", str(ds.root), "--models-dir", str(models), "--image-size", "32", "--epochs", "4",
+                "--batch-size", "16", "--max-escape", "0.2", "--int8", "--no-progress", "--threads", "1", "--name", "parts"])
+    assert code == 0
+    return ds.root, models / "parts" / "v1"
+
+
+@pytest.mark.slow
+def test_version_card_validates_and_every_file_is_hashed(trained: tuple[Path, Path]) -> None:
+    _, folder = trained
+    card = load_card(folder)
+    verify_files(card, folder)
+    on_disk = {p.name for p in folder.iterdir()} - {"model.json"}
+    assert set(card.files) == on_disk
+    assert {"model.onnx", "model.int8.onnx", "golden.npz", "split.csv", "config.yaml", "report.html", "roc.png", "pr.png", "confusion.png"} <= on_disk
+    assert card.classes == ["good", "scratch", "spot"] and card.good_class == "good"
+    assert (card.input.height, card.input.channels, card.input.input_name, card.input.output_name) == (32, 1, "pixels", "probabilities")
+    assert card.thresholds.target == {"max_escape": 0.2} and card.thresholds.calibration["supported"] is True
+    assert card.int8_file == "model.int8.onnx" and "accuracy_change" in card.metrics["test"]["int8"]
+    op = card.metrics["test"]["operating_point"]
+    assert op["escape"]["n"] == sum(v for c, v in card.dataset.split_counts["test"].items() if c != "good")
+    assert 0.0 <= op["escape"]["ci_low"] <= op["escape"]["ci_high"] <= 1.0
+
+
+@pytest.mark.slow
+def test_parity_covers_the_whole_test_split_and_golden_frames_rescore(trained: tuple[Path, Path]) -> None:
+    import onnxruntime as ort
+
+    data, folder = trained
+    card = load_card(folder)
+    with open(folder / "split.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    n_test = sum(r["split"] == "test" for r in rows)
+    assert card.parity.passed and card.parity.n_images == n_test and card.parity.max_abs_diff <= 1e-4
+    session = ort.InferenceSession(str(folder / card.model_file), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["pixels"] and session.get_inputs()[0].type == "tensor(uint8)"
+    with np.load(folder / card.golden.file) as g:
+        inputs, expected, names = g["inputs"], g["probabilities"], [str(n) for n in g["names"]]
+    assert len(inputs) == card.golden.count >= 3
+    got = session.run(["probabilities"], {"pixels": inputs})[0]
+    assert np.max(np.abs(got - expected)) <= card.golden.tolerance
+    one = session.run(["probabilities"], {"pixels": inputs[:1]})[0]  # dynamic batch
+    assert one.shape == (1, 3) and np.allclose(one.sum(1), 1.0, atol=1e-5)
+    # Serving's preprocessing of the original file gives exactly the golden (training eval) input.
+    for name, frame in zip(names, inputs):
+        _, served = prepare_frame((data / name).read_bytes(), card.input, content_type="image/png")
+        assert np.array_equal(served, frame)
+
+
+@pytest.mark.slow
+def test_saved_config_split_and_report(trained: tuple[Path, Path]) -> None:
+    _, folder = trained
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    assert cfg["epochs"] == 4 and cfg["image_size"] == 32 and cfg["max_escape"] == 0.2 and cfg["max_overkill"] is None
+    card = load_card(folder)
+    with open(folder / "split.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    counts: dict[str, dict[str, int]] = {}
+    for r in rows:
+        counts.setdefault(r["split"], {}).setdefault(r["label"], 0)
+        counts[r["split"]][r["label"]] += 1
+    assert counts == {k: {c: n for c, n in v.items() if n} for k, v in card.dataset.split_counts.items()}
+    html = (folder / "report.html").read_text()
+    assert "escape rate" in html and "95% CI" in html and "confusion.png" in html and "roc.png" in html
+    assert len(json.loads((folder / "history.json").read_text())) == card.training["epochs_run"]
+    assert _leftovers(folder.parent.parent) == sorted(["parts", "parts/v1", *(f"parts/v1/{n}" for n in card.files), "parts/v1/model.json"])
+
+
+@pytest.mark.slow
+def test_trained_version_can_be_promoted(trained: tuple[Path, Path]) -> None:
+    _, folder = trained
+    models = folder.parent.parent
+    assert cli(["models", "promote", "parts/v1", "--station", "line1", "--models-dir", str(models)]) == 0
+    assert ModelRegistry(models).active("line1").model_id == "parts/v1"
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_model(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 30, "scratch": 15, "spot": 15})
+    outs = []
+    for run in ("a", "b"):
+        result = train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / run}))
+        with np.load(result.path / "golden.npz") as g:
+            outs.append(g["probabilities"])
+        assert (result.path / "split.csv").read_text() == (tmp_path / "a" / result.card.name / "v1" / "split.csv").read_text()
+    assert np.array_equal(outs[0], outs[1])
+
+
+# -- refusals: clear message, nothing written ---------------------------------------------
+
+
+def _expect_refusal(tmp_path: Path, data: Path, error: type[Exception], message: str, **overrides) -> None:
+    models = tmp_path / "models"
+    with pytest.raises(error, match=message):
+        train_main(load_config(None, {**FAST, "data": data, "models_dir": models, **overrides}))
+    assert not list(models.glob("*/*/model.json")) and not (models / ".staging").exists()
+
+
+def test_one_class_is_refused(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "d", classes=("good",), counts={"good": 6})
+    _expect_refusal(tmp_path, ds.root, DatasetError, r"1 class\(es\) \['good'\]; a classifier needs at least 2")
+
+
+def test_missing_image_is_refused(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
+    (ds.root / ds.samples[3].path).unlink()
+    _expect_refusal(tmp_path, ds.root, DatasetError, f"image file {ds.samples[3].path} is missing")
+
+
+def test_label_outside_the_class_list_is_refused(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
+    labels = ds.root / "labels.csv"
+    labels.write_text(labels.read_text().replace(",scratch,", ",rust,", 1))
+    _expect_refusal(tmp_path, ds.root, DatasetError, r"label 'rust', not in the class list \['good', 'scratch', 'spot'\]")
+
+
+def test_unknown_architecture_is_refused(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
+    _expect_refusal(tmp_path, ds.root, TrainingError, r"unknown architecture 'resnet999'; choose one of \[.*'tinyres'", arch="resnet999")
+
+
+def test_unsupported_target_is_refused_before_training(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 20, "scratch": 10, "spot": 10})
+    _expect_refusal(tmp_path, ds.root, TrainingError, r"--max-escape 0.01 needs at least 100 defective images .* validation has 4",
+                    max_escape=0.01)
+
+
+def test_per_class_threshold_for_the_good_class_is_refused(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
+    _expect_refusal(tmp_path, ds.root, ConfigError, r"per-class thresholds for \['good'\]", per_class_thresholds={"good": 0.5})
+
+
+def test_cli_reports_refusals_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
+    assert cli(["train", "--data", str(ds.root), "--arch", "nope", "--models-dir", str(tmp_path / "m")]) == 2
+    assert "error: unknown architecture 'nope'" in capsys.readouterr().err
