@@ -283,3 +283,19 @@ async def test_1000_decisions_acknowledged_in_order_with_random_plc_delays(make_
     acks = records_of(rig.log, "plc_ack")
     assert [a.entry.ref for a in acks] == [r.entry.inspection_id for r in recs]
     assert {(a.entry.data or {})["outcome"] for a in acks} == {"acknowledged"}
+
+
+async def test_simulated_plc_acknowledges_every_result(make_rig: RigFactory, port: int) -> None:
+    from serving.line.plcsim import SimulatedPlc
+
+    rig = await make_rig(buffer_depth=32)  # all 20 arrive at once
+    recs = await decide_many(rig.log, [part_entry(STATION, f"S-{i}", "reject" if i % 2 else "pass")
+                                       for i in range(20)])
+    plc = SimulatedPlc("127.0.0.1", port, poll_s=0.001, max_delay_s=0.002, seed=1)
+    plc.start()
+    try:
+        rig.publish(recs)
+        await wait_for(lambda: plc.acked == 20, what="20 acknowledged by the simulated PLC")
+    finally:
+        await asyncio.to_thread(plc.stop)
+    assert plc.results == [(i + 1, f"S-{i}", "NG" if i % 2 else "OK") for i in range(20)]
