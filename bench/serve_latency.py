@@ -34,8 +34,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from fastapi import Request  # module level: the torch server's route annotation must resolve
@@ -57,8 +58,18 @@ def build_model(models_dir: Path, *, arch: str, size: int, seed: int = 0) -> tup
     """
     import torch
 
-    from inspection.card import (DatasetRef, Golden, InputSpec, ModelCard, Normalization, Parity, Thresholds,
-                                 hash_files, save_card, utc_now)
+    from inspection.card import (
+        DatasetRef,
+        Golden,
+        InputSpec,
+        ModelCard,
+        Normalization,
+        Parity,
+        Thresholds,
+        hash_files,
+        save_card,
+        utc_now,
+    )
     from inspection.registry import ModelRegistry
     from training.export import export_onnx
     from training.models import Classifier, get_model
@@ -271,7 +282,7 @@ class RssSampler:
                 return
             time.sleep(0.05)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 

@@ -15,10 +15,10 @@ Nothing is built at import time; tests pass their own settings (and may inject a
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import AsyncIterator, Callable, Sequence
 
 from fastapi import APIRouter, FastAPI
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from starlette.requests import HTTPConnection
 
 from inspection.errors import AuthenticationError, PermissionDeniedError
 from serving.settings import ROLES, ApiKeySettings, Role
-
 
 #: Routes open without a key, on purpose (the role x route test refuses any other route that
 #: does not declare ``Require``): liveness/readiness probes, the API description, and the audit

@@ -13,10 +13,10 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -33,7 +33,7 @@ class Arrival:
 
     __slots__ = ("_batcher",)
 
-    def __init__(self, batcher: "MicroBatcher") -> None:
+    def __init__(self, batcher: MicroBatcher) -> None:
         self._batcher: MicroBatcher | None = batcher
 
     def done(self) -> None:
@@ -81,7 +81,7 @@ class MicroBatcher:
 
     # -- producers ---------------------------------------------------------------------
     @contextmanager
-    def arriving(self) -> Iterator["Arrival"]:
+    def arriving(self) -> Iterator[Arrival]:
         """Mark a frame as on its way (body being read or decoded) until ``Arrival.done()``
         or the end of the block, so a batch being formed may wait (bounded) for it."""
         arrival = Arrival(self)

@@ -38,12 +38,12 @@ import asyncio
 import json
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from inspection.errors import InspectionError, PayloadTooLargeError, ValidationError
 from inspection.preprocess import RAW_TYPE
@@ -97,14 +97,14 @@ def parse_capture_time(value: str | None) -> datetime | None:
         return None
     text = value.strip()
     try:
-        return datetime.fromtimestamp(float(text), tz=timezone.utc)
+        return datetime.fromtimestamp(float(text), tz=UTC)
     except (ValueError, OverflowError, OSError):
         pass
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValidationError(f"capture_time {text[:40]!r} is neither ISO 8601 nor Unix seconds") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def raw_shape(width: str | None, height: str | None, channels: str | None) -> tuple[int, int, int] | None:
@@ -251,7 +251,7 @@ async def _stream_frame(service: InspectionService, station: str, camera: str, w
         part_id = meta.get("part_id")
         service.check_target(station, camera, part_id if isinstance(part_id, str) else None)
         req = FrameRequest(station, camera, part_id, content_type="", actor=who.name, started=started)
-        str_or_none = lambda k: None if meta.get(k) is None else str(meta.get(k))  # noqa: E731
+        str_or_none = lambda k: None if meta.get(k) is None else str(meta.get(k))
         shape = raw_shape(str_or_none("width"), str_or_none("height"), str_or_none("channels"))
         media = service.check_media(str_or_none("content_type"), shape)
         capture = parse_capture_time(str_or_none("capture_time"))

@@ -17,8 +17,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from serving.settings import ServeSettings
 
@@ -33,7 +34,7 @@ class View:
     model_version: str | None
     failsafe_reason: str | None = None
     #: The view's own log append, when still in flight (the part is published after it).
-    committed: "asyncio.Future[Any] | None" = None
+    committed: asyncio.Future[Any] | None = None
 
 
 @dataclass

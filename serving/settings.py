@@ -30,12 +30,13 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError
-from pydantic import field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
 
 from inspection.errors import ConfigError
 from serving.line.settings import LineSettings
@@ -186,7 +187,7 @@ class ServeSettings(_Section):
         return stations
 
     @model_validator(mode="after")
-    def _safe_keys(self) -> "ServeSettings":
+    def _safe_keys(self) -> ServeSettings:
         names = [k.name for k in self.api_keys]
         if len(set(names)) != len(names):
             raise ValueError(f"api key names must be unique, got {names}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from inspection.errors import ValidationError
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `serve` subcommand to the CLI."""
     p = sub.add_parser("serve", help="serve reject decisions over HTTP/WebSocket (FastAPI + onnxruntime)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

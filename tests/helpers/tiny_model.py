@@ -14,8 +14,8 @@ valid ``model.json`` listing the sha256 of both files, and returns the registry'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -32,7 +32,6 @@ from inspection.card import (
     utc_now,
 )
 from inspection.registry import ModelRegistry, ModelVersion
-
 
 
 def build_onnx(

@@ -8,7 +8,7 @@ route with no role declaration must be listed in ``serving.auth.OPEN_ROUTES`` or
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
-from tests.serving.conftest import SINGLE, STATION, all_records, auth, post_frame
+from tests.serving.conftest import SINGLE, all_records, auth, post_frame
 
 PNG = frame_png(BRIGHT)
 

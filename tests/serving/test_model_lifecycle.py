@@ -15,7 +15,7 @@ from inspection.errors import ModelIntegrityError
 from inspection.registry import ModelRegistry
 from serving.app import create_app
 from serving.settings import build_settings
-from tests.helpers.tiny_model import BRIGHT, DARK, frame_png, make_model_version
+from tests.helpers.tiny_model import BRIGHT, frame_png, make_model_version
 from tests.serving.conftest import SINGLE, auth, settings_data
 
 
@@ -41,9 +41,8 @@ def test_start_refuses_a_model_whose_file_hash_differs(tmp_path, models_dir, key
     onnx_file = models_dir / "tiny" / "v1" / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes() + b"\x00")
     app = create_app(build_settings(settings_data(tmp_path, models_dir, keys)))
-    with pytest.raises(ModelIntegrityError, match="file 'model.onnx' has sha256"):
-        with TestClient(app):
-            pass
+    with pytest.raises(ModelIntegrityError, match="file 'model.onnx' has sha256"), TestClient(app):
+        pass
 
 
 def test_golden_tolerance_comes_from_the_card(tmp_path, models_dir, keys) -> None:
