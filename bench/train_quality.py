@@ -122,7 +122,7 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--child", kind, str(dataset), str(work / "models")]
         for item in args.set:
             cmd += ["--set", item]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
         result = next((ln[7:] for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or result is None:
             print(f"{KINDS[kind][0]:30s} | FAILED (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}", flush=True)

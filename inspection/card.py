@@ -94,7 +94,12 @@ class Parity(_Strict):
 
 
 class Golden(_Strict):
-    """A few frames with their expected probabilities, re-scored by serving on load."""
+    """A few frames with their expected probabilities, re-scored by serving on load.
+
+    The file is an ``.npz`` with ``inputs`` (``uint8[k, C, H, W]``, the graph's input exactly),
+    ``probabilities`` (``float32[k, len(classes)]``, ONNX Runtime's output at export) and
+    ``names`` (the dataset paths the frames came from).
+    """
 
     file: str = "golden.npz"
     tolerance: float = 1e-4

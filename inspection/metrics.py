@@ -11,8 +11,9 @@ Vocabulary:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class Rate:
     ci_high: float
 
     @classmethod
-    def of(cls, k: int, n: int) -> "Rate":
+    def of(cls, k: int, n: int) -> Rate:
         lo, hi = wilson_interval(int(k), int(n))
         return cls(int(k), int(n), (k / n) if n else float("nan"), lo, hi)
 

@@ -82,7 +82,7 @@ class TrainConfig(BaseModel):
     progress: bool = True
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError(
                 f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} leaves too little to train; keep it < 0.8"

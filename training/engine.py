@@ -11,9 +11,10 @@ import logging
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from inspection.errors import TrainingError
-from inspection.metrics import macro_recall, confusion_matrix
+from inspection.metrics import confusion_matrix, macro_recall
 
 log = logging.getLogger(__name__)
 

@@ -100,7 +100,7 @@ def parity(torch_probs: np.ndarray, onnx_probs: np.ndarray, *, tolerance: float)
     if torch_probs.shape != onnx_probs.shape:
         raise TrainingError(f"torch gave {torch_probs.shape}, ONNX Runtime gave {onnx_probs.shape}")
     diff = float(np.max(np.abs(torch_probs.astype(np.float64) - onnx_probs))) if torch_probs.size else 0.0
-    result = {"max_abs_diff": diff, "tolerance": tolerance, "n_images": int(len(torch_probs)), "passed": diff <= tolerance}
+    result = {"max_abs_diff": diff, "tolerance": tolerance, "n_images": len(torch_probs), "passed": diff <= tolerance}
     if not result["passed"]:
         raise TrainingError(f"ONNX export differs from torch by {diff:.3g} > tolerance {tolerance:g} on the test split")
     return result

@@ -45,7 +45,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
 
 def plot_roc(is_defect: np.ndarray, score: np.ndarray, threshold: float, path: Path) -> None:
     plt = _plt()
-    fpr, tpr, thr = M.roc_curve(is_defect, score)
+    fpr, tpr, _ = M.roc_curve(is_defect, score)
     auc = M.roc_auc(is_defect, score)
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     ax.plot(fpr, tpr, label=f"AUC {auc:.4f}")

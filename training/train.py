@@ -28,7 +28,16 @@ import torch
 from torch import nn
 
 from inspection.card import (
-    DatasetRef, Golden, InputSpec, ModelCard, Normalization, Parity, Thresholds, hash_files, save_card, utc_now,
+    DatasetRef,
+    Golden,
+    InputSpec,
+    ModelCard,
+    Normalization,
+    Parity,
+    Thresholds,
+    hash_files,
+    save_card,
+    utc_now,
 )
 from inspection.dataset.layout import read_dataset
 from inspection.errors import ConfigError, DatasetError, TrainingError
@@ -55,9 +64,9 @@ class TrainResult:
 def _code_version() -> str:
     repo = Path(__file__).resolve().parents[1]
     try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
         dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", "training", "inspection"],
-                               capture_output=True, text=True, timeout=5)
+                               capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     if out.returncode != 0:
@@ -122,7 +131,10 @@ def main(cfg: TrainConfig) -> TrainResult:
     started = time.monotonic()
     resume = E.load_checkpoint(cfg.resume) if cfg.resume is not None else None
     if resume is not None:
-        cfg = TrainConfig.model_validate({**resume["config"], "resume": str(cfg.resume), "progress": cfg.progress})
+        # Everything that shaped the weights comes from the checkpoint; only how to run and
+        # what to export may change on resume.
+        keep = {k: getattr(cfg, k) for k in ("progress", "threads", "int8", "parity_tolerance", "golden_count")}
+        cfg = TrainConfig.model_validate({**resume["config"], **keep, "resume": str(cfg.resume)})
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     E.seed_everything(cfg.seed)

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from inspection.cli.compare import add_compare, add_gate_arguments
 from inspection.cli import compare as _gate
+from inspection.cli.compare import add_compare, add_gate_arguments
 from inspection.registry import DEFAULT_STATION, ModelRegistry, parse_model_id
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `models` subcommand(s) to the CLI."""
     p = sub.add_parser("models", help="list, inspect, promote and roll back model versions",
                        description="The model registry: models/<name>/<version>/ and the active version per station.")

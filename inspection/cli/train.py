@@ -19,7 +19,7 @@ _OVERRIDES = (
 )
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `train` subcommand(s) to the CLI."""
     p = sub.add_parser(
         "train",

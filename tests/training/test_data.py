@@ -12,9 +12,9 @@ from inspection.card import InputSpec
 from inspection.dataset.layout import Sample, read_dataset
 from inspection.errors import DatasetError
 from inspection.preprocess import prepare_frame
+from tests.training.conftest import make_dataset
 from training import data as D
 from training.config import AugmentConfig
-from tests.training.conftest import make_dataset
 
 
 def _samples(n_per: dict[str, int], sources: bool = False) -> list[Sample]:
