@@ -121,14 +121,18 @@ def verify_rows(
     if last_seq < head_seq:
         return _bad(checked, head_seq, head_hash, last_seq + 1, "deleted",
                     f"the chain head says {head_seq} records but the log ends at seq {last_seq}: "
-                    f"records {last_seq + 1}..{head_seq} were removed")
+                    f"{_span(last_seq + 1, head_seq)} removed")
     if last_seq > head_seq:
         return _bad(checked, head_seq, head_hash, head_seq + 1, "inserted",
-                    f"records {head_seq + 1}..{last_seq} follow the chain head (seq {head_seq}) and were never appended")
+                    f"{_span(head_seq + 1, last_seq)} follow the chain head (seq {head_seq}) and were never appended")
     if prev_hash != head_hash:
         return _bad(checked, head_seq, head_hash, last_seq, "edited",
                     f"record {last_seq} does not hash to the chain head: it was rewritten (hash recomputed)")
     return VerifyReport(ok=True, records=checked, head_seq=head_seq, head_hash=head_hash)
+
+
+def _span(first: int, last: int) -> str:
+    return f"record {first}" if first == last else f"records {first}..{last}"
 
 
 def _bad(checked: int, head_seq: int, head_hash: str, seq: int, kind: Tampering, detail: str) -> VerifyReport:
@@ -160,7 +164,7 @@ def _classify(
         return _bad(checked, head_seq, head_hash, seq, kind, detail)
 
     if row.seq > expected_seq:
-        return bad(expected_seq, "deleted", f"records {expected_seq}..{row.seq - 1} are missing (the next stored record is {row.seq})")
+        return bad(expected_seq, "deleted", f"{_span(expected_seq, row.seq - 1)} missing (the next stored record is {row.seq})")
     self_ok = row.hash_at(row.seq) == row.hash
     if self_ok:
         # Row intact, but its predecessor is not the record it was chained to.
@@ -191,7 +195,7 @@ def _classify(
             if _original_seq(r, r.seq) == row.seq and r.prev_hash == prev_hash:
                 return bad(row.seq, "reordered", f"record {row.seq} now holds the record that was at seq {original}, "
                                                   f"and the original record {row.seq} is now at seq {r.seq}: records were reordered")
-        return bad(row.seq, "deleted", f"record {row.seq} was at seq {original}: records {row.seq}..{original - 1} "
-                                        "were removed and the rest renumbered")
+        return bad(row.seq, "deleted", f"record {row.seq} was at seq {original}: {_span(row.seq, original - 1)} "
+                                        "removed and the rest renumbered")
     # Hash matches its seq but the link is broken (handled above) or only the seq differs.
     return bad(row.seq, "unknown", f"record {row.seq} does not chain to record {expected_seq - 1}")

@@ -106,6 +106,12 @@ def reorder(conn: sa.Connection, k: int) -> None:
     _set_seq(conn, -1, k + 1)
 
 
+def swap_far(conn: sa.Connection, k: int) -> None:
+    _set_seq(conn, k, -1)
+    _set_seq(conn, k + 4, k)
+    _set_seq(conn, -1, k + 4)
+
+
 TAMPERS = [
     (edit, 5, 5, "edited"),
     (edit, 1, 1, "edited"),
@@ -121,6 +127,7 @@ TAMPERS = [
     (insert_garbage, 6, 6, "inserted"),
     (reorder, 5, 5, "reordered"),
     (reorder, 1, 1, "reordered"),
+    (swap_far, 3, 3, "reordered"),
 ]
 
 
