@@ -8,6 +8,10 @@ training refuses up front with ``TrainingError`` (naming the target, the count a
 target the split supports) instead of calibrating a threshold whose promise nobody can check.
 This is checked before any training, so the refusal costs seconds, not an hour.
 
+``--allow-unsupported-target`` overrides the refusal: the threshold is still calibrated the same
+way, but the card records ``calibration.supported: false`` with the reason, and the training
+summary and report print it as a warning. Serving and `inspection models show` can see it.
+
 Thresholds:
 
 * ``max_escape = e`` — the highest threshold that passes at most ``floor(e * n_defects)``
@@ -57,16 +61,23 @@ def check_supported(target: dict[str, float], *, n_val_defects: int, n_val_good:
         )
 
 
-def calibrate(scores: np.ndarray, is_defect: np.ndarray, target: dict[str, float]) -> tuple[float, dict[str, Any]]:
+def calibrate(scores: np.ndarray, is_defect: np.ndarray, target: dict[str, float], *, allow_unsupported: bool = False) -> tuple[float, dict[str, Any]]:
     """Threshold on P(defect) meeting ``target`` on validation, and the calibration evidence.
 
     Raises:
-        TrainingError: the validation split cannot support the target (see ``check_supported``).
+        TrainingError: the validation split cannot support the target (see ``check_supported``)
+            and ``allow_unsupported`` is False; or validation has no defects / no good parts.
     """
     s = np.asarray(scores, dtype=np.float64)
     d = np.asarray(is_defect, dtype=bool)
     n_def, n_good = int(d.sum()), int((~d).sum())
-    check_supported(target, n_val_defects=n_def, n_val_good=n_good)
+    unsupported = ""
+    try:
+        check_supported(target, n_val_defects=n_def, n_val_good=n_good)
+    except TrainingError as exc:
+        if not allow_unsupported or n_def == 0 or n_good == 0:
+            raise
+        unsupported = str(exc)
     (kind, rate), = target.items()
     if kind == "max_escape":
         defect_scores = np.sort(s[d])
@@ -80,7 +91,8 @@ def calibrate(scores: np.ndarray, is_defect: np.ndarray, target: dict[str, float
     threshold = min(max(threshold, 0.0), 1.0)
     rates = escape_overkill(d, s >= threshold)
     evidence = {
-        "supported": True,
+        "supported": not unsupported,
+        **({"unsupported_reason": unsupported} if unsupported else {}),
         "rule": RULE,
         "split": "val",
         "n_defects": n_def,

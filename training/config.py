@@ -72,6 +72,9 @@ class TrainConfig(BaseModel):
     #: Operating point: exactly one of the two is used; max_overkill wins when set.
     max_escape: float | None = Field(0.01, gt=0.0, lt=1.0)
     max_overkill: float | None = Field(None, gt=0.0, lt=1.0)
+    #: Calibrate even when validation cannot resolve the target; the card then says
+    #: ``supported: false`` (default: refuse before training).
+    allow_unsupported_target: bool = False
     #: Fixed extra thresholds on single defect classes' probabilities (reject when reached).
     per_class_thresholds: dict[str, float] = Field(default_factory=dict)
     int8: bool = False

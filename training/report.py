@@ -104,6 +104,9 @@ def write_report(folder: Path, *, title: str, classes: list[str], good_class: st
         parts.append("<h2>Operating point (test split)</h2><table>")
         parts.append(f"<tr><td>reject threshold on P(defect)</td><td>{threshold:.6g}</td></tr>")
         parts.append(f"<tr><td>calibrated for</td><td>{esc(str(calibration.get('target', {})))} on validation</td></tr>")
+        if not calibration.get("supported", True):
+            parts.append(f"<tr><td colspan=2 style='color:#b00;text-align:left'><b>NOT SUPPORTED:</b> "
+                         f"{esc(calibration.get('unsupported_reason', ''))}</td></tr>")
         parts.append(f"<tr><td><b>escape rate</b> (defects passed)</td><td>{_rate_cell(op['escape'])}</td></tr>")
         parts.append(f"<tr><td><b>overkill rate</b> (good rejected)</td><td>{_rate_cell(op['overkill'])}</td></tr>")
         parts.append(f"<tr><td>ROC AUC defect vs good</td><td>{test_metrics['roc_auc']:.4f}</td></tr>")

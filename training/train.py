@@ -117,7 +117,12 @@ def _check_split(counts: dict[str, dict[str, int]], cfg: TrainConfig, good_class
             )
     if good_class is not None:
         val = counts["val"]
-        cal.check_supported(cfg.target, n_val_defects=sum(v for c, v in val.items() if c != good_class), n_val_good=val[good_class])
+        try:
+            cal.check_supported(cfg.target, n_val_defects=sum(v for c, v in val.items() if c != good_class), n_val_good=val[good_class])
+        except TrainingError as exc:
+            if not cfg.allow_unsupported_target:
+                raise
+            log.warning("TARGET NOT SUPPORTED (training anyway, --allow-unsupported-target): %s", exc)
 
 
 def main(cfg: TrainConfig) -> TrainResult:
@@ -195,7 +200,8 @@ def main(cfg: TrainConfig) -> TrainResult:
     per_class = dict(cfg.per_class_thresholds)
     if ds.good_class is not None:
         gi = ds.classes.index(ds.good_class)
-        threshold, evidence = cal.calibrate(1.0 - val_probs[:, gi], val.labels != gi, cfg.target)
+        threshold, evidence = cal.calibrate(1.0 - val_probs[:, gi], val.labels != gi, cfg.target,
+                                            allow_unsupported=cfg.allow_unsupported_target)
         target = cfg.target
     else:
         threshold, target = 0.5, {}
@@ -266,6 +272,8 @@ def main(cfg: TrainConfig) -> TrainResult:
     shutil.rmtree(run_dir, ignore_errors=True)
     _rmdir_empty(run_dir.parent)
     summary = f"{card.model_id} -> {final}\n" + text_summary(test_metrics, ds.good_class)
+    if not evidence.get("supported", True):
+        summary += f"\nWARNING: the operating point is NOT supported by validation: {evidence['unsupported_reason']}"
     return TrainResult(path=final, card=card, summary=summary)
 
 

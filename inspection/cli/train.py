@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--max-escape", type=float, help="calibrate for at most this escape rate on validation (default 0.01)")
     target.add_argument("--max-overkill", type=float, help="calibrate for at most this overkill rate on validation")
+    p.add_argument("--allow-unsupported-target", action="store_true", default=None,
+                   help="calibrate even when validation has too few parts for the target; the card says supported: false")
     p.add_argument("--int8", action="store_true", default=None, help="also write model.int8.onnx and report its accuracy change")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
                    help="do not look for pretrained weights in the local torch cache")
@@ -58,7 +60,7 @@ def _train(args: argparse.Namespace) -> int:
     from training.train import main
 
     overrides: dict[str, Any] = {key: getattr(args, key) for key in _OVERRIDES}
-    overrides.update(int8=args.int8, pretrained=args.pretrained, progress=args.progress)
+    overrides.update(allow_unsupported_target=args.allow_unsupported_target, int8=args.int8, pretrained=args.pretrained, progress=args.progress)
     cfg = load_config(args.config, overrides)
     result = main(cfg)
     print(result.summary)

@@ -52,3 +52,10 @@ def test_unsupported_overkill_target_and_no_defects_at_all() -> None:
         check_supported({"max_overkill": 0.001}, n_val_defects=50, n_val_good=200)
     with pytest.raises(TrainingError, match="validation has 0.*no target at all"):
         check_supported({"max_escape": 0.5}, n_val_defects=0, n_val_good=10)
+
+
+def test_allow_unsupported_calibrates_but_records_it() -> None:
+    s, d = _scores(3, 30, 100)
+    t, ev = calibrate(s, d, {"max_escape": 0.01}, allow_unsupported=True)
+    assert ev["supported"] is False and "validation has 30" in ev["unsupported_reason"]
+    assert np.sum(d & (s < t)) == 0  # floor(0.01 * 30) = 0 escapes allowed on validation
