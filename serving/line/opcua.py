@@ -12,7 +12,8 @@ code, 0 = done) or write the result's ``ResultSeq`` to ``ResultManagement.Result
 there is no separate clear step as on Modbus.
 
 Anonymous sessions are refused unless ``allow_anonymous`` (demo mode only); otherwise the
-configured username and password are required.
+configured username and password are required. With a server certificate and key configured,
+the only endpoint is Basic256Sha256 Sign&Encrypt (the password then travels encrypted).
 """
 
 from __future__ import annotations
@@ -80,7 +81,13 @@ class OpcUaStationServer:
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name(f"inspection station {self.handshake.station}")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        await server.set_application_uri(f"urn:inspection:line:{self.handshake.station}")
+        if s.certificate is not None and s.private_key is not None:
+            await server.load_certificate(str(s.certificate))
+            await server.load_private_key(str(s.private_key))
+            server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        else:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         tokens: list[type] = [ua.UserNameIdentityToken]
         if s.allow_anonymous:
             tokens.append(ua.AnonymousIdentityToken)

@@ -11,9 +11,10 @@ Example (inside ``stations.<name>`` of the serving settings)::
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from inspection.errors import ConfigError
 
@@ -63,6 +64,16 @@ class OpcUaSettings(_Section):
     allow_anonymous: bool = False
     username: str | None = Field(default=None, min_length=1, max_length=64)
     password: SecretStr | None = None
+    #: Server certificate (DER or PEM) and private key (PEM). With both, clients must connect with
+    #: Basic256Sha256 Sign&Encrypt (and a client certificate); without, only security policy None.
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> OpcUaSettings:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("opcua certificate and private_key go together: set both or neither")
+        return self
 
 
 class MqttSettings(_Section):

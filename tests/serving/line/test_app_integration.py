@@ -101,9 +101,8 @@ def test_anonymous_opcua_outside_demo_mode_refuses_to_start(tmp_path: Path, mode
                                                              keys: dict[str, str]) -> None:
     data = settings_data(tmp_path, models_dir, keys)
     data["stations"][SINGLE]["line"] = {"opcua": {"enabled": True, "port": free_port(), "allow_anonymous": True}}
-    with pytest.raises(ConfigError, match="allow_anonymous"):
-        with TestClient(create_app(build_settings(data))):
-            pass
+    with pytest.raises(ConfigError, match="allow_anonymous"), TestClient(create_app(build_settings(data))):
+        pass
 
 
 def test_two_servers_on_one_port_refuse_to_start(tmp_path: Path, models_dir: Path, keys: dict[str, str]) -> None:
@@ -111,9 +110,8 @@ def test_two_servers_on_one_port_refuse_to_start(tmp_path: Path, models_dir: Pat
     port = free_port()
     for station in data["stations"]:
         data["stations"][station]["line"] = {"modbus": {"enabled": True, "port": port}}
-    with pytest.raises(ConfigError, match="same|both listen"):
-        with TestClient(create_app(build_settings(data))):
-            pass
+    with pytest.raises(ConfigError, match="same|both listen"), TestClient(create_app(build_settings(data))):
+        pass
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -123,6 +121,7 @@ def test_two_servers_on_one_port_refuse_to_start(tmp_path: Path, models_dir: Pat
     ({"modbus": {"enabled": True, "port": 70000}}, "port"),
     ({"mqtt": {"topic_prefix": "a/#"}}, "topic_prefix"),
     ({"modbus": {"enable": True}}, "enable"),
+    ({"opcua": {"enabled": True, "certificate": "server.der"}}, "certificate and private_key"),
 ])
 def test_bad_line_settings_are_refused_with_the_reason(tmp_path: Path, models_dir: Path, keys: dict[str, str],
                                                         bad: dict[str, Any], match: str) -> None:

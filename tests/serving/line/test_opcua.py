@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,3 +129,41 @@ async def test_anonymous_and_wrong_credentials_are_refused(station: dict[str, An
         with pytest.raises((ua.UaError, ua.UaStatusCodeError, ConnectionError, asyncio.TimeoutError)):
             async with client:
                 pass
+
+
+async def test_with_a_certificate_only_encrypted_sessions_are_offered(log_store: SqlInspectionLog, port: int,
+                                                                      tmp_path: Path) -> None:
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    certs = {}
+    for who, use in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+        key, cert = tmp_path / f"{who}-key.pem", tmp_path / f"{who}-cert.der"
+        uri = f"urn:inspection:line:{STATION}" if who == "server" else "urn:test:plc"
+        await setup_self_signed_certificate(key, cert, uri, "127.0.0.1", [use], {"commonName": who})
+        certs[who] = (cert, key)
+    line = StationLine(STATION, PlcSettings(), sink=LogSink(None))
+    server = OpcUaStationServer(line.handshake, OpcUaSettings(
+        enabled=True, port=port, username=USER, password=PASSWORD,
+        certificate=certs["server"][0], private_key=certs["server"][1]))
+    await line.start(asyncio.Queue())
+    await server.start()
+    try:
+        plain = Client(server.endpoint, timeout=5)
+        plain.set_user(USER)
+        plain.set_password(PASSWORD)
+        with pytest.raises((ua.UaError, ua.UaStatusCodeError, ConnectionError, asyncio.TimeoutError)):
+            async with plain:
+                pass
+        secure = Client(server.endpoint, timeout=10)
+        secure.application_uri = "urn:test:plc"
+        secure.set_user(USER)
+        secure.set_password(PASSWORD)
+        await secure.set_security_string(f"Basic256Sha256,SignAndEncrypt,{certs['client'][0]},{certs['client'][1]}")
+        async with secure:
+            rd = Reader(secure, await secure.get_namespace_index(NAMESPACE))
+            assert await rd.value("VisionStateMachine", "CurrentState") == "Operational"
+    finally:
+        await server.stop()
+        await line.stop()
+
