@@ -8,7 +8,8 @@ model error, overload) counts as a rejecting view with its reason. A view arrivi
 part was decided is late: it is logged, and the part stays as decided.
 
 The part record is appended to the inspection log (and published on the decision bus)
-before anyone waiting for it is answered.
+before anyone waiting for it is answered; the frame that completed the part is answered as
+soon as its own inspection record is durable.
 """
 
 from __future__ import annotations
@@ -117,15 +118,24 @@ class PartTracker:
         return part is not None and (part.decided.is_set() or part._finalizing)
 
     async def add_view(self, station: str, part_id: str, view: View) -> Part:
-        """Record a view; decides (and logs) the part when it was the last one missing."""
+        """Record a view; when it was the last one missing, the part is decided (and logged)."""
         part = self.touch(station, part_id)
         if part.decided.is_set() or part._finalizing:
             log.warning("late view %s of part %s/%s (already %s)", view.camera, station, part_id, part.decision)
             return part
         part.views.setdefault(view.camera, []).append(view)
         if not part.missing:
-            await self._finalize(part, None)
+            # The part record is written in the background: the frame's own answer waits only for
+            # its inspection record, while the part's answer (decision query, decision bus) waits
+            # for the part record. Both records are durable before the answer that reports them.
+            self._spawn(part, None)
         return part
+
+    def _spawn(self, part: Part, reason: str | None) -> None:
+        part._finalizing = True
+        task = asyncio.get_running_loop().create_task(self._finalize(part, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _on_deadline(self, part: Part) -> None:
         if part.decided.is_set() or part._finalizing:
@@ -133,9 +143,7 @@ class PartTracker:
         missing = part.missing
         reason = f"missing_view: no frame from camera(s) {', '.join(missing)} within " \
                  f"{self._settings.stations[part.station].part_deadline_ms:g} ms"
-        task = asyncio.get_running_loop().create_task(self._finalize(part, reason))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(part, reason)
 
     async def _finalize(self, part: Part, deadline_reason: str | None) -> None:
         part._finalizing = True
@@ -167,6 +175,6 @@ class PartTracker:
         """Decide every open part now (fail-safe) so nothing is left unlogged at shutdown."""
         for part in list(self._parts.values()):
             if not part.decided.is_set() and not part._finalizing:
-                await self._finalize(part, "missing_view: server shut down before all views arrived")
+                self._spawn(part, "missing_view: server shut down before all views arrived")
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -90,3 +90,10 @@ def all_records(client: TestClient) -> list[Any]:
         if page.next_cursor is None:
             return out
         cursor = page.next_cursor
+
+
+def decided(client: TestClient, keys: dict[str, str], part_id: str, station: str = SINGLE) -> dict[str, Any]:
+    """The part's decision, waiting for it (part records are written right after the view's answer)."""
+    r = client.get(f"/v1/parts/{part_id}/decision", params={"station": station, "wait_ms": 5000}, headers=auth(keys))
+    assert r.status_code == 200, r.text
+    return r.json()

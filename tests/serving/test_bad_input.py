@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
-from tests.serving.conftest import SINGLE, all_records, auth, post_frame
+from tests.serving.conftest import SINGLE, all_records, auth, decided, post_frame
 
 PNG = frame_png(BRIGHT)
 
@@ -73,6 +73,7 @@ def test_bad_frame_for_a_valid_part_is_4xx_and_failsafe_rejects_the_part(small_l
     name, kwargs, status, reason = case
     client = small_limit_client
     post_frame(client, keys, frame_png(BRIGHT), part_id="before")
+    decided(client, keys, "before")
     before = _snapshot(client)
     kwargs = dict(kwargs)
     r = post_frame(client, keys, kwargs.pop("body"), part_id=f"bad-{name}", **kwargs)
@@ -80,14 +81,14 @@ def test_bad_frame_for_a_valid_part_is_4xx_and_failsafe_rejects_the_part(small_l
     body = r.json()
     assert reason in body["detail"], body
     assert body["failsafe"]["decision"] == "reject" and body["failsafe"]["part_id"] == f"bad-{name}"
+    decision = decided(client, keys, f"bad-{name}")
+    assert (decision["decision"], decision["status"]) == ("reject", "decided")
     after = _snapshot(client)
     assert after[: len(before)] == before  # nothing already stored changed
     view, part = (client.app.state.log.get(x.entry.inspection_id).entry for x in all_records(client)[len(before):])
     assert (view.kind, view.decision, view.part_id) == ("inspection", "reject", f"bad-{name}")
     assert view.failsafe_reason and body["failsafe"]["reason"] in view.failsafe_reason
     assert (part.kind, part.decision) == ("part", "reject") and part.failsafe_reason
-    decision = client.get(f"/v1/parts/bad-{name}/decision", params={"station": SINGLE}, headers=auth(keys)).json()
-    assert (decision["decision"], decision["status"]) == ("reject", "decided")
     assert client.app.state.log.verify().ok
     _still_healthy(client, keys, f"after-{name}")
 
@@ -96,6 +97,7 @@ def test_bad_frame_for_a_valid_part_is_4xx_and_failsafe_rejects_the_part(small_l
 def test_request_naming_no_valid_part_is_4xx_and_records_nothing(client: TestClient, keys, case) -> None:
     name, target, status, reason = case
     post_frame(client, keys, frame_png(BRIGHT), part_id="before")
+    decided(client, keys, "before")
     before = _snapshot(client)
     r = post_frame(client, keys, PNG, **target)
     assert r.status_code == status, r.text

@@ -68,7 +68,7 @@ async def test_full_queue_answers_503_with_retry_after_and_failsafe_rejects_the_
             entry = app.state.log.get(body["failsafe"]["inspection_id"]).entry
             assert (entry.decision, entry.part_id) == ("reject", body["failsafe"]["part_id"])
             assert entry.failsafe_reason.startswith("overload")
-            part = app.state.service.parts.get(SINGLE, body["failsafe"]["part_id"])
+            part = await app.state.service.parts.wait(SINGLE, body["failsafe"]["part_id"], 5.0)
             assert part.decision == "reject"
         text = app.state.metrics.render().decode()
         assert _metric(text, rf'inspection_failsafe_rejects_total\{{reason="overload",station="{SINGLE}"\}}') == len(overloaded)
@@ -95,5 +95,5 @@ async def test_model_error_is_a_failsafe_reject_and_the_next_frame_is_scored(tmp
             ok = await http.post("/v1/inspections", content=frame_png(DARK), params={
                 "station": SINGLE, "camera": "cam", "part_id": "dark"}, headers={**auth(keys), "content-type": "image/png"})
             assert ok.status_code == 200 and ok.json()["decision"] == "reject"
-            part = (await http.get("/v1/parts/black/decision", headers=auth(keys))).json()
+            part = (await http.get("/v1/parts/black/decision", params={"wait_ms": 5000}, headers=auth(keys))).json()
             assert part["decision"] == "reject" and "model_error" in part["failsafe_reason"]

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from serving.events import DecisionBus
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
-from tests.serving.conftest import SINGLE, STATION, all_records, auth, post_frame
+from tests.serving.conftest import SINGLE, STATION, all_records, auth, decided, post_frame
 
 ANSWER_FIELDS = {"inspection_id", "part_id", "station", "camera", "decision", "defect_class", "score", "threshold",
                  "model_version", "latency_ms"}
@@ -30,7 +30,7 @@ def test_bright_frame_passes_dark_frame_rejects_and_each_is_logged_before_the_an
             "inspection", answer["part_id"], answer["decision"], "v1")
         assert entry.actor == "line-key" and entry.frame_sha256
     # A one-camera station decides the part with its only view.
-    part = client.get("/v1/parts/A2/decision", params={"station": SINGLE}, headers=auth(keys)).json()
+    part = decided(client, keys, "A2")
     assert (part["status"], part["decision"], part["failsafe_reason"]) == ("decided", "reject", None)
     assert store.get(part["inspection_id"]).entry.kind == "part"
 
@@ -62,6 +62,7 @@ def test_decisions_are_published_on_the_bus_after_commit(settings, keys) -> None
     sub = bus.subscribe("test")
     with TestClient(create_app(settings, bus=bus)) as client:
         answer = post_frame(client, keys, frame_png(DARK), part_id="B1").json()
+        decided(client, keys, "B1")
         kinds = []
         while not sub.queue.empty():
             event = sub.queue.get_nowait()

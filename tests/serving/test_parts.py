@@ -16,7 +16,7 @@ def _decision(client: TestClient, keys, part_id: str, wait_ms: float = 0) -> tup
 def test_all_views_pass_means_the_part_passes(client: TestClient, keys) -> None:
     for camera in ("top", "side"):
         assert post_frame(client, keys, frame_png(BRIGHT), station=STATION, camera=camera, part_id="P1").status_code == 200
-    status, part = _decision(client, keys, "P1")
+    status, part = _decision(client, keys, "P1", wait_ms=5000)
     assert status == 200 and (part["decision"], part["failsafe_reason"]) == ("pass", None)
     assert sorted(v["camera"] for v in part["views"]) == ["side", "top"]
     assert client.app.state.log.get(part["inspection_id"]).entry.data["views"][0]["model_version"] == "tiny/v1"
@@ -28,7 +28,7 @@ def test_one_rejecting_view_rejects_the_part(client: TestClient, keys) -> None:
     assert status == 202 and part["status"] == "pending" and part["decision"] is None
     assert part["missing_cameras"] == ["side"]
     post_frame(client, keys, frame_png(DARK), station=STATION, camera="side", part_id="P2")
-    status, part = _decision(client, keys, "P2")
+    status, part = _decision(client, keys, "P2", wait_ms=5000)
     assert (status, part["decision"], part["failsafe_reason"]) == (200, "reject", None)
 
 
