@@ -146,7 +146,7 @@ def score_model(mv: ModelVersion, ds: Dataset, samples: list[Sample], *, batch: 
         opts.log_severity_level = 3
         session = ort.InferenceSession(str(Path(mv.path) / card.model_file), sess_options=opts,
                                        providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises untyped errors
+    except Exception as exc:  # noqa: BLE001 -- onnxruntime raises untyped errors
         raise ModelError(f"{mv.model_id}: onnxruntime cannot load {card.model_file}: {exc}") from None
     out: list[np.ndarray] = []
     for start in range(0, len(samples), batch):
@@ -154,7 +154,7 @@ def score_model(mv: ModelVersion, ds: Dataset, samples: list[Sample], *, batch: 
         pixels = np.stack([to_model_input(read_image(ds.path_of(s)), spec) for s in chunk])
         try:
             out.append(session.run([spec.output_name], {spec.input_name: pixels})[0])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- onnxruntime raises untyped errors
             raise ModelError(f"{mv.model_id}: onnxruntime failed on {len(chunk)} images: {exc}") from None
     probs = np.concatenate(out) if out else np.zeros((0, len(card.classes)), dtype=np.float32)
     rejected = reject_mask(probs, card)
@@ -228,8 +228,8 @@ def format_comparison(c: Comparison) -> str:
     w = max(len(c.a), len(c.b), 10)
     lines = [
         f"comparison on {c.dataset} ({c.dataset_fingerprint[:12]}…), split {c.split}: {c.n} images",
-        f"A = {c.a} (threshold {c.thresholds.get(c.a, float('nan')):.4g})   "
-        f"B = {c.b} (threshold {c.thresholds.get(c.b, float('nan')):.4g}); each at its own operating point",
+        (f"A = {c.a} (threshold {c.thresholds.get(c.a, float('nan')):.4g})   "
+         f"B = {c.b} (threshold {c.thresholds.get(c.b, float('nan')):.4g}); each at its own operating point"),
         "",
         f"{'':22s} {'A':<{w + 28}s} {'B':<{w + 28}s} B - A",
         f"{'escape rate':22s} {_pct(c.escape['a']):<{w + 28}s} {_pct(c.escape['b']):<{w + 28}s} {_diff(c.escape['diff'])}",

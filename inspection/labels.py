@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from inspection.errors import ConflictError, NotFoundError, ValidationError
 from inspection.log.query import MAX_LIMIT, RecordFilter, query_records

@@ -15,6 +15,7 @@ next poll; no restart is needed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def _card_escape(mv: ModelVersion) -> float | None:
         rate = mv.card.metrics["test"]["operating_point"]["escape"]["rate"]
     except (KeyError, TypeError):
         return None
-    return float(rate) if isinstance(rate, (int, float)) and rate == rate else None
+    return float(rate) if isinstance(rate, (int, float)) and not math.isnan(rate) else None
 
 
 def _gate(active: ModelVersion | None, candidate: ModelVersion, *, data: Path | None, split: Split,

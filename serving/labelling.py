@@ -34,8 +34,9 @@ from inspection.log.query import MAX_LIMIT
 from inspection.log.store import SqlInspectionLog
 from serving.audit import app_log
 from serving.auth import Principal, Require
+from serving.settings import Role
 
-LABEL_ROLES = ("engineer", "admin")
+LABEL_ROLES: tuple[Role, ...] = ("engineer", "admin")
 
 
 class LabelIn(BaseModel):

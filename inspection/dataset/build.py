@@ -52,7 +52,7 @@ def _safe_url(url: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL we can parse: say so rather than leak it
+    except Exception:  # noqa: BLE001 -- not a URL we can parse: say so rather than leak it
         return "<unparseable url>"
 
 

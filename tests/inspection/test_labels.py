@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -107,7 +108,8 @@ def test_concurrent_relabels_of_one_frame_one_wins_one_conflicts(log: SqlInspect
         barrier = threading.Barrier(2)
         outcome: dict[str, Any] = {}
 
-        def relabel(who: str, cls: str) -> None:
+        def relabel(who: str, cls: str, fid: str = fid, barrier: threading.Barrier = barrier,
+                    outcome: dict[str, Any] = outcome) -> None:
             barrier.wait()
             try:
                 outcome[who] = L.add_label(log, fid, cls, classes=CLASSES, actor=who, expected_revision=0)

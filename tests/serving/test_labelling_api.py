@@ -3,8 +3,9 @@ labelled, relabelled and undone through /v1/labelling; bad input is a clear 4xx 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
+from inspection import labels as L
 from inspection.cli import main as cli
 from inspection.dataset.layout import Sample, read_dataset, write_dataset
 from inspection.log.store import open_log
-from inspection import labels as L
 from serving.settings import ServeSettings, build_settings
 from tests.helpers.tiny_model import frame_png
 from tests.serving.conftest import SINGLE, settings_data
