@@ -170,3 +170,48 @@ def test_import_unlabelled_refuses_bad_images_and_skips_duplicates(log: SqlInspe
     assert log.head() == head  # nothing written
     lab = L.add_label(log, first[0].entry.inspection_id, "spot", classes=CLASSES, actor="ann", expected_revision=0)
     assert lab.frame_sha256 == first[0].entry.frame_sha256
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def two_servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[SqlInspectionLog, SqlInspectionLog]]:
+    """Two log handles (as two servers would hold) on one shared store."""
+    from tests.helpers.logdb import LogFactory, pg_schema, pg_unreachable_reason
+
+    if request.param == "postgresql" and (reason := pg_unreachable_reason()):
+        pytest.skip(reason)
+    if request.param == "sqlite":
+        factory = LogFactory("sqlite", tmp_path, None)
+        yield factory.open(frame_sample_rate=1.0), factory.open(frame_sample_rate=1.0)
+        factory.close_all()
+        return
+    with pg_schema() as schema:
+        factory = LogFactory("postgresql", tmp_path, schema)
+        yield factory.open(frame_sample_rate=1.0), factory.open(frame_sample_rate=1.0)
+        factory.close_all()
+
+
+def test_relabels_through_two_servers_sharing_a_log_never_both_win(
+        two_servers: tuple[SqlInspectionLog, SqlInspectionLog]) -> None:
+    one, two = two_servers
+    for _ in range(4):
+        fid = inspection(one, 0.4).entry.inspection_id
+        barrier = threading.Barrier(2)
+        outcome: dict[str, Any] = {}
+
+        def relabel(log: SqlInspectionLog, who: str, cls: str, fid: str = fid, barrier: threading.Barrier = barrier,
+                    outcome: dict[str, Any] = outcome) -> None:
+            barrier.wait()
+            try:
+                outcome[who] = L.add_label(log, fid, cls, classes=CLASSES, actor=who, expected_revision=0)
+            except ConflictError as exc:
+                outcome[who] = exc
+
+        threads = [threading.Thread(target=relabel, args=(one, "ann", "scratch")),
+                   threading.Thread(target=relabel, args=(two, "bob", "spot"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(type(o).__name__ for o in outcome.values()) == ["ConflictError", "Label"], outcome
+        assert L.history(two, fid).revision == 1
+    assert one.verify().ok
