@@ -123,8 +123,8 @@ def frame_record(log: SqlInspectionLog, frame_id: str) -> StoredRecord:
         NotFoundError: no record has that id, or its frame is not stored (not sampled, pruned).
         ValidationError: the record is not an inspection or an unlabelled import.
     """
-    if not isinstance(frame_id, str) or not frame_id or len(frame_id) > 64:
-        raise ValidationError(f"frame id {frame_id!r} must be a log record's inspection id (1..64 characters)")
+    if not isinstance(frame_id, str) or not frame_id or len(frame_id) > 64 or not frame_id.isprintable():
+        raise ValidationError(f"frame id {frame_id!r} must be a log record's inspection id (1..64 printable characters)")
     rec = log.get(frame_id)
     if not (rec.entry.kind == "inspection" or is_import(rec)):
         raise ValidationError(f"record {frame_id!r} is a {rec.entry.kind!r} record; labels apply to 'inspection' "
