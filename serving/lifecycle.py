@@ -36,6 +36,7 @@ class ModelManager:
         self.errors: dict[str, str] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._lock: asyncio.Lock | None = None
         self.swaps = 0
 
     # -- queries -------------------------------------------------------------------------
@@ -142,12 +143,15 @@ class ModelManager:
         return changed
 
     async def check(self) -> list[str]:
-        """Reload if active.json changed since the last look."""
-        stamp = self._stat()
-        if stamp == self._stamp:
-            return []
-        self._stamp = stamp
-        return await asyncio.to_thread(self.reload)
+        """Reload if active.json changed since the last look (one reload at a time)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            stamp = self._stat()
+            if stamp == self._stamp:
+                return []
+            self._stamp = stamp
+            return await asyncio.to_thread(self.reload)
 
     async def _watch(self) -> None:
         while True:
