@@ -49,8 +49,13 @@ def test_keyboard_labelling_undo_and_the_built_dataset(live: str, keys: dict[str
     expect(frame_id).not_to_have_text("")
     expect(page.locator("[data-testid=prediction]")).to_contain_text("tiny/v1")
     page.wait_for_function("() => document.getElementById('frame').naturalWidth > 0")
-    page.keyboard.press("+")
-    assert "scale(5)" in (page.locator("#frame").get_attribute("style") or "")
+    # A 32 px frame is fitted to the large view (zoomed in) once it has loaded.
+    page.wait_for_function("() => parseFloat(document.getElementById('zoom').value) > 1")
+    fitted = float(page.input_value("[data-testid=zoom]"))
+    page.keyboard.press("-")
+    assert float(page.input_value("[data-testid=zoom]")) < fitted
+    zoomed = float(page.input_value("[data-testid=zoom]"))
+    assert page.evaluate("document.getElementById('frame').getBoundingClientRect().width") == pytest.approx(32 * zoomed, abs=1)
 
     def press(key: str, status: str = "") -> str:
         """Press a key on the frame shown now; return that frame's id once the page moved on."""
