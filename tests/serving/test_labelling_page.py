@@ -77,6 +77,7 @@ def test_keyboard_labelling_undo_and_the_built_dataset(live: str, keys: dict[str
     del expected[d]
     assert frame_id.inner_text() == d
     expect(page.locator("[data-testid=current-label]")).to_have_text("unlabelled")
+    expect(page.locator("[data-testid=history] li")).to_have_count(2)  # the label and its undo, kept
     assert press("3") == d
     expected[d] = "dent"
     e = press("2")
