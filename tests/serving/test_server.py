@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -30,6 +31,16 @@ def _write(tmp_path: Path, data: dict) -> Path:
     return path
 
 
+async def _stream_one(port: int, keys: dict[str, str]) -> dict:
+    from websockets.asyncio.client import connect
+
+    url = f"ws://127.0.0.1:{port}/v1/stream?station={SINGLE}&camera=cam"
+    async with connect(url, additional_headers=auth(keys)) as ws:
+        await ws.send(json.dumps({"part_id": "ws-1", "content_type": "image/png"}))
+        await ws.send(frame_png(DARK))
+        return json.loads(await ws.recv())
+
+
 def test_cli_serves_over_real_http_and_stops_cleanly(tmp_path: Path, models_dir: Path, keys) -> None:
     port = _free_port()
     path = _write(tmp_path, settings_data(tmp_path, models_dir, keys))
@@ -54,6 +65,7 @@ def test_cli_serves_over_real_http_and_stops_cleanly(tmp_path: Path, models_dir:
         running = httpx.get(f"{base}/v1/admin/settings", headers=auth(keys, "admin")).json()
         assert running["batching"]["max_batch"] == 4  # from the environment
         assert httpx.post(f"{base}/v1/inspections", headers=auth(keys)).status_code == 400
+        assert asyncio.run(_stream_one(port, keys))["decision"] == "reject"  # WebSocket through uvicorn
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
