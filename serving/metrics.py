@@ -24,8 +24,8 @@ class ServingMetrics:
             "inspection_model_latency_seconds", "One onnxruntime call (a whole batch)",
             ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.decisions = Counter(
-            "inspection_decisions_total", "Frame decisions by station, decision and defect class",
-            ["station", "decision", "defect_class"], registry=r)
+            "inspection_decisions_total", "Frame decisions by station, decision and most likely class",
+            ["station", "decision", "predicted_class"], registry=r)
         self.part_decisions = Counter(
             "inspection_part_decisions_total", "Part decisions across cameras", ["station", "decision"], registry=r)
         self.failsafe = Counter(

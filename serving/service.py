@@ -201,7 +201,8 @@ class InspectionService:
             log.error("inspection record not stored, fail-safe reject of part %s: %s", req.part_id, exc)
             self.metrics.failsafe.labels(req.station, "log_error").inc()
             raise attach_failsafe(exc, {"decision": "reject", "reason": f"log_error: {exc}", "part_id": req.part_id})
-        self.metrics.decisions.labels(req.station, verdict, decision.defect_class or "").inc()
+        predicted = max(decision.scores, key=decision.scores.__getitem__)
+        self.metrics.decisions.labels(req.station, verdict, predicted).inc()
         if failsafe_reason:
             self.metrics.failsafe.labels(req.station, "late_view").inc()
         self.metrics.e2e_latency.labels(req.station).observe(time.perf_counter() - started)
@@ -265,7 +266,8 @@ class InspectionService:
         self.metrics.failsafe.labels(req.station, code).inc()
         await self._view_failed(req, entry.inspection_id, code, model_version)
         attach_failsafe(exc, {"decision": "reject", "reason": code, "inspection_id": entry.inspection_id,
-                              "part_id": req.part_id, "station": req.station, "camera": req.camera})
+                              "part_id": req.part_id, "station": req.station, "camera": req.camera,
+                              "model_version": model_version})
         return record
 
     async def _view_failed(self, req: FrameRequest, inspection_id: str, code: str, model_version: str | None) -> None:

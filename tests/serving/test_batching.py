@@ -90,6 +90,7 @@ async def test_model_error_is_a_failsafe_reject_and_the_next_frame_is_scored(tmp
                 "station": SINGLE, "camera": "cam", "part_id": "black"}, headers={**auth(keys), "content-type": "image/png"})
             assert r.status_code == 503 and r.json()["error"] == "model_error"
             assert "NaN" in r.json()["detail"] and r.json()["failsafe"]["reason"] == "model_error"
+            assert r.json()["failsafe"]["model_version"] == "tiny/v1"
             entry = app.state.log.get(r.json()["failsafe"]["inspection_id"]).entry
             assert (entry.decision, entry.model_version) == ("reject", "v1")
             ok = await http.post("/v1/inspections", content=frame_png(DARK), params={

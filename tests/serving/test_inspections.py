@@ -77,7 +77,8 @@ def test_metrics_count_decisions_batches_and_latency(client: TestClient, keys) -
     post_frame(client, keys, frame_png(DARK), part_id="M2")
     post_frame(client, keys, b"\x89PNG\r\n\x1a\n broken", part_id="M3")
     text = client.get("/metrics", headers=auth(keys, "engineer")).text
-    assert f'inspection_decisions_total{{decision="pass",defect_class="dent",station="{SINGLE}"}} 1.0' in text
+    assert f'inspection_decisions_total{{decision="pass",predicted_class="good",station="{SINGLE}"}} 1.0' in text
+    assert f'inspection_decisions_total{{decision="reject",predicted_class="dent",station="{SINGLE}"}} 1.0' in text
     assert f'inspection_failsafe_rejects_total{{reason="undecodable_frame",station="{SINGLE}"}} 1.0' in text
     assert "inspection_batch_size_count 2.0" in text
     assert f'inspection_request_latency_seconds_count{{station="{SINGLE}"}} 2.0' in text
