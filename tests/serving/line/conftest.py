@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -61,10 +61,12 @@ def records_of(store: SqlInspectionLog, kind: str) -> list[StoredRecord]:
         cursor = page.next_cursor
 
 
-async def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+async def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0,
+                   what: str | Callable[[], str] = "condition") -> None:
+    """Poll ``predicate`` until true; ``what`` (or ``what()``, evaluated on failure) names it."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout_s
     while not predicate():
         if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what() if callable(what) else what}")
         await asyncio.sleep(0.005)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -27,7 +28,9 @@ class Broker:
         (tmp / "db").mkdir()
         self.conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {tmp / 'db'}/\nlog_dest none\n")
+            f"persistence_location {tmp / 'db'}/\nlog_dest none\n"
+            # As root, mosquitto drops to user "mosquitto", which cannot write our temp dir.
+            + ("user root\n" if os.geteuid() == 0 else ""))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

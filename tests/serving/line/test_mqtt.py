@@ -95,20 +95,23 @@ async def test_broker_stopped_mid_stream_queue_drains_after_it_returns(rig: dict
     try:
         await wait_for(lambda: pub.connected, what="publisher connected")
         publish(bus, recs[:100])
-        # Messages the broker acknowledged but had not yet passed on when it stops are the
-        # broker's to lose, not ours: let the first 100 arrive, then stop it while the line runs on.
-        await wait_for(lambda: len(sub.first_seen_ids()) >= 100, what="first 100 arriving")
-        await asyncio.to_thread(broker.stop)
-        for i in range(100, 400, 20):  # the line goes on while the broker is away
+        await wait_for(lambda: len(sub.first_seen_ids()) >= 50, what="first decisions arriving")
+        stopping = asyncio.create_task(asyncio.to_thread(broker.stop))  # mid-stream: the line goes on
+        for i in range(100, 400, 20):
             publish(bus, recs[i: i + 20])
             await asyncio.sleep(0.005)
+        await stopping
         await wait_for(lambda: not pub.connected, what="publisher noticed")
         assert pub.queued > 0 and pub.dropped == 0
         assert pub.metrics.mqtt_queue.labels(STATION)._value.get() == pub.queued
         await asyncio.to_thread(broker.start)
-        await wait_for(lambda: pub.queued == 0, timeout_s=30, what="queue drained")
-        await wait_for(lambda: len(sub.first_seen_ids()) >= 400, timeout_s=30, what="all 400 at the subscriber")
-        assert sub.first_seen_ids() == [r.entry.inspection_id for r in recs]
+        await wait_for(lambda: pub.queued == 0, timeout_s=30,
+                       what=lambda: f"queue drained ({pub.queued} queued, connected={pub.connected})")
+        ids = [r.entry.inspection_id for r in recs]
+        await wait_for(lambda: len(sub.first_seen_ids()) >= 400, timeout_s=30,
+                       what=lambda: "all 400 at the subscriber; missing: "
+                       f"{[i for i, x in enumerate(ids) if x not in set(sub.first_seen_ids())]}")
+        assert sub.first_seen_ids() == ids
         assert pub.dropped == 0
     finally:
         sub.close()
