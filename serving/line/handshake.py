@@ -192,7 +192,9 @@ class ResultHandshake:
             c.rejected += 1
             self._skipped += 1
             self.error_code = ErrorCode.BUFFER_FULL
-            self._emit(result, "overflow", via=None, age_s=0.0, extra={"buffer_depth": self.depth})
+            # The PLC never sees this result, so it rejects the part (docs/plc.md, safety rule 1).
+            self._emit(result, "overflow", via=None, age_s=0.0,
+                       extra={"buffer_depth": self.depth, "plc_action": "reject (no result)"})
             self._changed()
             return None
         if result.decision == Decision.NG:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from inspection.errors import ConfigError, InspectionError
 from inspection.log.records import LogEntry
 from serving.events import DecisionBus, Subscription
 from serving.line.logsink import AppendsAsync, LogSink
@@ -181,7 +182,15 @@ async def lifespan_hook(app: Any) -> AsyncIterator[None]:
     registry = getattr(getattr(app.state, "metrics", None), "registry", None)
     integration = LineIntegration(stations, bus=app.state.bus, log_store=app.state.log,
                                   demo=bool(getattr(settings, "demo", False)), registry=registry)
-    await integration.start()
+    try:
+        await integration.start()
+    except InspectionError as exc:
+        app.state.startup_error = exc  # the CLI reports it; uvicorn only logs a failed start
+        raise
+    except OSError as exc:
+        error = ConfigError(f"line integration cannot start: {exc}")
+        app.state.startup_error = error
+        raise error from exc
     app.state.line = integration
     try:
         yield

@@ -105,6 +105,22 @@ def test_anonymous_opcua_outside_demo_mode_refuses_to_start(tmp_path: Path, mode
         pass
 
 
+def test_a_busy_modbus_port_is_a_config_error_naming_it(tmp_path: Path, models_dir: Path,
+                                                         keys: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        data = settings_data(tmp_path, models_dir, keys)
+        data["stations"][SINGLE]["line"] = {"modbus": {"enabled": True, "port": port}}
+        app = create_app(build_settings(data))
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"), TestClient(app):
+            pass
+        assert isinstance(app.state.startup_error, ConfigError)
+
+
 def test_two_servers_on_one_port_refuse_to_start(tmp_path: Path, models_dir: Path, keys: dict[str, str]) -> None:
     data = settings_data(tmp_path, models_dir, keys)
     port = free_port()
