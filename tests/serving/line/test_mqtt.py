@@ -53,6 +53,10 @@ async def rig(broker: Broker, log_store: SqlInspectionLog) -> AsyncIterator[dict
     await sink.stop()
 
 
+def sample(pub: MqttPublisher, name: str) -> float | None:
+    return pub.metrics.registry.get_sample_value(name, {"station": STATION})
+
+
 def publish(bus: DecisionBus, records: list[Any]) -> None:
     for r in records:
         bus.publish(DecisionEvent(kind="part" if r.entry.kind == "part" else "inspection", record=r))
@@ -74,7 +78,7 @@ async def test_every_decision_arrives_in_order_and_status_is_retained(rig: dict[
         assert got[0]["decision"] == recs[0].entry.decision and got[0]["station"] == STATION
         assert got[0]["hash"] == recs[0].hash and got[0]["kind"] == "part"
         await wait_for(lambda: pub.queued == 0 and pub.published == 300, what="all acknowledged")
-        assert pub.metrics.mqtt_published.labels(STATION)._value.get() == 300
+        assert sample(pub, "inspection_mqtt_published_total") == 300
     finally:
         sub.close()
     # A subscriber arriving later gets the retained status at once.
@@ -103,7 +107,7 @@ async def test_broker_stopped_mid_stream_queue_drains_after_it_returns(rig: dict
         await stopping
         await wait_for(lambda: not pub.connected, what="publisher noticed")
         assert pub.queued > 0 and pub.dropped == 0
-        assert pub.metrics.mqtt_queue.labels(STATION)._value.get() == pub.queued
+        assert sample(pub, "inspection_mqtt_queue_depth") == pub.queued
         await asyncio.to_thread(broker.start)
         await wait_for(lambda: pub.queued == 0, timeout_s=30,
                        what=lambda: f"queue drained ({pub.queued} queued, connected={pub.connected})")
@@ -125,7 +129,7 @@ async def test_full_queue_drops_oldest_counts_and_logs(rig: dict[str, Any]) -> N
     recs = await decide_many(rig["log"], [part_entry(STATION, f"P-{i}") for i in range(80)])
     publish(bus, recs)
     await wait_for(lambda: pub.dropped == 30, what="30 drops")
-    assert pub.queued == 50 and pub.metrics.mqtt_dropped.labels(STATION)._value.get() == 30
+    assert pub.queued == 50 and sample(pub, "inspection_mqtt_dropped_total") == 30
     await asyncio.to_thread(broker.start)
     try:
         await wait_for(lambda: pub.queued == 0, timeout_s=30, what="queue drained")
