@@ -2,8 +2,9 @@
 
 generate a sample dataset -> train, calibrate, export (escape/overkill report) -> promote to
 the demo station -> start the reject API as its own process (SQLite inspection log) -> a
-simulated line sends the held-out frames as parts -> summary against ground truth (escapes,
-overkills, latency percentiles) -> verify the inspection log's hash chain.
+simulated line sends the held-out frames as parts while a simulated PLC acknowledges every
+part result over Modbus TCP -> summary against ground truth (escapes, overkills, latency
+percentiles) -> verify the inspection log's hash chain.
 
 Each step is one library call; this module only sequences them and prints what a new user
 should see. Torch is imported (inside the handler) only for the training step.
@@ -106,14 +107,15 @@ def _run(args: argparse.Namespace) -> int:
     keys = {role: secrets.token_urlsafe(24) for role in ("line", "auditor", "engineer", "admin")}
     from serving.settings import hash_key
 
-    port = _free_port()
+    port, modbus_port = _free_port(), _free_port()
     log_url = f"sqlite:///{out / 'log.db'}"
     settings = {
         "models_dir": str(args.models_dir.resolve()),
         "log_url": log_url,
         "frames_dir": str(out / "frames"),
         "frame_sample_rate": 0.1,
-        "stations": {STATION: {"cameras": CAMERAS, "part_deadline_ms": 1000}},
+        "stations": {STATION: {"cameras": CAMERAS, "part_deadline_ms": 1000,
+                               "line": {"modbus": {"enabled": True, "host": "127.0.0.1", "port": modbus_port}}}},
         "api_keys": [{"name": f"demo-{r}", "role": r, "sha256": hash_key(k)} for r, k in keys.items()],
         "host": "127.0.0.1",
         "port": port,
@@ -129,7 +131,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"serving {url}  (settings {settings_path}; audit page {url}/audit with the auditor key "
               f"{keys['auditor']})")
 
-        _step(5, "a simulated line sends the held-out test frames as parts")
+        _step(5, f"a simulated line sends the held-out test frames as parts; a simulated PLC "
+                 f"acknowledges each result over Modbus TCP (127.0.0.1:{modbus_port})")
+        from serving.line.plcsim import SimulatedPlc
         from serving.simulator import LinePart, run_line
 
         parts = []
@@ -138,11 +142,24 @@ def _run(args: argparse.Namespace) -> int:
                 parts.append(LinePart(f"DEMO-{i:05d}", data_dir / row["path"], row["label"]))
         if args.parts:
             parts = parts[: args.parts]
-        report = run_line(url, parts, station=STATION, cameras=CAMERAS, api_key=keys["line"],
-                          good_class=card.good_class, concurrency=4)
+        plc = SimulatedPlc("127.0.0.1", modbus_port, seed=args.seed)
+        plc.start()
+        try:
+            report = run_line(url, parts, station=STATION, cameras=CAMERAS, api_key=keys["line"],
+                              good_class=card.good_class, concurrency=4)
+            deadline = time.monotonic() + 10.0
+            while plc.acked < len(parts) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            plc.stop()
+        seqs = [seq for seq, _, _ in plc.results]
+        in_order = seqs == sorted(seqs)
+        ng = sum(1 for _, _, verdict in plc.results if verdict == "NG")
 
         _step(6, "line summary against ground truth")
         print(report.summary())
+        print(f"  PLC (Modbus TCP): acknowledged {plc.acked} of {len(parts)} part results "
+              f"({'in order' if in_order else 'OUT OF ORDER'}; {ng} NG = reject gate fired)")
     finally:
         proc.terminate()
         try:
@@ -152,14 +169,26 @@ def _run(args: argparse.Namespace) -> int:
         server_log.close()
 
     _step(7, "verify the inspection log's hash chain")
+    from inspection.log.query import RecordFilter, query_records
     from inspection.log.store import open_log
 
     log = open_log(log_url, frames_dir=out / "frames")
     try:
         verdict = log.verify()
+        kinds = {}
+        for kind in ("inspection", "part", "plc_ack"):
+            n, cursor = 0, None
+            while True:
+                page = query_records(log, RecordFilter(kind=kind), cursor=cursor, limit=1000)
+                n += len(page.records)
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+            kinds[kind] = n
     finally:
         log.close()
     status = "verified" if verdict.ok else f"BROKEN at seq {verdict.first_bad_seq}: {verdict.detail}"
-    print(f"{log_url}: {verdict.records} records, chain {status}")
+    print(f"{log_url}: {verdict.records} records ({kinds['inspection']} frame inspections, {kinds['part']} part "
+          f"decisions, {kinds['plc_ack']} PLC acknowledgements), hash chain {status}")
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s. Try: .venv/bin/inspection audit list --log-url {log_url}")
     return 0 if verdict.ok else 1

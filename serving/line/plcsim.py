@@ -75,7 +75,7 @@ class SimulatedPlc(threading.Thread):
                 self.acked += 1
                 self.results.append((seq, part, decision))
                 del self.results[: max(0, len(self.results) - self._keep)]
-                log.info("simulated PLC: part %s %s (result %d) acknowledged", part or "?", decision, seq)
+                log.debug("simulated PLC: part %s %s (result %d) acknowledged", part or "?", decision, seq)
         except ModbusException as exc:
             if not self._stop_flag.is_set():
                 log.warning("simulated PLC: Modbus connection lost: %s", exc)
