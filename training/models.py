@@ -151,11 +151,26 @@ class _Block(nn.Module):
         return self.act(y + self.short(x))
 
 
+class Standardize(nn.Module):
+    """Per-image zero mean and unit variance (over all pixels and channels).
+
+    Line lighting and camera gain drift between shifts and set-ups (the magnetic-tile images
+    come from several lighting set-ups); a defect is a *local* contrast change, so the network
+    sees each frame relative to its own brightness and contrast. Exported as plain ONNX ops.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean(dim=(1, 2, 3), keepdim=True)
+        var = ((x - mu) ** 2).mean(dim=(1, 2, 3), keepdim=True)
+        return (x - mu) / torch.sqrt(var + 1e-2)
+
+
 class TinyResNet(nn.Module):
-    """A compact ResNet: stem, four stages of one or two basic blocks, global average + max pool."""
+    """A compact ResNet: per-image standardisation, stem, four stages of basic blocks, average + max pool."""
 
     def __init__(self, *, num_classes: int, in_channels: int = 1, widths: tuple[int, ...] = (24, 48, 96, 192), depth: tuple[int, ...] = (1, 1, 2, 1)) -> None:
         super().__init__()
+        self.standardize = Standardize()
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False),
             nn.BatchNorm2d(widths[0]),
@@ -182,7 +197,7 @@ class TinyResNet(nn.Module):
                 nn.init.zeros_(m.bn2.weight)  # each block starts as identity: stabler from scratch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(self.stem(x))
+        x = self.features(self.stem(self.standardize(x)))
         pooled = torch.cat([torch.flatten(self.avg(x), 1), torch.flatten(self.max(x), 1)], dim=1)
         return self.fc(self.drop(pooled))
 

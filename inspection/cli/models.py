@@ -128,7 +128,8 @@ def _show(args: argparse.Namespace) -> int:
         f"created   {card.created.isoformat()}   code {card.code_version}   arch {card.arch}",
         f"classes   {card.classes}  good class: {card.good_class}",
         f"input     {card.input.channels}x{card.input.height}x{card.input.width} uint8, resize {card.input.resize}",
-        f"threshold reject when P(defect) >= {t.reject:.6g}  target {t.target or '-'}  per-class {t.per_class or '-'}",
+        f"threshold reject when P(defect) >= {t.reject:.6g}  target {t.target or '-'}  per-class {t.per_class or '-'}"
+        + ("" if t.calibration.get("supported", True) else "  WARNING: target NOT supported by validation"),
         f"dataset   {card.dataset.name} ({card.dataset.fingerprint[:12]}…)  split {card.dataset.split_counts}",
         f"parity    max |torch - onnx| {card.parity.max_abs_diff:.2g} on {card.parity.n_images} test images "
         f"(tolerance {card.parity.tolerance:g}, {'passed' if card.parity.passed else 'FAILED'})",
