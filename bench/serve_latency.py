@@ -24,6 +24,8 @@ is small next to the server's on a 2-core machine. Latency is measured at the cl
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import json
 import os
 import secrets
@@ -253,7 +255,7 @@ def _wait_ready(proc: subprocess.Popen, url_port: int, path: str, timeout: float
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+            raise RuntimeError(f"server exited with {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", url_port), timeout=1) as s:
                 s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
@@ -318,20 +320,27 @@ def measure_server(work: Path, models_dir: Path, frames: list[bytes], *, n: int,
     path = work / f"serve-{secrets.token_hex(3)}.yaml"
     path.write_text(yaml.safe_dump(settings), encoding="utf-8")
     port = _free_port()
+    # The server's log goes to a file: an undrained pipe would fill up and stall the server.
+    log_file = open(work / f"{path.stem}.log", "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen([sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port", str(port)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_ready(proc, port, "/readyz")
         headers = {"Authorization": f"Bearer {key}"}
         run = secrets.token_hex(4)
+        serial = itertools.count()
 
         def req(c: int, i: int) -> bytes:
-            return build_request(f"/v1/inspections?station={STATION}&camera={CAMERA}&part_id={run}-{c}-{i}",
+            # Every request is a new part (a repeated part id would be a late view: a fail-safe reject).
+            return build_request(f"/v1/inspections?station={STATION}&camera={CAMERA}&part_id={run}-{next(serial)}",
                                  frames[(c * 7 + i) % len(frames)], headers)
+
+        decisions: collections.Counter[str] = collections.Counter()
 
         def check(status: int, body: bytes) -> None:
             if status != 200:
                 raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+            decisions[json.loads(body)["decision"]] += 1
 
         with RssSampler(proc.pid) as rss:
             run_clients(port, req, clients=1, per_client=min(50, n), check=check)  # warm-up
@@ -345,13 +354,16 @@ def measure_server(work: Path, models_dir: Path, frames: list[bytes], *, n: int,
                 runs[-1]["cpu_ms_per_frame"] = (sum(rss.proc.cpu_times()[:2]) - cpu0) * 1000.0 / n
             many = run_clients(port, req, clients=clients, per_client=max(1, n // 2), check=check)
         one = min(runs, key=lambda r: r["p50_ms"])
-        return {"one_client": one, "one_client_runs": runs, f"{clients}_clients": many, "rss_mb": rss.peak / 2**20}
+        return {"one_client": one, "one_client_runs": runs, f"{clients}_clients": many, "rss_mb": rss.peak / 2**20,
+                "decisions": dict(decisions),
+                "server_log": (work / f"{path.stem}.log").read_text(errors="replace")[-4000:]}
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log_file.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,8 +402,8 @@ def torch_server_main(port: int, weights: Path, arch: str, size: int) -> None:
 def measure_torch_server(weights: Path, arch: str, size: int, frames: list[bytes], *, n: int) -> dict[str, Any]:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--torch-server", str(port), "--weights", str(weights),
-                             "--arch", arch, "--size", str(size)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             "--arch", arch, "--size", str(size)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         _wait_ready(proc, port, "/ready")
 
@@ -472,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, res in ours.items():
             print(_fmt(f"(b) ours, {label}, 1 client", res["one_client"]))
             print(_fmt(f"(b) ours, {label}, {args.clients} clients", res[f"{args.clients}_clients"]))
-            print(f"(b) ours, {label}, peak resident memory      {res['rss_mb']:.0f} MB")
+            print(f"(b) ours, {label}, peak resident memory      {res['rss_mb']:.0f} MB   decisions {res['decisions']}")
         torch_one = None
         if not args.skip_torch:
             torch_one = measure_torch_server(weights, args.arch, args.size, frames, n=args.n)["one_client"]
