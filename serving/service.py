@@ -187,12 +187,11 @@ class InspectionService:
         )
         entry, frame = self._frame_for_log(entry, body)
         commit = asyncio.ensure_future(self._commit(entry, frame))
-        if frame is None:
-            # Without a frame to write, the append is queued at its first step: yield once so it
-            # is, and a part record this view completes joins the same commit, after it.
-            await asyncio.sleep(0)
-        else:
-            await asyncio.wait({commit})
+        if frame is not None:
+            await asyncio.wait({commit})  # the frame is written first (worker thread); keep record order
+        # Without a frame, the append is queued in the commit task's first step; a part record this
+        # view completes is queued by the next task in the same loop iteration, right after it, so
+        # the log's writer usually takes both into ONE transaction (one fsync instead of two).
         await self.parts.add_view(req.station, req.part_id, View(req.camera, entry.inspection_id, verdict,
                                                                  model.model_id, failsafe_reason, commit))
         try:
