@@ -272,8 +272,7 @@ class InspectionService:
     async def _view_failed(self, req: FrameRequest, inspection_id: str, code: str, model_version: str | None) -> None:
         await self.parts.add_view(req.station, req.part_id, View(req.camera, inspection_id, "reject", model_version, code))
 
-    async def _record_part(self, part: Part) -> None:
-        views = [v for vs in part.views.values() for v in vs]
+    def _part_entry(self, part: Part, views: list[View]) -> LogEntry:
         entry = LogEntry(
             kind="part", inspection_id=new_id(), station=part.station, part_id=part.part_id,
             decision=part.decision, failsafe_reason=(part.failsafe_reason or None) and part.failsafe_reason[:4000],
@@ -285,15 +284,30 @@ class InspectionService:
         if len(models) == 1:
             name, _, version = next(iter(models)).partition("/")
             entry = replace(entry, model_name=name, model_version=version)
+        return entry
+
+    async def _record_part(self, part: Part) -> None:
+        views = [v for vs in part.views.values() for v in vs]
         try:
-            record = await self.log.append_async(entry)
+            record: StoredRecord | None = await self.log.append_async(self._part_entry(part, views))
         except InspectionError as exc:
             log.error("part record of %s/%s not stored: %s", part.station, part.part_id, exc)
-            part.inspection_id = None
-        else:
-            part.inspection_id = entry.inspection_id
-            # Subscribers see a part after its views (their records share the commit or precede it).
-            await asyncio.gather(*(v.committed for v in views if v.committed is not None), return_exceptions=True)
+            record = None
+        # Subscribers see a part after its views (their records share the commit or precede it).
+        outcomes = await asyncio.gather(*(v.committed for v in views if v.committed is not None), return_exceptions=True)
+        if part.decision == "pass" and any(isinstance(o, BaseException) for o in outcomes):
+            # A view's own record could not be stored: that view never became evidence, so the
+            # part cannot pass. Record (or try to) the fail-safe reject that supersedes the pass.
+            part.decision = "reject"
+            part.failsafe_reason = "log_error: a view's inspection record could not be stored"
+            self.metrics.failsafe.labels(part.station, "log_error").inc()
+            try:
+                record = await self.log.append_async(self._part_entry(part, views))
+            except InspectionError as exc:
+                log.error("fail-safe part record of %s/%s not stored: %s", part.station, part.part_id, exc)
+                record = None
+        part.inspection_id = record.entry.inspection_id if record is not None else None
+        if record is not None:
             self.bus.publish(DecisionEvent("part", record))
         self.metrics.part_decisions.labels(part.station, part.decision or "reject").inc()
         if part.failsafe_reason and any(r.startswith("missing_view") for r in part.failsafe_reason.split("; ")):

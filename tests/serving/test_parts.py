@@ -61,3 +61,41 @@ def test_part_decision_query_validates_its_inputs(client: TestClient, keys) -> N
     assert r.status_code == 400 and "wait_ms" in r.json()["detail"]
     r = client.get(f"/v1/parts/{'y' * 200}/decision", params={"station": STATION}, headers=auth(keys))
     assert r.status_code == 400 and "at most 128" in r.json()["detail"]
+
+
+class _FailingViewLog:
+    """The real SQLite log, except that inspection records of part "boom" fail to commit
+    (a disk or database failure injected at the log's boundary)."""
+
+    def __init__(self, store) -> None:  # type: ignore[no-untyped-def]
+        self.store = store
+        self.frame_sample_rate = store.frame_sample_rate
+
+    async def append_async(self, entry, *, frame=None):  # type: ignore[no-untyped-def]
+        from inspection.errors import InspectionError
+
+        if entry.kind == "inspection" and entry.part_id == "boom":
+            raise InspectionError("database unavailable (injected)")
+        return await self.store.append_async(entry, frame=frame)
+
+    def __getattr__(self, name):  # type: ignore[no-untyped-def]
+        return getattr(self.store, name)
+
+
+def test_a_view_whose_record_cannot_be_stored_never_lets_its_part_pass(tmp_path, settings, keys) -> None:
+    from inspection.log.store import open_log
+    from serving.app import create_app
+    from tests.serving.conftest import SINGLE
+
+    store = open_log(f"sqlite:///{tmp_path / 'inj.db'}", sqlite_synchronous="NORMAL")
+    try:
+        with TestClient(create_app(settings, log_store=_FailingViewLog(store))) as client:
+            r = post_frame(client, keys, frame_png(BRIGHT), part_id="boom")
+            assert r.status_code == 500 and r.json()["failsafe"]["decision"] == "reject"
+            part = client.get("/v1/parts/boom/decision", params={"station": SINGLE, "wait_ms": 5000},
+                              headers=auth(keys)).json()
+            assert (part["decision"], part["failsafe_reason"]) == ("reject", "log_error: a view's inspection record could not be stored")
+            assert store.get(part["inspection_id"]).entry.decision == "reject"
+            assert post_frame(client, keys, frame_png(BRIGHT), part_id="fine").json()["decision"] == "pass"
+    finally:
+        store.close()
