@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-from sqlalchemy import RowMapping, create_engine, event, insert, select, text, update
+from sqlalchemy import RowMapping, bindparam, create_engine, event, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -49,10 +49,22 @@ _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PG_MIGRATION_LOCK = 0x1A5E_C7_10
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
+    """A queued record and who waits for it: a thread (``future``) or an event loop (``waiter``)."""
+
     fields: dict[str, Any]
-    future: concurrent.futures.Future[StoredRecord]
+    future: concurrent.futures.Future[StoredRecord] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future[StoredRecord] | None = None
+
+
+#: The writer's statements, built once: SQLAlchemy then finds their compiled form in its cache
+#: without rebuilding (and re-keying) a statement per transaction.
+_LOCK_HEAD = select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1).with_for_update()
+_INSERT_RECORDS = insert(records)
+_ADVANCE_HEAD = update(chain_head).where(chain_head.c.id == 1).values(
+    seq=bindparam("new_seq", type_=chain_head.c.seq.type), hash=bindparam("new_hash", type_=chain_head.c.hash.type))
 
 
 _STOP = object()
@@ -138,6 +150,7 @@ class SqlInspectionLog:
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._conn: Connection | None = None  # the writer thread's own connection, kept between batches
         self._closed = False
         self._close_lock = threading.Lock()
         self._writer = threading.Thread(target=self._writer_loop, name="inspection-log-writer", daemon=True)
@@ -152,7 +165,8 @@ class SqlInspectionLog:
         Raises ValidationError (bad entry, frame sha256 mismatch), ConflictError (duplicate
         inspection id, log closed) or InspectionError (the database failed).
         """
-        fut = self._submit(self._prepare(entry, frame))
+        fut: concurrent.futures.Future[StoredRecord] = concurrent.futures.Future()
+        self._submit(_Pending(self._prepare(entry, frame), future=fut))
         try:
             return fut.result(timeout=self.commit_timeout_s)
         except concurrent.futures.TimeoutError:
@@ -164,10 +178,17 @@ class SqlInspectionLog:
             fields = await asyncio.to_thread(self._prepare, entry, frame)
         else:
             fields = self._prepare(entry, None)
-        waiter = asyncio.wrap_future(self._submit(fields))
+        # One hand-off each way: the writer settles this loop future with call_soon_threadsafe
+        # (no concurrent Future wrapped, shielded and waited for). A caller giving up (timeout,
+        # cancellation) only drops its waiter; the queued record commits regardless.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[StoredRecord] = loop.create_future()
+        self._submit(_Pending(fields, loop=loop, waiter=waiter))
+        if self.commit_timeout_s is None:
+            return await waiter
         try:
-            # shield: a caller giving up must not cancel the record, which may already be committing.
-            return await asyncio.wait_for(asyncio.shield(waiter), self.commit_timeout_s)
+            async with asyncio.timeout(self.commit_timeout_s):
+                return await waiter
         except TimeoutError:
             raise self._timeout_error() from None
 
@@ -197,59 +218,76 @@ class SqlInspectionLog:
         with self._rng_lock:
             return self._rng.random() < self.frame_sample_rate
 
-    def _submit(self, fields: dict[str, Any]) -> concurrent.futures.Future[StoredRecord]:
+    def _submit(self, pending: _Pending) -> None:
         if self._closed:
             raise ConflictError("the inspection log is closed; no record can be appended")
-        fut: concurrent.futures.Future[StoredRecord] = concurrent.futures.Future()
-        self._queue.put(_Pending(fields, fut))
-        return fut
+        self._queue.put(pending)
 
     def _writer_loop(self) -> None:
         stop = False
-        while not stop:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            batch = [item]
-            while len(batch) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._commit_batch(batch)
-
-    def _commit_batch(self, batch: list[_Pending]) -> None:
         try:
-            stored = self._commit(batch)
+            while not stop:
+                item = self._queue.get()
+                if item is _STOP:
+                    break
+                batch = [item]
+                while len(batch) < self._max_batch:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stop = True
+                        break
+                    batch.append(nxt)
+                _settle_all(batch, self._commit_batch(batch))
+        finally:
+            self._drop_conn()
+
+    def _commit_batch(self, batch: list[_Pending]) -> list[StoredRecord | BaseException]:
+        """Each record's outcome: the stored record, or the error its caller gets."""
+        try:
+            return list(self._commit(batch))
         except Exception as exc:  # noqa: BLE001 -- every failure must reach the waiting callers
             if len(batch) > 1:
                 # One bad record (e.g. a duplicate id) must not fail its neighbours.
-                for item in batch:
-                    self._commit_batch([item])
-                return
-            _settle(batch[0].future, exc=_as_domain_error(exc, batch[0].fields))
-            return
-        for item, rec in zip(batch, stored):
-            _settle(item.future, result=rec)
+                return [outcome for item in batch for outcome in self._commit_batch([item])]
+            return [_as_domain_error(exc, batch[0].fields)]
+
+    def _writer_conn(self) -> Connection:
+        # The writer keeps one connection: a pool check-out and check-in (with its reset
+        # ROLLBACK) per transaction cost more CPU than the transaction itself.
+        if self._conn is None:
+            self._conn = self.engine.connect().execution_options(log_write=True)
+        return self._conn
+
+    def _drop_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except SQLAlchemyError as exc:
+                log.warning("inspection log: closing the writer's connection failed: %s", exc)
 
     def _commit(self, batch: Sequence[_Pending]) -> list[StoredRecord]:
-        with self._write_tx() as conn:
-            head = conn.execute(
-                select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1).with_for_update()
-            ).one()
-            seq, prev = int(head.seq), str(head.hash)
-            rows: list[dict[str, Any]] = []
-            for item in batch:
-                seq += 1
-                digest = chain.record_hash(seq, prev, item.fields)
-                rows.append({**item.fields, "seq": seq, "prev_hash": prev, "hash": digest})
-                prev = digest
-            conn.execute(insert(records), rows)
-            conn.execute(update(chain_head).where(chain_head.c.id == 1).values(seq=seq, hash=prev))
+        conn = self._writer_conn()
+        try:
+            with conn.begin():
+                head = conn.execute(_LOCK_HEAD).one()
+                seq, prev = int(head.seq), str(head.hash)
+                rows: list[dict[str, Any]] = []
+                for item in batch:
+                    seq += 1
+                    digest = chain.record_hash(seq, prev, item.fields)
+                    rows.append({**item.fields, "seq": seq, "prev_hash": prev, "hash": digest})
+                    prev = digest
+                conn.execute(_INSERT_RECORDS, rows)
+                conn.execute(_ADVANCE_HEAD, {"new_seq": seq, "new_hash": prev})
+        except BaseException:
+            # After a failed transaction the connection may be broken (server gone, disk
+            # error): the next batch starts on a fresh one, pre-pinged by the pool.
+            self._drop_conn()
+            raise
         self.stats.commits += 1
         self.stats.records += len(rows)
         self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
@@ -335,16 +373,40 @@ class SqlInspectionLog:
         self.close()
 
 
-def _settle(fut: concurrent.futures.Future[StoredRecord], *, result: StoredRecord | None = None,
-            exc: BaseException | None = None) -> None:
-    # The awaiting task may have been cancelled; the record is committed regardless.
+def _settle_all(batch: Sequence[_Pending], outcomes: Sequence[StoredRecord | BaseException]) -> None:
+    """Hand each caller its outcome: threads directly, event loops with ONE wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[StoredRecord], StoredRecord | BaseException]]] = {}
+    for item, outcome in zip(batch, outcomes, strict=True):
+        if item.future is not None:
+            _settle(item.future, outcome)
+        elif item.loop is not None and item.waiter is not None:
+            by_loop.setdefault(item.loop, []).append((item.waiter, outcome))
+    for loop, waiters in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_waiters, waiters)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more; the records are committed
+
+
+def _settle_waiters(waiters: Sequence[tuple[asyncio.Future[StoredRecord], StoredRecord | BaseException]]) -> None:
+    for waiter, outcome in waiters:
+        # The awaiting task may have given up (timeout, cancellation); the outcome stands regardless.
+        if waiter.done():
+            continue
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
+
+
+def _settle(fut: concurrent.futures.Future[StoredRecord], outcome: StoredRecord | BaseException) -> None:
     if fut.done():
         return
     try:
-        if exc is not None:
-            fut.set_exception(exc)
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
         else:
-            fut.set_result(result)  # type: ignore[arg-type]
+            fut.set_result(outcome)
     except concurrent.futures.InvalidStateError:
         pass
 
