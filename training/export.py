@@ -7,6 +7,8 @@ after ``inspection.preprocess.to_model_input`` — and returns softmax ``probabi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 from pathlib import Path
@@ -157,10 +159,16 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, spe
     per-image standardisation: everything before the first Conv) and the softmax stay float:
     they are cheap, and 8-bit there costs accuracy for nothing.
     """
+    pre = int8_path.with_name(int8_path.stem + ".pre.onnx")
+    # ORT's calibrators print progress to stdout; keep the CLI's output to our report.
+    with contextlib.redirect_stdout(io.StringIO()):
+        _quantize(fp32_path, pre, int8_path, calibration, spec)
+
+
+def _quantize(fp32_path: Path, pre: Path, int8_path: Path, calibration: np.ndarray, spec: InputSpec) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pre = int8_path.with_name(int8_path.stem + ".pre.onnx")
     try:
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantize_static(

@@ -225,7 +225,7 @@ def main(cfg: TrainConfig) -> TrainResult:
         int8_file = None
         if cfg.int8:
             int8_file = "model.int8.onnx"
-            X.quantize_int8(stage / "model.onnx", stage / int8_file, train.images[: min(len(train.images), 256)], spec)
+            X.quantize_int8(stage / "model.onnx", stage / int8_file, train.images[: min(len(train.images), 128)], spec)
             q_probs = X.ort_predict(X.ort_session(stage / int8_file), test.images, spec)
             q = _test_metrics(q_probs, test.labels, ds.classes, ds.good_class, threshold, per_class)
             test_metrics["int8"] = {"accuracy": q["accuracy"], "accuracy_change": q["accuracy"] - test_metrics["accuracy"],
