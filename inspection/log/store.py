@@ -151,6 +151,8 @@ class SqlInspectionLog:
         self._rng_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._conn: Connection | None = None  # the writer thread's own connection, kept between batches
+        #: async appends of the current loop iteration, per event loop (see append_async)
+        self._held: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         self._closed = False
         self._close_lock = threading.Lock()
         self._writer = threading.Thread(target=self._writer_loop, name="inspection-log-writer", daemon=True)
@@ -183,7 +185,16 @@ class SqlInspectionLog:
         # cancellation) only drops its waiter; the queued record commits regardless.
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[StoredRecord] = loop.create_future()
-        self._submit(_Pending(fields, loop=loop, waiter=waiter))
+        if self._closed:
+            raise ConflictError("the inspection log is closed; no record can be appended")
+        held = self._held.get(loop)
+        if held is None:
+            # Records appended during this loop iteration go to the writer together, at its end:
+            # one wake-up of the writer instead of one per record, and a frame's record and the
+            # part record it completes (appended by the next task) share one transaction.
+            held = self._held[loop] = []
+            loop.call_soon(self._release_held, loop)
+        held.append(_Pending(fields, loop=loop, waiter=waiter))
         if self.commit_timeout_s is None:
             return await waiter
         try:
@@ -218,6 +229,11 @@ class SqlInspectionLog:
         with self._rng_lock:
             return self._rng.random() < self.frame_sample_rate
 
+    def _release_held(self, loop: asyncio.AbstractEventLoop) -> None:
+        held = self._held.pop(loop, None)
+        if held:
+            self._queue.put(held)
+
     def _submit(self, pending: _Pending) -> None:
         if self._closed:
             raise ConflictError("the inspection log is closed; no record can be appended")
@@ -230,7 +246,7 @@ class SqlInspectionLog:
                 item = self._queue.get()
                 if item is _STOP:
                     break
-                batch = [item]
+                batch = list(item) if isinstance(item, list) else [item]
                 while len(batch) < self._max_batch:
                     try:
                         nxt = self._queue.get_nowait()
@@ -239,8 +255,13 @@ class SqlInspectionLog:
                     if nxt is _STOP:
                         stop = True
                         break
-                    batch.append(nxt)
-                _settle_all(batch, self._commit_batch(batch))
+                    if isinstance(nxt, list):
+                        batch.extend(nxt)
+                    else:
+                        batch.append(nxt)
+                for start in range(0, len(batch), self._max_batch):
+                    chunk = batch[start:start + self._max_batch]
+                    _settle_all(chunk, self._commit_batch(chunk))
         finally:
             self._drop_conn()
 
@@ -362,6 +383,8 @@ class SqlInspectionLog:
             if self._closed:
                 return
             self._closed = True
+        for loop in list(self._held):
+            self._release_held(loop)  # appended this loop iteration: accepted, so committed
         self._queue.put(_STOP)
         self._writer.join()
         self.engine.dispose()

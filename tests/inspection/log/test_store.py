@@ -246,3 +246,18 @@ def test_verify_sees_a_consistent_snapshot_while_writers_append(logs: Any) -> No
     assert len(reports) > 1
     assert all(r.ok for r in reports), [r for r in reports if not r.ok][:1]
     assert reports[-1].records == 100
+
+
+def test_async_appends_of_one_loop_iteration_share_one_transaction(log: Any) -> None:
+    # A frame's record and the part record it completes are appended by two tasks in the same
+    # loop iteration: they must reach the writer together (one commit, one fsync), in order.
+    async def main() -> list[Any]:
+        first = asyncio.ensure_future(log.append_async(LogEntry(kind="inspection", part_id="p", decision="pass")))
+        second = asyncio.ensure_future(log.append_async(LogEntry(kind="part", part_id="p", decision="pass")))
+        return list(await asyncio.gather(first, second))
+
+    commits = log.stats.commits
+    view, part = asyncio.run(main())
+    assert log.stats.commits == commits + 1
+    assert (view.seq, part.seq) == (1, 2) and part.prev_hash == view.hash
+    assert log.verify().ok
