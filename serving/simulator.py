@@ -10,10 +10,11 @@ the ground-truth labels, so the summary speaks the quality engineer's language: 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -82,8 +83,8 @@ class LineReport:
             f"  passed {c['passed']}, rejected {c['rejected']} (of which fail-safe {c['failsafe']})",
             f"  escapes  (defective passed): {c['escapes']} of {c['defective']} defective = {esc:.1%}",
             f"  overkill (good rejected):    {c['overkills']} of {c['good']} good = {ovk:.1%}",
-            f"  part decision latency, client side: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, "
-            f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms",
+            (f"  part decision latency, client side: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, "
+             f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms"),
             f"  frame latency, server side:         p50 {srv['p50']:.1f} ms, p99 {srv['p99']:.1f} ms",
         ])
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +23,7 @@ def test_fresh_interpreter_imports_serving_and_inspection_without_torch() -> Non
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"torch-side modules loaded by serving/inspection: {out.stdout.strip()}"
 
@@ -42,7 +41,5 @@ def test_no_forbidden_import_statements(package: str) -> None:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
             offenders += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names if n.split(".")[0] in FORBIDDEN]
-    # The CLI's `train` handler is the one sanctioned lazy import of training (it runs only
-    # where the train extra is installed); nothing else may reach for torch.
-    offenders = [o for o in offenders if not o.startswith(("inspection/cli/train.py", "inspection/cli/models.py", "inspection/cli/demo.py"))]
+    # No exceptions, not even in CLI handlers: `inspection train` runs training as its own process.
     assert offenders == []

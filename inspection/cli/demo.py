@@ -6,14 +6,15 @@ simulated line sends the held-out frames as parts while a simulated PLC acknowle
 part result over Modbus TCP -> summary against ground truth (escapes, overkills, latency
 percentiles) -> verify the inspection log's hash chain.
 
-Each step is one library call; this module only sequences them and prints what a new user
-should see. Torch is imported (inside the handler) only for the training step.
+Each step is one library call (training runs as its own process, like `inspection train`);
+this module only sequences them and prints what a new user should see.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import secrets
 import shutil
@@ -31,7 +32,7 @@ STATION = "line1"
 CAMERAS = ["top"]
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `demo` subcommand to the CLI."""
     p = sub.add_parser("demo", help="run the whole line end to end on a generated dataset (~5 minutes)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,17 +87,20 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{data_dir}: {len(ds.samples)} images ({counts}); fingerprint {ds.fingerprint[:16]}")
 
     _step(2, "train, calibrate the reject threshold, export ONNX with parity and golden checks")
-    from training.config import load_config
-    from training.train import main as train_main
+    from inspection.card import load_card
+    from inspection.cli.train import run_training
 
-    import training
-
-    cfg = load_config(Path(training.__file__).parent / "configs" / "demo.yaml",
-                      {"data": data_dir, "name": "demo", "models_dir": args.models_dir, "epochs": args.epochs})
-    result = train_main(cfg)
-    print(result.summary)
-    print(f"report: {result.path / 'report.html'}")
-    card = result.card
+    result_json = out / "train-result.json"
+    argv = ["--data", str(data_dir), "--config", "demo", "--name", "demo", "--models-dir", str(args.models_dir),
+            "--result-json", str(result_json)]
+    if args.epochs is not None:
+        argv += ["--epochs", str(args.epochs)]
+    code = run_training(argv)
+    if code != 0:
+        print(f"error: training failed with exit code {code}", file=sys.stderr)
+        return code
+    version_dir = Path(json.loads(result_json.read_text(encoding="utf-8"))["path"])
+    card = load_card(version_dir)
 
     _step(3, f"promote {card.model_id} to station {STATION}")
     registry = ModelRegistry(args.models_dir)
@@ -123,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
     settings_path = out / "serve.yaml"
     settings_path.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
     url = f"http://127.0.0.1:{port}"
-    server_log = open(out / "server.log", "wb")
+    server_log = open(out / "server.log", "wb")  # noqa: SIM115 - closed in the finally below, after the server
     proc = subprocess.Popen([sys.executable, "-m", "inspection", "serve", "--settings", str(settings_path)],
                             stdout=server_log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -137,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         from serving.simulator import LinePart, run_line
 
         parts = []
-        with open(result.path / "split.csv", newline="", encoding="utf-8") as fh:
+        with open(version_dir / "split.csv", newline="", encoding="utf-8") as fh:
             for i, row in enumerate(r for r in csv.DictReader(fh) if r["split"] == "test"):
                 parts.append(LinePart(f"DEMO-{i:05d}", data_dir / row["path"], row["label"]))
         if args.parts:

@@ -131,8 +131,8 @@ def _show(args: argparse.Namespace) -> int:
         f"threshold reject when P(defect) >= {t.reject:.6g}  target {t.target or '-'}  per-class {t.per_class or '-'}"
         + ("" if t.calibration.get("supported", True) else "  WARNING: target NOT supported by validation"),
         f"dataset   {card.dataset.name} ({card.dataset.fingerprint[:12]}…)  split {card.dataset.split_counts}",
-        f"parity    max |torch - onnx| {card.parity.max_abs_diff:.2g} on {card.parity.n_images} test images "
-        f"(tolerance {card.parity.tolerance:g}, {'passed' if card.parity.passed else 'FAILED'})",
+        (f"parity    max |torch - onnx| {card.parity.max_abs_diff:.2g} on {card.parity.n_images} test images "
+         f"(tolerance {card.parity.tolerance:g}, {'passed' if card.parity.passed else 'FAILED'})"),
         f"test      {_headline(card)}",
         f"files     {', '.join(sorted(card.files))}" + ("  (sha256 verified)" if args.verify else ""),
     ]
@@ -156,8 +156,6 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _archs(args: argparse.Namespace) -> int:
-    from training.models import list_models, model_info
+    from inspection.cli.train import run_training
 
-    for name in list_models():
-        print(f"{name:20s} {model_info(name).description}")
-    return 0
+    return run_training(["--list-archs"])

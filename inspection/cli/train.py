@@ -1,69 +1,40 @@
-"""`inspection train` — train, calibrate, export and verify a model version.
+"""`inspection train`: runs the training pipeline (``python -m training``) as its own process.
 
-The handler only parses flags into overrides; ``training.config.load_config`` merges them over
-the YAML defaults and ``training.train.main`` does the work (torch is imported in the handler,
-so the rest of the CLI runs without the training extra).
+Training needs torch, torchvision and albumentations (the ``train`` extra); the core and the
+serving path must not import them, so this command hands its arguments to the training
+program instead of importing it. On a line PC without the extra it says what to install.
+Every flag is the training program's: ``inspection train --help`` lists them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
 import sys
-from pathlib import Path
-from typing import Any
 
-#: flag dest -> config key (flags left at None are "not given": the YAML value stands).
-_OVERRIDES = (
-    "data", "arch", "epochs", "batch_size", "lr", "image_size", "seed", "max_escape", "max_overkill",
-    "name", "models_dir", "resume", "val_fraction", "test_fraction", "patience", "threads", "pretrained_path",
-)
+from inspection.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `train` subcommand(s) to the CLI."""
-    p = sub.add_parser(
-        "train",
-        help="train a defect classifier on a dataset and export a verified model version",
-        description="Train on DATASET (standard layout), calibrate the reject threshold on validation, "
-        "evaluate on test, export ONNX with parity/golden checks and write models/<name>/<version>/.",
-    )
-    p.add_argument("--data", type=Path, required=False, help="dataset folder (standard layout); required unless --resume")
-    p.add_argument("--arch", help="architecture (see `inspection models archs`); default from the config")
-    p.add_argument("--config", type=Path, help="YAML config with defaults (flags still win); see training/configs/")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--image-size", type=int, help="square input size in pixels (the card's input size)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--test-fraction", type=float)
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--max-escape", type=float, help="calibrate for at most this escape rate on validation (default 0.01)")
-    target.add_argument("--max-overkill", type=float, help="calibrate for at most this overkill rate on validation")
-    p.add_argument("--allow-unsupported-target", action="store_true", default=None,
-                   help="calibrate even when validation has too few parts for the target; the card says supported: false")
-    p.add_argument("--int8", action="store_true", default=None, help="also write model.int8.onnx and report its accuracy change")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
-                   help="do not look for pretrained weights in the local torch cache")
-    p.add_argument("--pretrained-path", type=Path, help="pretrained torchvision weights file (never downloaded)")
-    p.add_argument("--name", help="model name (default: the dataset's name)")
-    p.add_argument("--models-dir", type=Path, help="registry root (default: models)")
-    p.add_argument("--resume", type=Path, help="checkpoint.pt (or its folder) of an interrupted run")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
-    p.set_defaults(func=_train)
+    """Add the `train` subcommand; its flags are parsed by the training program."""
+    p = sub.add_parser("train", add_help=False, prefix_chars="\x00",
+                       help="train a defect classifier and export a verified model version (needs the train extra)")
+    p.set_defaults(func=_train, passthrough=True)
+
+
+def run_training(argv: list[str]) -> int:
+    """Run ``python -m training ARGV`` in this interpreter; returns its exit code.
+
+    Raises:
+        ConfigError: the training extra is not installed here.
+    """
+    missing = [m for m in ("torch", "torchvision", "albumentations", "training") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"`inspection train` needs the training extra ({', '.join(missing)} not installed): "
+                          "pip install 'inspection[train]'")
+    return subprocess.call([sys.executable, "-m", "training", *argv])
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.config import load_config
-    from training.train import main
-
-    overrides: dict[str, Any] = {key: getattr(args, key) for key in _OVERRIDES}
-    overrides.update(allow_unsupported_target=args.allow_unsupported_target, int8=args.int8, pretrained=args.pretrained, progress=args.progress)
-    cfg = load_config(args.config, overrides)
-    result = main(cfg)
-    print(result.summary)
-    print(f"report: {result.path / 'report.html'}")
-    sys.stdout.flush()
-    return 0
+    return run_training(list(args.extra))

@@ -162,10 +162,12 @@ def test_per_class_threshold_for_the_good_class_is_refused(tmp_path: Path) -> No
     _expect_refusal(tmp_path, ds.root, ConfigError, r"per-class thresholds for \['good'\]", per_class_thresholds={"good": 0.5})
 
 
-def test_cli_reports_refusals_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_refusals_with_exit_2(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # `inspection train` runs the training program as a child process: capture at fd level.
     ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
     assert cli(["train", "--data", str(ds.root), "--arch", "nope", "--models-dir", str(tmp_path / "m")]) == 2
-    assert "error: unknown architecture 'nope'" in capsys.readouterr().err
+    assert "error: unknown architecture 'nope'" in capfd.readouterr().err
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").glob("*/v*"))
 
 
 def test_allow_unsupported_target_trains_and_says_so(tmp_path: Path) -> None:

@@ -1,0 +1,120 @@
+"""`inspection train` (= `python -m training`) — train, calibrate, export and verify a model version.
+
+The ``inspection`` CLI runs this module as its own process (see ``inspection/cli/train.py``), so
+the torch-free core never imports training. The handler only parses flags into overrides;
+``training.config.load_config`` merges them over the YAML defaults and ``training.train.main``
+does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from inspection.errors import ConfigError, InspectionError
+
+#: flag dest -> config key (flags left at None are "not given": the YAML value stands).
+_OVERRIDES = (
+    "data", "arch", "epochs", "batch_size", "lr", "image_size", "seed", "max_escape", "max_overkill",
+    "name", "models_dir", "resume", "val_fraction", "test_fraction", "patience", "threads", "pretrained_path",
+)
+
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `inspection train` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="inspection train",
+        description="Train on DATASET (standard layout), calibrate the reject threshold on validation, "
+        "evaluate on test, export ONNX with parity/golden checks and write models/<name>/<version>/.",
+    )
+    p.add_argument("--data", type=Path, required=False, help="dataset folder (standard layout); required unless --resume")
+    p.add_argument("--arch", help="architecture (see `inspection models archs`); default from the config")
+    p.add_argument("--config", type=Path, help="YAML config with defaults (flags still win); see training/configs/")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--image-size", type=int, help="square input size in pixels (the card's input size)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--test-fraction", type=float)
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--max-escape", type=float, help="calibrate for at most this escape rate on validation (default 0.01)")
+    target.add_argument("--max-overkill", type=float, help="calibrate for at most this overkill rate on validation")
+    p.add_argument("--allow-unsupported-target", action="store_true", default=None,
+                   help="calibrate even when validation has too few parts for the target; the card says supported: false")
+    p.add_argument("--int8", action="store_true", default=None, help="also write model.int8.onnx and report its accuracy change")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
+                   help="do not look for pretrained weights in the local torch cache")
+    p.add_argument("--pretrained-path", type=Path, help="pretrained torchvision weights file (never downloaded)")
+    p.add_argument("--name", help="model name (default: the dataset's name)")
+    p.add_argument("--models-dir", type=Path, help="registry root (default: models)")
+    p.add_argument("--resume", type=Path, help="checkpoint.pt (or its folder) of an interrupted run")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
+    p.add_argument("--result-json", type=Path,
+                   help="also write {path, name, version} of the new version to this file (for scripts)")
+    p.add_argument("--list-archs", action="store_true", help="list the registered architectures and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def resolve_config(value: Path | None) -> Path | None:
+    """A config path, or the name of a bundled config (``demo`` -> training/configs/demo.yaml).
+
+    Raises:
+        ConfigError: neither an existing file nor a bundled config name.
+    """
+    if value is None or value.is_file():
+        return value
+    bundled = CONFIG_DIR / f"{value}.yaml"
+    if value.suffix == "" and bundled.is_file():
+        return bundled
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"--config {value}: no such file, and not a bundled config; bundled: {names}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `inspection train`; returns the exit code (2 for bad input, with `error: ...`)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return _train(args)
+    except InspectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.list_archs:
+        from training.models import list_models, model_info
+
+        for name in list_models():
+            print(f"{name:22s} {model_info(name).description}")
+        return 0
+    from training.config import load_config
+    from training.train import main
+
+    overrides: dict[str, Any] = {key: getattr(args, key) for key in _OVERRIDES}
+    overrides.update(allow_unsupported_target=args.allow_unsupported_target, int8=args.int8, pretrained=args.pretrained, progress=args.progress)
+    cfg = load_config(resolve_config(args.config), overrides)
+    result = main(cfg)
+    print(result.summary)
+    print(f"report: {result.path / 'report.html'}")
+    sys.stdout.flush()
+    if args.result_json is not None:
+        args.result_json.write_text(json.dumps(
+            {"path": str(result.path), "name": result.card.name, "version": result.card.version}), encoding="utf-8")
+    return 0
