@@ -192,7 +192,7 @@ class MicroBatcher:
                 self._running = 0
                 self._metrics.queue_depth.set(self.depth)
             elapsed = time.perf_counter() - started
-            self._metrics.model_latency.labels(model.model_id).observe(elapsed)
+            self._metrics.child(self._metrics.model_latency, model.model_id).observe(elapsed)
             self._metrics.batch_size.observe(len(batch))
             for item, row in zip(batch, probs):
                 if not item.future.done():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Latency buckets from 0.25 ms to 2.5 s: a line answer is a few ms, a stalled one is seconds.
@@ -15,6 +17,7 @@ class ServingMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.e2e_latency = Histogram(
             "inspection_request_latency_seconds",
@@ -40,6 +43,15 @@ class ServingMetrics:
             "inspection_active_model", "1 for the model version active on a station", ["station", "model"], registry=r)
         self.model_load_failures = Counter(
             "inspection_model_load_failures_total", "Model versions refused on (re)load", ["model"], registry=r)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: the per-frame path skips the lock and label
+        checks of ``labels()``. Label values here are bounded (stations, decisions, classes, models)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

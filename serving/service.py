@@ -178,20 +178,21 @@ class InspectionService:
             data["model_decision"] = verdict
             verdict, failsafe_reason = "reject", "late_view: the part was decided before this frame arrived"
         latency_ms = (time.perf_counter() - started) * 1000.0
+        frame_sha256, frame = self._frame_for_log(verdict, failsafe_reason, body)
         entry = LogEntry(
             kind="inspection", inspection_id=new_id(), station=req.station, camera=req.camera, part_id=req.part_id,
-            decision=verdict, defect_class=decision.defect_class, scores=decision.scores,
+            frame_sha256=frame_sha256, decision=verdict, defect_class=decision.defect_class, scores=decision.scores,
             threshold=decision.threshold, model_name=model.card.name, model_version=model.card.version,
             model_sha256=model.model_sha256, latency_ms=round(latency_ms, 3), failsafe_reason=failsafe_reason,
             actor=req.actor, data=data,
         )
-        entry, frame = self._frame_for_log(entry, body)
         commit = asyncio.ensure_future(self._commit(entry, frame))
         if frame is not None:
             await asyncio.wait({commit})  # the frame is written first (worker thread); keep record order
         # Without a frame, the append is queued in the commit task's first step; a part record this
-        # view completes is queued by the next task in the same loop iteration, right after it, so
-        # the log's writer usually takes both into ONE transaction (one fsync instead of two).
+        # view completes is queued by the next task in the same loop iteration, right after it, and
+        # the log hands the appends of one loop iteration to its writer together: ONE transaction
+        # (one fsync instead of two).
         await self.parts.add_view(req.station, req.part_id, View(req.camera, entry.inspection_id, verdict,
                                                                  model.model_id, failsafe_reason, commit))
         try:
@@ -201,10 +202,11 @@ class InspectionService:
             self.metrics.failsafe.labels(req.station, "log_error").inc()
             raise attach_failsafe(exc, {"decision": "reject", "reason": f"log_error: {exc}", "part_id": req.part_id})
         predicted = max(decision.scores, key=decision.scores.__getitem__)
-        self.metrics.decisions.labels(req.station, verdict, predicted).inc()
+        metrics = self.metrics
+        metrics.child(metrics.decisions, req.station, verdict, predicted).inc()
         if failsafe_reason:
-            self.metrics.failsafe.labels(req.station, "late_view").inc()
-        self.metrics.e2e_latency.labels(req.station).observe(time.perf_counter() - started)
+            metrics.failsafe.labels(req.station, "late_view").inc()
+        metrics.child(metrics.e2e_latency, req.station).observe(time.perf_counter() - started)
         return {
             "inspection_id": entry.inspection_id,
             "part_id": req.part_id,
@@ -218,16 +220,16 @@ class InspectionService:
             "latency_ms": round(latency_ms, 3),
         }
 
-    def _frame_for_log(self, entry: LogEntry, body: bytes) -> tuple[LogEntry, bytes | None]:
-        """The entry and the frame to hand to the log.
+    def _frame_for_log(self, verdict: str, failsafe_reason: str | None, body: bytes) -> tuple[str | None, bytes | None]:
+        """(frame_sha256 for the entry, frame to hand to the log): one of them is None.
 
         The log keeps every reject's frame and passes' frames at its sample rate. When it would
         not keep this frame anyway (a pass, sample rate 0) only its sha256 is recorded, computed
         here: that spares the log a worker-thread hop per frame.
         """
-        if entry.decision == "pass" and not entry.failsafe_reason and getattr(self.log, "frame_sample_rate", None) == 0.0:
-            return replace(entry, frame_sha256=hashlib.sha256(body).hexdigest()), None
-        return entry, body
+        if verdict == "pass" and not failsafe_reason and getattr(self.log, "frame_sample_rate", None) == 0.0:
+            return hashlib.sha256(body).hexdigest(), None
+        return None, body
 
     async def _commit(self, entry: LogEntry, frame: bytes | None) -> StoredRecord:
         """Append one inspection record and publish it once durable."""
@@ -309,6 +311,6 @@ class InspectionService:
         part.inspection_id = record.entry.inspection_id if record is not None else None
         if record is not None:
             self.bus.publish(DecisionEvent("part", record))
-        self.metrics.part_decisions.labels(part.station, part.decision or "reject").inc()
+        self.metrics.child(self.metrics.part_decisions, part.station, part.decision or "reject").inc()
         if part.failsafe_reason and any(r.startswith("missing_view") for r in part.failsafe_reason.split("; ")):
             self.metrics.failsafe.labels(part.station, "missing_view").inc()
