@@ -507,6 +507,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   b {args.clients} clients fps / best bare batched fps: {share:.2f}   target >= 0.8   "
                   f"{'OK' if share >= 0.8 else 'MISSED'}")
             print(f"   b resident memory: {res['rss_mb']:.0f} MB   target <= 400 MB   {'OK' if res['rss_mb'] <= 400 else 'MISSED'}")
+        if len(ours) > 1:
+            # The cost of durability at a glance: the same server, log fsynced per commit or not.
+            print(f"\nlog durability side by side (1 client, best of {args.repeat}; {args.clients} clients):")
+            print(f"   {'mode':<22}{'p50 ms':>8}{'p99 ms':>8}{'b/a':>7}{'p99/p50':>9}{'CPU ms/frame':>14}{'fps 8c':>8}")
+            for label, res in ours.items():
+                one, many = res["one_client"], res[f"{args.clients}_clients"]
+                cpu = min(r["cpu_ms_per_frame"] for r in res["one_client_runs"])
+                print(f"   {label:<22}{one['p50_ms']:8.2f}{one['p99_ms']:8.2f}{one['p50_ms'] / best_bare['p50_ms']:7.2f}"
+                      f"{one['p99_ms'] / one['p50_ms']:9.2f}{cpu:14.2f}{many['fps']:8.0f}")
         if args.json:
             args.json.write_text(json.dumps({"bare": bare, "ours": ours, "torch": torch_one}, indent=2, default=str))
     return 0
