@@ -27,7 +27,7 @@ from typing import Any, get_args
 
 from sqlalchemy import RowMapping, bindparam, create_engine, event, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from inspection.errors import ConfigError, ConflictError, InspectionError, NotFoundError, ValidationError
 from inspection.log import chain
@@ -68,6 +68,10 @@ _ADVANCE_HEAD = update(chain_head).where(chain_head.c.id == 1).values(
 
 
 _STOP = object()
+
+
+class _StaleConnection(Exception):
+    """The writer's kept connection was found dead before the transaction wrote anything."""
 
 
 @dataclass
@@ -291,10 +295,23 @@ class SqlInspectionLog:
                 log.warning("inspection log: closing the writer's connection failed: %s", exc)
 
     def _commit(self, batch: Sequence[_Pending]) -> list[StoredRecord]:
+        try:
+            return self._commit_on(self._conn is not None, batch)
+        except _StaleConnection:
+            # The kept connection had died since the last transaction (database restart, idle
+            # timeout) and nothing was written on it: start over once on a fresh, pre-pinged one.
+            return self._commit_on(False, batch)
+
+    def _commit_on(self, reused: bool, batch: Sequence[_Pending]) -> list[StoredRecord]:
         conn = self._writer_conn()
         try:
             with conn.begin():
-                head = conn.execute(_LOCK_HEAD).one()
+                try:
+                    head = conn.execute(_LOCK_HEAD).one()
+                except DBAPIError as exc:
+                    if reused and exc.connection_invalidated:
+                        raise _StaleConnection from exc
+                    raise
                 seq, prev = int(head.seq), str(head.hash)
                 rows: list[dict[str, Any]] = []
                 for item in batch:

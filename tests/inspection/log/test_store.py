@@ -261,3 +261,17 @@ def test_async_appends_of_one_loop_iteration_share_one_transaction(log: Any) -> 
     assert log.stats.commits == commits + 1
     assert (view.seq, part.seq) == (1, 2) and part.prev_hash == view.hash
     assert log.verify().ok
+
+
+def test_the_writer_reconnects_when_its_connection_was_dropped_between_appends(log: Any) -> None:
+    # The writer keeps its connection between transactions; a database restart (or an idle
+    # timeout) in between must not fail the next append: nothing was written yet, so it starts
+    # over on a fresh connection.
+    if log.dialect != "postgresql":
+        pytest.skip("a SQLite file has no server that could drop the connection")
+    log.append(LogEntry(kind="event"))
+    pid = log._conn.connection.driver_connection.info.backend_pid
+    with log.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid}).scalar()
+    second = log.append(LogEntry(kind="event"))
+    assert second.seq == 2 and log.verify().ok
