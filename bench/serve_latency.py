@@ -431,7 +431,7 @@ def _fmt(name: str, s: dict[str, float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="tinyres", help="training.models architecture (default: tinyres)")
+    parser.add_argument("--arch", default="linecnn", help="training.models architecture (default: linecnn, the training default)")
     parser.add_argument("--size", type=int, default=128, help="model input side in pixels (default 128)")
     parser.add_argument("--frame-side", type=int, default=256, help="camera frame side sent, PNG (default 256)")
     parser.add_argument("--frames", type=int, default=64, help="distinct frames (default 64)")

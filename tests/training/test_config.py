@@ -17,7 +17,7 @@ def test_defaults_then_file_then_flags(tmp_path: Path) -> None:
     cfg = load_config(f, {"epochs": 3, "arch": None})
     assert cfg.epochs == 3            # flag wins
     assert cfg.image_size == 96       # file beats default
-    assert cfg.arch == "tinyres"      # None flag = not given
+    assert cfg.arch == "linecnn"      # None flag = not given: default.yaml's value stands
     assert cfg.augment.rot90 is False and cfg.augment.hflip is True  # nested merge keeps other keys
 
 
