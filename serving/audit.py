@@ -12,11 +12,10 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from datetime import datetime, timedelta
-from importlib import resources
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
-from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inspection.errors import ConflictError, InspectionError, NotFoundError
@@ -27,6 +26,7 @@ from inspection.log.query import MAX_LIMIT, RecordFilter, query_records
 from inspection.log.records import LogEntry, RecordKind, StoredRecord
 from inspection.log.retention import prune_frames
 from inspection.log.store import SqlInspectionLog
+from serving.pages import static_page_router
 
 log = logging.getLogger(__name__)
 
@@ -208,17 +208,8 @@ def audit_router(
 
 
 def audit_page_router() -> APIRouter:
-    """``GET /audit``: the audit web page (static; it asks for an API key and calls the API)."""
-    router = APIRouter(include_in_schema=False)
-
-    @router.get("/audit", response_class=HTMLResponse)
-    def audit_page() -> HTMLResponse:
-        html = resources.files("serving").joinpath("static/audit.html").read_text(encoding="utf-8")
-        return HTMLResponse(html, headers={"Cache-Control": "no-store",
-                                           "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
-                                                                      "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
-
-    return router
+    """``GET /audit``: the audit page (static; it asks for an API key and calls the API)."""
+    return static_page_router("/audit", "audit.html")
 
 
 def retention_lifespan(settings: Any) -> Callable[[Any], AbstractAsyncContextManager[None]]:

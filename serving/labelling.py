@@ -18,12 +18,11 @@ saw an older revision a 409 (see ``inspection.labels``); none of them writes any
 
 # No "from __future__ import annotations": FastAPI must resolve the route-local Annotated aliases.
 
-from importlib import resources
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Body, Depends, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -34,6 +33,7 @@ from inspection.log.query import MAX_LIMIT
 from inspection.log.store import SqlInspectionLog
 from serving.audit import app_log
 from serving.auth import Principal, Require
+from serving.pages import static_page_router
 from serving.settings import Role
 
 LABEL_ROLES: tuple[Role, ...] = ("engineer", "admin")
@@ -145,17 +145,8 @@ def labelling_router() -> APIRouter:
 
 
 def label_page_router() -> APIRouter:
-    """``GET /label``: the labelling page (static; it asks for a key and calls the API)."""
-    router = APIRouter(include_in_schema=False)
-
-    @router.get("/label", response_class=HTMLResponse)
-    def label_page() -> HTMLResponse:
-        html = resources.files("serving").joinpath("static/label.html").read_text(encoding="utf-8")
-        return HTMLResponse(html, headers={"Cache-Control": "no-store",
-                                           "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
-                                                                      "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
-
-    return router
+    """``GET /label``: the labelling page (static; it asks for an API key and calls the API)."""
+    return static_page_router("/label", "label.html")
 
 
 def build_router(settings: Any = None) -> APIRouter:
