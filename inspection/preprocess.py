@@ -49,6 +49,13 @@ def _sniff(data: bytes) -> str | None:
     return None
 
 
+def media_type(data: bytes) -> str:
+    """The MIME type of encoded image bytes from their magic number (``application/octet-stream``
+    when they are none of PNG, JPEG, BMP, TIFF, e.g. raw pixels)."""
+    kind = _sniff(data)
+    return f"image/{kind}" if kind else RAW_TYPE
+
+
 def _is_truncated(data: bytes, kind: str) -> bool:
     # OpenCV happily decodes a truncated JPEG/PNG into a partly grey image (libjpeg only
     # warns), which would let a broken transfer be scored as a real part. Check the trailers.

@@ -21,11 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from inspection.errors import ConflictError, InspectionError, NotFoundError
 from inspection.log.chain import VerifyReport
 from inspection.log.export import MEDIA_TYPES, iter_export, record_dict
-from inspection.log.frames import check_sha, media_type
+from inspection.log.frames import check_sha
 from inspection.log.query import MAX_LIMIT, RecordFilter, query_records
 from inspection.log.records import LogEntry, RecordKind, StoredRecord
 from inspection.log.retention import prune_frames
 from inspection.log.store import SqlInspectionLog
+from inspection.preprocess import media_type
 from serving.pages import static_page_router
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,10 @@ from starlette.concurrency import run_in_threadpool
 
 from inspection import labels as L
 from inspection.errors import InspectionError
-from inspection.log.frames import check_sha, media_type
+from inspection.log.frames import check_sha
 from inspection.log.query import MAX_LIMIT
 from inspection.log.store import SqlInspectionLog
+from inspection.preprocess import media_type
 from serving.audit import app_log
 from serving.auth import Principal, Require
 from serving.pages import static_page_router

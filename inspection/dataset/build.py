@@ -31,8 +31,8 @@ from inspection.card import utc_now
 from inspection.dataset.layout import Dataset, Sample, read_dataset, write_dataset
 from inspection.errors import DatasetError, NotFoundError, ValidationError
 from inspection.labels import all_labels
-from inspection.log.frames import media_type
 from inspection.log.store import SqlInspectionLog
+from inspection.preprocess import media_type
 
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/bmp": "bmp", "image/tiff": "tif"}
 

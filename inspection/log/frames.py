@@ -39,19 +39,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def media_type(data: bytes) -> str:
-    """The image type from its magic bytes (frames are stored as the camera/client sent them)."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:2] == b"BM":
-        return "image/bmp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "image/tiff"
-    return "application/octet-stream"
-
-
 @dataclass(frozen=True, slots=True)
 class StoredFrame:
     sha256: str
