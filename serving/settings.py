@@ -38,6 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from inspection.config import deep_merge
 from inspection.errors import ConfigError
 from serving.line.settings import LineSettings
 
@@ -248,16 +249,6 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def read_settings_file(path: Path) -> dict[str, Any]:
     """The raw mapping from a YAML (.yaml/.yml) or JSON file.
 
@@ -306,9 +297,9 @@ def load_settings(path: Path | None = None, *, env: Mapping[str, str] | None = N
     """
     data: dict[str, Any] = read_settings_file(path) if path is not None else {}
     if env is not None:
-        data = _merge(data, env_overrides(env))
+        data = deep_merge(data, env_overrides(env))
     if overrides:
-        data = _merge(data, dict(overrides))
+        data = deep_merge(data, dict(overrides))
     base = Path(path).resolve().parent if path is not None else None
     if base is not None:
         # Relative paths in a settings file are relative to the file, not to the cwd.

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from inspection.config import deep_merge
 from inspection.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -106,16 +107,6 @@ class TrainConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from ``path``.
 
@@ -143,13 +134,13 @@ def load_config(config_file: Path | None = None, overrides: dict[str, Any] | Non
     """
     merged = read_yaml(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else {}
     if config_file is not None:
-        merged = _deep_merge(merged, read_yaml(config_file))
+        merged = deep_merge(merged, read_yaml(config_file))
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     if "max_overkill" in flags and "max_escape" not in flags:
         merged["max_escape"] = None
     if "max_escape" in flags and "max_overkill" not in flags:
         merged["max_overkill"] = None
-    merged = _deep_merge(merged, flags)
+    merged = deep_merge(merged, flags)
     try:
         return TrainConfig.model_validate(merged)
     except ValidationError as exc:
