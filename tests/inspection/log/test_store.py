@@ -270,7 +270,7 @@ def test_the_writer_reconnects_when_its_connection_was_dropped_between_appends(l
     if log.dialect != "postgresql":
         pytest.skip("a SQLite file has no server that could drop the connection")
     log.append(LogEntry(kind="event"))
-    pid = log._conn.connection.driver_connection.info.backend_pid
+    pid = log._conn.driver_connection.info.backend_pid
     with log.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid}).scalar()
     second = log.append(LogEntry(kind="event"))
