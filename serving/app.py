@@ -24,7 +24,7 @@ from fastapi import APIRouter, FastAPI
 
 from inspection.errors import InspectionError
 from inspection.log.records import InspectionLog
-from serving import errors
+from serving import errors, frames
 from serving.auth import KeyStore
 from serving.batching import MicroBatcher
 from serving.events import DecisionBus
@@ -134,8 +134,12 @@ def create_app(
     app.state.keys = KeyStore(settings.api_keys, open_access=settings.demo)
     app.state.ready = False
     errors.install(app)
+    paths: set[str] = set()
     for factory in (default_routers() if routers is None else routers):
         router = factory(settings)
         if router is not None:
             app.include_router(router)
+            paths.update(getattr(route, "path", "") for route in router.routes)
+    if frames.INSPECTIONS_PATH in paths:
+        app.add_middleware(frames.FrameFastLane)
     return app

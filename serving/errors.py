@@ -70,6 +70,11 @@ def error_response(exc: E.InspectionError) -> JSONResponse:
 
 async def _domain_handler(conn: HTTPConnection, exc: Exception) -> JSONResponse:
     assert isinstance(exc, E.InspectionError)
+    return await domain_error_response(conn, exc)
+
+
+async def domain_error_response(conn: HTTPConnection, exc: E.InspectionError) -> JSONResponse:
+    """The answer to a domain error (counted, logged when a 5xx); also used outside the router."""
     metrics = getattr(conn.app.state, "metrics", None)
     if metrics is not None:
         metrics.bad_requests.labels(exc.code).inc()
