@@ -79,6 +79,10 @@ class MicroBatcher:
     def depth(self) -> int:
         return len(self._queue) + self._running
 
+    def idle(self) -> bool:
+        """No frame queued, being scored, or on its way (read or decoded) right now."""
+        return not self._queue and not self._running and not self._arriving
+
     # -- producers ---------------------------------------------------------------------
     @contextmanager
     def arriving(self) -> Iterator[Arrival]:

@@ -158,6 +158,10 @@ class ServeSettings(_Section):
     frame_sample_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     #: SQLite only: FULL survives power loss; NORMAL survives a process crash and commits faster.
     log_sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    #: SQLite only: when no other frame is in flight, commit a frame's records on the event
+    #: loop's thread instead of handing them to the log's writer thread and back (saves two
+    #: thread wake-ups per lone frame; never waits for the database lock).
+    log_inline_commit: bool = True
     #: Frame retention (records are always kept; each pruning is itself a ``prune`` record):
     #: frames older than this many days are removed ...
     frames_max_age_days: float | None = Field(default=None, gt=0, le=36_500)

@@ -275,3 +275,97 @@ def test_the_writer_reconnects_when_its_connection_was_dropped_between_appends(l
         assert conn.exec_driver_sql("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid}).scalar()
     second = log.append(LogEntry(kind="event"))
     assert second.seq == 2 and log.verify().ok
+
+
+# -- inline commits (a lone frame's records committed on the event loop's thread) --------------
+def _committing_threads(log: Any) -> list[str]:
+    seen: list[str] = []
+    original = log._transaction
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    log._transaction = spy
+    return seen
+
+
+def test_a_lone_async_append_commits_on_the_loop_thread_when_allowed(log: Any) -> None:
+    threads = _committing_threads(log)
+    log.inline_commit_when = lambda: True
+
+    async def main() -> list[Any]:
+        view = asyncio.ensure_future(log.append_async(LogEntry(kind="inspection", part_id="p", decision="pass")))
+        part = asyncio.ensure_future(log.append_async(LogEntry(kind="part", part_id="p", decision="pass")))
+        return list(await asyncio.gather(view, part))
+
+    view, part = asyncio.run(main())
+    assert (view.seq, part.seq) == (1, 2) and part.prev_hash == view.hash
+    assert log.get(part.entry.inspection_id) == part
+    # SQLite: one transaction, on the loop's (main) thread; PostgreSQL never commits inline.
+    expected = ["MainThread"] if log.dialect == "sqlite" else ["inspection-log-writer"]
+    assert threads == expected
+    log.inline_commit_when = lambda: False
+    asyncio.run(log.append_async(LogEntry(kind="event")))
+    assert threads[-1] == "inspection-log-writer"
+    assert log.verify().ok
+
+
+def test_an_inline_commit_never_waits_for_a_locked_database(logs: Any) -> None:
+    # Another process (here: connection) holds SQLite's write lock. The loop must not block
+    # for the busy timeout: the records go to the writer, which waits; the loop keeps running.
+    log = logs.open()
+    if log.dialect != "sqlite":
+        pytest.skip("inline commits are a SQLite feature")
+    log.inline_commit_when = lambda: True
+    threads = _committing_threads(log)
+    blocker = logs.open()
+    from inspection.log.tables import chain_head
+
+    async def main() -> tuple[Any, float]:
+        loop = asyncio.get_running_loop()
+        longest = 0.0
+        with blocker._write_tx() as conn:
+            conn.execute(sa.select(chain_head)).all()
+            append = asyncio.ensure_future(log.append_async(LogEntry(kind="event")))
+            for _ in range(20):  # the loop keeps running while the lock is held
+                before = loop.time()
+                await asyncio.sleep(0.01)
+                longest = max(longest, loop.time() - before)
+            assert not append.done()
+        return await append, longest
+
+    record, longest = asyncio.run(main())
+    # Waiting for the lock would stall the loop for the busy timeout (30 s); not a speed check.
+    assert longest < 10 and record.seq == 1
+    assert threads[0] == "MainThread" and threads[-1] == "inspection-log-writer"
+    assert log.verify().ok
+
+
+def test_no_inline_commit_while_the_writer_has_records_so_the_order_holds(log: Any) -> None:
+    # A record handed to the writer first must get the lower seq, even when a later lone
+    # append would be allowed to commit inline.
+    log.inline_commit_when = lambda: True
+    gate = threading.Event()
+    original = log._commit_batch
+
+    def slow(batch: Any) -> Any:
+        gate.wait(10)
+        return original(batch)
+
+    log._commit_batch = slow
+    first: list[Any] = []
+    writer_side = threading.Thread(target=lambda: first.append(log.append(LogEntry(kind="event", actor="first"))))
+    writer_side.start()
+    time.sleep(0.05)
+
+    async def main() -> Any:
+        later = asyncio.ensure_future(log.append_async(LogEntry(kind="event", actor="second")))
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await later
+
+    second = asyncio.run(main())
+    writer_side.join()
+    assert (first[0].seq, second.seq) == (1, 2)
+    assert log.verify().ok
