@@ -10,6 +10,7 @@ instead of growing latency without bound.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -179,7 +180,7 @@ class MicroBatcher:
                     # meanwhile wait in the socket buffer for at most this one call.
                     probs = model.run(pixels)
                 else:
-                    probs = await loop.run_in_executor(self._executor, model.run, pixels)
+                    probs = await loop.run_in_executor(self._executor, functools.partial(model.run, pixels, busy=True))
             except ModelError as exc:
                 for item in batch:
                     if not item.future.done():

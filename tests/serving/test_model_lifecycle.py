@@ -117,3 +117,34 @@ async def test_promote_and_rollback_swap_live_without_failing_in_flight_frames(t
     assert versions[0] == "tiny/v1" and versions[-1] == "tiny/v1" and "tiny/v2" in versions
     assert 'inspection_model_load_failures_total{model="tiny/v3"} 1.0' in metrics
     assert ready.status_code == 200
+
+
+def test_the_busy_session_scores_like_the_lone_frame_session_and_is_verified(models_dir) -> None:
+    # Under load batches run on a second session with fewer intra-op threads; it is the same
+    # file, checked against the golden frames too, and gives the same probabilities.
+    from serving.model import load_model
+    from serving.settings import RuntimeSettings
+
+    version = ModelRegistry(models_dir).get("tiny", "v1")
+    model = load_model(version, RuntimeSettings(intra_op_threads=2, busy_intra_op_threads=1))
+    assert model.busy_session is not None
+    pixels = np.random.default_rng(0).integers(0, 256, size=(5, 1, 32, 32), dtype=np.uint8)
+    np.testing.assert_allclose(model.run(pixels, busy=True), model.run(pixels), atol=1e-6)
+    one = load_model(version, RuntimeSettings(intra_op_threads=2, busy_intra_op_threads=2))
+    assert one.busy_session is None  # same thread count: one session serves both
+
+
+def test_start_refuses_a_model_when_the_busy_session_disagrees_with_the_golden_frames(tmp_path, models_dir, keys, monkeypatch) -> None:
+    import serving.model as serving_model
+
+    real = serving_model.LoadedModel.run
+
+    def skewed(self, pixels, *, busy=False):  # the busy session's runtime misbehaves
+        out = real(self, pixels, busy=busy)
+        return out + 0.01 if busy else out
+
+    monkeypatch.setattr(serving_model.LoadedModel, "run", skewed)
+    data = settings_data(tmp_path, models_dir, keys)
+    data["runtime"] = {"intra_op_threads": 2, "busy_intra_op_threads": 1}
+    with pytest.raises(ModelIntegrityError, match="golden frames re-scored"), TestClient(create_app(build_settings(data))):
+        pass
