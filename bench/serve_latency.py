@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import itertools
 import json
 import os
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -367,6 +368,117 @@ def measure_server(work: Path, models_dir: Path, frames: list[bytes], *, n: int,
 
 
 # --------------------------------------------------------------------------------------------
+# side by side: every contender measured in alternating blocks (what main() reports)
+# --------------------------------------------------------------------------------------------
+class Contender:
+    """A server under test: its port, how to build a request, how to check an answer."""
+
+    def __init__(self, label: str, port: int, proc: subprocess.Popen, request_for: Callable[[int, int], bytes],
+                 check: Callable[[int, bytes], None]) -> None:
+        self.label, self.port, self.proc = label, port, proc
+        self.request_for, self.check = request_for, check
+        self.rss = RssSampler(proc.pid)
+
+
+@contextlib.contextmanager
+def our_server(work: Path, models_dir: Path, frames: list[bytes], label: str,
+               settings_overrides: dict[str, Any] | None = None) -> Iterator[Contender]:
+    """``inspection serve`` (a real uvicorn process) with the bench settings (+ overrides)."""
+    import yaml
+
+    from serving.settings import hash_key
+
+    key = secrets.token_urlsafe(24)
+    settings: dict[str, Any] = {
+        "models_dir": str(models_dir),
+        "log_url": f"sqlite:///{work / f'log-{secrets.token_hex(3)}.db'}",
+        "stations": {STATION: {"cameras": [CAMERA], "part_deadline_ms": 5000}},
+        "api_keys": [{"name": "bench", "role": "line", "sha256": hash_key(key)}],
+    }
+    for k, v in (settings_overrides or {}).items():
+        settings[k] = {**settings[k], **v} if isinstance(v, dict) and isinstance(settings.get(k), dict) else v
+    path = work / f"serve-{secrets.token_hex(3)}.yaml"
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    port = _free_port()
+    with open(work / f"{path.stem}.log", "w") as log_file:  # an undrained pipe would stall the server
+        proc = subprocess.Popen([sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port", str(port)],
+                                cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_ready(proc, port, "/readyz")
+            headers = {"Authorization": f"Bearer {key}"}
+            run, serial = secrets.token_hex(4), itertools.count()
+
+            def req(c: int, i: int) -> bytes:
+                # Every request is a new part (a repeated part id would be a late view: a fail-safe reject).
+                return build_request(f"/v1/inspections?station={STATION}&camera={CAMERA}&part_id={run}-{next(serial)}",
+                                     frames[(c * 7 + i) % len(frames)], headers)
+
+            def check(status: int, body: bytes) -> None:
+                if status != 200 or json.loads(body)["decision"] not in ("pass", "reject"):
+                    raise RuntimeError(f"{label}: HTTP {status}: {body[:200]!r}")
+
+            yield Contender(label, port, proc, req, check)
+        finally:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def side_by_side(bare_frame: Callable[[int], None], bare_batched: Callable[[], float], contenders: list[Contender], *,
+                 n: int, clients: int, block: int = 25, rounds: int = 3) -> dict[str, Any]:
+    """1 client: bare and every contender in alternating blocks of ``block`` requests, ``n`` each.
+
+    The machine is shared and its speed drifts by tens of percent within a minute; measured
+    in turns of a few dozen milliseconds, every contender sees the same drift, so the ratios
+    hold even when single figures move. Then ``clients`` concurrent clients, ``rounds`` turns
+    per server with bare batched runs between them (medians reported).
+    """
+    lat: dict[str, list[float]] = {"bare": [], **{c.label: [] for c in contenders}}
+    cpu: dict[str, float] = dict.fromkeys(lat, 0.0)
+    socks = {c.label: RawClient(c.port) for c in contenders}
+    try:
+        for c in contenders:  # warm-up: connections, caches, the log's first pages
+            for i in range(50):
+                c.check(*socks[c.label].request(c.request_for(0, i)))
+        for b in range(max(1, n // block)):
+            t0 = time.process_time()
+            for i in range(block):
+                t = time.perf_counter()
+                bare_frame(b * block + i)
+                lat["bare"].append(time.perf_counter() - t)
+            cpu["bare"] += time.process_time() - t0
+            for c in contenders:
+                sock, cpu0 = socks[c.label], sum(c.rss.proc.cpu_times()[:2])
+                for i in range(block):
+                    raw = c.request_for(0, b * block + i)
+                    t = time.perf_counter()
+                    status, body = sock.request(raw)
+                    lat[c.label].append(time.perf_counter() - t)
+                    c.check(status, body)
+                cpu[c.label] += sum(c.rss.proc.cpu_times()[:2]) - cpu0
+    finally:
+        for sock in socks.values():
+            sock.close()
+    one = {k: {**summary(v), "cpu_ms_per_frame": cpu[k] * 1000.0 / len(v)} for k, v in lat.items()}
+    many: dict[str, list[float]] = {c.label: [] for c in contenders if c.label != "torch"}
+    batched: list[float] = []
+    for _ in range(rounds):
+        for c in contenders:
+            if c.label in many:
+                many[c.label].append(run_clients(c.port, c.request_for, clients=clients, per_client=max(1, n // clients),
+                                                 check=c.check)["fps"])
+        batched.append(bare_batched())
+    return {"one_client": one, "many_fps": {k: statistics.median(v) for k, v in many.items()}, "many_fps_runs": many,
+            "bare_batched_fps": statistics.median(batched), "bare_batched_runs": batched}
+
+
+# --------------------------------------------------------------------------------------------
 # (c) the torch-eager FastAPI server (what serving the PyTorch checkpoint directly gives)
 # --------------------------------------------------------------------------------------------
 def torch_server_main(port: int, weights: Path, arch: str, size: int) -> None:
@@ -397,6 +509,28 @@ def torch_server_main(port: int, weights: Path, arch: str, size: int) -> None:
         return {"probabilities": probs, "class": CLASSES[int(np.argmax(probs))]}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+@contextlib.contextmanager
+def torch_server(weights: Path, arch: str, size: int, frames: list[bytes]) -> Iterator[Contender]:
+    """(c) as a contender for ``side_by_side``."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--torch-server", str(port), "--weights", str(weights),
+                             "--arch", arch, "--size", str(size)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(proc, port, "/ready")
+
+        def req(c: int, i: int) -> bytes:
+            return build_request("/predict", frames[(c * 7 + i) % len(frames)], {})
+
+        def check(status: int, body: bytes) -> None:
+            if status != 200:
+                raise RuntimeError(f"torch server: HTTP {status}: {body[:200]!r}")
+
+        yield Contender("torch", port, proc, req, check)
+    finally:
+        _stop(proc)
 
 
 def measure_torch_server(weights: Path, arch: str, size: int, frames: list[bytes], *, n: int) -> dict[str, Any]:
@@ -437,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=64, help="distinct frames (default 64)")
     parser.add_argument("-n", type=int, default=400, help="requests per measurement (default 400)")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved repeats of the 1-client figures (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="turns of the many-client measurement per server (default 3)")
     parser.add_argument("--settings", type=Path, help="YAML/JSON with extra serve settings merged into the bench's")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--skip-torch", action="store_true", help="skip (c), the torch-eager server")
@@ -459,67 +593,93 @@ def main(argv: list[str] | None = None) -> int:
         version_dir, weights = build_model(models_dir, arch=args.arch, size=args.size)
         frames = make_frames(args.frames, args.frame_side)
         print(f"model {args.arch} input 1x{args.size}x{args.size}, frames {args.frame_side}x{args.frame_side} PNG "
-              f"(~{sum(map(len, frames)) // len(frames) // 1024} KiB), cores {os.cpu_count()}, n={args.n}")
+              f"(~{sum(map(len, frames)) // len(frames) // 1024} KiB), cores {os.cpu_count()}, n={args.n}", flush=True)
         runtime = overrides.get("runtime")
-        bare = bare_onnxruntime(version_dir, frames, n=args.n, batch_sizes=(4, 8, 16), runtime=runtime)
-        bare_runs: list[dict[str, float]] = []
-
-        def bare_single() -> None:
-            bare_runs.append(bare_onnxruntime(version_dir, frames, n=args.n, batch_sizes=(), runtime=runtime)["single"])
-
+        bare_frame, bare_batched = bare_runner(version_dir, frames, runtime=runtime)
         # The product default (FULL: each commit fsynced, survives power loss) and, unless the
         # settings given pin it, NORMAL (survives a process crash; commits without fsync).
         configs = [("log FULL (default)", {})]
         if "log_sqlite_synchronous" not in overrides:
             configs.append(("log NORMAL", {"log_sqlite_synchronous": "NORMAL"}))
-        ours: dict[str, Any] = {}
-        for label, extra in configs:
-            ours[label] = measure_server(work, models_dir, frames, n=args.n, clients=args.clients,
-                                         settings_overrides={**overrides, **extra}, repeats=args.repeat,
-                                         between=bare_single)
-        best_bare = min([bare["single"], *bare_runs], key=lambda r: r["p50_ms"])
-        print(_fmt("(a) bare onnxruntime, 1 frame at a time", best_bare))
-        for bs, fps in bare["batched_fps"].items():
-            print(f"{'(a) bare onnxruntime, batches of ' + str(bs):<44} {'':>36}{fps:8.1f} frames/s")
-        for label, res in ours.items():
-            print(_fmt(f"(b) ours, {label}, 1 client", res["one_client"]))
-            print(_fmt(f"(b) ours, {label}, {args.clients} clients", res[f"{args.clients}_clients"]))
-            print(f"(b) ours, {label}, peak resident memory      {res['rss_mb']:.0f} MB   decisions {res['decisions']}")
-        torch_one = None
-        if not args.skip_torch:
-            torch_one = measure_torch_server(weights, args.arch, args.size, frames, n=args.n)["one_client"]
-            print(_fmt("(c) torch-eager FastAPI server, 1 client", torch_one))
-        print(f"\n(1-client figures: the best p50 of {args.repeat} interleaved repeats; all: "
-              f"bare {[round(r['p50_ms'], 2) for r in [bare['single'], *bare_runs]]} ms)")
-        for label, res in ours.items():
-            one, many = res["one_client"], res[f"{args.clients}_clients"]
-            print(f"-- {label}: 1-client p50 of each repeat {[round(r['p50_ms'], 2) for r in res['one_client_runs']]} ms; "
-                  f"server CPU per frame {min(r['cpu_ms_per_frame'] for r in res['one_client_runs']):.2f} ms "
-                  f"(bare: {min(r['cpu_ms_per_frame'] for r in [bare['single'], *bare_runs]):.2f} ms)")
-            ratio_ba = one["p50_ms"] / best_bare["p50_ms"]
-            print(f"   b/a p50 (1 client vs bare): {ratio_ba:.2f}x   target <= 1.3x   {'OK' if ratio_ba <= 1.3 else 'MISSED'}")
-            tail = one["p99_ms"] / one["p50_ms"]
-            print(f"   b p99/p50 (1 client):       {tail:.2f}x   target <= 2x     {'OK' if tail <= 2 else 'MISSED'}")
-            if torch_one is not None:
-                ratio_cb = torch_one["p50_ms"] / one["p50_ms"]
-                print(f"   c/b p50 (torch vs ours):    {ratio_cb:.2f}x   target >= 4x     {'OK' if ratio_cb >= 4 else 'MISSED'}")
-            share = many["fps"] / bare["best_batched_fps"]
-            print(f"   b {args.clients} clients fps / best bare batched fps: {share:.2f}   target >= 0.8   "
-                  f"{'OK' if share >= 0.8 else 'MISSED'}")
-            print(f"   b resident memory: {res['rss_mb']:.0f} MB   target <= 400 MB   {'OK' if res['rss_mb'] <= 400 else 'MISSED'}")
-        if len(ours) > 1:
-            # The cost of durability at a glance: the same server, log fsynced per commit or not.
-            print(f"\nlog durability side by side (1 client, best of {args.repeat}; {args.clients} clients):")
-            print(f"   {'mode':<22}{'p50 ms':>8}{'p99 ms':>8}{'b/a':>7}{'p99/p50':>9}{'CPU ms/frame':>14}{'fps 8c':>8}")
-            for label, res in ours.items():
-                one, many = res["one_client"], res[f"{args.clients}_clients"]
-                cpu = min(r["cpu_ms_per_frame"] for r in res["one_client_runs"])
-                print(f"   {label:<22}{one['p50_ms']:8.2f}{one['p99_ms']:8.2f}{one['p50_ms'] / best_bare['p50_ms']:7.2f}"
-                      f"{one['p99_ms'] / one['p50_ms']:9.2f}{cpu:14.2f}{many['fps']:8.0f}")
+        with contextlib.ExitStack() as stack:
+            contenders = [stack.enter_context(our_server(work, models_dir, frames, label, {**overrides, **extra}))
+                          for label, extra in configs]
+            if not args.skip_torch:
+                contenders.append(stack.enter_context(torch_server(weights, args.arch, args.size, frames)))
+            for c in contenders:
+                stack.enter_context(c.rss)
+            res = side_by_side(bare_frame, bare_batched, contenders, n=args.n, clients=args.clients,
+                               rounds=args.repeat)
+        report(res, [label for label, _ in configs], clients=args.clients, n=args.n, rss={c.label: c.rss.peak / 2**20 for c in contenders})
         if args.json:
-            args.json.write_text(json.dumps({"bare": bare, "ours": ours, "torch": torch_one}, indent=2, default=str))
+            args.json.write_text(json.dumps(res, indent=2, default=str))
     return 0
 
+
+def bare_runner(version_dir: Path, frames: list[bytes], *, runtime: dict[str, Any] | None = None,
+                batch: int = 8) -> tuple[Callable[[int], None], Callable[[], float]]:
+    """(a) as two calls: score frame ``i`` (decode + preprocess + run), and the best batched
+    frames/s over batch sizes 4, 8 and 16 -- the code serving uses, same onnxruntime settings,
+    without HTTP, queue or log."""
+    from inspection.preprocess import prepare_frame
+    from inspection.registry import ModelRegistry
+    from serving.model import load_model
+    from serving.settings import RuntimeSettings
+
+    model = load_model(ModelRegistry(version_dir.parents[1]).get("bench", "v1"), RuntimeSettings(**(runtime or {})))
+    spec = model.card.input
+
+    def one(i: int) -> None:
+        model.run(prepare_frame(frames[i % len(frames)], spec)[1][np.newaxis])
+
+    def batched() -> float:
+        best = 0.0
+        for bs in (4, 8, 16):
+            t0, done = time.perf_counter(), 0
+            while done < 160:
+                model.run(np.stack([prepare_frame(frames[(done + j) % len(frames)], spec)[1] for j in range(bs)]))
+                done += bs
+            best = max(best, done / (time.perf_counter() - t0))
+        return best
+
+    for i in range(20):  # warm caches
+        one(i)
+    return one, batched
+
+
+def report(res: dict[str, Any], ours: list[str], *, clients: int, n: int, rss: dict[str, float]) -> None:
+    one, many = res["one_client"], res["many_fps"]
+    bare = one["bare"]
+    print(f"\n1 client: contenders took turns in blocks of 25 requests, {n} each (same machine load for all)")
+    print(_fmt("(a) bare onnxruntime, 1 frame at a time", bare))
+    for label in ours:
+        print(_fmt(f"(b) ours, {label}, 1 client", one[label]))
+    if "torch" in one:
+        print(_fmt("(c) torch-eager FastAPI server, 1 client", one["torch"]))
+    print(f"\n{clients} clients (median of {len(res['bare_batched_runs'])} turns each):")
+    print(f"{'(a) bare onnxruntime, best batched':<44} {'':>36}{res['bare_batched_fps']:8.1f} frames/s   "
+          f"runs {[round(x) for x in res['bare_batched_runs']]}")
+    for label in ours:
+        print(f"{'(b) ours, ' + label:<44} {'':>36}{many[label]:8.1f} frames/s   "
+              f"runs {[round(x) for x in res['many_fps_runs'][label]]}")
+    print(f"\nserver CPU per frame (1 client; load distorts it least): bare {bare['cpu_ms_per_frame']:.2f} ms (in-process), "
+          + ", ".join(f"{label} {one[label]['cpu_ms_per_frame']:.2f} ms" for label in ours))
+    for label in ours:
+        b = one[label]
+        print(f"-- {label}")
+        ratio = b["p50_ms"] / bare["p50_ms"]
+        print(f"   b/a p50 (1 client vs bare): {ratio:.2f}x   target <= 1.3x   {'OK' if ratio <= 1.3 else 'MISSED'}   "
+              f"(overhead {b['p50_ms'] - bare['p50_ms']:.2f} ms per frame)")
+        tail = b["p99_ms"] / b["p50_ms"]
+        print(f"   b p99/p50 (1 client):       {tail:.2f}x   target <= 2x     {'OK' if tail <= 2 else 'MISSED'}")
+        if "torch" in one:
+            cb = one["torch"]["p50_ms"] / b["p50_ms"]
+            print(f"   c/b p50 (torch vs ours):    {cb:.2f}x   target >= 4x     {'OK' if cb >= 4 else 'MISSED'}   "
+                  f"(c/a, torch vs bare onnxruntime: {one['torch']['p50_ms'] / bare['p50_ms']:.2f}x)")
+        share = many[label] / res["bare_batched_fps"]
+        print(f"   b {clients} clients fps / best bare batched fps: {share:.2f}   target >= 0.8   "
+              f"{'OK' if share >= 0.8 else 'MISSED'}")
+        print(f"   b resident memory: {rss[label]:.0f} MB   target <= 400 MB   {'OK' if rss[label] <= 400 else 'MISSED'}")
 
 if __name__ == "__main__":
     raise SystemExit(main())
