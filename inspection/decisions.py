@@ -48,21 +48,31 @@ def reject_mask(probs: np.ndarray, card: ModelCard, *, threshold: float | None =
 
 
 def decide(probs: np.ndarray, card: ModelCard) -> Decision:
-    """Decision for one frame's probabilities (shape [C])."""
-    row = np.asarray(probs, dtype=np.float64).reshape(1, -1)
-    if row.shape[1] != len(card.classes):
-        raise ValueError(f"model gave {row.shape[1]} probabilities, card has {len(card.classes)} classes")
-    rejected = bool(reject_mask(row, card)[0])
-    defect_idx = [card.classes.index(c) for c in card.defect_classes]
-    defect_class = card.classes[defect_idx[int(np.argmax(row[0, defect_idx]))]] if defect_idx else None
-    if card.good_class is None:
-        score = float(row[0].max())
+    """Decision for one frame's probabilities (shape [C]): the rule of ``reject_mask``.
+
+    Plain Python on the row's floats: this runs once per frame on the serving path, where a
+    dozen NumPy calls on a 4-element array cost more than the arithmetic (same float64
+    results; ``tests/inspection/test_decisions.py`` checks both agree).
+    """
+    row = np.asarray(probs, dtype=np.float64).ravel().tolist()
+    classes = card.classes
+    if len(row) != len(classes):
+        raise ValueError(f"model gave {len(row)} probabilities, card has {len(classes)} classes")
+    scores = dict(zip(classes, row, strict=True))
+    good = card.good_class
+    defects = [c for c in classes if c != good]
+    # max() keeps the first of equal scores, as argmax does.
+    defect_class = max(defects, key=scores.__getitem__) if defects else None
+    thresholds = card.thresholds
+    if good is None:
+        score, p_defect = max(row), 1.0
     else:
-        score = float(defect_scores(row, card)[0])
+        score = p_defect = 1.0 - scores[good]
+    rejected = p_defect >= thresholds.reject or any(scores[c] >= t for c, t in thresholds.per_class.items())
     return Decision(
         decision="reject" if rejected else "pass",
         defect_class=defect_class,
         score=score,
-        threshold=card.thresholds.reject,
-        scores={c: float(p) for c, p in zip(card.classes, row[0])},
+        threshold=thresholds.reject,
+        scores=scores,
     )

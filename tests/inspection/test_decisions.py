@@ -45,3 +45,21 @@ def test_model_without_good_class_rejects_every_frame(tmp_path: Path) -> None:
     card = make_model_version(tmp_path, classes=("crazing", "patches"), good_class=None).card
     d = decide(np.array([0.3, 0.7]), card)
     assert d.decision == "reject" and d.defect_class == "patches" and d.score == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("good_class", ["good", None])
+def test_decide_agrees_with_the_vectorised_rule_on_random_rows(tmp_path: Path, good_class) -> None:
+    classes = ("good", "scratch", "dent", "bubble") if good_class else ("scratch", "dent", "bubble")
+    card = make_model_version(tmp_path, classes=classes, good_class=good_class, threshold=0.37,
+                              per_class={"dent": 0.3}).card
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet(np.ones(len(classes)) * 0.5, size=2000).astype(np.float32)
+    probs[:50] = np.round(probs[:50], 1)  # ties between classes and on the thresholds
+    mask, scores = reject_mask(probs, card), defect_scores(probs, card)
+    defect_idx = [classes.index(c) for c in card.defect_classes]
+    for i, row in enumerate(probs):
+        d = decide(row, card)
+        assert (d.decision == "reject") == bool(mask[i])
+        assert d.defect_class == classes[defect_idx[int(np.argmax(row[defect_idx]))]]
+        assert d.score == (float(scores[i]) if good_class else float(row.max()))
+        assert d.scores == {c: float(p) for c, p in zip(classes, row)}
