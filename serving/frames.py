@@ -45,7 +45,7 @@ from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import get_route_path
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from inspection.errors import InspectionError, PayloadTooLargeError, ValidationError
 from inspection.preprocess import RAW_TYPE
@@ -174,31 +174,27 @@ async def inspect_frame(request: Request, who: Principal) -> Response:
         return _json(await service.inspect(req, body, arrival=arrival))
 
 
-class FrameFastLane:
-    """ASGI middleware answering ``POST /v1/inspections`` ahead of FastAPI's router.
+def is_frame_request(scope: Scope) -> bool:
+    """``POST /v1/inspections``: what ``answer_frame`` serves ahead of the router."""
+    return scope["type"] == "http" and scope["method"] == "POST" and get_route_path(scope) == INSPECTIONS_PATH
 
-    The frame endpoint is the one on every part's critical path. Routing through the app's
-    ~40 routes, FastAPI's dependency resolution and its exception middleware cost ~0.1 ms per
-    request, a tenth of a small model's inference. Here the same checks run directly: the
-    ``line`` role via ``Require`` (401/403 as on every route), ``inspect_frame``, and domain
-    errors answered by ``serving.errors`` exactly as the app's handler does. Anything else
-    (other paths, methods, WebSockets) goes to the app unchanged; an unexpected exception
-    propagates to Starlette's server-error middleware outside this one (a 500).
+
+async def answer_frame(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer ``POST /v1/inspections`` without FastAPI's per-request machinery.
+
+    The frame endpoint is on every part's critical path. FastAPI's telemetry check, its
+    middleware stack, routing through ~40 routes and dependency resolution cost ~0.1 ms per
+    request, a tenth of a small model's inference. ``serving.app.InspectionApp`` calls this
+    first; the checks are the same: the ``line`` role via ``Require`` (401/403 as on every
+    route), ``inspect_frame``, and domain errors answered by ``serving.errors`` as the app's
+    handler does. An unexpected exception propagates to the server (a 500, logged).
     """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or get_route_path(scope) != INSPECTIONS_PATH:
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope, receive)
-        try:
-            response = await inspect_frame(request, await LINE(request))
-        except InspectionError as exc:
-            response = await domain_error_response(request, exc)
-        await response(scope, receive, send)
+    request = Request(scope, receive)
+    try:
+        response = await inspect_frame(request, await LINE(request))
+    except InspectionError as exc:
+        response = await domain_error_response(request, exc)
+    await response(scope, receive, send)
 
 
 def build_router(settings: ServeSettings) -> APIRouter:
@@ -207,7 +203,7 @@ def build_router(settings: ServeSettings) -> APIRouter:
 
     @router.post(INSPECTIONS_PATH, summary="Score one frame of a part and answer pass/reject")
     async def post_inspection(request: Request, who: Annotated[Principal, Depends(LINE)]) -> Response:
-        # Normally answered by FrameFastLane before routing (same function, same errors); this
+        # Normally answered by ``answer_frame`` before routing (same function, same errors); this
         # route documents the endpoint (OpenAPI, role x route test) and serves any app without it.
         return await inspect_frame(request, who)
 

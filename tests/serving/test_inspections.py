@@ -98,3 +98,35 @@ def test_records_chain_verifies_after_traffic(client: TestClient, keys) -> None:
     records = all_records(client)
     assert [r.entry.kind for r in records].count("inspection") == 5
     assert client.app.state.log.verify().ok
+
+
+def test_the_frame_lane_and_the_router_answer_alike(client: TestClient, keys) -> None:
+    # Frames are answered ahead of FastAPI's router (serving.frames.answer_frame); the route
+    # behind it must give the same answers, errors included, should the lane be off.
+    cases = [
+        ({**auth(keys)}, frame_png(BRIGHT), "ok"),
+        ({}, frame_png(BRIGHT), "no key"),
+        ({**auth(keys, "auditor")}, frame_png(BRIGHT), "wrong role"),
+        ({**auth(keys)}, b"\x89PNG\r\n\x1a\n broken", "corrupt"),
+        ({**auth(keys)}, b"", "empty"),
+    ]
+
+    def answers(tag: str) -> list[tuple[int, dict]]:
+        out = []
+        for i, (headers, body, _) in enumerate(cases):
+            r = client.post(f"/v1/inspections?station={SINGLE}&camera=cam&part_id={tag}-{i}", content=body,
+                            headers={**headers, "content-type": "image/png"})
+            data = r.json()
+            for volatile in ("inspection_id", "latency_ms", "part_id"):
+                data.pop(volatile, None)
+                data.get("failsafe", {}).pop(volatile, None)
+            data["detail"] = data.get("detail", "").replace(f"{tag}-{i}", "<part>")
+            out.append((r.status_code, data))
+        return out
+
+    assert client.app.frame_lane
+    lane = answers("lane")
+    client.app.frame_lane = False
+    routed = answers("routed")
+    assert [s for s, _ in lane] == [200, 401, 403, 422, 422]
+    assert lane == routed
