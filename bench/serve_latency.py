@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128, help="model input side in pixels (default 128)")
     parser.add_argument("--frame-side", type=int, default=256, help="camera frame side sent, PNG (default 256)")
     parser.add_argument("--frames", type=int, default=64, help="distinct frames (default 64)")
-    parser.add_argument("-n", type=int, default=400, help="requests per measurement (default 400)")
+    parser.add_argument("-n", type=int, default=1000, help="requests per contender and measurement (default 1000)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3, help="turns of the many-client measurement per server (default 3)")
     parser.add_argument("--settings", type=Path, help="YAML/JSON with extra serve settings merged into the bench's")

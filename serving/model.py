@@ -44,6 +44,31 @@ def _session_options(runtime: RuntimeSettings, threads: int | None = None):  # t
     return opts
 
 
+#: A frame's inference below this (ms, all intra-op threads) counts as short: under load the
+#: event loop's own work per frame (reading the request, decoding a camera frame, the log:
+#: ~1-1.5 ms on a 2-core line PC) is then a large share, and batches do better on one thread
+#: fewer, leaving that core to the loop. A longer inference keeps every core (one session).
+SHORT_INFERENCE_MS = 4.0
+
+
+def _frame_ms(session: object, output: str, feed: dict[str, np.ndarray], runs: int = 5) -> float:
+    """Median ms of one single-frame run (after warm-up)."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        session.run([output], feed)  # type: ignore[attr-defined]
+        times.append((time.perf_counter() - started) * 1000.0)
+    return sorted(times)[len(times) // 2]
+
+
+def _busy_threads(runtime: RuntimeSettings, frame_ms: float) -> int:
+    """Intra-op threads for batches scored while more frames arrive (see ``LoadedModel.run``)."""
+    if runtime.busy_intra_op_threads is not None:
+        return runtime.busy_intra_op_threads
+    threads = runtime.resolved_intra_op_threads()
+    return max(1, threads - 1) if frame_ms < SHORT_INFERENCE_MS else threads
+
+
 def _golden_arrays(path: Path, model_id: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -142,21 +167,21 @@ def load_model(version: ModelVersion, runtime: RuntimeSettings, *, warmup_batch:
         raise ModelIntegrityError(
             f"{version.model_id}: graph input is {shape[1:]}, the card says ({spec.channels}, {spec.height}, {spec.width})"
         )
-    busy_threads = runtime.resolved_busy_intra_op_threads()
-    busy_session = None
-    if busy_threads != runtime.resolved_intra_op_threads():
-        busy_session = ort.InferenceSession(str(model_path), sess_options=_session_options(runtime, busy_threads),
-                                            providers=["CPUExecutionProvider"])
-    loaded = LoadedModel(version=version, session=session, model_sha256=card.files[card.model_file], golden_max_diff=0.0,
-                         busy_session=busy_session)
     # Warm-up (allocations, kernel choice) with mid-grey frames; only the golden frames are judged.
     warm = np.full((warmup_batch, spec.channels, spec.height, spec.width), 128, dtype=np.uint8)
     try:
-        for each in (session, busy_session):
-            if each is not None:
-                each.run([spec.output_name], {spec.input_name: warm})  # type: ignore[attr-defined]
+        session.run([spec.output_name], {spec.input_name: warm})
+        frame_ms = _frame_ms(session, spec.output_name, {spec.input_name: warm[:1]})
+        busy_threads = _busy_threads(runtime, frame_ms)
+        busy_session = None
+        if busy_threads != runtime.resolved_intra_op_threads():
+            busy_session = ort.InferenceSession(str(model_path), sess_options=_session_options(runtime, busy_threads),
+                                                providers=["CPUExecutionProvider"])
+            busy_session.run([spec.output_name], {spec.input_name: warm})
     except Exception as exc:
         raise ModelIntegrityError(f"{version.model_id}: warm-up run failed: {exc}") from None
+    loaded = LoadedModel(version=version, session=session, model_sha256=card.files[card.model_file], golden_max_diff=0.0,
+                         busy_session=busy_session)
     pixels, expected = _golden_arrays(folder / card.golden.file, version.model_id)
     expected_shape = (spec.channels, spec.height, spec.width)
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected_shape:
@@ -180,5 +205,6 @@ def load_model(version: ModelVersion, runtime: RuntimeSettings, *, warmup_batch:
             f"tolerance {card.golden.tolerance:g}; refusing this model (wrong file, runtime or hardware?)"
         )
     loaded.golden_max_diff = diff
-    log.info("loaded %s (golden max diff %.2g, %d threads)", version.model_id, diff, runtime.resolved_intra_op_threads())
+    log.info("loaded %s (golden max diff %.2g, %d threads, %.1f ms per frame, %d threads under load)", version.model_id,
+             diff, runtime.resolved_intra_op_threads(), frame_ms, busy_threads)
     return loaded

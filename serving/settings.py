@@ -101,18 +101,16 @@ class RuntimeSettings(_Section):
 
     intra_op_threads: int | None = Field(default=None, ge=1, le=256)
     inter_op_threads: int = Field(default=1, ge=1, le=64)
-    #: Intra-op threads for batches scored while more frames are arriving. ``None`` = one
-    #: fewer than ``intra_op_threads`` (at least 1): the event loop keeps a core to read and
-    #: decode the next frames. Equal to ``intra_op_threads`` = one session for everything.
+    #: Intra-op threads for batches scored while more frames are arriving. ``None`` = auto:
+    #: for a short inference (< 4 ms per frame, measured at load) one fewer than
+    #: ``intra_op_threads``, so the event loop keeps a core to read and decode the next
+    #: frames; otherwise all of them. Equal to ``intra_op_threads`` = one session for everything.
     busy_intra_op_threads: int | None = Field(default=None, ge=1, le=256)
     #: Spinning workers answer a few microseconds sooner but burn a core while idle.
     allow_spinning: bool = False
 
     def resolved_intra_op_threads(self) -> int:
         return self.intra_op_threads or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-    def resolved_busy_intra_op_threads(self) -> int:
-        return self.busy_intra_op_threads or max(1, self.resolved_intra_op_threads() - 1)
 
 
 class ApiKeySettings(_Section):

@@ -148,3 +148,14 @@ def test_start_refuses_a_model_when_the_busy_session_disagrees_with_the_golden_f
     data["runtime"] = {"intra_op_threads": 2, "busy_intra_op_threads": 1}
     with pytest.raises(ModelIntegrityError, match="golden frames re-scored"), TestClient(create_app(build_settings(data))):
         pass
+
+
+def test_batches_under_load_keep_every_core_unless_inference_is_short() -> None:
+    from serving.model import SHORT_INFERENCE_MS, _busy_threads
+    from serving.settings import RuntimeSettings
+
+    four = RuntimeSettings(intra_op_threads=4)
+    assert _busy_threads(four, SHORT_INFERENCE_MS / 4) == 3  # decoding and HTTP weigh: leave the loop a core
+    assert _busy_threads(four, SHORT_INFERENCE_MS * 5) == 4  # the model dominates: all cores, one session
+    assert _busy_threads(RuntimeSettings(intra_op_threads=1), 0.1) == 1
+    assert _busy_threads(RuntimeSettings(intra_op_threads=4, busy_intra_op_threads=2), 100.0) == 2  # as configured
