@@ -59,6 +59,10 @@ _STREAM_IN_FLIGHT = 8
 MAX_WAIT_MS = 60_000
 
 
+#: Built once (``json.dumps`` with options builds an encoder per call); compact answers.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def _header(conn: HTTPConnection, name: bytes) -> str | None:
     for key, value in conn.scope["headers"]:
         if key == name:
@@ -143,7 +147,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _json(data: dict[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(data, separators=(",", ":")), status_code=status, media_type="application/json")
+    return Response(_COMPACT.encode(data), status_code=status, media_type="application/json")
 
 
 INSPECTIONS_PATH = "/v1/inspections"
@@ -241,7 +245,7 @@ def build_router(settings: ServeSettings) -> APIRouter:
                 while pending:
                     answer = await pending[0]
                     pending.popleft()
-                    await websocket.send_text(json.dumps(answer, separators=(",", ":")))
+                    await websocket.send_text(_COMPACT.encode(answer))
                 if done:
                     return
                 sender_wakeup.clear()

@@ -33,10 +33,15 @@ def canonical_time(value: datetime) -> str:
     return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+#: Built once: ``json.dumps`` with these options constructs a new encoder on every call, and
+#: this runs several times for every frame served.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_json(value: Any) -> str:
     """Compact, key-sorted JSON; NaN and infinities are refused (they have no JSON spelling)."""
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _CANONICAL.encode(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"log record field is not plain JSON ({exc}); allowed: str, finite numbers, bool, None, lists, dicts") from exc
 

@@ -15,6 +15,7 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+import operator
 import queue
 import random
 import re
@@ -83,6 +84,9 @@ class _WriterSql:
         processors = {c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in columns}
         self._processors = [(n, f) for n, f in processors.items() if f is not None]
         self._positional = names
+        if names is not None:
+            self._values = operator.itemgetter(*names)
+            self._at = [(names.index(n), f) for n, f in self._processors]
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         head = chain_head.name
         if dialect.name == "sqlite":
@@ -95,11 +99,12 @@ class _WriterSql:
         self.advance_head = f"UPDATE {head} SET seq = {mark}, hash = {mark} WHERE id = 1"
 
     def insert_params(self, row: dict[str, Any]) -> Any:
-        if self._processors:
-            row = {**row, **{name: process(row[name]) for name, process in self._processors}}
         if self._positional is not None:
-            return tuple(row[n] for n in self._positional)
-        return row
+            values = list(self._values(row))
+            for index, process in self._at:
+                values[index] = process(values[index])
+            return values
+        return {**row, **{name: process(row[name]) for name, process in self._processors}}
 
 _STOP = object()
 
