@@ -152,7 +152,7 @@ def load_model(version: ModelVersion, runtime: RuntimeSettings, *, warmup_batch:
     try:
         session = ort.InferenceSession(str(model_path), sess_options=_session_options(runtime),
                                        providers=["CPUExecutionProvider"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own untyped exceptions
         raise ModelIntegrityError(f"{version.model_id}: onnxruntime cannot load {model_path.name}: {exc}") from None
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
@@ -178,7 +178,7 @@ def load_model(version: ModelVersion, runtime: RuntimeSettings, *, warmup_batch:
             busy_session = ort.InferenceSession(str(model_path), sess_options=_session_options(runtime, busy_threads),
                                                 providers=["CPUExecutionProvider"])
             busy_session.run([spec.output_name], {spec.input_name: warm})
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own untyped exceptions
         raise ModelIntegrityError(f"{version.model_id}: warm-up run failed: {exc}") from None
     loaded = LoadedModel(version=version, session=session, model_sha256=card.files[card.model_file], golden_max_diff=0.0,
                          busy_session=busy_session)

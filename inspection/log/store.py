@@ -28,7 +28,7 @@ from typing import Any, get_args
 
 from sqlalchemy import RowMapping, bindparam, create_engine, event, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from inspection.errors import ConfigError, ConflictError, InspectionError, NotFoundError, ValidationError
 from inspection.log import chain
