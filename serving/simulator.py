@@ -100,19 +100,26 @@ def run_line(
     concurrency: int = 1,
     wait_ms: float = 2000.0,
     timeout_s: float = 30.0,
+    rate_hz: float | None = None,
 ) -> LineReport:
     """Send every part's frame to each camera, read the part decision, compare with truth.
 
     ``concurrency`` parts are in flight at once (a line with several parts between camera
-    and reject gate). Network errors propagate: the simulator is a test driver, not a PLC.
+    and reject gate). ``rate_hz``: parts reach the cameras at this rate, as on a conveyor
+    (None: as fast as the server answers). Network errors propagate: the simulator is a test
+    driver, not a PLC.
     """
+    if rate_hz is not None and not rate_hz > 0:
+        raise ValueError(f"rate_hz={rate_hz!r}: parts per second must be positive (or None for as fast as possible)")
     import httpx
 
     headers = {"X-API-Key": api_key} if api_key else {}
     parts = list(parts)
 
-    def one(client: httpx.Client, part: LinePart) -> PartOutcome:
+    def one(client: httpx.Client, part: LinePart, slot: float | None = None) -> PartOutcome:
         data = part.image.read_bytes()
+        if slot is not None:
+            time.sleep(max(0.0, slot - time.perf_counter()))  # the part reaches the camera on its slot
         ctype = _CONTENT_TYPES.get(part.image.suffix.lower(), "application/octet-stream")
         started = time.perf_counter()
         server_ms = 0.0
@@ -135,11 +142,12 @@ def run_line(
 
     report = LineReport(good_class=good_class)
     started = time.perf_counter()
+    slots = [None if rate_hz is None else started + i / rate_hz for i in range(len(parts))]
     with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
         if concurrency <= 1:
-            report.outcomes = [one(client, p) for p in parts]
+            report.outcomes = [one(client, p, t) for p, t in zip(parts, slots, strict=True)]
         else:
             with ThreadPoolExecutor(max_workers=concurrency) as pool:
-                report.outcomes = list(pool.map(lambda p: one(client, p), parts))
+                report.outcomes = list(pool.map(lambda pt: one(client, *pt), zip(parts, slots, strict=True)))
     report.wall_s = time.perf_counter() - started
     return report

@@ -149,8 +149,11 @@ def _run(args: argparse.Namespace) -> int:
         plc = SimulatedPlc("127.0.0.1", modbus_port, seed=args.seed)
         plc.start()
         try:
+            # A conveyor brings 50 parts/s; the simulated PLC scans every 5 ms and takes a few
+            # scans per handshake. Unpaced, the server now outruns it: results past the Modbus
+            # buffer (8) are then fail-safe rejected by the PLC ("overflow"), as designed.
             report = run_line(url, parts, station=STATION, cameras=CAMERAS, api_key=keys["line"],
-                              good_class=card.good_class, concurrency=4)
+                              good_class=card.good_class, concurrency=4, rate_hz=50.0)
             deadline = time.monotonic() + 10.0
             while plc.acked < len(parts) and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -1,0 +1,58 @@
+"""The line simulator (demo and benchmarks) against a real `inspection serve` process."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from serving.simulator import LinePart, run_line
+from tests.conftest import REPO
+from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
+from tests.serving.conftest import SINGLE, settings_data
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_paced_line_sends_parts_on_their_slots_and_scores_them(tmp_path: Path, models_dir: Path, keys) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(settings_data(tmp_path, models_dir, keys)), encoding="utf-8")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port", str(port)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        parts = []
+        for i in range(8):
+            image = tmp_path / f"p{i}.png"
+            image.write_bytes(frame_png(DARK if i % 2 else BRIGHT))
+            parts.append(LinePart(f"SIM-{i}", image, "scratch" if i % 2 else "good"))
+        report = run_line(base, parts, station=SINGLE, cameras=["cam"], api_key=keys["line"], concurrency=3, rate_hz=20)
+        # Eight parts 50 ms apart: the last one reached the camera no sooner than 350 ms in.
+        assert report.wall_s >= 7 / 20
+        assert [o.part_id for o in report.outcomes] == [p.part_id for p in parts]
+        assert [o.decision for o in report.outcomes] == ["pass", "reject"] * 4
+        with pytest.raises(ValueError, match="rate_hz=0"):
+            run_line(base, parts, station=SINGLE, cameras=["cam"], api_key=keys["line"], rate_hz=0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
