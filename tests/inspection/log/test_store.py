@@ -369,3 +369,20 @@ def test_no_inline_commit_while_the_writer_has_records_so_the_order_holds(log: A
     writer_side.join()
     assert (first[0].seq, second.seq) == (1, 2)
     assert log.verify().ok
+
+
+def test_a_failed_inline_commit_leaves_the_records_to_the_writer_which_reports_each(log: Any) -> None:
+    # A duplicate inspection id fails the inline transaction: nothing is written there; the
+    # writer commits the good record and answers the duplicate with its conflict.
+    log.inline_commit_when = lambda: True
+    first = log.append(LogEntry(kind="event", inspection_id="dup"))
+
+    async def main() -> list[Any]:
+        bad = asyncio.ensure_future(log.append_async(LogEntry(kind="event", inspection_id="dup")))
+        good = asyncio.ensure_future(log.append_async(LogEntry(kind="event", inspection_id="fine")))
+        return list(await asyncio.gather(bad, good, return_exceptions=True))
+
+    bad, good = asyncio.run(main())
+    assert isinstance(bad, ConflictError) and "'dup' is already in the log" in str(bad)
+    assert good.seq == first.seq + 1 and log.get("fine") == good
+    assert log.verify().ok
