@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -275,18 +275,19 @@ class InspectionService:
         await self.parts.add_view(req.station, req.part_id, View(req.camera, inspection_id, "reject", model_version, code))
 
     def _part_entry(self, part: Part, views: list[View]) -> LogEntry:
-        entry = LogEntry(
+        # The model that decided every view, when it is one and the same.
+        models = {v.model_version for v in views if v.model_version}
+        name = version = None
+        if len(models) == 1:
+            name, _, version = next(iter(models)).partition("/")
+        return LogEntry(
             kind="part", inspection_id=new_id(), station=part.station, part_id=part.part_id,
             decision=part.decision, failsafe_reason=(part.failsafe_reason or None) and part.failsafe_reason[:4000],
+            model_name=name, model_version=version,
             data={"views": [{"camera": v.camera, "inspection_id": v.inspection_id, "decision": v.decision,
                              "model_version": v.model_version, "failsafe_reason": v.failsafe_reason} for v in views],
                   "missing_cameras": part.missing},
         )
-        models = {v.model_version for v in views if v.model_version}
-        if len(models) == 1:
-            name, _, version = next(iter(models)).partition("/")
-            entry = replace(entry, model_name=name, model_version=version)
-        return entry
 
     async def _record_part(self, part: Part) -> None:
         views = [v for vs in part.views.values() for v in vs]

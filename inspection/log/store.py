@@ -248,11 +248,16 @@ class SqlInspectionLog:
         held.append(_Pending(fields, loop=loop, waiter=waiter))
         if self.commit_timeout_s is None:
             return await waiter
+        # A plain timer on the waiter (asyncio.timeout costs more, on every frame's path).
+        timer = loop.call_later(self.commit_timeout_s, self._expire, waiter)
         try:
-            async with asyncio.timeout(self.commit_timeout_s):
-                return await waiter
-        except TimeoutError:
-            raise self._timeout_error() from None
+            return await waiter
+        finally:
+            timer.cancel()
+
+    def _expire(self, waiter: asyncio.Future[StoredRecord]) -> None:
+        if not waiter.done():
+            waiter.set_exception(self._timeout_error())
 
     def _timeout_error(self) -> InspectionError:
         # The record may still commit later: the log can hold a decision nobody was told, never
