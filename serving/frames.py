@@ -287,8 +287,8 @@ async def _stream_frame(service: InspectionService, station: str, camera: str, w
             raise ValidationError(f"frame header is not JSON: {exc}") from None
         if not isinstance(meta, dict):
             raise ValidationError("frame header must be a JSON object with part_id and content_type")
-        part_id = meta.get("part_id")
-        service.check_target(station, camera, part_id if isinstance(part_id, str) else None)
+        given = meta.get("part_id")
+        _, _, part_id = service.check_target(station, camera, given if isinstance(given, str) else None)
         req = FrameRequest(station, camera, part_id, content_type="", actor=who.name, started=started)
         str_or_none = lambda k: None if meta.get(k) is None else str(meta.get(k))
         shape = raw_shape(str_or_none("width"), str_or_none("height"), str_or_none("channels"))
