@@ -25,7 +25,7 @@ from pydantic import model_validator
 from inspection.errors import ModelCardError, ModelIntegrityError
 
 CARD_FILENAME = "model.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 
 class _Strict(BaseModel):

@@ -162,7 +162,8 @@ class ModelRegistry:
         if not _NAME.match(station):
             raise RegistryError(f"station {station!r}: letters, digits, _ . - only")
         mv = self.get(name, version, verify=True)
-        event = {"action": "promote", "model": mv.model_id, "at": utc_now().isoformat(), "actor": actor, "reason": reason}
+        event: dict[str, str | None] = {"action": "promote", "model": mv.model_id, "at": utc_now().isoformat(),
+                                        "actor": actor, "reason": reason}
         with self._locked_state() as state:
             entry = state["stations"].setdefault(station, {"history": [], "events": []})
             previous = entry["history"][-1]["model"] if entry["history"] else None
