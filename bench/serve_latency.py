@@ -24,7 +24,6 @@ is small next to the server's on a 2-core machine. Latency is measured at the cl
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import itertools
 import json
@@ -299,72 +298,25 @@ class RssSampler:
 def measure_server(work: Path, models_dir: Path, frames: list[bytes], *, n: int, clients: int = 8,
                    settings_overrides: dict[str, Any] | None = None, repeats: int = 1,
                    between: Callable[[], None] | None = None) -> dict[str, Any]:
-    """(b): start ``inspection serve`` with the bench settings (+ overrides), measure 1 and N clients.
+    """(b) alone: start ``inspection serve`` with the bench settings (+ overrides), measure 1 and N clients.
 
-    The one-client measurement is repeated ``repeats`` times (``between`` runs before each, e.g.
-    the bare measurement, so both see the same machine load); ``one_client`` is the repeat with
-    the lowest p50, ``one_client_runs`` all of them.
+    The hook for comparing configurations of our server (``bench/line_overhead.py``). The
+    one-client measurement is repeated ``repeats`` times (``between`` runs before each);
+    ``one_client`` is the repeat with the lowest p50, ``one_client_runs`` all of them.
     """
-    import yaml
-
-    from serving.settings import hash_key
-
-    key = secrets.token_urlsafe(24)
-    settings: dict[str, Any] = {
-        "models_dir": str(models_dir),
-        "log_url": f"sqlite:///{work / 'log.db'}",
-        "stations": {STATION: {"cameras": [CAMERA], "part_deadline_ms": 5000}},
-        "api_keys": [{"name": "bench", "role": "line", "sha256": hash_key(key)}],
-    }
-    for k, v in (settings_overrides or {}).items():
-        settings[k] = {**settings[k], **v} if isinstance(v, dict) and isinstance(settings.get(k), dict) else v
-    path = work / f"serve-{secrets.token_hex(3)}.yaml"
-    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
-    port = _free_port()
-    # The server's log goes to a file: an undrained pipe would fill up and stall the server.
-    log_file = open(work / f"{path.stem}.log", "w")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port", str(port)],
-                            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, text=True)
-    try:
-        _wait_ready(proc, port, "/readyz")
-        headers = {"Authorization": f"Bearer {key}"}
-        run = secrets.token_hex(4)
-        serial = itertools.count()
-
-        def req(c: int, i: int) -> bytes:
-            # Every request is a new part (a repeated part id would be a late view: a fail-safe reject).
-            return build_request(f"/v1/inspections?station={STATION}&camera={CAMERA}&part_id={run}-{next(serial)}",
-                                 frames[(c * 7 + i) % len(frames)], headers)
-
-        decisions: collections.Counter[str] = collections.Counter()
-
-        def check(status: int, body: bytes) -> None:
-            if status != 200:
-                raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
-            decisions[json.loads(body)["decision"]] += 1
-
-        with RssSampler(proc.pid) as rss:
-            run_clients(port, req, clients=1, per_client=min(50, n), check=check)  # warm-up
-            runs = []
-            for _ in range(repeats):
-                if between is not None:
-                    between()
-                cpu0 = sum(rss.proc.cpu_times()[:2])
-                runs.append(run_clients(port, req, clients=1, per_client=n, check=check))
-                # Server CPU per frame: a load-independent view of its own overhead.
-                runs[-1]["cpu_ms_per_frame"] = (sum(rss.proc.cpu_times()[:2]) - cpu0) * 1000.0 / n
-            many = run_clients(port, req, clients=clients, per_client=max(1, n // 2), check=check)
-        one = min(runs, key=lambda r: r["p50_ms"])
-        return {"one_client": one, "one_client_runs": runs, f"{clients}_clients": many, "rss_mb": rss.peak / 2**20,
-                "decisions": dict(decisions),
-                "server_log": (work / f"{path.stem}.log").read_text(errors="replace")[-4000:]}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log_file.close()
+    with our_server(work, models_dir, frames, "ours", settings_overrides) as ours, ours.rss as rss:
+        run_clients(ours.port, ours.request_for, clients=1, per_client=min(50, n), check=ours.check)  # warm-up
+        runs = []
+        for _ in range(repeats):
+            if between is not None:
+                between()
+            cpu0 = sum(rss.proc.cpu_times()[:2])
+            runs.append(run_clients(ours.port, ours.request_for, clients=1, per_client=n, check=ours.check))
+            # Server CPU per frame: a load-independent view of its own overhead.
+            runs[-1]["cpu_ms_per_frame"] = (sum(rss.proc.cpu_times()[:2]) - cpu0) * 1000.0 / n
+        many = run_clients(ours.port, ours.request_for, clients=clients, per_client=max(1, n // 2), check=ours.check)
+    one = min(runs, key=lambda r: r["p50_ms"])
+    return {"one_client": one, "one_client_runs": runs, f"{clients}_clients": many, "rss_mb": rss.peak / 2**20}
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,31 +483,6 @@ def torch_server(weights: Path, arch: str, size: int, frames: list[bytes]) -> It
         yield Contender("torch", port, proc, req, check)
     finally:
         _stop(proc)
-
-
-def measure_torch_server(weights: Path, arch: str, size: int, frames: list[bytes], *, n: int) -> dict[str, Any]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--torch-server", str(port), "--weights", str(weights),
-                             "--arch", arch, "--size", str(size)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        _wait_ready(proc, port, "/ready")
-
-        def req(c: int, i: int) -> bytes:
-            return build_request("/predict", frames[(c * 7 + i) % len(frames)], {})
-
-        def check(status: int, body: bytes) -> None:
-            if status != 200:
-                raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
-
-        run_clients(port, req, clients=1, per_client=min(30, n), check=check)
-        return {"one_client": run_clients(port, req, clients=1, per_client=n, check=check)}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,24 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import yaml
 
 from tests.conftest import REPO
+from tests.helpers.server import free_port, start_server, wait_ready
 from tests.helpers.tiny_model import DARK, frame_png
 from tests.serving.conftest import SINGLE, auth, settings_data
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _write(tmp_path: Path, data: dict) -> Path:
@@ -42,22 +35,12 @@ async def _stream_one(port: int, keys: dict[str, str]) -> dict:
 
 
 def test_cli_serves_over_real_http_and_stops_cleanly(tmp_path: Path, models_dir: Path, keys) -> None:
-    port = _free_port()
+    port = free_port()
     path = _write(tmp_path, settings_data(tmp_path, models_dir, keys))
-    env = {**os.environ, "INSPECTION_BATCHING__MAX_BATCH": "4"}
-    proc = subprocess.Popen([sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port", str(port)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_server(path, port, env={**os.environ, "INSPECTION_BATCHING__MAX_BATCH": "4"}, capture=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
+        wait_ready(proc, base)
         r = httpx.post(f"{base}/v1/inspections", content=frame_png(DARK),
                        params={"station": SINGLE, "camera": "cam", "part_id": "real-1"},
                        headers={**auth(keys), "content-type": "image/png"})
@@ -80,6 +63,6 @@ def test_cli_refuses_to_start_on_an_untrusted_model_with_a_clear_error(tmp_path:
     card_path.write_text(json.dumps(card))
     path = _write(tmp_path, settings_data(tmp_path, models_dir, keys))
     out = subprocess.run([sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port",
-                          str(_free_port())], cwd=REPO, capture_output=True, text=True, timeout=120)
+                          str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "error: tiny/v1: file 'golden.npz' has sha256" in out.stderr

@@ -2,45 +2,25 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from serving.simulator import LinePart, run_line
-from tests.conftest import REPO
+from tests.helpers.server import free_port, start_server, wait_ready
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
 from tests.serving.conftest import SINGLE, settings_data
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_paced_line_sends_parts_on_their_slots_and_scores_them(tmp_path: Path, models_dir: Path, keys) -> None:
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(settings_data(tmp_path, models_dir, keys)), encoding="utf-8")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port", str(port)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    proc = start_server(path, port)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_ready(proc, base)
         parts = []
         for i in range(8):
             image = tmp_path / f"p{i}.png"

@@ -1,0 +1,45 @@
+"""`inspection serve` as a real process for tests: a free port, start, wait until ready."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(settings: Path, port: int, *, env: Mapping[str, str] | None = None,
+                 capture: bool = False) -> subprocess.Popen[str]:
+    """``inspection serve --settings settings --port port`` (output captured, or discarded)."""
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "inspection", "serve", "--settings", str(settings), "--port", str(port)],
+                            cwd=REPO, env=None if env is None else dict(env), stdout=out, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def wait_ready(proc: subprocess.Popen[str], base: str, timeout_s: float = 60.0) -> None:
+    """Until ``/readyz`` answers 200; fails (with the server's output) if it exits or never does."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"the server did not become ready (exit code {proc.returncode}): {out}")
+        time.sleep(0.1)
