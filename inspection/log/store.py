@@ -19,6 +19,7 @@ import operator
 import queue
 import random
 import re
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-from sqlalchemy import RowMapping, bindparam, create_engine, event, insert, select, text, update
+from sqlalchemy import RowMapping, bindparam, create_engine, event, insert, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -58,15 +59,6 @@ class _Pending:
     future: concurrent.futures.Future[StoredRecord] | None = None
     loop: asyncio.AbstractEventLoop | None = None
     waiter: asyncio.Future[StoredRecord] | None = None
-
-
-#: The writer's statements, built once: SQLAlchemy then finds their compiled form in its cache
-#: without rebuilding (and re-keying) a statement per transaction.
-_LOCK_HEAD = select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1).with_for_update()
-_INSERT_RECORDS = insert(records)
-_ADVANCE_HEAD = update(chain_head).where(chain_head.c.id == 1).values(
-    seq=bindparam("new_seq", type_=chain_head.c.seq.type), hash=bindparam("new_hash", type_=chain_head.c.hash.type))
-
 
 
 class _WriterSql:
@@ -542,8 +534,9 @@ class SqlInspectionLog:
 
 
 def _is_locked(exc: BaseException) -> bool:
-    """SQLite's SQLITE_BUSY: another connection holds the write lock."""
-    return "database is locked" in str(exc) or "database is busy" in str(exc)
+    """SQLite's SQLITE_BUSY / SQLITE_LOCKED (primary code): another connection holds the lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _invalidate(conn: Any) -> None:
@@ -592,16 +585,14 @@ def _settle(fut: concurrent.futures.Future[StoredRecord], outcome: StoredRecord 
         pass
 
 
-def _as_domain_error(exc: Exception, fields: Mapping[str, Any], dbapi: Any = None) -> Exception:
+def _as_domain_error(exc: Exception, fields: Mapping[str, Any], dbapi: Any) -> Exception:
+    """The caller's error for a failed commit: the writer runs plain DBAPI calls (``dbapi``'s
+    errors), SQLAlchemy only when it (re)connects."""
     if isinstance(exc, InspectionError):
         return exc
-    integrity = (IntegrityError,) if dbapi is None else (IntegrityError, dbapi.IntegrityError)
-    if isinstance(exc, integrity) and "inspection_id" in str(getattr(exc, "orig", "")).lower() + str(exc).lower():
+    if isinstance(exc, (IntegrityError, dbapi.IntegrityError)) and "inspection_id" in str(getattr(exc, "orig", "")).lower() + str(exc).lower():
         return ConflictError(f"inspection id {fields['inspection_id']!r} is already in the log; ids must be unique")
-    if dbapi is not None and isinstance(exc, dbapi.Error):
-        log.error("inspection log commit failed: %s", exc)
-        return InspectionError(f"the inspection log could not commit the record: {type(exc).__name__}: {exc}")
-    if isinstance(exc, SQLAlchemyError):
+    if isinstance(exc, (SQLAlchemyError, dbapi.Error)):
         log.error("inspection log commit failed: %s", exc)
         return InspectionError(f"the inspection log could not commit the record: {type(exc).__name__}: {exc}")
     return exc
