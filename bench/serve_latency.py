@@ -8,10 +8,11 @@ frames in one run:
     client and with 8 concurrent clients (every decision durably logged, as in production);
 (c) a plain FastAPI server running the same network in torch eager mode.
 
-Prints p50/p99 latency and frames/s for each, the ratios b/a and c/b, the server's resident
-memory, and whether each target holds. Run:
+The contenders take turns in blocks of 25 requests (``side_by_side``), so every ratio compares
+figures taken under the same machine load. Prints p50/p99 latency and frames/s for each, the
+ratios b/a, c/b and c/a, the server's resident memory, and whether each target holds. Run:
 
-    .venv/bin/python bench/serve_latency.py                  # defaults: tinyres, 128 px model input
+    .venv/bin/python bench/serve_latency.py                  # defaults: linecnn, 128 px model input
     .venv/bin/python bench/serve_latency.py --settings extra.yaml   # merge extra serve settings
                                                               # (e.g. line integrations enabled)
 
@@ -133,41 +134,6 @@ def summary(latencies_s: list[float], wall_s: float | None = None, frames: int |
     else:
         out["fps"] = 1000.0 / statistics.mean(ms)
     return out
-
-
-def bare_onnxruntime(version_dir: Path, frames: list[bytes], *, n: int, batch_sizes: tuple[int, ...],
-                     runtime: dict[str, Any] | None = None) -> dict[str, Any]:
-    """(a): the same code serving uses (load_model, prepare_frame), without HTTP, queue or log,
-    with the same onnxruntime thread settings as the server."""
-    from inspection.preprocess import prepare_frame
-    from inspection.registry import ModelRegistry
-    from serving.model import load_model
-    from serving.settings import RuntimeSettings
-
-    model = load_model(ModelRegistry(version_dir.parents[1]).get("bench", "v1"), RuntimeSettings(**(runtime or {})))
-    spec = model.card.input
-    for frame in frames[:20]:  # warm caches
-        model.run(prepare_frame(frame, spec)[1][np.newaxis])
-    lat = []
-    cpu0 = time.process_time()
-    for i in range(n):
-        t = time.perf_counter()
-        _, x = prepare_frame(frames[i % len(frames)], spec)
-        model.run(x[np.newaxis])
-        lat.append(time.perf_counter() - t)
-    single = summary(lat)
-    single["cpu_ms_per_frame"] = (time.process_time() - cpu0) * 1000.0 / n
-    batched: dict[int, float] = {}
-    for bs in batch_sizes:
-        total = max(n, bs * 20)
-        t0 = time.perf_counter()
-        done = 0
-        while done < total:
-            xs = [prepare_frame(frames[(done + j) % len(frames)], spec)[1] for j in range(bs)]
-            model.run(np.stack(xs))
-            done += bs
-        batched[bs] = done / (time.perf_counter() - t0)
-    return {"single": single, "batched_fps": batched, "best_batched_fps": max(batched.values(), default=0.0)}
 
 
 class RawClient:
