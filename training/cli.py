@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inspection.errors import ConfigError, InspectionError
+from inspection.cli import run_command
+from inspection.errors import ConfigError
 
 #: flag dest -> config key (flags left at None are "not given": the YAML value stands).
 _OVERRIDES = (
@@ -85,16 +85,7 @@ def resolve_config(value: Path | None) -> Path | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `inspection train`; returns the exit code (2 for bad input, with `error: ...`)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        return _train(args)
-    except InspectionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(lambda: _train(args), verbose=args.verbose)
 
 
 def _train(args: argparse.Namespace) -> int:

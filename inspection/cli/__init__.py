@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from inspection.errors import InspectionError
 
@@ -40,20 +40,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     # Per-request and per-migration INFO lines from libraries drown what the user should read.
     for noisy in ("httpx", "httpcore", "alembic"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    return run_command(lambda: args.func(args), verbose=args.verbose)
+
+
+def run_command(command: Callable[[], int | None], *, verbose: bool) -> int:
+    """A command line program's frame around ``command()``: logging to stderr, then its exit
+    code; a domain error prints ``error: ...`` and exits 2, Ctrl-C exits 130.
+
+    Shared by ``inspection`` and the training program (``python -m training``).
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        result = args.func(args)
+        return int(command() or 0)
     except InspectionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return int(result or 0)
