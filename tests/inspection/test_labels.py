@@ -102,25 +102,32 @@ def test_bad_input_is_refused_and_history_stays_intact(log: SqlInspectionLog) ->
     assert log.verify().ok
 
 
+def _relabel_race(fid: str, ann_log: SqlInspectionLog, bob_log: SqlInspectionLog) -> dict[str, Any]:
+    """ann (scratch) and bob (spot) relabel ``fid`` at the same moment, both from revision 0;
+    each one's outcome: the Label stored, or the ConflictError."""
+    barrier = threading.Barrier(2)
+    outcome: dict[str, Any] = {}
+
+    def relabel(log: SqlInspectionLog, who: str, cls: str) -> None:
+        barrier.wait()
+        try:
+            outcome[who] = L.add_label(log, fid, cls, classes=CLASSES, actor=who, expected_revision=0)
+        except ConflictError as exc:
+            outcome[who] = exc
+
+    threads = [threading.Thread(target=relabel, args=(ann_log, "ann", "scratch")),
+               threading.Thread(target=relabel, args=(bob_log, "bob", "spot"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcome
+
+
 def test_concurrent_relabels_of_one_frame_one_wins_one_conflicts(log: SqlInspectionLog) -> None:
     for round_ in range(5):
         fid = inspection(log, 0.3).entry.inspection_id
-        barrier = threading.Barrier(2)
-        outcome: dict[str, Any] = {}
-
-        def relabel(who: str, cls: str, fid: str = fid, barrier: threading.Barrier = barrier,
-                    outcome: dict[str, Any] = outcome) -> None:
-            barrier.wait()
-            try:
-                outcome[who] = L.add_label(log, fid, cls, classes=CLASSES, actor=who, expected_revision=0)
-            except ConflictError as exc:
-                outcome[who] = exc
-
-        threads = [threading.Thread(target=relabel, args=a) for a in (("ann", "scratch"), ("bob", "spot"))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        outcome = _relabel_race(fid, log, log)
         won = [w for w, o in outcome.items() if isinstance(o, L.Label)]
         lost = [w for w, o in outcome.items() if isinstance(o, ConflictError)]
         assert len(won) == 1 and len(lost) == 1, (round_, outcome)
@@ -195,23 +202,7 @@ def test_relabels_through_two_servers_sharing_a_log_never_both_win(
     one, two = two_servers
     for _ in range(4):
         fid = inspection(one, 0.4).entry.inspection_id
-        barrier = threading.Barrier(2)
-        outcome: dict[str, Any] = {}
-
-        def relabel(log: SqlInspectionLog, who: str, cls: str, fid: str = fid, barrier: threading.Barrier = barrier,
-                    outcome: dict[str, Any] = outcome) -> None:
-            barrier.wait()
-            try:
-                outcome[who] = L.add_label(log, fid, cls, classes=CLASSES, actor=who, expected_revision=0)
-            except ConflictError as exc:
-                outcome[who] = exc
-
-        threads = [threading.Thread(target=relabel, args=(one, "ann", "scratch")),
-                   threading.Thread(target=relabel, args=(two, "bob", "spot"))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        outcome = _relabel_race(fid, one, two)
         assert sorted(type(o).__name__ for o in outcome.values()) == ["ConflictError", "Label"], outcome
         assert L.history(two, fid).revision == 1
     assert one.verify().ok
