@@ -6,6 +6,7 @@ test runs against the shared server never see each other's records.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -70,3 +71,20 @@ class LogFactory:
     def close_all(self) -> None:
         for log in self._opened:
             log.close()
+
+
+@contextmanager
+def log_factory(backend: str, tmp_path: Path) -> Iterator[LogFactory]:
+    """A ``LogFactory`` on ``backend`` ("sqlite", or "postgresql" in a schema of its own, dropped
+    afterwards); skips the test when PostgreSQL is unreachable. Every log opened is closed."""
+    import pytest
+
+    if backend == "postgresql" and (reason := pg_unreachable_reason()):
+        pytest.skip(reason)
+    with contextlib.ExitStack() as stack:
+        schema = stack.enter_context(pg_schema()) if backend == "postgresql" else None
+        factory = LogFactory(backend, tmp_path, schema)
+        try:
+            yield factory
+        finally:
+            factory.close_all()

@@ -182,19 +182,10 @@ def test_import_unlabelled_refuses_bad_images_and_skips_duplicates(log: SqlInspe
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def two_servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[SqlInspectionLog, SqlInspectionLog]]:
     """Two log handles (as two servers would hold) on one shared store."""
-    from tests.helpers.logdb import LogFactory, pg_schema, pg_unreachable_reason
+    from tests.helpers.logdb import log_factory
 
-    if request.param == "postgresql" and (reason := pg_unreachable_reason()):
-        pytest.skip(reason)
-    if request.param == "sqlite":
-        factory = LogFactory("sqlite", tmp_path, None)
+    with log_factory(request.param, tmp_path) as factory:
         yield factory.open(frame_sample_rate=1.0), factory.open(frame_sample_rate=1.0)
-        factory.close_all()
-        return
-    with pg_schema() as schema:
-        factory = LogFactory("postgresql", tmp_path, schema)
-        yield factory.open(frame_sample_rate=1.0), factory.open(frame_sample_rate=1.0)
-        factory.close_all()
 
 
 def test_relabels_through_two_servers_sharing_a_log_never_both_win(
