@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers.server import free_port
 from tests.serving.conftest import SINGLE, settings_data
 from tests.serving.test_audit_api import png
 
@@ -36,12 +36,6 @@ _SERVER = (
     "uvicorn.run(create_app(load_settings(Path(sys.argv[1]))), host='127.0.0.1', port=int(sys.argv[2]),\n"
     "            log_level='warning', lifespan='on', access_log=False)\n"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(settings_file: Path, port: int, log_file: Path) -> subprocess.Popen[bytes]:
@@ -67,7 +61,7 @@ def test_sigkill_under_load_loses_no_answered_inspection(tmp_path: Path, models_
     data["log_sqlite_synchronous"] = "FULL"
     settings_file = tmp_path / "settings.json"
     settings_file.write_text(json.dumps(data), encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     server_log = tmp_path / "server.log"
     proc = _start(settings_file, port, server_log)

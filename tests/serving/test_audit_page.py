@@ -3,7 +3,6 @@ filter by part id and by decision, and see exactly the expected rows; open a rec
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from serving.settings import ServeSettings
+from tests.helpers.server import free_port
 from tests.serving.conftest import SINGLE
 from tests.serving.test_audit_api import png
 
@@ -24,12 +24,6 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def live(settings: ServeSettings) -> Iterator[str]:
     """The real app under uvicorn on a free port (in a thread of this process)."""
@@ -37,7 +31,7 @@ def live(settings: ServeSettings) -> Iterator[str]:
 
     from serving.app import create_app
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
