@@ -352,7 +352,7 @@ def import_unlabelled(log: SqlInspectionLog, files: Iterable[tuple[str, bytes]],
     ``files`` yields (source name, encoded image bytes). A frame already imported (same sha256)
     is skipped. Raises ImageError for bytes that do not decode, before anything is written.
     """
-    from inspection.log.frames import sha256_hex
+    from inspection.log.framestore import sha256_hex
     from inspection.preprocess import decode_image
 
     items = list(files)

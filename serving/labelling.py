@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from inspection import labels as L
 from inspection.errors import InspectionError
-from inspection.log.frames import check_sha
+from inspection.log.framestore import check_sha
 from inspection.log.query import MAX_LIMIT
 from inspection.log.store import SqlInspectionLog
 from inspection.preprocess import media_type

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from inspection.errors import ConfigError, ConflictError, InspectionError, NotFoundError, ValidationError
-from inspection.log.frames import sha256_hex
+from inspection.log.framestore import sha256_hex
 from inspection.log.migrate import current_revision
 from inspection.log.records import LogEntry
 from inspection.log.store import open_log
@@ -270,7 +270,7 @@ def test_the_writer_reconnects_when_its_connection_was_dropped_between_appends(l
     if log.dialect != "postgresql":
         pytest.skip("a SQLite file has no server that could drop the connection")
     log.append(LogEntry(kind="event"))
-    pid = log._conn.driver_connection.info.backend_pid
+    pid = log._writer._conn.driver_connection.info.backend_pid
     with log.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid}).scalar()
     second = log.append(LogEntry(kind="event"))
@@ -280,13 +280,13 @@ def test_the_writer_reconnects_when_its_connection_was_dropped_between_appends(l
 # -- inline commits (a lone frame's records committed on the event loop's thread) --------------
 def _committing_threads(log: Any) -> list[str]:
     seen: list[str] = []
-    original = log._transaction
+    original = log._writer._transaction
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         seen.append(threading.current_thread().name)
         return original(*args, **kwargs)
 
-    log._transaction = spy
+    log._writer._transaction = spy
     return seen
 
 
@@ -347,13 +347,13 @@ def test_no_inline_commit_while_the_writer_has_records_so_the_order_holds(log: A
     # append would be allowed to commit inline.
     log.inline_commit_when = lambda: True
     gate = threading.Event()
-    original = log._commit_batch
+    original = log._writer._commit_batch
 
     def slow(batch: Any) -> Any:
         gate.wait(10)
         return original(batch)
 
-    log._commit_batch = slow
+    log._writer._commit_batch = slow
     first: list[Any] = []
     writer_side = threading.Thread(target=lambda: first.append(log.append(LogEntry(kind="event", actor="first"))))
     writer_side.start()
