@@ -8,13 +8,10 @@ are cached in memory once; augmentation works on those arrays (train split only)
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,14 +19,19 @@ from torch.utils.data import Dataset as TorchDataset
 
 from inspection.card import InputSpec
 from inspection.dataset.layout import Dataset, Sample
+from inspection.dataset.split import (  # noqa: F401 -- the split moved to inspection (torch-free); re-exported
+    SPLIT_FILE,
+    make_split,
+    read_split,
+    split_counts,
+    split_dataset,
+    write_split,
+)
 from inspection.errors import DatasetError, ImageError
 from inspection.preprocess import read_image, to_model_input
 from training.config import AugmentConfig
 
 log = logging.getLogger(__name__)
-
-SPLIT_FILE = "split.csv"
-
 
 @dataclass
 class SplitData:
@@ -63,69 +65,6 @@ def check_dataset(ds: Dataset) -> None:
     empty = [c for c in ds.classes if counts.get(c, 0) == 0]
     if empty:
         raise DatasetError(f"class(es) {empty} of {ds.classes} have no images; every class needs some")
-
-
-def make_split(samples: list[Sample], *, seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
-    """Assign train/val/test to every sample, stratified by label, reproducible by seed.
-
-    Samples that already carry a split keep it. Samples sharing a non-empty ``source`` (views of
-    one part) always land in the same split — the split of the first of them that has one.
-    Each class with at least 3 groups gets at least one group in val and in test.
-    """
-    groups: dict[str, list[Sample]] = defaultdict(list)
-    for s in samples:
-        groups[s.source or f"\0{s.path}"].append(s)
-    assigned: dict[str, str] = {}
-    free_by_label: dict[str, list[str]] = defaultdict(list)
-    for key in sorted(groups):
-        members = groups[key]
-        given = next((m.split for m in members if m.split), "")
-        if given:
-            for m in members:
-                assigned[m.path] = given
-        else:
-            label = Counter(m.label for m in members).most_common(1)[0][0]
-            free_by_label[label].append(key)
-    rng = np.random.default_rng(seed)
-    for label in sorted(free_by_label):
-        keys = free_by_label[label]
-        order = rng.permutation(len(keys))
-        keys = [keys[i] for i in order]
-        n = len(keys)
-        n_test = int(round(n * test_fraction))
-        n_val = int(round(n * val_fraction))
-        if n >= 3:
-            n_test, n_val = max(n_test, 1), max(n_val, 1)
-        n_test, n_val = min(n_test, n), min(n_val, max(n - n_test - 1, 0))
-        for i, key in enumerate(keys):
-            split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-            for m in groups[key]:
-                assigned[m.path] = split
-    return assigned
-
-
-def split_counts(samples: list[Sample], split: dict[str, str], classes: list[str]) -> dict[str, dict[str, int]]:
-    """``{split: {class: count}}`` for the card."""
-    out: dict[str, dict[str, int]] = {name: {c: 0 for c in classes} for name in ("train", "val", "test")}
-    for s in samples:
-        out[split[s.path]][s.label] += 1
-    return out
-
-
-def write_split(path: Path, samples: list[Sample], split: dict[str, str]) -> None:
-    """Save the split as CSV (path,label,split,source), sorted by path."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "label", "split", "source"])
-    for s in sorted(samples, key=lambda s: s.path):
-        writer.writerow([s.path, s.label, split[s.path], s.source])
-    Path(path).write_text(buf.getvalue(), encoding="utf-8")
-
-
-def read_split(path: Path) -> dict[str, str]:
-    """Read a split.csv back into ``{path: split}``."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {row["path"]: row["split"] for row in csv.DictReader(fh)}
 
 
 def load_images(ds: Dataset, samples: list[Sample], spec: InputSpec) -> np.ndarray:

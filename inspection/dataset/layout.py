@@ -2,11 +2,12 @@
 
     datasets/<name>/
       manifest.json     # name, classes, good_class, counts, fingerprint, lineage
-      labels.csv        # path,label,split,source   (split and source may be empty)
+      labels.csv        # path,label,split,source[,group]   (split, source and group may be empty)
       images/...        # the image files; paths in labels.csv are relative to the folder
 
 The fingerprint is a sha256 over, for every sample sorted by path, the path, the sha256 of
-the image bytes, the label and the split. It identifies the data a model was trained on
+the image bytes, the label and the split (and the group, when it has one: a dataset without
+groups keeps the fingerprint it had before the column existed). It identifies the data a model was trained on
 (recorded in the model card) and is byte-for-byte reproducible for a seeded generator.
 
 Writes are atomic: a dataset is assembled in a temporary sibling folder and renamed into
@@ -29,12 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from inspection.dataset.duplicates import exact_groups, pixel_digest, refuse_label_conflicts
 from inspection.errors import DatasetError, ImageError
 
 MANIFEST = "manifest.json"
 LABELS = "labels.csv"
 SPLITS = ("train", "val", "test")
 _LABEL_FIELDS = ["path", "label", "split", "source"]
+_GROUP_FIELD = "group"  # written only when some sample has a group: older files stay byte-identical
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,7 @@ class Sample:
     label: str
     split: str = ""      # "", "train", "val" or "test"
     source: str = ""     # part id / serial / original file: keeps views of one part together
+    group: str = ""      # part serial / lot / physical item: every image of a group lands in one split
 
 
 @dataclass
@@ -68,15 +74,17 @@ def file_sha256(path: Path) -> str:
 
 
 def compute_fingerprint(root: Path, samples: Iterable[Sample], *, digests: dict[str, str] | None = None) -> str:
-    """sha256 over (path, image sha256, label, split) of every sample, sorted by path."""
+    """sha256 over (path, image sha256, label, split[, group]) of every sample, sorted by path."""
     h = hashlib.sha256()
     for s in sorted(samples, key=lambda s: s.path):
         digest = (digests or {}).get(s.path) or file_sha256(Path(root) / s.path)
-        h.update(f"{s.path}\t{digest}\t{s.label}\t{s.split}\n".encode())
+        group = f"\t{s.group}" if s.group else ""
+        h.update(f"{s.path}\t{digest}\t{s.label}\t{s.split}{group}\n".encode())
     return h.hexdigest()
 
 
-def _validate(samples: list[Sample], classes: list[str], good_class: str | None, root: Path, digests: dict[str, str]) -> None:
+def _validate(samples: list[Sample], classes: list[str], good_class: str | None, digests: dict[str, str],
+              pixels: dict[str, str]) -> None:
     if len(classes) < 1 or len(set(classes)) != len(classes):
         raise DatasetError(f"classes must be a non-empty list of unique names, got {classes}")
     if good_class is not None and good_class not in classes:
@@ -95,16 +103,8 @@ def _validate(samples: list[Sample], classes: list[str], good_class: str | None,
     empty = [c for c in classes if counts.get(c, 0) == 0]
     if empty:
         raise DatasetError(f"class(es) {empty} have no images; every class in {classes} needs at least one")
-    by_digest: dict[str, Sample] = {}
-    for s in samples:
-        d = digests[s.path]
-        other = by_digest.get(d)
-        if other is not None and other.label != s.label:
-            raise DatasetError(
-                f"{s.path} (label {s.label!r}) has the same image content as {other.path} "
-                f"(label {other.label!r}); one image can have only one label"
-            )
-        by_digest.setdefault(d, s)
+    groups = exact_groups({s.path: (digests[s.path], pixels.get(s.path, "")) for s in samples})
+    refuse_label_conflicts(groups, {s.path: s.label for s in samples})
 
 
 def _read_source(path: Path) -> bytes:
@@ -128,11 +128,13 @@ def write_dataset(
     """Write a dataset in the standard layout, atomically.
 
     ``items`` yields (sample, content) where content is the encoded image bytes or a file to
-    copy. ``check_image(data, source)`` (default: decode with OpenCV) rejects unreadable images.
+    copy. ``check_image(data, source)`` (default: decode with OpenCV) rejects unreadable images;
+    when it returns the decoded pixels, identical pixels in different files count as the same image.
 
     Raises:
-        DatasetError: a label outside ``classes``, an empty class, duplicate content under two
-            labels, an unreadable image, or ``dest`` exists and ``overwrite`` is False.
+        DatasetError: a label outside ``classes``, an empty class, identical images (bytes, or
+            decoded pixels) under different labels (every one listed), an unreadable image, or
+            ``dest`` exists and ``overwrite`` is False.
         ImageError: a source file cannot be read, or ``check_image`` found an unreadable or
             truncated image.
     """
@@ -147,21 +149,25 @@ def write_dataset(
     try:
         samples: list[Sample] = []
         digests: dict[str, str] = {}
+        pixels: dict[str, str] = {}
         for sample, content in items:
             data = content if isinstance(content, bytes) else _read_source(Path(content))
-            check(data, str(content) if isinstance(content, Path) else sample.path)
+            decoded = check(data, str(content) if isinstance(content, Path) else sample.path)
+            if isinstance(decoded, np.ndarray):
+                pixels[sample.path] = pixel_digest(decoded)
             target = tmp / sample.path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
             digests[sample.path] = hashlib.sha256(data).hexdigest()
             samples.append(sample)
-        _validate(samples, classes, good_class, tmp, digests)
+        _validate(samples, classes, good_class, digests, pixels)
         samples.sort(key=lambda s: s.path)
+        with_group = any(s.group for s in samples)
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(_LABEL_FIELDS)
+        writer.writerow([*_LABEL_FIELDS, *([_GROUP_FIELD] if with_group else [])])
         for s in samples:
-            writer.writerow([s.path, s.label, s.split, s.source])
+            writer.writerow([s.path, s.label, s.split, s.source, *([s.group] if with_group else [])])
         (tmp / LABELS).write_text(buf.getvalue(), encoding="utf-8")
         fingerprint = compute_fingerprint(tmp, samples, digests=digests)
         counts = Counter(s.label for s in samples)
@@ -214,7 +220,7 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
             if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
                 raise DatasetError(f"{root / LABELS} needs a header with at least path,label")
             samples = [
-                Sample(row["path"], row["label"], row.get("split") or "", row.get("source") or "")
+                Sample(row["path"], row["label"], row.get("split") or "", row.get("source") or "", row.get("group") or "")
                 for row in reader
             ]
     except FileNotFoundError:
