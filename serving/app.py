@@ -119,7 +119,7 @@ def create_app(
         assert store is not None
         batcher = MicroBatcher(settings.batching, state.metrics)
         batcher.start()
-        if settings.log_inline_commit and hasattr(store, "inline_commit_when"):
+        if settings.log_inline_commit:
             # A lone frame's records commit on the loop's thread (no hand-offs; SQLite only,
             # never waiting for its lock); under load they go to the group-commit writer.
             store.inline_commit_when = batcher.idle

@@ -227,7 +227,7 @@ class InspectionService:
         not keep this frame anyway (a pass, sample rate 0) only its sha256 is recorded, computed
         here: that spares the log a worker-thread hop per frame.
         """
-        if verdict == "pass" and not failsafe_reason and getattr(self.log, "frame_sample_rate", None) == 0.0:
+        if verdict == "pass" and not failsafe_reason and self.log.frame_sample_rate == 0.0:
             return hashlib.sha256(body).hexdigest(), None
         return None, body
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 RecordKind = Literal[
     "inspection",   # one frame scored (or fail-safe rejected) by a model
@@ -79,8 +80,21 @@ class StoredRecord:
     hash: str
 
 
+@runtime_checkable
 class InspectionLog(Protocol):
-    """The store interface serving, the CLI and the PLC/labelling code depend on."""
+    """The store interface serving, the CLI and the PLC/labelling code depend on.
+
+    Every member is part of the contract: callers use them directly, never probing with
+    ``hasattr``; a store (or a test double) implements all of them.
+    """
+
+    #: Fraction of passed frames whose image is kept (rejects' frames are always kept). A
+    #: caller may skip handing over a pass's frame when this is 0.
+    frame_sample_rate: float
+    #: Set by a server to "nothing else is in flight right now": the store may then commit a
+    #: lone record on the caller's event-loop thread. None (the default): never. A store that
+    #: cannot commit inline keeps the value and ignores it.
+    inline_commit_when: Callable[[], bool] | None
 
     def append(self, entry: LogEntry, *, frame: bytes | None = None) -> StoredRecord:
         """Append durably (returns only after commit); ``frame`` is stored content-addressed."""

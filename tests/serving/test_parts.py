@@ -70,6 +70,7 @@ class _FailingViewLog:
     def __init__(self, store) -> None:  # type: ignore[no-untyped-def]
         self.store = store
         self.frame_sample_rate = store.frame_sample_rate
+        self.inline_commit_when = None  # the app sets it; the injected failures need the writer path
 
     async def append_async(self, entry, *, frame=None):  # type: ignore[no-untyped-def]
         from inspection.errors import InspectionError

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from inspection.errors import ConfigError, ConflictError, InspectionError, NotFoundError, ValidationError
 from inspection.log.framestore import sha256_hex
 from inspection.log.migrate import current_revision
-from inspection.log.records import LogEntry
+from inspection.log.records import InspectionLog, LogEntry
 from inspection.log.store import open_log
 
 
@@ -31,6 +31,21 @@ def test_append_returns_the_committed_record_and_get_reads_it_back(log: Any) -> 
     assert got.entry.threshold == 1.0 and isinstance(got.entry.threshold, float)
     assert got.entry.time == entry.time
     assert got.entry.scores == {"ok": 0.2, "dent": 0.8}
+
+
+def test_the_store_has_every_member_of_the_inspection_log_protocol(log: Any) -> None:
+    # Serving uses these members directly (no hasattr probes), so every store must have them all.
+    declared = {n for n in vars(InspectionLog) if not n.startswith("_")} | set(InspectionLog.__annotations__)
+    assert {"append", "append_async", "get", "close", "frame_sample_rate", "inline_commit_when"} <= declared
+    assert isinstance(log, InspectionLog)
+    assert [n for n in sorted(declared) if not hasattr(log, n)] == []
+    assert log.frame_sample_rate == 0.0 and log.inline_commit_when is None
+
+    def idle() -> bool:
+        return True
+
+    log.inline_commit_when = idle
+    assert log.inline_commit_when is idle
 
 
 def test_get_unknown_id_is_not_found(log: Any) -> None:
