@@ -65,13 +65,13 @@ _KINDS = ("max_escape", "max_overkill")
 __all__ = [
     "DEFAULT_OVERKILL_LIMIT", "RULE", "SCORES_FILE", "TRADEOFF_ESCAPES", "StoredScores", "calibrate",
     "check_supported", "check_target", "load_scores", "needed", "save_scores", "smallest_supported",
-    "threshold_for", "tradeoff_at", "tradeoff_table",
+    "threshold_for", "tradeoff_at", "tradeoff_table", "tradeoff_text",
 ]
 
 
 def needed(target: float) -> int:
     """Parts needed in validation to resolve ``target``: ceil(1 / target)."""
-    return int(math.ceil(1.0 / target - 1e-9))
+    return math.ceil(1.0 / target - 1e-9)
 
 
 def smallest_supported(n: int) -> float | None:
@@ -133,12 +133,12 @@ def threshold_for(scores: np.ndarray, is_defect: np.ndarray, kind: str, rate: fl
     if kind == "max_escape":
         defect_scores = np.sort(s[d])
         n_def = defect_scores.size
-        k = int(math.floor(rate * n_def + 1e-9))
+        k = math.floor(rate * n_def + 1e-9)
         threshold = float(defect_scores[k]) if k < n_def else 1.0
     else:
         good_scores = np.sort(s[~d])[::-1]
         n_good = good_scores.size
-        k = int(math.floor(rate * n_good + 1e-9))
+        k = math.floor(rate * n_good + 1e-9)
         # reject when s >= t: the lowest t above the (k+1)-th highest good score.
         threshold = float(np.nextafter(good_scores[k], np.inf)) if k < n_good else 0.0
     return min(max(threshold, 0.0), 1.0)
@@ -187,7 +187,32 @@ def tradeoff_at(table: list[dict[str, Any]], scores: np.ndarray, is_defect: np.n
 
 
 def _pct(x: float) -> str:
-    return f"{x:.1%}" if x >= 0.001 else f"{x:.2%}"
+    return f"{x:.1%}" if x >= 0.001 or x == 0 else f"{x:.2%}"
+
+
+def _rate_text(r: dict[str, Any]) -> str:
+    if not r["n"]:
+        return "n/a"
+    return f"{_pct(r['rate'])} [{_pct(r['ci_low'])}–{_pct(r['ci_high'])}]"
+
+
+def tradeoff_text(table: list[dict[str, Any]], *, test: list[dict[str, Any]] | None = None) -> str:
+    """The trade-off table as aligned terminal lines (rates with their 95% CIs in brackets);
+    ``test`` (from ``tradeoff_at``) adds what the validation thresholds give on test."""
+    head = ["max escape", "threshold", "val escape [95% CI]", "val overkill [95% CI]"]
+    if test is not None:
+        head += ["test escape [95% CI]", "test overkill [95% CI]"]
+    rows = [head]
+    for i, row in enumerate(table):
+        cells = [f"{row['max_escape']:g}", f"{row['threshold']:.4g}", _rate_text(row["escape"]), _rate_text(row["overkill"])]
+        if test is not None:
+            cells += [_rate_text(test[i]["escape"]), _rate_text(test[i]["overkill"])]
+        if not row["resolvable"]:
+            cells.append(f"not resolvable: needs >= {row['needed']} validation defects")
+        rows.append(cells)
+    widths = [max(len(r[c]) for r in rows if c < len(r)) for c in range(len(head))]
+    lines = ["  ".join(cell.ljust(widths[c]) if c < len(head) else cell for c, cell in enumerate(r)).rstrip() for r in rows]
+    return "escape–overkill trade-off (thresholds chosen on validation):\n" + "\n".join("  " + line for line in lines)
 
 
 def _overkill_warning(rate: float, overkill: Rate, limit: float, table: list[dict[str, Any]], model_id: str) -> str:

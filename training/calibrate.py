@@ -23,10 +23,11 @@ from inspection.calibration import (
     threshold_for,
     tradeoff_at,
     tradeoff_table,
+    tradeoff_text,
 )
 
 __all__ = [
     "DEFAULT_OVERKILL_LIMIT", "RULE", "SCORES_FILE", "TRADEOFF_ESCAPES", "StoredScores", "calibrate",
     "check_supported", "check_target", "load_scores", "needed", "save_scores", "smallest_supported",
-    "threshold_for", "tradeoff_at", "tradeoff_table",
+    "threshold_for", "tradeoff_at", "tradeoff_table", "tradeoff_text",
 ]

@@ -1,4 +1,4 @@
-"""`inspection models` — the model registry: list, show, promote, rollback (and archs).
+"""`inspection models` — the model registry: list, show, promote, rollback, set-threshold (and archs).
 
 Each action is a small ``_add_<action>(sub)`` function listed in ``_ACTIONS``; a new action
 (e.g. ``compare``, a promotion gate) adds one function to the tuple. Handlers are thin: they
@@ -13,8 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from inspection.calibration import DEFAULT_OVERKILL_LIMIT, tradeoff_text
 from inspection.cli import compare as _gate
 from inspection.cli.compare import add_compare, add_gate_arguments
+from inspection.metrics import Rate
+from inspection.recalibrate import set_threshold
 from inspection.registry import DEFAULT_STATION, ModelRegistry, parse_model_id
 
 
@@ -69,12 +72,29 @@ def _add_rollback(actions: Any) -> None:
     p.set_defaults(func=_gate.rollback)
 
 
+def _add_set_threshold(actions: Any) -> None:
+    p = actions.add_parser(
+        "set-threshold", help="move a version's operating point without retraining (writes a new version)",
+        description="Re-calibrate the reject threshold from the version's stored validation scores and write the "
+                    "result as the model's next version (same ONNX file, golden frames re-scored). The source "
+                    "version is not changed; promote the new one when it suits the line.")
+    _common(p)
+    p.add_argument("model", help="NAME/VERSION to re-calibrate")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--max-escape", type=float, help="highest escape rate (defects passed) on validation, e.g. 0.02")
+    target.add_argument("--max-overkill", type=float, help="highest overkill rate (good rejected) on validation, e.g. 0.05")
+    p.add_argument("--overkill-limit", type=float, default=DEFAULT_OVERKILL_LIMIT,
+                   help=f"warn when the escape target costs more overkill than this (default {DEFAULT_OVERKILL_LIMIT:g})")
+    p.set_defaults(func=_set_threshold)
+
+
 def _add_archs(actions: Any) -> None:
     p = actions.add_parser("archs", help="architectures `inspection train --arch` accepts")
     p.set_defaults(func=_archs)
 
 
-_ACTIONS: tuple[Callable[[Any], None], ...] = (_add_list, _add_show, _add_promote, _add_rollback, add_compare, _add_archs)
+_ACTIONS: tuple[Callable[[Any], None], ...] = (_add_list, _add_show, _add_promote, _add_rollback, add_compare,
+                                               _add_set_threshold, _add_archs)
 
 
 def _active_by_model(reg: ModelRegistry) -> dict[str, list[str]]:
@@ -152,6 +172,24 @@ def _rollback(args: argparse.Namespace) -> int:
     reg = ModelRegistry(args.models_dir)
     event = reg.rollback(station=args.station, actor=args.actor, reason=args.reason)
     print(f"station {args.station!r} rolled back to {event['model']} (was {event['previous']})")
+    return 0
+
+
+def _set_threshold(args: argparse.Namespace) -> int:
+    target = {"max_escape": args.max_escape} if args.max_escape is not None else {"max_overkill": args.max_overkill}
+    mv = set_threshold(ModelRegistry(args.models_dir), args.model, target, overkill_limit=args.overkill_limit)
+    t = mv.card.thresholds
+    op = mv.card.metrics.get("test", {}).get("operating_point", {})
+    lines = [f"{mv.model_id} written ({mv.path}), re-calibrated from {args.model}: reject when P(defect) >= {t.reject:.6g}"]
+    for split, esc, ovk in (("validation", t.calibration["val_escape"], t.calibration["val_overkill"]),
+                            ("test", op.get("escape"), op.get("overkill"))):
+        if esc and ovk:
+            lines.append(f"{split:10s} escape {Rate(**esc)}  overkill {Rate(**ovk)}")
+    lines.append(tradeoff_text(t.calibration["tradeoff"]))
+    if t.calibration.get("warning"):
+        lines.append(f"WARNING: {t.calibration['warning']}")
+    lines.append(f"not active anywhere yet: inspection models promote {mv.model_id} --station STATION")
+    print("\n".join(lines))
     return 0
 
 

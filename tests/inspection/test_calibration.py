@@ -1,0 +1,127 @@
+"""The operating point in the core: trade-off table, overkill warning, stored scores."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inspection.calibration import (
+    calibrate,
+    load_scores,
+    save_scores,
+    tradeoff_at,
+    tradeoff_table,
+    tradeoff_text,
+)
+from inspection.errors import ModelCardError, ValidationError
+from inspection.metrics import wilson_interval
+
+
+def _scores(seed: int, n_def: int, n_good: int, *, separation: float) -> tuple[np.ndarray, np.ndarray]:
+    """P(defect) for defects ~ Beta(a, 2), for good parts ~ Beta(2, a): larger ``separation`` = a better model."""
+    rng = np.random.default_rng(seed)
+    s = np.r_[rng.beta(separation, 2, n_def), rng.beta(2, separation, n_good)]
+    return s, np.r_[np.ones(n_def, bool), np.zeros(n_good, bool)]
+
+
+def test_tradeoff_table_meets_each_level_with_wilson_intervals_and_marks_unresolvable_ones() -> None:
+    s, d = _scores(0, 150, 400, separation=4)
+    table = tradeoff_table(s, d)
+    assert [r["max_escape"] for r in table] == [0.005, 0.01, 0.02, 0.05, 0.10]
+    # 150 defects resolve 1% (needs 100) but not 0.5% (needs 200).
+    assert [r["resolvable"] for r in table] == [False, True, True, True, True]
+    assert table[0]["needed"] == 200
+    for row in table:
+        t = row["threshold"]
+        passed_defects = int(np.sum(d & (s < t)))
+        rejected_good = int(np.sum(~d & (s >= t)))
+        assert passed_defects <= math.floor(row["max_escape"] * 150 + 1e-9)
+        assert row["escape"]["k"] == passed_defects and row["escape"]["n"] == 150
+        assert row["overkill"]["k"] == rejected_good and row["overkill"]["n"] == 400
+        assert (row["overkill"]["ci_low"], row["overkill"]["ci_high"]) == pytest.approx(wilson_interval(rejected_good, 400))
+    # A looser escape target never costs more overkill.
+    overkills = [r["overkill"]["rate"] for r in table]
+    assert overkills == sorted(overkills, reverse=True)
+    assert overkills[0] > overkills[-1]
+
+
+def test_tradeoff_at_applies_validation_thresholds_to_another_split() -> None:
+    s, d = _scores(1, 200, 400, separation=4)
+    table = tradeoff_table(s, d)
+    t_s, t_d = _scores(2, 80, 300, separation=4)
+    test = tradeoff_at(table, t_s, t_d)
+    for row, trow in zip(table, test, strict=True):
+        assert trow["threshold"] == row["threshold"]
+        assert trow["escape"]["k"] == int(np.sum(t_d & (t_s < row["threshold"]))) and trow["escape"]["n"] == 80
+        assert trow["overkill"]["k"] == int(np.sum(~t_d & (t_s >= row["threshold"])))
+    text = tradeoff_text(table, test=test)
+    assert "test overkill [95% CI]" in text and "0.005" in text and "not resolvable" not in text
+
+
+def test_tradeoff_rejects_a_level_outside_0_1() -> None:
+    s, d = _scores(1, 20, 20, separation=4)
+    with pytest.raises(ValidationError, match=r"--max-escape 1\.5: a rate must be between 0 and 1"):
+        tradeoff_table(s, d, escapes=(0.01, 1.5))
+
+
+def test_weak_model_at_a_strict_escape_target_gets_a_warning_naming_target_overkill_ci_and_limit() -> None:
+    s, d = _scores(3, 200, 400, separation=2.5)  # overlapping: 1% escape costs many good parts
+    t, ev = calibrate(s, d, {"max_escape": 0.01}, model_id="coat/v3")
+    overkill = ev["val_overkill"]
+    assert overkill["rate"] > 0.20
+    warning = ev["warning"]
+    assert "target escape 1.0%" in warning and f"forces overkill {overkill['rate']:.1%}" in warning
+    assert f"95% CI {overkill['ci_low']:.1%}–{overkill['ci_high']:.1%}" in warning
+    assert "above the limit 20.0%" in warning
+    assert "inspection models set-threshold coat/v3 --max-escape" in warning
+    assert ev["overkill_limit"] == 0.20 and len(ev["tradeoff"]) == 5
+    # The threshold itself is unchanged by the warning: training still gets its operating point.
+    assert np.sum(d & (s < t)) <= 2
+
+
+def test_no_warning_when_overkill_at_the_target_is_within_the_limit() -> None:
+    s, d = _scores(4, 200, 400, separation=12)  # well separated
+    _, ev = calibrate(s, d, {"max_escape": 0.05})
+    assert ev["val_overkill"]["rate"] <= 0.20
+    assert "warning" not in ev and len(ev["tradeoff"]) == 5
+
+
+def test_the_limit_is_configurable_and_can_be_switched_off() -> None:
+    s, d = _scores(3, 200, 400, separation=2.5)
+    _, ev = calibrate(s, d, {"max_escape": 0.01})
+    rate = ev["val_overkill"]["rate"]
+    assert "warning" in calibrate(s, d, {"max_escape": 0.01}, overkill_limit=rate - 0.01)[1]
+    assert "warning" not in calibrate(s, d, {"max_escape": 0.01}, overkill_limit=min(1.0, rate + 0.01))[1]
+    assert "warning" not in calibrate(s, d, {"max_escape": 0.01}, overkill_limit=None)[1]
+    # An overkill target is the engineer's own choice of overkill: never warned about.
+    assert "warning" not in calibrate(s, d, {"max_overkill": 0.5})[1]
+    with pytest.raises(ValidationError, match=r"overkill limit 1\.5: allowed \(0, 1\]"):
+        calibrate(s, d, {"max_escape": 0.01}, overkill_limit=1.5)
+
+
+def test_scores_round_trip_and_malformed_files_are_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    val = rng.dirichlet(np.ones(3), 20)
+    test = rng.dirichlet(np.ones(3), 10)
+    path = save_scores(tmp_path / "scores.npz", val_probs=val, val_labels=rng.integers(0, 3, 20),
+                       test_probs=test, test_labels=rng.integers(0, 3, 10))
+    got = load_scores(path, n_classes=3)
+    assert got.val_probs.dtype == np.float32 and got.val_labels.dtype == np.int64
+    np.testing.assert_allclose(got.test_probs, test.astype(np.float32))
+    with pytest.raises(ModelCardError, match="val_probs has 3 columns, the card has 4 classes"):
+        load_scores(path, n_classes=4)
+    np.savez(tmp_path / "bad.npz", val_probs=val, val_labels=np.full(20, 3), test_probs=test, test_labels=np.zeros(10, int))
+    with pytest.raises(ModelCardError, match=r"val_labels has class indices outside 0\.\.2"):
+        load_scores(tmp_path / "bad.npz")
+    np.savez(tmp_path / "partial.npz", val_probs=val)
+    with pytest.raises(ModelCardError, match=r"lack \['val_labels', 'test_probs', 'test_labels'\]"):
+        load_scores(tmp_path / "partial.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ModelCardError, match="cannot be read"):
+        load_scores(tmp_path / "junk.npz")
+    with pytest.raises(ModelCardError, match=r"val_probs must be \[N, K\]"):
+        save_scores(tmp_path / "x.npz", val_probs=val[:, 0], val_labels=np.zeros(20, int), test_probs=test,
+                    test_labels=np.zeros(10, int))
