@@ -150,6 +150,7 @@ def _show(args: argparse.Namespace) -> int:
         f"input     {card.input.channels}x{card.input.height}x{card.input.width} uint8, resize {card.input.resize}",
         f"threshold reject when P(defect) >= {t.reject:.6g}  target {t.target or '-'}  per-class {t.per_class or '-'}"
         + ("" if t.calibration.get("supported", True) else "  WARNING: target NOT supported by validation"),
+        *([f"WARNING   {t.calibration['warning']}"] if t.calibration.get("warning") else []),
         f"dataset   {card.dataset.name} ({card.dataset.fingerprint[:12]}…)  split {card.dataset.split_counts}",
         (f"parity    max |torch - onnx| {card.parity.max_abs_diff:.2g} on {card.parity.n_images} test images "
          f"(tolerance {card.parity.tolerance:g}, {'passed' if card.parity.passed else 'FAILED'})"),

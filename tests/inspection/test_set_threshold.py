@@ -120,6 +120,8 @@ def test_a_strict_escape_target_warns_and_still_writes(models: Path, capsys: pyt
     assert "target escape 1.0% forces overkill" in warning and "above the limit 20.0%" in warning
     assert "set-threshold tiny/v2 --max-escape" in warning
     assert f"WARNING: {warning}" in out
+    assert cli(["models", "show", "tiny/v2", "--models-dir", str(models)]) == 0
+    assert f"WARNING   {warning}" in capsys.readouterr().out
     # a looser target on the same model does not warn
     assert cli(["models", "set-threshold", "tiny/v2", "--max-escape", "0.1", "--overkill-limit", "0.8",
                 "--models-dir", str(models)]) == 0
