@@ -3,6 +3,10 @@
 Every message names the bad value and what is allowed, so a quality engineer reading a
 CLI message or an HTTP 4xx body knows what to fix. Errors are mapped to HTTP status codes
 only in ``serving/`` (see ``serving.errors``) and to exit codes only in the CLI.
+
+Each class also declares ``failsafe_code``: the reason recorded (and counted) when a frame's
+view is fail-safe rejected because of that error. Subclasses inherit it, so a new error
+needs no change where serving rejects.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ class InspectionError(Exception):
 
     #: A short machine-readable code, used in HTTP bodies and log records.
     code: str = "inspection_error"
+    #: The reason recorded when a view is fail-safe rejected because of this error.
+    failsafe_code: str = "server_error"
 
 
 class ConfigError(InspectionError):
@@ -31,6 +37,7 @@ class ImageError(InspectionError):
     """An image cannot be decoded, is truncated, empty or has the wrong dimensions."""
 
     code = "invalid_image"
+    failsafe_code = "undecodable_frame"
 
 
 class ModelCardError(InspectionError):
@@ -67,6 +74,7 @@ class ValidationError(InspectionError):
     """A request or argument is malformed (empty part id, bad label, unknown class, ...)."""
 
     code = "invalid_request"
+    failsafe_code = "invalid_request"
 
 
 class ConflictError(InspectionError):
@@ -79,6 +87,7 @@ class OverloadedError(InspectionError):
     """The scoring queue is full; the caller should retry after a short delay."""
 
     code = "overloaded"
+    failsafe_code = "overload"
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
@@ -89,6 +98,7 @@ class ModelError(InspectionError):
     """The model failed to score a frame (runtime error, wrong output shape)."""
 
     code = "model_error"
+    failsafe_code = "model_error"
 
 
 class LogIntegrityError(InspectionError):
@@ -119,9 +129,11 @@ class PayloadTooLargeError(ValidationError):
     """A request body is over the configured limit (HTTP 413)."""
 
     code = "payload_too_large"
+    failsafe_code = "payload_too_large"
 
 
 class UnsupportedMediaError(ValidationError):
     """A frame's content type is not one the server decodes (HTTP 415)."""
 
     code = "unsupported_media_type"
+    failsafe_code = "unsupported_media_type"

@@ -20,16 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from inspection.decisions import decide
-from inspection.errors import (
-    ImageError,
-    InspectionError,
-    ModelError,
-    NotFoundError,
-    OverloadedError,
-    PayloadTooLargeError,
-    UnsupportedMediaError,
-    ValidationError,
-)
+from inspection.errors import InspectionError, ModelError, NotFoundError, UnsupportedMediaError, ValidationError
 from inspection.log.records import InspectionLog, LogEntry, StoredRecord, new_id
 from inspection.preprocess import ENCODED_TYPES, RAW_TYPE, prepare_frame
 from serving.batching import Arrival, MicroBatcher
@@ -44,23 +35,6 @@ from serving.settings import ServeSettings
 log = logging.getLogger(__name__)
 
 ACCEPTED_TYPES = (*ENCODED_TYPES, RAW_TYPE)
-
-
-def failsafe_code(exc: BaseException) -> str:
-    """The short reason recorded (and counted) for a view that failed with ``exc``."""
-    if isinstance(exc, OverloadedError):
-        return "overload"
-    if isinstance(exc, ImageError):
-        return "undecodable_frame"
-    if isinstance(exc, ModelError):
-        return "model_error"
-    if isinstance(exc, PayloadTooLargeError):
-        return "payload_too_large"
-    if isinstance(exc, UnsupportedMediaError):
-        return "unsupported_media_type"
-    if isinstance(exc, ValidationError):
-        return "invalid_request"
-    return "server_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +214,7 @@ class InspectionService:
     # -- fail-safe -------------------------------------------------------------------------
     async def reject_failsafe(self, req: FrameRequest, exc: InspectionError, *, frame: bytes | None = None) -> StoredRecord | None:
         """Record a fail-safe reject of ``req``'s view because of ``exc`` and attach it to ``exc``."""
-        code = failsafe_code(exc)
+        code = exc.failsafe_code  # declared on the error's class (inspection.errors)
         reason = f"{code}: {exc}"
         model_version: str | None = None
         try:
