@@ -25,14 +25,14 @@ from starlette.types import Receive, Scope, Send
 
 from inspection.errors import InspectionError
 from inspection.log.records import InspectionLog
-from serving import errors, frames
+from serving import errors, intake
 from serving.auth import KeyStore
 from serving.batching import MicroBatcher
 from serving.events import DecisionBus
 from serving.lifecycle import ModelManager
-from serving.metrics import ServingMetrics
 from serving.service import InspectionService
 from serving.settings import ServeSettings
+from serving.telemetry import ServingMetrics
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +43,25 @@ LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 class InspectionApp(FastAPI):
     """FastAPI, except that frames (``POST /v1/inspections``) are answered first, directly.
 
-    See ``serving.frames.answer_frame``: the route still exists (OpenAPI, auth matrix), but
+    See ``serving.intake.answer_frame``: the route still exists (OpenAPI, auth matrix), but
     the frames every line controller sends skip FastAPI's per-request work.
     """
 
     frame_lane: bool = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.frame_lane and frames.is_frame_request(scope):
+        if self.frame_lane and intake.is_frame_request(scope):
             scope["app"] = self  # as Starlette sets it: handlers find app.state through the request
-            await frames.answer_frame(scope, receive, send)
+            await intake.answer_frame(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
 
 def default_routers() -> list[RouterFactory]:
     """Every router the product serves."""
-    from serving import admin, audit, frames, labelling
+    from serving import admin, audit, intake, labelling
 
-    return [admin.build_health_router, frames.build_router, admin.build_ops_router, audit.build_router,
+    return [admin.build_health_router, intake.build_router, admin.build_ops_router, audit.build_router,
             labelling.build_router]
 
 
@@ -162,5 +162,5 @@ def create_app(
         if router is not None:
             app.include_router(router)
             paths.update(getattr(route, "path", "") for route in router.routes)
-    app.frame_lane = frames.INSPECTIONS_PATH in paths
+    app.frame_lane = intake.INSPECTIONS_PATH in paths
     return app

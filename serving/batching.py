@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from inspection.errors import ModelError, OverloadedError
-from serving.metrics import ServingMetrics
 from serving.model import LoadedModel
 from serving.settings import BatchingSettings
+from serving.telemetry import ServingMetrics
 
 log = logging.getLogger(__name__)
 

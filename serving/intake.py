@@ -107,7 +107,7 @@ def parse_capture_time(value: str | None) -> datetime | None:
     except (ValueError, OverflowError, OSError):
         pass
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text)  # Python 3.11+ reads a trailing Z as UTC
     except ValueError:
         raise ValidationError(f"capture_time {text[:40]!r} is neither ISO 8601 nor Unix seconds") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

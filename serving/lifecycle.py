@@ -18,9 +18,9 @@ from typing import Any
 
 from inspection.errors import InspectionError, ModelError
 from inspection.registry import ModelRegistry, ModelVersion
-from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, load_model
 from serving.settings import ServeSettings
+from serving.telemetry import ServingMetrics
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from serving.batching import Arrival, MicroBatcher
 from serving.errors import attach_failsafe
 from serving.events import DecisionBus, DecisionEvent
 from serving.lifecycle import ModelManager
-from serving.metrics import ServingMetrics
 from serving.model import LoadedModel
 from serving.parts import Part, PartTracker, View
 from serving.settings import ServeSettings
+from serving.telemetry import ServingMetrics
 
 log = logging.getLogger(__name__)
 

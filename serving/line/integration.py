@@ -20,8 +20,8 @@ from inspection.errors import ConfigError, InspectionError
 from inspection.log.records import LogEntry
 from serving.events import DecisionBus, Subscription
 from serving.line.logsink import AppendsAsync, LogSink
-from serving.line.metrics import LineMetrics
 from serving.line.settings import LineSettings, check_line_settings
+from serving.line.telemetry import LineMetrics
 
 log = logging.getLogger(__name__)
 

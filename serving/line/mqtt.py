@@ -32,8 +32,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from inspection.log.records import LogEntry, StoredRecord
 from serving.events import DecisionEvent
 from serving.line.logsink import LogSink
-from serving.line.metrics import LineMetrics
 from serving.line.settings import MqttSettings
+from serving.line.telemetry import LineMetrics
 
 log = logging.getLogger(__name__)
 

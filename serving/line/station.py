@@ -14,8 +14,8 @@ from inspection.log.records import LogEntry
 from serving.events import DecisionEvent
 from serving.line.handshake import ResultHandshake
 from serving.line.logsink import LogSink
-from serving.line.metrics import LineMetrics
 from serving.line.settings import PlcSettings
+from serving.line.telemetry import LineMetrics
 
 log = logging.getLogger(__name__)
 

@@ -101,7 +101,7 @@ def test_records_chain_verifies_after_traffic(client: TestClient, keys) -> None:
 
 
 def test_the_frame_lane_and_the_router_answer_alike(client: TestClient, keys) -> None:
-    # Frames are answered ahead of FastAPI's router (serving.frames.answer_frame); the route
+    # Frames are answered ahead of FastAPI's router (serving.intake.answer_frame); the route
     # behind it must give the same answers, errors included, should the lane be off.
     cases = [
         ({**auth(keys)}, frame_png(BRIGHT), "ok"),

@@ -13,9 +13,9 @@ import pytest_asyncio
 from inspection.log.store import SqlInspectionLog
 from serving.events import DecisionBus, DecisionEvent
 from serving.line.logsink import LogSink
-from serving.line.metrics import LineMetrics
 from serving.line.mqtt import MqttPublisher
 from serving.line.settings import MqttSettings
+from serving.line.telemetry import LineMetrics
 from tests.serving.line.conftest import decide_many, part_entry, records_of, wait_for
 from tests.serving.line.peers import MOSQUITTO, Broker, Subscriber
 
