@@ -1,8 +1,11 @@
 """The evaluation report a quality engineer reads: ``report.html`` plus PNG plots.
 
-Contents: escape and overkill rates at the operating point with 95% Wilson intervals, per-class
-precision/recall/F1, the confusion matrix, ROC and precision–recall curves for defect vs good
-(only for models with a good class), and the training history.
+Contents: escape and overkill rates at the operating point with 95% Wilson intervals, the
+calibration warning (in red) when the escape target costs more overkill than the limit, the
+escape–overkill trade-off table (thresholds chosen on validation; validation and test rates with
+CIs) and the full escape–overkill curve on validation and test, per-class precision/recall/F1,
+the confusion matrix, ROC and precision–recall curves for defect vs good (only for models with a
+good class), and the training history.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from inspection import metrics as M
+from inspection.calibration import tradeoff_at, tradeoff_text
 
 
 def _plt():  # type: ignore[no-untyped-def]
@@ -77,29 +81,84 @@ def plot_pr(is_defect: np.ndarray, score: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
+def escape_overkill_curve(is_defect: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(escape, overkill, thresholds) for "reject when score >= t" at every distinct score.
+
+    Escape is 1 - the ROC's true-positive rate, overkill its false-positive rate: the same curve
+    read the way the line reads it.
+    """
+    fpr, tpr, thresholds = M.roc_curve(is_defect, score)
+    return 1.0 - tpr, fpr, thresholds
+
+
+def plot_escape_overkill(curves: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float,
+                         tradeoff: list[dict[str, Any]], path: Path) -> None:
+    """Escape (x, symlog) against overkill (y) per split, the operating point and the table's levels."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 4.5), dpi=100)
+    for split, (is_defect, score) in curves.items():
+        escape, overkill, _ = escape_overkill_curve(is_defect, score)
+        line = ax.step(escape, overkill, where="post", label=f"{split} (n={len(score)})")[0]
+        op = M.escape_overkill(is_defect, score >= threshold)
+        ax.plot([op["escape"].rate], [op["overkill"].rate], "o", color=line.get_color(), markeredgecolor="red",
+                markersize=8)
+    for row in tradeoff:
+        ax.axvline(row["max_escape"], color="grey", linestyle=":", linewidth=0.8)
+    ax.plot([], [], "o", color="white", markeredgecolor="red", label=f"operating point t={threshold:.3g}")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("escape rate (defects passed); dotted: trade-off table levels")
+    ax.set_ylabel("overkill rate (good rejected)")
+    ax.set_title("escape–overkill trade-off")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def _rate_cell(r: dict[str, Any]) -> str:
     if not r["n"]:
         return "n/a"
     return f"{r['rate']:.2%} ({r['k']}/{r['n']}; 95% CI {r['ci_low']:.2%}–{r['ci_high']:.2%})"
 
 
-def write_report(folder: Path, *, title: str, classes: list[str], good_class: str | None, y_true: np.ndarray, probs: np.ndarray, threshold: float, test_metrics: dict[str, Any], calibration: dict[str, Any], history: list[dict[str, float]]) -> list[str]:
-    """Write ``report.html`` and its PNGs into ``folder``; returns the file names written."""
+def write_report(folder: Path, *, title: str, classes: list[str], good_class: str | None, y_true: np.ndarray,
+                 probs: np.ndarray, threshold: float, test_metrics: dict[str, Any], calibration: dict[str, Any],
+                 history: list[dict[str, float]], val_labels: np.ndarray | None = None,
+                 val_probs: np.ndarray | None = None) -> list[str]:
+    """Write ``report.html`` and its PNGs into ``folder``; returns the file names written.
+
+    ``y_true``/``probs`` are the test split's; ``val_labels``/``val_probs`` (the split the
+    threshold was calibrated on) add the validation curve to the escape–overkill plot.
+    ``calibration`` is ``inspection.calibration.calibrate``'s evidence: its ``tradeoff`` table
+    and ``warning`` are shown when present.
+    """
     folder = Path(folder)
     files = ["report.html", "confusion.png"]
     cm = np.asarray(test_metrics["confusion_matrix"])
     plot_confusion(cm, classes, folder / "confusion.png")
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:2em;max-width:60em}td,th{padding:2px 8px;text-align:right}"
-             "th:first-child,td:first-child{text-align:left}table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}</style>",
+             ("<style>body{font-family:sans-serif;margin:2em;max-width:60em}td,th{padding:2px 8px;text-align:right}"
+              "th:first-child,td:first-child{text-align:left}table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}</style>"),
              f"</head><body><h1>{esc(title)}</h1>"]
+    warning = calibration.get("warning")
+    if warning:
+        parts.append(f"<p style='color:#b00;border:2px solid #b00;padding:6px'><b>WARNING:</b> {esc(warning)}</p>")
     if good_class is not None:
-        is_defect = y_true != classes.index(good_class)
-        score = 1.0 - probs[:, classes.index(good_class)]
+        gi = classes.index(good_class)
+        is_defect = y_true != gi
+        score = 1.0 - probs[:, gi]
         plot_roc(is_defect, score, threshold, folder / "roc.png")
         plot_pr(is_defect, score, folder / "pr.png")
-        files += ["roc.png", "pr.png"]
+        curves = {}
+        if val_labels is not None and val_probs is not None:
+            curves["validation"] = (np.asarray(val_labels) != gi, 1.0 - np.asarray(val_probs)[:, gi])
+        curves["test"] = (is_defect, score)
+        tradeoff = calibration.get("tradeoff", [])
+        plot_escape_overkill(curves, threshold, tradeoff, folder / "escape_overkill.png")
+        files += ["roc.png", "pr.png", "escape_overkill.png"]
         op = test_metrics["operating_point"]
         parts.append("<h2>Operating point (test split)</h2><table>")
         parts.append(f"<tr><td>reject threshold on P(defect)</td><td>{threshold:.6g}</td></tr>")
@@ -113,6 +172,10 @@ def write_report(folder: Path, *, title: str, classes: list[str], good_class: st
         parts.append(f"<tr><td>average precision</td><td>{test_metrics['average_precision']:.4f}</td></tr></table>")
         parts.append("<p>The interval is how sure the figure is: with few defects on the test split a low escape rate is "
                      "compatible with a much higher true rate.</p>")
+        if tradeoff:
+            parts.append(_tradeoff_html(tradeoff, test_metrics.get("tradeoff") or tradeoff_at(tradeoff, score, is_defect),
+                                        calibration.get("overkill_limit")))
+        parts.append("<img src='escape_overkill.png' alt='escape-overkill curve'><br>")
         parts.append("<img src='roc.png' alt='ROC'> <img src='pr.png' alt='precision-recall'>")
     parts.append("<h2>Per class (test split)</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>")
     for name, v in test_metrics["per_class"].items():
@@ -129,12 +192,39 @@ def write_report(folder: Path, *, title: str, classes: list[str], good_class: st
     return files
 
 
-def text_summary(test_metrics: dict[str, Any], good_class: str | None) -> str:
-    """A few lines for the terminal: the escape/overkill report."""
+def _tradeoff_html(table: list[dict[str, Any]], test: list[dict[str, Any]], limit: float | None) -> str:
+    esc = html.escape
+    rows = ["<h2>Escape–overkill trade-off</h2><p>Each row: the threshold that meets the escape level on validation, "
+            "and what it gives on validation and on test (95% CIs). Move the operating point without retraining with "
+            "<code>inspection models set-threshold NAME/VERSION --max-escape X</code>."
+            + (f" Overkill above {limit:.0%} is flagged in red." if limit is not None else "") + "</p>",
+            ("<table><tr><th>max escape</th><th>threshold</th><th>val escape</th><th>val overkill</th>"
+             "<th>test escape</th><th>test overkill</th><th></th></tr>")]
+    def over(r: dict[str, Any]) -> str:
+        red = limit is not None and r["n"] and r["rate"] > limit
+        return f"<td style='color:#b00'>{_rate_cell(r)}</td>" if red else f"<td>{_rate_cell(r)}</td>"
+
+    for row, trow in zip(table, test, strict=True):
+        note = "" if row["resolvable"] else f"not resolvable: needs ≥ {row['needed']} validation defects"
+        rows.append(f"<tr><td>{row['max_escape']:g}</td><td>{row['threshold']:.4g}</td><td>{_rate_cell(row['escape'])}</td>"
+                    f"{over(row['overkill'])}<td>{_rate_cell(trow['escape'])}</td>{over(trow['overkill'])}"
+                    f"<td>{esc(note)}</td></tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def text_summary(test_metrics: dict[str, Any], good_class: str | None, calibration: dict[str, Any] | None = None) -> str:
+    """A few lines for the terminal: the escape/overkill report; with ``calibration`` (the
+    evidence of ``inspection.calibration.calibrate``) also its warning and trade-off table
+    (test columns when ``test_metrics`` holds ``tradeoff``, from ``tradeoff_at``)."""
     lines = [f"test accuracy {test_metrics['accuracy']:.4f}  macro recall {test_metrics['macro_recall']:.4f}  (n={test_metrics['n']})"]
     if good_class is not None:
         op = test_metrics["operating_point"]
         lines.append(f"escape rate   {_rate_cell(op['escape'])}")
         lines.append(f"overkill rate {_rate_cell(op['overkill'])}")
         lines.append(f"ROC AUC defect vs good {test_metrics['roc_auc']:.4f}")
+    if calibration and calibration.get("tradeoff"):
+        lines.append(tradeoff_text(calibration["tradeoff"], test=test_metrics.get("tradeoff")))
+    if calibration and calibration.get("warning"):
+        lines.append(f"WARNING: {calibration['warning']}")
     return "\n".join(lines)
