@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gen.add_argument("--out", type=Path, required=True, help="dataset folder to create, e.g. datasets/coating")
     gen.add_argument("--seed", type=int, default=0, help="same seed -> byte-identical dataset (default 0)")
     gen.add_argument("--good", type=int, default=500, dest="n_good", help="good frames (default 500)")
-    gen.add_argument("--per-defect", type=int, default=100, dest="n_per_defect", help="frames per defect type (default 100)")
+    gen.add_argument("--per-defect", type=int, default=100, dest="n_per_defect",
+                     help="frames per defect type (default 100)")
     gen.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     gen.set_defaults(func=_generate)
@@ -46,12 +47,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     imp.add_argument("--class-from-dir-pattern", default=None, metavar="REGEX",
                      help="folders: regex searched in the file's relative path; its 'label' group is the class, "
                           "e.g. 'MT_(?P<label>[^/]+)/'. Default: the top-level folder name")
+    imp.add_argument("--group-from-pattern", default=None, metavar="REGEX",
+                     help="fill the labels.csv group column (part serial, lot, item: one split per group) from the "
+                          "'group' group of a regex searched in the file's relative path, e.g. '(?P<group>SN[0-9]+)_'")
     imp.add_argument("--classes", default=None, metavar="A,B,...",
                      help="the allowed classes, in model output order (default: the labels found, sorted, good first)")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     imp.set_defaults(func=_import)
 
-    info = dsub.add_parser("info", help="class counts, image sizes, channels and problems of a dataset")
+    info = dsub.add_parser("info", help="class counts, image sizes, channels, duplicates and problems of a dataset")
     info.add_argument("dataset", type=Path, metavar="DATASET", help="dataset folder (standard layout)")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     info.add_argument("--min-per-class", type=int, default=10, help="flag classes with fewer images (default 10)")
@@ -63,9 +67,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Copies the base dataset and every labelled frame (latest label wins) from the log's frame store; "
                     "production samples get a seeded split; the manifest records the lineage (records and labels).",
     )
-    build.add_argument("--base", type=Path, required=True, metavar="DATASET", help="base dataset folder (standard layout)")
+    build.add_argument("--base", type=Path, required=True, metavar="DATASET",
+                       help="base dataset folder (standard layout)")
     build.add_argument("--log-url", required=True, help="inspection log, e.g. sqlite:///var/log.db")
-    build.add_argument("--frames-dir", type=Path, default=None, help="the log's frame store (default: beside a SQLite log)")
+    build.add_argument("--frames-dir", type=Path, default=None,
+                       help="the log's frame store (default: beside a SQLite log)")
     build.add_argument("--out", type=Path, required=True, help="dataset folder to create, e.g. datasets/coating-v2")
     build.add_argument("--name", default=None, help="dataset name (default: the --out folder name)")
     build.add_argument("--seed", type=int, default=0, help="split seed for the production samples (default 0)")
@@ -80,7 +86,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     unl.add_argument("src", type=Path, metavar="SRC", help="folder of images (searched recursively) or one image")
     unl.add_argument("--log-url", required=True, help="inspection log, e.g. sqlite:///var/log.db")
-    unl.add_argument("--frames-dir", type=Path, default=None, help="the log's frame store (default: beside a SQLite log)")
+    unl.add_argument("--frames-dir", type=Path, default=None,
+                     help="the log's frame store (default: beside a SQLite log)")
     unl.add_argument("--station", default=None, help="station whose model shows its prediction on the page")
     unl.add_argument("--actor", default="cli", help="who imported them (recorded)")
     unl.set_defaults(func=_import_unlabelled)
@@ -106,10 +113,11 @@ def _import(args: argparse.Namespace) -> int:
     ds = import_dataset(
         args.src, args.out, layout=args.layout, good_class=args.good, name=args.name,
         include=args.include, exclude=args.exclude, class_pattern=args.class_from_dir_pattern,
-        classes=classes, overwrite=args.overwrite,
+        classes=classes, group_pattern=args.group_from_pattern, overwrite=args.overwrite,
     )
     counts = ", ".join(f"{c} {n}" for c, n in ds.counts().items())
-    print(f"imported {len(ds.samples)} images to {ds.root} ({counts})")
+    groups = len({s.group for s in ds.samples if s.group})
+    print(f"imported {len(ds.samples)} images to {ds.root} ({counts})" + (f"; {groups} groups" if groups else ""))
     print(f"fingerprint {ds.fingerprint}")
     return 0
 

@@ -126,8 +126,9 @@ def build_dataset(
     for p in prods:
         other = by_sha.get(p.sha)
         if other is not None and other.label != p.label:
-            raise DatasetError(f"frame {p.frame_id!r} is labelled {p.label!r} and frame {other.frame_id!r} with the same image "
-                               f"is labelled {other.label!r}; one image can have only one label — relabel one of them")
+            raise DatasetError(f"frame {p.frame_id!r} is labelled {p.label!r} and frame {other.frame_id!r} with the "
+                               f"same image is labelled {other.label!r}; one image can have only one label — relabel "
+                               f"one of them")
         by_sha.setdefault(p.sha, p)
     splits = _assign_splits(list(by_sha.values()), seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     new_classes = sorted({p.label for p in prods} - set(base_ds.classes))

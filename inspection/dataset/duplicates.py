@@ -75,7 +75,8 @@ def signature(data: bytes, image: np.ndarray) -> Signature:
     return Signature(hashlib.sha256(data).hexdigest(), pixel_digest(image), phash, thumb)
 
 
-def read_signatures(ds: Dataset, samples: Sequence[Sample] | None = None, *, workers: int | None = None) -> dict[str, Signature]:
+def read_signatures(ds: Dataset, samples: Sequence[Sample] | None = None, *,
+                    workers: int | None = None) -> dict[str, Signature]:
     """Decode every image of ``ds`` once (in threads: OpenCV decodes without the GIL): ``{path: Signature}``.
 
     Raises:
@@ -99,7 +100,8 @@ def read_signatures(ds: Dataset, samples: Sequence[Sample] | None = None, *, wor
         results = list(pool.map(one, chosen))
     bad = [r for _, r in results if isinstance(r, str)]
     if bad:
-        raise DatasetError(f"dataset {ds.name!r}: {len(bad)} image(s) cannot be used; fix or remove them:\n  " + "\n  ".join(bad))
+        listing = "\n  ".join(bad)
+        raise DatasetError(f"dataset {ds.name!r}: {len(bad)} image(s) cannot be used; fix or remove them:\n  {listing}")
     return {p: r for p, r in results if isinstance(r, Signature)}
 
 
@@ -150,7 +152,8 @@ def exact_groups(digests: Mapping[str, Iterable[str]]) -> list[list[str]]:
     return [g for g in connected(digests, by_digest.values()) if len(g) > 1]
 
 
-def _near_links(paths: list[str], sigs: Mapping[str, Signature], max_hamming: int, min_correlation: float) -> list[tuple[str, str]]:
+def _near_links(paths: list[str], sigs: Mapping[str, Signature], max_hamming: int,
+                min_correlation: float) -> list[tuple[str, str]]:
     bits = np.array([[(sigs[p].phash >> i) & 1 for i in range(63)] for p in paths], dtype=np.float32)
     thumbs = np.stack([sigs[p].thumb for p in paths]) if paths else np.zeros((0, _THUMB * _THUMB), np.float32)
     links: list[tuple[str, str]] = []

@@ -8,8 +8,12 @@ Three source layouts:
   set's ``MT_<Class>/Imgs/<name>.jpg`` with ``MT_(?P<label>[^/]+)/``.
 - ``prefix``: the class is the file name up to its last ``_<digits>``, so class names may
   themselves hold underscores and hyphens (NEU-DET: ``rolled-in_scale_12.jpg``).
-- ``csv``: a CSV file with a header holding ``path`` and ``label`` (optional ``split`` and
-  ``source``); paths are relative to the CSV's folder.
+- ``csv``: a CSV file with a header holding ``path`` and ``label`` (optional ``split``,
+  ``source`` and ``group``); paths are relative to the CSV's folder.
+
+``group_pattern`` (any layout) fills the ``group`` column from the path: a regular expression
+searched in each file's path relative to SRC whose named group ``group`` is the part serial,
+lot or item, e.g. ``(?P<group>SN[0-9]+)_``; every image of a group then lands in one split.
 
 Only image files (PNG, JPEG, BMP, TIFF by extension) are considered; ``include``/``exclude``
 globs (matched case-insensitively against the path relative to SRC) narrow that further, e.g.
@@ -18,18 +22,20 @@ with the same name but different extensions in one folder are refused unless one
 that is almost always an image and its mask.
 
 Every image is decoded once to prove it readable, and its bytes are copied unchanged (a JPEG
-stays a JPEG). The manifest's ``lineage`` records the source, the layout and the options.
+stays a JPEG). Identical images (same bytes or same decoded pixels) under different labels are
+refused, every one listed. The manifest's ``lineage`` records the source, the layout and the options.
 """
 
 from __future__ import annotations
 
 import csv
 import fnmatch
-import hashlib
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from inspection.dataset.layout import Dataset, Sample, write_dataset
 from inspection.errors import DatasetError, ImageError
@@ -49,6 +55,7 @@ class Found:
     label: str
     split: str = ""
     source: str = ""
+    group: str = ""
 
 
 def _matches(rel: str, patterns: Sequence[str]) -> bool:
@@ -56,7 +63,8 @@ def _matches(rel: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(low, p.lower()) for p in patterns)
 
 
-def _walk_images(src: Path, include: Sequence[str], exclude: Sequence[str]) -> tuple[list[tuple[Path, str]], dict[str, int], set[str]]:
+def _walk_images(src: Path, include: Sequence[str],
+                 exclude: Sequence[str]) -> tuple[list[tuple[Path, str]], dict[str, int], set[str]]:
     """Image files under ``src`` (sorted, filtered), counts of what was skipped, and the
     top-level folders holding any file the filters let through (image or not)."""
     if not src.is_dir():
@@ -96,7 +104,8 @@ def _refuse_same_stem(files: list[tuple[Path, str]]) -> None:
         seen[key] = rel
 
 
-def scan_folders(src: Path, *, include: Sequence[str] = (), exclude: Sequence[str] = (), class_pattern: str | None = None) -> tuple[list[Found], dict[str, int]]:
+def scan_folders(src: Path, *, include: Sequence[str] = (), exclude: Sequence[str] = (),
+                 class_pattern: str | None = None) -> tuple[list[Found], dict[str, int]]:
     """Images of a class-per-folder tree with their labels.
 
     Raises:
@@ -110,9 +119,13 @@ def scan_folders(src: Path, *, include: Sequence[str] = (), exclude: Sequence[st
         try:
             rule = re.compile(class_pattern)
         except re.error as exc:
-            raise DatasetError(f"--class-from-dir-pattern {class_pattern!r} is not a valid regular expression: {exc}") from None
+            raise DatasetError(
+                f"--class-from-dir-pattern {class_pattern!r} is not a valid regular expression: {exc}"
+            ) from None
         if "label" not in rule.groupindex:
-            raise DatasetError(f"--class-from-dir-pattern {class_pattern!r} needs a named group (?P<label>...) for the class")
+            raise DatasetError(
+                f"--class-from-dir-pattern {class_pattern!r} needs a named group (?P<label>...) for the class"
+            )
         for path, rel in files:
             m = rule.search(rel)
             if m is None or not m.group("label"):
@@ -142,7 +155,8 @@ def scan_folders(src: Path, *, include: Sequence[str] = (), exclude: Sequence[st
     return found, skipped
 
 
-def scan_prefix(src: Path, *, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> tuple[list[Found], dict[str, int]]:
+def scan_prefix(src: Path, *, include: Sequence[str] = (),
+                exclude: Sequence[str] = ()) -> tuple[list[Found], dict[str, int]]:
     """Images whose class is the file name before the last ``_<digits>`` (``rolled-in_scale_12.jpg``).
 
     Raises:
@@ -162,8 +176,9 @@ def scan_prefix(src: Path, *, include: Sequence[str] = (), exclude: Sequence[str
     return found, skipped
 
 
-def scan_csv(csv_path: Path, *, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> tuple[list[Found], dict[str, int]]:
-    """Images listed in a CSV with a ``path,label[,split][,source]`` header.
+def scan_csv(csv_path: Path, *, include: Sequence[str] = (),
+             exclude: Sequence[str] = ()) -> tuple[list[Found], dict[str, int]]:
+    """Images listed in a CSV with a ``path,label[,split][,source][,group]`` header.
 
     Raises:
         DatasetError: missing CSV, header without path/label, an empty label, a listed file
@@ -180,7 +195,9 @@ def scan_csv(csv_path: Path, *, include: Sequence[str] = (), exclude: Sequence[s
         reader = csv.DictReader(fh)
         fields = [f.strip().lower() for f in (reader.fieldnames or [])]
         if not {"path", "label"} <= set(fields):
-            raise DatasetError(f"{csv_path}: header {reader.fieldnames} needs columns path and label (optional split, source)")
+            raise DatasetError(
+                f"{csv_path}: header {reader.fieldnames} needs columns path and label (optional split, source, group)"
+            )
         reader.fieldnames = fields
         for line, row in enumerate(reader, start=2):
             rel = (row.get("path") or "").strip().replace("\\", "/")
@@ -197,11 +214,14 @@ def scan_csv(csv_path: Path, *, include: Sequence[str] = (), exclude: Sequence[s
                 raise DatasetError(f"{csv_path}:{line}: image {rel} does not exist (paths are relative to {base})")
             key = str(file.resolve())
             if key in seen:
-                raise DatasetError(f"{csv_path}:{line}: {rel} is already listed on line {seen[key]}; list each image once")
+                raise DatasetError(
+                    f"{csv_path}:{line}: {rel} is already listed on line {seen[key]}; list each image once"
+                )
             seen[key] = line
             split = (row.get("split") or "").strip().lower()
             source = (row.get("source") or "").strip() or rel
-            found.append(Found(file, rel, label, split=split, source=source))
+            group = (row.get("group") or "").strip()
+            found.append(Found(file, rel, label, split=split, source=source, group=group))
     return found, skipped
 
 
@@ -239,32 +259,67 @@ def _target_names(found: list[Found]) -> list[str]:
     return out
 
 
-def _read_checked(f: Found) -> bytes:
+def apply_group_pattern(found: list[Found], pattern: str) -> list[Found]:
+    """Fill each image's ``group`` from the named group ``group`` of ``pattern`` searched in its path.
+
+    A match whose ``group`` is empty (an optional group) leaves the image ungrouped.
+
+    Raises:
+        DatasetError: ``pattern`` is not a valid regular expression, has no ``(?P<group>...)``,
+            or does not match an image's path (the first few named).
+    """
+    try:
+        rule = re.compile(pattern)
+    except re.error as exc:
+        raise DatasetError(f"--group-from-pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    if "group" not in rule.groupindex:
+        raise DatasetError(
+            f"--group-from-pattern {pattern!r} needs a named group (?P<group>...) for the part, lot or item, "
+            f"e.g. '(?P<group>SN[0-9]+)_'"
+        )
+    out: list[Found] = []
+    unmatched: list[str] = []
+    for f in found:
+        m = rule.search(f.rel)
+        if m is None:
+            unmatched.append(f.rel)
+            continue
+        out.append(replace(f, group=m.group("group") or ""))
+    if unmatched:
+        raise DatasetError(
+            f"{len(unmatched)} image path(s) do not match --group-from-pattern {pattern!r} (e.g. {unmatched[:3]}); "
+            f"fix the pattern, make the group optional with (?P<group>...)?, or leave the files out with --exclude"
+        )
+    return out
+
+
+def _read(f: Found) -> bytes:
+    try:
+        return f.file.read_bytes()
+    except OSError as exc:
+        raise ImageError(
+            f"{f.file}: cannot read ({exc.strerror}); fix its permissions or leave it out with --exclude"
+        ) from None
+
+
+def _decoder(found: list[Found], targets: list[str]) -> Callable[[bytes, str], np.ndarray]:
+    """``check_image`` for ``write_dataset``: decode, naming the source file (not the target) on failure."""
     from inspection.preprocess import decode_image
 
-    try:
-        data = f.file.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"{f.file}: cannot read ({exc.strerror}); fix its permissions or leave it out with --exclude") from None
-    try:
-        decode_image(data, source=str(f.file))
-    except ImageError as exc:
-        raise ImageError(f"{exc}; replace the file or leave it out with --exclude") from None
-    return data
+    origin = {t: f for f, t in zip(found, targets)}
+
+    def check(data: bytes, target: str) -> np.ndarray:
+        try:
+            return decode_image(data, source=str(origin[target].file))
+        except ImageError as exc:
+            raise ImageError(f"{exc}; replace the file or leave it out with --exclude") from None
+
+    return check
 
 
 def _items(found: list[Found], targets: list[str]) -> Iterator[tuple[Sample, bytes]]:
-    first: dict[str, Found] = {}
     for f, target in zip(found, targets):
-        data = _read_checked(f)
-        digest = hashlib.sha256(data).hexdigest()
-        other = first.setdefault(digest, f)
-        if other is not f and other.label != f.label:
-            raise DatasetError(
-                f"{f.file} (label {f.label!r}) has the same image content as {other.file} "
-                f"(label {other.label!r}); one image can have only one label - remove or relabel one"
-            )
-        yield Sample(path=target, label=f.label, split=f.split, source=f.source), data
+        yield Sample(path=target, label=f.label, split=f.split, source=f.source, group=f.group), _read(f)
 
 
 def import_dataset(
@@ -278,18 +333,21 @@ def import_dataset(
     exclude: Sequence[str] = (),
     class_pattern: str | None = None,
     classes: Sequence[str] | None = None,
+    group_pattern: str | None = None,
     overwrite: bool = False,
 ) -> Dataset:
     """Import ``src`` (a folder, or a CSV for ``layout='csv'``) into ``dest`` in the standard layout.
 
     ``classes`` fixes the class list and its order (default: the labels found, sorted, with
-    ``good_class`` first). Nothing is written to ``dest`` unless every image reads and every
+    ``good_class`` first). ``group_pattern`` fills the ``group`` column (see
+    :func:`apply_group_pattern`). Nothing is written to ``dest`` unless every image reads and every
     label checks out; an existing ``dest`` is left untouched on failure.
 
     Raises:
         DatasetError: unknown layout, nothing to import, a label outside ``classes``, an empty
-            class, the same image under two labels, ``dest`` exists without ``overwrite``, or a
-            layout-specific problem (see the ``scan_*`` functions).
+            class, identical images (bytes or pixels) under different labels (all listed), a bad
+            ``group_pattern`` or one given with a CSV that has a group column, ``dest`` exists
+            without ``overwrite``, or a layout-specific problem (see the ``scan_*`` functions).
         ImageError: an unreadable, truncated or non-image file (named, with what to do).
     """
     src, dest = Path(src), Path(dest)
@@ -312,6 +370,12 @@ def import_dataset(
             f"no images to import from {src} (layout {layout}; extensions {list(IMAGE_EXTENSIONS)}; "
             f"include {list(include)}, exclude {list(exclude)})"
         )
+    if group_pattern is not None:
+        if any(f.group for f in found):
+            raise DatasetError(
+                f"{src} has a group column and --group-from-pattern {group_pattern!r} was given too; use one of them"
+            )
+        found = apply_group_pattern(found, group_pattern)
     ordered = _order_classes(found, classes, good_class)
     lineage = {
         "kind": "import",
@@ -323,17 +387,20 @@ def import_dataset(
             "class_from_dir_pattern": class_pattern,
             "classes": list(classes) if classes is not None else None,
             "good_class": good_class,
+            "group_from_pattern": group_pattern,
         },
         "imported": len(found),
+        "groups": len({f.group for f in found if f.group}),
         "skipped": skipped,
     }
+    targets = _target_names(found)
     return write_dataset(
         dest,
         name=name or dest.name,
         classes=ordered,
         good_class=good_class,
-        items=_items(found, _target_names(found)),
+        items=_items(found, targets),
         extra_manifest={"lineage": lineage},
         overwrite=overwrite,
-        check_image=lambda data, source: None,  # _items already decoded it, naming the source file
+        check_image=_decoder(found, targets),
     )

@@ -1,17 +1,23 @@
-"""What is in a dataset and what is wrong with it: class counts, image sizes, channels, problems.
+"""What is in a dataset and what is wrong with it: class counts, image sizes, channels,
+duplicates, problems.
 
 ``dataset_info`` decodes every image once (as serving and training would), so an unreadable or
-truncated file shows up here before it breaks a training run.
+truncated file shows up here before it breaks a training run. The same decode gives each image
+its duplicate signature (:mod:`inspection.dataset.duplicates`): exact duplicates (same bytes or
+same decoded pixels) and near duplicates are reported with their paths, and so is every group
+(duplicates, ``source``, ``group``) whose members the split given in ``labels.csv`` puts in
+different splits - a test image whose copy is in train makes the test figures optimistic.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from inspection.dataset.layout import compute_fingerprint, read_dataset
+from inspection.dataset.duplicates import Signature, find_duplicates, signature
+from inspection.dataset.layout import Sample, compute_fingerprint, read_dataset
+from inspection.dataset.split import split_groups
 from inspection.errors import ImageError
 
 #: Problem kinds, most serious first. ``error``: the dataset must be fixed before training.
@@ -21,8 +27,12 @@ _SEVERITY = {
     "empty_class": "error",
     "fingerprint_mismatch": "error",
     "duplicate": "warning",
+    "split_leak": "warning",
     "tiny_class": "warning",
 }
+
+
+_EXAMPLES = 5  # duplicate groups shown per kind in the text report
 
 
 def _problem(kind: str, message: str, paths: list[str] | None = None) -> dict[str, Any]:
@@ -33,8 +43,10 @@ def dataset_info(root: Path, *, min_per_class: int = 10) -> dict[str, Any]:
     """A JSON-ready report on the dataset at ``root``.
 
     Keys: name, root, classes, good_class, count, counts, fingerprint, sizes (width/height
-    min/max, most common WxH), channels (decoded: 1 gray, 3 colour), formats, problems (each
-    with kind, severity, message and the paths involved).
+    min/max, most common WxH), channels (decoded: 1 gray, 3 colour), formats, groups (the
+    number of distinct ``group`` values), duplicates (``exact`` and ``near``: lists of path
+    groups, with the near-duplicate thresholds), problems (each with kind, severity, message
+    and the paths involved).
 
     Raises:
         DatasetError: no dataset at ``root`` (missing manifest/labels, a label outside the
@@ -49,33 +61,34 @@ def dataset_info(root: Path, *, min_per_class: int = 10) -> dict[str, Any]:
     shapes: Counter[str] = Counter()
     channels: Counter[int] = Counter()
     formats: Counter[str] = Counter()
-    by_digest: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    sigs: dict[str, Signature] = {}
     digests: dict[str, str] = {}
     for s in ds.samples:
         data = ds.path_of(s).read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        digests[s.path] = digest
-        by_digest[digest].append((s.path, s.label))
         formats[Path(s.path).suffix.lower().lstrip(".") or "?"] += 1
         try:
             image = decode_image(data, source=s.path)
         except ImageError as exc:
             problems.append(_problem("unreadable", str(exc), [s.path]))
             continue
+        sigs[s.path] = signature(data, image)
+        digests[s.path] = sigs[s.path].sha256
         h, w = image.shape[:2]
         widths.append(w)
         heights.append(h)
         shapes[f"{w}x{h}"] += 1
         channels[1 if image.ndim == 2 else image.shape[2]] += 1
-    for group in by_digest.values():
-        if len(group) < 2:
-            continue
-        paths = [p for p, _ in group]
-        labels = sorted({label for _, label in group})
+    label_of = {s.path: s.label for s in ds.samples}
+    dups = find_duplicates(sigs)
+    for paths in dups.exact:
+        labels = sorted({label_of[p] for p in paths})
         if len(labels) > 1:
-            problems.append(_problem("conflicting_duplicate", f"same image content under labels {labels}: {paths}", paths))
+            message = f"same image content under labels {labels}: {paths}"
+            problems.append(_problem("conflicting_duplicate", message, paths))
         else:
-            problems.append(_problem("duplicate", f"same image content {len(paths)} times (label {labels[0]!r}): {paths}", paths))
+            message = f"same image content {len(paths)} times (label {labels[0]!r}): {paths}"
+            problems.append(_problem("duplicate", message, paths))
+    problems.extend(_split_leaks(ds.samples, dups.together()))
     counts = ds.counts()
     for cls, n in counts.items():
         if n == 0:
@@ -86,7 +99,8 @@ def dataset_info(root: Path, *, min_per_class: int = 10) -> dict[str, Any]:
     if actual != ds.fingerprint:
         problems.append(_problem(
             "fingerprint_mismatch",
-            f"fingerprint of the files {actual[:12]}… differs from the manifest's {ds.fingerprint[:12]}…; the data changed",
+            f"fingerprint of the files {actual[:12]}… differs from the manifest's {ds.fingerprint[:12]}…; "
+            f"the data changed",
         ))
     problems.sort(key=lambda p: (p["severity"] != "error", p["kind"], p["paths"]))
     common = shapes.most_common(1)
@@ -108,8 +122,32 @@ def dataset_info(root: Path, *, min_per_class: int = 10) -> dict[str, Any]:
         "channels": {str(k): v for k, v in sorted(channels.items())},
         "formats": dict(sorted(formats.items())),
         "lineage": ds.manifest.get("lineage"),
+        "groups": len({s.group for s in ds.samples if s.group}),
+        "duplicates": {
+            "exact": dups.exact,
+            "near": dups.near,
+            "near_max_hamming": dups.max_hamming,
+            "near_min_correlation": dups.min_correlation,
+        },
         "problems": problems,
     }
+
+
+def _split_leaks(samples: list[Sample], together: list[list[str]]) -> list[dict[str, Any]]:
+    """A problem per group (duplicates, source, group) that the given splits put in several splits."""
+    out: list[dict[str, Any]] = []
+    for members in split_groups(samples, together):
+        given = {m.split for m in members if m.split}
+        if len(given) > 1:
+            paths = sorted(m.path for m in members)
+            where = ", ".join(f"{m.path} ({m.split})" for m in sorted(members, key=lambda m: m.path) if m.split)
+            out.append(_problem(
+                "split_leak",
+                f"one group (duplicates, source or group) crosses the given splits {sorted(given)}: {where}; "
+                f"training moves it whole to the most held-out of them",
+                paths,
+            ))
+    return out
 
 
 def format_info(report: dict[str, Any]) -> str:
@@ -125,17 +163,31 @@ def format_info(report: dict[str, Any]) -> str:
         lines.append(f"    {cls:<{width}}  {n:>7}  {share:5.1f}%")
     sz = report["sizes"]
     lines.append(
-        f"  image size: width {sz['width']['min']}..{sz['width']['max']}, height {sz['height']['min']}..{sz['height']['max']}, "
+        f"  image size: width {sz['width']['min']}..{sz['width']['max']}, "
+        f"height {sz['height']['min']}..{sz['height']['max']}, "
         f"most common {sz['most_common']} ({sz['most_common_count']} images, {sz['distinct']} distinct sizes)"
     )
     names = {"1": "gray", "3": "colour"}
-    lines.append("  channels (as decoded; R=G=B colour counts as gray): " + ", ".join(f"{names.get(k, k)} {v}" for k, v in report["channels"].items()))
+    channels = ", ".join(f"{names.get(k, k)} {v}" for k, v in report["channels"].items())
+    lines.append(f"  channels (as decoded; R=G=B colour counts as gray): {channels}")
     lines.append("  formats: " + ", ".join(f"{k} {v}" for k, v in report["formats"].items()))
     lineage = report.get("lineage") or {}
     if lineage.get("kind") == "import":
         lines.append(f"  imported from {lineage.get('source')} (layout {lineage.get('layout')})")
     elif lineage.get("kind") == "synthetic":
         lines.append(f"  synthetic, seed {lineage.get('seed')}, generator v{lineage.get('generator_version')}")
+    dups = report["duplicates"]
+    if report.get("groups"):
+        lines.append(f"  groups (labels.csv group column): {report['groups']}")
+    near_rule = f"pHash <= {dups['near_max_hamming']} bits, thumbnail correlation >= {dups['near_min_correlation']}"
+    for kind, what in (("exact", "same bytes or pixels"), ("near", near_rule)):
+        groups = dups[kind]
+        lines.append(f"  {kind} duplicates ({what}): {len(groups)} group(s), {sum(map(len, groups))} images"
+                     + (" - kept in one split each" if groups else ""))
+        for g in groups[:_EXAMPLES]:
+            lines.append(f"    {', '.join(g)}")
+        if len(groups) > _EXAMPLES:
+            lines.append(f"    ... and {len(groups) - _EXAMPLES} more (--json lists all)")
     problems = report["problems"]
     if not problems:
         lines.append("  problems: none")

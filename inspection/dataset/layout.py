@@ -211,7 +211,9 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DatasetError(f"{root} has no {MANIFEST}; import the images first with `inspection dataset import`") from None
+        raise DatasetError(
+            f"{root} has no {MANIFEST}; import the images first with `inspection dataset import`"
+        ) from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{root / MANIFEST} is not valid JSON: {exc}") from None
     try:
@@ -220,7 +222,8 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
             if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
                 raise DatasetError(f"{root / LABELS} needs a header with at least path,label")
             samples = [
-                Sample(row["path"], row["label"], row.get("split") or "", row.get("source") or "", row.get("group") or "")
+                Sample(row["path"], row["label"], row.get("split") or "", row.get("source") or "",
+                       row.get("group") or "")
                 for row in reader
             ]
     except FileNotFoundError:
@@ -236,7 +239,9 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
     if verify:
         actual = compute_fingerprint(root, samples)
         if actual != fingerprint:
-            raise DatasetError(f"{root}: fingerprint {actual[:12]}… differs from the manifest's {fingerprint[:12]}…; the data changed")
+            raise DatasetError(
+                f"{root}: fingerprint {actual[:12]}… differs from the manifest's {fingerprint[:12]}…; the data changed"
+            )
     return Dataset(
         root=root,
         name=manifest.get("name", root.name),

@@ -163,7 +163,7 @@ def split_dataset(ds: Dataset, *, seed: int, val_fraction: float, test_fraction:
     return result
 
 
-def crossing_groups(samples: Sequence[Sample], split: dict[str, str], groups: Iterable[Sequence[str]]) -> list[list[str]]:
+def crossing_groups(split: dict[str, str], groups: Iterable[Sequence[str]]) -> list[list[str]]:
     """The groups (of paths) whose members sit in more than one split (paths without a split ignored)."""
     return [list(g) for g in groups if len({split[p] for p in g if split.get(p)}) > 1]
 

@@ -61,7 +61,8 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     grain *= rng.uniform(9.0, 15.0)
     # Mottling: coating thickness varies slowly.
     cells = max(2, size // 16)
-    low = _f32(cv2.resize(rng.standard_normal((cells, cells)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC))
+    low = _f32(cv2.resize(rng.standard_normal((cells, cells)).astype(np.float32), (size, size),
+                          interpolation=cv2.INTER_CUBIC))
     low *= rng.uniform(1.5, 4.0)
     # Roller streaks run along the scan direction (image columns are fixed pixels of the line).
     streaks = _f32(cv2.GaussianBlur(rng.standard_normal((1, size)).astype(np.float32), (0, 0), rng.uniform(1.0, 3.0)))
@@ -93,7 +94,8 @@ def _scratch(rng: np.random.Generator, surface: np.ndarray, scale: float) -> Non
     cv2.polylines(mask, [np.round(pts * 8).astype(np.int32)], False, 255, thickness, cv2.LINE_AA, shift=3)
     profile = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.5)
     # Scratches fade in and out along their length (pressure of the scraping particle varies).
-    fade = cv2.resize(rng.uniform(0.55, 1.0, size=(3, 3)).astype(np.float32), surface.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    fade = cv2.resize(rng.uniform(0.55, 1.0, size=(3, 3)).astype(np.float32), surface.shape[::-1],
+                      interpolation=cv2.INTER_LINEAR)
     contrast = rng.uniform(18.0, 55.0) * (-1.0 if rng.random() < 0.75 else 1.0)
     surface += contrast * profile * fade
 

@@ -12,7 +12,8 @@ from inspection.dataset import read_dataset
 
 
 def _generate(out: Path, *extra: str) -> int:
-    return main(["dataset", "generate", "--out", str(out), "--seed", "3", "--good", "6", "--per-defect", "2", "--size", "40", *extra])
+    return main(["dataset", "generate", "--out", str(out), "--seed", "3", "--good", "6", "--per-defect", "2",
+                 "--size", "40", *extra])
 
 
 def test_generate_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -78,7 +78,8 @@ def test_include_keeps_only_matching_images(tmp_path: Path) -> None:
 
 def test_mask_beside_image_is_refused_without_a_filter(tmp_path: Path) -> None:
     src = _magnetic_tile_like(tmp_path / "mt")
-    with pytest.raises(DatasetError, match=r"exp1_num_\d+\.jpg and .*exp1_num_\d+\.png have the same name.*--exclude '\*\.png'"):
+    with pytest.raises(DatasetError,
+                       match=r"exp1_num_\d+\.jpg and .*exp1_num_\d+\.png have the same name.*--exclude '\*\.png'"):
         import_dataset(src, tmp_path / "out", layout="folders", class_pattern=r"MT_(?P<label>[^/]+)/")
     assert not (tmp_path / "out").exists()
 
@@ -126,7 +127,9 @@ def test_csv_layout_paths_relative_to_the_csv(tmp_path: Path) -> None:
     _put(base / "a" / "1.png", _image(1, ".png"))
     _put(base / "b" / "1.png", _image(2, ".png"))  # same file name, other class
     _put(base / "a" / "2.bmp", _image(3, ".bmp"))
-    (base / "labels.csv").write_text("path,label,split,source\na/1.png,good,train,S1\nb/1.png,dent,test,S2\na/2.bmp,dent,,\n")
+    (base / "labels.csv").write_text(
+        "path,label,split,source\na/1.png,good,train,S1\nb/1.png,dent,test,S2\na/2.bmp,dent,,\n"
+    )
     ds = import_dataset(base / "labels.csv", tmp_path / "out", layout="csv", good_class="good")
     assert ds.classes == ["good", "dent"] and ds.counts() == {"good": 1, "dent": 2}
     by_source = {s.source: s for s in ds.samples}
@@ -196,11 +199,18 @@ def test_label_outside_the_class_list_names_the_file_and_the_allowed_classes(tmp
     assert not (tmp_path / "out").exists()
 
 
-def test_same_image_under_two_labels_is_refused(tmp_path: Path) -> None:
+def test_same_image_under_two_labels_is_refused_with_every_conflict_listed(tmp_path: Path) -> None:
     src = _two_class_tree(tmp_path / "src")
     _put(src / "dent" / "copy.png", (src / "good" / "g1.png").read_bytes())
-    with pytest.raises(DatasetError, match=r"g1\.png \(label 'good'\) has the same image content as .*copy\.png \(label 'dent'\)"):
+    # Same pixels in another format: not the same bytes, still the same image.
+    pixels = cv2.imread(str(src / "good" / "g2.png"), cv2.IMREAD_UNCHANGED)
+    _put(src / "dent" / "g2-again.bmp", cv2.imencode(".bmp", pixels)[1].tobytes())
+    with pytest.raises(DatasetError) as err:
         import_dataset(src, tmp_path / "out", layout="folders")
+    msg = str(err.value)
+    assert "4 images in 2 group(s) have the same image content" in msg and "one image can have only one label" in msg
+    assert "images/dent/copy.png (label 'dent') = images/good/g1.png (label 'good')" in msg
+    assert "images/dent/g2-again.bmp (label 'dent') = images/good/g2.png (label 'good')" in msg
     assert not (tmp_path / "out").exists()
 
 
@@ -226,7 +236,8 @@ def test_failed_overwrite_leaves_the_existing_dataset_untouched(tmp_path: Path) 
 
 def test_bad_options_are_named(tmp_path: Path) -> None:
     src = _two_class_tree(tmp_path / "src")
-    with pytest.raises(DatasetError, match=r"layout 'tree' is not supported; use one of \['folders', 'prefix', 'csv'\]"):
+    with pytest.raises(DatasetError,
+                       match=r"layout 'tree' is not supported; use one of \['folders', 'prefix', 'csv'\]"):
         import_dataset(src, tmp_path / "out", layout="tree")
     with pytest.raises(DatasetError, match=r"needs a named group \(\?P<label>"):
         import_dataset(src, tmp_path / "out", layout="folders", class_pattern="(good|dent)/")
