@@ -235,3 +235,11 @@ def test_a_csv_group_column_is_imported(tmp_path: Path) -> None:
     with pytest.raises(DatasetError,
                        match=r"labels\.csv has a group column and --group-from-pattern '\(\?P<group>SN.*' was given"):
         import_dataset(src / "labels.csv", tmp_path / "out2", layout="csv", group_pattern=r"(?P<group>SN[0-9]+)")
+
+
+def test_the_split_module_is_torch_free() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, inspection.dataset.split, inspection.dataset.info; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
