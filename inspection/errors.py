@@ -94,6 +94,12 @@ class OverloadedError(InspectionError):
         self.retry_after_s = retry_after_s
 
 
+class NotReadyError(InspectionError):
+    """The server has not finished starting (or is shutting down); the caller should retry."""
+
+    code = "not_ready"
+
+
 class ModelError(InspectionError):
     """The model failed to score a frame (runtime error, wrong output shape)."""
 

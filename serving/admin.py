@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serving.auth import Principal, Require
+from serving.deps import BatcherDep, MetricsDep, ModelsDep, ReadyDep, SettingsDep, get_models
 from serving.settings import ServeSettings
 
 ENGINEER = Require("engineer", "admin")
@@ -26,13 +27,13 @@ def build_health_router(settings: ServeSettings) -> APIRouter:
         return {"status": "ok"}
 
     @router.get("/readyz", summary="Readiness: every station has a verified model and the log is open")
-    async def readyz(request: Request) -> JSONResponse:
-        state = request.app.state
-        if not getattr(state, "ready", False):
+    async def readyz(request: Request, ready: ReadyDep) -> JSONResponse:
+        if not ready:
             return JSONResponse({"status": "starting"}, status_code=503)
-        problems = {s: p for s, p in state.models.ready().items() if p}
+        models = get_models(request)  # up once ready (a dependency would refuse /readyz before start-up)
+        problems = {s: p for s, p in models.ready().items() if p}
         body = {"status": "ready" if not problems else "not_ready", "problems": problems,
-                "models": {s["station"]: s["model_version"] for s in state.models.status()}}
+                "models": {s["station"]: s["model_version"] for s in models.status()}}
         return JSONResponse(body, status_code=200 if not problems else 503)
 
     return router
@@ -43,28 +44,26 @@ def build_ops_router(settings: ServeSettings) -> APIRouter:
     router = APIRouter(tags=["operations"])
 
     @router.get("/metrics", summary="Prometheus metrics")
-    async def metrics(request: Request, who: Annotated[Principal, Depends(METRICS)]) -> Response:
-        state = request.app.state
-        state.metrics.queue_depth.set(state.batcher.depth)
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(who: Annotated[Principal, Depends(METRICS)], telemetry: MetricsDep,
+                      batcher: BatcherDep) -> Response:
+        telemetry.queue_depth.set(batcher.depth)
+        return Response(telemetry.render(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/v1/models", summary="The model version scoring each station")
-    async def models(request: Request, who: Annotated[Principal, Depends(ENGINEER)]) -> JSONResponse:
-        manager = request.app.state.models
+    async def models(who: Annotated[Principal, Depends(ENGINEER)], manager: ModelsDep) -> JSONResponse:
         return JSONResponse({"stations": manager.status(), "swaps": manager.swaps})
 
     @router.post("/v1/models/reload", summary="Check models/active.json now (instead of at the next poll)")
-    async def reload(request: Request, who: Annotated[Principal, Depends(ENGINEER)]) -> JSONResponse:
-        manager = request.app.state.models
+    async def reload(who: Annotated[Principal, Depends(ENGINEER)], manager: ModelsDep) -> JSONResponse:
         changed = await manager.check()
         return JSONResponse({"changed": changed, "stations": manager.status()})
 
     @router.get("/v1/admin/settings", summary="The running settings (key digests left out)")
-    async def admin_settings(request: Request, who: Annotated[Principal, Depends(ADMIN)]) -> JSONResponse:
-        return JSONResponse(request.app.state.settings.redacted())
+    async def admin_settings(who: Annotated[Principal, Depends(ADMIN)], running: SettingsDep) -> JSONResponse:
+        return JSONResponse(running.redacted())
 
     @router.get("/v1/admin/keys", summary="Configured API keys: names and roles")
-    async def admin_keys(request: Request, who: Annotated[Principal, Depends(ADMIN)]) -> JSONResponse:
-        return JSONResponse({"keys": [{"name": k.name, "role": k.role} for k in request.app.state.settings.api_keys]})
+    async def admin_keys(who: Annotated[Principal, Depends(ADMIN)], running: SettingsDep) -> JSONResponse:
+        return JSONResponse({"keys": [{"name": k.name, "role": k.role} for k in running.api_keys]})
 
     return router

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from inspection.errors import InspectionError
+from inspection.errors import ConfigError, InspectionError
 from inspection.log.records import InspectionLog
 from serving import errors, intake
 from serving.auth import KeyStore
@@ -44,10 +44,37 @@ class InspectionApp(FastAPI):
     """FastAPI, except that frames (``POST /v1/inspections``) are answered first, directly.
 
     See ``serving.intake.answer_frame``: the route still exists (OpenAPI, auth matrix), but
-    the frames every line controller sends skip FastAPI's per-request work.
+    the frames every line controller sends skip FastAPI's per-request work, middleware
+    included. So the lane and user middleware exclude each other: ``enable_frame_lane``
+    refuses an app with middleware, and ``add_middleware`` (``@app.middleware`` too) refuses
+    once the lane is on; build the app with ``create_app(..., frame_lane=False)`` to put
+    frames through the router and its middleware.
     """
 
     frame_lane: bool = False
+
+    def enable_frame_lane(self) -> None:
+        """Answer frames ahead of the router.
+
+        Raises:
+            ConfigError: middleware is configured, which the lane would skip for frames.
+        """
+        if self.user_middleware:
+            raise ConfigError(_lane_conflict([m.cls for m in self.user_middleware]))
+        self.frame_lane = True
+
+    def add_middleware(self, middleware_class: Any, *args: Any, **kwargs: Any) -> None:
+        """As Starlette's; raises ConfigError while the frame lane is on (frames would skip it)."""
+        if self.frame_lane:
+            raise ConfigError(_lane_conflict([middleware_class]))
+        super().add_middleware(middleware_class, *args, **kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        # At start: middleware configured past add_middleware (user_middleware edited directly)
+        # is refused here too, before the app serves anything.
+        if self.frame_lane and self.user_middleware:
+            raise ConfigError(_lane_conflict([m.cls for m in self.user_middleware]))
+        return super().build_middleware_stack()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.frame_lane and intake.is_frame_request(scope):
@@ -55,6 +82,13 @@ class InspectionApp(FastAPI):
             await intake.answer_frame(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+def _lane_conflict(middleware: Sequence[Any]) -> str:
+    names = ", ".join(getattr(m, "__name__", repr(m)) for m in middleware)
+    return (f"middleware {names} would be skipped for frames: the frame lane answers {intake.INSPECTIONS_PATH} "
+            "ahead of all middleware; either add no middleware, or build the app with "
+            "create_app(..., frame_lane=False) so frames go through the router and its middleware")
 
 
 def default_routers() -> list[RouterFactory]:
@@ -92,11 +126,14 @@ def create_app(
     bus: DecisionBus | None = None,
     routers: Sequence[RouterFactory] | None = None,
     lifespan_hooks: Sequence[LifespanHook] | None = None,
-) -> FastAPI:
+    frame_lane: bool = True,
+) -> InspectionApp:
     """Build the app. Models load and the log opens in the lifespan (at start, not here).
 
     ``log_store`` is used as given and left open at shutdown (the caller owns it); otherwise
-    the store at ``settings.log_url`` is opened and closed by the app.
+    the store at ``settings.log_url`` is opened and closed by the app. ``frame_lane`` (when
+    the frames router is mounted) answers frames ahead of FastAPI's routing and middleware
+    (see ``InspectionApp``); turn it off to add middleware.
 
     Start-up raises ``ModelIntegrityError`` / ``ModelCardError`` when an active model fails
     verification (hashes or golden frames): the server refuses to serve an untrusted model.
@@ -162,5 +199,6 @@ def create_app(
         if router is not None:
             app.include_router(router)
             paths.update(getattr(route, "path", "") for route in router.routes)
-    app.frame_lane = intake.INSPECTIONS_PATH in paths
+    if frame_lane and intake.INSPECTIONS_PATH in paths:
+        app.enable_frame_lane()
     return app

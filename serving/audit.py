@@ -14,9 +14,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppres
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.requests import HTTPConnection
 
 from inspection.errors import ConflictError, InspectionError, NotFoundError
 from inspection.log.chain import VerifyReport
@@ -27,6 +28,7 @@ from inspection.log.records import LogEntry, RecordKind, StoredRecord
 from inspection.log.retention import prune_frames
 from inspection.log.store import SqlInspectionLog
 from inspection.preprocess import media_type
+from serving.deps import get_log as app_log
 from serving.pages import static_page_router
 
 log = logging.getLogger(__name__)
@@ -34,15 +36,6 @@ log = logging.getLogger(__name__)
 AUDIT_ROLES: tuple[Literal["auditor"], Literal["admin"]] = ("auditor", "admin")
 #: Records a disposition may be about (a human confirms or overrides a machine decision).
 DISPOSABLE_KINDS = ("inspection", "part")
-
-
-def app_log(request: Request) -> SqlInspectionLog:
-    """The app's inspection log (``app.state.service.log``, or ``app.state.log``)."""
-    service = getattr(request.app.state, "service", None)
-    log = getattr(service, "log", None) or getattr(request.app.state, "log", None)
-    if log is None:
-        raise NotFoundError("this server has no inspection log configured")
-    return log
 
 
 def record_json(rec: StoredRecord, log: SqlInspectionLog | None = None) -> dict[str, Any]:
@@ -128,9 +121,10 @@ def _chain_status(log: SqlInspectionLog, rec: StoredRecord) -> dict[str, Any]:
 def audit_router(
     *,
     require: Any = None,
-    get_log: Callable[[Request], SqlInspectionLog] = app_log,
+    get_log: Callable[[HTTPConnection], SqlInspectionLog] = app_log,
 ) -> APIRouter:
-    """The ``/v1/audit`` routes. ``require`` is the auth dependency (default: auditor or admin)."""
+    """The ``/v1/audit`` routes. ``require`` is the auth dependency (default: auditor or admin),
+    ``get_log`` the dependency finding the log (default: the app's, ``serving.deps.get_log``)."""
     if require is None:
         from serving.auth import Require
 

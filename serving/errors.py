@@ -37,6 +37,7 @@ STATUS: dict[type[E.InspectionError], int] = {
     E.ModelError: 503,
     E.ModelCardError: 503,
     E.OverloadedError: 503,
+    E.NotReadyError: 503,
     E.LogIntegrityError: 500,
     E.InspectionError: 500,
 }

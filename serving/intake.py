@@ -50,6 +50,7 @@ from starlette.types import Receive, Scope, Send
 from inspection.errors import InspectionError, PayloadTooLargeError, ValidationError
 from inspection.preprocess import RAW_TYPE
 from serving.auth import Principal, Require
+from serving.deps import ServiceDep
 from serving.errors import domain_error_response, error_body, status_for
 from serving.service import FrameRequest, InspectionService
 from serving.settings import ServeSettings
@@ -153,10 +154,9 @@ def _json(data: dict[str, Any], status: int = 200) -> Response:
 INSPECTIONS_PATH = "/v1/inspections"
 
 
-async def inspect_frame(request: Request, who: Principal) -> Response:
+async def inspect_frame(request: Request, who: Principal, service: InspectionService) -> Response:
     """``POST /v1/inspections``: validate, read the frame, score it, answer once it is logged."""
     started = time.perf_counter()
-    service: InspectionService = request.app.state.service
     station, camera, part_id = service.check_target(
         _param(request, "station", b"x-station"), _param(request, "camera", b"x-camera"),
         _param(request, "part_id", b"x-part-id"))
@@ -195,7 +195,10 @@ async def answer_frame(scope: Scope, receive: Receive, send: Send) -> None:
     """
     request = Request(scope, receive)
     try:
-        response = await inspect_frame(request, await LINE(request))
+        who = await LINE(request)
+        # The app's service as ``serving.deps.get_service`` finds it, minus the check: frames
+        # reach this lane only once the app serves (uvicorn runs the lifespan first).
+        response = await inspect_frame(request, who, scope["app"].state.service)
     except InspectionError as exc:
         response = await domain_error_response(request, exc)
     await response(scope, receive, send)
@@ -206,24 +209,25 @@ def build_router(settings: ServeSettings) -> APIRouter:
     router = APIRouter(tags=["frames"])
 
     @router.post(INSPECTIONS_PATH, summary="Score one frame of a part and answer pass/reject")
-    async def post_inspection(request: Request, who: Annotated[Principal, Depends(LINE)]) -> Response:
+    async def post_inspection(request: Request, who: Annotated[Principal, Depends(LINE)],
+                              service: ServiceDep) -> Response:
         # Normally answered by ``answer_frame`` before routing (same function, same errors); this
         # route documents the endpoint (OpenAPI, role x route test) and serves any app without it.
-        return await inspect_frame(request, who)
+        return await inspect_frame(request, who, service)
 
     @router.get("/v1/parts/{part_id}/decision", summary="The part's decision across the station's cameras")
     async def part_decision(
-        request: Request,
         part_id: str,
         who: Annotated[Principal, Depends(LINE)],
+        service: ServiceDep,
         station: Annotated[str | None, Query(description="needed when several stations are configured")] = None,
         wait_ms: Annotated[float, Query(ge=0, le=MAX_WAIT_MS)] = 0.0,
     ) -> Response:
-        service: InspectionService = request.app.state.service
         service.check_part_id(part_id)
         if station is None:
             if len(settings.stations) != 1:
-                raise ValidationError(f"station is required with several stations configured: {sorted(settings.stations)}")
+                raise ValidationError("station is required with several stations configured: "
+                                      f"{sorted(settings.stations)}")
             station = next(iter(settings.stations))
         service.check_station(station)
         part = await service.parts.wait(station, part_id, wait_ms / 1000.0)
@@ -231,8 +235,7 @@ def build_router(settings: ServeSettings) -> APIRouter:
         return _json(summary, 200 if summary["status"] == "decided" else 202)
 
     @router.websocket("/v1/stream")
-    async def stream(websocket: WebSocket, who: Annotated[Principal, Depends(LINE)]) -> None:
-        service: InspectionService = websocket.app.state.service
+    async def stream(websocket: WebSocket, who: Annotated[Principal, Depends(LINE)], service: ServiceDep) -> None:
         station, camera, _ = service.check_target(
             _param(websocket, "station", b"x-station"), _param(websocket, "camera", b"x-camera"), "-")
         await websocket.accept()
@@ -260,7 +263,8 @@ def build_router(settings: ServeSettings) -> APIRouter:
                 while len(pending) >= _STREAM_IN_FLIGHT:
                     await asyncio.sleep(0)
                     await asyncio.wait({pending[0]})
-                pending.append(asyncio.create_task(_stream_frame(service, station, camera, who, header, frame, started)))
+                answer = _stream_frame(service, station, camera, who, header, frame, started)
+                pending.append(asyncio.create_task(answer))
                 sender_wakeup.set()
         except WebSocketDisconnect:
             pass

@@ -21,7 +21,7 @@ saw an older revision a 409 (see ``inspection.labels``); none of them writes any
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -30,12 +30,12 @@ from inspection import labels as L
 from inspection.errors import InspectionError
 from inspection.log.framestore import check_sha
 from inspection.log.query import MAX_LIMIT
-from inspection.log.store import SqlInspectionLog
 from inspection.preprocess import media_type
-from serving.audit import app_log
 from serving.auth import Principal, Require
+from serving.deps import LogDep, ModelsDep, SettingsDep
+from serving.lifecycle import ModelManager
 from serving.pages import static_page_router
-from serving.settings import Role
+from serving.settings import Role, ServeSettings
 
 LABEL_ROLES: tuple[Role, ...] = ("engineer", "admin")
 
@@ -54,40 +54,35 @@ class UndoIn(BaseModel):
     expected_revision: int = Field(ge=1, le=1_000_000)
 
 
-def label_classes(request: Request) -> list[str]:
+def label_classes(settings: ServeSettings, models: ModelManager) -> list[str]:
     """The configured label classes, else the union of the active models' classes (in order)."""
-    settings = request.app.state.settings
     if settings.labelling.classes:
         return list(settings.labelling.classes)
     out: list[str] = []
-    models = getattr(request.app.state, "models", None)
-    for entry in (models.status() if models is not None else []):
+    for entry in models.status():
         for c in entry.get("classes") or []:
             if c not in out:
                 out.append(c)
     return out
 
 
-def _queue_options(request: Request) -> L.QueueOptions:
-    s = request.app.state.settings.labelling
+def _queue_options(settings: ServeSettings, models: ModelManager) -> L.QueueOptions:
+    s = settings.labelling
     good: dict[str, str] = {}
-    models = getattr(request.app.state, "models", None)
-    if models is not None:
-        for v in models.registry.list_versions():
-            if v.card.good_class is not None:
-                good.setdefault(v.name, v.card.good_class)
+    for v in models.registry.list_versions():
+        if v.card.good_class is not None:
+            good.setdefault(v.name, v.card.good_class)
     return L.QueueOptions(margin=s.margin, pass_sample=s.pass_sample, window=s.window, seed=s.seed, good_classes=good)
 
 
-def _current_prediction(request: Request, rec: Any, data: bytes) -> dict[str, Any]:
+def _current_prediction(settings: ServeSettings, models: ModelManager, rec: Any, data: bytes) -> dict[str, Any]:
     """The station's model *now* on this frame (it may differ from the one that decided it)."""
     from inspection.decisions import decide
     from inspection.preprocess import prepare_frame
 
-    settings = request.app.state.settings
     station = rec.entry.station or settings.labelling.import_station or next(iter(settings.stations))
     try:
-        model = request.app.state.models.current(station)
+        model = models.current(station)
         _, pixels = prepare_frame(data, model.card.input, source=f"frame {rec.entry.inspection_id}")
         probs = model.run(pixels[np.newaxis])[0]
     except InspectionError as exc:
@@ -101,26 +96,27 @@ def _current_prediction(request: Request, rec: Any, data: bytes) -> dict[str, An
 def labelling_router() -> APIRouter:
     """The ``/v1/labelling`` routes (engineer, admin)."""
     require = Require(*LABEL_ROLES)
-    LogDep = Annotated[SqlInspectionLog, Depends(app_log)]
     WhoDep = Annotated[Principal, Depends(require)]
     router = APIRouter(prefix="/v1/labelling", tags=["labelling"])
 
     @router.get("/queue", summary="Frames to label: uncertain first, then rejects, sampled passes, imports")
-    def queue(who: WhoDep, log: LogDep, request: Request,
+    def queue(who: WhoDep, log: LogDep, settings: SettingsDep, models: ModelsDep,
               limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
               include_labelled: bool = False) -> dict[str, Any]:
-        items = L.labelling_queue(log, options=_queue_options(request), limit=limit, include_labelled=include_labelled)
-        return {"classes": label_classes(request), "items": [q.as_dict() for q in items]}
+        items = L.labelling_queue(log, options=_queue_options(settings, models), limit=limit,
+                                  include_labelled=include_labelled)
+        return {"classes": label_classes(settings, models), "items": [q.as_dict() for q in items]}
 
     @router.get("/frames/{frame_id}", summary="One frame: its record, label history and the current model's prediction")
-    async def frame(who: WhoDep, log: LogDep, request: Request, frame_id: str) -> dict[str, Any]:
+    async def frame(who: WhoDep, log: LogDep, settings: SettingsDep, models: ModelsDep,
+                    frame_id: str) -> dict[str, Any]:
         rec = await run_in_threadpool(L.frame_record, log, frame_id)
         data = await run_in_threadpool(log.frame, check_sha(rec.entry.frame_sha256 or ""))
         hist = await run_in_threadpool(L.history, log, frame_id)
         item = L.QueueItem(frame_id, "import" if L.is_import(rec) else "production", rec, hist.revision, hist.current)
-        prediction = await run_in_threadpool(_current_prediction, request, rec, data)
+        prediction = await run_in_threadpool(_current_prediction, settings, models, rec, data)
         return {"frame": item.as_dict(), "history": [h.as_dict() for h in hist.history],
-                "prediction": prediction, "classes": label_classes(request),
+                "prediction": prediction, "classes": label_classes(settings, models),
                 "image_url": f"/v1/labelling/frames/{frame_id}/image"}
 
     @router.get("/frames/{frame_id}/image", summary="The stored frame as it was sent",
@@ -131,9 +127,9 @@ def labelling_router() -> APIRouter:
         return Response(data, media_type=media_type(data), headers={"Cache-Control": "private, max-age=86400"})
 
     @router.post("/frames/{frame_id}/labels", status_code=201, summary="Label a frame (a new label record)")
-    def add_label(who: WhoDep, log: LogDep, request: Request, frame_id: str,
+    def add_label(who: WhoDep, log: LogDep, settings: SettingsDep, models: ModelsDep, frame_id: str,
                   body: Annotated[LabelIn, Body()]) -> dict[str, Any]:
-        lab = L.add_label(log, frame_id, body.label, classes=label_classes(request), actor=who.name,
+        lab = L.add_label(log, frame_id, body.label, classes=label_classes(settings, models), actor=who.name,
                           expected_revision=body.expected_revision)
         return {"label": lab.as_dict(), "revision": lab.revision}
 
