@@ -26,8 +26,9 @@ test: install services
 services:
 	@bash scripts/ensure-services.sh
 
+## make lint: ruff (line length enforced) and mypy over every package (pyproject's [tool.mypy]); CI runs it.
 lint: install
-	$(BIN)/ruff check inspection serving training tests bench
+	$(BIN)/ruff check inspection serving training sim tests bench
 	$(BIN)/mypy
 
 bench: install

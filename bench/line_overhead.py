@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                     port = sl._free_port()
                     overrides = line_overrides(port, args.mqtt_host, args.mqtt_port)
                     # A separate process, as a real PLC is: it must not share the client's GIL.
-                    plc = subprocess.Popen([sys.executable, "-m", "serving.line.plcsim", "--port", str(port),
+                    plc = subprocess.Popen([sys.executable, "-m", "sim.plc", "--port", str(port),
                                             "--poll-ms", str(args.plc_poll_ms)], cwd=REPO)
                 try:
                     res = sl.measure_server(work, models_dir, frames, n=args.n, clients=1,

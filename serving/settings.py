@@ -17,7 +17,7 @@ patch ``os.environ``. Example file::
     api_keys:
       - {name: plc-gateway, role: line, sha256: "<64 hex>"}
 
-Keys are stored only as sha256 digests (``inspection serve hash-key`` makes one). Outside demo
+Keys are stored only as sha256 digests (``inspection serve --new-key ROLE:NAME`` makes one). Outside demo
 mode the server refuses to start without keys, or with a key whose digest is that of a
 well-known default such as ``changethis``.
 
@@ -123,7 +123,7 @@ class ApiKeySettings(_Section):
     def _digest(cls, value: str) -> str:
         value = value.strip().lower()
         if not _HEX64.match(value):
-            raise ValueError("sha256 must be 64 hex digits (make one with `inspection serve hash-key`)")
+            raise ValueError("sha256 must be 64 hex digits (make one with `inspection serve --new-key ROLE:NAME`)")
         return value
 
 
@@ -207,7 +207,7 @@ class ServeSettings(_Section):
             return self
         if not self.api_keys:
             raise ValueError("no api_keys configured; outside demo mode every client needs a key "
-                             "(make one with `inspection serve hash-key`)")
+                             "(make one with `inspection serve --new-key ROLE:NAME`)")
         weak = [k.name for k in self.api_keys if k.sha256 in _DEFAULT_DIGESTS]
         if weak:
             raise ValueError(f"api keys {weak} use an empty or well-known default key; allowed only with demo: true")

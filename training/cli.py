@@ -1,9 +1,11 @@
-"""`inspection train` (= `python -m training`) — train, calibrate, export and verify a model version.
+"""`inspection train` (also `python -m training`) — train, calibrate, export and verify a model version.
 
-The ``inspection`` CLI runs this module as its own process (see ``inspection/cli/train.py``), so
-the torch-free core never imports training. The handler only parses flags into overrides;
-``training.config.load_config`` merges them over the YAML defaults and ``training.train.main``
-does the work.
+The training package contributes this command to the ``inspection`` CLI through the
+``inspection.commands`` entry-point group (``register``). Where the ``train`` extra is missing
+this module cannot be imported, so ``inspection --help`` does not offer ``train``. torch is
+imported only inside the handler: building the ``inspection`` parser stays torch-free. The handler
+parses flags into overrides; ``training.config.load_config`` merges them over the YAML
+defaults and ``training.train.main`` does the work, in this process.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from inspection.cli import run_command
+from inspection.cli.commands import require_extra
 from inspection.errors import ConfigError
+from training.config import CONFIG_DIR
+
+require_extra("train", "torch", "torchvision", "albumentations", "onnx")
 
 #: flag dest -> config key (flags left at None are "not given": the YAML value stands).
 _OVERRIDES = (
@@ -24,20 +30,36 @@ _OVERRIDES = (
     "name", "models_dir", "resume", "val_fraction", "test_fraction", "patience", "threads", "pretrained_path",
 )
 
+_DESCRIPTION = ("Train on DATASET (standard layout), calibrate the reject threshold on validation, evaluate on "
+                "test, export ONNX with parity/golden checks and write models/<name>/<version>/.")
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `train` subcommand to the ``inspection`` CLI (entry point ``inspection.commands: train``)."""
+    p = sub.add_parser("train", help="train a defect classifier and export a verified model version",
+                       description=_DESCRIPTION)
+    _add_arguments(p)
+    # `inspection train ... -v` as well as `inspection -v train ...`: SUPPRESS leaves the main
+    # parser's value alone when the flag is not given here.
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    p.set_defaults(func=_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `inspection train` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="inspection train",
-        description="Train on DATASET (standard layout), calibrate the reject threshold on validation, "
-        "evaluate on test, export ONNX with parity/golden checks and write models/<name>/<version>/.",
-    )
-    p.add_argument("--data", type=Path, required=False, help="dataset folder (standard layout); required unless --resume")
-    p.add_argument("--arch", help="architecture (see `inspection models archs`); default from the config")
-    p.add_argument("--config", type=Path, help="YAML config with defaults (flags still win); see training/configs/")
+    """The parser of ``python -m training`` (the same flags as `inspection train`)."""
+    p = argparse.ArgumentParser(prog="python -m training", description=_DESCRIPTION)
+    _add_arguments(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=False,
+                   help="dataset folder (standard layout); required unless --resume")
+    p.add_argument("--arch", help="architecture (see --list-archs); default from the config")
+    p.add_argument("--config", type=Path,
+                   help="YAML config with defaults (flags still win): a file, or a bundled name "
+                        f"({', '.join(sorted(c.stem for c in CONFIG_DIR.glob('*.yaml')))})")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -48,11 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--max-escape", type=float, help="calibrate for at most this escape rate on validation (default 0.01)")
+    target.add_argument("--max-escape", type=float,
+                        help="calibrate for at most this escape rate on validation (default 0.01)")
     target.add_argument("--max-overkill", type=float, help="calibrate for at most this overkill rate on validation")
     p.add_argument("--allow-unsupported-target", action="store_true", default=None,
-                   help="calibrate even when validation has too few parts for the target; the card says supported: false")
-    p.add_argument("--int8", action="store_true", default=None, help="also write model.int8.onnx and report its accuracy change")
+                   help="calibrate even when validation has too few parts for the target; "
+                        "the card says supported: false")
+    p.add_argument("--int8", action="store_true", default=None,
+                   help="also write model.int8.onnx and report its accuracy change")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
                    help="do not look for pretrained weights in the local torch cache")
     p.add_argument("--pretrained-path", type=Path, help="pretrained torchvision weights file (never downloaded)")
@@ -63,8 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--result-json", type=Path,
                    help="also write {path, name, version} of the new version to this file (for scripts)")
     p.add_argument("--list-archs", action="store_true", help="list the registered architectures and exit")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
 
 
 def resolve_config(value: Path | None) -> Path | None:
@@ -83,7 +106,7 @@ def resolve_config(value: Path | None) -> Path | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `inspection train`; returns the exit code (2 for bad input, with `error: ...`)."""
+    """Run ``python -m training``; returns the exit code (2 for bad input, with `error: ...`)."""
     args = build_parser().parse_args(argv)
     return run_command(lambda: _train(args), verbose=args.verbose)
 
@@ -96,12 +119,13 @@ def _train(args: argparse.Namespace) -> int:
             print(f"{name:22s} {model_info(name).description}")
         return 0
     from training.config import load_config
-    from training.train import main
+    from training.train import main as train_model
 
     overrides: dict[str, Any] = {key: getattr(args, key) for key in _OVERRIDES}
-    overrides.update(allow_unsupported_target=args.allow_unsupported_target, int8=args.int8, pretrained=args.pretrained, progress=args.progress)
+    overrides.update(allow_unsupported_target=args.allow_unsupported_target, int8=args.int8,
+                     pretrained=args.pretrained, progress=args.progress)
     cfg = load_config(resolve_config(args.config), overrides)
-    result = main(cfg)
+    result = train_model(cfg)
     print(result.summary)
     print(f"report: {result.path / 'report.html'}")
     sys.stdout.flush()

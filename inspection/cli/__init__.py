@@ -1,8 +1,10 @@
 """The ``inspection`` command line: thin entry points that parse and call library functions.
 
-Each subcommand group lives in its own module with a ``register(subparsers)`` function;
-heavy dependencies (torch for ``train``, FastAPI for ``serve``) are imported inside the
-handlers, so ``inspection dataset info`` works on a line PC with only the serving extra.
+Each subcommand group lives in its own module with a ``register(subparsers)`` function. The
+core's are ``dataset``, ``models`` and ``audit``; ``serve`` (serving), ``train`` (training)
+and ``demo`` (sim) are contributed by their packages through the ``inspection.commands``
+entry-point group (``cli.commands``), and only where those packages and their extras are
+installed. Heavy dependencies are imported inside the handlers.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from collections.abc import Callable, Sequence
 
 from inspection.errors import InspectionError
 
-from . import audit, dataset, demo, models, serve, train
+from . import audit, dataset, models
+from .commands import add_contributed
 
-_GROUPS = (dataset, train, models, serve, audit, demo)
+_CORE = (dataset, models, audit)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,20 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in _GROUPS:
+    for group in _CORE:
         group.register(sub)
+    add_contributed(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 2 bad input or domain error)."""
-    parser = build_parser()
-    # `train` hands its flags to the training program (a separate process); every other
-    # command must have parsed all of its arguments.
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "passthrough", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.extra = extra
+    args = build_parser().parse_args(argv)
     # Per-request and per-migration INFO lines from libraries drown what the user should read.
     for noisy in ("httpx", "httpcore", "alembic"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)

@@ -1,4 +1,4 @@
-"""`inspection models` — the model registry: list, show, promote, rollback, set-threshold (and archs).
+"""`inspection models` — the model registry: list, show, promote, rollback, compare, set-threshold.
 
 Each action is a small ``_add_<action>(sub)`` function listed in ``_ACTIONS``; a new action
 (e.g. ``compare``, a promotion gate) adds one function to the tuple. Handlers are thin: they
@@ -88,13 +88,8 @@ def _add_set_threshold(actions: Any) -> None:
     p.set_defaults(func=_set_threshold)
 
 
-def _add_archs(actions: Any) -> None:
-    p = actions.add_parser("archs", help="architectures `inspection train --arch` accepts")
-    p.set_defaults(func=_archs)
-
-
 _ACTIONS: tuple[Callable[[Any], None], ...] = (_add_list, _add_show, _add_promote, _add_rollback, add_compare,
-                                               _add_set_threshold, _add_archs)
+                                               _add_set_threshold)
 
 
 def _active_by_model(reg: ModelRegistry) -> dict[str, list[str]]:
@@ -193,8 +188,3 @@ def _set_threshold(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     return 0
 
-
-def _archs(args: argparse.Namespace) -> int:
-    from inspection.cli.train import run_training
-
-    return run_training(["--list-archs"])

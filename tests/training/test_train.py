@@ -163,7 +163,7 @@ def test_per_class_threshold_for_the_good_class_is_refused(tmp_path: Path) -> No
 
 
 def test_cli_reports_refusals_with_exit_2(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    # `inspection train` runs the training program as a child process: capture at fd level.
+    # `inspection train` runs in this process (training.cli via the inspection.commands entry point).
     ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
     assert cli(["train", "--data", str(ds.root), "--arch", "nope", "--models-dir", str(tmp_path / "m")]) == 2
     assert "error: unknown architecture 'nope'" in capfd.readouterr().err

@@ -286,7 +286,7 @@ async def test_1000_decisions_acknowledged_in_order_with_random_plc_delays(make_
 
 
 async def test_simulated_plc_acknowledges_every_result(make_rig: RigFactory, port: int) -> None:
-    from serving.line.plcsim import SimulatedPlc
+    from sim.plc import SimulatedPlc
 
     rig = await make_rig(buffer_depth=32)  # all 20 arrive at once
     recs = await decide_many(rig.log, [part_entry(STATION, f"S-{i}", "reject" if i % 2 else "pass")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.simulator import LinePart, run_line
+from sim.line import LinePart, run_line
 from tests.helpers.server import free_port, start_server, wait_ready
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
 from tests.serving.conftest import SINGLE, settings_data

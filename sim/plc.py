@@ -84,7 +84,7 @@ class SimulatedPlc(threading.Thread):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m serving.line.plcsim --port 5020``: run a simulated PLC until interrupted."""
+    """``python -m sim.plc --port 5020``: run a simulated PLC until interrupted."""
     import argparse
     import signal
 

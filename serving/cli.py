@@ -7,6 +7,10 @@ Settings come from the file, then ``INSPECTION_*`` environment variables (nested
 with ``__``, e.g. ``INSPECTION_BATCHING__MAX_DELAY_MS=1``); see ``serving.settings``.
 """
 
+# The serving package contributes this command to the `inspection` CLI (entry point
+# `inspection.commands: serve`); where the serve extra is missing this module cannot be
+# imported and `inspection` does not offer `serve`.
+
 from __future__ import annotations
 
 import argparse
@@ -14,11 +18,15 @@ import os
 import secrets
 from pathlib import Path
 
+from inspection.cli.commands import require_extra
 from inspection.errors import ValidationError
+from serving.settings import ROLES, hash_key, load_settings
+
+require_extra("serve", "fastapi", "uvicorn", "onnxruntime")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `serve` subcommand to the CLI."""
+    """Add the `serve` subcommand to the ``inspection`` CLI (entry point ``inspection.commands: serve``)."""
     p = sub.add_parser("serve", help="serve reject decisions over HTTP/WebSocket (FastAPI + onnxruntime)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", type=Path, help="YAML or JSON settings file (see serving/settings.py)")
@@ -36,8 +44,6 @@ def new_key_entry(spec: str) -> tuple[str, str]:
     Raises:
         ValidationError: not ROLE:NAME with a known role.
     """
-    from serving.settings import ROLES, hash_key
-
     role, _, name = spec.partition(":")
     if role not in ROLES or not name:
         raise ValidationError(f"--new-key {spec!r}: expected ROLE:NAME with ROLE one of {list(ROLES)}")
@@ -53,7 +59,6 @@ def _run(args: argparse.Namespace) -> int:
         print(entry)
         return 0
     from serving.runner import serve
-    from serving.settings import load_settings
 
     overrides = {"demo": True} if args.demo else None
     settings = load_settings(args.settings, env=dict(os.environ), overrides=overrides)

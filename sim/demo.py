@@ -6,15 +6,19 @@ simulated line sends the held-out frames as parts while a simulated PLC acknowle
 part result over Modbus TCP -> summary against ground truth (escapes, overkills, latency
 percentiles) -> verify the inspection log's hash chain.
 
-Each step is one library call (training runs as its own process, like `inspection train`);
-this module only sequences them and prints what a new user should see.
+Each step is one library call (training in this process, the server as its own process, as
+on a line); this module only sequences them and prints what a new user should see.
 """
+
+# The demo composes dataset, training and serving, so it lives above all three (in `sim`) and is
+# contributed to the `inspection` CLI through the `inspection.commands` entry-point group. It
+# imports the `train` and `serve` command modules: where either extra is missing this module
+# cannot be imported either, and `inspection` does not offer `demo`.
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import secrets
 import shutil
@@ -26,14 +30,17 @@ from pathlib import Path
 
 import yaml
 
+import serving.cli  # noqa: F401 - only where the serve extra is installed (above)
 from inspection.errors import InspectionError
+from serving.settings import hash_key
+from training.cli import resolve_config
 
 STATION = "line1"
 CAMERAS = ["top"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `demo` subcommand to the CLI."""
+    """Add the `demo` subcommand to the ``inspection`` CLI (entry point ``inspection.commands: demo``)."""
     p = sub.add_parser("demo", help="run the whole line end to end on a generated dataset (~5 minutes)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="where the demo's log, settings and frames go")
@@ -87,20 +94,14 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{data_dir}: {len(ds.samples)} images ({counts}); fingerprint {ds.fingerprint[:16]}")
 
     _step(2, "train, calibrate the reject threshold, export ONNX with parity and golden checks")
-    from inspection.card import load_card
-    from inspection.cli.train import run_training
+    from training.config import load_config
+    from training.train import main as train_model
 
-    result_json = out / "train-result.json"
-    argv = ["--data", str(data_dir), "--config", "demo", "--name", "demo", "--models-dir", str(args.models_dir),
-            "--result-json", str(result_json)]
-    if args.epochs is not None:
-        argv += ["--epochs", str(args.epochs)]
-    code = run_training(argv)
-    if code != 0:
-        print(f"error: training failed with exit code {code}", file=sys.stderr)
-        return code
-    version_dir = Path(json.loads(result_json.read_text(encoding="utf-8"))["path"])
-    card = load_card(version_dir)
+    overrides = {"data": data_dir, "name": "demo", "models_dir": args.models_dir, "epochs": args.epochs}
+    trained = train_model(load_config(resolve_config(Path("demo")), overrides))
+    print(trained.summary)
+    print(f"report: {trained.path / 'report.html'}", flush=True)
+    version_dir, card = trained.path, trained.card
 
     _step(3, f"promote {card.model_id} to station {STATION}")
     registry = ModelRegistry(args.models_dir)
@@ -109,8 +110,6 @@ def _run(args: argparse.Namespace) -> int:
 
     _step(4, "start the reject API (FastAPI + onnxruntime, SQLite inspection log)")
     keys = {role: secrets.token_urlsafe(24) for role in ("line", "auditor", "engineer", "admin")}
-    from serving.settings import hash_key
-
     port, modbus_port = _free_port(), _free_port()
     log_url = f"sqlite:///{out / 'log.db'}"
     settings = {
@@ -137,8 +136,8 @@ def _run(args: argparse.Namespace) -> int:
 
         _step(5, f"a simulated line sends the held-out test frames as parts; a simulated PLC "
                  f"acknowledges each result over Modbus TCP (127.0.0.1:{modbus_port})")
-        from serving.line.plcsim import SimulatedPlc
-        from serving.simulator import LinePart, run_line
+        from sim.line import LinePart, run_line
+        from sim.plc import SimulatedPlc
 
         parts = []
         with open(version_dir / "split.csv", newline="", encoding="utf-8") as fh:
@@ -197,5 +196,6 @@ def _run(args: argparse.Namespace) -> int:
     status = "verified" if verdict.ok else f"BROKEN at seq {verdict.first_bad_seq}: {verdict.detail}"
     print(f"{log_url}: {verdict.records} records ({kinds['inspection']} frame inspections, {kinds['part']} part "
           f"decisions, {kinds['plc_ack']} PLC acknowledgements), hash chain {status}")
-    print(f"\ndemo finished in {time.monotonic() - started:.0f} s. Try: .venv/bin/inspection audit list --log-url {log_url}")
+    print(f"\ndemo finished in {time.monotonic() - started:.0f} s. "
+          f"Try: .venv/bin/inspection audit list --log-url {log_url}")
     return 0 if verdict.ok else 1
