@@ -83,7 +83,8 @@ class DispositionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["confirm", "override"]
-    decision: Literal["pass", "reject"] | None = Field(None, description="required for override: the decision that should have been made")
+    decision: Literal["pass", "reject"] | None = Field(
+        None, description="required for override: the decision that should have been made")
     defect_class: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]*$")
     note: str | None = Field(None, max_length=2000, pattern=r"^[^\x00]*$")
 
@@ -115,7 +116,8 @@ def _chain_status(log: SqlInspectionLog, rec: StoredRecord) -> dict[str, Any]:
             next_ok = log.get_seq(rec.seq + 1).prev_hash == rec.hash
         except NotFoundError:
             next_ok = False
-    return {"hash_ok": hash_ok, "links_previous": prev_ok, "linked_by_next": next_ok, "ok": hash_ok and prev_ok and next_ok}
+    return {"hash_ok": hash_ok, "links_previous": prev_ok, "linked_by_next": next_ok,
+            "ok": hash_ok and prev_ok and next_ok}
 
 
 def audit_router(
@@ -191,7 +193,8 @@ def audit_router(
         entry = LogEntry(
             kind="disposition", ref=inspection_id, station=e.station, camera=e.camera, part_id=e.part_id,
             frame_sha256=e.frame_sha256, decision=decision,
-            defect_class=body.defect_class if body.defect_class is not None else (e.defect_class if body.action == "confirm" else None),
+            defect_class=(body.defect_class if body.defect_class is not None
+                          else e.defect_class if body.action == "confirm" else None),
             model_name=e.model_name, model_version=e.model_version, model_sha256=e.model_sha256,
             actor=getattr(who, "name", None),
             data={"action": body.action, "note": body.note, "original_decision": e.decision,
@@ -241,9 +244,11 @@ async def _retention_loop(app: Any, max_age_days: float | None, max_bytes: int |
             return
         if log_ is not None:
             try:
-                result = await asyncio.to_thread(prune_frames, log_, max_age=max_age, max_bytes=max_bytes, actor="retention")
+                result = await asyncio.to_thread(prune_frames, log_, max_age=max_age, max_bytes=max_bytes,
+                                                 actor="retention")
                 if result.removed:
-                    log.info("retention removed %d frame(s), %d bytes; %d kept", len(result.removed), result.bytes_freed, result.kept)
+                    log.info("retention removed %d frame(s), %d bytes; %d kept",
+                             len(result.removed), result.bytes_freed, result.kept)
             except InspectionError as exc:
                 log.error("frame retention failed: %s", exc)
         await asyncio.sleep(interval_s)

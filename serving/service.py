@@ -75,7 +75,8 @@ class InspectionService:
         station = self.check_station(station)
         cameras = self.settings.stations[station].cameras
         if not camera:
-            raise ValidationError(f"camera is required (query ?camera= or header X-Camera); station {station!r} has {cameras}")
+            raise ValidationError(f"camera is required (query ?camera= or header X-Camera); "
+                                  f"station {station!r} has {cameras}")
         if camera not in cameras:
             raise NotFoundError(f"unknown camera {camera!r} for station {station!r}; it has {cameras}")
         self.check_part_id(part_id)
@@ -85,7 +86,8 @@ class InspectionService:
     def check_station(self, station: str | None) -> str:
         """Raises ValidationError when missing, NotFoundError when not configured."""
         if not station:
-            raise ValidationError(f"station is required (query ?station= or header X-Station); configured: {sorted(self.settings.stations)}")
+            raise ValidationError("station is required (query ?station= or header X-Station); "
+                                  f"configured: {sorted(self.settings.stations)}")
         if station not in self.settings.stations:
             raise NotFoundError(f"unknown station {station!r}; configured: {sorted(self.settings.stations)}")
         return station
@@ -110,9 +112,11 @@ class InspectionService:
         """
         media = (content_type or "").split(";", 1)[0].strip().lower()
         if media not in ACCEPTED_TYPES:
-            raise UnsupportedMediaError(f"content type {content_type!r} is not accepted; send one of {list(ACCEPTED_TYPES)}")
+            raise UnsupportedMediaError(f"content type {content_type!r} is not accepted; "
+                                        f"send one of {list(ACCEPTED_TYPES)}")
         if media == RAW_TYPE and raw_shape is None:
-            raise ValidationError(f"{RAW_TYPE} frames need width, height and channels (query or X-Width/X-Height/X-Channels)")
+            raise ValidationError(f"{RAW_TYPE} frames need width, height and channels "
+                                  "(query or X-Width/X-Height/X-Channels)")
         return media
 
     # -- the decision path --------------------------------------------------------------
@@ -212,7 +216,8 @@ class InspectionService:
         return record
 
     # -- fail-safe -------------------------------------------------------------------------
-    async def reject_failsafe(self, req: FrameRequest, exc: InspectionError, *, frame: bytes | None = None) -> StoredRecord | None:
+    async def reject_failsafe(self, req: FrameRequest, exc: InspectionError, *,
+                              frame: bytes | None = None) -> StoredRecord | None:
         """Record a fail-safe reject of ``req``'s view because of ``exc`` and attach it to ``exc``."""
         code = exc.failsafe_code  # declared on the error's class (inspection.errors)
         reason = f"{code}: {exc}"
@@ -246,7 +251,8 @@ class InspectionService:
         return record
 
     async def _view_failed(self, req: FrameRequest, inspection_id: str, code: str, model_version: str | None) -> None:
-        await self.parts.add_view(req.station, req.part_id, View(req.camera, inspection_id, "reject", model_version, code))
+        view = View(req.camera, inspection_id, "reject", model_version, code)
+        await self.parts.add_view(req.station, req.part_id, view)
 
     def _part_entry(self, part: Part, views: list[View]) -> LogEntry:
         # The model that decided every view, when it is one and the same.
@@ -271,7 +277,8 @@ class InspectionService:
             log.error("part record of %s/%s not stored: %s", part.station, part.part_id, exc)
             record = None
         # Subscribers see a part after its views (their records share the commit or precede it).
-        outcomes = await asyncio.gather(*(v.committed for v in views if v.committed is not None), return_exceptions=True)
+        committed = [v.committed for v in views if v.committed is not None]
+        outcomes = await asyncio.gather(*committed, return_exceptions=True)
         if part.decision == "pass" and any(isinstance(o, BaseException) for o in outcomes):
             # A view's own record could not be stored: that view never became evidence, so the
             # part cannot pass. Record (or try to) the fail-safe reject that supersedes the pass.

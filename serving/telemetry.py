@@ -38,7 +38,8 @@ class ServingMetrics:
         self.queue_depth = Gauge(
             "inspection_queue_depth", "Frames waiting for or in the model", registry=r)
         self.bad_requests = Counter(
-            "inspection_rejected_requests_total", "Requests answered with an error, by error code", ["code"], registry=r)
+            "inspection_rejected_requests_total", "Requests answered with an error, by error code", ["code"],
+            registry=r)
         self.model_info = Gauge(
             "inspection_active_model", "1 for the model version active on a station", ["station", "model"], registry=r)
         self.model_load_failures = Counter(

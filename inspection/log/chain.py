@@ -43,7 +43,8 @@ def canonical_json(value: Any) -> str:
     try:
         return _CANONICAL.encode(value)
     except (TypeError, ValueError) as exc:
-        raise ValidationError(f"log record field is not plain JSON ({exc}); allowed: str, finite numbers, bool, None, lists, dicts") from exc
+        raise ValidationError(f"log record field is not plain JSON ({exc}); "
+                              "allowed: str, finite numbers, bool, None, lists, dicts") from exc
 
 
 def finite_float(name: str, value: Any) -> float | None:
@@ -169,14 +170,16 @@ def _classify(
         return _bad(checked, head_seq, head_hash, seq, kind, detail)
 
     if row.seq > expected_seq:
-        return bad(expected_seq, "deleted", f"{_span(expected_seq, row.seq - 1)} missing (the next stored record is {row.seq})")
+        return bad(expected_seq, "deleted",
+                   f"{_span(expected_seq, row.seq - 1)} missing (the next stored record is {row.seq})")
     self_ok = row.hash_at(row.seq) == row.hash
     if self_ok:
         # Row intact, but its predecessor is not the record it was chained to.
         later = {r.hash: r.seq for r in window(row.seq + 1, WINDOW)}
         if row.prev_hash in later:
             return bad(expected_seq - 1, "reordered",
-                       f"record {row.seq} was chained after the record now at seq {later[row.prev_hash]}: records were reordered")
+                       f"record {row.seq} was chained after the record now at seq {later[row.prev_hash]}: "
+                       "records were reordered")
         if expected_seq == 1:
             return bad(1, "edited", "the first record does not start from the genesis hash")
         return bad(expected_seq - 1, "edited",
@@ -188,18 +191,21 @@ def _classify(
         # Content changed, or a forged row was slipped in: the latter if the next row is the
         # record that belonged here, shifted up by one.
         nxt = rows_after[0] if rows_after else None
-        if nxt is not None and nxt.seq == row.seq + 1 and nxt.prev_hash == prev_hash and nxt.hash_at(row.seq) == nxt.hash:
+        if (nxt is not None and nxt.seq == row.seq + 1 and nxt.prev_hash == prev_hash
+                and nxt.hash_at(row.seq) == nxt.hash):
             return bad(row.seq, "inserted", f"record {row.seq} was inserted (the records after it were renumbered)")
         return bad(row.seq, "edited", f"record {row.seq}'s contents no longer match its hash: it was edited")
     if original < row.seq:
         first = original
         return bad(first, "inserted",
-                   f"record {row.seq} was at seq {original}: {row.seq - original} record(s) were inserted from seq {first}")
+                   f"record {row.seq} was at seq {original}: {row.seq - original} record(s) were inserted "
+                   f"from seq {first}")
     if original > row.seq:
         for r in rows_after:
             if _original_seq(r, r.seq) == row.seq and r.prev_hash == prev_hash:
                 return bad(row.seq, "reordered", f"record {row.seq} now holds the record that was at seq {original}, "
-                                                  f"and the original record {row.seq} is now at seq {r.seq}: records were reordered")
+                                                  f"and the original record {row.seq} is now at seq {r.seq}: "
+                                                  "records were reordered")
         return bad(row.seq, "deleted", f"record {row.seq} was at seq {original}: {_span(row.seq, original - 1)} "
                                         "removed and the rest renumbered")
     # Hash matches its seq but the link is broken (handled above) or only the seq differs.

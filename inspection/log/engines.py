@@ -32,7 +32,8 @@ def backend_of(url: str) -> str:
     try:
         backend = make_url(url).get_backend_name()
     except Exception as exc:
-        raise ConfigError(f"log url {url!r} is not a database url; allowed: sqlite:///path or postgresql+psycopg://...") from exc
+        raise ConfigError(f"log url {url!r} is not a database url; "
+                          "allowed: sqlite:///path or postgresql+psycopg://...") from exc
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError(f"log url {url!r} uses {backend!r}; allowed: sqlite, postgresql")
     return backend
@@ -62,7 +63,8 @@ def open_engine(url: str, *, schema: str | None, sqlite_synchronous: str) -> Eng
 def _sqlite_engine(url: str, synchronous: str) -> Engine:
     database = make_url(url).database
     if not database or database == ":memory:":
-        raise ConfigError(f"log url {url!r} names no SQLite file; use sqlite:///path/to/log.db (in-memory logs are not durable)")
+        raise ConfigError(f"log url {url!r} names no SQLite file; "
+                          "use sqlite:///path/to/log.db (in-memory logs are not durable)")
     Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 

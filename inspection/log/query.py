@@ -14,6 +14,10 @@ from inspection.log.records import RecordKind, StoredRecord
 from inspection.log.store import SqlInspectionLog, row_to_record
 from inspection.log.tables import records
 
+#: Filter fields matched exactly against their column.
+_EXACT_FIELDS = ("station", "camera", "part_id", "decision", "defect_class", "model_name", "model_version", "kind",
+                 "ref")
+
 Order = Literal["asc", "desc"]
 MAX_LIMIT = 1000
 
@@ -35,7 +39,7 @@ class RecordFilter:
     ref: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("station", "camera", "part_id", "decision", "defect_class", "model_name", "model_version", "kind", "ref"):
+        for name in _EXACT_FIELDS:
             value = getattr(self, name)
             if value is not None and "\x00" in value:
                 raise ValidationError(f"filter {name}={value!r} contains a NUL character")
@@ -45,11 +49,13 @@ class RecordFilter:
                 try:
                     _aware(value)
                 except OverflowError:
-                    raise ValidationError(f"filter {name}={value.isoformat()} is outside the representable UTC range") from None
+                    raise ValidationError(
+                        f"filter {name}={value.isoformat()} is outside the representable UTC range") from None
         if self.kind is not None and self.kind not in get_args(RecordKind):
             raise ValidationError(f"kind {self.kind!r} is not one of {sorted(get_args(RecordKind))}")
         if self.time_from and self.time_to and _aware(self.time_from) >= _aware(self.time_to):
-            raise ValidationError(f"time_from {self.time_from.isoformat()} must be before time_to {self.time_to.isoformat()}")
+            raise ValidationError(f"time_from {self.time_from.isoformat()} must be before "
+                                  f"time_to {self.time_to.isoformat()}")
 
     def where(self) -> list[ColumnElement[bool]]:
         clauses: list[ColumnElement[bool]] = []
@@ -57,7 +63,7 @@ class RecordFilter:
             clauses.append(records.c.time >= self.time_from)
         if self.time_to is not None:
             clauses.append(records.c.time < self.time_to)
-        for name in ("station", "camera", "part_id", "decision", "defect_class", "model_name", "model_version", "kind", "ref"):
+        for name in _EXACT_FIELDS:
             value = getattr(self, name)
             if value is not None:
                 clauses.append(records.c[name] == value)

@@ -40,7 +40,8 @@ def normalise_entry(entry: LogEntry) -> dict[str, Any]:
             if not isinstance(value, str):
                 raise ValidationError(f"log record field {name}={value!r} must be a string")
             if len(value) > _STR_LIMITS[name]:
-                raise ValidationError(f"log record field {name} is {len(value)} characters; at most {_STR_LIMITS[name]} allowed")
+                raise ValidationError(f"log record field {name} is {len(value)} characters; "
+                                      f"at most {_STR_LIMITS[name]} allowed")
             if "\x00" in value:
                 raise ValidationError(f"log record field {name}={value!r} contains a NUL character")
         fields[name] = value

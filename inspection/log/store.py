@@ -117,7 +117,8 @@ class SqlInspectionLog:
         if frame is not None:
             digest = sha256_hex(frame)
             if entry.frame_sha256 is not None and entry.frame_sha256 != digest:
-                raise ValidationError(f"entry frame_sha256 {entry.frame_sha256!r} does not match the frame's bytes ({digest})")
+                raise ValidationError(f"entry frame_sha256 {entry.frame_sha256!r} does not match "
+                                      f"the frame's bytes ({digest})")
             if entry.frame_sha256 is None:
                 entry = dataclasses.replace(entry, frame_sha256=digest)
         fields = normalise_entry(entry)

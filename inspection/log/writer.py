@@ -36,6 +36,8 @@ from inspection.log.statements import WriterSql
 log = logging.getLogger(__name__)
 
 _STOP = object()
+#: A waiting event loop's future and what it is settled with.
+_Outcome = tuple[asyncio.Future[StoredRecord], StoredRecord | BaseException]
 
 
 @dataclass(slots=True)
@@ -284,7 +286,8 @@ class GroupCommitWriter:
                     raise
                 if head is None:
                     raise InspectionError("the inspection log could not commit the record: its chain-head row is "
-                                          "missing (the database was altered outside the log; run `inspection audit verify`)")
+                                          "missing (the database was altered outside the log; "
+                                          "run `inspection audit verify`)")
                 seq, prev = int(head[0]), str(head[1])
                 rows: list[dict[str, Any]] = []
                 for item in batch:
@@ -325,7 +328,7 @@ def _invalidate(conn: Any) -> None:
 
 def _settle_all(batch: Sequence[Pending], outcomes: Sequence[StoredRecord | BaseException]) -> None:
     """Hand each caller its outcome: threads directly, event loops with ONE wake-up per loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[StoredRecord], StoredRecord | BaseException]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
     for item, outcome in zip(batch, outcomes, strict=True):
         if item.future is not None:
             _settle(item.future, outcome)
@@ -338,7 +341,7 @@ def _settle_all(batch: Sequence[Pending], outcomes: Sequence[StoredRecord | Base
             pass  # the loop is closed: nobody is waiting any more; the records are committed
 
 
-def _settle_waiters(waiters: Sequence[tuple[asyncio.Future[StoredRecord], StoredRecord | BaseException]]) -> None:
+def _settle_waiters(waiters: Sequence[_Outcome]) -> None:
     for waiter, outcome in waiters:
         # The awaiting task may have given up (timeout, cancellation); the outcome stands regardless.
         if waiter.done():
@@ -366,7 +369,8 @@ def _as_domain_error(exc: Exception, fields: Mapping[str, Any], dbapi: Any) -> E
     errors), SQLAlchemy only when it (re)connects."""
     if isinstance(exc, InspectionError):
         return exc
-    if isinstance(exc, (IntegrityError, dbapi.IntegrityError)) and "inspection_id" in str(getattr(exc, "orig", "")).lower() + str(exc).lower():
+    duplicate_id = "inspection_id" in str(getattr(exc, "orig", "")).lower() + str(exc).lower()
+    if isinstance(exc, (IntegrityError, dbapi.IntegrityError)) and duplicate_id:
         return ConflictError(f"inspection id {fields['inspection_id']!r} is already in the log; ids must be unique")
     if isinstance(exc, (SQLAlchemyError, dbapi.Error)):
         log.error("inspection log commit failed: %s", exc)

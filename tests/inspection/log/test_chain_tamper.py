@@ -40,7 +40,8 @@ def _set_seq(conn: sa.Connection, old: int, new: int) -> None:
 
 def _shift(conn: sa.Connection, from_seq: int, delta: int) -> None:
     # One row at a time, in an order that never collides with the primary key.
-    seqs = [s for (s,) in conn.execute(sa.text("SELECT seq FROM inspection_records WHERE seq >= :s ORDER BY seq"), {"s": from_seq})]
+    query = sa.text("SELECT seq FROM inspection_records WHERE seq >= :s ORDER BY seq")
+    seqs = [s for (s,) in conn.execute(query, {"s": from_seq})]
     for s in (reversed(seqs) if delta > 0 else seqs):
         _set_seq(conn, s, s + delta)
 
@@ -58,12 +59,14 @@ def _insert(conn: sa.Connection, row: dict[str, Any]) -> None:
 
 def edit(conn: sa.Connection, k: int) -> None:
     conn.execute(sa.text(
-        "UPDATE inspection_records SET decision = CASE WHEN decision = 'pass' THEN 'reject' ELSE 'pass' END WHERE seq = :k"
+        "UPDATE inspection_records SET decision = CASE WHEN decision = 'pass' THEN 'reject' ELSE 'pass' END "
+        "WHERE seq = :k"
     ), {"k": k})
 
 
 def edit_scores(conn: sa.Connection, k: int) -> None:
-    conn.execute(sa.text("UPDATE inspection_records SET scores = :s WHERE seq = :k"), {"k": k, "s": '{"ok":0.99,"scratch":0.01}'})
+    conn.execute(sa.text("UPDATE inspection_records SET scores = :s WHERE seq = :k"),
+                 {"k": k, "s": '{"ok":0.99,"scratch":0.01}'})
 
 
 def edit_and_rehash(conn: sa.Connection, k: int) -> None:
@@ -131,7 +134,8 @@ TAMPERS = [
 ]
 
 
-@pytest.mark.parametrize(("tamper", "k", "bad_seq", "kind"), TAMPERS, ids=[f"{t.__name__}@{k}" for t, k, _, _ in TAMPERS])
+@pytest.mark.parametrize(("tamper", "k", "bad_seq", "kind"), TAMPERS,
+                         ids=[f"{t.__name__}@{k}" for t, k, _, _ in TAMPERS])
 def test_verify_names_the_first_tampered_record(log: Any, tamper: Any, k: int, bad_seq: int, kind: str) -> None:
     _fill(log)
     assert log.verify().ok

@@ -23,8 +23,9 @@ def _args(logs: Any, *rest: str) -> list[str]:
 @pytest.fixture
 def filled(logs: Any) -> list[Any]:
     log = logs.open()
-    recs = [log.append(LogEntry(kind="inspection", station="s1", part_id=f"P{i}", decision="reject" if i == 2 else "pass",
-                                model_version="7"), frame=b"img%d" % i) for i in range(5)]
+    recs = [log.append(LogEntry(kind="inspection", station="s1", part_id=f"P{i}",
+                                decision="reject" if i == 2 else "pass", model_version="7"), frame=b"img%d" % i)
+            for i in range(5)]
     log.close()
     return recs
 
@@ -81,7 +82,8 @@ def test_verify_ok_then_tampered(logs: Any, filled: list[Any], capsys: pytest.Ca
     assert "error: chain broken at record 3 (edited)" in capsys.readouterr().err
 
 
-def test_prune_needs_a_limit_and_records_the_pruning(logs: Any, filled: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_prune_needs_a_limit_and_records_the_pruning(logs: Any, filled: list[Any],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_args(logs, "audit", "prune")) == 2
     assert "--max-age-days" in capsys.readouterr().err
     assert main(_args(logs, "audit", "prune", "--max-bytes", "0")) == 0
