@@ -98,12 +98,15 @@ def main(argv: list[str] | None = None) -> int:
                     admin.dispose()
     store = "PostgreSQL" if args.url else "SQLite"
     print(f"export memory ({store}); peak = tracemalloc peak of the Python heap during the export")
-    print(f"{'rows':>7} {'fill s':>7} | {'CSV peak KiB':>12} {'CSV MiB':>8} {'CSV s':>6} | {'JSONL peak KiB':>14} {'JSONL MiB':>9} {'JSONL s':>7}")
+    print(f"{'rows':>7} {'fill s':>7} | {'CSV peak KiB':>12} {'CSV MiB':>8} {'CSV s':>6} | "
+          f"{'JSONL peak KiB':>14} {'JSONL MiB':>9} {'JSONL s':>7}")
     for n, fill_s, cp, cb, cs, jp, jb, js in results:
-        print(f"{n:>7} {fill_s:>7.1f} | {cp / 1024:>12.0f} {cb / 2**20:>8.1f} {cs:>6.2f} | {jp / 1024:>14.0f} {jb / 2**20:>9.1f} {js:>7.2f}")
+        print(f"{n:>7} {fill_s:>7.1f} | {cp / 1024:>12.0f} {cb / 2**20:>8.1f} {cs:>6.2f} | "
+              f"{jp / 1024:>14.0f} {jb / 2**20:>9.1f} {js:>7.2f}")
     if len(results) >= 2:
         first, last = results[0], results[-1]
-        print(f"rows x{last[0] / first[0]:.0f} -> CSV peak x{last[2] / first[2]:.2f}, JSONL peak x{last[5] / first[5]:.2f}")
+        print(f"rows x{last[0] / first[0]:.0f} -> CSV peak x{last[2] / first[2]:.2f}, "
+              f"JSONL peak x{last[5] / first[5]:.2f}")
     return 0
 
 

@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from fastapi import Request  # module level: the torch server's route annotation must resolve
@@ -127,7 +127,7 @@ def make_frames(n: int, side: int, *, seed: int = 1) -> list[bytes]:
 # --------------------------------------------------------------------------------------------
 def summary(latencies_s: list[float], wall_s: float | None = None, frames: int | None = None) -> dict[str, float]:
     ms = sorted(x * 1000.0 for x in latencies_s)
-    out = {"p50_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))],
+    out = {"p50_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))],
            "n": len(ms)}
     if wall_s:
         out["fps"] = (frames or len(ms)) / wall_s
@@ -151,7 +151,9 @@ class RawClient:
         head, _, rest = self.buf.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split()[1])
-        length = next(int(v) for k, _, v in (ln.partition(b":") for ln in lines[1:]) if k.strip().lower() == b"content-length")
+        length = next(
+            int(v) for k, _, v in (ln.partition(b":") for ln in lines[1:]) if k.strip().lower() == b"content-length"
+        )
         while len(rest) < length:
             rest += self._recv_chunk()
         self.buf = rest[length:]
@@ -193,7 +195,7 @@ def run_clients(port: int, requests_for: Callable[[int, int], bytes], *, clients
                 status, body = client.request(raw)
                 lat[c].append(time.perf_counter() - t)
                 check(status, body)
-        except Exception as exc:  # reported below; a bench must not hang on one failed client
+        except Exception as exc:  # noqa: BLE001 - reported below; a bench must not hang on one failed client
             errors.append(f"client {c}: {exc}")
         finally:
             client.close()
@@ -245,14 +247,16 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        import psutil
+
         while not self._stop.is_set():
             try:
                 self.peak = max(self.peak, self.proc.memory_info().rss)
-            except Exception:
+            except psutil.Error:  # the server exited: its peak is what was sampled
                 return
             time.sleep(0.05)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -319,8 +323,13 @@ def our_server(work: Path, models_dir: Path, frames: list[bytes], label: str,
     path.write_text(yaml.safe_dump(settings), encoding="utf-8")
     port = _free_port()
     with open(work / f"{path.stem}.log", "w") as log_file:  # an undrained pipe would stall the server
-        proc = subprocess.Popen([sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port", str(port)],
-                                cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port", str(port)],
+            cwd=REPO,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             _wait_ready(proc, port, "/readyz")
             headers = {"Authorization": f"Bearer {key}"}
@@ -389,8 +398,11 @@ def side_by_side(bare_frame: Callable[[int], None], bare_batched: Callable[[], f
     for _ in range(rounds):
         for c in contenders:
             if c.label in many:
-                many[c.label].append(run_clients(c.port, c.request_for, clients=clients, per_client=max(1, n // clients),
-                                                 check=c.check)["fps"])
+                many[c.label].append(
+                    run_clients(c.port, c.request_for, clients=clients, per_client=max(1, n // clients), check=c.check)[
+                        "fps"
+                    ]
+                )
         batched.append(bare_batched())
     return {"one_client": one, "many_fps": {k: statistics.median(v) for k, v in many.items()}, "many_fps_runs": many,
             "bare_batched_fps": statistics.median(batched), "bare_batched_runs": batched}
@@ -458,13 +470,17 @@ def _fmt(name: str, s: dict[str, float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="linecnn", help="training.models architecture (default: linecnn, the training default)")
+    parser.add_argument(
+        "--arch", default="linecnn", help="training.models architecture (default: linecnn, the training default)"
+    )
     parser.add_argument("--size", type=int, default=128, help="model input side in pixels (default 128)")
     parser.add_argument("--frame-side", type=int, default=256, help="camera frame side sent, PNG (default 256)")
     parser.add_argument("--frames", type=int, default=64, help="distinct frames (default 64)")
     parser.add_argument("-n", type=int, default=1000, help="requests per contender and measurement (default 1000)")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=3, help="turns of the many-client measurement per server (default 3)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="turns of the many-client measurement per server (default 3)"
+    )
     parser.add_argument("--settings", type=Path, help="YAML/JSON with extra serve settings merged into the bench's")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--skip-torch", action="store_true", help="skip (c), the torch-eager server")
@@ -503,7 +519,13 @@ def main(argv: list[str] | None = None) -> int:
                 stack.enter_context(c.rss)
             res = side_by_side(bare_frame, bare_batched, contenders, n=args.n, clients=args.clients,
                                rounds=args.repeat)
-        report(res, [label for label, _ in configs], clients=args.clients, n=args.n, rss={c.label: c.rss.peak / 2**20 for c in contenders})
+        report(
+            res,
+            [label for label, _ in configs],
+            clients=args.clients,
+            n=args.n,
+            rss={c.label: c.rss.peak / 2**20 for c in contenders},
+        )
         if args.json:
             args.json.write_text(json.dumps(res, indent=2, default=str))
     return 0
@@ -555,8 +577,11 @@ def report(res: dict[str, Any], ours: list[str], *, clients: int, n: int, rss: d
     for label in ours:
         print(f"{'(b) ours, ' + label:<44} {'':>36}{many[label]:8.1f} frames/s   "
               f"runs {[round(x) for x in res['many_fps_runs'][label]]}")
-    print(f"\nserver CPU per frame (1 client; load distorts it least): bare {bare['cpu_ms_per_frame']:.2f} ms (in-process), "
-          + ", ".join(f"{label} {one[label]['cpu_ms_per_frame']:.2f} ms" for label in ours))
+    print(
+        "\nserver CPU per frame (1 client; load distorts it least): "
+        f"bare {bare['cpu_ms_per_frame']:.2f} ms (in-process), "
+        + ", ".join(f"{label} {one[label]['cpu_ms_per_frame']:.2f} ms" for label in ours)
+    )
     for label in ours:
         b = one[label]
         print(f"-- {label}")
@@ -572,7 +597,10 @@ def report(res: dict[str, Any], ours: list[str], *, clients: int, n: int, rss: d
         share = many[label] / res["bare_batched_fps"]
         print(f"   b {clients} clients fps / best bare batched fps: {share:.2f}   target >= 0.8   "
               f"{'OK' if share >= 0.8 else 'MISSED'}")
-        print(f"   b resident memory: {rss[label]:.0f} MB   target <= 400 MB   {'OK' if rss[label] <= 400 else 'MISSED'}")
+        print(
+            f"   b resident memory: {rss[label]:.0f} MB   target <= 400 MB   {'OK' if rss[label] <= 400 else 'MISSED'}"
+        )
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

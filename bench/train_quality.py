@@ -49,9 +49,18 @@ def import_kind(kind: str, data: Path, dest: Path) -> Path:
     if kind == "mt-6":
         return six
     ds = read_dataset(six)
-    items = [(Sample(s.path, "good" if s.label == ds.good_class else "defect", s.split, s.source), ds.path_of(s)) for s in ds.samples]
-    write_dataset(dest, name="magnetic-tile-binary", classes=["good", "defect"], good_class="good", items=items,
-                  extra_manifest={"lineage": {"kind": "relabel", "from": str(six), "rule": "Free->good, other->defect"}})
+    items = [
+        (Sample(s.path, "good" if s.label == ds.good_class else "defect", s.split, s.source), ds.path_of(s))
+        for s in ds.samples
+    ]
+    write_dataset(
+        dest,
+        name="magnetic-tile-binary",
+        classes=["good", "defect"],
+        good_class="good",
+        items=items,
+        extra_manifest={"lineage": {"kind": "relabel", "from": str(six), "rule": "Free->good, other->defect"}},
+    )
     return dest
 
 
@@ -71,11 +80,22 @@ def run_one(kind: str, dataset: Path, models: Path, extra: list[str]) -> dict:
     card = result.card
     test = card.metrics["test"]
     return {
-        "kind": kind, "wall_s": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "accuracy": test["accuracy"], "macro_recall": test["macro_recall"], "n_test": test["n"],
-        "roc_auc": test.get("roc_auc"), "op": test.get("operating_point"), "threshold": card.thresholds.reject,
-        "parity": card.parity.max_abs_diff, "int8": test.get("int8"), "epochs": card.training["epochs_run"],
-        "image_size": card.input.height, "arch": card.arch, "threads": card.training["threads"], "path": str(result.path),
+        "kind": kind,
+        "wall_s": wall,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "accuracy": test["accuracy"],
+        "macro_recall": test["macro_recall"],
+        "n_test": test["n"],
+        "roc_auc": test.get("roc_auc"),
+        "op": test.get("operating_point"),
+        "threshold": card.thresholds.reject,
+        "parity": card.parity.max_abs_diff,
+        "int8": test.get("int8"),
+        "epochs": card.training["epochs_run"],
+        "image_size": card.input.height,
+        "arch": card.arch,
+        "threads": card.training["threads"],
+        "path": str(result.path),
     }
 
 
@@ -90,14 +110,20 @@ def line(r: dict) -> str:
         q = r["int8"]
         parts.append(f"int8 acc {q['accuracy']:.4f} ({q['accuracy_change'] * 100:+.2f} pt)"
                      + (f", escape {q['escape_change'] * 100:+.2f} pt" if "escape_change" in q else ""))
-    parts += [f"parity {r['parity']:.1e}", f"train {r['wall_s'] / 60:.1f} min ({r['epochs']} ep, {r['image_size']} px, {r['arch']}, {r['threads']} thr)",
-              f"peak {r['peak_mb'] / 1024:.2f} GB", f"n_test {r['n_test']}"]
+    parts += [
+        f"parity {r['parity']:.1e}",
+        f"train {r['wall_s'] / 60:.1f} min ({r['epochs']} ep, {r['image_size']} px, {r['arch']}, {r['threads']} thr)",
+        f"peak {r['peak_mb'] / 1024:.2f} GB",
+        f"n_test {r['n_test']}",
+    ]
     return " | ".join(parts)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("INSPECTION_SHARED_DATA", REPO.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("INSPECTION_SHARED_DATA", REPO.parent / "shared" / "data"))
+    )
     parser.add_argument("--only", nargs="+", choices=list(KINDS), default=list(KINDS))
     parser.add_argument("--keep", type=Path, help="keep imported datasets and models here (default: a temp dir)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="config override, e.g. epochs=5")
@@ -125,7 +151,10 @@ def main() -> int:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
         result = next((ln[7:] for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or result is None:
-            print(f"{KINDS[kind][0]:30s} | FAILED (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+            print(
+                f"{KINDS[kind][0]:30s} | FAILED (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}",
+                flush=True,
+            )
             continue
         print(line(json.loads(result)), flush=True)
     return 0

@@ -144,7 +144,9 @@ def threshold_for(scores: np.ndarray, is_defect: np.ndarray, kind: str, rate: fl
     return min(max(threshold, 0.0), 1.0)
 
 
-def tradeoff_table(scores: np.ndarray, is_defect: np.ndarray, *, escapes: Sequence[float] = TRADEOFF_ESCAPES) -> list[dict[str, Any]]:
+def tradeoff_table(
+    scores: np.ndarray, is_defect: np.ndarray, *, escapes: Sequence[float] = TRADEOFF_ESCAPES
+) -> list[dict[str, Any]]:
     """For each escape level: the threshold meeting it on this split, and the escape and
     overkill it achieves there (with counts and 95% Wilson intervals).
 
@@ -204,14 +206,21 @@ def tradeoff_text(table: list[dict[str, Any]], *, test: list[dict[str, Any]] | N
         head += ["test escape [95% CI]", "test overkill [95% CI]"]
     rows = [head]
     for i, row in enumerate(table):
-        cells = [f"{row['max_escape']:g}", f"{row['threshold']:.4g}", _rate_text(row["escape"]), _rate_text(row["overkill"])]
+        cells = [
+            f"{row['max_escape']:g}",
+            f"{row['threshold']:.4g}",
+            _rate_text(row["escape"]),
+            _rate_text(row["overkill"]),
+        ]
         if test is not None:
             cells += [_rate_text(test[i]["escape"]), _rate_text(test[i]["overkill"])]
         if not row["resolvable"]:
             cells.append(f"not resolvable: needs >= {row['needed']} validation defects")
         rows.append(cells)
     widths = [max(len(r[c]) for r in rows if c < len(r)) for c in range(len(head))]
-    lines = ["  ".join(cell.ljust(widths[c]) if c < len(head) else cell for c, cell in enumerate(r)).rstrip() for r in rows]
+    lines = [
+        "  ".join(cell.ljust(widths[c]) if c < len(head) else cell for c, cell in enumerate(r)).rstrip() for r in rows
+    ]
     return "escape–overkill trade-off (thresholds chosen on validation):\n" + "\n".join("  " + line for line in lines)
 
 
@@ -223,7 +232,8 @@ def _overkill_warning(rate: float, overkill: Rate, limit: float, table: list[dic
         hint = f" (e.g. --max-escape {b['max_escape']:g} gives overkill {_pct(b['overkill']['rate'])} on validation)"
     return (
         f"target escape {_pct(rate)} forces overkill {_pct(overkill.rate)} "
-        f"(95% CI {_pct(overkill.ci_low)}–{_pct(overkill.ci_high)}, {overkill.k}/{overkill.n} good parts) on validation, "
+        f"(95% CI {_pct(overkill.ci_low)}–{_pct(overkill.ci_high)}, {overkill.k}/{overkill.n} good parts) "
+        "on validation, "
         f"above the limit {_pct(limit)}; choose another operating point with "
         f"`inspection models set-threshold {model_id} --max-escape ...`{hint}, or improve the model"
     )

@@ -228,12 +228,16 @@ def format_comparison(c: Comparison) -> str:
     w = max(len(c.a), len(c.b), 10)
     lines = [
         f"comparison on {c.dataset} ({c.dataset_fingerprint[:12]}…), split {c.split}: {c.n} images",
-        (f"A = {c.a} (threshold {c.thresholds.get(c.a, float('nan')):.4g})   "
-         f"B = {c.b} (threshold {c.thresholds.get(c.b, float('nan')):.4g}); each at its own operating point"),
+        (
+            f"A = {c.a} (threshold {c.thresholds.get(c.a, float('nan')):.4g})   "
+            f"B = {c.b} (threshold {c.thresholds.get(c.b, float('nan')):.4g}); each at its own operating point"
+        ),
         "",
         f"{'':22s} {'A':<{w + 28}s} {'B':<{w + 28}s} B - A",
-        f"{'escape rate':22s} {_pct(c.escape['a']):<{w + 28}s} {_pct(c.escape['b']):<{w + 28}s} {_diff(c.escape['diff'])}",
-        f"{'overkill rate':22s} {_pct(c.overkill['a']):<{w + 28}s} {_pct(c.overkill['b']):<{w + 28}s} {_diff(c.overkill['diff'])}",
+        (f"{'escape rate':22s} {_pct(c.escape['a']):<{w + 28}s} {_pct(c.escape['b']):<{w + 28}s} "
+         f"{_diff(c.escape['diff'])}"),
+        (f"{'overkill rate':22s} {_pct(c.overkill['a']):<{w + 28}s} {_pct(c.overkill['b']):<{w + 28}s} "
+         f"{_diff(c.overkill['diff'])}"),
         "recall at the operating point (defect: rejected, good: passed):",
     ]
     for cls, r in c.per_class.items():

@@ -124,7 +124,9 @@ def frame_record(log: SqlInspectionLog, frame_id: str) -> StoredRecord:
         ValidationError: the record is not an inspection or an unlabelled import.
     """
     if not isinstance(frame_id, str) or not frame_id or len(frame_id) > 64 or not frame_id.isprintable():
-        raise ValidationError(f"frame id {frame_id!r} must be a log record's inspection id (1..64 printable characters)")
+        raise ValidationError(
+            f"frame id {frame_id!r} must be a log record's inspection id (1..64 printable characters)"
+        )
     rec = log.get(frame_id)
     if not (rec.entry.kind == "inspection" or is_import(rec)):
         raise ValidationError(f"record {frame_id!r} is a {rec.entry.kind!r} record; labels apply to 'inspection' "
@@ -185,7 +187,9 @@ def _check_revision(frame_id: str, expected: int | None, current: FrameLabels) -
         raise ValidationError(f"expected_revision {expected!r} must be a whole number >= 0")
     if expected != current.revision:
         latest = current.latest
-        who = f" (latest: {latest.label!r} by {latest.actor or 'unknown'} at {latest.time.isoformat()})" if latest else ""
+        who = (
+            f" (latest: {latest.label!r} by {latest.actor or 'unknown'} at {latest.time.isoformat()})" if latest else ""
+        )
         raise ConflictError(f"frame {frame_id!r} is at revision {current.revision}, you saw revision {expected}{who}; "
                             "reload it and label again")
 
@@ -287,7 +291,9 @@ def _candidates(log: SqlInspectionLog, window: int) -> list[StoredRecord]:
     recs: list[StoredRecord] = []
     cursor = None
     while len(recs) < window:
-        page = query_records(log, RecordFilter(kind="inspection"), cursor=cursor, limit=min(MAX_LIMIT, window - len(recs)))
+        page = query_records(
+            log, RecordFilter(kind="inspection"), cursor=cursor, limit=min(MAX_LIMIT, window - len(recs))
+        )
         recs += page.records
         if page.next_cursor is None:
             break

@@ -77,7 +77,9 @@ def escape_overkill(is_defect: np.ndarray, rejected: np.ndarray) -> dict[str, Ra
     }
 
 
-def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int) -> np.ndarray:
+def confusion_matrix(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int
+) -> np.ndarray:
     """``cm[i, j]`` = number of samples of true class ``i`` predicted as ``j``.
 
     Raises:

@@ -100,11 +100,23 @@ def promote_gated(registry: ModelRegistry, name: str, version: str, *, station: 
     event = registry.promote(name, version, station=station, actor=actor, reason=reason)
     record = None
     if log is not None:
-        record = log.append(LogEntry(
-            kind="promotion", station=station, model_name=name, model_version=version,
-            model_sha256=candidate.card.files.get(candidate.card.model_file), actor=actor,
-            data={"previous": event.get("previous"), "reason": reason, "forced": force, "gate": gate, "at": event["at"]},
-        ))
+        record = log.append(
+            LogEntry(
+                kind="promotion",
+                station=station,
+                model_name=name,
+                model_version=version,
+                model_sha256=candidate.card.files.get(candidate.card.model_file),
+                actor=actor,
+                data={
+                    "previous": event.get("previous"),
+                    "reason": reason,
+                    "forced": force,
+                    "gate": gate,
+                    "at": event["at"],
+                },
+            )
+        )
     return PromotionResult(event, gate, comparison, record)
 
 
@@ -119,6 +131,14 @@ def rollback_logged(registry: ModelRegistry, *, station: str = DEFAULT_STATION, 
     record = None
     if log is not None:
         name, _, version = event["model"].partition("/")
-        record = log.append(LogEntry(kind="rollback", station=station, model_name=name, model_version=version,
-                                     actor=actor, data={"previous": event["previous"], "reason": reason, "at": event["at"]}))
+        record = log.append(
+            LogEntry(
+                kind="rollback",
+                station=station,
+                model_name=name,
+                model_version=version,
+                actor=actor,
+                data={"previous": event["previous"], "reason": reason, "at": event["at"]},
+            )
+        )
     return event, record

@@ -36,7 +36,9 @@ from inspection.registry import ModelRegistry, ModelVersion, parse_model_id
 
 #: Files of a version that show its old operating point; not carried into a re-calibrated one.
 _REPORT_SUFFIXES = (".html", ".png")
-_SET_THRESHOLD_REMEDY = "choose a target this split resolves, or retrain with a larger --val-fraction / more {what} images"
+_SET_THRESHOLD_REMEDY = (
+    "choose a target this split resolves, or retrain with a larger --val-fraction / more {what} images"
+)
 
 
 def set_threshold(
@@ -89,13 +91,20 @@ def set_threshold(
         "source_card_sha256": sha256_file(source.path / CARD_FILENAME),
         "at": utc_now().isoformat(),
         "not_carried": not_carried,
-        "note": (f"re-calibrated from {source.model_id} without retraining (stored validation scores); "
-                 "same model file and golden frames. The source's report files show its old threshold and were not carried"),
+        "note": (
+            f"re-calibrated from {source.model_id} without retraining (stored validation scores); "
+            "same model file and golden frames. The source's report files show its old threshold and were not carried"
+        ),
     }
     evidence = {**evidence, "target": {kind: rate}, "recalibrated_from": source.model_id}
-    thresholds = card.thresholds.model_copy(update={"reject": threshold, "target": {kind: rate}, "calibration": evidence})
+    thresholds = card.thresholds.model_copy(
+        update={"reject": threshold, "target": {kind: rate}, "calibration": evidence}
+    )
     draft = card.model_copy(update={"version": new_version, "created": utc_now(), "thresholds": thresholds})
-    metrics = {**card.metrics, "test": _test_operating_point(card.metrics.get("test", {}), scores, draft, good, evidence)}
+    metrics = {
+        **card.metrics,
+        "test": _test_operating_point(card.metrics.get("test", {}), scores, draft, good, evidence),
+    }
     training = {**card.training, "lineage": lineage}
     return _write_version(registry, source, draft.model_copy(update={"metrics": metrics, "training": training}),
                           carry=[f for f in card.files if f not in not_carried])

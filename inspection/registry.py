@@ -18,10 +18,11 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from inspection.card import CARD_FILENAME, ModelCard, load_card, utc_now, verify_files
 from inspection.errors import ModelCardError, RegistryError
@@ -152,7 +153,9 @@ class ModelRegistry:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.active_path)
 
-    def promote(self, name: str, version: str, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "") -> dict[str, Any]:
+    def promote(
+        self, name: str, version: str, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = ""
+    ) -> dict[str, Any]:
         """Make ``name/version`` the active model for ``station``.
 
         Raises:

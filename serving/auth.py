@@ -29,7 +29,9 @@ from serving.settings import ROLES, ApiKeySettings, Role
 #: does not declare ``Require``): liveness/readiness probes, the API description, and the audit
 #: page's static shell (it asks for a key and calls the protected /v1/audit API with it); the
 #: labelling page's shell (/label) likewise.
-OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/audit", "/label"})
+OPEN_ROUTES = frozenset(
+    {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/audit", "/label"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +95,6 @@ class Require:
         if principal is None:
             raise AuthenticationError("API key not recognised")
         if principal.role not in self.roles:
-            raise PermissionDeniedError(
-                f"key {principal.name!r} has role {principal.role!r}; this route needs {' or '.join(sorted(self.roles))}"
-            )
+            raise PermissionDeniedError(f"key {principal.name!r} has role {principal.role!r}; "
+                                        f"this route needs {' or '.join(sorted(self.roles))}")
         return principal

@@ -163,10 +163,13 @@ def load_model(version: ModelVersion, runtime: RuntimeSettings, *, warmup_batch:
             f"names input {spec.input_name!r} and output {spec.output_name!r}"
         )
     shape = inputs[spec.input_name].shape
-    if len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]) and tuple(shape[1:]) != (spec.channels, spec.height, spec.width):
-        raise ModelIntegrityError(
-            f"{version.model_id}: graph input is {shape[1:]}, the card says ({spec.channels}, {spec.height}, {spec.width})"
-        )
+    if (
+        len(shape) == 4
+        and all(isinstance(d, int) for d in shape[1:])
+        and tuple(shape[1:]) != (spec.channels, spec.height, spec.width)
+    ):
+        raise ModelIntegrityError(f"{version.model_id}: graph input is {shape[1:]}, "
+                                  f"the card says ({spec.channels}, {spec.height}, {spec.width})")
     # Warm-up (allocations, kernel choice) with mid-grey frames; only the golden frames are judged.
     warm = np.full((warmup_batch, spec.channels, spec.height, spec.width), 128, dtype=np.uint8)
     try:
@@ -180,8 +183,13 @@ def load_model(version: ModelVersion, runtime: RuntimeSettings, *, warmup_batch:
             busy_session.run([spec.output_name], {spec.input_name: warm})
     except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own untyped exceptions
         raise ModelIntegrityError(f"{version.model_id}: warm-up run failed: {exc}") from None
-    loaded = LoadedModel(version=version, session=session, model_sha256=card.files[card.model_file], golden_max_diff=0.0,
-                         busy_session=busy_session)
+    loaded = LoadedModel(
+        version=version,
+        session=session,
+        model_sha256=card.files[card.model_file],
+        golden_max_diff=0.0,
+        busy_session=busy_session,
+    )
     pixels, expected = _golden_arrays(folder / card.golden.file, version.model_id)
     expected_shape = (spec.channels, spec.height, spec.width)
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected_shape:
@@ -196,7 +204,9 @@ def load_model(version: ModelVersion, runtime: RuntimeSettings, *, warmup_batch:
         except ModelError as exc:
             raise ModelIntegrityError(f"{version.model_id}: golden frames cannot be scored: {exc}") from None
         if got.shape != expected.shape:
-            raise ModelIntegrityError(f"{version.model_id}: golden outputs {got.shape}, the card's file has {expected.shape}")
+            raise ModelIntegrityError(
+                f"{version.model_id}: golden outputs {got.shape}, the card's file has {expected.shape}"
+            )
         if got.size:
             diff = max(diff, float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64)))))
     if not diff <= card.golden.tolerance:

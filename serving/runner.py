@@ -58,4 +58,5 @@ def serve(settings: ServeSettings, *, host: str | None = None, port: int | None 
     if error is not None:
         raise error
     if not server.started:
-        raise ConfigError(f"the server did not start on {host or settings.host}:{settings.port if port is None else port} (see the log above)")
+        raise ConfigError(f"the server did not start on {host or settings.host}:"
+                          f"{settings.port if port is None else port} (see the log above)")

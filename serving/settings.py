@@ -110,7 +110,9 @@ class RuntimeSettings(_Section):
     allow_spinning: bool = False
 
     def resolved_intra_op_threads(self) -> int:
-        return self.intra_op_threads or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        return self.intra_op_threads or max(
+            1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        )
 
 
 class ApiKeySettings(_Section):
@@ -274,7 +276,9 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"settings file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        raise ConfigError(
+            f"settings file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -142,7 +142,10 @@ def test_label_build_retrain_compare_promote(tmp_path: Path, capsys: pytest.Capt
             time.sleep(0.05)
         recs = client.get("/v1/audit/records", params={"kind": "promotion", "order": "asc"},
                           headers=auth("auditor")).json()["records"]
-        assert [(r["model_name"] + "/" + r["model_version"], r["actor"]) for r in recs] == [(old, "cli"), (new, "qe-anna")]
+        assert [(r["model_name"] + "/" + r["model_version"], r["actor"]) for r in recs] == [
+            (old, "cli"),
+            (new, "qe-anna"),
+        ]
         assert recs[-1]["data"]["gate"]["status"] == "passed" and recs[-1]["data"]["previous"] == old
 
         # Back to the old model would raise the escape rate: refused, both rates named.
@@ -152,5 +155,8 @@ def test_label_build_retrain_compare_promote(tmp_path: Path, capsys: pytest.Capt
         assert f"escape rate of {old} is {cmp.escape['a']['rate']:.2%}" in err
         assert f"of the active {new} {cmp.escape['b']['rate']:.2%}" in err
         assert inspect(client, draw("good", rng), "after-2")["model_version"] == new
-    print(f"streak recall {streak['a']['rate']:.2f} -> {streak['b']['rate']:.2f}; escape {cmp.escape['a']['rate']:.3f} -> "
-          f"{cmp.escape['b']['rate']:.3f}; streaks passed in production by the old model: {streak_passed}/30")
+    print(
+        f"streak recall {streak['a']['rate']:.2f} -> {streak['b']['rate']:.2f}; "
+        f"escape {cmp.escape['a']['rate']:.3f} -> "
+        f"{cmp.escape['b']['rate']:.3f}; streaks passed in production by the old model: {streak_passed}/30"
+    )

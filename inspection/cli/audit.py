@@ -23,7 +23,9 @@ def _time(value: str) -> datetime:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-url", default=None,
                    help="sqlite:///path/log.db or postgresql+psycopg://user@host/db (default: $INSPECTION_LOG_URL)")
-    p.add_argument("--frames-dir", type=Path, default=None, help="where the log keeps frames (default: <log>.frames for SQLite)")
+    p.add_argument(
+        "--frames-dir", type=Path, default=None, help="where the log keeps frames (default: <log>.frames for SQLite)"
+    )
     p.add_argument("--schema", default=None, help="PostgreSQL schema holding the log")
 
 
@@ -31,7 +33,17 @@ def _filters(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("filters")
     g.add_argument("--from", dest="time_from", type=_time, help="records at or after this UTC time")
     g.add_argument("--to", dest="time_to", type=_time, help="records before this UTC time")
-    for name in ("station", "camera", "part-id", "decision", "defect-class", "model-name", "model-version", "kind", "ref"):
+    for name in (
+        "station",
+        "camera",
+        "part-id",
+        "decision",
+        "defect-class",
+        "model-name",
+        "model-version",
+        "kind",
+        "ref",
+    ):
         g.add_argument(f"--{name}", dest=name.replace("-", "_"))
 
 
@@ -81,7 +93,9 @@ def _open(args: argparse.Namespace) -> Any:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_file():
-            raise ConfigError(f"no inspection log at {path}; allowed: an existing SQLite log file or a postgresql+psycopg:// url")
+            raise ConfigError(
+                f"no inspection log at {path}; allowed: an existing SQLite log file or a postgresql+psycopg:// url"
+            )
     return open_log(url, frames_dir=args.frames_dir, schema=args.schema)
 
 
@@ -103,7 +117,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         for rec in page.records:
             print(json.dumps(record_dict(rec), ensure_ascii=False))
     else:
-        cols = ("seq", "time", "kind", "station", "camera", "part_id", "decision", "defect_class", "model_version", "inspection_id")
+        cols = (
+            "seq",
+            "time",
+            "kind",
+            "station",
+            "camera",
+            "part_id",
+            "decision",
+            "defect_class",
+            "model_version",
+            "inspection_id",
+        )
         dicts = [record_dict(r) for r in page.records]
         rows = [["-" if d[c] is None else str(d[c]) for c in cols] for d in dicts]
         widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(cols)]

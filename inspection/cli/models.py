@@ -52,7 +52,9 @@ def _add_show(actions: Any) -> None:
 
 
 def _add_promote(actions: Any) -> None:
-    p = actions.add_parser("promote", help="make a version active for a station (refuses files that do not match the card)")
+    p = actions.add_parser(
+        "promote", help="make a version active for a station (refuses files that do not match the card)"
+    )
     _common(p)
     p.add_argument("model", help="NAME/VERSION")
     p.add_argument("--station", default=DEFAULT_STATION, help=f"station or line (default: {DEFAULT_STATION})")
@@ -81,10 +83,18 @@ def _add_set_threshold(actions: Any) -> None:
     _common(p)
     p.add_argument("model", help="NAME/VERSION to re-calibrate")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--max-escape", type=float, help="highest escape rate (defects passed) on validation, e.g. 0.02")
-    target.add_argument("--max-overkill", type=float, help="highest overkill rate (good rejected) on validation, e.g. 0.05")
-    p.add_argument("--overkill-limit", type=float, default=DEFAULT_OVERKILL_LIMIT,
-                   help=f"warn when the escape target costs more overkill than this (default {DEFAULT_OVERKILL_LIMIT:g})")
+    target.add_argument(
+        "--max-escape", type=float, help="highest escape rate (defects passed) on validation, e.g. 0.02"
+    )
+    target.add_argument(
+        "--max-overkill", type=float, help="highest overkill rate (good rejected) on validation, e.g. 0.05"
+    )
+    p.add_argument(
+        "--overkill-limit",
+        type=float,
+        default=DEFAULT_OVERKILL_LIMIT,
+        help=f"warn when the escape target costs more overkill than this (default {DEFAULT_OVERKILL_LIMIT:g})",
+    )
     p.set_defaults(func=_set_threshold)
 
 
@@ -118,8 +128,21 @@ def _list(args: argparse.Namespace) -> int:
     active = _active_by_model(reg)
     versions = reg.list_versions(args.name)
     if args.json:
-        print(json.dumps([{"model": v.model_id, "created": v.card.created.isoformat(), "arch": v.card.arch,
-                           "classes": v.card.classes, "active_for": active.get(v.model_id, [])} for v in versions], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "model": v.model_id,
+                        "created": v.card.created.isoformat(),
+                        "arch": v.card.arch,
+                        "classes": v.card.classes,
+                        "active_for": active.get(v.model_id, []),
+                    }
+                    for v in versions
+                ],
+                indent=2,
+            )
+        )
         return 0
     if not versions:
         print(f"no model versions under {reg.root}")
@@ -176,7 +199,9 @@ def _set_threshold(args: argparse.Namespace) -> int:
     mv = set_threshold(ModelRegistry(args.models_dir), args.model, target, overkill_limit=args.overkill_limit)
     t = mv.card.thresholds
     op = mv.card.metrics.get("test", {}).get("operating_point", {})
-    lines = [f"{mv.model_id} written ({mv.path}), re-calibrated from {args.model}: reject when P(defect) >= {t.reject:.6g}"]
+    lines = [
+        f"{mv.model_id} written ({mv.path}), re-calibrated from {args.model}: reject when P(defect) >= {t.reject:.6g}"
+    ]
     for split, esc, ovk in (("validation", t.calibration["val_escape"], t.calibration["val_overkill"]),
                             ("test", op.get("escape"), op.get("overkill"))):
         if esc and ovk:

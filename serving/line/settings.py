@@ -134,5 +134,7 @@ def check_line_settings(stations: dict[str, LineSettings], *, demo: bool) -> Non
                 key = (section.host, section.port)
                 where = f"{name}.{proto}"
                 if key in seen:
-                    raise ConfigError(f"{where} and {seen[key]} both listen on {key[0]}:{key[1]}; give each its own port")
+                    raise ConfigError(
+                        f"{where} and {seen[key]} both listen on {key[0]}:{key[1]}; give each its own port"
+                    )
                 seen[key] = where

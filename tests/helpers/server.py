@@ -24,9 +24,14 @@ def start_server(settings: Path, port: int, *, env: Mapping[str, str] | None = N
                  capture: bool = False) -> subprocess.Popen[str]:
     """``inspection serve --settings settings --port port`` (output captured, or discarded)."""
     out = subprocess.PIPE if capture else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "inspection", "serve", "--settings", str(settings), "--port", str(port)],
-                            cwd=REPO, env=None if env is None else dict(env), stdout=out, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "inspection", "serve", "--settings", str(settings), "--port", str(port)],
+        cwd=REPO,
+        env=None if env is None else dict(env),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_ready(proc: subprocess.Popen[str], base: str, timeout_s: float = 60.0) -> None:

@@ -161,8 +161,16 @@ def make_model_version(
     folder.mkdir(parents=True, exist_ok=True)
     model_path = folder / "model.onnx"
     model_path.write_bytes(
-        build_onnx(classes=classes, good_class=good_class, size=size, channels=channels, gain=gain, bias=bias, conv=conv,
-                   nan_when_black=nan_when_black)
+        build_onnx(
+            classes=classes,
+            good_class=good_class,
+            size=size,
+            channels=channels,
+            gain=gain,
+            bias=bias,
+            conv=conv,
+            nan_when_black=nan_when_black,
+        )
     )
     pixels = golden_frames(size, channels)
     probs = score(model_path, pixels)

@@ -41,7 +41,9 @@ def test_tradeoff_table_meets_each_level_with_wilson_intervals_and_marks_unresol
         assert passed_defects <= math.floor(row["max_escape"] * 150 + 1e-9)
         assert row["escape"]["k"] == passed_defects and row["escape"]["n"] == 150
         assert row["overkill"]["k"] == rejected_good and row["overkill"]["n"] == 400
-        assert (row["overkill"]["ci_low"], row["overkill"]["ci_high"]) == pytest.approx(wilson_interval(rejected_good, 400))
+        assert (row["overkill"]["ci_low"], row["overkill"]["ci_high"]) == pytest.approx(
+            wilson_interval(rejected_good, 400)
+        )
     # A looser escape target never costs more overkill.
     overkills = [r["overkill"]["rate"] for r in table]
     assert overkills == sorted(overkills, reverse=True)
@@ -113,7 +115,9 @@ def test_scores_round_trip_and_malformed_files_are_refused(tmp_path: Path) -> No
     np.testing.assert_allclose(got.test_probs, test.astype(np.float32))
     with pytest.raises(ModelCardError, match="val_probs has 3 columns, the card has 4 classes"):
         load_scores(path, n_classes=4)
-    np.savez(tmp_path / "bad.npz", val_probs=val, val_labels=np.full(20, 3), test_probs=test, test_labels=np.zeros(10, int))
+    np.savez(
+        tmp_path / "bad.npz", val_probs=val, val_labels=np.full(20, 3), test_probs=test, test_labels=np.zeros(10, int)
+    )
     with pytest.raises(ModelCardError, match=r"val_labels has class indices outside 0\.\.2"):
         load_scores(tmp_path / "bad.npz")
     np.savez(tmp_path / "partial.npz", val_probs=val)

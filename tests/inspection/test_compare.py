@@ -154,7 +154,9 @@ def test_compare_refuses_a_dataset_without_a_test_split(setup: tuple[Path, Path]
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     _, models = setup
     items = [(Sample(f"images/{c}/{i}.png", c), _png(lv, i)) for c, lvs in LEVELS.items() for i, lv in enumerate(lvs)]
-    write_dataset(tmp_path / "nosplit", name="nosplit", classes=["good", "scratch", "dent"], good_class="good", items=items)
+    write_dataset(
+        tmp_path / "nosplit", name="nosplit", classes=["good", "scratch", "dent"], good_class="good", items=items
+    )
     args = ["models", "compare", "tiny/v1", "tiny/v2", "--data", str(tmp_path / "nosplit"), "--models-dir", str(models)]
     assert cli(args) == 2
     assert "no images with split 'test'" in capsys.readouterr().err

@@ -13,7 +13,9 @@ from tests.helpers.tiny_model import make_model_version
 
 @pytest.fixture
 def card(tmp_path: Path):
-    return make_model_version(tmp_path, classes=("good", "scratch", "dent"), threshold=0.4, per_class={"dent": 0.2}).card
+    return make_model_version(
+        tmp_path, classes=("good", "scratch", "dent"), threshold=0.4, per_class={"dent": 0.2}
+    ).card
 
 
 def test_threshold_on_defect_probability_with_ties_rejecting(card) -> None:

@@ -26,8 +26,14 @@ def png(level: int, seed: int) -> bytes:
 
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
-    items = [(Sample(f"images/{c}/{i}.png", c, ["train", "val", "test"][i % 3]), png(200 if c == "good" else 40, i + (50 if c == "good" else 0)))
-             for c in ("good", "scratch") for i in range(6)]
+    items = [
+        (
+            Sample(f"images/{c}/{i}.png", c, ["train", "val", "test"][i % 3]),
+            png(200 if c == "good" else 40, i + (50 if c == "good" else 0)),
+        )
+        for c in ("good", "scratch")
+        for i in range(6)
+    ]
     write_dataset(tmp_path / "base", name="base", classes=["good", "scratch"], good_class="good", items=items)
     return tmp_path / "base"
 
@@ -38,7 +44,9 @@ def _frame(log: SqlInspectionLog, seed: int, part: str, data: bytes | None = Non
                       frame=data or png(120, 1000 + seed))
 
 
-def test_build_takes_the_latest_labels_with_lineage(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_takes_the_latest_labels_with_lineage(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = f"sqlite:///{tmp_path / 'log.db'}"
     with open_log(url) as log:
         spots = [_frame(log, i, f"P{i}") for i in range(6)]
@@ -93,7 +101,9 @@ def test_build_takes_the_latest_labels_with_lineage(base: Path, tmp_path: Path, 
     assert read_dataset(again).fingerprint == ds.fingerprint  # same log, same seed: same version
 
 
-def test_build_refusals_leave_everything_as_it_was(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_refusals_leave_everything_as_it_was(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = f"sqlite:///{tmp_path / 'log.db'}"
     out = tmp_path / "v2"
     with open_log(url) as log:

@@ -94,9 +94,15 @@ def test_set_threshold_writes_a_new_version_meeting_the_target_on_stored_validat
     test_defect = scores.test_labels != 0
     rates = escape_overkill(test_defect, reject_mask(scores.test_probs, card))
     op = card.metrics["test"]["operating_point"]
-    assert op["threshold"] == t and op["escape"] == rates["escape"].as_dict() and op["overkill"] == rates["overkill"].as_dict()
+    assert (
+        op["threshold"] == t
+        and op["escape"] == rates["escape"].as_dict()
+        and op["overkill"] == rates["overkill"].as_dict()
+    )
     assert card.metrics["test"]["accuracy"] == 0.9  # threshold-free figures carried
-    assert "escape_rate" not in card.metrics["test"]["int8"] and "not recomputed" in card.metrics["test"]["int8"]["note"]
+    assert (
+        "escape_rate" not in card.metrics["test"]["int8"] and "not recomputed" in card.metrics["test"]["int8"]["note"]
+    )
     assert len(card.metrics["test"]["tradeoff"]) == 5
 
     calibration = card.thresholds.calibration
@@ -177,7 +183,10 @@ def test_both_targets_or_none_is_a_usage_error(models: Path, capsys: pytest.Capt
 
 def test_a_version_without_stored_scores_says_to_retrain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_model_version(tmp_path / "models", name="old", classes=CLASSES)
-    assert cli(["models", "set-threshold", "old/v1", "--max-escape", "0.05", "--models-dir", str(tmp_path / "models")]) == 2
+    assert (
+        cli(["models", "set-threshold", "old/v1", "--max-escape", "0.05", "--models-dir", str(tmp_path / "models")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "old/v1 has no stored scores (scores.npz" in err and "retrain it" in err
     assert not (tmp_path / "models" / "old" / "v2").exists()
@@ -189,7 +198,9 @@ def test_a_model_without_good_class_is_refused(tmp_path: Path) -> None:
         set_threshold(ModelRegistry(tmp_path / "models"), "types/v1", {"max_escape": 0.05})
 
 
-def test_a_tampered_source_is_refused_before_anything_is_written(models: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_tampered_source_is_refused_before_anything_is_written(
+    models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = models / "tiny" / "v1" / SCORES_FILE
     data = dict(np.load(path))
     data["val_probs"] = data["val_probs"][::-1].copy()
@@ -199,7 +210,9 @@ def test_a_tampered_source_is_refused_before_anything_is_written(models: Path, c
     assert not (models / "tiny" / "v2").exists() and not (models / ".staging").exists()
 
 
-def test_golden_frames_that_no_longer_rescore_stop_the_new_version(models: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_golden_frames_that_no_longer_rescore_stop_the_new_version(
+    models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # A source whose golden file is consistent with its card's hash but not with its model:
     # set-threshold re-scores the frames with onnxruntime, so it must refuse.
     folder = models / "tiny" / "v1"

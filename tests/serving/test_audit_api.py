@@ -26,8 +26,12 @@ def png(brightness: int, seed: int = 0) -> bytes:
 
 
 def inspect(client: TestClient, keys: dict[str, str], part_id: str, brightness: int) -> dict[str, Any]:
-    resp = client.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": part_id},
-                       content=png(brightness, seed=len(part_id) + brightness), headers={**auth(keys, "line"), "Content-Type": "image/png"})
+    resp = client.post(
+        "/v1/inspections",
+        params={"station": SINGLE, "camera": "cam", "part_id": part_id},
+        content=png(brightness, seed=len(part_id) + brightness),
+        headers={**auth(keys, "line"), "Content-Type": "image/png"},
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -48,7 +52,9 @@ def test_list_filters_by_part_and_decision(client: TestClient, keys: dict[str, s
     assert [(r["inspection_id"], r["decision"]) for r in one] == [(inspected["B1"]["inspection_id"], "pass")]
 
 
-def test_cursor_pagination_walks_every_record_once(client: TestClient, keys: dict[str, str], inspected: dict[str, Any]) -> None:
+def test_cursor_pagination_walks_every_record_once(
+    client: TestClient, keys: dict[str, str], inspected: dict[str, Any]
+) -> None:
     h = auth(keys, "auditor")
     seqs: list[int] = []
     params: dict[str, Any] = {"limit": 2, "kind": "inspection"}
@@ -61,7 +67,9 @@ def test_cursor_pagination_walks_every_record_once(client: TestClient, keys: dic
     assert len(seqs) == 5 and seqs == sorted(seqs, reverse=True)
 
 
-def test_record_detail_has_frame_and_chain_status(client: TestClient, keys: dict[str, str], inspected: dict[str, Any]) -> None:
+def test_record_detail_has_frame_and_chain_status(
+    client: TestClient, keys: dict[str, str], inspected: dict[str, Any]
+) -> None:
     h = auth(keys, "auditor")
     rid = inspected["A2"]["inspection_id"]
     d = client.get(f"/v1/audit/records/{rid}", headers=h).json()
@@ -82,8 +90,14 @@ def test_unknown_record_is_404(client: TestClient, keys: dict[str, str]) -> None
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_export_streams_filtered_records(client: TestClient, keys: dict[str, str], inspected: dict[str, Any], fmt: str) -> None:
-    resp = client.get("/v1/audit/export", params={"format": fmt, "decision": "pass", "kind": "inspection"}, headers=auth(keys, "admin"))
+def test_export_streams_filtered_records(
+    client: TestClient, keys: dict[str, str], inspected: dict[str, Any], fmt: str
+) -> None:
+    resp = client.get(
+        "/v1/audit/export",
+        params={"format": fmt, "decision": "pass", "kind": "inspection"},
+        headers=auth(keys, "admin"),
+    )
     assert resp.status_code == 200
     assert f'filename="inspection-log.{fmt}"' in resp.headers["content-disposition"]
     if fmt == "csv":
@@ -106,11 +120,17 @@ def test_verify_reports_tampering(client: TestClient, keys: dict[str, str], insp
     assert detail["chain"]["hash_ok"] is False and detail["chain"]["ok"] is False
 
 
-def test_disposition_is_a_new_record_referencing_the_original(client: TestClient, keys: dict[str, str], inspected: dict[str, Any]) -> None:
+def test_disposition_is_a_new_record_referencing_the_original(
+    client: TestClient, keys: dict[str, str], inspected: dict[str, Any]
+) -> None:
     h = auth(keys, "auditor")
     rid = inspected["A2"]["inspection_id"]
     before = client.get(f"/v1/audit/records/{rid}", headers=h).json()["record"]
-    resp = client.post(f"/v1/audit/records/{rid}/dispositions", json={"action": "override", "decision": "pass", "note": "glare"}, headers=h)
+    resp = client.post(
+        f"/v1/audit/records/{rid}/dispositions",
+        json={"action": "override", "decision": "pass", "note": "glare"},
+        headers=h,
+    )
     assert resp.status_code == 201, resp.text
     disp = resp.json()["record"]
     assert (disp["kind"], disp["ref"], disp["decision"], disp["actor"]) == ("disposition", rid, "pass", "auditor-key")
@@ -125,13 +145,17 @@ def test_disposition_is_a_new_record_referencing_the_original(client: TestClient
     ("body", "status"),
     [({"action": "override"}, 400), ({"action": "maybe"}, 400), ({"action": "confirm", "note": "x" * 2001}, 400)],
 )
-def test_bad_disposition_is_refused(client: TestClient, keys: dict[str, str], inspected: dict[str, Any], body: Any, status: int) -> None:
+def test_bad_disposition_is_refused(
+    client: TestClient, keys: dict[str, str], inspected: dict[str, Any], body: Any, status: int
+) -> None:
     rid = inspected["A1"]["inspection_id"]
     resp = client.post(f"/v1/audit/records/{rid}/dispositions", json=body, headers=auth(keys, "auditor"))
     assert resp.status_code in (status, 422), resp.text
 
 
-def test_disposition_of_a_disposition_is_a_conflict(client: TestClient, keys: dict[str, str], inspected: dict[str, Any]) -> None:
+def test_disposition_of_a_disposition_is_a_conflict(
+    client: TestClient, keys: dict[str, str], inspected: dict[str, Any]
+) -> None:
     h = auth(keys, "auditor")
     rid = inspected["A1"]["inspection_id"]
     disp = client.post(f"/v1/audit/records/{rid}/dispositions", json={"action": "confirm"}, headers=h).json()["record"]
@@ -148,8 +172,13 @@ def test_other_roles_cannot_audit(client: TestClient, keys: dict[str, str], role
 
 def test_bad_query_values_are_400_with_reason(client: TestClient, keys: dict[str, str]) -> None:
     h = auth(keys, "auditor")
-    for params, needle in (({"limit": 0}, "limit"), ({"kind": "nope"}, "kind"), ({"format": "xml"}, "format"),
-                           ({"part_id": "a\x00b"}, "NUL"), ({"time_from": "2026-01-02T00:00:00Z", "time_to": "2026-01-01T00:00:00Z"}, "before")):
+    for params, needle in (
+        ({"limit": 0}, "limit"),
+        ({"kind": "nope"}, "kind"),
+        ({"format": "xml"}, "format"),
+        ({"part_id": "a\x00b"}, "NUL"),
+        ({"time_from": "2026-01-02T00:00:00Z", "time_to": "2026-01-01T00:00:00Z"}, "before"),
+    ):
         path = "/v1/audit/export" if "format" in params else "/v1/audit/records"
         resp = client.get(path, params=params, headers=h)
         assert resp.status_code in (400, 422), (params, resp.text)

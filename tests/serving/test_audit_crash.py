@@ -56,7 +56,9 @@ def _start(settings_file: Path, port: int, log_file: Path) -> subprocess.Popen[b
     pytest.fail("server did not become ready within 60 s")
 
 
-def test_sigkill_under_load_loses_no_answered_inspection(tmp_path: Path, models_dir: Path, keys: dict[str, str]) -> None:
+def test_sigkill_under_load_loses_no_answered_inspection(
+    tmp_path: Path, models_dir: Path, keys: dict[str, str]
+) -> None:
     data = settings_data(tmp_path, models_dir, keys)
     data["log_sqlite_synchronous"] = "FULL"
     settings_file = tmp_path / "settings.json"
@@ -85,7 +87,9 @@ def test_sigkill_under_load_loses_no_answered_inspection(tmp_path: Path, models_
                 frame = frames[(n + i) % len(frames)]
                 i += 1
                 try:
-                    r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": part}, content=frame)
+                    r = http.post(
+                        "/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": part}, content=frame
+                    )
                 except httpx.HTTPError:
                     if stop.is_set():
                         return
@@ -103,7 +107,9 @@ def test_sigkill_under_load_loses_no_answered_inspection(tmp_path: Path, models_
     stop.set()
     for th in threads:
         th.join(timeout=30)
-    assert len(answered) >= CLIENTS, f"too little load got through before the kill: {server_log.read_text(errors='replace')[-2000:]}"
+    assert len(answered) >= CLIENTS, (
+        f"too little load got through before the kill: {server_log.read_text(errors='replace')[-2000:]}"
+    )
 
     proc = _start(settings_file, port, server_log)
     try:
@@ -124,10 +130,16 @@ def test_sigkill_under_load_loses_no_answered_inspection(tmp_path: Path, models_
             for rec in records:
                 assert rec["decision"] in ("pass", "reject") and rec["hash"] and rec["station"] == SINGLE
                 if rec["decision"] == "reject" and rec["frame_sha256"]:
-                    assert (tmp_path / "var" / "log.db.frames" / rec["frame_sha256"][:2] / rec["frame_sha256"]).is_file()
+                    assert (
+                        tmp_path / "var" / "log.db.frames" / rec["frame_sha256"][:2] / rec["frame_sha256"]
+                    ).is_file()
             # The restarted server keeps appending to the same chain.
-            r = httpx.post(f"{base}/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": "after"},
-                           content=frames[1], headers={"Authorization": f"Bearer {keys['line']}", "Content-Type": "image/png"})
+            r = httpx.post(
+                f"{base}/v1/inspections",
+                params={"station": SINGLE, "camera": "cam", "part_id": "after"},
+                content=frames[1],
+                headers={"Authorization": f"Bearer {keys['line']}", "Content-Type": "image/png"},
+            )
             assert r.status_code == 200
             assert http.post("/v1/audit/verify").json()["ok"] is True
     finally:

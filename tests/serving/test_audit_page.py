@@ -60,7 +60,9 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-def test_filter_by_part_and_decision_shows_exactly_the_expected_rows(live: str, keys: dict[str, str], browser: Any) -> None:
+def test_filter_by_part_and_decision_shows_exactly_the_expected_rows(
+    live: str, keys: dict[str, str], browser: Any
+) -> None:
     from playwright.sync_api import expect
 
     plan = {"A1": 250, "A2": 5, "B1": 250, "B2": 5, "B3": 5, "C1": 250}
@@ -111,8 +113,12 @@ def test_filter_by_part_and_decision_shows_exactly_the_expected_rows(live: str, 
     # The row's thumbnail and the detail's frame load (fetched with the key, shown as blobs).
     rows.first.click()
     expect(page.locator("[data-testid=chain-status]")).to_have_class("ok")
-    page.wait_for_function("() => [...document.querySelectorAll('#detail img')].some(i => i.complete && i.naturalWidth > 0)")
-    page.wait_for_function("() => [...document.querySelectorAll('#rows img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#detail img')].some(i => i.complete && i.naturalWidth > 0)"
+    )
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#rows img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
+    )
 
     # An override is recorded as a new record that references this one; the chain still verifies.
     page.select_option("#detail select[name=action]", "override")

@@ -24,7 +24,9 @@ EXAMPLES = {"positive": 12, "negative": 8}
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 @pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def test_audit_api_never_answers_5xx(settings: ServeSettings, keys: dict[str, str], tmp_path: Path, mode: str, store: str) -> None:
+def test_audit_api_never_answers_5xx(
+    settings: ServeSettings, keys: dict[str, str], tmp_path: Path, mode: str, store: str
+) -> None:
     # The real app factory, with the routers this test is about (health + audit), so another
     # router's schema problem cannot hide or fake a result here.
     routers = [admin.build_health_router, audit.build_router]
@@ -49,7 +51,9 @@ def _run(client: TestClient, keys: dict[str, str], mode: str) -> None:
     for op in operations:
         strategies = [op.as_strategy(GenerationMode(mode))]
         if "{inspection_id}" in op.path:
-            strategies.append(op.as_strategy(GenerationMode(mode), path_parameters={"inspection_id": real.entry.inspection_id}))
+            strategies.append(
+                op.as_strategy(GenerationMode(mode), path_parameters={"inspection_id": real.entry.inspection_id})
+            )
         for strategy in strategies:
             assert_never_5xx(op.path, strategy, headers=headers, mode=mode, max_examples=EXAMPLES[mode], seen=seen)
     assert log.verify().ok

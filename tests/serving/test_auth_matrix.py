@@ -49,7 +49,7 @@ def _routes(app) -> Iterator[tuple[str, str, frozenset[str] | None]]:  # type: i
         elif isinstance(route, Route):
             yield "GET", ctx.path, None
         else:
-            raise AssertionError(f"unexpected route type {type(route).__name__} at {ctx.path}")
+            raise TypeError(f"unexpected route type {type(route).__name__} at {ctx.path}")
 
 
 def _concrete(path: str) -> str:
@@ -96,7 +96,7 @@ def test_every_route_answers_401_403_or_serves_by_role(app_client: TestClient, k
                 problems.append((method, path, who, status))
         for role in ROLES:
             # Both header styles are accepted; alternate them across roles.
-            headers = ({"Authorization": f"Bearer {keys[role]}"} if ROLES.index(role) % 2 else {"X-API-Key": keys[role]})
+            headers = {"Authorization": f"Bearer {keys[role]}"} if ROLES.index(role) % 2 else {"X-API-Key": keys[role]}
             status = _call(app_client, method, path, headers)
             expected_denied = role not in roles
             if expected_denied and status != 403:

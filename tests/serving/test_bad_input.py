@@ -69,7 +69,9 @@ def _still_healthy(client: TestClient, keys: dict[str, str], part_id: str) -> No
 
 
 @pytest.mark.parametrize("case", VALID_PART_CASES, ids=[c[0] for c in VALID_PART_CASES])
-def test_bad_frame_for_a_valid_part_is_4xx_and_failsafe_rejects_the_part(small_limit_client: TestClient, keys, case) -> None:
+def test_bad_frame_for_a_valid_part_is_4xx_and_failsafe_rejects_the_part(
+    small_limit_client: TestClient, keys, case
+) -> None:
     name, kwargs, status, reason = case
     client = small_limit_client
     post_frame(client, keys, frame_png(BRIGHT), part_id="before")
@@ -115,28 +117,32 @@ async def test_non_utf8_headers_are_refused_with_a_reason(settings, keys) -> Non
     from serving.app import create_app
 
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            store = app.state.log
-            before = store.head()
-            base = {**auth(keys), "content-type": "image/png"}
-            r = await http.post("/v1/inspections", content=PNG, headers={
-                **base, "X-Station": SINGLE, "X-Camera": "cam", "X-Part-Id": b"\xff\xfe-bad"})
-            assert r.status_code == 400 and "X-Part-Id is not valid UTF-8" in r.json()["detail"]
-            assert store.head() == before  # nothing recorded
-            # A valid part with a non-UTF-8 capture time: 400, and the part is fail-safe rejected.
-            r = await http.post("/v1/inspections", content=PNG, headers={
-                **base, "X-Station": SINGLE, "X-Camera": "cam", "X-Part-Id": "U1", "X-Capture-Time": b"\xc3\x28"})
-            assert r.status_code == 400 and "X-Capture-Time is not valid UTF-8" in r.json()["detail"]
-            assert r.json()["failsafe"]["reason"] == "invalid_request"
-            assert store.get(r.json()["failsafe"]["inspection_id"]).entry.decision == "reject"
-            good = await http.post("/v1/inspections", content=frame_png(DARK), headers={
-                **base, "X-Station": SINGLE, "X-Camera": "cam", "X-Part-Id": "U2"})
-            assert good.status_code == 200 and (await http.get("/healthz")).status_code == 200
-            assert store.verify().ok
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        store = app.state.log
+        before = store.head()
+        base = {**auth(keys), "content-type": "image/png"}
+        r = await http.post("/v1/inspections", content=PNG, headers={
+            **base, "X-Station": SINGLE, "X-Camera": "cam", "X-Part-Id": b"\xff\xfe-bad"})
+        assert r.status_code == 400 and "X-Part-Id is not valid UTF-8" in r.json()["detail"]
+        assert store.head() == before  # nothing recorded
+        # A valid part with a non-UTF-8 capture time: 400, and the part is fail-safe rejected.
+        r = await http.post("/v1/inspections", content=PNG, headers={
+            **base, "X-Station": SINGLE, "X-Camera": "cam", "X-Part-Id": "U1", "X-Capture-Time": b"\xc3\x28"})
+        assert r.status_code == 400 and "X-Capture-Time is not valid UTF-8" in r.json()["detail"]
+        assert r.json()["failsafe"]["reason"] == "invalid_request"
+        assert store.get(r.json()["failsafe"]["inspection_id"]).entry.decision == "reject"
+        good = await http.post("/v1/inspections", content=frame_png(DARK), headers={
+            **base, "X-Station": SINGLE, "X-Camera": "cam", "X-Part-Id": "U2"})
+        assert good.status_code == 200 and (await http.get("/healthz")).status_code == 200
+        assert store.verify().ok
 
 
-def test_over_limit_body_without_content_length_is_refused_while_streaming(small_limit_client: TestClient, keys) -> None:
+def test_over_limit_body_without_content_length_is_refused_while_streaming(
+    small_limit_client: TestClient, keys
+) -> None:
     def chunks():
         for _ in range(8):
             yield bytes(512)

@@ -51,7 +51,9 @@ async def test_concurrent_frames_share_model_calls_and_batches_are_capped(tmp_pa
 
 
 @pytest.mark.asyncio
-async def test_full_queue_answers_503_with_retry_after_and_failsafe_rejects_the_part(tmp_path, models_dir, keys) -> None:
+async def test_full_queue_answers_503_with_retry_after_and_failsafe_rejects_the_part(
+    tmp_path, models_dir, keys
+) -> None:
     settings = build_settings(settings_data(tmp_path, models_dir, keys,
                                             batching={"max_delay_ms": 0, "max_batch": 1, "queue_size": 1,
                                                       "retry_after_s": 2}))
@@ -71,7 +73,9 @@ async def test_full_queue_answers_503_with_retry_after_and_failsafe_rejects_the_
             part = await app.state.service.parts.wait(SINGLE, body["failsafe"]["part_id"], 5.0)
             assert part.decision == "reject"
         text = app.state.metrics.render().decode()
-        assert _metric(text, rf'inspection_failsafe_rejects_total\{{reason="overload",station="{SINGLE}"\}}') == len(overloaded)
+        assert _metric(text, rf'inspection_failsafe_rejects_total\{{reason="overload",station="{SINGLE}"\}}') == len(
+            overloaded
+        )
         # The server recovers at once.
         assert all(r.status_code == 200 for r in await _burst(app, keys, 1, prefix="after"))
 
@@ -84,17 +88,27 @@ async def test_model_error_is_a_failsafe_reject_and_the_next_frame_is_scored(tmp
     data = settings_data(tmp_path, models_dir, keys)
     data["stations"] = {SINGLE: data["stations"][SINGLE]}
     app = create_app(build_settings(data))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            r = await http.post("/v1/inspections", content=frame_png(0), params={
-                "station": SINGLE, "camera": "cam", "part_id": "black"}, headers={**auth(keys), "content-type": "image/png"})
-            assert r.status_code == 503 and r.json()["error"] == "model_error"
-            assert "NaN" in r.json()["detail"] and r.json()["failsafe"]["reason"] == "model_error"
-            assert r.json()["failsafe"]["model_version"] == "tiny/v1"
-            entry = app.state.log.get(r.json()["failsafe"]["inspection_id"]).entry
-            assert (entry.decision, entry.model_version) == ("reject", "v1")
-            ok = await http.post("/v1/inspections", content=frame_png(DARK), params={
-                "station": SINGLE, "camera": "cam", "part_id": "dark"}, headers={**auth(keys), "content-type": "image/png"})
-            assert ok.status_code == 200 and ok.json()["decision"] == "reject"
-            part = (await http.get("/v1/parts/black/decision", params={"wait_ms": 5000}, headers=auth(keys))).json()
-            assert part["decision"] == "reject" and "model_error" in part["failsafe_reason"]
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        r = await http.post(
+            "/v1/inspections",
+            content=frame_png(0),
+            params={"station": SINGLE, "camera": "cam", "part_id": "black"},
+            headers={**auth(keys), "content-type": "image/png"},
+        )
+        assert r.status_code == 503 and r.json()["error"] == "model_error"
+        assert "NaN" in r.json()["detail"] and r.json()["failsafe"]["reason"] == "model_error"
+        assert r.json()["failsafe"]["model_version"] == "tiny/v1"
+        entry = app.state.log.get(r.json()["failsafe"]["inspection_id"]).entry
+        assert (entry.decision, entry.model_version) == ("reject", "v1")
+        ok = await http.post(
+            "/v1/inspections",
+            content=frame_png(DARK),
+            params={"station": SINGLE, "camera": "cam", "part_id": "dark"},
+            headers={**auth(keys), "content-type": "image/png"},
+        )
+        assert ok.status_code == 200 and ok.json()["decision"] == "reject"
+        part = (await http.get("/v1/parts/black/decision", params={"wait_ms": 5000}, headers=auth(keys))).json()
+        assert part["decision"] == "reject" and "model_error" in part["failsafe_reason"]

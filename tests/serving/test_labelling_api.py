@@ -111,7 +111,9 @@ def test_bad_input_is_a_clear_4xx_and_history_stays_intact(client: TestClient, k
     assert r.status_code == 400
     r = client.post(f"/v1/labelling/frames/{fid}/undo", json={"expected_revision": 5}, headers=auth(keys, "engineer"))
     assert r.status_code == 409
-    part_records = client.get("/v1/audit/records", params={"kind": "part"}, headers=auth(keys, "auditor")).json()["records"]
+    part_records = client.get("/v1/audit/records", params={"kind": "part"}, headers=auth(keys, "auditor")).json()[
+        "records"
+    ]
     assert part_records
     r = _label(client, keys, part_records[0]["inspection_id"], "dent", 0)
     assert r.status_code == 400 and "'part' record" in r.json()["detail"]

@@ -55,7 +55,9 @@ def test_keyboard_labelling_undo_and_the_built_dataset(live: str, keys: dict[str
     page.keyboard.press("-")
     assert float(page.input_value("[data-testid=zoom]")) < fitted
     zoomed = float(page.input_value("[data-testid=zoom]"))
-    assert page.evaluate("document.getElementById('frame').getBoundingClientRect().width") == pytest.approx(32 * zoomed, abs=1)
+    assert page.evaluate("document.getElementById('frame').getBoundingClientRect().width") == pytest.approx(
+        32 * zoomed, abs=1
+    )
 
     def press(key: str, status: str = "") -> str:
         """Press a key on the frame shown now; return that frame's id once the page moved on."""

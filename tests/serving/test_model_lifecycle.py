@@ -32,9 +32,12 @@ def _skew_golden(folder: Path, delta: float) -> None:
 def test_start_refuses_a_model_whose_golden_frames_disagree(tmp_path, models_dir, keys) -> None:
     _skew_golden(models_dir / "tiny" / "v1", 0.01)
     app = create_app(build_settings(settings_data(tmp_path, models_dir, keys)))
-    with pytest.raises(ModelIntegrityError, match=r"golden frames re-scored with max abs difference 0\.01.*tolerance 0\.0001"):
-        with TestClient(app):
-            pass
+    with (
+        pytest.raises(ModelIntegrityError,
+                      match=r"golden frames re-scored with max abs difference 0\.01.*tolerance 0\.0001"),
+        TestClient(app),
+    ):
+        pass
 
 
 def test_start_refuses_a_model_whose_file_hash_differs(tmp_path, models_dir, keys) -> None:
@@ -83,33 +86,35 @@ async def test_promote_and_rollback_swap_live_without_failing_in_flight_frames(t
             await asyncio.sleep(0.02)
         raise AssertionError(f"station never switched to {want}")
 
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            workers = [asyncio.create_task(line(http, i)) for i in range(4)]
-            await asyncio.sleep(0.2)
-            await asyncio.to_thread(registry.promote, "tiny", "v2", station=SINGLE)
-            await active_version(http, "tiny/v2")
-            await asyncio.sleep(0.2)
-            await asyncio.to_thread(registry.promote, "tiny", "v3", station=SINGLE)
-            for _ in range(100):  # the watcher polls every 50 ms
-                status = (await http.get("/v1/models", headers=auth(keys, "engineer"))).json()["stations"]
-                single = next(s for s in status if s["station"] == SINGLE)
-                if single["error"]:
-                    break
-                await asyncio.sleep(0.02)
-            assert single["model_version"] == "tiny/v2" and "refused tiny/v3" in single["error"]
-            assert "golden frames re-scored" in single["error"]
-            await asyncio.to_thread(registry.rollback, station=SINGLE)  # v3 -> v2: no change needed
-            await asyncio.to_thread(registry.rollback, station=SINGLE)  # v2 -> v1
-            await active_version(http, "tiny/v1")
-            await asyncio.sleep(0.1)
-            stop.set()
-            await asyncio.gather(*workers)
-            metrics = (await http.get("/metrics", headers=auth(keys, "admin"))).text
-            for answer in answers:  # the log names the same version as the answer
-                entry = app.state.log.get(answer["inspection_id"]).entry
-                assert f"{entry.model_name}/{entry.model_version}" == answer["model_version"]
-            ready = await http.get("/readyz")
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        workers = [asyncio.create_task(line(http, i)) for i in range(4)]
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(registry.promote, "tiny", "v2", station=SINGLE)
+        await active_version(http, "tiny/v2")
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(registry.promote, "tiny", "v3", station=SINGLE)
+        for _ in range(100):  # the watcher polls every 50 ms
+            status = (await http.get("/v1/models", headers=auth(keys, "engineer"))).json()["stations"]
+            single = next(s for s in status if s["station"] == SINGLE)
+            if single["error"]:
+                break
+            await asyncio.sleep(0.02)
+        assert single["model_version"] == "tiny/v2" and "refused tiny/v3" in single["error"]
+        assert "golden frames re-scored" in single["error"]
+        await asyncio.to_thread(registry.rollback, station=SINGLE)  # v3 -> v2: no change needed
+        await asyncio.to_thread(registry.rollback, station=SINGLE)  # v2 -> v1
+        await active_version(http, "tiny/v1")
+        await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.gather(*workers)
+        metrics = (await http.get("/metrics", headers=auth(keys, "admin"))).text
+        for answer in answers:  # the log names the same version as the answer
+            entry = app.state.log.get(answer["inspection_id"]).entry
+            assert f"{entry.model_name}/{entry.model_version}" == answer["model_version"]
+        ready = await http.get("/readyz")
     versions = [a["model_version"] for a in answers]
     assert set(versions) == {"tiny/v1", "tiny/v2"}
     for answer in answers:  # every answer names the model that decided it
@@ -134,7 +139,9 @@ def test_the_busy_session_scores_like_the_lone_frame_session_and_is_verified(mod
     assert one.busy_session is None  # same thread count: one session serves both
 
 
-def test_start_refuses_a_model_when_the_busy_session_disagrees_with_the_golden_frames(tmp_path, models_dir, keys, monkeypatch) -> None:
+def test_start_refuses_a_model_when_the_busy_session_disagrees_with_the_golden_frames(
+    tmp_path, models_dir, keys, monkeypatch
+) -> None:
     import serving.model as serving_model
 
     real = serving_model.LoadedModel.run
@@ -146,7 +153,10 @@ def test_start_refuses_a_model_when_the_busy_session_disagrees_with_the_golden_f
     monkeypatch.setattr(serving_model.LoadedModel, "run", skewed)
     data = settings_data(tmp_path, models_dir, keys)
     data["runtime"] = {"intra_op_threads": 2, "busy_intra_op_threads": 1}
-    with pytest.raises(ModelIntegrityError, match="golden frames re-scored"), TestClient(create_app(build_settings(data))):
+    with (
+        pytest.raises(ModelIntegrityError, match="golden frames re-scored"),
+        TestClient(create_app(build_settings(data))),
+    ):
         pass
 
 

@@ -15,7 +15,9 @@ def _decision(client: TestClient, keys, part_id: str, wait_ms: float = 0) -> tup
 
 def test_all_views_pass_means_the_part_passes(client: TestClient, keys) -> None:
     for camera in ("top", "side"):
-        assert post_frame(client, keys, frame_png(BRIGHT), station=STATION, camera=camera, part_id="P1").status_code == 200
+        assert (
+            post_frame(client, keys, frame_png(BRIGHT), station=STATION, camera=camera, part_id="P1").status_code == 200
+        )
     status, part = _decision(client, keys, "P1", wait_ms=5000)
     assert status == 200 and (part["decision"], part["failsafe_reason"]) == ("pass", None)
     assert sorted(v["camera"] for v in part["views"]) == ["side", "top"]
@@ -32,7 +34,9 @@ def test_one_rejecting_view_rejects_the_part(client: TestClient, keys) -> None:
     assert (status, part["decision"], part["failsafe_reason"]) == (200, "reject", None)
 
 
-def test_missing_view_is_a_failsafe_reject_at_the_deadline_and_a_late_view_stays_rejected(client: TestClient, keys) -> None:
+def test_missing_view_is_a_failsafe_reject_at_the_deadline_and_a_late_view_stays_rejected(
+    client: TestClient, keys
+) -> None:
     post_frame(client, keys, frame_png(BRIGHT), station=STATION, camera="top", part_id="P3")
     # wait_ms beyond the station's 400 ms deadline: the answer comes at the deadline.
     status, part = _decision(client, keys, "P3", wait_ms=5000)
@@ -95,7 +99,10 @@ def test_a_view_whose_record_cannot_be_stored_never_lets_its_part_pass(tmp_path,
             assert r.status_code == 500 and r.json()["failsafe"]["decision"] == "reject"
             part = client.get("/v1/parts/boom/decision", params={"station": SINGLE, "wait_ms": 5000},
                               headers=auth(keys)).json()
-            assert (part["decision"], part["failsafe_reason"]) == ("reject", "log_error: a view's inspection record could not be stored")
+            assert (part["decision"], part["failsafe_reason"]) == (
+                "reject",
+                "log_error: a view's inspection record could not be stored",
+            )
             assert store.get(part["inspection_id"]).entry.decision == "reject"
             assert post_frame(client, keys, frame_png(BRIGHT), part_id="fine").json()["decision"] == "pass"
     finally:

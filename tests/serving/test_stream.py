@@ -47,11 +47,15 @@ def test_a_camera_streams_frames_and_gets_answers_in_order(client: TestClient, k
 
 def test_stream_refuses_bad_keys_and_unknown_cameras_before_accepting(client: TestClient, keys) -> None:
     for headers, status in [({}, 401), (auth(keys, "auditor"), 403)]:
-        with pytest.raises(WebSocketDenialResponse) as denied:
-            with client.websocket_connect(f"/v1/stream?station={STATION}&camera=top", headers=headers):
-                pass
-        assert denied.value.status_code == status
-    with pytest.raises(WebSocketDenialResponse) as denied:
-        with client.websocket_connect(f"/v1/stream?station={STATION}&camera=bottom", headers=auth(keys)):
+        with (
+            pytest.raises(WebSocketDenialResponse) as denied,
+            client.websocket_connect(f"/v1/stream?station={STATION}&camera=top", headers=headers),
+        ):
             pass
+        assert denied.value.status_code == status
+    with (
+        pytest.raises(WebSocketDenialResponse) as denied,
+        client.websocket_connect(f"/v1/stream?station={STATION}&camera=bottom", headers=auth(keys)),
+    ):
+        pass
     assert denied.value.status_code == 404
