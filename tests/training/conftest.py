@@ -22,8 +22,16 @@ def draw(label: str, rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def make_dataset(dest: Path, *, classes: tuple[str, ...] = ("good", "scratch", "spot"), counts: dict[str, int] | None = None,
-                 size: int = 32, seed: int = 0, good_class: str | None = "good", sources: bool = False) -> Dataset:
+def make_dataset(
+    dest: Path,
+    *,
+    classes: tuple[str, ...] = ("good", "scratch", "spot"),
+    counts: dict[str, int] | None = None,
+    size: int = 32,
+    seed: int = 0,
+    good_class: str | None = "good",
+    sources: bool = False,
+) -> Dataset:
     """Write a small dataset in the standard layout (PNG, grayscale)."""
     rng = np.random.default_rng(seed)
     counts = counts or {c: (40 if c == good_class else 24) for c in classes}

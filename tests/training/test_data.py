@@ -18,7 +18,11 @@ from training.config import AugmentConfig
 
 
 def _samples(n_per: dict[str, int], sources: bool = False) -> list[Sample]:
-    return [Sample(f"{c}/{i}.png", c, source=f"part{i // 3}-{c}" if sources else "") for c, n in n_per.items() for i in range(n)]
+    return [
+        Sample(f"{c}/{i}.png", c, source=f"part{i // 3}-{c}" if sources else "")
+        for c, n in n_per.items()
+        for i in range(n)
+    ]
 
 
 def test_split_is_stratified_reproducible_and_seed_dependent() -> None:

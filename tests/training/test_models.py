@@ -20,7 +20,9 @@ def test_registry_has_a_small_default_and_larger_torchvision_choices() -> None:
 @pytest.mark.parametrize(("name", "channels"), [(n, 1) for n in list_models()] + [("tinyres", 3), ("resnet18", 3)])
 def test_every_model_runs_forward_and_backward_at_a_tiny_size(name: str, channels: int) -> None:
     torch.manual_seed(0)
-    model = Classifier(get_model(name, num_classes=4, in_channels=channels), mean=[0.5] * channels, std=[0.25] * channels)
+    model = Classifier(
+        get_model(name, num_classes=4, in_channels=channels), mean=[0.5] * channels, std=[0.25] * channels
+    )
     first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert first_conv.in_channels == channels
     x = torch.randint(0, 256, (2, channels, 32, 32), dtype=torch.uint8)

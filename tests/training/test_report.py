@@ -25,13 +25,19 @@ def _split(seed: int, n_def: int, n_good: int, separation: float) -> tuple[np.nd
 def _test_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
     m = classification_summary(labels, probs.argmax(1), CLASSES)
     rates = escape_overkill(labels == 1, probs[:, 1] >= threshold)
-    m["operating_point"] = {"threshold": threshold, "escape": rates["escape"].as_dict(), "overkill": rates["overkill"].as_dict()}
+    m["operating_point"] = {
+        "threshold": threshold,
+        "escape": rates["escape"].as_dict(),
+        "overkill": rates["overkill"].as_dict(),
+    }
     m["roc_auc"] = roc_auc(labels == 1, probs[:, 1])
     m["average_precision"] = 0.5
     return m
 
 
-def _report(tmp_path: Path, separation: float, *, with_val: bool = True) -> tuple[str, dict[str, Any], dict[str, Any], list[str]]:
+def _report(
+    tmp_path: Path, separation: float, *, with_val: bool = True
+) -> tuple[str, dict[str, Any], dict[str, Any], list[str]]:
     val_labels, val_probs = _split(0, 200, 400, separation)
     test_labels, test_probs = _split(1, 120, 300, separation)
     threshold, evidence = calibrate(val_probs[:, 1], val_labels == 1, {"max_escape": 0.01}, model_id="parts/v1")
@@ -48,7 +54,10 @@ def test_weak_model_report_shows_the_warning_in_red_the_curve_and_the_tradeoff_t
     page, evidence, _, files = _report(tmp_path, separation=2.5)
     assert "warning" in evidence
     assert "escape_overkill.png" in files and (tmp_path / "escape_overkill.png").read_bytes()[:4] == b"\x89PNG"
-    assert "<p style='color:#b00;border:2px solid #b00;padding:6px'><b>WARNING:</b> target escape 1.0% forces overkill" in page
+    assert (
+        "<p style='color:#b00;border:2px solid #b00;padding:6px'><b>WARNING:</b> target escape 1.0% forces overkill"
+        in page
+    )
     assert "set-threshold parts/v1 --max-escape" in page and "Escape–overkill trade-off" in page
     # one row per level, validation and test columns with CIs, overkill above the limit in red
     row = evidence["tradeoff"][3]

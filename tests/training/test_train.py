@@ -19,7 +19,15 @@ from tests.training.conftest import make_dataset
 from training.config import load_config
 from training.train import main as train_main
 
-FAST = {"image_size": 32, "epochs": 2, "min_epochs": 1, "batch_size": 16, "max_escape": 0.25, "progress": False, "threads": 1}
+FAST = {
+    "image_size": 32,
+    "epochs": 2,
+    "min_epochs": 1,
+    "batch_size": 16,
+    "max_escape": 0.25,
+    "progress": False,
+    "threads": 1,
+}
 
 
 def _leftovers(models: Path) -> list[str]:
@@ -31,8 +39,29 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("train")
     ds = make_dataset(root / "parts")
     models = root / "models"
-    code = cli(["train", "--data", str(ds.root), "--models-dir", str(models), "--image-size", "32", "--epochs", "4",
-                "--batch-size", "16", "--max-escape", "0.2", "--int8", "--no-progress", "--threads", "1", "--name", "parts"])
+    code = cli(
+        [
+            "train",
+            "--data",
+            str(ds.root),
+            "--models-dir",
+            str(models),
+            "--image-size",
+            "32",
+            "--epochs",
+            "4",
+            "--batch-size",
+            "16",
+            "--max-escape",
+            "0.2",
+            "--int8",
+            "--no-progress",
+            "--threads",
+            "1",
+            "--name",
+            "parts",
+        ]
+    )
     assert code == 0
     return ds.root, models / "parts" / "v1"
 
@@ -44,9 +73,24 @@ def test_version_card_validates_and_every_file_is_hashed(trained: tuple[Path, Pa
     verify_files(card, folder)
     on_disk = {p.name for p in folder.iterdir()} - {"model.json"}
     assert set(card.files) == on_disk
-    assert {"model.onnx", "model.int8.onnx", "golden.npz", "split.csv", "config.yaml", "report.html", "roc.png", "pr.png", "confusion.png"} <= on_disk
+    assert {
+        "model.onnx",
+        "model.int8.onnx",
+        "golden.npz",
+        "split.csv",
+        "config.yaml",
+        "report.html",
+        "roc.png",
+        "pr.png",
+        "confusion.png",
+    } <= on_disk
     assert card.classes == ["good", "scratch", "spot"] and card.good_class == "good"
-    assert (card.input.height, card.input.channels, card.input.input_name, card.input.output_name) == (32, 1, "pixels", "probabilities")
+    assert (card.input.height, card.input.channels, card.input.input_name, card.input.output_name) == (
+        32,
+        1,
+        "pixels",
+        "probabilities",
+    )
     assert card.thresholds.target == {"max_escape": 0.2} and card.thresholds.calibration["supported"] is True
     assert card.int8_file == "model.int8.onnx" and "accuracy_change" in card.metrics["test"]["int8"]
     op = card.metrics["test"]["operating_point"]
@@ -95,7 +139,9 @@ def test_saved_config_split_and_report(trained: tuple[Path, Path]) -> None:
     html = (folder / "report.html").read_text()
     assert "escape rate" in html and "95% CI" in html and "confusion.png" in html and "roc.png" in html
     assert len(json.loads((folder / "history.json").read_text())) == card.training["epochs_run"]
-    assert _leftovers(folder.parent.parent) == sorted(["parts", "parts/v1", *(f"parts/v1/{n}" for n in card.files), "parts/v1/model.json"])
+    assert _leftovers(folder.parent.parent) == sorted(
+        ["parts", "parts/v1", *(f"parts/v1/{n}" for n in card.files), "parts/v1/model.json"]
+    )
 
 
 @pytest.mark.slow
@@ -114,7 +160,9 @@ def test_same_seed_gives_the_same_model(tmp_path: Path) -> None:
         result = train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / run}))
         with np.load(result.path / "golden.npz") as g:
             outs.append(g["probabilities"])
-        assert (result.path / "split.csv").read_text() == (tmp_path / "a" / result.card.name / "v1" / "split.csv").read_text()
+        assert (result.path / "split.csv").read_text() == (
+            tmp_path / "a" / result.card.name / "v1" / "split.csv"
+        ).read_text()
     assert np.array_equal(outs[0], outs[1])
 
 
@@ -143,23 +191,38 @@ def test_label_outside_the_class_list_is_refused(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
     labels = ds.root / "labels.csv"
     labels.write_text(labels.read_text().replace(",scratch,", ",rust,", 1))
-    _expect_refusal(tmp_path, ds.root, DatasetError, r"label 'rust', not in the class list \['good', 'scratch', 'spot'\]")
+    _expect_refusal(
+        tmp_path, ds.root, DatasetError, r"label 'rust', not in the class list \['good', 'scratch', 'spot'\]"
+    )
 
 
 def test_unknown_architecture_is_refused(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
-    _expect_refusal(tmp_path, ds.root, TrainingError, r"unknown architecture 'resnet999'; choose one of \[.*'tinyres'", arch="resnet999")
+    _expect_refusal(
+        tmp_path,
+        ds.root,
+        TrainingError,
+        r"unknown architecture 'resnet999'; choose one of \[.*'tinyres'",
+        arch="resnet999",
+    )
 
 
 def test_unsupported_target_is_refused_before_training(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 20, "scratch": 10, "spot": 10})
-    _expect_refusal(tmp_path, ds.root, TrainingError, r"--max-escape 0.01 needs at least 100 defective images .* validation has 4",
-                    max_escape=0.01)
+    _expect_refusal(
+        tmp_path,
+        ds.root,
+        TrainingError,
+        r"--max-escape 0.01 needs at least 100 defective images .* validation has 4",
+        max_escape=0.01,
+    )
 
 
 def test_per_class_threshold_for_the_good_class_is_refused(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
-    _expect_refusal(tmp_path, ds.root, ConfigError, r"per-class thresholds for \['good'\]", per_class_thresholds={"good": 0.5})
+    _expect_refusal(
+        tmp_path, ds.root, ConfigError, r"per-class thresholds for \['good'\]", per_class_thresholds={"good": 0.5}
+    )
 
 
 def test_cli_reports_refusals_with_exit_2(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
