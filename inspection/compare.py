@@ -102,14 +102,6 @@ class Comparison:
                 "thresholds": self.thresholds, "escape": self.escape, "overkill": self.overkill,
                 "per_class": self.per_class}
 
-    @property
-    def escape_a(self) -> Rate:
-        return Rate(**self.escape["a"])
-
-    @property
-    def escape_b(self) -> Rate:
-        return Rate(**self.escape["b"])
-
 
 def comparison_samples(ds: Dataset, split: Split) -> list[Sample]:
     """The dataset's test split (or all of it).

@@ -215,10 +215,6 @@ class ServeSettings(_Section):
             raise ValueError(f"api keys {weak} use an empty or well-known default key; allowed only with demo: true")
         return self
 
-    @property
-    def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
-
     def redacted(self) -> dict[str, Any]:
         """Settings as JSON, without key digests (for the admin settings route)."""
         data = self.model_dump(mode="json")

@@ -9,6 +9,7 @@ not parsed.
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from inspection.cli import main
+from inspection.cli import build_parser, main
 from tests.conftest import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -84,11 +85,30 @@ def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
                              cwd=REPO, timeout=120)
         assert out.returncode == 0, f"{' '.join(argv)} --help: exit {out.returncode}\n{out.stderr}"
         return out.stdout
+    _check_words(argv[1:])
     with pytest.raises(SystemExit) as exit_:
         main([*argv[1:], "--help"])
     captured = capsys.readouterr()
     assert exit_.value.code == 0, f"{' '.join(argv)} --help: exit {exit_.value.code}\n{captured.err}"
     return captured.out
+
+
+def _check_words(words: list[str]) -> None:
+    """Each word names a subcommand, then at most as many words as the command has positionals.
+
+    ``--help`` alone would not tell: argparse prints the help before it complains about a stray word
+    (``inspection serve hash-key --help`` exits 0).
+    """
+    parser, rest = build_parser(), list(words)
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or not rest:
+            break
+        assert rest[0] in subs[0].choices, f"`{rest[0]}` is not a command here; there are {sorted(subs[0].choices)}"
+        parser = subs[0].choices[rest.pop(0)]
+    positionals = [a for a in parser._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
+    takes_many = any(a.nargs in ("*", "+", argparse.REMAINDER) for a in positionals)
+    assert takes_many or len(rest) <= len(positionals), f"{parser.prog} takes no argument {rest[len(positionals):]}"
 
 
 def test_the_docs_name_the_commands_users_run() -> None:
@@ -102,6 +122,7 @@ def test_the_docs_name_the_commands_users_run() -> None:
 def test_documented_command_exists_with_its_flags(where: str, argv: list[str],
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     text = _help(argv, capsys)
-    flags = {w.split("=", 1)[0] for w in argv[1:] if re.match(r"--?[A-Za-z]", w)}
+    args = argv[3:] if argv[0] == "python" else argv[1:]  # after `python -m MODULE` / `inspection`
+    flags = {w.split("=", 1)[0] for w in args if re.match(r"--?[A-Za-z]", w)}
     missing = sorted(f for f in flags if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", text))
     assert missing == [], f"{where}: `{' '.join(argv)}` uses flags its help does not list"

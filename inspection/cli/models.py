@@ -179,21 +179,6 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _promote(args: argparse.Namespace) -> int:
-    reg = ModelRegistry(args.models_dir)
-    name, version = parse_model_id(args.model)
-    event = reg.promote(name, version, station=args.station, actor=args.actor, reason=args.reason)
-    print(f"{event['model']} is now active for station {args.station!r} (previous: {event['previous'] or 'none'})")
-    return 0
-
-
-def _rollback(args: argparse.Namespace) -> int:
-    reg = ModelRegistry(args.models_dir)
-    event = reg.rollback(station=args.station, actor=args.actor, reason=args.reason)
-    print(f"station {args.station!r} rolled back to {event['model']} (was {event['previous']})")
-    return 0
-
-
 def _set_threshold(args: argparse.Namespace) -> int:
     target = {"max_escape": args.max_escape} if args.max_escape is not None else {"max_overkill": args.max_overkill}
     mv = set_threshold(ModelRegistry(args.models_dir), args.model, target, overkill_limit=args.overkill_limit)
