@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError
-from pydantic import model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ValidationError as PydanticValidationError
 
 from inspection.errors import ModelCardError, ModelIntegrityError
 
@@ -30,6 +30,16 @@ SCHEMA_VERSION: Literal[1] = 1
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TileGrid(_Strict):
+    """``rows`` x ``cols`` tiles of ``tile_height`` x ``tile_width`` pixels, evenly spread over the
+    model input (neighbours overlap when the tiles are larger than input / count)."""
+
+    rows: int = Field(ge=1, le=16)
+    cols: int = Field(ge=1, le=16)
+    tile_height: int = Field(gt=0, le=4096)
+    tile_width: int = Field(gt=0, le=4096)
 
 
 class InputSpec(_Strict):
@@ -44,10 +54,40 @@ class InputSpec(_Strict):
     #: OpenCV interpolation used to reach (width, height); "area" is the right one for
     #: down-scaling line-camera frames (no aliasing of fine coating texture).
     resize: Literal["area", "linear", "cubic", "nearest"] = "area"
+    #: How a frame of another shape reaches (width, height). "stretch" scales each axis on its
+    #: own (the frame's aspect ratio is lost: what cards before geometry existed did);
+    #: "letterbox" scales by one factor so the whole frame fits, and fills the rest by
+    #: mirroring the frame's border (no artificial edge for the network to find).
+    geometry: Literal["stretch", "letterbox"] = "stretch"
+    #: Optional region of interest, applied before everything else: (x, y, width, height) in
+    #: the camera frame's pixels, for cameras that see more than the part. Frames must be at
+    #: least as large as the box.
+    roi: tuple[int, int, int, int] | None = None
+    #: Optional tile grid: the graph cuts the (height, width) input into overlapping tiles,
+    #: scores them in one batch and answers the probabilities of the tile with the highest
+    #: P(defect) (the reject rule then applies to the frame). Cut inside the graph, so serving
+    #: sends the whole frame and cannot cut differently; ``inspection.preprocess.tile_boxes``
+    #: describes the same grid for people and defect maps.
+    tiles: TileGrid | None = None
     dtype: Literal["uint8"] = "uint8"
     layout: Literal["NCHW"] = "NCHW"
     input_name: str = "pixels"
     output_name: str = "probabilities"
+
+    @model_validator(mode="after")
+    def _fits(self) -> InputSpec:
+        if self.roi is not None:
+            x, y, w, h = self.roi
+            if x < 0 or y < 0 or w <= 0 or h <= 0:
+                raise ValueError(f"roi {self.roi}: x, y >= 0 and width, height > 0 are required")
+        if self.tiles is not None:
+            t = self.tiles
+            if t.tile_height > self.height or t.tile_width > self.width:
+                raise ValueError(f"tiles of {t.tile_width}x{t.tile_height} do not fit the {self.width}x{self.height} input")
+            if t.tile_height * t.rows < self.height or t.tile_width * t.cols < self.width:
+                raise ValueError(f"{t.rows}x{t.cols} tiles of {t.tile_width}x{t.tile_height} leave parts of the "
+                                 f"{self.width}x{self.height} input uncovered")
+        return self
 
 
 class Normalization(_Strict):
@@ -131,7 +171,7 @@ class ModelCard(_Strict):
     files: dict[str, str]
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModelCard":
+    def _consistent(self) -> ModelCard:
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be unique, got {self.classes}")
         if self.good_class is not None and self.good_class not in self.classes:
@@ -223,4 +263,4 @@ def verify_files(card: ModelCard, folder: Path) -> None:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

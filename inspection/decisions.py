@@ -29,22 +29,34 @@ class Decision:
     scores: dict[str, float]
 
 
+def rule_defect_scores(probs: np.ndarray, classes: list[str], good_class: str | None) -> np.ndarray:
+    """P(defect) = 1 - P(good) for each row of ``probs`` (shape [N, C]); 1 without a good class."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if good_class is None:
+        return np.ones(probs.shape[0])
+    return 1.0 - probs[:, classes.index(good_class)]
+
+
+def rule_reject_mask(probs: np.ndarray, classes: list[str], good_class: str | None, threshold: float,
+                     per_class: dict[str, float]) -> np.ndarray:
+    """The reject rule on a batch, from its parts (training applies it before a card exists):
+    True where P(defect) >= ``threshold`` or a per-class threshold is reached."""
+    probs = np.asarray(probs, dtype=np.float64)
+    mask = rule_defect_scores(probs, classes, good_class) >= threshold
+    for cls, ct in per_class.items():
+        mask |= probs[:, classes.index(cls)] >= ct
+    return mask
+
+
 def defect_scores(probs: np.ndarray, card: ModelCard) -> np.ndarray:
     """P(defect) for each row of ``probs`` (shape [N, C])."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if card.good_class is None:
-        return np.ones(probs.shape[0])
-    return 1.0 - probs[:, card.classes.index(card.good_class)]
+    return rule_defect_scores(probs, card.classes, card.good_class)
 
 
 def reject_mask(probs: np.ndarray, card: ModelCard, *, threshold: float | None = None) -> np.ndarray:
     """Vectorised decision for a batch: True where the part is rejected."""
-    probs = np.asarray(probs, dtype=np.float64)
     t = card.thresholds.reject if threshold is None else threshold
-    mask = defect_scores(probs, card) >= t
-    for cls, ct in card.thresholds.per_class.items():
-        mask |= probs[:, card.classes.index(cls)] >= ct
-    return mask
+    return rule_reject_mask(probs, card.classes, card.good_class, t, card.thresholds.per_class)
 
 
 def decide(probs: np.ndarray, card: ModelCard) -> Decision:

@@ -6,8 +6,10 @@ the two can never drift apart. The steps follow the model card's ``InputSpec``:
 
 1. decode (PNG/JPEG/BMP/TIFF bytes, or raw 8-bit pixels with declared width/height/channels),
 2. convert colour to the card's channel count (BGR->GRAY luma weights, or gray replicated),
-3. resize to (width, height) with the card's OpenCV interpolation,
-4. lay out as ``uint8[C, H, W]``. Normalisation is inside the ONNX graph.
+3. crop the card's region of interest, if it has one,
+4. resize to (width, height) with the card's OpenCV interpolation, stretched or letterboxed
+   (aspect ratio kept, border mirrored into the padding) as the card's geometry says,
+5. lay out as ``uint8[C, H, W]``. Normalisation (and the tile grid, if any) is inside the graph.
 """
 
 from __future__ import annotations
@@ -144,16 +146,67 @@ def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def crop_roi(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The card's region of interest of a decoded frame (the frame itself when none is set).
+
+    Raises:
+        ImageError: the frame is smaller than the region (wrong camera or settings).
+    """
+    if spec.roi is None:
+        return image
+    x, y, w, h = spec.roi
+    if image.shape[0] < y + h or image.shape[1] < x + w:
+        raise ImageError(f"frame of {image.shape[1]}x{image.shape[0]} px does not contain the model's region of interest "
+                         f"x={x} y={y} width={w} height={h}")
+    return image[y : y + h, x : x + w]
+
+
+def letterbox_size(height: int, width: int, spec: InputSpec) -> tuple[int, int]:
+    """(height, width) a ``height`` x ``width`` frame is scaled to before padding: one factor for
+    both axes, the largest that fits the card's input."""
+    scale = min(spec.height / height, spec.width / width)
+    return min(spec.height, max(1, round(height * scale))), min(spec.width, max(1, round(width * scale)))
+
+
 def resize(image: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Resize to the card's (width, height) with the card's interpolation; a no-op at size."""
+    """Bring a frame to the card's (width, height) with the card's interpolation and geometry;
+    a no-op at size."""
     if image.shape[0] == spec.height and image.shape[1] == spec.width:
         return image
-    return cv2.resize(image, (spec.width, spec.height), interpolation=_INTERPOLATION[spec.resize])
+    interpolation = _INTERPOLATION[spec.resize]
+    if spec.geometry == "stretch":
+        return cv2.resize(image, (spec.width, spec.height), interpolation=interpolation)
+    h, w = letterbox_size(image.shape[0], image.shape[1], spec)
+    scaled = image if (h, w) == image.shape[:2] else cv2.resize(image, (w, h), interpolation=interpolation)
+    top, left = (spec.height - h) // 2, (spec.width - w) // 2
+    # Mirror the frame's own border into the padding: a constant fill would draw a sharp
+    # edge that the network could take for a defect (or for "a frame of another shape").
+    border = cv2.BORDER_REFLECT_101 if min(h, w) > 1 else cv2.BORDER_REPLICATE
+    return cv2.copyMakeBorder(scaled, top, spec.height - h - top, left, spec.width - w - left, border)
+
+
+def tile_boxes(spec: InputSpec) -> list[tuple[int, int, int, int]]:
+    """The card's tile grid as (x, y, width, height) boxes in model-input pixels, row by row:
+    ``rows`` x ``cols`` tiles spread evenly from edge to edge (the graph cuts these very boxes).
+    One box covering the whole input when the card has no tiles."""
+    if spec.tiles is None:
+        return [(0, 0, spec.width, spec.height)]
+    t = spec.tiles
+
+    def starts(count: int, tile: int, total: int) -> list[int]:
+        return [0] if count == 1 else [round(i * (total - tile) / (count - 1)) for i in range(count)]
+
+    return [(x, y, t.tile_width, t.tile_height)
+            for y in starts(t.rows, t.tile_height, spec.height) for x in starts(t.cols, t.tile_width, spec.width)]
 
 
 def to_model_input(image: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Decoded image -> ``uint8[C, H, W]`` as the card's graph expects (no batch axis)."""
-    converted = resize(convert_channels(image, spec.channels), spec)
+    """Decoded image -> ``uint8[C, H, W]`` as the card's graph expects (no batch axis).
+
+    Raises:
+        ImageError: the frame does not contain the card's region of interest.
+    """
+    converted = resize(convert_channels(crop_roi(image, spec), spec.channels), spec)
     if converted.ndim == 2:
         return np.ascontiguousarray(converted[np.newaxis, :, :])
     return np.ascontiguousarray(converted.transpose(2, 0, 1))

@@ -28,6 +28,7 @@ require_extra("train", "torch", "torchvision", "albumentations", "onnx")
 _OVERRIDES = (
     "data", "arch", "epochs", "batch_size", "lr", "image_size", "seed", "max_escape", "max_overkill",
     "name", "models_dir", "resume", "val_fraction", "test_fraction", "patience", "threads", "pretrained_path",
+    "geometry", "tiles", "roi", "budget_minutes", "device", "overkill_limit", "tta",
 )
 
 _DESCRIPTION = ("Train on DATASET (standard layout), calibrate the reject threshold on validation, evaluate on "
@@ -63,16 +64,34 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--image-size", type=int, help="square input size in pixels (the card's input size)")
+    p.add_argument("--image-size", type=int,
+                   help="the model input's shorter side in pixels (default: by rule, from the frames' resolution "
+                        "and the compute budget; the other side follows the frames' aspect ratio)")
+    p.add_argument("--geometry", choices=["letterbox", "stretch"],
+                   help="letterbox keeps each frame's aspect ratio (default); stretch squashes it to the input")
+    p.add_argument("--tiles", metavar="ROWSxCOLS",
+                   help="cut the input into ROWSxCOLS overlapping tiles inside the graph; the frame scores as its "
+                        "most suspicious tile (for frames much larger than the defects)")
+    p.add_argument("--roi", type=_roi, metavar="X,Y,W,H",
+                   help="region of interest in camera pixels, cropped before everything (cameras that see more "
+                        "than the part)")
+    p.add_argument("--budget-minutes", type=float,
+                   help="compute budget the automatic input size fits into, in minutes of a 2-core CPU (default 10)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA with mixed precision when present")
+    p.add_argument("--tta", action="store_true", default=None,
+                   help="average the frame with its allowed flips inside the exported graph (slower serving)")
     p.add_argument("--seed", type=int)
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--test-fraction", type=float)
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the cores free now)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--max-escape", type=float,
                         help="calibrate for at most this escape rate on validation (default 0.01)")
     target.add_argument("--max-overkill", type=float, help="calibrate for at most this overkill rate on validation")
+    p.add_argument("--overkill-limit", type=float,
+                   help="warn, with the escape-overkill trade-off table, when the target forces more overkill "
+                        "than this (default 0.2)")
     p.add_argument("--allow-unsupported-target", action="store_true", default=None,
                    help="calibrate even when validation has too few parts for the target; "
                         "the card says supported: false")
@@ -88,6 +107,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--result-json", type=Path,
                    help="also write {path, name, version} of the new version to this file (for scripts)")
     p.add_argument("--list-archs", action="store_true", help="list the registered architectures and exit")
+
+
+def _roi(value: str) -> tuple[int, int, int, int]:
+    try:
+        x, y, w, h = (int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--roi {value!r}: give four integers X,Y,WIDTH,HEIGHT, e.g. 0,40,640,400") from None
+    return x, y, w, h
 
 
 def resolve_config(value: Path | None) -> Path | None:

@@ -21,58 +21,92 @@ DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 
 class AugmentConfig(BaseModel):
-    """Augmentation for line images (albumentations); each probability 0 disables the step."""
+    """Augmentation for line images (albumentations); each probability 0 disables the step.
+
+    ``hflip``/``vflip``/``rot90`` left at None are decided by the dataset's manifest
+    (``orientation``, see ``training.recipe``): a flip or rotation is only safe where the
+    engineer said the part's orientation carries no meaning.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    hflip: bool = True
-    vflip: bool = True
-    #: 90-degree rotations: only for square parts/textures whose orientation carries no meaning.
-    rot90: bool = True
+    hflip: bool | None = None
+    vflip: bool | None = None
+    #: 90-degree rotations: only for square inputs of parts/textures whose orientation carries no meaning.
+    rot90: bool | None = None
     brightness: float = Field(0.15, ge=0.0, le=1.0)
     contrast: float = Field(0.15, ge=0.0, le=1.0)
     brightness_p: float = Field(0.5, ge=0.0, le=1.0)
     gamma: tuple[int, int] = (85, 115)
     gamma_p: float = Field(0.3, ge=0.0, le=1.0)
-    blur_p: float = Field(0.1, ge=0.0, le=1.0)
+    blur_p: float = Field(0.0, ge=0.0, le=1.0)
     blur_sigma: tuple[float, float] = (0.3, 1.0)
     noise_p: float = Field(0.2, ge=0.0, le=1.0)
-    noise_std: tuple[float, float] = (0.01, 0.04)
+    noise_std: tuple[float, float] = (0.005, 0.02)
     #: Small shifts/scales (a part never sits at exactly the same place under the camera).
     shift_scale_p: float = Field(0.3, ge=0.0, le=1.0)
 
 
 class TrainConfig(BaseModel):
-    """Everything one training run needs; saved as ``config.yaml`` with the model version."""
+    """Everything one training run needs; saved as ``config.yaml`` with the model version.
+
+    Fields left at None are chosen by rule from the data (``training.recipe.resolve``), which
+    logs each choice with its reason and records it in the card; the saved config holds the
+    chosen values, so training with it again reproduces the run.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     data: Path | None = None
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
     models_dir: Path = Path("models")
-    arch: str = "tinyres"
+    arch: str = "linecnn"
     pretrained: bool = True
     pretrained_path: Path | None = None
-    image_size: int = Field(128, ge=16, le=1024)
+    #: The model input's shorter side in pixels (None: the largest the compute budget allows,
+    #: never above the frames' own resolution).
+    image_size: int | None = Field(None, ge=16, le=1024)
+    #: (height, width) of the model input; None: ``image_size`` on the shorter side, the other
+    #: side from the frames' median aspect ratio.
+    input_shape: tuple[int, int] | None = None
+    #: "letterbox" keeps each frame's aspect ratio (padding by mirroring), "stretch" squashes.
+    geometry: Literal["letterbox", "stretch"] = "letterbox"
+    #: Tile grid "ROWSxCOLS" cut inside the graph (frame score = the tile with the highest
+    #: P(defect)); None: no tiles.
+    tiles: str | None = Field(None, pattern=r"^[1-9][0-9]?x[1-9][0-9]?$")
+    #: Region of interest (x, y, width, height) in camera pixels, cropped before everything.
+    roi: tuple[int, int, int, int] | None = None
     channels: Literal[1, 3] = 1
     resize: Literal["area", "linear", "cubic", "nearest"] = "area"
-    epochs: int = Field(30, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1, le=1024)
+    epochs: int | None = Field(None, ge=1, le=1000)
+    batch_size: int | None = Field(None, ge=1, le=1024)
     lr: float = Field(3e-3, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     #: Class imbalance: "sampler" draws classes evenly (weighted sampler), "weights" weights the
-    #: loss by inverse frequency, "none" trains on the natural frequencies.
-    balance: Literal["sampler", "weights", "none"] = "sampler"
-    patience: int = Field(8, ge=1)
-    min_epochs: int = Field(5, ge=1)
+    #: loss by inverse frequency, "none" trains on the natural frequencies; None: by rule.
+    balance: Literal["sampler", "weights", "none"] | None = None
+    patience: int | None = Field(None, ge=1)
+    min_epochs: int | None = Field(None, ge=1)
+    #: Exponential moving average of the weights, evaluated and exported instead of the raw
+    #: weights (smoother, and less sensitive to the last batches of a small dataset).
+    ema: bool = True
+    #: Average the probabilities of the frame and its allowed flips inside the exported graph
+    #: (costs one extra inference per flip at serving).
+    tta: bool = False
+    #: Compute budget the automatic choices fit into, in minutes of the reference machine
+    #: (2 CPU cores); a GPU run gets proportionally more (see training.recipe).
+    budget_minutes: float = Field(10.0, gt=0.0, le=10_000.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
-    augment: AugmentConfig = AugmentConfig()
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig.model_validate({}))
     #: Operating point: exactly one of the two is used; max_overkill wins when set.
     max_escape: float | None = Field(0.01, gt=0.0, lt=1.0)
     max_overkill: float | None = Field(None, gt=0.0, lt=1.0)
+    #: Warn (and record the trade-off table) when the target escape forces more overkill than this.
+    overkill_limit: float = Field(0.20, gt=0.0, le=1.0)
     #: Calibrate even when validation cannot resolve the target; the card then says
     #: ``supported: false`` (default: refuse before training).
     allow_unsupported_target: bool = False
@@ -81,6 +115,8 @@ class TrainConfig(BaseModel):
     int8: bool = False
     golden_count: int = Field(8, ge=1, le=64)
     parity_tolerance: float = Field(1e-4, gt=0.0)
+    #: torch CPU threads; None: the cores this process may use, less those other work keeps
+    #: busy right now (load average), at least 1.
     threads: int | None = Field(None, ge=1)
     resume: Path | None = None
     progress: bool = True
@@ -91,6 +127,8 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} leaves too little to train; keep it < 0.8"
             )
+        if self.input_shape is not None and min(self.input_shape) < 16:
+            raise ValueError(f"input_shape {self.input_shape}: each side must be >= 16 px")
         for cls, t in self.per_class_thresholds.items():
             if not 0.0 <= t <= 1.0:
                 raise ValueError(f"per-class threshold for {cls!r} is {t}, allowed 0..1")

@@ -9,7 +9,6 @@ are cached in memory once; augmentation works on those arrays (train split only)
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from inspection.dataset.split import (  # noqa: F401 -- the split moved to inspe
     write_split,
 )
 from inspection.errors import DatasetError, ImageError
+from inspection.imageheader import file_header_size
 from inspection.preprocess import read_image, to_model_input
 from training.config import AugmentConfig
 
@@ -65,6 +65,27 @@ def check_dataset(ds: Dataset) -> None:
     empty = [c for c in ds.classes if counts.get(c, 0) == 0]
     if empty:
         raise DatasetError(f"class(es) {empty} of {ds.classes} have no images; every class needs some")
+
+
+def frame_sizes(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Heights and widths of every image, from the file headers (decoding only images whose
+    header is not one we read), in the order of ``ds.samples``.
+
+    Raises:
+        DatasetError: an image cannot be read or decoded (names the file).
+    """
+    heights = np.empty(len(ds.samples), dtype=np.int64)
+    widths = np.empty(len(ds.samples), dtype=np.int64)
+    for i, s in enumerate(ds.samples):
+        try:
+            size = file_header_size(ds.path_of(s))
+            if size is None:
+                h, w = read_image(ds.path_of(s)).shape[:2]
+                size = (w, h)
+        except (OSError, ImageError) as exc:
+            raise DatasetError(f"dataset {ds.name!r}: {exc}") from None
+        widths[i], heights[i] = size
+    return heights, widths
 
 
 def load_images(ds: Dataset, samples: list[Sample], spec: InputSpec) -> np.ndarray:
@@ -109,6 +130,7 @@ class LineAugment:
         import albumentations as A
 
         steps: list = []
+        # None (not resolved by training.recipe) means "not known to be safe": off.
         if cfg.hflip:
             steps.append(A.HorizontalFlip(p=0.5))
         if cfg.vflip:
@@ -169,8 +191,3 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     w = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
     present = counts > 0
     return w / w[present].mean() if present.any() else w
-
-
-def min_defects_needed(target: float) -> int:
-    """Validation defects (or good parts) needed to resolve a rate target: ceil(1 / target)."""
-    return int(math.ceil(1.0 / target - 1e-9))

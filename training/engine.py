@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from inspection.errors import TrainingError
-from inspection.metrics import confusion_matrix, macro_recall
+from inspection.metrics import confusion_matrix, macro_recall, roc_auc
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +45,41 @@ def make_loader(dataset: torch.utils.data.Dataset, labels: np.ndarray, *, batch_
     if balance == "sampler":
         counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
         per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0), 0.0)
-        weights = torch.as_tensor(per_class[labels], dtype=torch.double)
+        weights = per_class[labels].tolist()
         sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0, drop_last=len(labels) > batch_size)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=0, drop_last=len(labels) > batch_size)
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, *, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, scheduler: Any | None = None, progress: Any | None = None) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss and accuracy on the (augmented) batches."""
+def train_one_epoch(model: nn.Module, loader: DataLoader, *, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                    scheduler: Any | None = None, progress: Any | None = None, ema: Any | None = None,
+                    device: torch.device | None = None, scaler: Any | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss and accuracy on the (augmented) batches.
+
+    On CUDA the forward pass runs in mixed precision (``scaler`` is the gradient scaler);
+    ``ema`` (an ``AveragedModel``) is updated after every step.
+    """
     model.train()
+    device = device or torch.device("cpu")
+    amp = device.type == "cuda"
     total, correct, loss_sum = 0, 0, 0.0
     for images, labels in loader:
-        logits = model(images)
-        loss = loss_fn(logits, labels)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, enabled=amp):
+            logits = model(images)
+            loss = loss_fn(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         n = labels.numel()
         total += n
         loss_sum += float(loss.detach()) * n
@@ -76,39 +93,54 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, *, optimizer: torch.op
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
+def predict(model: nn.Module, images: np.ndarray, *, batch_size: int = 128, device: torch.device | None = None) -> np.ndarray:
     """Softmax probabilities ``float32[N, K]`` for cached ``uint8[N, C, H, W]`` inputs (eval mode)."""
     model.eval()
+    device = device or next(model.parameters()).device
     out: list[np.ndarray] = []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size]))
-        out.append(torch.softmax(model(x), dim=1).numpy())
+        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
+        out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(out).astype(np.float32)
 
 
-def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, Any]:
-    """Loss, accuracy and macro recall of ``model`` on cached arrays, plus the probabilities."""
+def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, n_classes: int, *, good_index: int | None = None) -> dict[str, Any]:
+    """Loss, accuracy, macro recall and (with a good class) the AUROC of P(defect) on cached
+    arrays, plus the probabilities."""
     probs = predict(model, images)
     if len(labels) == 0:
-        return {"loss": float("nan"), "acc": float("nan"), "macro_recall": float("nan"), "probs": probs}
+        return {"loss": float("nan"), "acc": float("nan"), "macro_recall": float("nan"), "auroc": None, "probs": probs}
     p_true = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
     cm = confusion_matrix(labels, probs.argmax(1), n_classes)
+    auroc = None
+    if good_index is not None:
+        is_defect = labels != good_index
+        if is_defect.any() and (~is_defect).any():
+            auroc = roc_auc(is_defect, 1.0 - probs[:, good_index].astype(np.float64))
     return {
         "loss": float(-np.log(p_true).mean()),
         "acc": float(np.trace(cm) / cm.sum()),
         "macro_recall": macro_recall(cm),
+        "auroc": auroc,
         "probs": probs,
     }
+
+
+def selection_score(val: dict[str, Any]) -> float:
+    """What model selection maximises: the AUROC of P(defect) where there is a good class (the
+    reject threshold is calibrated afterwards, so the ranking of good vs defect is what
+    matters at any operating point), else macro recall (defect-type classifiers)."""
+    return float(val["auroc"]) if val.get("auroc") is not None else float(val["macro_recall"])
 
 
 @dataclass
 class EarlyStopping:
     """Stop when the validation score has not improved for ``patience`` epochs.
 
-    The score is validation macro recall (balanced accuracy: rare defects count as much as the
-    common good class); ties are broken by the lower validation loss.
+    The score is ``selection_score`` (validation AUROC of P(defect), or macro recall without a
+    good class); ties are broken by the lower validation loss.
     """
 
     patience: int
@@ -179,6 +211,7 @@ def fit(
     val_images: np.ndarray,
     val_labels: np.ndarray,
     n_classes: int,
+    good_index: int | None,
     epochs: int,
     lr: float,
     weight_decay: float,
@@ -186,23 +219,40 @@ def fit(
     stopper: EarlyStopping,
     checkpoint: Path,
     checkpoint_extra: dict[str, Any],
+    use_ema: bool = True,
+    device: torch.device | None = None,
     resume: dict[str, Any] | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train with AdamW + one-cycle LR, early stopping and a checkpoint after every epoch.
+    """Train with AdamW + one-cycle LR (warm-up, then cosine decay), an EMA of the weights,
+    early stopping on ``selection_score`` and a checkpoint after every epoch.
 
-    Returns the best model's state dict and the history. The model ends holding the best weights.
+    The EMA weights are the ones evaluated, selected and exported: on a few hundred images the
+    raw weights swing with the last batches; their average does not. Returns the history; the
+    model ends holding the best (EMA) weights, on the CPU.
     """
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from tqdm.auto import tqdm
 
+    device = device or torch.device("cpu")
+    model.to(device)
     steps_per_epoch = max(len(make_epoch_loader(0)), 1)
+    total_steps = epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.15)
+    # The average spans ~1/10 of the run (decay from the step count, so a short run is not
+    # dominated by its random start), never longer than ~1,000 steps.
+    decay = min(0.999, max(0.9, 1.0 - 10.0 / total_steps))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if use_ema else None
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    judged = ema.module if ema is not None else model
     start = 0
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
     if resume is not None:
         model.load_state_dict(resume["model"])
+        if ema is not None and resume.get("ema") is not None:
+            ema.load_state_dict(resume["ema"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         stopper.load(resume["stopper"])
@@ -214,18 +264,21 @@ def fit(
     for epoch in range(start, epochs):
         loader = make_epoch_loader(epoch)
         bar = tqdm(total=n_train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress, unit="img")
-        train = train_one_epoch(model, loader, optimizer=optimizer, loss_fn=loss_fn, scheduler=scheduler, progress=bar)
+        train = train_one_epoch(model, loader, optimizer=optimizer, loss_fn=loss_fn, scheduler=scheduler, progress=bar,
+                                ema=ema, device=device, scaler=scaler)
         bar.close()
-        val = evaluate(model, val_images, val_labels, n_classes)
-        improved = stopper.step(epoch, score=val["macro_recall"], loss=val["loss"])
+        val = evaluate(judged, val_images, val_labels, n_classes, good_index=good_index)
+        score = selection_score(val)
+        improved = stopper.step(epoch, score=score, loss=val["loss"])
         if improved:
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
         row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"],
                "val_loss": val["loss"], "val_acc": val["acc"], "val_macro_recall": val["macro_recall"],
-               "lr": float(scheduler.get_last_lr()[0])}
+               "val_auroc": val["auroc"], "val_score": score, "lr": float(scheduler.get_last_lr()[0])}
         stopper.history.append(row)
+        auroc = f" auroc {val['auroc']:.4f}" if val["auroc"] is not None else ""
         line = (f"epoch {epoch + 1}/{epochs}  train loss {train['loss']:.4f} acc {train['acc']:.3f}  "
-                f"val loss {val['loss']:.4f} acc {val['acc']:.3f} macro-recall {val['macro_recall']:.3f}"
+                f"val loss {val['loss']:.4f} acc {val['acc']:.3f} macro-recall {val['macro_recall']:.3f}{auroc}"
                 f"{'  *best' if improved else ''}")
         if progress:
             tqdm.write(line)
@@ -234,13 +287,15 @@ def fit(
             on_epoch(row)
         stop = stopper.should_stop(epoch)
         save_checkpoint(checkpoint, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "stopper": stopper.state(), "best_model": best_state, "epoch": epoch, "done": stop or epoch + 1 == epochs,
             "torch_rng": torch.get_rng_state(), **checkpoint_extra,
         })
         if stop:
-            log.info("early stop after epoch %d: no better validation macro recall for %d epochs (best epoch %d)",
+            log.info("early stop after epoch %d: no better validation score for %d epochs (best epoch %d)",
                      epoch + 1, stopper.patience, stopper.best_epoch + 1)
             break
     model.load_state_dict(best_state)
+    model.to("cpu")
     return {"history": stopper.history, "best_epoch": stopper.best_epoch + 1}

@@ -34,12 +34,16 @@ class ModelInfo:
     #: torchvision weight file name in the torch hub cache (None: no pretrained weights exist).
     pretrained_file: str | None
     description: str
+    #: Training cost in seconds per image at 128x128 on the reference machine (2 CPU cores,
+    #: batch 32, forward + backward + AdamW step + augmentation), measured with
+    #: ``bench/arch_cost.py``; the recipe sizes the input to the compute budget with it.
+    cost_128: float = 0.02
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, pretrained_file: str | None = None, description: str = "") -> Callable:
+def register_model(name: str, *, pretrained_file: str | None = None, description: str = "", cost_128: float = 0.02) -> Callable:
     """Decorator adding a builder ``fn(num_classes, in_channels) -> nn.Module`` to the registry.
 
     Raises:
@@ -49,7 +53,7 @@ def register_model(name: str, *, pretrained_file: str | None = None, description
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelInfo(name, fn, pretrained_file, description or (fn.__doc__ or "").strip())
+        _REGISTRY[name] = ModelInfo(name, fn, pretrained_file, description or (fn.__doc__ or "").strip(), cost_128)
         return fn
 
     return wrap
@@ -202,7 +206,7 @@ class TinyResNet(nn.Module):
         return self.fc(self.drop(pooled))
 
 
-@register_model("tinyres", description="compact ResNet, ~1.2M params (default; fast on CPU)")
+@register_model("tinyres", cost_128=0.03, description="compact ResNet, ~1.2M params (default; fast on CPU)")
 def _tinyres(*, num_classes: int, in_channels: int) -> nn.Module:
     return TinyResNet(num_classes=num_classes, in_channels=in_channels)
 
@@ -217,14 +221,17 @@ class LineCNN(nn.Module):
     local response, so the small defect survives to the classifier (held-out ~0.9 there).
     """
 
-    def __init__(self, *, num_classes: int, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
+    def __init__(self, *, num_classes: int, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64, 128),
+                 convs: tuple[int, ...] = (1, 1, 1, 1)) -> None:
         super().__init__()
         self.standardize = Standardize()
         layers: list[nn.Module] = []
         cin = in_channels
-        for w in widths:
-            layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-            cin = w
+        for w, n in zip(widths, convs, strict=True):
+            for _ in range(n):
+                layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+                cin = w
+            layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.drop = nn.Dropout(0.2)
@@ -234,9 +241,14 @@ class LineCNN(nn.Module):
         return self.fc(self.drop(torch.flatten(self.pool(self.features(self.standardize(x))), 1)))
 
 
-@register_model("linecnn", description="plain stride-1 CNN with max pooling, ~0.1M params (small defects, from scratch)")
+@register_model("linecnn", cost_128=0.011, description="plain stride-1 CNN with max pooling, ~0.1M params (small defects, from scratch)")
 def _linecnn(*, num_classes: int, in_channels: int) -> nn.Module:
     return LineCNN(num_classes=num_classes, in_channels=in_channels)
+
+
+@register_model("linecnn_wide", cost_128=0.07, description="linecnn at twice the width, a second convolution in the deeper stages (~1M params)")
+def _linecnn_wide(*, num_classes: int, in_channels: int) -> nn.Module:
+    return LineCNN(num_classes=num_classes, in_channels=in_channels, widths=(32, 64, 128, 256), convs=(1, 1, 2, 2))
 
 
 def _first_conv_to(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
@@ -247,7 +259,7 @@ def _first_conv_to(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     )
 
 
-@register_model("resnet18", pretrained_file="resnet18-f37072fd.pth", description="torchvision ResNet-18 (11M params)")
+@register_model("resnet18", cost_128=0.07, pretrained_file="resnet18-f37072fd.pth", description="torchvision ResNet-18 (11M params)")
 def _resnet18(*, num_classes: int, in_channels: int) -> nn.Module:
     from torchvision.models import resnet18
 
@@ -256,12 +268,12 @@ def _resnet18(*, num_classes: int, in_channels: int) -> nn.Module:
     return m
 
 
-@register_model("resnet18_half", description="ResNet-18 layout at half width (2.8M params)")
+@register_model("resnet18_half", cost_128=0.1, description="ResNet-18 layout at half width (2.8M params)")
 def _resnet18_half(*, num_classes: int, in_channels: int) -> nn.Module:
     return TinyResNet(num_classes=num_classes, in_channels=in_channels, widths=(32, 64, 128, 256), depth=(2, 2, 2, 2))
 
 
-@register_model("mobilenet_v3_small", pretrained_file="mobilenet_v3_small-047dcff4.pth", description="torchvision MobileNetV3-Small (1.5M params)")
+@register_model("mobilenet_v3_small", cost_128=0.014, pretrained_file="mobilenet_v3_small-047dcff4.pth", description="torchvision MobileNetV3-Small (1.5M params)")
 def _mobilenet_v3_small(*, num_classes: int, in_channels: int) -> nn.Module:
     from torchvision.models import mobilenet_v3_small
 
@@ -271,7 +283,7 @@ def _mobilenet_v3_small(*, num_classes: int, in_channels: int) -> nn.Module:
     return m
 
 
-@register_model("efficientnet_b0", pretrained_file="efficientnet_b0_rwightman-7f5810bc.pth", description="torchvision EfficientNet-B0 (4M params)")
+@register_model("efficientnet_b0", cost_128=0.06, pretrained_file="efficientnet_b0_rwightman-7f5810bc.pth", description="torchvision EfficientNet-B0 (4M params)")
 def _efficientnet_b0(*, num_classes: int, in_channels: int) -> nn.Module:
     from torchvision.models import efficientnet_b0
 
@@ -283,6 +295,9 @@ def _efficientnet_b0(*, num_classes: int, in_channels: int) -> nn.Module:
 
 class Normalize(nn.Module):
     """``uint8``/float pixels -> ``(x * scale - mean) / std``; lives inside the model and the graph."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mean: list[float], std: list[float], scale: float = 1.0 / 255.0) -> None:
         super().__init__()
@@ -304,3 +319,44 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.normalize(x))
+
+
+class TiledClassifier(nn.Module):
+    """A classifier applied to every tile of the input; answers, per frame, the logits of the
+    tile with the highest P(defect) (multiple-instance learning: a frame is defective when one
+    of its tiles is). Training and the exported graph both use it, so the grid is cut in one
+    place: ``boxes`` come from ``inspection.preprocess.tile_boxes(spec)``.
+
+    Without a good class (defect-type classifiers) the most confident tile answers.
+    """
+
+    def __init__(self, classifier: nn.Module, boxes: list[tuple[int, int, int, int]], good_index: int | None) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.boxes = [tuple(int(v) for v in b) for b in boxes]
+        self.good_index = good_index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        tiles = torch.cat([x[:, :, y : y + h, xx : xx + w] for xx, y, w, h in self.boxes], dim=0)
+        logits = self.classifier(tiles).reshape(len(self.boxes), n, -1)  # [T, N, K]
+        probs = torch.softmax(logits.float(), dim=2)
+        suspicion = 1.0 - probs[:, :, self.good_index] if self.good_index is not None else probs.max(dim=2).values
+        pick = suspicion.argmax(dim=0)  # [N]
+        index = pick.view(1, n, 1).expand(1, n, logits.shape[2])
+        return logits.gather(0, index).squeeze(0)
+
+
+class FlipAverage(nn.Module):
+    """Test-time flips folded into the graph: the logits' mean over the frame and its allowed flips."""
+
+    def __init__(self, classifier: nn.Module, *, hflip: bool, vflip: bool) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.dims = [d for d, on in (([3], hflip), ([2], vflip)) if on]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.classifier(x)
+        for dims in self.dims:
+            logits = logits + self.classifier(torch.flip(x, dims))
+        return logits / (1 + len(self.dims))

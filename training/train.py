@@ -1,9 +1,13 @@
 """``main(cfg)``: from a dataset folder to a verified model version ``models/<name>/<version>/``.
 
-Steps: validate the dataset and config (before any compute) -> split (saved) -> cache the
-preprocessed images -> train with early stopping and checkpoints -> calibrate the reject
-threshold on validation -> evaluate on test -> export ONNX, check it, parity on the whole test
-split, golden frames, optional int8 -> report -> card with sha256 of every file.
+Steps (one function each): ``_prepare`` validates the dataset and config before any compute,
+splits honestly (duplicates and groups never cross splits) and lets ``training.recipe`` choose
+every open setting from the data -> the images are cached as serving would preprocess them ->
+``_train``: AdamW one-cycle with an EMA of the weights, selected on validation AUROC ->
+``_operating_point``: the reject threshold calibrated on validation, with the trade-off table
+-> test figures by the one reject rule (``inspection.decisions``) -> ``_export``: ONNX, checker,
+parity on the whole test split, golden frames, optional int8, report, stored scores, card with
+the sha256 of every file.
 
 The version is assembled in ``models/.staging/<name>/<version>.<random>/`` and renamed into
 place only when everything passed, so the registry never shows a half-written version.
@@ -35,20 +39,33 @@ from inspection.card import (
     Normalization,
     Parity,
     Thresholds,
+    TileGrid,
     hash_files,
     save_card,
     utc_now,
 )
-from inspection.dataset.layout import read_dataset
+from inspection.dataset.layout import Dataset, read_dataset
+from inspection.dataset.split import split_dataset
+from inspection.decisions import rule_defect_scores, rule_reject_mask
 from inspection.errors import ConfigError, DatasetError, TrainingError
 from inspection.metrics import average_precision, classification_summary, escape_overkill, roc_auc
+from inspection.preprocess import tile_boxes
 from inspection.registry import ModelRegistry
 from training import calibrate as cal
 from training import data as D
 from training import engine as E
 from training import export as X
+from training import recipe as recipe_rules
 from training.config import TrainConfig, save_config
-from training.models import Classifier, find_pretrained, get_model, load_pretrained, model_info
+from training.models import (
+    Classifier,
+    FlipAverage,
+    TiledClassifier,
+    find_pretrained,
+    get_model,
+    load_pretrained,
+    model_info,
+)
 from training.report import text_summary, write_report
 
 log = logging.getLogger(__name__)
@@ -74,27 +91,23 @@ def _code_version() -> str:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def _scores_and_rejects(probs: np.ndarray, classes: list[str], good_class: str, threshold: float, per_class: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    score = 1.0 - probs[:, classes.index(good_class)].astype(np.float64)
-    rejected = score >= threshold
-    for cls, t in per_class.items():
-        rejected |= probs[:, classes.index(cls)] >= t
-    return score, rejected
-
-
-def _test_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str], good_class: str | None, threshold: float, per_class: dict[str, float]) -> dict[str, Any]:
+def _test_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str], good_class: str | None, threshold: float,
+                  per_class: dict[str, float]) -> dict[str, Any]:
+    """Test figures at the operating point, decided by the one reject rule (inspection.decisions)."""
     m = classification_summary(labels, probs.argmax(1) if len(probs) else labels, classes)
     if good_class is not None:
         is_defect = labels != classes.index(good_class)
-        score, rejected = _scores_and_rejects(probs, classes, good_class, threshold, per_class)
+        score = rule_defect_scores(probs, classes, good_class)
+        rejected = rule_reject_mask(probs, classes, good_class, threshold, per_class)
         rates = escape_overkill(is_defect, rejected)
         m["roc_auc"] = roc_auc(is_defect, score)
         m["average_precision"] = average_precision(is_defect, score)
-        m["operating_point"] = {"threshold": threshold, "escape": rates["escape"].as_dict(), "overkill": rates["overkill"].as_dict()}
+        m["operating_point"] = {"threshold": threshold, "escape": rates["escape"].as_dict(),
+                                "overkill": rates["overkill"].as_dict()}
     return m
 
 
-def _validate_inputs(cfg: TrainConfig) -> tuple[Any, str]:
+def _validate_inputs(cfg: TrainConfig) -> tuple[Dataset, str]:
     if cfg.data is None:
         raise ConfigError("no dataset given; pass --data DATASET_FOLDER")
     ds = read_dataset(cfg.data)
@@ -118,100 +131,222 @@ def _check_split(counts: dict[str, dict[str, int]], cfg: TrainConfig, good_class
     if good_class is not None:
         val = counts["val"]
         try:
-            cal.check_supported(cfg.target, n_val_defects=sum(v for c, v in val.items() if c != good_class), n_val_good=val[good_class])
+            cal.check_supported(cfg.target, n_val_defects=sum(v for c, v in val.items() if c != good_class),
+                                n_val_good=val[good_class])
         except TrainingError as exc:
             if not cfg.allow_unsupported_target:
                 raise
             log.warning("TARGET NOT SUPPORTED (training anyway, --allow-unsupported-target): %s", exc)
 
 
-def main(cfg: TrainConfig) -> TrainResult:
-    """Train, calibrate, export and verify one model version; returns where it is.
+@dataclass
+class _Run:
+    """What the steps of one training run hand to each other."""
 
-    Raises:
-        ConfigError: no dataset, bad per-class thresholds.
-        DatasetError: one class, missing image files, labels outside the class list, an empty split.
-        TrainingError: unknown architecture, a target validation cannot support, failed export checks.
-    """
-    started = time.monotonic()
+    cfg: TrainConfig
+    ds: Dataset
+    name: str
+    version: str
+    split: dict[str, str]
+    counts: dict[str, dict[str, int]]
+    resume: dict[str, Any] | None
+    registry: ModelRegistry
+    recipe: list[dict[str, Any]]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.registry.root / ".runs" / f"{self.name}-{self.version}"
+
+    @property
+    def good_index(self) -> int | None:
+        return self.ds.classes.index(self.ds.good_class) if self.ds.good_class is not None else None
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda: no CUDA device is available here; use --device auto or cpu")
+    return torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def _prepare(cfg: TrainConfig) -> _Run:
+    """Resume state, dataset checks, the honest split, the recipe's choices, the version."""
     resume = E.load_checkpoint(cfg.resume) if cfg.resume is not None else None
     if resume is not None:
         # Everything that shaped the weights comes from the checkpoint; only how to run and
         # what to export may change on resume.
         keep = {k: getattr(cfg, k) for k in ("progress", "threads", "int8", "parity_tolerance", "golden_count")}
         cfg = TrainConfig.model_validate({**resume["config"], **keep, "resume": str(cfg.resume)})
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     E.seed_everything(cfg.seed)
-
     ds, name = _validate_inputs(cfg)
-    split = resume["split"] if resume is not None else D.make_split(ds.samples, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+    if resume is not None:
+        split = resume["split"]
+    else:
+        split = split_dataset(ds, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction).split
     missing = [s.path for s in ds.samples if s.path not in split]
     if missing:
-        raise DatasetError(f"{len(missing)} image(s) of {ds.name!r} are not in the checkpoint's split (e.g. {missing[0]}); the dataset changed since the run began")
+        raise DatasetError(f"{len(missing)} image(s) of {ds.name!r} are not in the checkpoint's split "
+                           f"(e.g. {missing[0]}); the dataset changed since the run began")
     counts = D.split_counts(ds.samples, split, ds.classes)
     _check_split(counts, cfg, ds.good_class)
-
+    recipe: list[dict[str, Any]] = resume.get("recipe", []) if resume is not None else []
+    if resume is None:
+        cfg, recipe = _choose_recipe(cfg, ds, counts)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     registry = ModelRegistry(cfg.models_dir)
-    version = resume["version"] if resume is not None and not (registry.root / name / resume["version"]).exists() else registry.next_version(name)
-    run_dir = registry.root / ".runs" / f"{name}-{version}"
+    version = (resume["version"] if resume is not None and not (registry.root / name / resume["version"]).exists()
+               else registry.next_version(name))
+    return _Run(cfg, ds, name, version, split, counts, resume, registry, recipe)
 
-    spec = InputSpec(height=cfg.image_size, width=cfg.image_size, channels=cfg.channels, resize=cfg.resize)
-    log.info("loading %d images of %s at %dx%d", len(ds.samples), ds.name, spec.width, spec.height)
-    splits = D.load_splits(ds, split, spec)
-    train, val, test = splits["train"], splits["val"], splits["test"]
-    mean, std = (resume["mean"], resume["std"]) if resume is not None else D.channel_stats(train.images)
 
-    n_classes = len(ds.classes)
-    backbone = get_model(cfg.arch, num_classes=n_classes, in_channels=cfg.channels)
-    pretrained_note = "none (from scratch)"
-    if resume is None and (cfg.pretrained or cfg.pretrained_path):
+def _choose_recipe(cfg: TrainConfig, ds: Dataset, counts: dict[str, dict[str, int]]) -> tuple[TrainConfig, list[dict[str, Any]]]:
+    heights, widths = D.frame_sizes(ds)
+    if cfg.roi is not None:
+        heights, widths = np.full_like(heights, cfg.roi[3]), np.full_like(widths, cfg.roi[2])
+    stats = recipe_rules.stats_from(heights, widths, counts["train"], ds.manifest.get("orientation"))
+    device = _device(cfg).type
+    resolved, choices = recipe_rules.resolve(cfg, stats, cost_128=model_info(cfg.arch).cost_128,
+                                             device="cuda" if device == "cuda" else "cpu")
+    for c in choices:
+        log.info("recipe: %s = %s (%s)", c.setting, c.value, c.reason)
+    return resolved, [c.as_dict() for c in choices]
+
+
+def _input_spec(cfg: TrainConfig) -> InputSpec:
+    if cfg.input_shape is None:
+        raise TrainingError("the input shape was not resolved (training.recipe.resolve runs before)")
+    height, width = cfg.input_shape
+    tiles = None
+    if cfg.tiles:
+        rows, cols = (int(v) for v in cfg.tiles.split("x"))
+        # Tiles overlap by a quarter of a tile: a defect on a seam is whole in one of them.
+        tile_h = min(height, int(np.ceil(height / (rows - (rows - 1) * 0.25))))
+        tile_w = min(width, int(np.ceil(width / (cols - (cols - 1) * 0.25))))
+        tiles = TileGrid(rows=rows, cols=cols, tile_height=tile_h, tile_width=tile_w)
+    return InputSpec(height=height, width=width, channels=cfg.channels, resize=cfg.resize, geometry=cfg.geometry,
+                     roi=cfg.roi, tiles=tiles)
+
+
+def _build_model(run: _Run, spec: InputSpec, mean: list[float], std: list[float]) -> tuple[nn.Module, str]:
+    """The network to train: backbone (pretrained weights when given and found), the
+    normalisation inside, and the tile grid around it when the spec has one."""
+    cfg = run.cfg
+    backbone = get_model(cfg.arch, num_classes=len(run.ds.classes), in_channels=cfg.channels)
+    note = "none (from scratch)"
+    if run.resume is None and (cfg.pretrained or cfg.pretrained_path):
         weights = find_pretrained(cfg.arch, path=cfg.pretrained_path)
         if weights is None:
-            log.warning("no local pretrained weights for %s (torch hub cache %s); training from scratch", cfg.arch, torch.hub.get_dir())
+            log.warning("no local pretrained weights for %s (torch hub cache %s); training from scratch",
+                        cfg.arch, torch.hub.get_dir())
         else:
             skipped = load_pretrained(backbone, weights)
-            pretrained_note = str(weights)
+            note = str(weights)
             log.info("pretrained weights %s loaded (%d tensors left fresh: head/adapted layers)", weights, len(skipped))
-    model = Classifier(backbone, mean=mean, std=std)
+    model: nn.Module = Classifier(backbone, mean=mean, std=std)
+    if spec.tiles is not None:
+        model = TiledClassifier(model, tile_boxes(spec), run.good_index)
+    return model, note
 
+
+def _train(run: _Run, model: nn.Module, train: D.SplitData, val: D.SplitData) -> dict[str, Any]:
+    cfg = run.cfg
+    n_classes = len(run.ds.classes)
     augment = D.LineAugment(cfg.augment, seed=cfg.seed)
     train_set = D.ArrayDataset(train.images, train.labels, augment)
-    weights_t = torch.as_tensor(D.class_weights(train.labels, n_classes), dtype=torch.float32) if cfg.balance == "weights" else None
-    loss_fn = nn.CrossEntropyLoss(weight=weights_t, label_smoothing=cfg.label_smoothing)
+    device = _device(cfg)
+    class_weights = (torch.as_tensor(D.class_weights(train.labels, n_classes), dtype=torch.float32, device=device)
+                     if cfg.balance == "weights" else None)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
+    batch_size, balance = int(cfg.batch_size or 32), cfg.balance or "none"
 
     def epoch_loader(epoch: int) -> torch.utils.data.DataLoader:
-        s = E.epoch_seed(cfg.seed, epoch)
-        augment.reseed(s)
-        return E.make_loader(train_set, train.labels, batch_size=cfg.batch_size, balance=cfg.balance, n_classes=n_classes, seed=s)
+        seed = E.epoch_seed(cfg.seed, epoch)
+        augment.reseed(seed)
+        return E.make_loader(train_set, train.labels, batch_size=batch_size, balance=balance, n_classes=n_classes,
+                             seed=seed)
 
-    extra = {"config": cfg.to_yaml_dict(), "split": split, "version": version, "name": name, "mean": mean, "std": std}
-    fit = E.fit(
+    extra = {"config": cfg.to_yaml_dict(), "split": run.split, "version": run.version, "name": run.name,
+             "recipe": run.recipe}
+    return E.fit(
         model, make_epoch_loader=epoch_loader, val_images=val.images, val_labels=val.labels, n_classes=n_classes,
-        epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, loss_fn=loss_fn,
-        stopper=E.EarlyStopping(patience=cfg.patience, min_epochs=cfg.min_epochs),
-        checkpoint=run_dir / "checkpoint.pt", checkpoint_extra=extra, resume=resume, progress=cfg.progress,
+        good_index=run.good_index, epochs=int(cfg.epochs or 1), lr=cfg.lr, weight_decay=cfg.weight_decay,
+        loss_fn=loss_fn, stopper=E.EarlyStopping(patience=int(cfg.patience or 1), min_epochs=int(cfg.min_epochs or 1)),
+        checkpoint=run.run_dir / "checkpoint.pt", checkpoint_extra=extra, use_ema=cfg.ema, device=device,
+        resume=run.resume, progress=cfg.progress,
     )
+
+
+def _operating_point(run: _Run, val_probs: np.ndarray, val: D.SplitData) -> tuple[float, dict[str, Any], dict[str, float]]:
+    """The reject threshold calibrated on validation, its evidence and the target."""
+    cfg = run.cfg
+    gi = run.good_index
+    if gi is None:
+        evidence: dict[str, Any] = {"supported": True, "target": {},
+                                    "note": "no good class: every frame of this line is a defect; the threshold does not apply"}
+        return 0.5, evidence, {}
+    threshold, evidence = cal.calibrate(1.0 - val_probs[:, gi], val.labels != gi, cfg.target,
+                                        allow_unsupported=cfg.allow_unsupported_target,
+                                        overkill_limit=cfg.overkill_limit, model_id=f"{run.name}/{run.version}")
+    evidence["target"] = cfg.target
+    if evidence.get("warning"):
+        log.warning("OPERATING POINT: %s", evidence["warning"])
+    return threshold, evidence, cfg.target
+
+
+def main(cfg: TrainConfig) -> TrainResult:
+    """Train, calibrate, export and verify one model version; returns where it is.
+
+    Raises:
+        ConfigError: no dataset, bad per-class thresholds, an unknown manifest orientation.
+        DatasetError: one class, missing or undecodable images, identical images under different
+            labels, labels outside the class list, an empty split.
+        TrainingError: unknown architecture, a target validation cannot support, failed export checks.
+    """
+    started = time.monotonic()
+    run = _prepare(cfg)
+    cfg, ds = run.cfg, run.ds
+    spec = _input_spec(cfg)
+    log.info("loading %d images of %s at %dx%d (%s)", len(ds.samples), ds.name, spec.width, spec.height, spec.geometry)
+    splits = D.load_splits(ds, run.split, spec)
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    mean, std = (run.resume["mean"], run.resume["std"]) if run.resume is not None else D.channel_stats(train.images)
+    model, pretrained_note = _build_model(run, spec, mean, std)
+    fit = _train(run, model, train, val)
     train_seconds = time.monotonic() - started
     model.eval()
+    if cfg.tta:
+        flips = cfg.augment
+        model = FlipAverage(model, hflip=bool(flips.hflip), vflip=bool(flips.vflip)).eval()
 
-    # -- operating point on validation --------------------------------------------------
     val_probs = E.predict(model, val.images)
+    threshold, evidence, target = _operating_point(run, val_probs, val)
     per_class = dict(cfg.per_class_thresholds)
-    if ds.good_class is not None:
-        gi = ds.classes.index(ds.good_class)
-        threshold, evidence = cal.calibrate(1.0 - val_probs[:, gi], val.labels != gi, cfg.target,
-                                            allow_unsupported=cfg.allow_unsupported_target)
-        target = cfg.target
-    else:
-        threshold, target = 0.5, {}
-        evidence = {"supported": True, "note": "no good class: every frame of this line is a defect; the threshold does not apply"}
-    evidence["target"] = target
     test_probs = E.predict(model, test.images)
     test_metrics = _test_metrics(test_probs, test.labels, ds.classes, ds.good_class, threshold, per_class)
+    if run.good_index is not None and evidence.get("tradeoff"):
+        gi = run.good_index
+        test_metrics["tradeoff"] = cal.tradeoff_at(evidence["tradeoff"], 1.0 - test_probs[:, gi], test.labels != gi)
+    card = _export(run, model, spec, splits, fit=fit, mean=mean, std=std, threshold=threshold, evidence=evidence,
+                   target=target, per_class=per_class, val_probs=val_probs, test_probs=test_probs,
+                   test_metrics=test_metrics, train_seconds=train_seconds, pretrained_note=pretrained_note)
+    final = run.registry.version_dir(run.name, run.version)
+    shutil.rmtree(run.run_dir, ignore_errors=True)
+    _rmdir_empty(run.run_dir.parent)
+    summary = f"{card.model_id} -> {final}\n" + text_summary(test_metrics, ds.good_class, evidence)
+    if not evidence.get("supported", True):
+        summary += f"\nWARNING: the operating point is NOT supported by validation: {evidence['unsupported_reason']}"
+    return TrainResult(path=final, card=card, summary=summary)
 
-    # -- export into a staging folder, verify, then rename --------------------------------
-    staging_parent = registry.root / ".staging" / name
+
+def _export(run: _Run, model: nn.Module, spec: InputSpec, splits: dict[str, D.SplitData], *, fit: dict[str, Any],
+            mean: list[float], std: list[float], threshold: float, evidence: dict[str, Any], target: dict[str, float],
+            per_class: dict[str, float], val_probs: np.ndarray, test_probs: np.ndarray, test_metrics: dict[str, Any],
+            train_seconds: float, pretrained_note: str) -> ModelCard:
+    """Export into a staging folder, verify (checker, parity on the whole test split, golden
+    frames, optional int8), write report, scores, split and card, then rename into place."""
+    cfg, ds, name, version = run.cfg, run.ds, run.name, run.version
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    staging_parent = run.registry.root / ".staging" / name
     staging_parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f"{version}.", dir=staging_parent))
     try:
@@ -231,35 +366,41 @@ def main(cfg: TrainConfig) -> TrainResult:
             test_metrics["int8"] = {"accuracy": q["accuracy"], "accuracy_change": q["accuracy"] - test_metrics["accuracy"],
                                     "max_abs_prob_diff": float(np.max(np.abs(q_probs - onnx_probs)))}
             if ds.good_class is not None:
+                op, q_op = test_metrics["operating_point"], q["operating_point"]
                 test_metrics["int8"].update(
-                    escape_rate=q["operating_point"]["escape"]["rate"],
-                    escape_change=q["operating_point"]["escape"]["rate"] - test_metrics["operating_point"]["escape"]["rate"],
-                    overkill_rate=q["operating_point"]["overkill"]["rate"], roc_auc=q["roc_auc"])
+                    escape_rate=q_op["escape"]["rate"], escape_change=q_op["escape"]["rate"] - op["escape"]["rate"],
+                    overkill_rate=q_op["overkill"]["rate"], roc_auc=q["roc_auc"])
         files = write_report(stage, title=f"{name} {version} — {ds.name}", classes=ds.classes, good_class=ds.good_class,
                              y_true=test.labels, probs=test_probs, threshold=threshold, test_metrics=test_metrics,
-                             calibration=evidence, history=fit["history"])
-        D.write_split(stage / D.SPLIT_FILE, ds.samples, split)
+                             calibration=evidence, history=fit["history"], val_labels=val.labels, val_probs=val_probs)
+        cal.save_scores(stage / cal.SCORES_FILE, val_probs=val_probs, val_labels=val.labels, test_probs=test_probs,
+                        test_labels=test.labels)
+        D.write_split(stage / D.SPLIT_FILE, ds.samples, run.split)
         save_config(cfg, stage / "config.yaml")
         (stage / "history.json").write_text(json.dumps(fit["history"], indent=1) + "\n", encoding="utf-8")
-        names = ["model.onnx", "golden.npz", D.SPLIT_FILE, "config.yaml", "history.json", *files]
+        names = ["model.onnx", "golden.npz", D.SPLIT_FILE, cal.SCORES_FILE, "config.yaml", "history.json", *files]
         if int8_file:
             names.append(int8_file)
+        best = fit["history"][fit["best_epoch"] - 1] if fit["history"] else {}
         card = ModelCard(
             name=name, version=version, created=utc_now(), classes=ds.classes, good_class=ds.good_class, arch=cfg.arch,
             int8_file=int8_file, input=spec, normalization=Normalization(mean=mean, std=std),
             thresholds=Thresholds(reject=threshold, per_class=per_class, target=target, calibration=evidence),
-            metrics={"test": test_metrics, "val": {"macro_recall": fit["history"][fit["best_epoch"] - 1]["val_macro_recall"] if fit["history"] else None}},
-            dataset=DatasetRef(name=ds.name, fingerprint=ds.fingerprint, split_file=D.SPLIT_FILE, split_seed=cfg.seed, split_counts=counts),
-            training={"config": cfg.to_yaml_dict(), "best_epoch": fit["best_epoch"], "epochs_run": len(fit["history"]),
-                      "train_seconds": round(train_seconds, 1), "pretrained": pretrained_note, "torch": torch.__version__,
-                      "threads": torch.get_num_threads()},
+            metrics={"test": test_metrics, "val": {"macro_recall": best.get("val_macro_recall"),
+                                                   "roc_auc": best.get("val_auroc")}},
+            dataset=DatasetRef(name=ds.name, fingerprint=ds.fingerprint, split_file=D.SPLIT_FILE, split_seed=cfg.seed,
+                               split_counts=run.counts),
+            training={"config": cfg.to_yaml_dict(), "recipe": run.recipe, "best_epoch": fit["best_epoch"],
+                      "epochs_run": len(fit["history"]), "train_seconds": round(train_seconds, 1),
+                      "pretrained": pretrained_note, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "device": _device(cfg).type},
             code_version=_code_version(),
             parity=Parity(**parity),
             golden=Golden(tolerance=cfg.parity_tolerance, count=len(gidx)),
             files=hash_files(stage, names),
         )
         save_card(card, stage)
-        final = registry.version_dir(name, version)
+        final = run.registry.version_dir(name, version)
         if final.exists():
             raise TrainingError(f"model version {final} appeared while training; nothing was overwritten (try again)")
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -269,12 +410,7 @@ def main(cfg: TrainConfig) -> TrainResult:
         raise
     finally:
         _rmdir_empty(staging_parent)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    _rmdir_empty(run_dir.parent)
-    summary = f"{card.model_id} -> {final}\n" + text_summary(test_metrics, ds.good_class)
-    if not evidence.get("supported", True):
-        summary += f"\nWARNING: the operating point is NOT supported by validation: {evidence['unsupported_reason']}"
-    return TrainResult(path=final, card=card, summary=summary)
+    return card
 
 
 def _rmdir_empty(path: Path) -> None:

@@ -1,10 +1,12 @@
-"""`inspection dataset` subcommands: generate, import, info, build, import-unlabelled."""
+"""`inspection dataset` subcommands: generate, import, set-orientation, info, build, import-unlabelled."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from inspection.dataset.layout import ORIENTATIONS
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,8 +54,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                           "'group' group of a regex searched in the file's relative path, e.g. '(?P<group>SN[0-9]+)_'")
     imp.add_argument("--classes", default=None, metavar="A,B,...",
                      help="the allowed classes, in model output order (default: the labels found, sorted, good first)")
+    imp.add_argument("--orientation", choices=ORIENTATIONS, default=None,
+                     help="which flips/rotations leave a part valid (training augments only with those): free = any "
+                          "flip or 90-degree turn (textures), flip = mirror images, hflip = left-right only, fixed = "
+                          "none. Default: not recorded (training then uses flips, no rotations)")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     imp.set_defaults(func=_import)
+
+    ori = dsub.add_parser("set-orientation", help="record which flips/rotations leave a part valid (see import)")
+    ori.add_argument("dataset", type=Path, metavar="DATASET", help="dataset folder (standard layout)")
+    ori.add_argument("orientation", choices=ORIENTATIONS, help="free, flip, hflip or fixed")
+    ori.set_defaults(func=_set_orientation)
 
     info = dsub.add_parser("info", help="class counts, image sizes, channels, duplicates and problems of a dataset")
     info.add_argument("dataset", type=Path, metavar="DATASET", help="dataset folder (standard layout)")
@@ -113,12 +124,21 @@ def _import(args: argparse.Namespace) -> int:
     ds = import_dataset(
         args.src, args.out, layout=args.layout, good_class=args.good, name=args.name,
         include=args.include, exclude=args.exclude, class_pattern=args.class_from_dir_pattern,
-        classes=classes, group_pattern=args.group_from_pattern, overwrite=args.overwrite,
+        classes=classes, group_pattern=args.group_from_pattern, orientation=args.orientation,
+        overwrite=args.overwrite,
     )
     counts = ", ".join(f"{c} {n}" for c, n in ds.counts().items())
     groups = len({s.group for s in ds.samples if s.group})
     print(f"imported {len(ds.samples)} images to {ds.root} ({counts})" + (f"; {groups} groups" if groups else ""))
     print(f"fingerprint {ds.fingerprint}")
+    return 0
+
+
+def _set_orientation(args: argparse.Namespace) -> int:
+    from inspection.dataset.layout import set_orientation
+
+    set_orientation(args.dataset, args.orientation)
+    print(f"{args.dataset}: orientation {args.orientation}")
     return 0
 
 

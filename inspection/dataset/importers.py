@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inspection.dataset.layout import Dataset, Sample, write_dataset
+from inspection.dataset.layout import Dataset, Sample, check_orientation, write_dataset
 from inspection.errors import DatasetError, ImageError
 
 LAYOUTS = ("folders", "prefix", "csv")
@@ -334,12 +334,14 @@ def import_dataset(
     class_pattern: str | None = None,
     classes: Sequence[str] | None = None,
     group_pattern: str | None = None,
+    orientation: str | None = None,
     overwrite: bool = False,
 ) -> Dataset:
     """Import ``src`` (a folder, or a CSV for ``layout='csv'``) into ``dest`` in the standard layout.
 
     ``classes`` fixes the class list and its order (default: the labels found, sorted, with
-    ``good_class`` first). ``group_pattern`` fills the ``group`` column (see
+    ``good_class`` first). ``orientation`` (one of ``ORIENTATIONS``) says which flips and
+    rotations leave a part valid; training's augmentation follows it. ``group_pattern`` fills the ``group`` column (see
     :func:`apply_group_pattern`). Nothing is written to ``dest`` unless every image reads and every
     label checks out; an existing ``dest`` is left untouched on failure.
 
@@ -353,6 +355,7 @@ def import_dataset(
     src, dest = Path(src), Path(dest)
     if layout not in LAYOUTS:
         raise DatasetError(f"layout {layout!r} is not supported; use one of {list(LAYOUTS)}")
+    check_orientation(orientation)
     if class_pattern is not None and layout != "folders":
         raise DatasetError(f"--class-from-dir-pattern applies to --layout folders only, not {layout!r}")
     if dest.exists() and not overwrite:
@@ -400,7 +403,7 @@ def import_dataset(
         classes=ordered,
         good_class=good_class,
         items=_items(found, targets),
-        extra_manifest={"lineage": lineage},
+        extra_manifest={"lineage": lineage, **({"orientation": orientation} if orientation else {})},
         overwrite=overwrite,
         check_image=_decoder(found, targets),
     )

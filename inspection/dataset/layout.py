@@ -38,6 +38,11 @@ from inspection.errors import DatasetError, ImageError
 MANIFEST = "manifest.json"
 LABELS = "labels.csv"
 SPLITS = ("train", "val", "test")
+#: What a manifest's optional ``orientation`` may say: which flips and rotations leave a part a
+#: valid part of the same class (training augments only with those). "free": any flip or
+#: 90-degree rotation (textures, round parts); "flip": mirror images, no rotation; "hflip":
+#: left-right mirror only; "fixed": none (orientation carries meaning, e.g. printed marks).
+ORIENTATIONS = ("free", "flip", "hflip", "fixed")
 _LABEL_FIELDS = ["path", "label", "split", "source"]
 _GROUP_FIELD = "group"  # written only when some sample has a group: older files stay byte-identical
 
@@ -251,3 +256,29 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
         fingerprint=fingerprint,
         manifest=manifest,
     )
+
+
+def check_orientation(value: str | None) -> None:
+    """Raises DatasetError when ``value`` is neither None nor one of ``ORIENTATIONS``."""
+    if value is not None and value not in ORIENTATIONS:
+        raise DatasetError(f"orientation {value!r} is not allowed; use one of {list(ORIENTATIONS)}")
+
+
+def set_orientation(root: Path, value: str) -> None:
+    """Record ``value`` as the dataset's orientation in its manifest (atomic rewrite; the
+    fingerprint, which covers images, labels and splits, does not change).
+
+    Raises:
+        DatasetError: ``value`` not allowed, or ``root`` has no readable manifest.
+    """
+    check_orientation(value)
+    path = Path(root) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{root}: cannot read {MANIFEST} ({exc}); is it a dataset folder?") from None
+    manifest["orientation"] = value
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,82 @@
+"""Image dimensions read from the file header, without decoding the pixels.
+
+Training reads the size of every image before it decides the model's input size (decoding a
+dataset twice would double its loading time), and a size check before decoding is what keeps a
+small file that declares a huge image from being decoded at all. PNG (IHDR), JPEG (the first
+SOFn marker), BMP (BITMAPINFOHEADER and later) and TIFF (the first IFD) are read; anything
+else answers None and the caller decodes.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+#: JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the size.
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) declared by an encoded image's header, or None when unknown or unreadable."""
+    try:
+        if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+            w, h = struct.unpack(">II", data[16:24])
+            return int(w), int(h)
+        if data.startswith(b"\xff\xd8"):
+            return _jpeg_size(data)
+        if data.startswith(b"BM") and len(data) >= 26:
+            (header_len,) = struct.unpack("<I", data[14:18])
+            if header_len == 12:  # OS/2 BITMAPCOREHEADER
+                w, h = struct.unpack("<HH", data[18:22])
+            else:
+                w, h = struct.unpack("<ii", data[18:26])
+            return abs(int(w)), abs(int(h))  # negative height: a top-down bitmap
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(data)
+    except struct.error:
+        return None
+    return None
+
+
+def file_header_size(path: Path, *, head: int = 1 << 16) -> tuple[int, int] | None:
+    """``header_size`` of a file, reading only its first ``head`` bytes (the whole file for TIFF,
+    whose directory may sit anywhere)."""
+    with open(path, "rb") as fh:
+        data = fh.read(head)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            data += fh.read()
+    return header_size(data)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in _SOF:
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return int(w), int(h)
+        i += 2 + length
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    endian = "<" if data[:2] == b"II" else ">"
+    (offset,) = struct.unpack(endian + "I", data[4:8])
+    (count,) = struct.unpack(endian + "H", data[offset : offset + 2])
+    size: dict[int, int] = {}
+    for k in range(count):
+        entry = data[offset + 2 + 12 * k : offset + 14 + 12 * k]
+        tag, kind = struct.unpack(endian + "HH", entry[:4])
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
+            value = struct.unpack(endian + ("H" if kind == 3 else "I"), entry[8 : 10 if kind == 3 else 12])[0]
+            size[tag] = int(value)
+    return (size[256], size[257]) if 256 in size and 257 in size else None

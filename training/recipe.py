@@ -1,0 +1,186 @@
+"""The default recipe: every setting left open in the config is chosen by a rule from the data.
+
+A quality engineer runs ``inspection train --data D`` on a line nobody tuned for; nothing here
+may depend on which dataset it is, only on what can be measured about it. Each rule names what
+it adapts to (docs/training.md gives the reasoning):
+
+* **input shape** — the frames' median aspect ratio (letterboxed, so no frame is squashed),
+  the frames' own resolution (never up-sampled beyond it: no detail is gained), and the compute
+  budget (the largest input whose training fits ``budget_minutes``);
+* **epochs** — the dataset size: a network trained from scratch needs a number of optimiser
+  *steps*, not of passes, so small datasets get more passes (bounded both ways);
+* **patience / min epochs** — a share of the epochs (the one-cycle schedule improves late);
+* **batch size** — the training split's size (at least ~10 steps an epoch);
+* **class balance** — how imbalanced the training split is;
+* **flips and 90-degree rotations** — the dataset's declared ``orientation`` (manifest), and
+  the input's shape (a rotation of a non-square input changes its shape);
+* **threads** — the cores this process may use, less those busy with other work right now.
+
+``resolve`` returns the config with every open setting filled and the list of choices with
+their reasons; the config saved beside the model holds the chosen values.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from inspection.errors import ConfigError
+from training.config import TrainConfig
+
+#: What ``orientation`` in a dataset manifest may say, and the flips/rotations it makes safe.
+ORIENTATIONS: dict[str, tuple[bool, bool, bool]] = {
+    # (hflip, vflip, rot90)
+    "free": (True, True, True),       # textures, round or symmetric parts: any flip or rotation
+    "flip": (True, True, False),      # mirror images are valid parts; rotating 90 degrees is not
+    "hflip": (True, False, False),    # left/right mirror only (e.g. a web moving top to bottom)
+    "fixed": (False, False, False),   # orientation carries meaning: no geometric augmentation
+}
+#: When the manifest says nothing: mirror images of a surface defect are defects of the same
+#: kind, but a 90-degree turn can swap a scan direction with the web direction (streaks).
+DEFAULT_ORIENTATION = "flip"
+
+#: Optimiser steps a from-scratch network needs (measured: the validation AUROC of the
+#: reference architectures levels off between 1,500 and 2,500 steps of batch 32).
+TARGET_STEPS = 2000
+MIN_EPOCHS, MAX_EPOCHS = 20, 150
+#: Input sizes: the short side stays within these, in steps of the networks' total stride.
+MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 320, 16
+#: Aspect ratios beyond this are clamped (a line-scan strip is tiled, not fed as a needle).
+MAX_ASPECT = 4.0
+#: A GPU trains this many times faster than the reference 2-core CPU (conservative).
+CUDA_SPEEDUP = 20.0
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """What the rules may look at: sizes and counts, never the dataset's name."""
+
+    n_train: int
+    train_counts: dict[str, int]
+    heights: np.ndarray
+    widths: np.ndarray
+    orientation: str | None
+
+    @property
+    def median_aspect(self) -> float:
+        return float(np.median(self.widths / self.heights))
+
+    @property
+    def median_short_side(self) -> float:
+        return float(np.median(np.minimum(self.heights, self.widths)))
+
+
+@dataclass(frozen=True)
+class Choice:
+    setting: str
+    value: Any
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"setting": self.setting, "value": self.value, "reason": self.reason}
+
+
+def available_threads(*, cores: int | None = None, load: float | None = None) -> int:
+    """Cores this process may use, less what other work keeps busy (1-minute load), >= 1."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
+    return max(1, min(cores, int(math.floor(cores - load + 0.5))))
+
+
+def resolve(cfg: TrainConfig, stats: DataStats, *, cost_128: float, device: Literal["cpu", "cuda"]) -> tuple[TrainConfig, list[Choice]]:
+    """Fill every open setting of ``cfg`` by rule; returns the new config and the choices.
+
+    ``cost_128`` is the architecture's training cost in reference-machine seconds per image at
+    128x128 (``training.models.ModelInfo.cost_128``).
+
+    Raises:
+        ConfigError: the manifest's orientation is not one of ``ORIENTATIONS``.
+    """
+    choices: list[Choice] = []
+    update: dict[str, Any] = {}
+
+    def choose(setting: str, value: Any, reason: str) -> None:
+        update[setting] = value
+        choices.append(Choice(setting, value, reason))
+
+    if cfg.threads is None:
+        threads = available_threads()
+        choose("threads", threads, f"{threads} of the CPU cores are free now (cores less the 1-minute load average)")
+
+    if cfg.batch_size is None:
+        batch = int(min(32, max(8, 2 ** int(math.log2(max(stats.n_train // 10, 8))))))
+        choose("batch_size", batch, f"{stats.n_train} training images: batch {batch} keeps >= 10 steps an epoch (at most 32)")
+    batch = int(update.get("batch_size", cfg.batch_size) or 32)
+
+    if cfg.epochs is None:
+        epochs = int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS * batch / max(stats.n_train, 1)))))
+        choose("epochs", epochs, f"~{TARGET_STEPS} optimiser steps of batch {batch} on {stats.n_train} training images "
+                                 f"(bounded to {MIN_EPOCHS}..{MAX_EPOCHS} epochs)")
+    epochs = int(update.get("epochs", cfg.epochs) or 1)
+    if cfg.patience is None:
+        patience = max(10, epochs // 3)
+        choose("patience", patience, f"a third of the {epochs} epochs (the one-cycle schedule improves late), at least 10")
+    if cfg.min_epochs is None:
+        min_epochs = max(1, epochs // 2)
+        choose("min_epochs", min_epochs, "no early stop in the first half of the schedule (learning rate still high)")
+
+    if cfg.input_shape is None:
+        aspect = float(np.clip(stats.median_aspect, 1 / MAX_ASPECT, MAX_ASPECT))
+        native = stats.median_short_side
+        if cfg.image_size is not None:
+            side, why = cfg.image_size, f"image_size {cfg.image_size} given"
+        else:
+            budget_s = cfg.budget_minutes * 60.0 * (CUDA_SPEEDUP if device == "cuda" else 1.0)
+            passes = stats.n_train * epochs
+            # cost grows with the input's pixels: side^2 * aspect relative to 128^2
+            afford = 128.0 * math.sqrt(budget_s / (passes * cost_128 * max(aspect, 1 / aspect)))
+            cap = min(MAX_SIDE, native)
+            side = int(max(MIN_SIDE, min(cap, afford)) // SIDE_STEP * SIDE_STEP) or MIN_SIDE
+            limit = "the frames' own resolution" if cap <= afford else f"the {cfg.budget_minutes:g}-minute compute budget"
+            why = (f"short side {side} px: limited by {limit} (frames' median short side {native:.0f} px; the budget "
+                   f"affords {afford:.0f} px for {passes} image passes)")
+        short, long_ = side, int(round(side * max(aspect, 1 / aspect) / SIDE_STEP)) * SIDE_STEP or side
+        shape = (short, long_) if aspect >= 1 else (long_, short)
+        choose("input_shape", list(shape), f"{why}; height x width {shape[0]}x{shape[1]} from the frames' median "
+                                           f"aspect ratio {stats.median_aspect:.2f} (width/height), letterboxed")
+    shape = tuple(update.get("input_shape", cfg.input_shape))  # type: ignore[arg-type]
+
+    if cfg.balance is None:
+        counts = [c for c in stats.train_counts.values() if c > 0]
+        ratio = max(counts) / min(counts) if counts else 1.0
+        balance = "sampler" if ratio > 1.5 else "none"
+        choose("balance", balance, f"largest/smallest class in training = {ratio:.1f} "
+                                   + ("> 1.5: draw classes evenly" if balance == "sampler" else "<= 1.5: natural frequencies"))
+
+    orientation = stats.orientation or DEFAULT_ORIENTATION
+    if orientation not in ORIENTATIONS:
+        raise ConfigError(f"dataset manifest orientation {orientation!r} is not allowed; use one of {sorted(ORIENTATIONS)}")
+    hflip, vflip, rot90 = ORIENTATIONS[orientation]
+    square = shape[0] == shape[1]
+    aug = cfg.augment.model_dump()
+    said = f"manifest orientation {stats.orientation!r}" if stats.orientation else f"no orientation in the manifest (default {DEFAULT_ORIENTATION!r})"
+    for key, allowed in (("hflip", hflip), ("vflip", vflip), ("rot90", rot90 and square)):
+        if aug[key] is None:
+            aug[key] = allowed
+            extra = " and a non-square input" if key == "rot90" and rot90 and not square else ""
+            choices.append(Choice(f"augment.{key}", allowed, f"{said}{extra}"))
+    update["augment"] = aug
+    return TrainConfig.model_validate({**cfg.model_dump(), **update}), choices
+
+
+def stats_from(heights: Sequence[int] | np.ndarray, widths: Sequence[int] | np.ndarray, train_counts: dict[str, int], orientation: str | None) -> DataStats:
+    """``DataStats`` from the frames' sizes and the training split's class counts."""
+    return DataStats(n_train=sum(train_counts.values()), train_counts=dict(train_counts),
+                     heights=np.asarray(heights, dtype=np.float64), widths=np.asarray(widths, dtype=np.float64),
+                     orientation=orientation)
