@@ -188,6 +188,12 @@ def _prepare(cfg: TrainConfig) -> _Run:
                            f"(e.g. {missing[0]}); the dataset changed since the run began")
     counts = D.split_counts(ds.samples, split, ds.classes)
     _check_split(counts, cfg, ds.good_class)
+    for cls in ds.classes:
+        if counts["val"][cls] == 0 or counts["test"][cls] == 0:
+            # A class with fewer than 3 groups stays in training (the split needs >= 3 to hold
+            # some out): the model learns it, but nobody can measure how well.
+            log.warning("class %r has no validation or test images (%d in all): it is learned, but its recall "
+                        "cannot be measured; add images of it", cls, sum(counts[s][cls] for s in counts))
     recipe: list[dict[str, Any]] = resume.get("recipe", []) if resume is not None else []
     if resume is None:
         cfg, recipe = _choose_recipe(cfg, ds, counts)

@@ -33,7 +33,8 @@ def _fit(tmp_path: Path, *, interrupt_after: int | None = None, resume: dict | N
         if interrupt_after is not None and row["epoch"] == interrupt_after:
             raise KeyboardInterrupt  # the operator's Ctrl-C, before this epoch's checkpoint is written
 
-    E.fit(model, make_epoch_loader=loader, val_images=images, val_labels=labels, n_classes=3, epochs=4, lr=1e-2,
+    E.fit(model, make_epoch_loader=loader, val_images=images, val_labels=labels, n_classes=3, good_index=0, epochs=4,
+          lr=1e-2,
           weight_decay=0.0, loss_fn=torch.nn.CrossEntropyLoss(), stopper=E.EarlyStopping(patience=10),
           checkpoint=tmp_path / "checkpoint.pt", checkpoint_extra={}, resume=resume, progress=False, on_epoch=on_epoch)
     return model

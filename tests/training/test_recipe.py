@@ -1,0 +1,95 @@
+"""The default recipe's rules: each choice follows what it says it adapts to, and is explained."""
+
+from __future__ import annotations
+
+import pytest
+
+from inspection.errors import ConfigError
+from training import recipe as R
+from training.config import load_config
+
+
+def _stats(n_train: int = 1000, h: int = 300, w: int = 300, counts: dict[str, int] | None = None,
+           orientation: str | None = None) -> R.DataStats:
+    counts = counts or {"good": n_train // 2, "defect": n_train - n_train // 2}
+    return R.stats_from([h] * 50, [w] * 50, counts, orientation)
+
+
+def _resolve(stats: R.DataStats, **over: object) -> tuple:
+    cfg = load_config(None, {"threads": 2, **over})
+    return R.resolve(cfg, stats, cost_128=0.011, device="cpu")
+
+
+def test_every_open_setting_is_filled_and_explained() -> None:
+    cfg, choices = _resolve(_stats())
+    assert cfg.epochs and cfg.batch_size and cfg.patience and cfg.min_epochs and cfg.balance and cfg.input_shape
+    assert cfg.augment.hflip is not None and cfg.augment.vflip is not None and cfg.augment.rot90 is not None
+    explained = {c.setting for c in choices}
+    assert {"epochs", "batch_size", "patience", "min_epochs", "input_shape", "balance", "augment.rot90"} <= explained
+    assert all(c.reason for c in choices)
+
+
+def test_given_settings_are_kept() -> None:
+    cfg, choices = _resolve(_stats(), epochs=7, image_size=96, balance="none")
+    assert cfg.epochs == 7 and cfg.balance == "none" and min(cfg.input_shape) == 96
+    assert "epochs" not in {c.setting for c in choices}
+
+
+def test_small_datasets_get_more_epochs_large_ones_fewer() -> None:
+    small, _ = _resolve(_stats(n_train=300))
+    large, _ = _resolve(_stats(n_train=5000))
+    assert small.epochs > large.epochs
+    assert R.MIN_EPOCHS <= large.epochs and small.epochs <= R.MAX_EPOCHS
+
+
+def test_input_never_exceeds_the_frames_resolution() -> None:
+    cfg, choices = _resolve(_stats(n_train=200, h=96, w=96))
+    assert tuple(cfg.input_shape) == (96, 96)
+    assert "own resolution" in next(c.reason for c in choices if c.setting == "input_shape")
+
+
+def test_input_shrinks_with_the_compute_budget() -> None:
+    big, _ = _resolve(_stats(n_train=2000, h=1000, w=1000), budget_minutes=60)
+    small, choices = _resolve(_stats(n_train=2000, h=1000, w=1000), budget_minutes=3)
+    assert min(small.input_shape) < min(big.input_shape)
+    assert "budget" in next(c.reason for c in choices if c.setting == "input_shape")
+
+
+def test_input_keeps_the_frames_aspect_ratio() -> None:
+    tall, _ = _resolve(_stats(h=1250, w=500))
+    wide, _ = _resolve(_stats(h=200, w=400))
+    assert tall.input_shape[0] > tall.input_shape[1]
+    assert wide.input_shape[1] == pytest.approx(2 * wide.input_shape[0], abs=R.SIDE_STEP)
+
+
+@pytest.mark.parametrize(("orientation", "expected"), [
+    ("free", (True, True, True)), ("flip", (True, True, False)), ("hflip", (True, False, False)),
+    ("fixed", (False, False, False)), (None, R.ORIENTATIONS[R.DEFAULT_ORIENTATION]),
+])
+def test_flips_follow_the_manifest_orientation(orientation: str | None, expected: tuple) -> None:
+    cfg, _ = _resolve(_stats(orientation=orientation))
+    assert (cfg.augment.hflip, cfg.augment.vflip, cfg.augment.rot90) == expected
+
+
+def test_no_rot90_for_a_non_square_input_even_when_orientation_is_free() -> None:
+    cfg, choices = _resolve(_stats(h=200, w=400, orientation="free"))
+    assert cfg.augment.rot90 is False
+    assert "non-square" in next(c.reason for c in choices if c.setting == "augment.rot90")
+
+
+def test_unknown_orientation_is_refused_with_the_allowed_values() -> None:
+    with pytest.raises(ConfigError, match="'sideways'.*allowed"):
+        _resolve(_stats(orientation="sideways"))
+
+
+def test_balance_follows_the_class_ratio() -> None:
+    even, _ = _resolve(_stats(counts={"good": 500, "defect": 450}))
+    skewed, _ = _resolve(_stats(counts={"good": 900, "defect": 100}))
+    assert even.balance == "none" and skewed.balance == "sampler"
+
+
+def test_available_threads_leaves_busy_cores_alone() -> None:
+    assert R.available_threads(cores=2, load=0.0) == 2
+    assert R.available_threads(cores=2, load=1.2) == 1
+    assert R.available_threads(cores=2, load=5.0) == 1
+    assert R.available_threads(cores=16, load=3.0) == 13
