@@ -51,8 +51,10 @@ def main() -> int:
                     opt.step()
                 times.setdefault((name, size), []).append((time.perf_counter() - start) / (3 * args.batch))
     for (name, size), ts in times.items():
-        print(f"{name:20s} {size:4d} px  {statistics.median(ts) * 1000:7.2f} ms/image  (registered cost_128 "
-              f"{model_info(name).cost_128 * 1000:.1f} ms)")
+        print(
+            f"{name:20s} {size:4d} px  {statistics.median(ts) * 1000:7.2f} ms/image  (registered cost_128 "
+            f"{model_info(name).cost_128 * 1000:.1f} ms)"
+        )
     return 0
 
 

@@ -1,5 +1,8 @@
 """Serving latency: bare onnxruntime vs our server vs a plain torch-eager FastAPI server.
 
+(One script over 400 lines on purpose: every contender is started and measured from this one
+process, taking turns, so all of them see the same machine load; split up it could not be.)
+
 Same model (the training default architecture, exported by ``training.export``) and the same
 frames in one run:
 

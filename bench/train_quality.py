@@ -64,15 +64,30 @@ def import_kind(kind: str, data: Path, dest: Path) -> Path:
         return dest
     six = dest.with_name("data-magnetic-tile-6") if kind == "mt-binary" else dest
     if not six.exists():
-        import_dataset(data / "magnetic-tile", six, layout="folders", class_pattern=r"MT_(?P<label>[^/]+)/",
-                       exclude=["*.png"], good_class="Free", name="magnetic-tile")
+        import_dataset(
+            data / "magnetic-tile",
+            six,
+            layout="folders",
+            class_pattern=r"MT_(?P<label>[^/]+)/",
+            exclude=["*.png"],
+            good_class="Free",
+            name="magnetic-tile",
+        )
     if kind == "mt-6":
         return six
     ds = read_dataset(six)
-    items = [(Sample(s.path, "good" if s.label == ds.good_class else "defect", s.split, s.source, s.group),
-              ds.path_of(s)) for s in ds.samples]
-    write_dataset(dest, name="magnetic-tile-binary", classes=["good", "defect"], good_class="good", items=items,
-                  extra_manifest={"lineage": {"kind": "relabel", "from": str(six), "rule": "Free->good, other->defect"}})
+    items = [
+        (Sample(s.path, "good" if s.label == ds.good_class else "defect", s.split, s.source, s.group), ds.path_of(s))
+        for s in ds.samples
+    ]
+    write_dataset(
+        dest,
+        name="magnetic-tile-binary",
+        classes=["good", "defect"],
+        good_class="good",
+        items=items,
+        extra_manifest={"lineage": {"kind": "relabel", "from": str(six), "rule": "Free->good, other->defect"}},
+    )
     return dest
 
 
@@ -80,7 +95,7 @@ def escape_target(dataset: Path) -> float | None:
     """The smallest of ``TARGETS`` the default split's validation defects can resolve (None: no good class)."""
     from inspection.calibration import needed
     from inspection.dataset.layout import read_dataset
-    from inspection.dataset.split import split_dataset, split_counts
+    from inspection.dataset.split import split_counts, split_dataset
     from training.config import load_config
 
     ds = read_dataset(dataset)
@@ -109,10 +124,19 @@ def run_ours(dataset: Path, models: Path, name: str, target: float | None) -> di
     result = main(load_config(None, overrides))
     card = result.card
     test = card.metrics["test"]
-    return {"minutes": (time.monotonic() - started) / 60, "peak_gb": _peak_gb(), "auroc": test.get("roc_auc"),
-            "accuracy": test["accuracy"], "macro_recall": test["macro_recall"], "op": test.get("operating_point"),
-            "path": str(result.path), "input": [card.input.height, card.input.width], "arch": card.arch,
-            "epochs": card.training["epochs_run"], "best_epoch": card.training["best_epoch"]}
+    return {
+        "minutes": (time.monotonic() - started) / 60,
+        "peak_gb": _peak_gb(),
+        "auroc": test.get("roc_auc"),
+        "accuracy": test["accuracy"],
+        "macro_recall": test["macro_recall"],
+        "op": test.get("operating_point"),
+        "path": str(result.path),
+        "input": [card.input.height, card.input.width],
+        "arch": card.arch,
+        "epochs": card.training["epochs_run"],
+        "best_epoch": card.training["best_epoch"],
+    }
 
 
 def run_naive(dataset: Path, split_csv: Path, target: float | None, *, size: int, epochs: int) -> dict[str, Any]:
@@ -154,16 +178,20 @@ def run_naive(dataset: Path, split_csv: Path, target: float | None, *, size: int
             sched.step()
     model.eval()
     with torch.no_grad():
-        probs = {p: torch.cat([torch.softmax(model(b), 1) for b in data[p][0].split(64)]).numpy() for p in ("val", "test")}
+        probs = {
+            p: torch.cat([torch.softmax(model(b), 1) for b in data[p][0].split(64)]).numpy() for p in ("val", "test")
+        }
     y_test = data["test"][1].numpy()
-    out: dict[str, Any] = {"accuracy": classification_summary(y_test, probs["test"].argmax(1), ds.classes)["accuracy"],
-                           "macro_recall": classification_summary(y_test, probs["test"].argmax(1),
-                                                                  ds.classes)["macro_recall"]}
+    out: dict[str, Any] = {
+        "accuracy": classification_summary(y_test, probs["test"].argmax(1), ds.classes)["accuracy"],
+        "macro_recall": classification_summary(y_test, probs["test"].argmax(1), ds.classes)["macro_recall"],
+    }
     if ds.good_class is not None and target is not None:
         gi = index[ds.good_class]
         score_val, score_test = 1.0 - probs["val"][:, gi], 1.0 - probs["test"][:, gi]
-        threshold, _ = calibrate(score_val, data["val"][1].numpy() != gi, {"max_escape": target},
-                                 allow_unsupported=True, overkill_limit=None)
+        threshold, _ = calibrate(
+            score_val, data["val"][1].numpy() != gi, {"max_escape": target}, allow_unsupported=True, overkill_limit=None
+        )
         rates = escape_overkill(y_test != gi, score_test >= threshold)
         out["auroc"] = roc_auc(y_test != gi, score_test)
         out["op"] = {"escape": rates["escape"].as_dict(), "overkill": rates["overkill"].as_dict()}
@@ -191,9 +219,12 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| dataset | target | ours AUROC | naive AUROC | ΔAUROC | ours acc | naive acc | Δacc (pt) | ours macro recall | "
-            "ours escape [95% CI] | ours overkill [95% CI] | naive escape | naive overkill | ours min | naive min | "
-            "ours peak GB | naive peak GB | ours input, arch, epochs |")
+    head = (
+        "| dataset | target | ours AUROC | naive AUROC | ΔAUROC | ours acc | naive acc | Δacc (pt) | "
+        "ours macro recall | "
+        "ours escape [95% CI] | ours overkill [95% CI] | naive escape | naive overkill | ours min | naive min | "
+        "ours peak GB | naive peak GB | ours input, arch, epochs |"
+    )
     lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in rows:
         o, n = r["ours"], r.get("naive") or {}
@@ -206,14 +237,16 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{_rate((o.get('op') or {}).get('overkill'))} | {_rate((n.get('op') or {}).get('escape'))} | "
             f"{_rate((n.get('op') or {}).get('overkill'))} | {o['minutes']:.1f} | {_fmt(n.get('minutes'), '.1f')} | "
             f"{o['peak_gb']:.2f} | {_fmt(n.get('peak_gb'), '.2f')} | "
-            f"{o['input'][0]}x{o['input'][1]} {o['arch']} {o['epochs']} ep (best {o['best_epoch']}) |")
+            f"{o['input'][0]}x{o['input'][1]} {o['arch']} {o['epochs']} ep (best {o['best_epoch']}) |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path,
-                        default=Path(os.environ.get("INSPECTION_SHARED_DATA", REPO.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("INSPECTION_SHARED_DATA", REPO.parent / "shared" / "data"))
+    )
     parser.add_argument("--only", nargs="+", choices=list(KINDS), default=list(KINDS))
     parser.add_argument("--keep", type=Path, help="keep imported datasets and models here (default: a temp dir)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
@@ -255,8 +288,19 @@ def main() -> int:
         row = {"kind": kind, "target": target, "ours": ours}
         if not args.no_naive:
             try:
-                row["naive"] = _child(["--naive-size", str(args.naive_size), "--naive-epochs", str(args.naive_epochs),
-                                       "--child", "naive", str(dataset), str(Path(ours["path"]) / "split.csv"), t])
+                row["naive"] = _child(
+                    [
+                        "--naive-size",
+                        str(args.naive_size),
+                        "--naive-epochs",
+                        str(args.naive_epochs),
+                        "--child",
+                        "naive",
+                        str(dataset),
+                        str(Path(ours["path"]) / "split.csv"),
+                        t,
+                    ]
+                )
                 print(f"{KINDS[kind]}: naive {json.dumps(row['naive'])}", flush=True)
             except RuntimeError as exc:
                 print(f"{KINDS[kind]}: naive FAILED ({exc})", flush=True)

@@ -83,10 +83,14 @@ class InputSpec(_Strict):
         if self.tiles is not None:
             t = self.tiles
             if t.tile_height > self.height or t.tile_width > self.width:
-                raise ValueError(f"tiles of {t.tile_width}x{t.tile_height} do not fit the {self.width}x{self.height} input")
+                raise ValueError(
+                    f"tiles of {t.tile_width}x{t.tile_height} do not fit the {self.width}x{self.height} input"
+                )
             if t.tile_height * t.rows < self.height or t.tile_width * t.cols < self.width:
-                raise ValueError(f"{t.rows}x{t.cols} tiles of {t.tile_width}x{t.tile_height} leave parts of the "
-                                 f"{self.width}x{self.height} input uncovered")
+                raise ValueError(
+                    f"{t.rows}x{t.cols} tiles of {t.tile_width}x{t.tile_height} leave parts of the "
+                    f"{self.width}x{self.height} input uncovered"
+                )
         return self
 
 

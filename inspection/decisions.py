@@ -37,8 +37,9 @@ def rule_defect_scores(probs: np.ndarray, classes: list[str], good_class: str | 
     return 1.0 - probs[:, classes.index(good_class)]
 
 
-def rule_reject_mask(probs: np.ndarray, classes: list[str], good_class: str | None, threshold: float,
-                     per_class: dict[str, float]) -> np.ndarray:
+def rule_reject_mask(
+    probs: np.ndarray, classes: list[str], good_class: str | None, threshold: float, per_class: dict[str, float]
+) -> np.ndarray:
     """The reject rule on a batch, from its parts (training applies it before a card exists):
     True where P(defect) >= ``threshold`` or a per-class threshold is reached."""
     probs = np.asarray(probs, dtype=np.float64)

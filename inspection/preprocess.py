@@ -156,8 +156,10 @@ def crop_roi(image: np.ndarray, spec: InputSpec) -> np.ndarray:
         return image
     x, y, w, h = spec.roi
     if image.shape[0] < y + h or image.shape[1] < x + w:
-        raise ImageError(f"frame of {image.shape[1]}x{image.shape[0]} px does not contain the model's region of interest "
-                         f"x={x} y={y} width={w} height={h}")
+        raise ImageError(
+            f"frame of {image.shape[1]}x{image.shape[0]} px does not contain the model's region of interest "
+            f"x={x} y={y} width={w} height={h}"
+        )
     return image[y : y + h, x : x + w]
 
 
@@ -196,8 +198,11 @@ def tile_boxes(spec: InputSpec) -> list[tuple[int, int, int, int]]:
     def starts(count: int, tile: int, total: int) -> list[int]:
         return [0] if count == 1 else [round(i * (total - tile) / (count - 1)) for i in range(count)]
 
-    return [(x, y, t.tile_width, t.tile_height)
-            for y in starts(t.rows, t.tile_height, spec.height) for x in starts(t.cols, t.tile_width, spec.width)]
+    return [
+        (x, y, t.tile_width, t.tile_height)
+        for y in starts(t.rows, t.tile_height, spec.height)
+        for x in starts(t.cols, t.tile_width, spec.width)
+    ]
 
 
 def to_model_input(image: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -212,7 +217,14 @@ def to_model_input(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(converted.transpose(2, 0, 1))
 
 
-def prepare_frame(data: bytes, spec: InputSpec, *, content_type: str | None = None, raw_shape: tuple[int, int, int] | None = None, source: str = "frame") -> tuple[np.ndarray, np.ndarray]:
+def prepare_frame(
+    data: bytes,
+    spec: InputSpec,
+    *,
+    content_type: str | None = None,
+    raw_shape: tuple[int, int, int] | None = None,
+    source: str = "frame",
+) -> tuple[np.ndarray, np.ndarray]:
     """Bytes as sent by a camera -> (decoded image, model input ``uint8[C, H, W]``).
 
     ``raw_shape`` is (width, height, channels) for ``application/octet-stream`` bodies.

@@ -27,7 +27,20 @@ from inspection.calibration import (
 )
 
 __all__ = [
-    "DEFAULT_OVERKILL_LIMIT", "RULE", "SCORES_FILE", "TRADEOFF_ESCAPES", "StoredScores", "calibrate",
-    "check_supported", "check_target", "load_scores", "needed", "save_scores", "smallest_supported",
-    "threshold_for", "tradeoff_at", "tradeoff_table", "tradeoff_text",
+    "DEFAULT_OVERKILL_LIMIT",
+    "RULE",
+    "SCORES_FILE",
+    "TRADEOFF_ESCAPES",
+    "StoredScores",
+    "calibrate",
+    "check_supported",
+    "check_target",
+    "load_scores",
+    "needed",
+    "save_scores",
+    "smallest_supported",
+    "threshold_for",
+    "tradeoff_at",
+    "tradeoff_table",
+    "tradeoff_text",
 ]

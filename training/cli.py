@@ -26,19 +26,43 @@ require_extra("train", "torch", "torchvision", "albumentations", "onnx")
 
 #: flag dest -> config key (flags left at None are "not given": the YAML value stands).
 _OVERRIDES = (
-    "data", "arch", "epochs", "batch_size", "lr", "image_size", "seed", "max_escape", "max_overkill",
-    "name", "models_dir", "resume", "val_fraction", "test_fraction", "patience", "threads", "pretrained_path",
-    "geometry", "tiles", "roi", "budget_minutes", "device", "overkill_limit", "tta",
+    "data",
+    "arch",
+    "epochs",
+    "batch_size",
+    "lr",
+    "image_size",
+    "seed",
+    "max_escape",
+    "max_overkill",
+    "name",
+    "models_dir",
+    "resume",
+    "val_fraction",
+    "test_fraction",
+    "patience",
+    "threads",
+    "pretrained_path",
+    "geometry",
+    "tiles",
+    "roi",
+    "budget_minutes",
+    "device",
+    "overkill_limit",
+    "tta",
 )
 
-_DESCRIPTION = ("Train on DATASET (standard layout), calibrate the reject threshold on validation, evaluate on "
-                "test, export ONNX with parity/golden checks and write models/<name>/<version>/.")
+_DESCRIPTION = (
+    "Train on DATASET (standard layout), calibrate the reject threshold on validation, evaluate on "
+    "test, export ONNX with parity/golden checks and write models/<name>/<version>/."
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `train` subcommand to the ``inspection`` CLI (entry point ``inspection.commands: train``)."""
-    p = sub.add_parser("train", help="train a defect classifier and export a verified model version",
-                       description=_DESCRIPTION)
+    p = sub.add_parser(
+        "train", help="train a defect classifier and export a verified model version", description=_DESCRIPTION
+    )
     _add_arguments(p)
     # `inspection train ... -v` as well as `inspection -v train ...`: SUPPRESS leaves the main
     # parser's value alone when the flag is not given here.
@@ -55,57 +79,96 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, required=False,
-                   help="dataset folder (standard layout); required unless --resume")
+    p.add_argument(
+        "--data", type=Path, required=False, help="dataset folder (standard layout); required unless --resume"
+    )
     p.add_argument("--arch", help="architecture (see --list-archs); default from the config")
-    p.add_argument("--config", type=Path,
-                   help="YAML config with defaults (flags still win): a file, or a bundled name "
-                        f"({', '.join(sorted(c.stem for c in CONFIG_DIR.glob('*.yaml')))})")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML config with defaults (flags still win): a file, or a bundled name "
+        f"({', '.join(sorted(c.stem for c in CONFIG_DIR.glob('*.yaml')))})",
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--image-size", type=int,
-                   help="the model input's shorter side in pixels (default: by rule, from the frames' resolution "
-                        "and the compute budget; the other side follows the frames' aspect ratio)")
-    p.add_argument("--geometry", choices=["letterbox", "stretch"],
-                   help="letterbox keeps each frame's aspect ratio (default); stretch squashes it to the input")
-    p.add_argument("--tiles", metavar="ROWSxCOLS",
-                   help="cut the input into ROWSxCOLS overlapping tiles inside the graph; the frame scores as its "
-                        "most suspicious tile (for frames much larger than the defects)")
-    p.add_argument("--roi", type=_roi, metavar="X,Y,W,H",
-                   help="region of interest in camera pixels, cropped before everything (cameras that see more "
-                        "than the part)")
-    p.add_argument("--budget-minutes", type=float,
-                   help="compute budget the automatic input size fits into, in minutes of a 2-core CPU (default 10)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="the model input's shorter side in pixels (default: by rule, from the frames' resolution "
+        "and the compute budget; the other side follows the frames' aspect ratio)",
+    )
+    p.add_argument(
+        "--geometry",
+        choices=["letterbox", "stretch"],
+        help="letterbox keeps each frame's aspect ratio (default); stretch squashes it to the input",
+    )
+    p.add_argument(
+        "--tiles",
+        metavar="ROWSxCOLS",
+        help="cut the input into ROWSxCOLS overlapping tiles inside the graph; the frame scores as its "
+        "most suspicious tile (for frames much larger than the defects)",
+    )
+    p.add_argument(
+        "--roi",
+        type=_roi,
+        metavar="X,Y,W,H",
+        help="region of interest in camera pixels, cropped before everything (cameras that see more than the part)",
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        help="compute budget the automatic input size fits into, in minutes of a 2-core CPU (default 10)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA with mixed precision when present")
-    p.add_argument("--tta", action="store_true", default=None,
-                   help="average the frame with its allowed flips inside the exported graph (slower serving)")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        default=None,
+        help="average the frame with its allowed flips inside the exported graph (slower serving)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--test-fraction", type=float)
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the cores free now)")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--max-escape", type=float,
-                        help="calibrate for at most this escape rate on validation (default 0.01)")
+    target.add_argument(
+        "--max-escape", type=float, help="calibrate for at most this escape rate on validation (default 0.01)"
+    )
     target.add_argument("--max-overkill", type=float, help="calibrate for at most this overkill rate on validation")
-    p.add_argument("--overkill-limit", type=float,
-                   help="warn, with the escape-overkill trade-off table, when the target forces more overkill "
-                        "than this (default 0.2)")
-    p.add_argument("--allow-unsupported-target", action="store_true", default=None,
-                   help="calibrate even when validation has too few parts for the target; "
-                        "the card says supported: false")
-    p.add_argument("--int8", action="store_true", default=None,
-                   help="also write model.int8.onnx and report its accuracy change")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
-                   help="do not look for pretrained weights in the local torch cache")
+    p.add_argument(
+        "--overkill-limit",
+        type=float,
+        help="warn, with the escape-overkill trade-off table, when the target forces more overkill "
+        "than this (default 0.2)",
+    )
+    p.add_argument(
+        "--allow-unsupported-target",
+        action="store_true",
+        default=None,
+        help="calibrate even when validation has too few parts for the target; the card says supported: false",
+    )
+    p.add_argument(
+        "--int8", action="store_true", default=None, help="also write model.int8.onnx and report its accuracy change"
+    )
+    p.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_false",
+        default=None,
+        help="do not look for pretrained weights in the local torch cache",
+    )
     p.add_argument("--pretrained-path", type=Path, help="pretrained torchvision weights file (never downloaded)")
     p.add_argument("--name", help="model name (default: the dataset's name)")
     p.add_argument("--models-dir", type=Path, help="registry root (default: models)")
     p.add_argument("--resume", type=Path, help="checkpoint.pt (or its folder) of an interrupted run")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
-    p.add_argument("--result-json", type=Path,
-                   help="also write {path, name, version} of the new version to this file (for scripts)")
+    p.add_argument(
+        "--result-json",
+        type=Path,
+        help="also write {path, name, version} of the new version to this file (for scripts)",
+    )
     p.add_argument("--list-archs", action="store_true", help="list the registered architectures and exit")
 
 
@@ -113,7 +176,9 @@ def _roi(value: str) -> tuple[int, int, int, int]:
     try:
         x, y, w, h = (int(v) for v in value.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--roi {value!r}: give four integers X,Y,WIDTH,HEIGHT, e.g. 0,40,640,400") from None
+        raise argparse.ArgumentTypeError(
+            f"--roi {value!r}: give four integers X,Y,WIDTH,HEIGHT, e.g. 0,40,640,400"
+        ) from None
     return x, y, w, h
 
 
@@ -149,14 +214,20 @@ def _train(args: argparse.Namespace) -> int:
     from training.train import main as train_model
 
     overrides: dict[str, Any] = {key: getattr(args, key) for key in _OVERRIDES}
-    overrides.update(allow_unsupported_target=args.allow_unsupported_target, int8=args.int8,
-                     pretrained=args.pretrained, progress=args.progress)
+    overrides.update(
+        allow_unsupported_target=args.allow_unsupported_target,
+        int8=args.int8,
+        pretrained=args.pretrained,
+        progress=args.progress,
+    )
     cfg = load_config(resolve_config(args.config), overrides)
     result = train_model(cfg)
     print(result.summary)
     print(f"report: {result.path / 'report.html'}")
     sys.stdout.flush()
     if args.result_json is not None:
-        args.result_json.write_text(json.dumps(
-            {"path": str(result.path), "name": result.card.name, "version": result.card.version}), encoding="utf-8")
+        args.result_json.write_text(
+            json.dumps({"path": str(result.path), "name": result.card.name, "version": result.card.version}),
+            encoding="utf-8",
+        )
     return 0

@@ -125,7 +125,8 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError(
-                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} leaves too little to train; keep it < 0.8"
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} leaves too little "
+                "to train; keep it < 0.8"
             )
         if self.input_shape is not None and min(self.input_shape) < 16:
             raise ValueError(f"input_shape {self.input_shape}: each side must be >= 16 px")
@@ -183,7 +184,8 @@ def load_config(config_file: Path | None = None, overrides: dict[str, Any] | Non
         return TrainConfig.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<config>'}={err.get('input')!r}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '<config>'}={err.get('input')!r}: {err['msg']}"
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid training config: {problems}") from None
 

@@ -33,6 +33,7 @@ from training.config import AugmentConfig
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class SplitData:
     """One split's cached model inputs and integer labels."""

@@ -39,7 +39,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
 
 
-def make_loader(dataset: torch.utils.data.Dataset, labels: np.ndarray, *, batch_size: int, balance: str, n_classes: int, seed: int) -> DataLoader:
+def make_loader(
+    dataset: torch.utils.data.Dataset, labels: np.ndarray, *, batch_size: int, balance: str, n_classes: int, seed: int
+) -> DataLoader:
     """A loader drawing classes evenly (``balance="sampler"``) or shuffling plainly."""
     generator = torch.Generator().manual_seed(seed)
     if balance == "sampler":
@@ -47,13 +49,31 @@ def make_loader(dataset: torch.utils.data.Dataset, labels: np.ndarray, *, batch_
         per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0), 0.0)
         weights = per_class[labels].tolist()
         sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0, drop_last=len(labels) > batch_size)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=0, drop_last=len(labels) > batch_size)
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=0, drop_last=len(labels) > batch_size
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=0,
+        drop_last=len(labels) > batch_size,
+    )
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, *, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-                    scheduler: Any | None = None, progress: Any | None = None, ema: Any | None = None,
-                    device: torch.device | None = None, scaler: Any | None = None) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    scheduler: Any | None = None,
+    progress: Any | None = None,
+    ema: Any | None = None,
+    device: torch.device | None = None,
+    scaler: Any | None = None,
+) -> dict[str, float]:
     """One pass over ``loader``; returns mean loss and accuracy on the (augmented) batches.
 
     On CUDA the forward pass runs in mixed precision (``scaler`` is the gradient scaler);
@@ -93,7 +113,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, *, optimizer: torch.op
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, *, batch_size: int = 128, device: torch.device | None = None) -> np.ndarray:
+def predict(
+    model: nn.Module, images: np.ndarray, *, batch_size: int = 128, device: torch.device | None = None
+) -> np.ndarray:
     """Softmax probabilities ``float32[N, K]`` for cached ``uint8[N, C, H, W]`` inputs (eval mode)."""
     model.eval()
     device = device or next(model.parameters()).device
@@ -106,7 +128,9 @@ def predict(model: nn.Module, images: np.ndarray, *, batch_size: int = 128, devi
     return np.concatenate(out).astype(np.float32)
 
 
-def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, n_classes: int, *, good_index: int | None = None) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, n_classes: int, *, good_index: int | None = None
+) -> dict[str, Any]:
     """Loss, accuracy, macro recall and (with a good class) the AUROC of P(defect) on cached
     arrays, plus the probabilities."""
     probs = predict(model, images)
@@ -164,7 +188,12 @@ class EarlyStopping:
         return epoch + 1 >= self.min_epochs and self.bad_epochs >= self.patience
 
     def state(self) -> dict[str, Any]:
-        return {"best_score": list(self.best_score), "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history}
+        return {
+            "best_score": list(self.best_score),
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+        }
 
     def load(self, state: dict[str, Any]) -> None:
         self.best_score = tuple(state["best_score"])  # type: ignore[assignment]
@@ -200,7 +229,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise TrainingError(f"checkpoint {path} does not exist; pass the checkpoint.pt of an interrupted run")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a torn or foreign file: name it instead of a pickle traceback
+    except Exception as exc:  # noqa: BLE001 -- a torn or foreign file: name it instead of a pickle traceback
         raise TrainingError(f"checkpoint {path} cannot be read: {exc}") from None
 
 
@@ -264,37 +293,69 @@ def fit(
     for epoch in range(start, epochs):
         loader = make_epoch_loader(epoch)
         bar = tqdm(total=n_train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress, unit="img")
-        train = train_one_epoch(model, loader, optimizer=optimizer, loss_fn=loss_fn, scheduler=scheduler, progress=bar,
-                                ema=ema, device=device, scaler=scaler)
+        train = train_one_epoch(
+            model,
+            loader,
+            optimizer=optimizer,
+            loss_fn=loss_fn,
+            scheduler=scheduler,
+            progress=bar,
+            ema=ema,
+            device=device,
+            scaler=scaler,
+        )
         bar.close()
         val = evaluate(judged, val_images, val_labels, n_classes, good_index=good_index)
         score = selection_score(val)
         improved = stopper.step(epoch, score=score, loss=val["loss"])
         if improved:
             best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
-        row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"],
-               "val_loss": val["loss"], "val_acc": val["acc"], "val_macro_recall": val["macro_recall"],
-               "val_auroc": val["auroc"], "val_score": score, "lr": float(scheduler.get_last_lr()[0])}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train["loss"],
+            "train_acc": train["acc"],
+            "val_loss": val["loss"],
+            "val_acc": val["acc"],
+            "val_macro_recall": val["macro_recall"],
+            "val_auroc": val["auroc"],
+            "val_score": score,
+            "lr": float(scheduler.get_last_lr()[0]),
+        }
         stopper.history.append(row)
         auroc = f" auroc {val['auroc']:.4f}" if val["auroc"] is not None else ""
-        line = (f"epoch {epoch + 1}/{epochs}  train loss {train['loss']:.4f} acc {train['acc']:.3f}  "
-                f"val loss {val['loss']:.4f} acc {val['acc']:.3f} macro-recall {val['macro_recall']:.3f}{auroc}"
-                f"{'  *best' if improved else ''}")
+        line = (
+            f"epoch {epoch + 1}/{epochs}  train loss {train['loss']:.4f} acc {train['acc']:.3f}  "
+            f"val loss {val['loss']:.4f} acc {val['acc']:.3f} macro-recall {val['macro_recall']:.3f}{auroc}"
+            f"{'  *best' if improved else ''}"
+        )
         if progress:
             tqdm.write(line)
         log.info(line)
         if on_epoch is not None:
             on_epoch(row)
         stop = stopper.should_stop(epoch)
-        save_checkpoint(checkpoint, {
-            "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "stopper": stopper.state(), "best_model": best_state, "epoch": epoch, "done": stop or epoch + 1 == epochs,
-            "torch_rng": torch.get_rng_state(), **checkpoint_extra,
-        })
+        save_checkpoint(
+            checkpoint,
+            {
+                "model": model.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "stopper": stopper.state(),
+                "best_model": best_state,
+                "epoch": epoch,
+                "done": stop or epoch + 1 == epochs,
+                "torch_rng": torch.get_rng_state(),
+                **checkpoint_extra,
+            },
+        )
         if stop:
-            log.info("early stop after epoch %d: no better validation score for %d epochs (best epoch %d)",
-                     epoch + 1, stopper.patience, stopper.best_epoch + 1)
+            log.info(
+                "early stop after epoch %d: no better validation score for %d epochs (best epoch %d)",
+                epoch + 1,
+                stopper.patience,
+                stopper.best_epoch + 1,
+            )
             break
     model.load_state_dict(best_state)
     model.to("cpu")

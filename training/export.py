@@ -71,7 +71,10 @@ def export_onnx(classifier: nn.Module, path: Path, spec: InputSpec) -> None:
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
     if inputs != [spec.input_name] or outputs != [spec.output_name]:
-        raise TrainingError(f"exported graph has inputs {inputs} / outputs {outputs}, the card needs {spec.input_name!r} / {spec.output_name!r}")
+        raise TrainingError(
+            f"exported graph has inputs {inputs} / outputs {outputs}, "
+            f"the card needs {spec.input_name!r} / {spec.output_name!r}"
+        )
 
 
 def ort_session(path: Path) -> Any:
@@ -122,7 +125,9 @@ def pick_golden(labels: np.ndarray, count: int, *, seed: int) -> np.ndarray:
 
 def write_golden(path: Path, images: np.ndarray, probs: np.ndarray, names: list[str]) -> None:
     """golden.npz: ``inputs`` uint8[k, C, H, W], ``probabilities`` float32[k, K], ``names``."""
-    np.savez_compressed(path, inputs=images.astype(np.uint8), probabilities=probs.astype(np.float32), names=np.array(names))
+    np.savez_compressed(
+        path, inputs=images.astype(np.uint8), probabilities=probs.astype(np.float32), names=np.array(names)
+    )
 
 
 def check_golden(session: Any, path: Path, spec: InputSpec, *, tolerance: float) -> float:

@@ -47,7 +47,9 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, pretrained_file: str | None = None, description: str = "", cost_128: float = 0.02) -> Callable:
+def register_model(
+    name: str, *, pretrained_file: str | None = None, description: str = "", cost_128: float = 0.02
+) -> Callable:
     """Decorator adding a builder ``fn(num_classes, in_channels) -> nn.Module`` to the registry.
 
     Raises:
@@ -176,7 +178,14 @@ class Standardize(nn.Module):
 class TinyResNet(nn.Module):
     """A compact ResNet: per-image standardisation, stem, four stages of basic blocks, average + max pool."""
 
-    def __init__(self, *, num_classes: int, in_channels: int = 1, widths: tuple[int, ...] = (24, 48, 96, 192), depth: tuple[int, ...] = (1, 1, 2, 1)) -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int = 1,
+        widths: tuple[int, ...] = (24, 48, 96, 192),
+        depth: tuple[int, ...] = (1, 1, 2, 1),
+    ) -> None:
         super().__init__()
         self.standardize = Standardize()
         self.stem = nn.Sequential(
@@ -225,8 +234,14 @@ class LineCNN(nn.Module):
     local response, so the small defect survives to the classifier (held-out ~0.9 there).
     """
 
-    def __init__(self, *, num_classes: int, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64, 128),
-                 convs: tuple[int, ...] = (1, 1, 1, 1)) -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int = 1,
+        widths: tuple[int, ...] = (16, 32, 64, 128),
+        convs: tuple[int, ...] = (1, 1, 1, 1),
+    ) -> None:
         super().__init__()
         self.standardize = Standardize()
         layers: list[nn.Module] = []
@@ -245,12 +260,20 @@ class LineCNN(nn.Module):
         return self.fc(self.drop(torch.flatten(self.pool(self.features(self.standardize(x))), 1)))
 
 
-@register_model("linecnn", cost_128=0.011, description="plain stride-1 CNN with max pooling, ~0.1M params (default: small defects, from scratch)")
+@register_model(
+    "linecnn",
+    cost_128=0.011,
+    description="plain stride-1 CNN with max pooling, ~0.1M params (default: small defects, from scratch)",
+)
 def _linecnn(*, num_classes: int, in_channels: int) -> nn.Module:
     return LineCNN(num_classes=num_classes, in_channels=in_channels)
 
 
-@register_model("linecnn_wide", cost_128=0.07, description="linecnn at twice the width, a second convolution in the deeper stages (~1M params)")
+@register_model(
+    "linecnn_wide",
+    cost_128=0.07,
+    description="linecnn at twice the width, a second convolution in the deeper stages (~1M params)",
+)
 def _linecnn_wide(*, num_classes: int, in_channels: int) -> nn.Module:
     return LineCNN(num_classes=num_classes, in_channels=in_channels, widths=(32, 64, 128, 256), convs=(1, 1, 2, 2))
 
@@ -259,11 +282,18 @@ def _first_conv_to(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     if conv.in_channels == in_channels:
         return conv
     return nn.Conv2d(
-        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None  # type: ignore[arg-type]
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        conv.stride,  # type: ignore[arg-type]
+        conv.padding,  # type: ignore[arg-type]
+        bias=conv.bias is not None,
     )
 
 
-@register_model("resnet18", cost_128=0.07, pretrained_file="resnet18-f37072fd.pth", description="torchvision ResNet-18 (11M params)")
+@register_model(
+    "resnet18", cost_128=0.07, pretrained_file="resnet18-f37072fd.pth", description="torchvision ResNet-18 (11M params)"
+)
 def _resnet18(*, num_classes: int, in_channels: int) -> nn.Module:
     from torchvision.models import resnet18
 
@@ -277,7 +307,12 @@ def _resnet18_half(*, num_classes: int, in_channels: int) -> nn.Module:
     return TinyResNet(num_classes=num_classes, in_channels=in_channels, widths=(32, 64, 128, 256), depth=(2, 2, 2, 2))
 
 
-@register_model("mobilenet_v3_small", cost_128=0.014, pretrained_file="mobilenet_v3_small-047dcff4.pth", description="torchvision MobileNetV3-Small (1.5M params)")
+@register_model(
+    "mobilenet_v3_small",
+    cost_128=0.014,
+    pretrained_file="mobilenet_v3_small-047dcff4.pth",
+    description="torchvision MobileNetV3-Small (1.5M params)",
+)
 def _mobilenet_v3_small(*, num_classes: int, in_channels: int) -> nn.Module:
     from torchvision.models import mobilenet_v3_small
 
@@ -287,7 +322,12 @@ def _mobilenet_v3_small(*, num_classes: int, in_channels: int) -> nn.Module:
     return m
 
 
-@register_model("efficientnet_b0", cost_128=0.06, pretrained_file="efficientnet_b0_rwightman-7f5810bc.pth", description="torchvision EfficientNet-B0 (4M params)")
+@register_model(
+    "efficientnet_b0",
+    cost_128=0.06,
+    pretrained_file="efficientnet_b0_rwightman-7f5810bc.pth",
+    description="torchvision EfficientNet-B0 (4M params)",
+)
 def _efficientnet_b0(*, num_classes: int, in_channels: int) -> nn.Module:
     from torchvision.models import efficientnet_b0
 

@@ -36,10 +36,10 @@ from training.config import TrainConfig
 #: What ``orientation`` in a dataset manifest may say, and the flips/rotations it makes safe.
 ORIENTATIONS: dict[str, tuple[bool, bool, bool]] = {
     # (hflip, vflip, rot90)
-    "free": (True, True, True),       # textures, round or symmetric parts: any flip or rotation
-    "flip": (True, True, False),      # mirror images are valid parts; rotating 90 degrees is not
-    "hflip": (True, False, False),    # left/right mirror only (e.g. a web moving top to bottom)
-    "fixed": (False, False, False),   # orientation carries meaning: no geometric augmentation
+    "free": (True, True, True),  # textures, round or symmetric parts: any flip or rotation
+    "flip": (True, True, False),  # mirror images are valid parts; rotating 90 degrees is not
+    "hflip": (True, False, False),  # left/right mirror only (e.g. a web moving top to bottom)
+    "fixed": (False, False, False),  # orientation carries meaning: no geometric augmentation
 }
 #: When the manifest says nothing: mirror images of a surface defect are defects of the same
 #: kind, but a 90-degree turn can swap a scan direction with the web direction (streaks).
@@ -97,10 +97,12 @@ def available_threads(*, cores: int | None = None, load: float | None = None) ->
             load = os.getloadavg()[0]
         except OSError:
             load = 0.0
-    return max(1, min(cores, int(math.floor(cores - load + 0.5))))
+    return max(1, min(cores, math.floor(cores - load + 0.5)))
 
 
-def resolve(cfg: TrainConfig, stats: DataStats, *, cost_128: float, device: Literal["cpu", "cuda"]) -> tuple[TrainConfig, list[Choice]]:
+def resolve(
+    cfg: TrainConfig, stats: DataStats, *, cost_128: float, device: Literal["cpu", "cuda"]
+) -> tuple[TrainConfig, list[Choice]]:
     """Fill every open setting of ``cfg`` by rule; returns the new config and the choices.
 
     ``cost_128`` is the architecture's training cost in reference-machine seconds per image at
@@ -122,17 +124,27 @@ def resolve(cfg: TrainConfig, stats: DataStats, *, cost_128: float, device: Lite
 
     if cfg.batch_size is None:
         batch = int(min(32, max(8, 2 ** int(math.log2(max(stats.n_train // 10, 8))))))
-        choose("batch_size", batch, f"{stats.n_train} training images: batch {batch} keeps >= 10 steps an epoch (at most 32)")
+        choose(
+            "batch_size",
+            batch,
+            f"{stats.n_train} training images: batch {batch} keeps >= 10 steps an epoch (at most 32)",
+        )
     batch = int(update.get("batch_size", cfg.batch_size) or 32)
 
     if cfg.epochs is None:
         epochs = int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS * batch / max(stats.n_train, 1)))))
-        choose("epochs", epochs, f"~{TARGET_STEPS} optimiser steps of batch {batch} on {stats.n_train} training images "
-                                 f"(bounded to {MIN_EPOCHS}..{MAX_EPOCHS} epochs)")
+        choose(
+            "epochs",
+            epochs,
+            f"~{TARGET_STEPS} optimiser steps of batch {batch} on {stats.n_train} training images "
+            f"(bounded to {MIN_EPOCHS}..{MAX_EPOCHS} epochs)",
+        )
     epochs = int(update.get("epochs", cfg.epochs) or 1)
     if cfg.patience is None:
         patience = max(10, epochs // 3)
-        choose("patience", patience, f"a third of the {epochs} epochs (the one-cycle schedule improves late), at least 10")
+        choose(
+            "patience", patience, f"a third of the {epochs} epochs (the one-cycle schedule improves late), at least 10"
+        )
     if cfg.min_epochs is None:
         min_epochs = max(1, epochs // 2)
         choose("min_epochs", min_epochs, "no early stop in the first half of the schedule (learning rate still high)")
@@ -149,29 +161,47 @@ def resolve(cfg: TrainConfig, stats: DataStats, *, cost_128: float, device: Lite
             afford = 128.0 * math.sqrt(budget_s / (passes * cost_128 * max(aspect, 1 / aspect)))
             cap = min(MAX_SIDE, native)
             side = int(max(MIN_SIDE, min(cap, afford)) // SIDE_STEP * SIDE_STEP) or MIN_SIDE
-            limit = "the frames' own resolution" if cap <= afford else f"the {cfg.budget_minutes:g}-minute compute budget"
-            why = (f"short side {side} px: limited by {limit} (frames' median short side {native:.0f} px; the budget "
-                   f"affords {afford:.0f} px for {passes} image passes)")
-        short, long_ = side, int(round(side * max(aspect, 1 / aspect) / SIDE_STEP)) * SIDE_STEP or side
+            limit = (
+                "the frames' own resolution" if cap <= afford else f"the {cfg.budget_minutes:g}-minute compute budget"
+            )
+            why = (
+                f"short side {side} px: limited by {limit} (frames' median short side {native:.0f} px; the budget "
+                f"affords {afford:.0f} px for {passes} image passes)"
+            )
+        short, long_ = side, round(side * max(aspect, 1 / aspect) / SIDE_STEP) * SIDE_STEP or side
         shape = (short, long_) if aspect >= 1 else (long_, short)
-        choose("input_shape", list(shape), f"{why}; height x width {shape[0]}x{shape[1]} from the frames' median "
-                                           f"aspect ratio {stats.median_aspect:.2f} (width/height), letterboxed")
+        choose(
+            "input_shape",
+            list(shape),
+            f"{why}; height x width {shape[0]}x{shape[1]} from the frames' median "
+            f"aspect ratio {stats.median_aspect:.2f} (width/height), letterboxed",
+        )
     shape = tuple(update.get("input_shape", cfg.input_shape))  # type: ignore[arg-type]
 
     if cfg.balance is None:
         counts = [c for c in stats.train_counts.values() if c > 0]
         ratio = max(counts) / min(counts) if counts else 1.0
         balance = "sampler" if ratio > 1.5 else "none"
-        choose("balance", balance, f"largest/smallest class in training = {ratio:.1f} "
-                                   + ("> 1.5: draw classes evenly" if balance == "sampler" else "<= 1.5: natural frequencies"))
+        choose(
+            "balance",
+            balance,
+            f"largest/smallest class in training = {ratio:.1f} "
+            + ("> 1.5: draw classes evenly" if balance == "sampler" else "<= 1.5: natural frequencies"),
+        )
 
     orientation = stats.orientation or DEFAULT_ORIENTATION
     if orientation not in ORIENTATIONS:
-        raise ConfigError(f"dataset manifest orientation {orientation!r} is not allowed; use one of {sorted(ORIENTATIONS)}")
+        raise ConfigError(
+            f"dataset manifest orientation {orientation!r} is not allowed; use one of {sorted(ORIENTATIONS)}"
+        )
     hflip, vflip, rot90 = ORIENTATIONS[orientation]
     square = shape[0] == shape[1]
     aug = cfg.augment.model_dump()
-    said = f"manifest orientation {stats.orientation!r}" if stats.orientation else f"no orientation in the manifest (default {DEFAULT_ORIENTATION!r})"
+    said = (
+        f"manifest orientation {stats.orientation!r}"
+        if stats.orientation
+        else f"no orientation in the manifest (default {DEFAULT_ORIENTATION!r})"
+    )
     for key, allowed in (("hflip", hflip), ("vflip", vflip), ("rot90", rot90 and square)):
         if aug[key] is None:
             aug[key] = allowed
@@ -181,8 +211,17 @@ def resolve(cfg: TrainConfig, stats: DataStats, *, cost_128: float, device: Lite
     return TrainConfig.model_validate({**cfg.model_dump(), **update}), choices
 
 
-def stats_from(heights: Sequence[int] | np.ndarray, widths: Sequence[int] | np.ndarray, train_counts: dict[str, int], orientation: str | None) -> DataStats:
+def stats_from(
+    heights: Sequence[int] | np.ndarray,
+    widths: Sequence[int] | np.ndarray,
+    train_counts: dict[str, int],
+    orientation: str | None,
+) -> DataStats:
     """``DataStats`` from the frames' sizes and the training split's class counts."""
-    return DataStats(n_train=sum(train_counts.values()), train_counts=dict(train_counts),
-                     heights=np.asarray(heights, dtype=np.float64), widths=np.asarray(widths, dtype=np.float64),
-                     orientation=orientation)
+    return DataStats(
+        n_train=sum(train_counts.values()),
+        train_counts=dict(train_counts),
+        heights=np.asarray(heights, dtype=np.float64),
+        widths=np.asarray(widths, dtype=np.float64),
+        orientation=orientation,
+    )

@@ -55,7 +55,9 @@ def plot_roc(is_defect: np.ndarray, score: np.ndarray, threshold: float, path: P
     ax.plot(fpr, tpr, label=f"AUC {auc:.4f}")
     ax.plot([0, 1], [0, 1], ":", color="grey")
     op = M.escape_overkill(is_defect, score >= threshold)
-    ax.plot([op["overkill"].rate], [1 - op["escape"].rate], "o", color="red", label=f"operating point t={threshold:.3g}")
+    ax.plot(
+        [op["overkill"].rate], [1 - op["escape"].rate], "o", color="red", label=f"operating point t={threshold:.3g}"
+    )
     ax.set_xlabel("overkill rate (good rejected)")
     ax.set_ylabel("1 - escape rate (defects caught)")
     ax.set_title("ROC, defect vs good (test)")
@@ -91,8 +93,9 @@ def escape_overkill_curve(is_defect: np.ndarray, score: np.ndarray) -> tuple[np.
     return 1.0 - tpr, fpr, thresholds
 
 
-def plot_escape_overkill(curves: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float,
-                         tradeoff: list[dict[str, Any]], path: Path) -> None:
+def plot_escape_overkill(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float, tradeoff: list[dict[str, Any]], path: Path
+) -> None:
     """Escape (x, symlog) against overkill (y) per split, the operating point and the table's levels."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.0, 4.5), dpi=100)
@@ -100,8 +103,9 @@ def plot_escape_overkill(curves: dict[str, tuple[np.ndarray, np.ndarray]], thres
         escape, overkill, _ = escape_overkill_curve(is_defect, score)
         line = ax.step(escape, overkill, where="post", label=f"{split} (n={len(score)})")[0]
         op = M.escape_overkill(is_defect, score >= threshold)
-        ax.plot([op["escape"].rate], [op["overkill"].rate], "o", color=line.get_color(), markeredgecolor="red",
-                markersize=8)
+        ax.plot(
+            [op["escape"].rate], [op["overkill"].rate], "o", color=line.get_color(), markeredgecolor="red", markersize=8
+        )
     for row in tradeoff:
         ax.axvline(row["max_escape"], color="grey", linestyle=":", linewidth=0.8)
     ax.plot([], [], "o", color="white", markeredgecolor="red", label=f"operating point t={threshold:.3g}")
@@ -123,10 +127,21 @@ def _rate_cell(r: dict[str, Any]) -> str:
     return f"{r['rate']:.2%} ({r['k']}/{r['n']}; 95% CI {r['ci_low']:.2%}–{r['ci_high']:.2%})"
 
 
-def write_report(folder: Path, *, title: str, classes: list[str], good_class: str | None, y_true: np.ndarray,
-                 probs: np.ndarray, threshold: float, test_metrics: dict[str, Any], calibration: dict[str, Any],
-                 history: list[dict[str, float]], val_labels: np.ndarray | None = None,
-                 val_probs: np.ndarray | None = None) -> list[str]:
+def write_report(
+    folder: Path,
+    *,
+    title: str,
+    classes: list[str],
+    good_class: str | None,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    threshold: float,
+    test_metrics: dict[str, Any],
+    calibration: dict[str, Any],
+    history: list[dict[str, float]],
+    val_labels: np.ndarray | None = None,
+    val_probs: np.ndarray | None = None,
+) -> list[str]:
     """Write ``report.html`` and its PNGs into ``folder``; returns the file names written.
 
     ``y_true``/``probs`` are the test split's; ``val_labels``/``val_probs`` (the split the
@@ -139,10 +154,14 @@ def write_report(folder: Path, *, title: str, classes: list[str], good_class: st
     cm = np.asarray(test_metrics["confusion_matrix"])
     plot_confusion(cm, classes, folder / "confusion.png")
     esc = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
-             ("<style>body{font-family:sans-serif;margin:2em;max-width:60em}td,th{padding:2px 8px;text-align:right}"
-              "th:first-child,td:first-child{text-align:left}table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}</style>"),
-             f"</head><body><h1>{esc(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
+        (
+            "<style>body{font-family:sans-serif;margin:2em;max-width:60em}td,th{padding:2px 8px;text-align:right}"
+            "th:first-child,td:first-child{text-align:left}table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}</style>"
+        ),
+        f"</head><body><h1>{esc(title)}</h1>",
+    ]
     warning = calibration.get("warning")
     if warning:
         parts.append(f"<p style='color:#b00;border:2px solid #b00;padding:6px'><b>WARNING:</b> {esc(warning)}</p>")
@@ -162,30 +181,55 @@ def write_report(folder: Path, *, title: str, classes: list[str], good_class: st
         op = test_metrics["operating_point"]
         parts.append("<h2>Operating point (test split)</h2><table>")
         parts.append(f"<tr><td>reject threshold on P(defect)</td><td>{threshold:.6g}</td></tr>")
-        parts.append(f"<tr><td>calibrated for</td><td>{esc(str(calibration.get('target', {})))} on validation</td></tr>")
+        parts.append(
+            f"<tr><td>calibrated for</td><td>{esc(str(calibration.get('target', {})))} on validation</td></tr>"
+        )
         if not calibration.get("supported", True):
-            parts.append(f"<tr><td colspan=2 style='color:#b00;text-align:left'><b>NOT SUPPORTED:</b> "
-                         f"{esc(calibration.get('unsupported_reason', ''))}</td></tr>")
+            parts.append(
+                f"<tr><td colspan=2 style='color:#b00;text-align:left'><b>NOT SUPPORTED:</b> "
+                f"{esc(calibration.get('unsupported_reason', ''))}</td></tr>"
+            )
         parts.append(f"<tr><td><b>escape rate</b> (defects passed)</td><td>{_rate_cell(op['escape'])}</td></tr>")
         parts.append(f"<tr><td><b>overkill rate</b> (good rejected)</td><td>{_rate_cell(op['overkill'])}</td></tr>")
         parts.append(f"<tr><td>ROC AUC defect vs good</td><td>{test_metrics['roc_auc']:.4f}</td></tr>")
         parts.append(f"<tr><td>average precision</td><td>{test_metrics['average_precision']:.4f}</td></tr></table>")
-        parts.append("<p>The interval is how sure the figure is: with few defects on the test split a low escape rate is "
-                     "compatible with a much higher true rate.</p>")
+        parts.append(
+            "<p>The interval is how sure the figure is: with few defects on the test split a low escape rate is "
+            "compatible with a much higher true rate.</p>"
+        )
         if tradeoff:
-            parts.append(_tradeoff_html(tradeoff, test_metrics.get("tradeoff") or tradeoff_at(tradeoff, score, is_defect),
-                                        calibration.get("overkill_limit")))
+            parts.append(
+                _tradeoff_html(
+                    tradeoff,
+                    test_metrics.get("tradeoff") or tradeoff_at(tradeoff, score, is_defect),
+                    calibration.get("overkill_limit"),
+                )
+            )
         parts.append("<img src='escape_overkill.png' alt='escape-overkill curve'><br>")
         parts.append("<img src='roc.png' alt='ROC'> <img src='pr.png' alt='precision-recall'>")
-    parts.append("<h2>Per class (test split)</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>")
+    parts.append(
+        "<h2>Per class (test split)</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+        "<th>support</th></tr>"
+    )
     for name, v in test_metrics["per_class"].items():
-        parts.append(f"<tr><td>{esc(name)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>")
-    parts.append(f"</table><p>accuracy {test_metrics['accuracy']:.4f}, macro recall {test_metrics['macro_recall']:.4f}, macro F1 {test_metrics['macro_f1']:.4f}</p>")
+        parts.append(
+            f"<tr><td>{esc(name)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
+        )
+    parts.append(
+        f"</table><p>accuracy {test_metrics['accuracy']:.4f}, macro recall {test_metrics['macro_recall']:.4f}, "
+        f"macro F1 {test_metrics['macro_f1']:.4f}</p>"
+    )
     parts.append("<img src='confusion.png' alt='confusion matrix'>")
     if history:
-        parts.append("<h2>Training history</h2><table><tr>" + "".join(f"<th>{esc(k)}</th>" for k in history[0]) + "</tr>")
+        parts.append(
+            "<h2>Training history</h2><table><tr>" + "".join(f"<th>{esc(k)}</th>" for k in history[0]) + "</tr>"
+        )
         for row in history:
-            parts.append("<tr>" + "".join(f"<td>{v:.4g}</td>" if isinstance(v, float) else f"<td>{v}</td>" for v in row.values()) + "</tr>")
+            parts.append(
+                "<tr>"
+                + "".join(f"<td>{v:.4g}</td>" if isinstance(v, float) else f"<td>{v}</td>" for v in row.values())
+                + "</tr>"
+            )
         parts.append("</table>")
     parts.append("</body></html>\n")
     (folder / "report.html").write_text("\n".join(parts), encoding="utf-8")
@@ -194,30 +238,45 @@ def write_report(folder: Path, *, title: str, classes: list[str], good_class: st
 
 def _tradeoff_html(table: list[dict[str, Any]], test: list[dict[str, Any]], limit: float | None) -> str:
     esc = html.escape
-    rows = ["<h2>Escape–overkill trade-off</h2><p>Each row: the threshold that meets the escape level on validation, "
-            "and what it gives on validation and on test (95% CIs). Move the operating point without retraining with "
-            "<code>inspection models set-threshold NAME/VERSION --max-escape X</code>."
-            + (f" Overkill above {limit:.0%} is flagged in red." if limit is not None else "") + "</p>",
-            ("<table><tr><th>max escape</th><th>threshold</th><th>val escape</th><th>val overkill</th>"
-             "<th>test escape</th><th>test overkill</th><th></th></tr>")]
+    rows = [
+        "<h2>Escape–overkill trade-off</h2><p>Each row: the threshold that meets the escape level on validation, "
+        "and what it gives on validation and on test (95% CIs). Move the operating point without retraining with "
+        "<code>inspection models set-threshold NAME/VERSION --max-escape X</code>."
+        + (f" Overkill above {limit:.0%} is flagged in red." if limit is not None else "")
+        + "</p>",
+        (
+            "<table><tr><th>max escape</th><th>threshold</th><th>val escape</th><th>val overkill</th>"
+            "<th>test escape</th><th>test overkill</th><th></th></tr>"
+        ),
+    ]
+
     def over(r: dict[str, Any]) -> str:
         red = limit is not None and r["n"] and r["rate"] > limit
         return f"<td style='color:#b00'>{_rate_cell(r)}</td>" if red else f"<td>{_rate_cell(r)}</td>"
 
     for row, trow in zip(table, test, strict=True):
         note = "" if row["resolvable"] else f"not resolvable: needs ≥ {row['needed']} validation defects"
-        rows.append(f"<tr><td>{row['max_escape']:g}</td><td>{row['threshold']:.4g}</td><td>{_rate_cell(row['escape'])}</td>"
-                    f"{over(row['overkill'])}<td>{_rate_cell(trow['escape'])}</td>{over(trow['overkill'])}"
-                    f"<td>{esc(note)}</td></tr>")
+        rows.append(
+            f"<tr><td>{row['max_escape']:g}</td><td>{row['threshold']:.4g}</td><td>{_rate_cell(row['escape'])}</td>"
+            f"{over(row['overkill'])}<td>{_rate_cell(trow['escape'])}</td>{over(trow['overkill'])}"
+            f"<td>{esc(note)}</td></tr>"
+        )
     rows.append("</table>")
     return "\n".join(rows)
 
 
-def text_summary(test_metrics: dict[str, Any], good_class: str | None, calibration: dict[str, Any] | None = None) -> str:
+def text_summary(
+    test_metrics: dict[str, Any], good_class: str | None, calibration: dict[str, Any] | None = None
+) -> str:
     """A few lines for the terminal: the escape/overkill report; with ``calibration`` (the
     evidence of ``inspection.calibration.calibrate``) also its warning and trade-off table
     (test columns when ``test_metrics`` holds ``tradeoff``, from ``tradeoff_at``)."""
-    lines = [f"test accuracy {test_metrics['accuracy']:.4f}  macro recall {test_metrics['macro_recall']:.4f}  (n={test_metrics['n']})"]
+    lines = [
+        (
+            f"test accuracy {test_metrics['accuracy']:.4f}  macro recall {test_metrics['macro_recall']:.4f}  "
+            f"(n={test_metrics['n']})"
+        )
+    ]
     if good_class is not None:
         op = test_metrics["operating_point"]
         lines.append(f"escape rate   {_rate_cell(op['escape'])}")

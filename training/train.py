@@ -5,7 +5,7 @@ splits honestly (duplicates and groups never cross splits) and lets ``training.r
 every open setting from the data -> the images are cached as serving would preprocess them ->
 ``_train``: AdamW one-cycle with an EMA of the weights, selected on validation AUROC ->
 ``_operating_point``: the reject threshold calibrated on validation, with the trade-off table
--> test figures by the one reject rule (``inspection.decisions``) -> ``_export``: ONNX, checker,
+-> test figures by the one reject rule (``inspection.decisions``) -> ``training.version.export_version``: ONNX, checker,
 parity on the whole test split, golden frames, optional int8, report, stored scores, card with
 the sha256 of every file.
 
@@ -16,12 +16,8 @@ Checkpoints live in ``models/.runs/<name>-<version>/checkpoint.pt``; ``--resume`
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,31 +28,20 @@ import torch
 from torch import nn
 
 from inspection.card import (
-    DatasetRef,
-    Golden,
     InputSpec,
     ModelCard,
-    Normalization,
-    Parity,
-    Thresholds,
     TileGrid,
-    hash_files,
-    save_card,
-    utc_now,
 )
 from inspection.dataset.layout import Dataset, read_dataset
 from inspection.dataset.split import split_dataset
-from inspection.decisions import rule_defect_scores, rule_reject_mask
 from inspection.errors import ConfigError, DatasetError, TrainingError
-from inspection.metrics import average_precision, classification_summary, escape_overkill, roc_auc
 from inspection.preprocess import tile_boxes
 from inspection.registry import ModelRegistry
 from training import calibrate as cal
 from training import data as D
 from training import engine as E
-from training import export as X
 from training import recipe as recipe_rules
-from training.config import TrainConfig, save_config
+from training.config import TrainConfig
 from training.models import (
     Classifier,
     FlipAverage,
@@ -66,7 +51,8 @@ from training.models import (
     load_pretrained,
     model_info,
 )
-from training.report import text_summary, write_report
+from training.report import text_summary
+from training.version import Run, export_version, rmdir_empty, split_metrics
 
 log = logging.getLogger(__name__)
 
@@ -76,35 +62,6 @@ class TrainResult:
     path: Path
     card: ModelCard
     summary: str
-
-
-def _code_version() -> str:
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", "training", "inspection"],
-                               capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    if out.returncode != 0:
-        return "unknown"
-    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def _test_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str], good_class: str | None, threshold: float,
-                  per_class: dict[str, float]) -> dict[str, Any]:
-    """Test figures at the operating point, decided by the one reject rule (inspection.decisions)."""
-    m = classification_summary(labels, probs.argmax(1) if len(probs) else labels, classes)
-    if good_class is not None:
-        is_defect = labels != classes.index(good_class)
-        score = rule_defect_scores(probs, classes, good_class)
-        rejected = rule_reject_mask(probs, classes, good_class, threshold, per_class)
-        rates = escape_overkill(is_defect, rejected)
-        m["roc_auc"] = roc_auc(is_defect, score)
-        m["average_precision"] = average_precision(is_defect, score)
-        m["operating_point"] = {"threshold": threshold, "escape": rates["escape"].as_dict(),
-                                "overkill": rates["overkill"].as_dict()}
-    return m
 
 
 def _validate_inputs(cfg: TrainConfig) -> tuple[Dataset, str]:
@@ -131,35 +88,13 @@ def _check_split(counts: dict[str, dict[str, int]], cfg: TrainConfig, good_class
     if good_class is not None:
         val = counts["val"]
         try:
-            cal.check_supported(cfg.target, n_val_defects=sum(v for c, v in val.items() if c != good_class),
-                                n_val_good=val[good_class])
+            cal.check_supported(
+                cfg.target, n_val_defects=sum(v for c, v in val.items() if c != good_class), n_val_good=val[good_class]
+            )
         except TrainingError as exc:
             if not cfg.allow_unsupported_target:
                 raise
             log.warning("TARGET NOT SUPPORTED (training anyway, --allow-unsupported-target): %s", exc)
-
-
-@dataclass
-class _Run:
-    """What the steps of one training run hand to each other."""
-
-    cfg: TrainConfig
-    ds: Dataset
-    name: str
-    version: str
-    split: dict[str, str]
-    counts: dict[str, dict[str, int]]
-    resume: dict[str, Any] | None
-    registry: ModelRegistry
-    recipe: list[dict[str, Any]]
-
-    @property
-    def run_dir(self) -> Path:
-        return self.registry.root / ".runs" / f"{self.name}-{self.version}"
-
-    @property
-    def good_index(self) -> int | None:
-        return self.ds.classes.index(self.ds.good_class) if self.ds.good_class is not None else None
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -168,7 +103,7 @@ def _device(cfg: TrainConfig) -> torch.device:
     return torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def _prepare(cfg: TrainConfig) -> _Run:
+def _prepare(cfg: TrainConfig) -> Run:
     """Resume state, dataset checks, the honest split, the recipe's choices, the version."""
     resume = E.load_checkpoint(cfg.resume) if cfg.resume is not None else None
     if resume is not None:
@@ -184,35 +119,47 @@ def _prepare(cfg: TrainConfig) -> _Run:
         split = split_dataset(ds, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction).split
     missing = [s.path for s in ds.samples if s.path not in split]
     if missing:
-        raise DatasetError(f"{len(missing)} image(s) of {ds.name!r} are not in the checkpoint's split "
-                           f"(e.g. {missing[0]}); the dataset changed since the run began")
+        raise DatasetError(
+            f"{len(missing)} image(s) of {ds.name!r} are not in the checkpoint's split "
+            f"(e.g. {missing[0]}); the dataset changed since the run began"
+        )
     counts = D.split_counts(ds.samples, split, ds.classes)
     _check_split(counts, cfg, ds.good_class)
     for cls in ds.classes:
         if counts["val"][cls] == 0 or counts["test"][cls] == 0:
             # A class with fewer than 3 groups stays in training (the split needs >= 3 to hold
             # some out): the model learns it, but nobody can measure how well.
-            log.warning("class %r has no validation or test images (%d in all): it is learned, but its recall "
-                        "cannot be measured; add images of it", cls, sum(counts[s][cls] for s in counts))
+            log.warning(
+                "class %r has no validation or test images (%d in all): it is learned, but its recall "
+                "cannot be measured; add images of it",
+                cls,
+                sum(counts[s][cls] for s in counts),
+            )
     recipe: list[dict[str, Any]] = resume.get("recipe", []) if resume is not None else []
     if resume is None:
         cfg, recipe = _choose_recipe(cfg, ds, counts)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     registry = ModelRegistry(cfg.models_dir)
-    version = (resume["version"] if resume is not None and not (registry.root / name / resume["version"]).exists()
-               else registry.next_version(name))
-    return _Run(cfg, ds, name, version, split, counts, resume, registry, recipe)
+    version = (
+        resume["version"]
+        if resume is not None and not (registry.root / name / resume["version"]).exists()
+        else registry.next_version(name)
+    )
+    return Run(cfg, ds, name, version, split, counts, resume, registry, recipe)
 
 
-def _choose_recipe(cfg: TrainConfig, ds: Dataset, counts: dict[str, dict[str, int]]) -> tuple[TrainConfig, list[dict[str, Any]]]:
+def _choose_recipe(
+    cfg: TrainConfig, ds: Dataset, counts: dict[str, dict[str, int]]
+) -> tuple[TrainConfig, list[dict[str, Any]]]:
     heights, widths = D.frame_sizes(ds)
     if cfg.roi is not None:
         heights, widths = np.full_like(heights, cfg.roi[3]), np.full_like(widths, cfg.roi[2])
     stats = recipe_rules.stats_from(heights, widths, counts["train"], ds.manifest.get("orientation"))
     device = _device(cfg).type
-    resolved, choices = recipe_rules.resolve(cfg, stats, cost_128=model_info(cfg.arch).cost_128,
-                                             device="cuda" if device == "cuda" else "cpu")
+    resolved, choices = recipe_rules.resolve(
+        cfg, stats, cost_128=model_info(cfg.arch).cost_128, device="cuda" if device == "cuda" else "cpu"
+    )
     for c in choices:
         log.info("recipe: %s = %s (%s)", c.setting, c.value, c.reason)
     return resolved, [c.as_dict() for c in choices]
@@ -229,11 +176,18 @@ def _input_spec(cfg: TrainConfig) -> InputSpec:
         tile_h = min(height, int(np.ceil(height / (rows - (rows - 1) * 0.25))))
         tile_w = min(width, int(np.ceil(width / (cols - (cols - 1) * 0.25))))
         tiles = TileGrid(rows=rows, cols=cols, tile_height=tile_h, tile_width=tile_w)
-    return InputSpec(height=height, width=width, channels=cfg.channels, resize=cfg.resize, geometry=cfg.geometry,
-                     roi=cfg.roi, tiles=tiles)
+    return InputSpec(
+        height=height,
+        width=width,
+        channels=cfg.channels,
+        resize=cfg.resize,
+        geometry=cfg.geometry,
+        roi=cfg.roi,
+        tiles=tiles,
+    )
 
 
-def _build_model(run: _Run, spec: InputSpec, mean: list[float], std: list[float]) -> tuple[nn.Module, str]:
+def _build_model(run: Run, spec: InputSpec, mean: list[float], std: list[float]) -> tuple[nn.Module, str]:
     """The network to train: backbone (pretrained weights when given and found), the
     normalisation inside, and the tile grid around it when the spec has one."""
     cfg = run.cfg
@@ -242,8 +196,11 @@ def _build_model(run: _Run, spec: InputSpec, mean: list[float], std: list[float]
     if run.resume is None and (cfg.pretrained or cfg.pretrained_path):
         weights = find_pretrained(cfg.arch, path=cfg.pretrained_path)
         if weights is None:
-            log.warning("no local pretrained weights for %s (torch hub cache %s); training from scratch",
-                        cfg.arch, torch.hub.get_dir())
+            log.warning(
+                "no local pretrained weights for %s (torch hub cache %s); training from scratch",
+                cfg.arch,
+                torch.hub.get_dir(),
+            )
         else:
             skipped = load_pretrained(backbone, weights)
             note = str(weights)
@@ -254,45 +211,76 @@ def _build_model(run: _Run, spec: InputSpec, mean: list[float], std: list[float]
     return model, note
 
 
-def _train(run: _Run, model: nn.Module, train: D.SplitData, val: D.SplitData) -> dict[str, Any]:
+def _train(run: Run, model: nn.Module, train: D.SplitData, val: D.SplitData) -> dict[str, Any]:
     cfg = run.cfg
     n_classes = len(run.ds.classes)
     augment = D.LineAugment(cfg.augment, seed=cfg.seed)
     train_set = D.ArrayDataset(train.images, train.labels, augment)
     device = _device(cfg)
-    class_weights = (torch.as_tensor(D.class_weights(train.labels, n_classes), dtype=torch.float32, device=device)
-                     if cfg.balance == "weights" else None)
+    class_weights = (
+        torch.as_tensor(D.class_weights(train.labels, n_classes), dtype=torch.float32, device=device)
+        if cfg.balance == "weights"
+        else None
+    )
     loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
     batch_size, balance = int(cfg.batch_size or 32), cfg.balance or "none"
 
     def epoch_loader(epoch: int) -> torch.utils.data.DataLoader:
         seed = E.epoch_seed(cfg.seed, epoch)
         augment.reseed(seed)
-        return E.make_loader(train_set, train.labels, batch_size=batch_size, balance=balance, n_classes=n_classes,
-                             seed=seed)
+        return E.make_loader(
+            train_set, train.labels, batch_size=batch_size, balance=balance, n_classes=n_classes, seed=seed
+        )
 
-    extra = {"config": cfg.to_yaml_dict(), "split": run.split, "version": run.version, "name": run.name,
-             "recipe": run.recipe}
+    extra = {
+        "config": cfg.to_yaml_dict(),
+        "split": run.split,
+        "version": run.version,
+        "name": run.name,
+        "recipe": run.recipe,
+    }
     return E.fit(
-        model, make_epoch_loader=epoch_loader, val_images=val.images, val_labels=val.labels, n_classes=n_classes,
-        good_index=run.good_index, epochs=int(cfg.epochs or 1), lr=cfg.lr, weight_decay=cfg.weight_decay,
-        loss_fn=loss_fn, stopper=E.EarlyStopping(patience=int(cfg.patience or 1), min_epochs=int(cfg.min_epochs or 1)),
-        checkpoint=run.run_dir / "checkpoint.pt", checkpoint_extra=extra, use_ema=cfg.ema, device=device,
-        resume=run.resume, progress=cfg.progress,
+        model,
+        make_epoch_loader=epoch_loader,
+        val_images=val.images,
+        val_labels=val.labels,
+        n_classes=n_classes,
+        good_index=run.good_index,
+        epochs=int(cfg.epochs or 1),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        loss_fn=loss_fn,
+        stopper=E.EarlyStopping(patience=int(cfg.patience or 1), min_epochs=int(cfg.min_epochs or 1)),
+        checkpoint=run.run_dir / "checkpoint.pt",
+        checkpoint_extra=extra,
+        use_ema=cfg.ema,
+        device=device,
+        resume=run.resume,
+        progress=cfg.progress,
     )
 
 
-def _operating_point(run: _Run, val_probs: np.ndarray, val: D.SplitData) -> tuple[float, dict[str, Any], dict[str, float]]:
+def _operating_point(
+    run: Run, val_probs: np.ndarray, val: D.SplitData
+) -> tuple[float, dict[str, Any], dict[str, float]]:
     """The reject threshold calibrated on validation, its evidence and the target."""
     cfg = run.cfg
     gi = run.good_index
     if gi is None:
-        evidence: dict[str, Any] = {"supported": True, "target": {},
-                                    "note": "no good class: every frame of this line is a defect; the threshold does not apply"}
+        evidence: dict[str, Any] = {
+            "supported": True,
+            "target": {},
+            "note": "no good class: every frame of this line is a defect; the threshold does not apply",
+        }
         return 0.5, evidence, {}
-    threshold, evidence = cal.calibrate(1.0 - val_probs[:, gi], val.labels != gi, cfg.target,
-                                        allow_unsupported=cfg.allow_unsupported_target,
-                                        overkill_limit=cfg.overkill_limit, model_id=f"{run.name}/{run.version}")
+    threshold, evidence = cal.calibrate(
+        1.0 - val_probs[:, gi],
+        val.labels != gi,
+        cfg.target,
+        allow_unsupported=cfg.allow_unsupported_target,
+        overkill_limit=cfg.overkill_limit,
+        model_id=f"{run.name}/{run.version}",
+    )
     evidence["target"] = cfg.target
     if evidence.get("warning"):
         log.warning("OPERATING POINT: %s", evidence["warning"])
@@ -328,100 +316,33 @@ def main(cfg: TrainConfig) -> TrainResult:
     threshold, evidence, target = _operating_point(run, val_probs, val)
     per_class = dict(cfg.per_class_thresholds)
     test_probs = E.predict(model, test.images)
-    test_metrics = _test_metrics(test_probs, test.labels, ds.classes, ds.good_class, threshold, per_class)
+    test_metrics = split_metrics(test_probs, test.labels, ds.classes, ds.good_class, threshold, per_class)
     if run.good_index is not None and evidence.get("tradeoff"):
         gi = run.good_index
         test_metrics["tradeoff"] = cal.tradeoff_at(evidence["tradeoff"], 1.0 - test_probs[:, gi], test.labels != gi)
-    card = _export(run, model, spec, splits, fit=fit, mean=mean, std=std, threshold=threshold, evidence=evidence,
-                   target=target, per_class=per_class, val_probs=val_probs, test_probs=test_probs,
-                   test_metrics=test_metrics, train_seconds=train_seconds, pretrained_note=pretrained_note)
+    card = export_version(
+        run,
+        model,
+        spec,
+        splits,
+        fit=fit,
+        mean=mean,
+        std=std,
+        threshold=threshold,
+        evidence=evidence,
+        target=target,
+        per_class=per_class,
+        val_probs=val_probs,
+        test_probs=test_probs,
+        test_metrics=test_metrics,
+        train_seconds=train_seconds,
+        pretrained_note=pretrained_note,
+        device=_device(cfg).type,
+    )
     final = run.registry.version_dir(run.name, run.version)
     shutil.rmtree(run.run_dir, ignore_errors=True)
-    _rmdir_empty(run.run_dir.parent)
+    rmdir_empty(run.run_dir.parent)
     summary = f"{card.model_id} -> {final}\n" + text_summary(test_metrics, ds.good_class, evidence)
     if not evidence.get("supported", True):
         summary += f"\nWARNING: the operating point is NOT supported by validation: {evidence['unsupported_reason']}"
     return TrainResult(path=final, card=card, summary=summary)
-
-
-def _export(run: _Run, model: nn.Module, spec: InputSpec, splits: dict[str, D.SplitData], *, fit: dict[str, Any],
-            mean: list[float], std: list[float], threshold: float, evidence: dict[str, Any], target: dict[str, float],
-            per_class: dict[str, float], val_probs: np.ndarray, test_probs: np.ndarray, test_metrics: dict[str, Any],
-            train_seconds: float, pretrained_note: str) -> ModelCard:
-    """Export into a staging folder, verify (checker, parity on the whole test split, golden
-    frames, optional int8), write report, scores, split and card, then rename into place."""
-    cfg, ds, name, version = run.cfg, run.ds, run.name, run.version
-    train, val, test = splits["train"], splits["val"], splits["test"]
-    staging_parent = run.registry.root / ".staging" / name
-    staging_parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f"{version}.", dir=staging_parent))
-    try:
-        X.export_onnx(model, stage / "model.onnx", spec)
-        session = X.ort_session(stage / "model.onnx")
-        onnx_probs = X.ort_predict(session, test.images, spec)
-        parity = X.parity(test_probs, onnx_probs, tolerance=cfg.parity_tolerance)
-        gidx = X.pick_golden(test.labels, cfg.golden_count, seed=cfg.seed)
-        X.write_golden(stage / "golden.npz", test.images[gidx], onnx_probs[gidx], [test.samples[i].path for i in gidx])
-        X.check_golden(session, stage / "golden.npz", spec, tolerance=cfg.parity_tolerance)
-        int8_file = None
-        if cfg.int8:
-            int8_file = "model.int8.onnx"
-            X.quantize_int8(stage / "model.onnx", stage / int8_file, train.images[: min(len(train.images), 128)], spec)
-            q_probs = X.ort_predict(X.ort_session(stage / int8_file), test.images, spec)
-            q = _test_metrics(q_probs, test.labels, ds.classes, ds.good_class, threshold, per_class)
-            test_metrics["int8"] = {"accuracy": q["accuracy"], "accuracy_change": q["accuracy"] - test_metrics["accuracy"],
-                                    "max_abs_prob_diff": float(np.max(np.abs(q_probs - onnx_probs)))}
-            if ds.good_class is not None:
-                op, q_op = test_metrics["operating_point"], q["operating_point"]
-                test_metrics["int8"].update(
-                    escape_rate=q_op["escape"]["rate"], escape_change=q_op["escape"]["rate"] - op["escape"]["rate"],
-                    overkill_rate=q_op["overkill"]["rate"], roc_auc=q["roc_auc"])
-        files = write_report(stage, title=f"{name} {version} — {ds.name}", classes=ds.classes, good_class=ds.good_class,
-                             y_true=test.labels, probs=test_probs, threshold=threshold, test_metrics=test_metrics,
-                             calibration=evidence, history=fit["history"], val_labels=val.labels, val_probs=val_probs)
-        cal.save_scores(stage / cal.SCORES_FILE, val_probs=val_probs, val_labels=val.labels, test_probs=test_probs,
-                        test_labels=test.labels)
-        D.write_split(stage / D.SPLIT_FILE, ds.samples, run.split)
-        save_config(cfg, stage / "config.yaml")
-        (stage / "history.json").write_text(json.dumps(fit["history"], indent=1) + "\n", encoding="utf-8")
-        names = ["model.onnx", "golden.npz", D.SPLIT_FILE, cal.SCORES_FILE, "config.yaml", "history.json", *files]
-        if int8_file:
-            names.append(int8_file)
-        best = fit["history"][fit["best_epoch"] - 1] if fit["history"] else {}
-        card = ModelCard(
-            name=name, version=version, created=utc_now(), classes=ds.classes, good_class=ds.good_class, arch=cfg.arch,
-            int8_file=int8_file, input=spec, normalization=Normalization(mean=mean, std=std),
-            thresholds=Thresholds(reject=threshold, per_class=per_class, target=target, calibration=evidence),
-            metrics={"test": test_metrics, "val": {"macro_recall": best.get("val_macro_recall"),
-                                                   "roc_auc": best.get("val_auroc")}},
-            dataset=DatasetRef(name=ds.name, fingerprint=ds.fingerprint, split_file=D.SPLIT_FILE, split_seed=cfg.seed,
-                               split_counts=run.counts),
-            training={"config": cfg.to_yaml_dict(), "recipe": run.recipe, "best_epoch": fit["best_epoch"],
-                      "epochs_run": len(fit["history"]), "train_seconds": round(train_seconds, 1),
-                      "pretrained": pretrained_note, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "device": _device(cfg).type},
-            code_version=_code_version(),
-            parity=Parity(**parity),
-            golden=Golden(tolerance=cfg.parity_tolerance, count=len(gidx)),
-            files=hash_files(stage, names),
-        )
-        save_card(card, stage)
-        final = run.registry.version_dir(name, version)
-        if final.exists():
-            raise TrainingError(f"model version {final} appeared while training; nothing was overwritten (try again)")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(stage, final)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    finally:
-        _rmdir_empty(staging_parent)
-    return card
-
-
-def _rmdir_empty(path: Path) -> None:
-    for p in (path, path.parent):
-        try:
-            p.rmdir()
-        except OSError:
-            return

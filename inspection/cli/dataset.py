@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gen.add_argument("--out", type=Path, required=True, help="dataset folder to create, e.g. datasets/coating")
     gen.add_argument("--seed", type=int, default=0, help="same seed -> byte-identical dataset (default 0)")
     gen.add_argument("--good", type=int, default=500, dest="n_good", help="good frames (default 500)")
-    gen.add_argument("--per-defect", type=int, default=100, dest="n_per_defect",
-                     help="frames per defect type (default 100)")
+    gen.add_argument(
+        "--per-defect", type=int, default=100, dest="n_per_defect", help="frames per defect type (default 100)"
+    )
     gen.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     gen.set_defaults(func=_generate)
@@ -42,22 +43,48 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     imp.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     imp.add_argument("--good", default=None, metavar="CLASS", help="the class meaning 'no defect' (none if omitted)")
     imp.add_argument("--name", default=None, help="dataset name (default: the --out folder name)")
-    imp.add_argument("--include", action="append", default=[], metavar="GLOB",
-                     help="only files whose path (relative to SRC) matches; repeatable (default: all images)")
-    imp.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                     help="skip files whose path (relative to SRC) matches, e.g. '*.png' for masks; repeatable")
-    imp.add_argument("--class-from-dir-pattern", default=None, metavar="REGEX",
-                     help="folders: regex searched in the file's relative path; its 'label' group is the class, "
-                          "e.g. 'MT_(?P<label>[^/]+)/'. Default: the top-level folder name")
-    imp.add_argument("--group-from-pattern", default=None, metavar="REGEX",
-                     help="fill the labels.csv group column (part serial, lot, item: one split per group) from the "
-                          "'group' group of a regex searched in the file's relative path, e.g. '(?P<group>SN[0-9]+)_'")
-    imp.add_argument("--classes", default=None, metavar="A,B,...",
-                     help="the allowed classes, in model output order (default: the labels found, sorted, good first)")
-    imp.add_argument("--orientation", choices=ORIENTATIONS, default=None,
-                     help="which flips/rotations leave a part valid (training augments only with those): free = any "
-                          "flip or 90-degree turn (textures), flip = mirror images, hflip = left-right only, fixed = "
-                          "none. Default: not recorded (training then uses flips, no rotations)")
+    imp.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only files whose path (relative to SRC) matches; repeatable (default: all images)",
+    )
+    imp.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip files whose path (relative to SRC) matches, e.g. '*.png' for masks; repeatable",
+    )
+    imp.add_argument(
+        "--class-from-dir-pattern",
+        default=None,
+        metavar="REGEX",
+        help="folders: regex searched in the file's relative path; its 'label' group is the class, "
+        "e.g. 'MT_(?P<label>[^/]+)/'. Default: the top-level folder name",
+    )
+    imp.add_argument(
+        "--group-from-pattern",
+        default=None,
+        metavar="REGEX",
+        help="fill the labels.csv group column (part serial, lot, item: one split per group) from the "
+        "'group' group of a regex searched in the file's relative path, e.g. '(?P<group>SN[0-9]+)_'",
+    )
+    imp.add_argument(
+        "--classes",
+        default=None,
+        metavar="A,B,...",
+        help="the allowed classes, in model output order (default: the labels found, sorted, good first)",
+    )
+    imp.add_argument(
+        "--orientation",
+        choices=ORIENTATIONS,
+        default=None,
+        help="which flips/rotations leave a part valid (training augments only with those): free = any "
+        "flip or 90-degree turn (textures), flip = mirror images, hflip = left-right only, fixed = "
+        "none. Default: not recorded (training then uses flips, no rotations)",
+    )
     imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     imp.set_defaults(func=_import)
 
@@ -76,13 +103,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "build",
         help="a new dataset version: a base dataset + the production labels from the inspection log",
         description="Copies the base dataset and every labelled frame (latest label wins) from the log's frame store; "
-                    "production samples get a seeded split; the manifest records the lineage (records and labels).",
+        "production samples get a seeded split; the manifest records the lineage (records and labels).",
     )
-    build.add_argument("--base", type=Path, required=True, metavar="DATASET",
-                       help="base dataset folder (standard layout)")
+    build.add_argument(
+        "--base", type=Path, required=True, metavar="DATASET", help="base dataset folder (standard layout)"
+    )
     build.add_argument("--log-url", required=True, help="inspection log, e.g. sqlite:///var/log.db")
-    build.add_argument("--frames-dir", type=Path, default=None,
-                       help="the log's frame store (default: beside a SQLite log)")
+    build.add_argument(
+        "--frames-dir", type=Path, default=None, help="the log's frame store (default: beside a SQLite log)"
+    )
     build.add_argument("--out", type=Path, required=True, help="dataset folder to create, e.g. datasets/coating-v2")
     build.add_argument("--name", default=None, help="dataset name (default: the --out folder name)")
     build.add_argument("--seed", type=int, default=0, help="split seed for the production samples (default 0)")
@@ -97,8 +126,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     unl.add_argument("src", type=Path, metavar="SRC", help="folder of images (searched recursively) or one image")
     unl.add_argument("--log-url", required=True, help="inspection log, e.g. sqlite:///var/log.db")
-    unl.add_argument("--frames-dir", type=Path, default=None,
-                     help="the log's frame store (default: beside a SQLite log)")
+    unl.add_argument(
+        "--frames-dir", type=Path, default=None, help="the log's frame store (default: beside a SQLite log)"
+    )
     unl.add_argument("--station", default=None, help="station whose model shows its prediction on the page")
     unl.add_argument("--actor", default="cli", help="who imported them (recorded)")
     unl.set_defaults(func=_import_unlabelled)
@@ -108,8 +138,12 @@ def _generate(args: argparse.Namespace) -> int:
     from inspection.dataset.synthetic import generate_dataset
 
     ds = generate_dataset(
-        args.out, seed=args.seed, n_good=args.n_good, n_per_defect=args.n_per_defect,
-        size=args.size, overwrite=args.overwrite,
+        args.out,
+        seed=args.seed,
+        n_good=args.n_good,
+        n_per_defect=args.n_per_defect,
+        size=args.size,
+        overwrite=args.overwrite,
     )
     counts = ", ".join(f"{c} {n}" for c, n in ds.counts().items())
     print(f"wrote {len(ds.samples)} images to {ds.root} ({counts})")
@@ -122,9 +156,17 @@ def _import(args: argparse.Namespace) -> int:
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     ds = import_dataset(
-        args.src, args.out, layout=args.layout, good_class=args.good, name=args.name,
-        include=args.include, exclude=args.exclude, class_pattern=args.class_from_dir_pattern,
-        classes=classes, group_pattern=args.group_from_pattern, orientation=args.orientation,
+        args.src,
+        args.out,
+        layout=args.layout,
+        good_class=args.good,
+        name=args.name,
+        include=args.include,
+        exclude=args.exclude,
+        class_pattern=args.class_from_dir_pattern,
+        classes=classes,
+        group_pattern=args.group_from_pattern,
+        orientation=args.orientation,
         overwrite=args.overwrite,
     )
     counts = ", ".join(f"{c} {n}" for c, n in ds.counts().items())
@@ -155,13 +197,24 @@ def _build(args: argparse.Namespace) -> int:
     from inspection.log.store import open_log
 
     with open_log(args.log_url, frames_dir=args.frames_dir) as log:
-        ds = build_dataset(args.base, log, args.out, log_url=args.log_url, name=args.name, seed=args.seed,
-                           val_fraction=args.val_fraction, test_fraction=args.test_fraction, overwrite=args.overwrite)
+        ds = build_dataset(
+            args.base,
+            log,
+            args.out,
+            log_url=args.log_url,
+            name=args.name,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            overwrite=args.overwrite,
+        )
     lineage = ds.manifest["lineage"]
     counts = ", ".join(f"{c} {n}" for c, n in ds.counts().items())
     print(f"wrote {len(ds.samples)} images to {ds.root} ({counts})")
-    print(f"base {lineage['base']['name']} ({lineage['base']['count']} images) + {len(lineage['labels'])} labelled "
-          f"frame(s) from the log; new classes: {lineage['new_classes'] or 'none'}; skipped: {len(lineage['skipped'])}")
+    print(
+        f"base {lineage['base']['name']} ({lineage['base']['count']} images) + {len(lineage['labels'])} labelled "
+        f"frame(s) from the log; new classes: {lineage['new_classes'] or 'none'}; skipped: {len(lineage['skipped'])}"
+    )
     print(f"fingerprint {ds.fingerprint}")
     return 0
 

@@ -11,6 +11,10 @@ Three source layouts:
 - ``csv``: a CSV file with a header holding ``path`` and ``label`` (optional ``split``,
   ``source`` and ``group``); paths are relative to the CSV's folder.
 
+Why one module over 400 lines: the three scanners, the group pattern and the one
+``import_dataset`` that writes atomically share the found-file record and its checks; split
+apart they would import each other's private helpers.
+
 ``group_pattern`` (any layout) fills the ``group`` column from the path: a regular expression
 searched in each file's path relative to SRC whose named group ``group`` is the part serial,
 lot or item, e.g. ``(?P<group>SN[0-9]+)_``; every image of a group then lands in one split.
@@ -50,8 +54,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 class Found:
     """One image of the source, with its label (before copying)."""
 
-    file: Path          # absolute or SRC-based path to read
-    rel: str            # path relative to SRC (or as written in the CSV), '/'-separated
+    file: Path  # absolute or SRC-based path to read
+    rel: str  # path relative to SRC (or as written in the CSV), '/'-separated
     label: str
     split: str = ""
     source: str = ""
@@ -63,8 +67,9 @@ def _matches(rel: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(low, p.lower()) for p in patterns)
 
 
-def _walk_images(src: Path, include: Sequence[str],
-                 exclude: Sequence[str]) -> tuple[list[tuple[Path, str]], dict[str, int], set[str]]:
+def _walk_images(
+    src: Path, include: Sequence[str], exclude: Sequence[str]
+) -> tuple[list[tuple[Path, str]], dict[str, int], set[str]]:
     """Image files under ``src`` (sorted, filtered), counts of what was skipped, and the
     top-level folders holding any file the filters let through (image or not)."""
     if not src.is_dir():
@@ -104,8 +109,9 @@ def _refuse_same_stem(files: list[tuple[Path, str]]) -> None:
         seen[key] = rel
 
 
-def scan_folders(src: Path, *, include: Sequence[str] = (), exclude: Sequence[str] = (),
-                 class_pattern: str | None = None) -> tuple[list[Found], dict[str, int]]:
+def scan_folders(
+    src: Path, *, include: Sequence[str] = (), exclude: Sequence[str] = (), class_pattern: str | None = None
+) -> tuple[list[Found], dict[str, int]]:
     """Images of a class-per-folder tree with their labels.
 
     Raises:
@@ -155,8 +161,9 @@ def scan_folders(src: Path, *, include: Sequence[str] = (), exclude: Sequence[st
     return found, skipped
 
 
-def scan_prefix(src: Path, *, include: Sequence[str] = (),
-                exclude: Sequence[str] = ()) -> tuple[list[Found], dict[str, int]]:
+def scan_prefix(
+    src: Path, *, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> tuple[list[Found], dict[str, int]]:
     """Images whose class is the file name before the last ``_<digits>`` (``rolled-in_scale_12.jpg``).
 
     Raises:
@@ -176,8 +183,9 @@ def scan_prefix(src: Path, *, include: Sequence[str] = (),
     return found, skipped
 
 
-def scan_csv(csv_path: Path, *, include: Sequence[str] = (),
-             exclude: Sequence[str] = ()) -> tuple[list[Found], dict[str, int]]:
+def scan_csv(
+    csv_path: Path, *, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> tuple[list[Found], dict[str, int]]:
     """Images listed in a CSV with a ``path,label[,split][,source][,group]`` header.
 
     Raises:

@@ -49,11 +49,11 @@ _GROUP_FIELD = "group"  # written only when some sample has a group: older files
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    path: str            # relative to the dataset folder, '/'-separated
+    path: str  # relative to the dataset folder, '/'-separated
     label: str
-    split: str = ""      # "", "train", "val" or "test"
-    source: str = ""     # part id / serial / original file: keeps views of one part together
-    group: str = ""      # part serial / lot / physical item: every image of a group lands in one split
+    split: str = ""  # "", "train", "val" or "test"
+    source: str = ""  # part id / serial / original file: keeps views of one part together
+    group: str = ""  # part serial / lot / physical item: every image of a group lands in one split
 
 
 @dataclass
@@ -88,8 +88,9 @@ def compute_fingerprint(root: Path, samples: Iterable[Sample], *, digests: dict[
     return h.hexdigest()
 
 
-def _validate(samples: list[Sample], classes: list[str], good_class: str | None, digests: dict[str, str],
-              pixels: dict[str, str]) -> None:
+def _validate(
+    samples: list[Sample], classes: list[str], good_class: str | None, digests: dict[str, str], pixels: dict[str, str]
+) -> None:
     if len(classes) < 1 or len(set(classes)) != len(classes):
         raise DatasetError(f"classes must be a non-empty list of unique names, got {classes}")
     if good_class is not None and good_class not in classes:
@@ -227,8 +228,9 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
             if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
                 raise DatasetError(f"{root / LABELS} needs a header with at least path,label")
             samples = [
-                Sample(row["path"], row["label"], row.get("split") or "", row.get("source") or "",
-                       row.get("group") or "")
+                Sample(
+                    row["path"], row["label"], row.get("split") or "", row.get("source") or "", row.get("group") or ""
+                )
                 for row in reader
             ]
     except FileNotFoundError:

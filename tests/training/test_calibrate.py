@@ -42,8 +42,11 @@ def test_needed_counts() -> None:
 
 def test_unsupported_escape_target_names_the_value_count_and_what_is_allowed() -> None:
     s, d = _scores(2, 59, 300)
-    with pytest.raises(TrainingError, match=r"--max-escape 0.01 needs at least 100 defective .* validation has 59\. "
-                                            r"Allowed with this split: --max-escape >= 0.017"):
+    with pytest.raises(
+        TrainingError,
+        match=r"--max-escape 0.01 needs at least 100 defective .* validation has 59\. "
+        r"Allowed with this split: --max-escape >= 0.017",
+    ):
         calibrate(s, d, {"max_escape": 0.01})
 
 

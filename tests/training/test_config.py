@@ -15,19 +15,30 @@ def test_defaults_then_file_then_flags(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("epochs: 7\nimage_size: 96\naugment:\n  rot90: false\n  noise_p: 0.5\n")
     cfg = load_config(f, {"epochs": 3, "arch": None})
-    assert cfg.epochs == 3            # flag wins
-    assert cfg.image_size == 96       # file beats default
-    assert cfg.arch == "linecnn"      # None flag = not given: default.yaml's value stands
+    assert cfg.epochs == 3  # flag wins
+    assert cfg.image_size == 96  # file beats default
+    assert cfg.arch == "linecnn"  # None flag = not given: default.yaml's value stands
     assert cfg.augment.rot90 is False and cfg.augment.noise_p == 0.5
     assert cfg.augment.hflip is None  # left to the recipe (the dataset's orientation)
 
 
 def test_default_leaves_data_dependent_settings_to_the_recipe() -> None:
     cfg = load_config(None, {})
-    open_settings = {k for k in ("image_size", "input_shape", "epochs", "batch_size", "patience", "min_epochs",
-                                 "balance", "threads") if getattr(cfg, k) is None}
-    assert open_settings == {"image_size", "input_shape", "epochs", "batch_size", "patience", "min_epochs",
-                             "balance", "threads"}
+    open_settings = {
+        k
+        for k in ("image_size", "input_shape", "epochs", "batch_size", "patience", "min_epochs", "balance", "threads")
+        if getattr(cfg, k) is None
+    }
+    assert open_settings == {
+        "image_size",
+        "input_shape",
+        "epochs",
+        "batch_size",
+        "patience",
+        "min_epochs",
+        "balance",
+        "threads",
+    }
     assert cfg.geometry == "letterbox" and cfg.ema
 
 

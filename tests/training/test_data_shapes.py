@@ -19,8 +19,14 @@ from training.train import main as train_main
 FAST = {"epochs": 2, "min_epochs": 1, "batch_size": 16, "max_escape": 0.25, "progress": False, "threads": 1}
 
 
-def _frames_dataset(dest: Path, *, sizes: list[tuple[int, int]], colour_every: int = 0, huge: int = 0,
-                    counts: dict[str, int] | None = None) -> Path:
+def _frames_dataset(
+    dest: Path,
+    *,
+    sizes: list[tuple[int, int]],
+    colour_every: int = 0,
+    huge: int = 0,
+    counts: dict[str, int] | None = None,
+) -> Path:
     """Good/scratch/spot frames of the given (height, width) sizes, cycled; every
     ``colour_every``-th one stored as 3-channel BGR; one ``huge`` x ``huge`` frame if asked."""
     rng = np.random.default_rng(0)
@@ -61,8 +67,9 @@ def _served_equals_golden(folder: Path, data: Path) -> None:
 @pytest.mark.slow
 def test_tall_frames_keep_their_aspect_and_tiles_are_cut_in_the_graph(tmp_path: Path) -> None:
     data = _frames_dataset(tmp_path / "tall", sizes=[(96, 40), (100, 42), (90, 38)])
-    result = train_main(load_config(None, {**FAST, "data": data, "models_dir": tmp_path / "m", "image_size": 32,
-                                           "tiles": "2x1"}))
+    result = train_main(
+        load_config(None, {**FAST, "data": data, "models_dir": tmp_path / "m", "image_size": 32, "tiles": "2x1"})
+    )
     spec = result.card.input
     assert spec.geometry == "letterbox" and spec.height > 2 * spec.width  # the frames' aspect, not a square
     assert spec.tiles is not None and (spec.tiles.rows, spec.tiles.cols) == (2, 1)
@@ -82,8 +89,9 @@ def test_mixed_sizes_channels_and_a_huge_frame_are_adapted(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_a_class_with_one_image_trains_and_says_it_cannot_be_measured(tmp_path: Path,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_a_class_with_one_image_trains_and_says_it_cannot_be_measured(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     data = _frames_dataset(tmp_path / "rare", sizes=[(32, 32)], counts={"good": 40, "scratch": 30, "spot": 1})
     result = train_main(load_config(None, {**FAST, "data": data, "models_dir": tmp_path / "m"}))
     counts = result.card.dataset.split_counts

@@ -33,10 +33,24 @@ def _fit(tmp_path: Path, *, interrupt_after: int | None = None, resume: dict | N
         if interrupt_after is not None and row["epoch"] == interrupt_after:
             raise KeyboardInterrupt  # the operator's Ctrl-C, before this epoch's checkpoint is written
 
-    E.fit(model, make_epoch_loader=loader, val_images=images, val_labels=labels, n_classes=3, good_index=0, epochs=4,
-          lr=1e-2,
-          weight_decay=0.0, loss_fn=torch.nn.CrossEntropyLoss(), stopper=E.EarlyStopping(patience=10),
-          checkpoint=tmp_path / "checkpoint.pt", checkpoint_extra={}, resume=resume, progress=False, on_epoch=on_epoch)
+    E.fit(
+        model,
+        make_epoch_loader=loader,
+        val_images=images,
+        val_labels=labels,
+        n_classes=3,
+        good_index=0,
+        epochs=4,
+        lr=1e-2,
+        weight_decay=0.0,
+        loss_fn=torch.nn.CrossEntropyLoss(),
+        stopper=E.EarlyStopping(patience=10),
+        checkpoint=tmp_path / "checkpoint.pt",
+        checkpoint_extra={},
+        resume=resume,
+        progress=False,
+        on_epoch=on_epoch,
+    )
     return model
 
 
@@ -65,6 +79,6 @@ def test_early_stopping_waits_for_min_epochs_and_patience() -> None:
     assert s.step(0, score=0.5, loss=1.0)
     assert not s.step(1, score=0.5, loss=1.1)
     assert not s.step(2, score=0.4, loss=1.0)
-    assert not s.should_stop(2)          # patience reached, but min_epochs not yet
+    assert not s.should_stop(2)  # patience reached, but min_epochs not yet
     assert s.should_stop(3)
     assert s.step(4, score=0.5, loss=0.9)  # same score, lower loss: better

@@ -9,8 +9,13 @@ from training import recipe as R
 from training.config import load_config
 
 
-def _stats(n_train: int = 1000, h: int = 300, w: int = 300, counts: dict[str, int] | None = None,
-           orientation: str | None = None) -> R.DataStats:
+def _stats(
+    n_train: int = 1000,
+    h: int = 300,
+    w: int = 300,
+    counts: dict[str, int] | None = None,
+    orientation: str | None = None,
+) -> R.DataStats:
     counts = counts or {"good": n_train // 2, "defect": n_train - n_train // 2}
     return R.stats_from([h] * 50, [w] * 50, counts, orientation)
 
@@ -62,10 +67,16 @@ def test_input_keeps_the_frames_aspect_ratio() -> None:
     assert wide.input_shape[1] == pytest.approx(2 * wide.input_shape[0], abs=R.SIDE_STEP)
 
 
-@pytest.mark.parametrize(("orientation", "expected"), [
-    ("free", (True, True, True)), ("flip", (True, True, False)), ("hflip", (True, False, False)),
-    ("fixed", (False, False, False)), (None, R.ORIENTATIONS[R.DEFAULT_ORIENTATION]),
-])
+@pytest.mark.parametrize(
+    ("orientation", "expected"),
+    [
+        ("free", (True, True, True)),
+        ("flip", (True, True, False)),
+        ("hflip", (True, False, False)),
+        ("fixed", (False, False, False)),
+        (None, R.ORIENTATIONS[R.DEFAULT_ORIENTATION]),
+    ],
+)
 def test_flips_follow_the_manifest_orientation(orientation: str | None, expected: tuple) -> None:
     cfg, _ = _resolve(_stats(orientation=orientation))
     assert (cfg.augment.hflip, cfg.augment.vflip, cfg.augment.rot90) == expected

@@ -44,9 +44,19 @@ def _report(
     evidence["target"] = {"max_escape": 0.01}
     metrics = _test_metrics(test_labels, test_probs, threshold)
     extra = {"val_labels": val_labels, "val_probs": val_probs} if with_val else {}
-    files = write_report(tmp_path, title="parts v1", classes=CLASSES, good_class="good", y_true=test_labels,
-                         probs=test_probs, threshold=threshold, test_metrics=metrics, calibration=evidence,
-                         history=[{"epoch": 1, "loss": 0.5}], **extra)
+    files = write_report(
+        tmp_path,
+        title="parts v1",
+        classes=CLASSES,
+        good_class="good",
+        y_true=test_labels,
+        probs=test_probs,
+        threshold=threshold,
+        test_metrics=metrics,
+        calibration=evidence,
+        history=[{"epoch": 1, "loss": 0.5}],
+        **extra,
+    )
     return (tmp_path / "report.html").read_text(encoding="utf-8"), evidence, metrics, files
 
 

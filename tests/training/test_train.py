@@ -235,8 +235,19 @@ def test_cli_reports_refusals_with_exit_2(tmp_path: Path, capfd: pytest.CaptureF
 
 def test_allow_unsupported_target_trains_and_says_so(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 20, "scratch": 10, "spot": 10})
-    result = train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "m", "epochs": 1,
-                                           "max_escape": 0.01, "allow_unsupported_target": True}))
+    result = train_main(
+        load_config(
+            None,
+            {
+                **FAST,
+                "data": ds.root,
+                "models_dir": tmp_path / "m",
+                "epochs": 1,
+                "max_escape": 0.01,
+                "allow_unsupported_target": True,
+            },
+        )
+    )
     calibration = result.card.thresholds.calibration
     assert calibration["supported"] is False and "needs at least 100 defective" in calibration["unsupported_reason"]
     assert "WARNING: the operating point is NOT supported" in result.summary
