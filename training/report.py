@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from inspection import metrics as M
+from inspection import metrics
 from inspection.calibration import tradeoff_at, tradeoff_text
 
 
@@ -49,12 +49,12 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
 
 def plot_roc(is_defect: np.ndarray, score: np.ndarray, threshold: float, path: Path) -> None:
     plt = _plt()
-    fpr, tpr, _ = M.roc_curve(is_defect, score)
-    auc = M.roc_auc(is_defect, score)
+    fpr, tpr, _ = metrics.roc_curve(is_defect, score)
+    auc = metrics.roc_auc(is_defect, score)
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     ax.plot(fpr, tpr, label=f"AUC {auc:.4f}")
     ax.plot([0, 1], [0, 1], ":", color="grey")
-    op = M.escape_overkill(is_defect, score >= threshold)
+    op = metrics.escape_overkill(is_defect, score >= threshold)
     ax.plot(
         [op["overkill"].rate], [1 - op["escape"].rate], "o", color="red", label=f"operating point t={threshold:.3g}"
     )
@@ -69,8 +69,8 @@ def plot_roc(is_defect: np.ndarray, score: np.ndarray, threshold: float, path: P
 
 def plot_pr(is_defect: np.ndarray, score: np.ndarray, path: Path) -> None:
     plt = _plt()
-    precision, recall, _ = M.precision_recall_curve(is_defect, score)
-    ap = M.average_precision(is_defect, score)
+    precision, recall, _ = metrics.precision_recall_curve(is_defect, score)
+    ap = metrics.average_precision(is_defect, score)
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     ax.step(recall, precision, where="post", label=f"AP {ap:.4f}")
     ax.set_xlabel("recall (defects caught)")
@@ -89,7 +89,7 @@ def escape_overkill_curve(is_defect: np.ndarray, score: np.ndarray) -> tuple[np.
     Escape is 1 - the ROC's true-positive rate, overkill its false-positive rate: the same curve
     read the way the line reads it.
     """
-    fpr, tpr, thresholds = M.roc_curve(is_defect, score)
+    fpr, tpr, thresholds = metrics.roc_curve(is_defect, score)
     return 1.0 - tpr, fpr, thresholds
 
 
@@ -102,7 +102,7 @@ def plot_escape_overkill(
     for split, (is_defect, score) in curves.items():
         escape, overkill, _ = escape_overkill_curve(is_defect, score)
         line = ax.step(escape, overkill, where="post", label=f"{split} (n={len(score)})")[0]
-        op = M.escape_overkill(is_defect, score >= threshold)
+        op = metrics.escape_overkill(is_defect, score >= threshold)
         ax.plot(
             [op["escape"].rate], [op["overkill"].rate], "o", color=line.get_color(), markeredgecolor="red", markersize=8
         )

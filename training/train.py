@@ -38,8 +38,7 @@ from inspection.errors import ConfigError, DatasetError, TrainingError
 from inspection.preprocess import tile_boxes
 from inspection.registry import ModelRegistry
 from training import calibrate as cal
-from training import data as D
-from training import engine as E
+from training import data, engine
 from training import recipe as recipe_rules
 from training.config import TrainConfig
 from training.models import (
@@ -68,7 +67,7 @@ def _validate_inputs(cfg: TrainConfig) -> tuple[Dataset, str]:
     if cfg.data is None:
         raise ConfigError("no dataset given; pass --data DATASET_FOLDER")
     ds = read_dataset(cfg.data)
-    D.check_dataset(ds)
+    data.check_dataset(ds)
     model_info(cfg.arch)
     allowed = [c for c in ds.classes if c != ds.good_class]
     bad = sorted(set(cfg.per_class_thresholds) - set(allowed))
@@ -105,13 +104,13 @@ def _device(cfg: TrainConfig) -> torch.device:
 
 def _prepare(cfg: TrainConfig) -> Run:
     """Resume state, dataset checks, the honest split, the recipe's choices, the version."""
-    resume = E.load_checkpoint(cfg.resume) if cfg.resume is not None else None
+    resume = engine.load_checkpoint(cfg.resume) if cfg.resume is not None else None
     if resume is not None:
         # Everything that shaped the weights comes from the checkpoint; only how to run and
         # what to export may change on resume.
         keep = {k: getattr(cfg, k) for k in ("progress", "threads", "int8", "parity_tolerance", "golden_count")}
         cfg = TrainConfig.model_validate({**resume["config"], **keep, "resume": str(cfg.resume)})
-    E.seed_everything(cfg.seed)
+    engine.seed_everything(cfg.seed)
     ds, name = _validate_inputs(cfg)
     if resume is not None:
         split = resume["split"]
@@ -123,7 +122,7 @@ def _prepare(cfg: TrainConfig) -> Run:
             f"{len(missing)} image(s) of {ds.name!r} are not in the checkpoint's split "
             f"(e.g. {missing[0]}); the dataset changed since the run began"
         )
-    counts = D.split_counts(ds.samples, split, ds.classes)
+    counts = data.split_counts(ds.samples, split, ds.classes)
     _check_split(counts, cfg, ds.good_class)
     for cls in ds.classes:
         if counts["val"][cls] == 0 or counts["test"][cls] == 0:
@@ -152,7 +151,7 @@ def _prepare(cfg: TrainConfig) -> Run:
 def _choose_recipe(
     cfg: TrainConfig, ds: Dataset, counts: dict[str, dict[str, int]]
 ) -> tuple[TrainConfig, list[dict[str, Any]]]:
-    heights, widths = D.frame_sizes(ds)
+    heights, widths = data.frame_sizes(ds)
     if cfg.roi is not None:
         heights, widths = np.full_like(heights, cfg.roi[3]), np.full_like(widths, cfg.roi[2])
     stats = recipe_rules.stats_from(heights, widths, counts["train"], ds.manifest.get("orientation"))
@@ -211,14 +210,14 @@ def _build_model(run: Run, spec: InputSpec, mean: list[float], std: list[float])
     return model, note
 
 
-def _train(run: Run, model: nn.Module, train: D.SplitData, val: D.SplitData) -> dict[str, Any]:
+def _train(run: Run, model: nn.Module, train: data.SplitData, val: data.SplitData) -> dict[str, Any]:
     cfg = run.cfg
     n_classes = len(run.ds.classes)
-    augment = D.LineAugment(cfg.augment, seed=cfg.seed)
-    train_set = D.ArrayDataset(train.images, train.labels, augment)
+    augment = data.LineAugment(cfg.augment, seed=cfg.seed)
+    train_set = data.ArrayDataset(train.images, train.labels, augment)
     device = _device(cfg)
     class_weights = (
-        torch.as_tensor(D.class_weights(train.labels, n_classes), dtype=torch.float32, device=device)
+        torch.as_tensor(data.class_weights(train.labels, n_classes), dtype=torch.float32, device=device)
         if cfg.balance == "weights"
         else None
     )
@@ -226,9 +225,9 @@ def _train(run: Run, model: nn.Module, train: D.SplitData, val: D.SplitData) -> 
     batch_size, balance = int(cfg.batch_size or 32), cfg.balance or "none"
 
     def epoch_loader(epoch: int) -> torch.utils.data.DataLoader:
-        seed = E.epoch_seed(cfg.seed, epoch)
+        seed = engine.epoch_seed(cfg.seed, epoch)
         augment.reseed(seed)
-        return E.make_loader(
+        return engine.make_loader(
             train_set, train.labels, batch_size=batch_size, balance=balance, n_classes=n_classes, seed=seed
         )
 
@@ -239,7 +238,7 @@ def _train(run: Run, model: nn.Module, train: D.SplitData, val: D.SplitData) -> 
         "name": run.name,
         "recipe": run.recipe,
     }
-    return E.fit(
+    return engine.fit(
         model,
         make_epoch_loader=epoch_loader,
         val_images=val.images,
@@ -250,7 +249,7 @@ def _train(run: Run, model: nn.Module, train: D.SplitData, val: D.SplitData) -> 
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         loss_fn=loss_fn,
-        stopper=E.EarlyStopping(patience=int(cfg.patience or 1), min_epochs=int(cfg.min_epochs or 1)),
+        stopper=engine.EarlyStopping(patience=int(cfg.patience or 1), min_epochs=int(cfg.min_epochs or 1)),
         checkpoint=run.run_dir / "checkpoint.pt",
         checkpoint_extra=extra,
         use_ema=cfg.ema,
@@ -261,7 +260,7 @@ def _train(run: Run, model: nn.Module, train: D.SplitData, val: D.SplitData) -> 
 
 
 def _operating_point(
-    run: Run, val_probs: np.ndarray, val: D.SplitData
+    run: Run, val_probs: np.ndarray, val: data.SplitData
 ) -> tuple[float, dict[str, Any], dict[str, float]]:
     """The reject threshold calibrated on validation, its evidence and the target."""
     cfg = run.cfg
@@ -301,9 +300,9 @@ def main(cfg: TrainConfig) -> TrainResult:
     cfg, ds = run.cfg, run.ds
     spec = _input_spec(cfg)
     log.info("loading %d images of %s at %dx%d (%s)", len(ds.samples), ds.name, spec.width, spec.height, spec.geometry)
-    splits = D.load_splits(ds, run.split, spec)
+    splits = data.load_splits(ds, run.split, spec)
     train, val, test = splits["train"], splits["val"], splits["test"]
-    mean, std = (run.resume["mean"], run.resume["std"]) if run.resume is not None else D.channel_stats(train.images)
+    mean, std = (run.resume["mean"], run.resume["std"]) if run.resume is not None else data.channel_stats(train.images)
     model, pretrained_note = _build_model(run, spec, mean, std)
     fit = _train(run, model, train, val)
     train_seconds = time.monotonic() - started
@@ -312,10 +311,10 @@ def main(cfg: TrainConfig) -> TrainResult:
         flips = cfg.augment
         model = FlipAverage(model, hflip=bool(flips.hflip), vflip=bool(flips.vflip)).eval()
 
-    val_probs = E.predict(model, val.images)
+    val_probs = engine.predict(model, val.images)
     threshold, evidence, target = _operating_point(run, val_probs, val)
     per_class = dict(cfg.per_class_thresholds)
-    test_probs = E.predict(model, test.images)
+    test_probs = engine.predict(model, test.images)
     test_metrics = split_metrics(test_probs, test.labels, ds.classes, ds.good_class, threshold, per_class)
     if run.good_index is not None and evidence.get("tradeoff"):
         gi = run.good_index

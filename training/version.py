@@ -39,8 +39,8 @@ from inspection.errors import TrainingError
 from inspection.metrics import average_precision, classification_summary, escape_overkill, roc_auc
 from inspection.registry import ModelRegistry
 from training import calibrate as cal
-from training import data as D
-from training import export as X
+from training import data
+from training import export as onnx_export
 from training.config import TrainConfig, save_config
 from training.report import write_report
 
@@ -121,7 +121,7 @@ def export_version(
     run: Run,
     model: nn.Module,
     spec: InputSpec,
-    splits: dict[str, D.SplitData],
+    splits: dict[str, data.SplitData],
     *,
     fit: dict[str, Any],
     mean: list[float],
@@ -145,18 +145,22 @@ def export_version(
     staging_parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f"{version}.", dir=staging_parent))
     try:
-        X.export_onnx(model, stage / "model.onnx", spec)
-        session = X.ort_session(stage / "model.onnx")
-        onnx_probs = X.ort_predict(session, test.images, spec)
-        parity = X.parity(test_probs, onnx_probs, tolerance=cfg.parity_tolerance)
-        gidx = X.pick_golden(test.labels, cfg.golden_count, seed=cfg.seed)
-        X.write_golden(stage / "golden.npz", test.images[gidx], onnx_probs[gidx], [test.samples[i].path for i in gidx])
-        X.check_golden(session, stage / "golden.npz", spec, tolerance=cfg.parity_tolerance)
+        onnx_export.export_onnx(model, stage / "model.onnx", spec)
+        session = onnx_export.ort_session(stage / "model.onnx")
+        onnx_probs = onnx_export.ort_predict(session, test.images, spec)
+        parity = onnx_export.parity(test_probs, onnx_probs, tolerance=cfg.parity_tolerance)
+        gidx = onnx_export.pick_golden(test.labels, cfg.golden_count, seed=cfg.seed)
+        onnx_export.write_golden(
+            stage / "golden.npz", test.images[gidx], onnx_probs[gidx], [test.samples[i].path for i in gidx]
+        )
+        onnx_export.check_golden(session, stage / "golden.npz", spec, tolerance=cfg.parity_tolerance)
         int8_file = None
         if cfg.int8:
             int8_file = "model.int8.onnx"
-            X.quantize_int8(stage / "model.onnx", stage / int8_file, train.images[: min(len(train.images), 128)], spec)
-            q_probs = X.ort_predict(X.ort_session(stage / int8_file), test.images, spec)
+            onnx_export.quantize_int8(
+                stage / "model.onnx", stage / int8_file, train.images[: min(len(train.images), 128)], spec
+            )
+            q_probs = onnx_export.ort_predict(onnx_export.ort_session(stage / int8_file), test.images, spec)
             q = split_metrics(q_probs, test.labels, ds.classes, ds.good_class, threshold, per_class)
             test_metrics["int8"] = {
                 "accuracy": q["accuracy"],
@@ -192,10 +196,10 @@ def export_version(
             test_probs=test_probs,
             test_labels=test.labels,
         )
-        D.write_split(stage / D.SPLIT_FILE, ds.samples, run.split)
+        data.write_split(stage / data.SPLIT_FILE, ds.samples, run.split)
         save_config(cfg, stage / "config.yaml")
         (stage / "history.json").write_text(json.dumps(fit["history"], indent=1) + "\n", encoding="utf-8")
-        names = ["model.onnx", "golden.npz", D.SPLIT_FILE, cal.SCORES_FILE, "config.yaml", "history.json", *files]
+        names = ["model.onnx", "golden.npz", data.SPLIT_FILE, cal.SCORES_FILE, "config.yaml", "history.json", *files]
         if int8_file:
             names.append(int8_file)
         best = fit["history"][fit["best_epoch"] - 1] if fit["history"] else {}
@@ -217,7 +221,7 @@ def export_version(
             dataset=DatasetRef(
                 name=ds.name,
                 fingerprint=ds.fingerprint,
-                split_file=D.SPLIT_FILE,
+                split_file=data.SPLIT_FILE,
                 split_seed=cfg.seed,
                 split_counts=run.counts,
             ),
