@@ -143,3 +143,24 @@ class UnsupportedMediaError(ValidationError):
 
     code = "unsupported_media_type"
     failsafe_code = "unsupported_media_type"
+
+
+class LogUnavailableError(InspectionError):
+    """The inspection log cannot commit or be read: database down, locked, or a commit timed out."""
+
+    code = "log_unavailable"
+    failsafe_code = "log_unavailable"
+
+
+class StorageError(LogUnavailableError):
+    """The log's files cannot be written: read-only filesystem, permission denied, I/O error."""
+
+    code = "storage_error"
+    failsafe_code = "storage_error"
+
+
+class StorageFullError(StorageError):
+    """The disk holding the log or its frames is full (or below the configured free-space floor)."""
+
+    code = "storage_full"
+    failsafe_code = "storage_full"

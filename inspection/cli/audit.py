@@ -73,8 +73,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-o", "--output", type=Path, default=None, help="file to write (default: stdout)")
     p.set_defaults(func=cmd_export)
 
-    p = asub.add_parser("verify", help="walk the hash chain; exit 2 at the first tampered record")
+    p = asub.add_parser("verify", help="verify the chain, frames and signed checkpoints; exit 1 naming what was "
+                                       "tampered with")
     _common(p)
+    p.add_argument("--public-key", default=None,
+                   help="the server's checkpoint public key (64 hex digits, or a file holding it): checks every "
+                        "signed checkpoint, so a rewrite of the whole chain is found")
+    p.add_argument("--checkpoints", action="append", default=[], metavar="FILE|mqtt://HOST[:PORT]/TOPIC",
+                   help="checkpoints kept outside the database (the server's checkpoint file, or its retained "
+                        "MQTT topic); repeatable; needs --public-key")
+    p.add_argument("--no-frames", action="store_true", help="do not re-hash the stored frames")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_verify)
 
     p = asub.add_parser("prune", help="remove frames by age or total size (records are kept; a prune record is added)")
@@ -178,17 +187,49 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from inspection.errors import LogIntegrityError
-
+    """Exit 0 when everything verifies, 1 with the report naming each problem otherwise."""
+    check = _checkpoint_check(args.public_key, args.checkpoints)
     with _open(args) as log:
-        report = log.verify()
-    if not report.ok:
-        raise LogIntegrityError(
-            f"chain broken at record {report.first_bad_seq} ({report.tampering}): {report.detail}; "
-            f"{report.records} record(s) before it verify"
-        )
-    print(f"chain OK: {report.records} records, head seq {report.head_seq} hash {report.head_hash}")
-    return 0
+        report = log.verify(check_frames=not args.no_frames, checkpoint_check=check)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0 if report.ok else 1
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if report.ok:
+        head = f"head seq {report.head_seq} hash {report.head_hash}"
+        print(f"chain OK: {report.records} records, {head}; {report.frames_checked} frame(s) re-hashed, "
+              f"{report.checkpoints_checked} signed checkpoint(s) checked")
+        return 0
+    print(f"log NOT verified: {len(report.problems)} problem(s); {report.records} record(s) chain correctly "
+          "before the first break")
+    for problem in report.problems:
+        where = f"record {problem.seq}" if problem.seq is not None else "log"
+        print(f"  {where}: {problem.kind}: {problem.detail}")
+    return 1
+
+
+def _checkpoint_check(public_key: str | None, sources: list[str]) -> Any:
+    if public_key is None:
+        if sources:
+            raise ValidationError("--checkpoints needs --public-key (the key their signatures are checked with)")
+        return None
+    from inspection.log import checkpoints
+
+    key = checkpoints.load_public_key(public_key)
+    external: list[Any] = []
+    notes: list[str] = []
+    for source in sources:
+        if source.startswith("mqtt://"):
+            found = checkpoints.fetch_mqtt(source)
+            if not found:
+                notes.append(f"no checkpoint is retained at {source}")
+            external += found
+        else:
+            cps, bad = checkpoints.read_file(Path(source))
+            external += cps
+            notes += bad
+    return checkpoints.make_check(key, external, external_notes=notes)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

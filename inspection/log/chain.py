@@ -23,7 +23,10 @@ GENESIS = "0" * 64
 #: Bumped if the canonical form ever changes; part of every hash.
 CHAIN_VERSION = "v1"
 
-Tampering = Literal["edited", "deleted", "inserted", "reordered", "unknown"]
+Tampering = Literal["edited", "deleted", "inserted", "reordered", "unknown",
+                    # found by ``inspection.log.verify`` (the whole log: rows, head, frames, checkpoints)
+                    "duplicate", "unreadable", "head_missing", "frame_altered", "frame_missing",
+                    "checkpoint_mismatch", "checkpoint_forged", "truncated"]
 
 
 def canonical_time(value: datetime) -> str:
@@ -82,22 +85,54 @@ class ChainRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing found wrong, naming the record (``seq``, and its id when it could be read)."""
+
+    kind: Tampering
+    seq: int | None
+    detail: str
+    inspection_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "seq": self.seq, "inspection_id": self.inspection_id, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyReport:
-    """The outcome of walking the chain."""
+    """The outcome of walking the chain (and, from ``inspection.log.verify``, frames and checkpoints).
+
+    ``first_bad_seq``/``tampering``/``detail`` describe the first problem; ``problems`` lists
+    every one found (the chain walk stops at its first break; frames and checkpoints are all
+    checked). ``head_seq``/``head_hash`` are None when the chain-head row is missing.
+    """
 
     ok: bool
     records: int  # rows checked before the first problem (all of them when ok)
-    head_seq: int
-    head_hash: str
+    head_seq: int | None
+    head_hash: str | None
     first_bad_seq: int | None = None
     tampering: Tampering | None = None
     detail: str = ""
+    problems: tuple[Problem, ...] = ()
+    frames_checked: int = 0
+    checkpoints_checked: int = 0
+    notes: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok, "records": self.records, "head_seq": self.head_seq, "head_hash": self.head_hash,
             "first_bad_seq": self.first_bad_seq, "tampering": self.tampering, "detail": self.detail,
+            "problems": [p.as_dict() for p in self.problems], "frames_checked": self.frames_checked,
+            "checkpoints_checked": self.checkpoints_checked, "notes": list(self.notes),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableRow:
+    """A stored row whose values cannot be read back (garbage in a typed column, a NULL seq, ...)."""
+
+    seq: int | None
+    detail: str
 
 
 #: How far from its position a moved record is looked for, and how many rows after the
@@ -106,24 +141,34 @@ WINDOW = 64
 
 
 def verify_rows(
-    rows: Iterable[ChainRow],
+    rows: Iterable[ChainRow | UnreadableRow],
     *,
-    head_seq: int,
-    head_hash: str,
+    head_seq: int | None,
+    head_hash: str | None,
     window: Callable[[int, int], Sequence[ChainRow]],
 ) -> VerifyReport:
     """Walk ``rows`` (ascending seq) and report the first record that was tampered with.
 
     ``window(seq, n)`` returns up to ``n`` rows with seq >= ``seq`` (used only after a
     problem is found, to classify it). ``head_seq``/``head_hash`` come from the chain-head
-    row and catch a removed or added tail.
+    row and catch a removed or added tail; None (the row is missing) skips that check, and
+    the caller reports the missing head.
     """
     expected_seq, prev_hash, checked = 1, GENESIS, 0
     for row in rows:
+        if isinstance(row, UnreadableRow):
+            at = row.seq if row.seq is not None else expected_seq
+            return _bad(checked, head_seq, head_hash, at, "unreadable",
+                        f"record {row.seq if row.seq is not None else '(no seq)'} cannot be read: {row.detail}")
+        if row.seq == expected_seq - 1 and expected_seq > 1:
+            return _bad(checked, head_seq, head_hash, row.seq, "duplicate",
+                        f"seq {row.seq} is stored twice: a record was slipped in under an existing number")
         if row.seq != expected_seq or row.prev_hash != prev_hash or row.hash_at(row.seq) != row.hash:
             return _classify(row, expected_seq, prev_hash, checked, head_seq, head_hash, window)
         expected_seq, prev_hash, checked = row.seq + 1, row.hash, checked + 1
     last_seq = expected_seq - 1
+    if head_seq is None or head_hash is None:
+        return VerifyReport(ok=True, records=checked, head_seq=None, head_hash=None)
     if last_seq < head_seq:
         return _bad(checked, head_seq, head_hash, last_seq + 1, "deleted",
                     f"the chain head says {head_seq} records but the log ends at seq {last_seq}: "
@@ -141,9 +186,10 @@ def _span(first: int, last: int) -> str:
     return f"record {first}" if first == last else f"records {first}..{last}"
 
 
-def _bad(checked: int, head_seq: int, head_hash: str, seq: int, kind: Tampering, detail: str) -> VerifyReport:
+def _bad(checked: int, head_seq: int | None, head_hash: str | None, seq: int, kind: Tampering,
+         detail: str) -> VerifyReport:
     return VerifyReport(ok=False, records=checked, head_seq=head_seq, head_hash=head_hash,
-                        first_bad_seq=seq, tampering=kind, detail=detail)
+                        first_bad_seq=seq, tampering=kind, detail=detail, problems=(Problem(kind, seq, detail),))
 
 
 def _original_seq(row: ChainRow, near: int) -> int | None:
@@ -162,8 +208,8 @@ def _classify(
     expected_seq: int,
     prev_hash: str,
     checked: int,
-    head_seq: int,
-    head_hash: str,
+    head_seq: int | None,
+    head_hash: str | None,
     window: Callable[[int, int], Sequence[ChainRow]],
 ) -> VerifyReport:
     def bad(seq: int, kind: Tampering, detail: str) -> VerifyReport:

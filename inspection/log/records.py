@@ -25,6 +25,7 @@ RecordKind = Literal[
     "prune",        # frames removed by the retention policy (records are kept)
     "plc_ack",      # the PLC acknowledged (or failed to acknowledge) a result
     "event",        # other operational facts (e.g. MQTT messages dropped)
+    "checkpoint",   # the chain head signed with the server's key (inspection.log.checkpoints)
 ]
 
 

@@ -20,15 +20,16 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from inspection.errors import ConflictError, InspectionError
-from inspection.log import chain
+from inspection.log import chain, faults
 from inspection.log.records import StoredRecord
 from inspection.log.rows import row_to_record
 from inspection.log.statements import WriterSql
@@ -52,11 +53,31 @@ class Pending:
 
 @dataclass
 class WriterStats:
-    """Counters of the group-commit writer (a test and /metrics read these)."""
+    """Counters of the group-commit writer (a test, /metrics and /readyz read these)."""
 
     commits: int = 0
     records: int = 0
     largest_batch: int = 0
+    #: Records whose commit failed for the log's sake (database or disk), not the record's.
+    failures: int = 0
+    #: Failures by reason code (``storage_full``, ``log_unavailable``, ...).
+    failures_by_code: dict[str, int] = field(default_factory=dict)
+    #: Set at the first failure since the last successful commit (time.monotonic()); None while healthy.
+    failing_since: float | None = None
+    #: The last failure's message (what /readyz shows while failing).
+    last_error: str | None = None
+
+    def note_failure(self, exc: BaseException) -> None:
+        code = getattr(exc, "failsafe_code", "server_error")
+        self.failures += 1
+        self.failures_by_code[code] = self.failures_by_code.get(code, 0) + 1
+        self.last_error = f"{code}: {exc}"
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+
+    def note_success(self) -> None:
+        self.failing_since = None
+        self.last_error = None
 
 
 class _StaleConnection(Exception):
@@ -231,7 +252,10 @@ class GroupCommitWriter:
             if len(batch) > 1:
                 # One bad record (e.g. a duplicate id) must not fail its neighbours.
                 return [outcome for item in batch for outcome in self._commit_batch([item])]
-            return [_as_domain_error(exc, batch[0].fields, self._dbapi)]
+            error = _as_domain_error(exc, batch[0].fields, self._dbapi)
+            if not isinstance(error, ConflictError):
+                self.stats.note_failure(error)
+            return [error]
 
     def _writer_conn(self) -> Any:
         # The writer keeps one DBAPI connection: a pool check-out and check-in (with its reset
@@ -308,6 +332,8 @@ class GroupCommitWriter:
             raise
         self.stats.commits += 1
         self.stats.records += len(rows)
+        if self.stats.failing_since is not None:
+            self.stats.note_success()
         self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
         return [row_to_record(r) for r in rows]
 
@@ -373,6 +399,7 @@ def _as_domain_error(exc: Exception, fields: Mapping[str, Any], dbapi: Any) -> E
     if isinstance(exc, (IntegrityError, dbapi.IntegrityError)) and duplicate_id:
         return ConflictError(f"inspection id {fields['inspection_id']!r} is already in the log; ids must be unique")
     if isinstance(exc, (SQLAlchemyError, dbapi.Error)):
-        log.error("inspection log commit failed: %s", exc)
-        return InspectionError(f"the inspection log could not commit the record: {type(exc).__name__}: {exc}")
+        return faults.from_db_error(exc, "committing the record to the inspection log")
+    if isinstance(exc, OSError):
+        return faults.from_os_error(exc, "committing the record to the inspection log")
     return exc

@@ -78,8 +78,8 @@ def test_verify_ok_then_tampered(logs: Any, filled: list[Any], capsys: pytest.Ca
     with log.engine.begin() as conn:
         conn.execute(sa.text("UPDATE inspection_records SET part_id = 'X' WHERE seq = 3"))
     log.close()
-    assert main(_args(logs, "audit", "verify")) == 2
-    assert "error: chain broken at record 3 (edited)" in capsys.readouterr().err
+    assert main(_args(logs, "audit", "verify")) == 1
+    assert "record 3: edited: record 3's contents no longer match its hash" in capsys.readouterr().out
 
 
 def test_prune_needs_a_limit_and_records_the_pruning(logs: Any, filled: list[Any],
