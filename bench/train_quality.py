@@ -112,12 +112,13 @@ def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
-def run_ours(dataset: Path, models: Path, name: str, target: float | None) -> dict[str, Any]:
+def run_ours(dataset: Path, models: Path, name: str, target: float | None, threads: int | None) -> dict[str, Any]:
     """Train with the defaults in this process (called in the child)."""
     from training.config import load_config
     from training.train import main
 
-    overrides: dict[str, Any] = {"data": dataset, "models_dir": models, "name": name, "progress": False}
+    overrides: dict[str, Any] = {"data": dataset, "models_dir": models, "name": name, "progress": False,
+                                 "threads": threads}
     if target is not None:
         overrides["max_escape"] = target
     started = time.monotonic()
@@ -139,7 +140,8 @@ def run_ours(dataset: Path, models: Path, name: str, target: float | None) -> di
     }
 
 
-def run_naive(dataset: Path, split_csv: Path, target: float | None, *, size: int, epochs: int) -> dict[str, Any]:
+def run_naive(dataset: Path, split_csv: Path, target: float | None, *, size: int, epochs: int,
+              threads: int | None) -> dict[str, Any]:
     """The naive baseline on our split (called in the child): ResNet-18, square resize, AdamW one-cycle."""
     import numpy as np
     import torch
@@ -153,6 +155,8 @@ def run_naive(dataset: Path, split_csv: Path, target: float | None, *, size: int
     from inspection.preprocess import read_image, to_model_input
 
     started = time.monotonic()
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     ds, split = read_dataset(dataset), read_split(split_csv)
     spec = InputSpec(height=size, width=size, channels=3, geometry="stretch")
@@ -252,6 +256,9 @@ def main() -> int:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument("--naive-size", type=int, default=128, help="naive baseline's square input (default 128)")
     parser.add_argument("--naive-epochs", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both contenders (a run setting, not the recipe's: by default the "
+                             "recipe takes the cores free at start, which a busy machine makes 1)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -261,9 +268,10 @@ def main() -> int:
         role, dataset, other, target = args.child
         t = None if target == "none" else float(target)
         if role == "ours":
-            res = run_ours(Path(dataset), Path(other), Path(dataset).name.removeprefix("data-"), t)
+            res = run_ours(Path(dataset), Path(other), Path(dataset).name.removeprefix("data-"), t, args.threads)
         else:
-            res = run_naive(Path(dataset), Path(other), t, size=args.naive_size, epochs=args.naive_epochs)
+            res = run_naive(Path(dataset), Path(other), t, size=args.naive_size, epochs=args.naive_epochs,
+                            threads=args.threads)
         print("RESULT " + json.dumps(res), flush=True)
         return 0
     real = [k for k in args.only if k != "coating"]
@@ -280,7 +288,8 @@ def main() -> int:
         target = escape_target(dataset)
         t = "none" if target is None else str(target)
         try:
-            ours = _child(["--child", "ours", str(dataset), str(work / "models"), t])
+            extra = ["--threads", str(args.threads)] if args.threads else []
+            ours = _child([*extra, "--child", "ours", str(dataset), str(work / "models"), t])
         except RuntimeError as exc:
             print(f"{KINDS[kind]}: ours FAILED ({exc})", flush=True)
             continue
@@ -290,6 +299,7 @@ def main() -> int:
             try:
                 row["naive"] = _child(
                     [
+                        *extra,
                         "--naive-size",
                         str(args.naive_size),
                         "--naive-epochs",
