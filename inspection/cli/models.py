@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from inspection.calibration import DEFAULT_OVERKILL_LIMIT, tradeoff_text
+from inspection.card import InputSpec
 from inspection.cli import compare as _gate
 from inspection.cli.compare import add_compare, add_gate_arguments
 from inspection.metrics import Rate
@@ -153,6 +154,18 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_text(spec: InputSpec) -> str:
+    """How a frame becomes the graph's input, in one line."""
+    text = f"{spec.channels}x{spec.height}x{spec.width} uint8, resize {spec.resize}, {spec.geometry}"
+    if spec.roi is not None:
+        x, y, w, h = spec.roi
+        text += f", region of interest x={x} y={y} {w}x{h}"
+    if spec.tiles is not None:
+        t = spec.tiles
+        text += f", {t.rows}x{t.cols} tiles of {t.tile_width}x{t.tile_height} (frame = most suspicious tile)"
+    return text
+
+
 def _show(args: argparse.Namespace) -> int:
     reg = ModelRegistry(args.models_dir)
     mv = reg.get(*parse_model_id(args.model), verify=args.verify)
@@ -165,7 +178,7 @@ def _show(args: argparse.Namespace) -> int:
         f"{card.model_id}  ({mv.path})",
         f"created   {card.created.isoformat()}   code {card.code_version}   arch {card.arch}",
         f"classes   {card.classes}  good class: {card.good_class}",
-        f"input     {card.input.channels}x{card.input.height}x{card.input.width} uint8, resize {card.input.resize}",
+        f"input     {_input_text(card.input)}",
         f"threshold reject when P(defect) >= {t.reject:.6g}  target {t.target or '-'}  per-class {t.per_class or '-'}"
         + ("" if t.calibration.get("supported", True) else "  WARNING: target NOT supported by validation"),
         *([f"WARNING   {t.calibration['warning']}"] if t.calibration.get("warning") else []),
@@ -174,6 +187,7 @@ def _show(args: argparse.Namespace) -> int:
          f"(tolerance {card.parity.tolerance:g}, {'passed' if card.parity.passed else 'FAILED'})"),
         f"test      {_headline(card)}",
         f"files     {', '.join(sorted(card.files))}" + ("  (sha256 verified)" if args.verify else ""),
+        *(f"recipe    {c['setting']} = {c['value']}  ({c['reason']})" for c in card.training.get("recipe", [])),
     ]
     print("\n".join(lines))
     return 0
