@@ -32,6 +32,9 @@ def build_health_router(settings: ServeSettings) -> APIRouter:
             return JSONResponse({"status": "starting"}, status_code=503)
         models = get_models(request)  # up once ready (a dependency would refuse /readyz before start-up)
         problems = {s: p for s, p in models.ready().items() if p}
+        health = getattr(request.app.state, "log_health", None)
+        if health is not None and (log_problem := health.problem()):
+            problems["log"] = log_problem  # not ready while the log cannot commit: frames would all fail
         body = {"status": "ready" if not problems else "not_ready", "problems": problems,
                 "models": {s["station"]: s["model_version"] for s in models.status()}}
         return JSONResponse(body, status_code=200 if not problems else 503)
@@ -44,9 +47,12 @@ def build_ops_router(settings: ServeSettings) -> APIRouter:
     router = APIRouter(tags=["operations"])
 
     @router.get("/metrics", summary="Prometheus metrics")
-    async def metrics(who: Annotated[Principal, Depends(METRICS)], telemetry: MetricsDep,
+    async def metrics(request: Request, who: Annotated[Principal, Depends(METRICS)], telemetry: MetricsDep,
                       batcher: BatcherDep) -> Response:
         telemetry.queue_depth.set(batcher.depth)
+        health = getattr(request.app.state, "log_health", None)
+        if health is not None:
+            health.sync_metrics()
         return Response(telemetry.render(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/v1/models", summary="The model version scoring each station")

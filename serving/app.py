@@ -101,9 +101,11 @@ def default_routers() -> list[RouterFactory]:
 
 def default_lifespan_hooks() -> list[LifespanHook]:
     """Start-up/shutdown work of optional integrations (line, PLC, MQTT)."""
+    from serving import checkpointing, loghealth
     from serving.line.integration import lifespan_hook as line_hook
 
-    return [line_hook]
+    # Line first: the log's alarm and its checkpoints are published over the stations' MQTT.
+    return [line_hook, loghealth.lifespan_hook, checkpointing.lifespan_hook]
 
 
 def open_inspection_log(settings: ServeSettings) -> InspectionLog:
@@ -115,8 +117,14 @@ def open_inspection_log(settings: ServeSettings) -> InspectionLog:
         options["frame_sample_rate"] = settings.frame_sample_rate
     if settings.log_url.startswith("sqlite:///"):
         options["sqlite_synchronous"] = settings.log_sqlite_synchronous
-        Path(settings.log_url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    return open_log(settings.log_url, frames_dir=settings.frames_dir, **options)
+        try:
+            Path(settings.log_url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            from inspection.log.faults import from_os_error
+
+            raise from_os_error(exc, "creating the log's directory") from exc
+    return open_log(settings.log_url, frames_dir=settings.frames_dir, min_free_bytes=settings.log_min_free_bytes,
+                    **options)
 
 
 def create_app(
@@ -147,6 +155,9 @@ def create_app(
         state = app.state
         models = ModelManager(settings, state.metrics)
         owned = log_store is None
+        from serving.settings import resolved_paths
+
+        log.info("files: %s", ", ".join(f"{k}={v}" for k, v in resolved_paths(settings).items()))
         try:
             await asyncio.to_thread(models.load_all)
             store = open_inspection_log(settings) if owned else log_store

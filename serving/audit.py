@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 
 from inspection.errors import ConflictError, InspectionError, NotFoundError
 from inspection.log.chain import VerifyReport
@@ -175,9 +175,12 @@ def audit_router(
         return StreamingResponse(chunks, media_type=MEDIA_TYPES[params.format],
                                  headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
-    @router.post("/verify", summary="Walk the whole hash chain; report the first tampered record")
-    def verify(who: WhoDep, log: LogDep) -> dict[str, Any]:
-        report: VerifyReport = log.verify()
+    @router.post("/verify", summary="Verify the chain, the frames (re-hashed) and the signed checkpoints; "
+                                     "200 with ok:false and every problem named when anything was tampered with")
+    def verify(request: Request, who: WhoDep, log: LogDep) -> dict[str, Any]:
+        checkpointer = getattr(request.app.state, "checkpointer", None)
+        check = checkpointer.check() if checkpointer is not None else None
+        report: VerifyReport = log.verify(checkpoint_check=check)
         return report.as_dict()
 
     @router.post("/records/{inspection_id}/dispositions", status_code=201,

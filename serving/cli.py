@@ -2,6 +2,7 @@
 
     inspection serve --settings serve.yaml [--host 0.0.0.0] [--port 8000]
     inspection serve --new-key line:plc-gateway      # prints the key once, and its settings line
+    inspection serve --new-signing-key keys/checkpoint.key   # the log's checkpoint key (mode 0600)
 
 Settings come from the file, then ``INSPECTION_*`` environment variables (nested keys joined
 with ``__``, e.g. ``INSPECTION_BATCHING__MAX_DELAY_MS=1``); see ``serving.settings``.
@@ -35,6 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--demo", action="store_true", help="demo mode: well-known or no API keys allowed")
     p.add_argument("--new-key", metavar="ROLE:NAME",
                    help="print a new random API key and the api_keys entry (its sha256) for the settings, then exit")
+    p.add_argument("--new-signing-key", metavar="PATH", type=Path,
+                   help="write a new Ed25519 checkpoint signing key to PATH (owner-only, never over an existing "
+                        "file), print its public key and the settings entry, then exit")
     p.set_defaults(func=_run)
 
 
@@ -52,6 +56,15 @@ def new_key_entry(spec: str) -> tuple[str, str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.new_signing_key:
+        from inspection.log.checkpoints import generate_signing_key
+
+        public = generate_signing_key(args.new_signing_key)
+        print(f"signing key written to {args.new_signing_key} (mode 0600; keep it off the database's machine)")
+        print(f"public key (give it to auditors: inspection audit verify --public-key ...): {public}")
+        print("settings entry:")
+        print(f"checkpoints: {{signing_key: {args.new_signing_key}, file: checkpoints.jsonl}}")
+        return 0
     if args.new_key:
         key, entry = new_key_entry(args.new_key)
         print(f"key (give it to the client; it is not stored anywhere): {key}")

@@ -153,6 +153,24 @@ class LabellingSettings(_Section):
         return classes
 
 
+class CheckpointSettings(_Section):
+    """Signed checkpoints of the log's chain head (``inspection.log.checkpoints``; docs/inspection-log.md)."""
+
+    #: Ed25519 private key file (``inspection serve --new-signing-key PATH``), owner-readable only.
+    #: None: no checkpoints (a rewrite of the whole chain would not be detected).
+    signing_key: Path | None = None
+    #: A checkpoint after this many new records ...
+    every_records: int = Field(default=1000, ge=1, le=10_000_000)
+    #: ... or this many seconds after the last one, when records were added since.
+    every_s: float = Field(default=60.0, gt=0, le=86_400)
+    #: Append-only JSON Lines file the checkpoints are also written to (put it on another disk or
+    #: a mounted share); None: only the log and MQTT.
+    file: Path | None = None
+    #: Publish each checkpoint as a retained message on ``<topic_prefix>/log/checkpoint`` of every
+    #: station whose MQTT is enabled.
+    mqtt: bool = True
+
+
 class ServeSettings(_Section):
     """Everything ``inspection serve`` needs, validated before the app is built."""
 
@@ -176,6 +194,12 @@ class ServeSettings(_Section):
     frames_max_bytes: int | None = Field(default=None, ge=0)
     #: How often the server applies the retention policy (only when one of the limits is set).
     retention_interval_s: float = Field(default=3600.0, ge=1, le=7 * 86400)
+    #: Free-space floor (bytes) of the frames' filesystem: below it passes' frames are no longer kept
+    #: and the oldest frames are pruned (a ``prune`` record) until it is met again. 0: no floor.
+    log_min_free_bytes: int = Field(default=0, ge=0)
+    #: How often the log's health (commit probe while failing, free space) is checked.
+    log_health_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    checkpoints: CheckpointSettings = Field(default_factory=CheckpointSettings)
     stations: dict[str, StationSettings] = Field(min_length=1)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
@@ -219,6 +243,7 @@ class ServeSettings(_Section):
         """Settings as JSON, without key digests (for the admin settings route)."""
         data = self.model_dump(mode="json")
         data["api_keys"] = [{"name": k.name, "role": k.role} for k in self.api_keys]
+        data["resolved_paths"] = resolved_paths(self)
         return data
 
 
@@ -309,10 +334,69 @@ def load_settings(path: Path | None = None, *, env: Mapping[str, str] | None = N
         data = deep_merge(data, env_overrides(env))
     if overrides:
         data = deep_merge(data, dict(overrides))
-    base = Path(path).resolve().parent if path is not None else None
-    if base is not None:
-        # Relative paths in a settings file are relative to the file, not to the cwd.
-        for key in ("models_dir", "frames_dir"):
-            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-                data[key] = str(base / data[key])
+    # Relative paths are relative to the settings file (to the current directory when there is
+    # none), resolved once here: a server started from another directory uses the same files.
+    for key in ("models_dir", "log_url"):  # the defaults are relative paths too
+        data.setdefault(key, str(ServeSettings.model_fields[key].default))
+    resolve_paths(data, Path(path).resolve().parent if path is not None else Path.cwd())
     return build_settings(data, source=str(path) if path else "settings")
+
+
+#: Settings holding a filesystem path (dotted for nested ones); ``log_url`` is handled apart.
+PATH_KEYS = ("models_dir", "frames_dir", "checkpoints.signing_key", "checkpoints.file")
+
+
+def resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make every relative path in ``data`` (and a SQLite ``log_url``'s file) absolute under ``base``, in place."""
+    for dotted in PATH_KEYS:
+        *parents, key = dotted.split(".")
+        target: Any = data
+        for name in parents:
+            target = target.get(name) if isinstance(target, dict) else None
+        if isinstance(target, dict) and isinstance(target.get(key), str | Path):
+            value = Path(target[key]).expanduser()
+            target[key] = str(value if value.is_absolute() else base / value)
+    url = data.get("log_url")
+    if isinstance(url, str):
+        data["log_url"] = resolve_sqlite_url(url, base)
+
+
+def resolve_sqlite_url(url: str, base: Path) -> str:
+    """``sqlite:///var/log.db`` -> ``sqlite:////<base>/var/log.db``; other urls unchanged."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # validated (and refused, naming the url) when the log is opened
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return url
+    db = Path(parsed.database).expanduser()
+    if db.is_absolute():
+        return url
+    return parsed.set(database=str(base / db)).render_as_string(hide_password=False)
+
+
+def resolved_paths(settings: ServeSettings) -> dict[str, str | None]:
+    """The files the server uses, as resolved (logged at start, shown on ``GET /v1/admin/settings``)."""
+    from sqlalchemy.engine import make_url
+
+    log_file: str | None = None
+    try:
+        url = make_url(settings.log_url)
+        if url.get_backend_name() == "sqlite":
+            log_file = url.database
+    except Exception:  # noqa: BLE001 -- an unparsable url is refused when the log opens
+        log_file = None
+    frames = settings.frames_dir
+    if frames is None and log_file:
+        frames = Path(log_file + ".frames")
+    cp = settings.checkpoints
+    return {
+        "models_dir": str(settings.models_dir),
+        "log_file": log_file,
+        "frames_dir": str(frames) if frames is not None else None,
+        "checkpoint_signing_key": str(cp.signing_key) if cp.signing_key else None,
+        "checkpoint_file": str(cp.file) if cp.file else None,
+    }

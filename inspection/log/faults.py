@@ -61,6 +61,8 @@ def from_db_error(exc: BaseException, operation: str) -> LogUnavailableError:
     sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if sqlstate in _PG_FULL:
         return StorageFullError(f"{operation} failed: the log database server is out of disk or resources")
+    if sqlstate == "42501":  # insufficient_privilege
+        return StorageError(f"{operation} failed: permission denied on the log's tables")
     if sqlstate in _PG_UNAVAILABLE:
         return LogUnavailableError(f"{operation} failed: the log database is locked or read-only")
     if isinstance(orig, OSError):

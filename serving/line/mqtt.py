@@ -201,6 +201,17 @@ class MqttPublisher:
             self.metrics.mqtt_queue.labels(self.station).set(self.queued)
             self._wake.set()
 
+    def publish_side(self, subtopic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Publish on ``<topic_prefix>/<subtopic>`` beside the decisions (QoS 1; alarms, checkpoints).
+
+        Never blocks; returns False while the broker is not connected (the message is not kept).
+        """
+        client = self._client
+        if client is None or not self._connected:
+            return False
+        info = client.publish(f"{self.settings.topic_prefix}/{subtopic}", payload, qos=1, retain=retain)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def enqueue(self, payload: bytes) -> None:
         """Queue one message (drop-oldest beyond ``queue_size``); never blocks."""
         if len(self._queue) >= self.settings.queue_size:

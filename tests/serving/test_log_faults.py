@@ -1,0 +1,327 @@
+"""Storage faults answered, never unhandled: disk full, read-only, permission denied, PostgreSQL down, lock timeout.
+
+Real faults from the operating system and the database (a small tmpfs filling up or remounted
+read-only, a PostgreSQL role losing its privileges, the connection to PostgreSQL cut by a
+proxy we stop, SQLite's lock held by another connection) against the real app. The
+TestClient re-raises any unhandled exception, so a fault that would be "Exception in ASGI
+application" fails the test. Every frame gets its decision or a structured error with the
+fail-safe reject; ``/readyz`` says not ready with the reason while the log cannot commit and
+ready again after; ``/metrics`` counts the failures.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from serving.settings import build_settings
+from tests.helpers.logdb import PG_URL, pg_unreachable_reason
+from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
+from tests.serving.conftest import SINGLE, auth, decided, post_frame, settings_data
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs (needs root), unmounted afterwards."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], check=False,
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace')}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+
+
+def _until(predicate: Any, timeout_s: float = 10.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _ready(client: TestClient) -> bool:
+    return client.get("/readyz").status_code == 200
+
+
+def _structured(resp: Any) -> None:
+    """A non-200 frame answer: our error body with the fail-safe reject naming the part."""
+    body = resp.json()
+    assert set(body) >= {"error", "detail", "failsafe"}, body
+    assert body["failsafe"]["decision"] == "reject" and body["failsafe"]["part_id"]
+
+
+def _ballast(where: Path, size: int) -> Path:
+    path = where / "ballast"
+    with path.open("wb") as fh:
+        fh.write(os.urandom(size))
+    return path
+
+
+def test_disk_full_answers_failsafe_goes_not_ready_and_recovers(tmp_path: Path, small_fs: Path, models_dir: Path,
+                                                                keys: dict[str, str]) -> None:
+    ballast = _ballast(small_fs, 2 * 1024 * 1024)
+    settings = build_settings(settings_data(tmp_path, models_dir, keys, log_url=f"sqlite:///{small_fs / 'log.db'}",
+                                            frame_sample_rate=1.0, log_health_interval_s=0.05))
+    statuses: dict[int, int] = {}
+    with TestClient(create_app(settings)) as client:
+        for i in range(400):
+            resp = post_frame(client, keys, frame_png(DARK, size=192, seed=i), part_id=f"F{i}")
+            statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
+            if resp.status_code != 200:
+                _structured(resp)
+                assert resp.json()["error"] == "storage_full", resp.json()
+                break
+        assert statuses.get(500) == 1, statuses  # the disk filled up (frames first, then the log)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "storage_full" in ready.json()["problems"]["log"]
+        metrics = client.get("/metrics", headers=auth(keys, "engineer")).text
+        assert 'inspection_log_failures_total{reason="storage_full"}' in metrics
+        assert "inspection_log_ready 0.0" in metrics
+        ballast.unlink()
+        assert _until(lambda: _ready(client)), client.get("/readyz").json()
+        assert post_frame(client, keys, frame_png(DARK, seed=999), part_id="after").status_code == 200
+        store = client.app.state.log  # type: ignore[attr-defined]
+        report = store.verify()
+        assert report.ok, report.as_dict()  # frames not kept are marked in their records: no tampering
+        assert store.frames_not_kept >= 0
+
+
+def test_headroom_floor_stops_keeping_passes_then_prunes_oldest(tmp_path: Path, small_fs: Path, models_dir: Path,
+                                                                keys: dict[str, str]) -> None:
+    floor = 1536 * 1024
+    _ballast(small_fs, 1024 * 1024)  # 2 MiB left: the floor is crossed after about 20 frames
+    settings = build_settings(settings_data(tmp_path, models_dir, keys, log_url=f"sqlite:///{tmp_path / 'log.db'}",
+                                            frames_dir=str(small_fs / "frames"), frame_sample_rate=1.0,
+                                            log_min_free_bytes=floor, log_health_interval_s=0.05))
+    with TestClient(create_app(settings)) as client:
+        for i in range(80):
+            level = DARK if i % 4 == 0 else BRIGHT
+            resp = post_frame(client, keys, frame_png(level, size=192, seed=i), part_id=f"H{i}")
+            assert resp.status_code == 200, resp.text
+            assert _ready(client)
+        store = client.app.state.log  # type: ignore[attr-defined]
+        from inspection.log.query import RecordFilter, query_records
+
+        def prunes() -> list[Any]:
+            return query_records(store, RecordFilter(kind="prune"), limit=100).records
+
+        assert _until(lambda: bool(prunes()) and store.frames.free_bytes() >= floor), store.frames.free_bytes()
+        assert all(p.entry.actor == "headroom" for p in prunes())
+        assert sum(1 for _ in store.frames.iter_frames()) > 0  # only what was needed was pruned
+        passes = query_records(store, RecordFilter(kind="inspection", decision="pass"), limit=100).records
+        assert any(not (p.entry.data or {}).get("frame_kept") for p in passes)  # below the floor: not kept
+        assert store.verify().ok
+
+
+def test_read_only_frames_directory_keeps_deciding_and_says_so(tmp_path: Path, small_fs: Path, models_dir: Path,
+                                                              keys: dict[str, str]) -> None:
+    settings = build_settings(settings_data(tmp_path, models_dir, keys, frames_dir=str(small_fs / "frames")))
+    with TestClient(create_app(settings)) as client:
+        assert post_frame(client, keys, frame_png(DARK, seed=1), part_id="R0").status_code == 200
+        subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+        try:
+            resp = post_frame(client, keys, frame_png(DARK, seed=2), part_id="R1")
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
+        assert resp.status_code == 200, resp.text  # the decision is recorded; only its frame is missing
+        record = client.app.state.log.get(resp.json()["inspection_id"])  # type: ignore[attr-defined]
+        assert record.entry.data["frame_not_kept"] == "storage_error"
+        assert client.app.state.log.verify().ok  # type: ignore[attr-defined]
+        metrics = client.get("/metrics", headers=auth(keys, "engineer")).text
+        assert "inspection_log_frames_not_kept_total 1.0" in metrics
+
+
+def test_sqlite_lock_timeout_answers_failsafe_and_readiness_follows(tmp_path: Path, models_dir: Path,
+                                                                    keys: dict[str, str]) -> None:
+    from inspection.log.store import open_log
+
+    db = tmp_path / "locked.db"
+    store = open_log(f"sqlite:///{db}", commit_timeout_s=0.5)
+    settings = build_settings(settings_data(tmp_path, models_dir, keys, log_health_interval_s=0.05,
+                                            log_inline_commit=False))
+    import sqlite3
+
+    try:
+        with TestClient(create_app(settings, log_store=store)) as client:
+            holder = sqlite3.connect(db, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+            try:
+                resp = post_frame(client, keys, frame_png(DARK), part_id="L1")
+                assert resp.status_code == 500 and resp.json()["error"] == "log_unavailable", resp.text
+                _structured(resp)
+                assert "log_unavailable" in client.get("/readyz").json()["problems"]["log"]
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            assert _until(lambda: _ready(client), 40), client.get("/readyz").json()
+            assert post_frame(client, keys, frame_png(DARK), part_id="L2").status_code == 200
+    finally:
+        store.close()
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+class _Proxy:
+    """A TCP forwarder to the test PostgreSQL: ``cut()`` drops every connection and refuses new ones."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def cut(self) -> None:
+        self.open = False
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def restore(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[tuple[str, str]]:
+    if reason := pg_unreachable_reason():
+        pytest.skip(reason)
+    from tests.helpers.logdb import pg_schema
+
+    with pg_schema() as schema:
+        yield PG_URL, schema
+
+
+@pytest.mark.postgres
+def test_postgres_connection_lost_answers_failsafe_and_recovers(tmp_path: Path, models_dir: Path,
+                                                                keys: dict[str, str],
+                                                                pg_schema_url: tuple[str, str]) -> None:
+    from inspection.log.store import open_log
+
+    url, schema = pg_schema_url
+    parsed = sa.engine.make_url(url)
+    proxy = _Proxy((parsed.host or "127.0.0.1", parsed.port or 5432))
+    store = open_log(parsed.set(port=proxy.port).render_as_string(hide_password=False), schema=schema,
+                     commit_timeout_s=5)
+    settings = build_settings(settings_data(tmp_path, models_dir, keys, log_health_interval_s=0.05))
+    try:
+        with TestClient(create_app(settings, log_store=store)) as client:
+            assert post_frame(client, keys, frame_png(DARK), part_id="P0").status_code == 200
+            decided(client, keys, "P0")  # its part record committed too, before the cut
+            proxy.cut()
+            resp = post_frame(client, keys, frame_png(DARK), part_id="P1")
+            assert resp.status_code == 500 and resp.json()["error"] == "log_unavailable", resp.text
+            _structured(resp)
+            assert "log_unavailable" in client.get("/readyz").json()["problems"]["log"]
+            assert client.post("/v1/audit/verify", headers=auth(keys, "auditor")).json()["error"] == "log_unavailable"
+            proxy.restore()
+            assert _until(lambda: _ready(client), 20), client.get("/readyz").json()
+            assert post_frame(client, keys, frame_png(DARK), part_id="P2").status_code == 200
+            assert store.verify().ok
+    finally:
+        store.close()
+        proxy.close()
+
+
+@pytest.mark.postgres
+def test_postgres_permission_denied_answers_failsafe(tmp_path: Path, models_dir: Path, keys: dict[str, str],
+                                                     pg_schema_url: tuple[str, str]) -> None:
+    from inspection.log.store import open_log
+
+    url, schema = pg_schema_url
+    role = "r_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(sa.text(f'GRANT ALL ON SCHEMA "{schema}" TO "{role}"'))
+    try:
+        open_log(url, schema=schema).close()  # tables created by the owner ...
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'GRANT ALL ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"'))
+        store = open_log(sa.engine.make_url(url).set(username=role).render_as_string(hide_password=False),
+                         schema=schema)
+        settings = build_settings(settings_data(tmp_path, models_dir, keys, log_health_interval_s=0.05))
+        try:
+            with TestClient(create_app(settings, log_store=store)) as client:
+                assert post_frame(client, keys, frame_png(DARK), part_id="Q0").status_code == 200
+                with admin.begin() as conn:  # ... and the server's role loses its right to append
+                    conn.execute(sa.text(f'REVOKE INSERT ON ALL TABLES IN SCHEMA "{schema}" FROM "{role}"'))
+                resp = post_frame(client, keys, frame_png(DARK), part_id="Q1")
+                assert resp.status_code == 500 and resp.json()["error"] == "storage_error", resp.text
+                _structured(resp)
+                assert "permission denied" in client.get("/readyz").json()["problems"]["log"]
+        finally:
+            store.close()
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+            conn.execute(sa.text(f'DROP ROLE "{role}"'))
+        admin.dispose()
+
+
+def test_single_station_constant_is_used() -> None:
+    assert SINGLE  # the frames above go to the one-camera station: each frame completes its part
