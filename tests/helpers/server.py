@@ -21,12 +21,13 @@ def free_port() -> int:
 
 
 def start_server(settings: Path, port: int, *, env: Mapping[str, str] | None = None,
-                 capture: bool = False) -> subprocess.Popen[str]:
-    """``inspection serve --settings settings --port port`` (output captured, or discarded)."""
+                 capture: bool = False, cwd: Path | None = None) -> subprocess.Popen[str]:
+    """``inspection serve --settings settings --port port`` (output captured, or discarded), run in
+    ``cwd`` (default: the repository)."""
     out = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "inspection", "serve", "--settings", str(settings), "--port", str(port)],
-        cwd=REPO,
+        cwd=REPO if cwd is None else cwd,
         env=None if env is None else dict(env),
         stdout=out,
         stderr=subprocess.STDOUT,
