@@ -89,7 +89,10 @@ class LogHealth:
 
     # -- the periodic check -----------------------------------------------------------------------
     async def check(self, *, probe: bool) -> None:
-        """One round: probe when asked or failing, make headroom, raise/clear the alarm."""
+        """One round: raise the alarm for what is known, probe when asked or failing (a probe may wait
+        for a lock), make headroom, then raise or clear the alarm for what the probe found."""
+        self.sync_metrics()
+        await self._transition()
         if probe or self.problem() is not None:
             try:
                 await asyncio.to_thread(self.store.probe_write)

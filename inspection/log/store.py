@@ -260,9 +260,22 @@ class SqlInspectionLog:
         Raises LogUnavailableError / StorageError / StorageFullError saying why not, LogIntegrityError
         when the chain-head row is gone.
         """
+        # A probe waits at most a second for the lock (the writer waits 30 s): the health check
+        # that calls it must not hang behind another process holding the database.
         try:
-            with self._write_tx() as conn:
-                touched = conn.execute(text(f"UPDATE {chain_head.name} SET seq = seq WHERE id = 1")).rowcount
+            with self.engine.connect() as conn:
+                raw: Any = conn.connection.driver_connection
+                if self.dialect == "sqlite":
+                    raw.execute("PRAGMA busy_timeout=1000")  # on the driver: no SQLAlchemy autobegin
+                try:
+                    conn = conn.execution_options(log_write=True)
+                    with conn.begin():
+                        if self.dialect == "postgresql":
+                            conn.exec_driver_sql("SET LOCAL lock_timeout = '1s'")
+                        touched = conn.execute(text(f"UPDATE {chain_head.name} SET seq = seq WHERE id = 1")).rowcount
+                finally:
+                    if self.dialect == "sqlite":
+                        raw.execute("PRAGMA busy_timeout=30000")
         except SQLAlchemyError as exc:
             raise faults.from_db_error(exc, "probing the inspection log") from exc
         if touched != 1:

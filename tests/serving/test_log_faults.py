@@ -129,8 +129,6 @@ def test_headroom_floor_stops_keeping_passes_then_prunes_oldest(tmp_path: Path, 
         assert _until(lambda: bool(prunes()) and store.frames.free_bytes() >= floor), store.frames.free_bytes()
         assert all(p.entry.actor == "headroom" for p in prunes())
         assert sum(1 for _ in store.frames.iter_frames()) > 0  # only what was needed was pruned
-        passes = query_records(store, RecordFilter(kind="inspection", decision="pass"), limit=100).records
-        assert any(not (p.entry.data or {}).get("frame_kept") for p in passes)  # below the floor: not kept
         assert store.verify().ok
 
 
@@ -325,3 +323,53 @@ def test_postgres_permission_denied_answers_failsafe(tmp_path: Path, models_dir:
 
 def test_single_station_constant_is_used() -> None:
     assert SINGLE  # the frames above go to the one-camera station: each frame completes its part
+
+
+@pytest.mark.mqtt
+def test_log_failure_raises_and_clears_the_mqtt_alarm_and_checkpoints_are_retained(
+        tmp_path: Path, models_dir: Path, keys: dict[str, str]) -> None:
+    import sqlite3
+
+    from inspection.log import checkpoints
+    from inspection.log.store import open_log
+    from tests.helpers.server import free_port
+    from tests.serving.line.peers import MOSQUITTO, Broker, Subscriber
+
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed")
+    broker = Broker(tmp_path, free_port())
+    broker.start()
+    key = tmp_path / "cp.key"
+    public = checkpoints.generate_signing_key(key)
+    data = settings_data(tmp_path, models_dir, keys, log_health_interval_s=0.05, log_inline_commit=False,
+                         checkpoints={"signing_key": str(key), "every_records": 2, "every_s": 0.1})
+    data["stations"][SINGLE]["line"] = {"mqtt": {"enabled": True, "port": broker.port, "status_interval_s": 0.1}}
+    db = tmp_path / "mq.db"
+    store = open_log(f"sqlite:///{db}", commit_timeout_s=0.5)
+    sub = Subscriber(broker.port, clean=True)
+
+    def alarms() -> list[dict[str, Any]]:
+        return [m for t, m, _ in list(sub.messages) if t == f"inspection/{SINGLE}/alarm"]
+
+    try:
+        with TestClient(create_app(build_settings(data), log_store=store)) as client:
+            assert _until(lambda: client.app.state.line.mqtt[SINGLE].connected)  # type: ignore[attr-defined]
+            assert post_frame(client, keys, frame_png(DARK), part_id="M0").status_code == 200
+            decided(client, keys, "M0")
+            assert _until(lambda: any(t == "inspection/log/checkpoint" for t, _, _ in list(sub.messages)))
+            holder = sqlite3.connect(db, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                assert post_frame(client, keys, frame_png(DARK), part_id="M1").status_code == 500
+                assert _until(lambda: [a["state"] for a in alarms()][-1:] == ["raised"]), alarms()
+                assert "log_unavailable" in alarms()[-1]["reason"]
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            assert _until(lambda: [a["state"] for a in alarms()][-1:] == ["cleared"], 40), alarms()
+        retained = checkpoints.fetch_mqtt(f"mqtt://127.0.0.1:{broker.port}/inspection/log/checkpoint")
+        assert retained and checkpoints.signature_ok(retained[0], checkpoints.load_public_key(public))
+    finally:
+        sub.close()
+        store.close()
+        broker.stop()

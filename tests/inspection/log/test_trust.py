@@ -119,6 +119,15 @@ def test_a_swapped_frame_file_is_replaced_when_the_same_image_comes_again(log: A
     assert log.frame(rec.entry.frame_sha256) == b"frame-1"
 
 
+def test_below_the_free_space_floor_passes_frames_are_not_kept_but_rejects_are(logs: Any) -> None:
+    log = logs.open(frame_sample_rate=1.0, min_free_bytes=1 << 62)  # a floor no disk meets
+    passed = log.append(LogEntry(kind="inspection", decision="pass"), frame=b"pass-frame")
+    rejected = log.append(LogEntry(kind="inspection", decision="reject"), frame=b"reject-frame")
+    assert not log.has_frame(passed.entry.frame_sha256) and log.has_frame(rejected.entry.frame_sha256)
+    assert passed.entry.data is None and rejected.entry.data == {"frame_kept": True}
+    assert log.verify().ok
+
+
 # ------------------------------------------------------------------------------- checkpoints
 def test_rewrite_of_the_whole_chain_verifies_without_checkpoints_but_not_with(log: Any, signer: Any,
                                                                               tmp_path: Path) -> None:
