@@ -8,6 +8,7 @@ map ``NotFoundError``/``ValidationError``/... to 404/400/...
 
 
 import asyncio
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
@@ -171,8 +172,11 @@ def audit_router(
     def export(who: WhoDep, log: LogDep, params: Annotated[ExportParams, Query()]) -> StreamingResponse:
         flt = FilterParams.model_validate(params.model_dump(exclude={"format"})).to_filter()
         chunks = iter_export(log, params.format, flt)
+        # The first chunk is read before the answer starts: a log that cannot be read gets a
+        # structured error, not a stream that dies after its 200 header.
+        first = next(chunks, "")
         filename = f"inspection-log.{params.format}"
-        return StreamingResponse(chunks, media_type=MEDIA_TYPES[params.format],
+        return StreamingResponse(itertools.chain([first], chunks), media_type=MEDIA_TYPES[params.format],
                                  headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
     @router.post("/verify", summary="Verify the chain, the frames (re-hashed) and the signed checkpoints; "

@@ -276,6 +276,8 @@ def test_postgres_connection_lost_answers_failsafe_and_recovers(tmp_path: Path, 
             _structured(resp)
             assert "log_unavailable" in client.get("/readyz").json()["problems"]["log"]
             assert client.post("/v1/audit/verify", headers=auth(keys, "auditor")).json()["error"] == "log_unavailable"
+            export = client.get("/v1/audit/export", headers=auth(keys, "auditor"))
+            assert export.status_code == 500 and export.json()["error"] == "log_unavailable", export.text
             proxy.restore()
             assert _until(lambda: _ready(client), 20), client.get("/readyz").json()
             assert post_frame(client, keys, frame_png(DARK), part_id="P2").status_code == 200
