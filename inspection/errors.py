@@ -107,6 +107,14 @@ class ModelError(InspectionError):
     failsafe_code = "model_error"
 
 
+class ModelUntrustedError(ModelError):
+    """The station's active model failed verification (hashes or golden frames) when the server
+    started: every frame is fail-safe rejected until a trusted version is active (HTTP 503)."""
+
+    code = "model_untrusted"
+    failsafe_code = "model_untrusted"
+
+
 class LogIntegrityError(InspectionError):
     """The inspection log's hash chain does not verify."""
 
@@ -136,6 +144,15 @@ class PayloadTooLargeError(ValidationError):
 
     code = "payload_too_large"
     failsafe_code = "payload_too_large"
+
+
+class FrameTooLargeError(PayloadTooLargeError, ImageError):
+    """An encoded image whose header declares more pixels than the limit; it is refused before
+    decoding (HTTP 413). Also an ``ImageError``, so dataset import skips or names it like any
+    other unusable image."""
+
+    code = "frame_too_large"
+    failsafe_code = "frame_too_large"
 
 
 class UnsupportedMediaError(ValidationError):

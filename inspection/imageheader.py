@@ -12,6 +12,10 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+#: The most pixels any decode accepts (64 MP): every path that decodes an image (serving, dataset
+#: import and build, labelling uploads, training) refuses more, whatever its own limit says.
+MAX_FRAME_PIXELS = 64_000_000
+
 #: JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the size.
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -48,9 +52,17 @@ def file_header_size(path: Path, *, head: int = 1 << 16) -> tuple[int, int] | No
     return header_size(data)
 
 
+#: Segments read before giving up on finding a JPEG's SOF. A real file has a dozen or so (APPn,
+#: DQT, DHT); the bound keeps a body of fill bytes or empty markers from costing the caller
+#: (an event loop, for a served frame) more than a millisecond.
+MAX_JPEG_SEGMENTS = 2048
+
+
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     i = 2
-    while i + 9 < len(data):
+    for _ in range(MAX_JPEG_SEGMENTS):
+        if i + 9 >= len(data):
+            return None
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]
@@ -65,7 +77,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             h, w = struct.unpack(">HH", data[i + 5 : i + 9])
             return int(w), int(h)
         i += 2 + length
-    return None
+    return None  # no SOF among the first MAX_JPEG_SEGMENTS segments
 
 
 def _tiff_size(data: bytes) -> tuple[int, int] | None:
@@ -76,6 +88,8 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
     for k in range(count):
         entry = data[offset + 2 + 12 * k : offset + 14 + 12 * k]
         tag, kind = struct.unpack(endian + "HH", entry[:4])
+        if tag > 257 or len(size) == 2:
+            break  # entries are sorted by tag: the size comes first (keeps a 65,535-entry IFD cheap)
         if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
             value = struct.unpack(endian + ("H" if kind == 3 else "I"), entry[8 : 10 if kind == 3 else 12])[0]
             size[tag] = int(value)

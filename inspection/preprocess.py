@@ -5,6 +5,9 @@ every frame and training calls it for every image it evaluates (and before augme
 the two can never drift apart. The steps follow the model card's ``InputSpec``:
 
 1. decode (PNG/JPEG/BMP/TIFF bytes, or raw 8-bit pixels with declared width/height/channels),
+   after reading the size the header declares and refusing anything over the pixel limit
+   (``FrameTooLargeError``) or with a header that cannot be read: a small file that declares a
+   huge image is never handed to the decoder (a 380 KB PNG can declare 20,000 x 20,000 pixels),
 2. convert colour to the card's channel count (BGR->GRAY luma weights, or gray replicated),
 3. crop the card's region of interest, if it has one,
 4. resize to (width, height) with the card's OpenCV interpolation, stretched or letterboxed
@@ -20,7 +23,8 @@ import cv2
 import numpy as np
 
 from inspection.card import InputSpec
-from inspection.errors import ImageError
+from inspection.errors import FrameTooLargeError, ImageError
+from inspection.imageheader import MAX_FRAME_PIXELS, header_size
 
 _INTERPOLATION = {
     "area": cv2.INTER_AREA,
@@ -68,25 +72,65 @@ def _is_truncated(data: bytes, kind: str) -> bool:
     return False
 
 
-def decode_image(data: bytes, *, source: str = "frame") -> np.ndarray:
-    """Decode an encoded image (PNG, JPEG, BMP, TIFF) to ``uint8`` HxW or HxWx3 (BGR).
+def declared_size(data: bytes, *, max_pixels: int = MAX_FRAME_PIXELS, source: str = "frame",
+                  limit_name: str = "max_frame_pixels") -> tuple[int, int]:
+    """(width, height) an encoded image's header declares, checked before anything is decoded.
+
+    A few microseconds: only the header is parsed (``inspection.imageheader``).
 
     Raises:
-        ImageError: empty, truncated, not an image, or not 8-bit.
+        ImageError: empty, not a PNG/JPEG/BMP/TIFF, a header whose size cannot be read, a zero
+            dimension, a 16-bit PNG, or a truncated file.
+        FrameTooLargeError: the declared width x height is over ``max_pixels`` (or 64 MP).
     """
     if not data:
         raise ImageError(f"{source}: empty image (0 bytes); send a PNG, JPEG, BMP or TIFF")
     kind = _sniff(data)
     if kind is None:
         raise ImageError(f"{source}: not a PNG, JPEG, BMP or TIFF image (first bytes {data[:8]!r})")
+    size = header_size(data)
+    if size is None:
+        raise ImageError(f"{source}: {kind.upper()} header does not declare a readable width and height "
+                         f"({len(data)} bytes); refused without decoding")
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{source}: {kind.upper()} header declares {width} x {height} pixels; "
+                         "an image needs at least 1 x 1")
+    limit = min(max_pixels, MAX_FRAME_PIXELS)
+    if width * height > limit:
+        raise FrameTooLargeError(
+            f"{source}: {kind.upper()} header declares {width} x {height} = {width * height:,} pixels, over the "
+            f"limit of {limit:,} pixels ({limit_name}); refused without decoding")
+    if kind == "png" and len(data) > 24 and data[24] == 16:
+        raise ImageError(f"{source}: 16-bit PNG ({width} x {height}); only 8-bit images are accepted")
     if _is_truncated(data, kind):
         raise ImageError(f"{source}: truncated {kind.upper()} image ({len(data)} bytes, end marker missing)")
+    return width, height
+
+
+def decode_image(data: bytes, *, source: str = "frame", max_pixels: int = MAX_FRAME_PIXELS,
+                 limit_name: str = "max_frame_pixels") -> np.ndarray:
+    """Decode an encoded image (PNG, JPEG, BMP, TIFF) to ``uint8`` HxW or HxWx3 (BGR).
+
+    The header's size is checked first (``declared_size``), and the decoded image must have it.
+
+    Raises:
+        ImageError: empty, truncated, not an image, an unreadable header, or not 8-bit.
+        FrameTooLargeError: the header declares more than ``max_pixels`` (never more than 64 MP).
+    """
+    width, height = declared_size(data, max_pixels=max_pixels, source=source, limit_name=limit_name)
+    kind = _sniff(data) or "image"
     buf = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise ImageError(f"{source}: {kind.upper()} data could not be decoded ({len(data)} bytes)")
     if image.dtype != np.uint8:
         raise ImageError(f"{source}: {image.dtype} pixels; only 8-bit images are accepted")
+    if image.shape[:2] not in ((height, width), (width, height)):  # (EXIF orientation may turn it)
+        # The header read above is what the limit judged; a decoder that found another size
+        # (a second, larger frame in the file) must not slip past it.
+        raise ImageError(f"{source}: {kind.upper()} decoded to {image.shape[1]} x {image.shape[0]} pixels, its "
+                         f"header declares {width} x {height}")
     if image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     elif image.ndim == 3 and image.shape[2] == 1:
@@ -102,17 +146,23 @@ def _is_gray(image: np.ndarray) -> bool:
     return bool(np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(image[:, :, 1], image[:, :, 2]))
 
 
-def decode_raw(data: bytes, *, width: int, height: int, channels: int, source: str = "frame") -> np.ndarray:
+def decode_raw(data: bytes, *, width: int, height: int, channels: int, source: str = "frame",
+               max_pixels: int = MAX_FRAME_PIXELS, limit_name: str = "max_frame_pixels") -> np.ndarray:
     """Interpret raw 8-bit pixels (row-major, channels last, BGR when 3) as an image.
 
     Raises:
         ImageError: dimensions out of range, or the byte count differs from width*height*channels.
+        FrameTooLargeError: width x height over ``max_pixels``.
     """
     if channels not in (1, 3):
         raise ImageError(f"{source}: channels={channels} is not allowed; raw frames have 1 or 3 channels")
     for name, value in (("width", width), ("height", height)):
         if not 0 < value <= MAX_SIDE:
             raise ImageError(f"{source}: {name}={value} is out of range 1..{MAX_SIDE}")
+    limit = min(max_pixels, MAX_FRAME_PIXELS)
+    if width * height > limit:
+        raise FrameTooLargeError(f"{source}: raw frame of {width} x {height} = {width * height:,} pixels is over the "
+                                 f"limit of {limit:,} pixels ({limit_name})")
     expected = width * height * channels
     if len(data) != expected:
         raise ImageError(
@@ -124,17 +174,18 @@ def decode_raw(data: bytes, *, width: int, height: int, channels: int, source: s
     return image.reshape(shape)
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, *, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
     """Read and decode an image file (same checks as a frame sent over the API).
 
     Raises:
         ImageError: unreadable, truncated or not an image; the message names the file.
+        FrameTooLargeError: its header declares more than ``max_pixels``.
     """
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
-    return decode_image(data, source=str(path))
+    return decode_image(data, source=str(path), max_pixels=max_pixels)
 
 
 def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -224,6 +275,7 @@ def prepare_frame(
     content_type: str | None = None,
     raw_shape: tuple[int, int, int] | None = None,
     source: str = "frame",
+    max_pixels: int = MAX_FRAME_PIXELS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bytes as sent by a camera -> (decoded image, model input ``uint8[C, H, W]``).
 
@@ -231,10 +283,12 @@ def prepare_frame(
 
     Raises:
         ImageError: the frame cannot be decoded or its declared dimensions are wrong.
+        FrameTooLargeError: it declares more than ``max_pixels``.
     """
     if raw_shape is not None:
         width, height, channels = raw_shape
-        image = decode_raw(data, width=width, height=height, channels=channels, source=source)
+        image = decode_raw(data, width=width, height=height, channels=channels, source=source,
+                           max_pixels=max_pixels)
     else:
-        image = decode_image(data, source=source)
+        image = decode_image(data, source=source, max_pixels=max_pixels)
     return image, to_model_input(image, spec)

@@ -1,12 +1,14 @@
 """The promotion gate: a candidate may not let more defects through than the active model.
 
-``promote_gated`` compares the candidate with the station's active version on a comparison set
-(the test split of ``data``, scored by ``inspection.compare``) and refuses with
-``PromotionRefused`` when the candidate's escape rate is higher, naming both rates. ``force``
-with a non-empty ``reason`` overrides the refusal; the reason is recorded. Without ``data``
-the gate falls back to the escape rates in the two cards (each measured on its own test split,
-so the message says so), and when the cards carry none the promotion goes ahead with the gate
-marked ``skipped`` (the first promotion of a station has nothing to compare with either).
+``promote_gated`` first re-scores the candidate's golden frames (``inspection.golden``) and
+refuses a version whose outputs differ from its card, then compares the candidate with the
+station's active version on a comparison set (the test split of ``data``, scored by
+``inspection.compare``) and refuses with ``PromotionRefused`` when the candidate's escape rate
+is higher, naming both rates. ``force`` with a non-empty ``reason`` overrides that refusal (never
+the golden one); the reason is recorded. Without ``data`` the gate falls back to the escape
+rates in the two cards (each measured on its own test split, so the message says so), and when
+the cards carry none the promotion goes ahead with the gate marked ``skipped`` (the first
+promotion of a station has nothing to compare with either).
 
 Promotions and rollbacks are appended to the inspection log (kind ``promotion`` /
 ``rollback``) when a log is given. Serving picks the change up from ``active.json`` on its
@@ -21,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from inspection.compare import Comparison, Split, compare_models
-from inspection.errors import PromotionRefused, ValidationError
+from inspection.errors import ModelIntegrityError, PromotionRefused, ValidationError
+from inspection.golden import GoldenResult, check_golden
 from inspection.log.records import LogEntry, StoredRecord
 from inspection.log.store import SqlInspectionLog
 from inspection.registry import DEFAULT_STATION, ModelRegistry, ModelVersion
@@ -82,6 +85,17 @@ def _gate(active: ModelVersion | None, candidate: ModelVersion, *, data: Path | 
     return gate, comparison
 
 
+def _check_golden(candidate: ModelVersion) -> GoldenResult:
+    # Hashes only prove the files match the card; a card re-hashed over altered weights would pass
+    # them. The golden frames are re-scored before anything changes, so a version the server
+    # would refuse at its next start is refused here, by the person promoting it.
+    try:
+        return check_golden(candidate.card, candidate.path)
+    except ModelIntegrityError as exc:
+        raise PromotionRefused(f"promotion of {candidate.model_id} refused: golden-frame check failed: {exc}. "
+                               "Nothing was changed; re-export the model or restore its files") from None
+
+
 def promote_gated(registry: ModelRegistry, name: str, version: str, *, station: str = DEFAULT_STATION,
                   data: Path | None = None, split: Split = "test", force: bool = False, reason: str = "",
                   actor: str = "cli", log: SqlInspectionLog | None = None) -> PromotionResult:
@@ -89,13 +103,15 @@ def promote_gated(registry: ModelRegistry, name: str, version: str, *, station: 
 
     Raises:
         ValidationError: ``force`` without a reason.
-        PromotionRefused: the candidate's escape rate is worse than the active model's.
+        PromotionRefused: the candidate's golden frames do not re-score as its card says, or its
+            escape rate is worse than the active model's.
         RegistryError / ModelIntegrityError: unknown version, files that do not match the card.
         DatasetError / ModelError: the comparison set or a model cannot be used.
     """
     if force and not reason.strip():
         raise ValidationError("--force needs --reason TEXT: why the gate is overridden (it is recorded in the log)")
     candidate = registry.get(name, version, verify=True)
+    golden = _check_golden(candidate)
     gate, comparison = _gate(registry.active(station), candidate, data=data, split=split, force=force)
     event = registry.promote(name, version, station=station, actor=actor, reason=reason)
     record = None
@@ -113,6 +129,8 @@ def promote_gated(registry: ModelRegistry, name: str, version: str, *, station: 
                     "reason": reason,
                     "forced": force,
                     "gate": gate,
+                    "golden": {"frames": golden.frames, "max_diff": golden.max_diff,
+                               "tolerance": golden.tolerance},
                     "at": event["at"],
                 },
             )

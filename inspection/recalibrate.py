@@ -25,12 +25,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from inspection import calibration as C
 from inspection.card import CARD_FILENAME, ModelCard, hash_files, load_card, save_card, sha256_file, utc_now
 from inspection.decisions import defect_scores, reject_mask
 from inspection.errors import ModelCardError, ModelIntegrityError, RegistryError, ValidationError
+from inspection.golden import check_golden
 from inspection.metrics import escape_overkill
 from inspection.registry import ModelRegistry, ModelVersion, parse_model_id
 
@@ -161,33 +160,14 @@ def _write_version(registry: ModelRegistry, source: ModelVersion, card: ModelCar
 
 
 def rescore_golden(card: ModelCard, folder: Path) -> float:
-    """Score the card's golden frames with ONNX Runtime; returns the max abs difference.
+    """Score the card's golden frames with ONNX Runtime (``inspection.golden``); the max abs difference.
 
     Raises:
         ValidationError: onnxruntime is not installed (it comes with the ``serve`` extra).
         ModelIntegrityError: the golden file cannot be read, the model cannot score it, or the
-            difference exceeds the card's golden tolerance.
+            difference exceeds the card's golden tolerance (nothing is written then).
     """
     try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ValidationError("re-scoring golden frames needs onnxruntime: install the serve extra "
-                              "(pip install -e '.[serve]')") from None
-    path = Path(folder) / card.golden.file
-    try:
-        with np.load(path, allow_pickle=False) as g:
-            pixels, expected = np.asarray(g["inputs"]), np.asarray(g["probabilities"])
-    except (OSError, KeyError, ValueError) as exc:
-        raise ModelIntegrityError(f"{card.model_id}: golden file {path.name} cannot be read: {exc}") from None
-    try:
-        session = ort.InferenceSession(str(Path(folder) / card.model_file), providers=["CPUExecutionProvider"])
-        got = session.run([card.input.output_name], {card.input.input_name: np.ascontiguousarray(pixels)})[0]
-    except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own untyped exceptions
-        raise ModelIntegrityError(f"{card.model_id}: golden frames cannot be scored: {exc}") from None
-    if got.shape != expected.shape:
-        raise ModelIntegrityError(f"{card.model_id}: golden outputs {got.shape}, the golden file has {expected.shape}")
-    diff = float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64)))) if got.size else 0.0
-    if not diff <= card.golden.tolerance:
-        raise ModelIntegrityError(f"{card.model_id}: golden frames re-score with max abs difference {diff:.3g}, "
-                                  f"beyond the card's tolerance {card.golden.tolerance:g}; nothing was written")
-    return diff
+        return check_golden(card, folder).max_diff
+    except ModelIntegrityError as exc:
+        raise ModelIntegrityError(f"{exc}; nothing was written") from None

@@ -101,11 +101,11 @@ def default_routers() -> list[RouterFactory]:
 
 def default_lifespan_hooks() -> list[LifespanHook]:
     """Start-up/shutdown work of optional integrations (line, PLC, MQTT)."""
-    from serving import checkpointing, loghealth
+    from serving import checkpointing, loghealth, modeltrust
     from serving.line.integration import lifespan_hook as line_hook
 
-    # Line first: the log's alarm and its checkpoints are published over the stations' MQTT.
-    return [line_hook, loghealth.lifespan_hook, checkpointing.lifespan_hook]
+    # Line first: the log's and the model's alarms and the checkpoints are published over the stations' MQTT.
+    return [line_hook, loghealth.lifespan_hook, checkpointing.lifespan_hook, modeltrust.lifespan_hook]
 
 
 def open_inspection_log(settings: ServeSettings) -> InspectionLog:
@@ -189,6 +189,7 @@ def create_app(
         finally:
             await models.stop_watching()
             await batcher.close()
+            service.decoder.close()
             if owned:
                 store.close()
 

@@ -304,10 +304,10 @@ async def _stream_frame(service: InspectionService, station: str, camera: str, w
     except InspectionError as exc:
         if req is not None:
             await service.reject_failsafe(req, exc)
-        return {**error_body(exc), "status": status_for(exc)}
+        return {**error_body(exc, where="WS /v1/stream"), "status": status_for(exc)}
     req = FrameRequest(station, camera, part_id, content_type=media, raw_shape=shape if media == RAW_TYPE else None,
                        capture_time=capture, actor=who.name, started=started)
     try:
         return await service.inspect(req, frame)
     except InspectionError as exc:
-        return {**error_body(exc), "status": status_for(exc)}
+        return {**error_body(exc, where="WS /v1/stream"), "status": status_for(exc)}

@@ -1,7 +1,10 @@
 """Which model scores which station, and live swaps when ``models/active.json`` changes.
 
-At start every station's active version (``ModelRegistry.active``) is loaded and verified;
-a version that fails verification stops the start with its error. Afterwards a watcher polls
+At start every station's active version (``ModelRegistry.active``) is loaded and verified
+(hashes, then the golden frames: ``inspection.golden``). A version that fails verification does
+not stop the start: the server comes up **not ready** for that station, answers each of its
+frames with a fail-safe reject (reason ``model_untrusted: ...``) and raises the model alarm
+(``serving.modeltrust``): a PLC gets rejects, not timeouts, and the operator sees why. Afterwards a watcher polls
 ``active.json`` (mtime, size, inode); on a change it loads and verifies the newly active
 versions in a worker thread and then swaps the station's reference in one assignment. A
 request holds the ``LoadedModel`` it started with, so in-flight frames finish on the old
@@ -16,8 +19,9 @@ import logging
 import os
 from typing import Any
 
-from inspection.errors import InspectionError, ModelError
+from inspection.errors import InspectionError, ModelError, ModelUntrustedError
 from inspection.registry import ModelRegistry, ModelVersion
+from serving.errors import scrub
 from serving.model import LoadedModel, load_model
 from serving.settings import ServeSettings
 from serving.telemetry import ServingMetrics
@@ -34,6 +38,8 @@ class ModelManager:
         self.registry = ModelRegistry(settings.models_dir)
         self._current: dict[str, LoadedModel | None] = {s: None for s in settings.stations}
         self.errors: dict[str, str] = {}
+        #: Station -> why its active model was not trusted at start (until a trusted one loads).
+        self.untrusted: dict[str, str] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
@@ -44,17 +50,21 @@ class ModelManager:
         """The model scoring ``station`` now.
 
         Raises:
+            ModelUntrustedError: the station's active model failed verification at start.
             ModelError: the station has no verified active model.
         """
         model = self._current.get(station)
         if model is None:
+            if station in self.untrusted:
+                raise ModelUntrustedError(f"station {station!r} cannot score frames: {self.untrusted[station]}")
             why = self.errors.get(station) or f"no model is active for station {station!r} in {self.registry.root}"
             raise ModelError(f"station {station!r} cannot score frames: {why}")
         return model
 
     def ready(self) -> dict[str, str | None]:
-        """Station -> problem (None when it has a model)."""
-        return {s: (None if m is not None else (self.errors.get(s) or "no active model"))
+        """Station -> problem (None when it has a model); ``/readyz`` shows it, so paths and
+        addresses are scrubbed (``serving.errors.scrub``)."""
+        return {s: (None if m is not None else scrub(self.errors.get(s) or "no active model"))
                 for s, m in self._current.items()}
 
     def status(self) -> list[dict[str, Any]]:
@@ -85,19 +95,33 @@ class ModelManager:
     def load_all(self) -> None:
         """Load every station's active model (start-up).
 
+        A version that fails verification is not used: its stations are marked untrusted
+        (``untrusted``; their frames are fail-safe rejected) and the start goes on.
+
         Raises:
-            ModelIntegrityError / ModelCardError / RegistryError: a version fails verification;
-                the server must not start on a model it cannot trust.
+            RegistryError: ``active.json`` cannot be read.
         """
         self._stamp = self._stat()
         by_id: dict[str, LoadedModel] = {}
+        refused: dict[str, InspectionError] = {}
         for station, version in self._wanted().items():
             if version is None:
                 self.errors[station] = f"no model is active for station {station!r} in {self.registry.root}"
                 log.warning("%s", self.errors[station])
                 continue
-            if version.model_id not in by_id:
-                by_id[version.model_id] = load_model(version, self._settings.runtime)
+            if version.model_id not in by_id and version.model_id not in refused:
+                try:
+                    by_id[version.model_id] = load_model(version, self._settings.runtime)
+                except InspectionError as exc:
+                    refused[version.model_id] = exc
+                    self._metrics.model_load_failures.labels(version.model_id).inc()
+            if version.model_id in refused:
+                why = refused[version.model_id]
+                self.untrusted[station] = f"{version.model_id} failed verification at start: {why}"
+                self.errors[station] = f"model_untrusted: {self.untrusted[station]}"
+                log.error("ALARM: station %s: %s; its frames are fail-safe rejected until a trusted version is "
+                          "active (inspection models verify %s)", station, self.untrusted[station], version.model_id)
+                continue
             self._set(station, by_id[version.model_id])
 
     def _set(self, station: str, model: LoadedModel) -> None:
@@ -106,6 +130,7 @@ class ModelManager:
             self._metrics.model_info.labels(station, old.model_id).set(0)
         self._current[station] = model  # the atomic swap: one reference assignment
         self.errors.pop(station, None)
+        self.untrusted.pop(station, None)
         self._metrics.model_info.labels(station, model.model_id).set(1)
 
     def reload(self) -> list[str]:

@@ -5,9 +5,8 @@ and re-scores the card's golden frames; a model whose outputs differ from the ca
 the card's tolerance is refused with ``ModelIntegrityError``. Nothing here is copied from
 training: input name, size, channels and classes all come from the card.
 
-Golden file format (``card.golden.file``, a NumPy ``.npz``, as ``training.export`` writes it):
-``inputs`` = ``uint8[N, C, H, W]`` exactly as the graph takes them, ``probabilities`` =
-``float32[N, len(classes)]`` (other arrays, e.g. ``names``, are ignored).
+The golden-frame check itself is ``inspection.golden`` (the same one ``models promote`` and
+``models verify`` run).
 """
 
 from __future__ import annotations
@@ -16,20 +15,18 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from inspection.card import ModelCard, verify_files
 from inspection.errors import ModelError, ModelIntegrityError
+from inspection.golden import Scorer, check_golden
 from inspection.registry import ModelVersion
 from serving.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
-
-GOLDEN_INPUT_KEYS = ("inputs",)
-GOLDEN_OUTPUT_KEYS = ("probabilities",)
-
 
 def _session_options(runtime: RuntimeSettings, threads: int | None = None):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
@@ -67,22 +64,6 @@ def _busy_threads(runtime: RuntimeSettings, frame_ms: float) -> int:
         return runtime.busy_intra_op_threads
     threads = runtime.resolved_intra_op_threads()
     return max(1, threads - 1) if frame_ms < SHORT_INFERENCE_MS else threads
-
-
-def _golden_arrays(path: Path, model_id: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = set(data.files)
-            x_key = next((k for k in GOLDEN_INPUT_KEYS if k in keys), None)
-            y_key = next((k for k in GOLDEN_OUTPUT_KEYS if k in keys), None)
-            if x_key is None or y_key is None:
-                raise ModelIntegrityError(
-                    f"{model_id}: golden file {path.name} has arrays {sorted(keys)}; it needs the inputs as one of "
-                    f"{list(GOLDEN_INPUT_KEYS)} and the expected probabilities as one of {list(GOLDEN_OUTPUT_KEYS)}"
-                )
-            return np.asarray(data[x_key]), np.asarray(data[y_key])
-    except (OSError, ValueError) as exc:
-        raise ModelIntegrityError(f"{model_id}: golden file {path.name} cannot be read: {exc}") from None
 
 
 @dataclass(eq=False)
@@ -133,6 +114,13 @@ class LoadedModel:
         if not np.isfinite(out).all():
             raise ModelError(f"{self.model_id}: output has NaN or infinite probabilities")
         return out
+
+
+def _golden_run(loaded: LoadedModel, pixels: np.ndarray, *, busy: bool) -> np.ndarray:
+    try:
+        return loaded.run(pixels, busy=busy)
+    except ModelError as exc:
+        raise ModelIntegrityError(f"{loaded.model_id}: golden frames cannot be scored: {exc}") from None
 
 
 def load_model(version: ModelVersion, runtime: RuntimeSettings, *, warmup_batch: int = 1) -> LoadedModel:
@@ -190,30 +178,10 @@ def load_model(version: ModelVersion, runtime: RuntimeSettings, *, warmup_batch:
         golden_max_diff=0.0,
         busy_session=busy_session,
     )
-    pixels, expected = _golden_arrays(folder / card.golden.file, version.model_id)
-    expected_shape = (spec.channels, spec.height, spec.width)
-    if pixels.dtype != np.uint8 or pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected_shape:
-        raise ModelIntegrityError(
-            f"{version.model_id}: golden pixels are {pixels.dtype}{list(pixels.shape)}, expected uint8[N, "
-            f"{spec.channels}, {spec.height}, {spec.width}]"
-        )
-    diff = 0.0
-    for busy in (False, True) if busy_session is not None else (False,):
-        try:
-            got = loaded.run(np.ascontiguousarray(pixels), busy=busy)
-        except ModelError as exc:
-            raise ModelIntegrityError(f"{version.model_id}: golden frames cannot be scored: {exc}") from None
-        if got.shape != expected.shape:
-            raise ModelIntegrityError(
-                f"{version.model_id}: golden outputs {got.shape}, the card's file has {expected.shape}"
-            )
-        if got.size:
-            diff = max(diff, float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64)))))
-    if not diff <= card.golden.tolerance:
-        raise ModelIntegrityError(
-            f"{version.model_id}: golden frames re-scored with max abs difference {diff:.3g}, beyond the card's "
-            f"tolerance {card.golden.tolerance:g}; refusing this model (wrong file, runtime or hardware?)"
-        )
+    # The behavioural check (inspection.golden), on every session this model will score with.
+    scorers: list[Scorer] = [partial(_golden_run, loaded, busy=busy)
+                             for busy in ((False, True) if busy_session is not None else (False,))]
+    diff = check_golden(card, folder, scorers).max_diff
     loaded.golden_max_diff = diff
     log.info("loaded %s (golden max diff %.2g, %d threads, %.1f ms per frame, %d threads under load)", version.model_id,
              diff, runtime.resolved_intra_op_threads(), frame_ms, busy_threads)

@@ -19,11 +19,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 from inspection.decisions import decide
-from inspection.errors import InspectionError, ModelError, NotFoundError, UnsupportedMediaError, ValidationError
+from inspection.errors import (
+    InspectionError,
+    ModelError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnsupportedMediaError,
+    ValidationError,
+)
 from inspection.log.records import InspectionLog, LogEntry, StoredRecord, new_id
-from inspection.preprocess import ENCODED_TYPES, RAW_TYPE, prepare_frame
+from inspection.preprocess import ENCODED_TYPES, RAW_TYPE
 from serving.batching import Arrival, MicroBatcher
+from serving.decoding import FrameDecoder
 from serving.errors import attach_failsafe
 from serving.events import DecisionBus, DecisionEvent
 from serving.lifecycle import ModelManager
@@ -63,6 +73,8 @@ class InspectionService:
         self.bus = bus
         self.metrics = metrics
         self.parts = PartTracker(settings, self._record_part)
+        self.decoder = FrameDecoder(settings.decoding)
+        self._pixel_limits = {name: station.frame_pixel_limit() for name, station in settings.stations.items()}
 
     # -- validation (nothing is recorded for a request that fails here) ---------------------
     def check_target(self, station: str | None, camera: str | None, part_id: str | None) -> tuple[str, str, str]:
@@ -132,14 +144,21 @@ class InspectionService:
             try:
                 model = self.models.current(req.station)
                 self.batcher.check_capacity()
-                _, pixels = prepare_frame(body, model.card.input, content_type=req.content_type,
-                                          raw_shape=req.raw_shape, source=f"frame of part {req.part_id!r}")
+                # The header is checked here, before any decoding; small frames come back decoded,
+                # large ones as the pool's pending result (serving.decoding).
+                decoded = self.decoder.start(body, model.card.input, raw_shape=req.raw_shape,
+                                             source=f"frame of part {req.part_id!r}",
+                                             max_pixels=self._pixel_limits[req.station],
+                                             limit_name=f"max_frame_pixels of station {req.station!r}")
             finally:
                 if arrival is not None:
                     arrival.done()  # queued next, or given up: a forming batch need not wait for it
+            pixels = decoded if isinstance(decoded, np.ndarray) else await decoded
             probs, model_ms = await self.batcher.submit(model, pixels)
         except InspectionError as exc:
-            await self.reject_failsafe(req, exc, frame=body)
+            # A frame that cannot be decoded is kept as evidence; one over a size limit is not
+            # (a bomb must not fill the frame store).
+            await self.reject_failsafe(req, exc, frame=None if isinstance(exc, PayloadTooLargeError) else body)
             raise
         return await self._record_decision(req, model, probs, model_ms, body, started)
 
@@ -178,7 +197,7 @@ class InspectionService:
         except InspectionError as exc:
             log.error("inspection record not stored, fail-safe reject of part %s: %s", req.part_id, exc)
             self.metrics.failsafe.labels(req.station, "log_error").inc()
-            raise attach_failsafe(exc, {"decision": "reject", "reason": f"log_error: {exc}", "part_id": req.part_id})
+            raise attach_failsafe(exc, {"decision": "reject", "reason": "log_error", "part_id": req.part_id})
         predicted = max(decision.scores, key=decision.scores.__getitem__)
         metrics = self.metrics
         metrics.child(metrics.decisions, req.station, verdict, predicted).inc()

@@ -40,6 +40,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from inspection.config import deep_merge
 from inspection.errors import ConfigError
+from inspection.imageheader import MAX_FRAME_PIXELS
 from serving.line.settings import LineSettings
 
 Role = Literal["line", "engineer", "auditor", "admin"]
@@ -66,6 +67,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class FrameSize(_Section):
+    width: int = Field(ge=1, le=65_535)
+    height: int = Field(ge=1, le=65_535)
+
+
+#: The default pixel limit of a station with an ``expected_frame`` is this many times its area
+#: (a camera re-configured to a larger frame still works; a bomb does not).
+FRAME_HEADROOM = 4
+
+
 class StationSettings(_Section):
     """One inspection station: the cameras that each see every part, and the part deadline."""
 
@@ -75,6 +86,21 @@ class StationSettings(_Section):
     part_deadline_ms: float = Field(default=500.0, gt=0, le=600_000)
     #: PLC (Modbus TCP / OPC UA) and MQTT integrations of this station (serving.line; docs/plc.md).
     line: LineSettings = Field(default_factory=LineSettings)
+    #: The size of this station's camera frames, when known: the default ``max_frame_pixels``
+    #: is derived from it.
+    expected_frame: FrameSize | None = None
+    #: The most pixels a frame's header may declare; more is refused before decoding (413 and a
+    #: fail-safe reject). None: ``FRAME_HEADROOM`` x ``expected_frame``, or 64 MP when that is
+    #: not set; never above 64 MP.
+    max_frame_pixels: int | None = Field(default=None, ge=1, le=MAX_FRAME_PIXELS)
+
+    def frame_pixel_limit(self) -> int:
+        """The pixel limit in force for this station's frames."""
+        if self.max_frame_pixels is not None:
+            return self.max_frame_pixels
+        if self.expected_frame is not None:
+            return min(MAX_FRAME_PIXELS, FRAME_HEADROOM * self.expected_frame.width * self.expected_frame.height)
+        return MAX_FRAME_PIXELS
 
     @field_validator("cameras")
     @classmethod
@@ -94,6 +120,22 @@ class BatchingSettings(_Section):
     #: Frames waiting for the model; beyond this, 503 + Retry-After and a fail-safe reject.
     queue_size: int = Field(default=256, ge=1, le=100_000)
     retry_after_s: float = Field(default=1.0, gt=0, le=3600)
+
+
+class DecodeSettings(_Section):
+    """Where frames are decoded (``serving.decoding``)."""
+
+    #: Frames whose header declares fewer pixels are decoded on the event loop, with no thread
+    #: hop (~2 ms for 0.25 MP); larger ones in a bounded pool, so one big frame never stalls the
+    #: frames of other cameras. 0: every frame goes to the pool.
+    pool_min_pixels: int = Field(default=1_000_000, ge=0, le=MAX_FRAME_PIXELS)
+    #: Worker threads of the pool (OpenCV decodes without holding the GIL).
+    pool_threads: int = Field(default=2, ge=1, le=64)
+    #: Memory the frames in the pool may take together (estimated from their headers at
+    #: ``BYTES_PER_PIXEL``); a frame waits for room, and one larger than all of it runs alone.
+    memory_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024, le=1 << 40)
+    #: Longest a frame waits for room in the pool; then 503 + Retry-After and a fail-safe reject.
+    max_wait_s: float = Field(default=2.0, gt=0, le=600)
 
 
 class RuntimeSettings(_Section):
@@ -203,6 +245,7 @@ class ServeSettings(_Section):
     stations: dict[str, StationSettings] = Field(min_length=1)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    decoding: DecodeSettings = Field(default_factory=DecodeSettings)
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1, le=1 << 31)
     max_part_id_length: int = Field(default=128, ge=1, le=1024)
     #: How often models/active.json is checked for a promotion or rollback.

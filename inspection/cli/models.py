@@ -1,4 +1,4 @@
-"""`inspection models` — the model registry: list, show, promote, rollback, compare, set-threshold.
+"""`inspection models` — the model registry: list, show, promote, rollback, compare, set-threshold, verify.
 
 Each action is a small ``_add_<action>(sub)`` function listed in ``_ACTIONS``; a new action
 (e.g. ``compare``, a promotion gate) adds one function to the tuple. Handlers are thin: they
@@ -17,6 +17,8 @@ from inspection.calibration import DEFAULT_OVERKILL_LIMIT, tradeoff_text
 from inspection.card import InputSpec
 from inspection.cli import compare as _gate
 from inspection.cli.compare import add_compare, add_gate_arguments
+from inspection.errors import ModelIntegrityError
+from inspection.golden import verify_version
 from inspection.metrics import Rate
 from inspection.recalibrate import set_threshold
 from inspection.registry import DEFAULT_STATION, ModelRegistry, parse_model_id
@@ -99,8 +101,20 @@ def _add_set_threshold(actions: Any) -> None:
     p.set_defaults(func=_set_threshold)
 
 
+def _add_verify(actions: Any) -> None:
+    p = actions.add_parser("verify", help="check a version's files (sha256) and re-score its golden frames",
+                           description="What promotion and the server check before trusting a version: every "
+                                       "file against the card's sha256, then the golden frames re-scored with "
+                                       "ONNX Runtime against the card's outputs. Exit 0 trusted, 1 not trusted, "
+                                       "2 unknown version or bad input.")
+    _common(p)
+    p.add_argument("model", help="NAME/VERSION")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_verify)
+
+
 _ACTIONS: tuple[Callable[[Any], None], ...] = (_add_list, _add_show, _add_promote, _add_rollback, add_compare,
-                                               _add_set_threshold)
+                                               _add_set_threshold, _add_verify)
 
 
 def _active_by_model(reg: ModelRegistry) -> dict[str, list[str]]:
@@ -190,6 +204,22 @@ def _show(args: argparse.Namespace) -> int:
         *(f"recipe    {c['setting']} = {c['value']}  ({c['reason']})" for c in card.training.get("recipe", [])),
     ]
     print("\n".join(lines))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    mv = ModelRegistry(args.models_dir).get(*parse_model_id(args.model))
+    try:
+        result = verify_version(mv.card, mv.path)
+    except ModelIntegrityError as exc:
+        report: dict[str, Any] = {"model": mv.model_id, "trusted": False, "reason": str(exc)}
+        print(json.dumps(report) if args.json else f"{mv.model_id}: NOT trusted: {exc}")
+        return 1
+    report = {"model": mv.model_id, "trusted": True, "files": sorted(mv.card.files), "golden_frames": result.frames,
+              "golden_max_diff": result.max_diff, "tolerance": result.tolerance}
+    print(json.dumps(report) if args.json else
+          f"{mv.model_id}: trusted: {len(mv.card.files)} file(s) match their sha256; {result.frames} golden frame(s) "
+          f"re-score within {result.tolerance:g} (max abs difference {result.max_diff:.3g})")
     return 0
 
 

@@ -28,6 +28,7 @@ from inspection.card import (
     Parity,
     Thresholds,
     hash_files,
+    load_card,
     save_card,
     utc_now,
 )
@@ -211,3 +212,14 @@ def frame_png(level: int, *, size: int = 32, channels: int = 1, seed: int = 0) -
 
 BRIGHT = 230  # frames at this level pass with the default tiny model
 DARK = 25  # frames at this level are rejected
+
+
+def tamper_weights(folder: Path, *, gain: float = 5.0) -> None:
+    """Replace a version's ONNX weights (another ``gain``) and recompute its card's hashes, as an
+    attacker who can write the model folder would: the files match the card, only the golden
+    frames tell."""
+    card = load_card(folder)
+    size = card.input.height
+    (folder / card.model_file).write_bytes(build_onnx(classes=card.classes, good_class=card.good_class, size=size,
+                                                      channels=card.input.channels, gain=gain))
+    save_card(card.model_copy(update={"files": hash_files(folder, list(card.files))}), folder)

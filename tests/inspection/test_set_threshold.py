@@ -223,7 +223,7 @@ def test_golden_frames_that_no_longer_rescore_stop_the_new_version(
     save_card(card.model_copy(update={"files": hash_files(folder, list(card.files))}), folder)
     assert cli(["models", "set-threshold", "tiny/v1", "--max-escape", "0.05", "--models-dir", str(models)]) == 2
     err = capsys.readouterr().err
-    assert "tiny/v2: golden frames re-score with max abs difference" in err and "nothing was written" in err
+    assert "tiny/v2: golden frames re-scored with max abs difference" in err and "nothing was written" in err
     assert not (models / "tiny" / "v2").exists() and not (models / ".staging").exists()
 
 

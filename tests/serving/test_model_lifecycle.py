@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import httpx
@@ -11,7 +12,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from inspection.card import hash_files, load_card, save_card
-from inspection.errors import ModelIntegrityError
 from inspection.registry import ModelRegistry
 from serving.app import create_app
 from serving.settings import build_settings
@@ -29,23 +29,35 @@ def _skew_golden(folder: Path, delta: float) -> None:
     save_card(card.model_copy(update={"files": hash_files(folder, list(card.files))}), folder)
 
 
-def test_start_refuses_a_model_whose_golden_frames_disagree(tmp_path, models_dir, keys) -> None:
+def _untrusted_start(app, keys, match: str) -> None:
+    """The server starts not ready, names the reason on /readyz, and fail-safe rejects every frame."""
+    with TestClient(app) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503, ready.text
+        problem = ready.json()["problems"][SINGLE]
+        assert problem.startswith("model_untrusted: tiny/v1 failed verification at start") and re.search(match, problem)
+        r = client.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": "P-1"},
+                        content=frame_png(BRIGHT), headers={**auth(keys), "Content-Type": "image/png"})
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert body["error"] == "model_untrusted" and body["failsafe"]["reason"] == "model_untrusted"
+        assert body["failsafe"]["decision"] == "reject" and body["incident"]
+        record = client.get(f"/v1/audit/records/{body['failsafe']['inspection_id']}", headers=auth(keys, "auditor"))
+        reason = record.json()["record"]["failsafe_reason"]
+        assert reason.startswith("model_untrusted: station 'press-2' cannot score frames: tiny/v1 failed verification")
+
+
+def test_start_on_a_model_whose_golden_frames_disagree_is_not_ready_and_rejects(tmp_path, models_dir, keys) -> None:
     _skew_golden(models_dir / "tiny" / "v1", 0.01)
     app = create_app(build_settings(settings_data(tmp_path, models_dir, keys)))
-    with (
-        pytest.raises(ModelIntegrityError,
-                      match=r"golden frames re-scored with max abs difference 0\.01.*tolerance 0\.0001"),
-        TestClient(app),
-    ):
-        pass
+    _untrusted_start(app, keys, r"golden frames re-scored with max abs difference 0\.01.*tolerance 0\.0001")
 
 
-def test_start_refuses_a_model_whose_file_hash_differs(tmp_path, models_dir, keys) -> None:
+def test_start_on_a_model_whose_file_hash_differs_is_not_ready_and_rejects(tmp_path, models_dir, keys) -> None:
     onnx_file = models_dir / "tiny" / "v1" / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes() + b"\x00")
     app = create_app(build_settings(settings_data(tmp_path, models_dir, keys)))
-    with pytest.raises(ModelIntegrityError, match="file 'model.onnx' has sha256"), TestClient(app):
-        pass
+    _untrusted_start(app, keys, "file 'model.onnx' has sha256")
 
 
 def test_golden_tolerance_comes_from_the_card(tmp_path, models_dir, keys) -> None:
@@ -153,11 +165,7 @@ def test_start_refuses_a_model_when_the_busy_session_disagrees_with_the_golden_f
     monkeypatch.setattr(serving_model.LoadedModel, "run", skewed)
     data = settings_data(tmp_path, models_dir, keys)
     data["runtime"] = {"intra_op_threads": 2, "busy_intra_op_threads": 1}
-    with (
-        pytest.raises(ModelIntegrityError, match="golden frames re-scored"),
-        TestClient(create_app(build_settings(data))),
-    ):
-        pass
+    _untrusted_start(create_app(build_settings(data)), keys, "golden frames re-scored")
 
 
 def test_batches_under_load_keep_every_core_unless_inference_is_short() -> None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import httpx
 import yaml
 
-from tests.conftest import REPO
 from tests.helpers.server import free_port, start_server, wait_ready
-from tests.helpers.tiny_model import DARK, frame_png
+from tests.helpers.tiny_model import DARK, frame_png, tamper_weights
 from tests.serving.conftest import SINGLE, auth, settings_data
 
 
@@ -56,13 +54,31 @@ def test_cli_serves_over_real_http_and_stops_cleanly(tmp_path: Path, models_dir:
     assert proc.returncode == -15 and "Traceback" not in out, out
 
 
-def test_cli_refuses_to_start_on_an_untrusted_model_with_a_clear_error(tmp_path: Path, models_dir: Path, keys) -> None:
-    card_path = models_dir / "tiny" / "v1" / "model.json"
-    card = json.loads(card_path.read_text())
-    (models_dir / "tiny" / "v1" / "golden.npz").write_bytes(b"tampered")
-    card_path.write_text(json.dumps(card))
-    path = _write(tmp_path, settings_data(tmp_path, models_dir, keys))
-    out = subprocess.run([sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port",
-                          str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode == 2
-    assert "error: tiny/v1: file 'golden.npz' has sha256" in out.stderr
+def test_cli_on_an_untrusted_model_stays_up_not_ready_and_fail_safe_rejects(tmp_path: Path, models_dir: Path,
+                                                                            keys) -> None:
+    tamper_weights(models_dir / "tiny" / "v1")  # altered weights, card re-hashed: only the golden frames tell
+    port = free_port()
+    proc = start_server(_write(tmp_path, settings_data(tmp_path, models_dir, keys)), port, capture=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        started = time.monotonic()
+        while True:  # up (answering), but not ready
+            try:
+                ready = httpx.get(f"{base}/readyz", timeout=1)
+                if ready.json().get("status") != "starting":
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() - started < 60, "the server did not come up"
+            time.sleep(0.1)
+        assert ready.status_code == 503 and ready.json()["status"] == "not_ready"
+        assert "model_untrusted: tiny/v1 failed verification at start" in ready.json()["problems"][SINGLE]
+        r = httpx.post(f"{base}/v1/inspections", content=frame_png(DARK),
+                       params={"station": SINGLE, "camera": "cam", "part_id": "untrusted-1"},
+                       headers={**auth(keys), "content-type": "image/png"})
+        assert r.status_code == 503 and r.json()["failsafe"]["reason"] == "model_untrusted", r.text
+        assert "golden frames re-scored" in r.json()["detail"]
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "failed verification at start" in out and "Traceback" not in out, out
