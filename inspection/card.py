@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from inspection.errors import ModelCardError, ModelIntegrityError
+from inspection.monitoring.reference import MonitoringReference
 
 CARD_FILENAME = "model.json"
 SCHEMA_VERSION: Literal[1] = 1
@@ -173,6 +174,9 @@ class ModelCard(_Strict):
     golden: Golden
     #: sha256 of every file of the version except model.json itself.
     files: dict[str, str]
+    #: Frame statistics and scores of the validation split, for drift and the frame-quality gate
+    #: (``inspection.monitoring``; docs/monitoring.md). None on cards exported before it existed.
+    monitoring: MonitoringReference | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:

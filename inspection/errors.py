@@ -40,6 +40,13 @@ class ImageError(InspectionError):
     failsafe_code = "undecodable_frame"
 
 
+class FrameQualityError(ImageError):
+    """A frame whose statistics are far outside the model's reference (black, overexposed, out of
+    focus, another camera): fail-safe rejected instead of scored (``inspection.monitoring.gate``)."""
+
+    failsafe_code = "frame_quality"
+
+
 class ModelCardError(InspectionError):
     """A model card is missing, does not validate, or contradicts its files."""
 

@@ -26,6 +26,7 @@ RecordKind = Literal[
     "plc_ack",      # the PLC acknowledged (or failed to acknowledge) a result
     "event",        # other operational facts (e.g. MQTT messages dropped)
     "checkpoint",   # the chain head signed with the server's key (inspection.log.checkpoints)
+    "alarm",        # a line alarm raised or cleared (control chart, drift, PLC link, fail-safe rate)
 ]
 
 
