@@ -37,6 +37,7 @@ from inspection.dataset.layout import Dataset
 from inspection.decisions import rule_defect_scores, rule_reject_mask
 from inspection.errors import TrainingError
 from inspection.metrics import average_precision, classification_summary, escape_overkill, roc_auc
+from inspection.monitoring.build import build_reference
 from inspection.registry import ModelRegistry
 from training import calibrate as cal
 from training import data
@@ -240,6 +241,9 @@ def export_version(
             parity=Parity(**parity),
             golden=Golden(tolerance=cfg.parity_tolerance, count=len(gidx)),
             files=hash_files(stage, names),
+            # What serving's drift and frame-quality checks compare the line with (docs/monitoring.md).
+            monitoring=build_reference(val.images, val_probs, classes=ds.classes, good_class=ds.good_class,
+                                       threshold=threshold, per_class=per_class),
         )
         save_card(card, stage)
         final = run.registry.version_dir(name, version)

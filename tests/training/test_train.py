@@ -71,6 +71,10 @@ def test_version_card_validates_and_every_file_is_hashed(trained: tuple[Path, Pa
     _, folder = trained
     card = load_card(folder)
     verify_files(card, folder)
+    # The monitoring reference: the validation split's frame statistics and scores (docs/monitoring.md).
+    assert card.monitoring is not None and card.monitoring.source == "validation"
+    assert set(card.monitoring.stats) == {"brightness", "contrast", "sharpness", "saturated"}
+    assert card.monitoring.score is not None and 0.0 <= (card.monitoring.reject_rate or 0.0) <= 1.0
     on_disk = {p.name for p in folder.iterdir()} - {"model.json"}
     assert set(card.files) == on_disk
     assert {
