@@ -190,6 +190,9 @@ async def lifespan_hook(app: Any) -> AsyncIterator[None]:
     if getattr(store, "stats", None) is None or not hasattr(store, "probe_write"):
         yield  # a test double without the SQL store's health surface
         return
+    if getattr(app.state, "log_health", None) is not None:
+        yield  # a nested start of the same app (an in-process client inside a running one): one watcher
+        return
     health = LogHealth(store, min_free_bytes=settings.log_min_free_bytes, interval_s=settings.log_health_interval_s,
                        registry=app.state.metrics.registry,
                        alarm=lambda payload: mqtt_publish(app, "alarm", payload, retain=True))
@@ -201,3 +204,9 @@ async def lifespan_hook(app: Any) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        # The app (and its registry) can outlive one lifespan (tests restart it; so does an
+        # embedding server): the next start registers these metrics again.
+        app.state.log_health = None
+        for metric in (health.failures, health.frames_not_kept, health.ready, health.free):
+            with contextlib.suppress(KeyError):
+                app.state.metrics.registry.unregister(metric)

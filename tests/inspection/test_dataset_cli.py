@@ -70,7 +70,7 @@ def test_import_bad_input_exits_2_naming_the_file(tmp_path: Path, capsys: pytest
     rc = main(["dataset", "import", "--layout", "folders", str(src), "--out", str(tmp_path / "out")])
     assert rc == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and f"{src / 'good' / 'a.png'}: truncated PNG" in err
+    assert err.startswith("error: ") and f"{src / 'good' / 'a.png'}: PNG header" in err
     assert not (tmp_path / "out").exists()
     (tmp_path / "l.csv").write_text("path,label\nsrc/good/a.png,good\n")
     rc = main(["dataset", "import", "--layout", "csv", str(tmp_path / "l.csv"), "--out", str(tmp_path / "out"),
