@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inspection.errors import ConfigError, InspectionError
 from inspection.log.records import InspectionLog
+from inspection.log.store import SqlInspectionLog
 from serving import errors, intake
 from serving.auth import KeyStore
 from serving.batching import MicroBatcher
@@ -174,6 +175,12 @@ def create_app(
         service = InspectionService(settings=settings, models=models, batcher=batcher, log_store=store,
                                     bus=state.bus, metrics=state.metrics)
         state.models, state.log, state.batcher, state.service = models, store, batcher, service
+        if isinstance(store, SqlInspectionLog):
+            # Parts a crash left without their decision get it (fail-safe) before anything is served.
+            try:
+                state.parts_repaired = await service.parts.repair_undecided(store)
+            except InspectionError as exc:
+                log.error("could not search the log for parts left undecided by a crash: %s", exc)
         models.start_watching()
         try:
             async with AsyncExitStack() as stack:

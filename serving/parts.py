@@ -9,7 +9,12 @@ part was decided is late: it is logged, and the part stays as decided.
 
 The part record is appended to the inspection log (and published on the decision bus)
 before anyone waiting for it is answered; the frame that completed the part is answered as
-soon as its own inspection record is durable.
+soon as its own inspection record is durable. The part record usually shares that frame's
+commit, but not always (a reject's frame is written first; a deadline has its own commit), and
+a part still waiting for cameras has none yet: a crash can leave views without their part's
+decision. So before a server serves, ``PartTracker.repair_undecided`` appends a fail-safe
+reject part record (reason ``server_restart: part undecided at crash``) for every part of its
+stations whose views are logged and whose part record is not (``inspection.log.undecided``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from inspection.log.undecided import UndecidedPart, find_undecided
 from serving.settings import ServeSettings
+
+RESTART_REASON = "server_restart: part undecided at crash"
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +177,41 @@ class PartTracker:
                 await asyncio.wait_for(part.decided.wait(), wait_s)
             except TimeoutError:
                 pass
+        return part
+
+    async def repair_undecided(self, store: Any) -> int:
+        """Append the fail-safe part record of every undecided part a crash left in ``store``
+        (``inspection.log.undecided``); returns how many. Run at start, before frames are served.
+
+        Raises:
+            LogUnavailableError: the log cannot be read.
+        """
+        found = await asyncio.to_thread(find_undecided, store, stations=self._settings.stations,
+                                        window=self._settings.parts_repair_window)
+        for undecided in found:
+            part = self._restored(undecided)
+            part._finalizing = True
+            await self._record(part)  # logs (never raises); the part record says why it is a reject
+            part.decided.set()
+        if found:
+            log.warning("%d part(s) had views in the log but no part record (server stopped before deciding "
+                        "them): fail-safe rejected now (%s)", len(found), RESTART_REASON)
+        return len(found)
+
+    def _restored(self, undecided: UndecidedPart) -> Part:
+        station = self._settings.stations.get(undecided.station)
+        cameras = tuple(station.cameras) if station is not None else ()
+        part = Part(undecided.station, undecided.part_id, cameras)
+        for rec in undecided.views:
+            e = rec.entry
+            model = f"{e.model_name}/{e.model_version}" if e.model_name and e.model_version else None
+            code = e.failsafe_reason.split(":", 1)[0] if e.failsafe_reason else None
+            part.views.setdefault(e.camera or "", []).append(
+                View(e.camera or "", e.inspection_id, e.decision or "reject", model, code))
+        part.decision = "reject"
+        missing = part.missing
+        part.failsafe_reason = RESTART_REASON + (f"; missing_view: no frame from camera(s) {', '.join(missing)}"
+                                                 if missing else "")
         return part
 
     async def close(self) -> None:

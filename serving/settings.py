@@ -252,6 +252,9 @@ class ServeSettings(_Section):
     reload_poll_s: float = Field(default=0.5, gt=0, le=3600)
     #: Part decisions kept in memory for GET /v1/parts/{id}/decision after they are made.
     parts_remembered: int = Field(default=10_000, ge=10, le=10_000_000)
+    #: At start, parts whose views are logged but whose part record is not (a crash) are searched
+    #: among this many newest records and fail-safe rejected (serving.parts). 0: not searched.
+    parts_repair_window: int = Field(default=100_000, ge=0, le=100_000_000)
     api_keys: list[ApiKeySettings] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
