@@ -246,7 +246,7 @@ async def _retention_loop(app: Any, max_age_days: float | None, max_bytes: int |
     max_age = timedelta(days=max_age_days) if max_age_days is not None else None
     while True:
         log_ = getattr(app.state, "log", None)
-        if log_ is not None and getattr(log_, "frames", None) is None:
+        if log_ is not None and not (isinstance(log_, SqlInspectionLog) and log_.frames is not None):
             log.warning("frame retention is configured but the log keeps no frames; retention is off")
             return
         if log_ is not None:

@@ -24,6 +24,7 @@ from prometheus_client import Counter
 from inspection.errors import InspectionError
 from inspection.log import checkpoints
 from inspection.log.records import LogEntry, utc_now
+from inspection.log.store import SqlInspectionLog
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ async def lifespan_hook(app: Any) -> AsyncIterator[None]:
     """The app's lifespan hook: checkpoints while the server runs (``app.state.checkpointer``)."""
     settings = app.state.settings.checkpoints
     store = app.state.log
-    if settings.signing_key is None or getattr(store, "stats", None) is None:
+    if settings.signing_key is None or not isinstance(store, SqlInspectionLog):
         if settings.signing_key is None:
             log.warning("no checkpoints.signing_key: the log is hash-chained but not anchored; a rewrite of the "
                         "whole chain by someone with database access would not be detected")

@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge
 from inspection.errors import InspectionError
 from inspection.log.records import LogEntry
 from inspection.log.retention import prune_frames
+from inspection.log.store import SqlInspectionLog
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,14 @@ HEALTHY_PROBE_EVERY = 10
 
 
 class LogHealth:
-    """Watches one log store (``SqlInspectionLog``); ``problem()`` is what /readyz reports."""
+    """Watches one SQL log store; ``problem()`` is what /readyz reports.
 
-    def __init__(self, store: Any, *, min_free_bytes: int, interval_s: float, registry: Any = None,
+    Typed on ``SqlInspectionLog`` rather than the ``InspectionLog`` protocol: commit statistics, the
+    probe write and the frame store are that store's health surface, not part of every log's
+    contract (``lifespan_hook`` leaves other stores, e.g. test doubles, unwatched).
+    """
+
+    def __init__(self, store: SqlInspectionLog, *, min_free_bytes: int, interval_s: float, registry: Any = None,
                  alarm: Any = None) -> None:
         self.store = store
         self.min_free_bytes = min_free_bytes
@@ -65,8 +71,8 @@ class LogHealth:
     # -- state ----------------------------------------------------------------------------------
     def problem(self) -> str | None:
         """Why the log cannot commit now (None when it can, as far as is known)."""
-        stats = getattr(self.store, "stats", None)
-        last = getattr(stats, "last_error", None) if getattr(stats, "failing_since", None) is not None else None
+        stats = self.store.stats
+        last = stats.last_error if stats.failing_since is not None else None
         if last is not None:
             return f"the inspection log cannot commit: {last}"
         if self.probe_error is not None:
@@ -75,13 +81,12 @@ class LogHealth:
 
     def sync_metrics(self) -> None:
         """Bring the counters up to the store's own (cheap; called by /metrics and every check)."""
-        stats = getattr(self.store, "stats", None)
-        for code, n in dict(getattr(stats, "failures_by_code", {}) or {}).items():
+        for code, n in dict(self.store.stats.failures_by_code).items():
             delta = n - self._seen.get(code, 0)
             if delta > 0:
                 self.failures.labels(code).inc(delta)
                 self._seen[code] = n
-        not_kept = int(getattr(self.store, "frames_not_kept", 0))
+        not_kept = self.store.frames_not_kept
         if not_kept > self._frames_seen:
             self.frames_not_kept.inc(not_kept - self._frames_seen)
             self._frames_seen = not_kept
@@ -100,18 +105,18 @@ class LogHealth:
                 self.probe_error = f"{exc.failsafe_code}: {exc}"
             else:
                 self.probe_error = None
-                stats = getattr(self.store, "stats", None)
-                if stats is not None and stats.failing_since is not None:
-                    stats.note_success()
+                if self.store.stats.failing_since is not None:
+                    self.store.stats.note_success()
         await self._headroom()
         self.sync_metrics()
         await self._transition()
 
     async def _headroom(self) -> None:
-        if self.min_free_bytes <= 0 or getattr(self.store, "frames", None) is None:
+        frames = self.store.frames
+        if self.min_free_bytes <= 0 or frames is None:
             return
         try:
-            free = await asyncio.to_thread(self.store.frames.free_bytes)  # fresh: the deficit decides what goes
+            free = await asyncio.to_thread(frames.free_bytes)  # fresh: the deficit decides what goes
         except InspectionError:
             free = -1
         self.free.set(free)
@@ -119,7 +124,7 @@ class LogHealth:
             return
         deficit = self.min_free_bytes - free
         try:
-            total = await asyncio.to_thread(lambda: sum(f.size for f in self.store.frames.iter_frames()))
+            total = await asyncio.to_thread(lambda: sum(f.size for f in frames.iter_frames()))
             if total == 0:
                 return
             result = await asyncio.to_thread(prune_frames, self.store, max_bytes=max(0, total - deficit),
@@ -146,7 +151,7 @@ class LogHealth:
             try:
                 await self.store.append_async(LogEntry(kind="event", actor="server", data={
                     "event": "log_recovered", "unavailable_s": round(down_s, 3),
-                    "failures": dict(getattr(self.store.stats, "failures_by_code", {}))}))
+                    "failures": dict(self.store.stats.failures_by_code)}))
             except InspectionError as exc:
                 log.error("could not record the log's recovery: %s", exc)
 
@@ -187,8 +192,8 @@ async def lifespan_hook(app: Any) -> AsyncIterator[None]:
     """The app's lifespan hook: watch the log while the server runs (``app.state.log_health``)."""
     settings = app.state.settings
     store = app.state.log
-    if getattr(store, "stats", None) is None or not hasattr(store, "probe_write"):
-        yield  # a test double without the SQL store's health surface
+    if not isinstance(store, SqlInspectionLog):
+        yield  # a store without the SQL store's health surface (a test double)
         return
     if getattr(app.state, "log_health", None) is not None:
         yield  # a nested start of the same app (an in-process client inside a running one): one watcher

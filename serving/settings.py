@@ -22,6 +22,10 @@ mode the server refuses to start without keys, or with a key whose digest is tha
 well-known default such as ``changethis``.
 
 Other engineers extend this file additively: a new section is a new field with a default.
+
+Why one module over 400 lines: it is the settings file's whole schema; one place to read every
+setting, its default and its bounds is worth more than short files (sections with behaviour of
+their own, such as monitoring, live beside the code they configure).
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ Architectures (``inspection train --list-archs``):
 * ``resnet18_half`` — ResNet-18 layout at half width (2.8 M parameters).
 * ``mobilenet_v3_small`` — torchvision's MobileNetV3-Small.
 * ``efficientnet_b0`` — torchvision's EfficientNet-B0 (the largest choice here).
+
+Why one module over 400 lines: every architecture the recipe may choose, with its measured cost
+(``cost_128``) beside its definition, so a new architecture cannot join without its cost.
 """
 
 from __future__ import annotations

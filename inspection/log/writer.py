@@ -10,6 +10,10 @@ the database-wide write lock), so several servers sharing a PostgreSQL log exten
 Records appended from an event loop are held until the end of that loop iteration and handed
 over together; when the server says nothing else is in flight, SQLite commits them on the
 loop's own thread (an inline commit), sparing the two thread hand-offs.
+
+Why one module over 400 lines: the queue, the group-commit transaction, the chain-head lock and
+the inline path share one invariant (each record is answered only after the commit that holds
+it); split across modules, that invariant would have no single place to be read and checked.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Appending: group commit, durability contract, validation, frames, several writers, migrations."""
+"""Appending: group commit, durability contract, validation, frames, several writers, migrations.
+
+Over 400 lines because it mirrors the store facade's one contract (append is durable, ordered
+and validated) across both engines; split by engine, the same assertions would be written twice.
+"""
 
 from __future__ import annotations
 
