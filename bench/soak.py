@@ -8,6 +8,10 @@ Faults, one after another, round robin every ``--fault-every-s``:
   ``--fault-s`` seconds, then freed (needs root: the log then lives on its own small tmpfs;
   without root this fault is skipped and said so);
 * ``promote``: model version v2 is promoted and, next time, v1 again (a live swap);
+* ``plc``: the simulated PLC (``sim.plc``, polling the station's Modbus server and acknowledging
+  every result) disconnects for ``--fault-s`` seconds, then reconnects; the server must keep
+  answering frames, and the PLC must get results again afterwards (a kill also drops the link:
+  the PLC reconnects when the server is back, as a real one would);
 * ``postgres``: only with ``--pg-url`` and ``--pg-restart-cmd`` (a command that restarts the
   PostgreSQL server the log is on; never the shared test server); otherwise skipped.
 
@@ -45,6 +49,44 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 STATION, CAMERA = "soak", "cam"
+
+
+class Plc:
+    """The line's PLC: one ``SimulatedPlc`` at a time, reconnected whenever its link dropped."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.current: Any = None
+        self.acked_before = 0  # results acknowledged by earlier connections
+        self.down = False
+        self.connections = 0
+        self.acked_at_last_reconnect = 0
+
+    @property
+    def acked(self) -> int:
+        return self.acked_before + (self.current.acked if self.current is not None else 0)
+
+    def ensure(self) -> None:
+        """Reconnect unless the fault holds the link down (called every second)."""
+        from sim.plc import SimulatedPlc
+
+        if self.down or (self.current is not None and self.current.is_alive()):
+            return
+        if self.current is not None:
+            self.acked_before += self.current.acked
+        self.current = SimulatedPlc("127.0.0.1", self.port, poll_s=0.005)
+        self.current.start()
+        self.connections += 1
+
+    def disconnect(self) -> None:
+        self.down = True
+        if self.current is not None:
+            self.current.stop()
+
+    def reconnect(self) -> None:
+        self.down = False
+        self.ensure()
+        self.acked_at_last_reconnect = self.acked
 
 
 class Server:
@@ -180,11 +222,15 @@ def setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     logfs.mkdir(exist_ok=True)
     public = generate_signing_key(work / "keys" / "cp.key")
     key = secrets.token_urlsafe(24)
+    from tests.helpers.server import free_port
+
+    modbus_port = free_port()
     log_url = args.pg_url or f"sqlite:///{logfs / 'log.db'}"
     data = {
         "models_dir": str(models), "log_url": log_url, "frames_dir": str(logfs / "frames"),
         "frame_sample_rate": 0.05, "log_sqlite_synchronous": "FULL", "log_min_free_bytes": 256 * 1024,
-        "stations": {STATION: {"cameras": [CAMERA], "part_deadline_ms": 1000}},
+        "stations": {STATION: {"cameras": [CAMERA], "part_deadline_ms": 1000,
+                               "line": {"modbus": {"enabled": True, "port": modbus_port}}}},
         "checkpoints": {"signing_key": str(work / "keys" / "cp.key"), "every_records": 500, "every_s": 10,
                         "file": str(work / "checkpoints.jsonl")},
         "api_keys": [{"name": "soak", "role": "line", "sha256": hash_key(key)},
@@ -193,7 +239,7 @@ def setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     settings = work / "serve.yaml"
     settings.write_text(yaml.safe_dump(data), encoding="utf-8")
     return {"settings": settings, "key": key, "public": public, "logfs": logfs, "small_fs": small,
-            "log_url": log_url, "models": models}
+            "log_url": log_url, "models": models, "modbus_port": modbus_port}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,13 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     frames = [frame_png(DARK if i % 5 == 0 else 230, size=64, seed=i) for i in range(50)]
     server = Server(env["settings"], free_port(), work / "server.log")
     server.start()
+    plc = Plc(env["modbus_port"])
+    plc.ensure()
     tally = Tally()
     stop = threading.Event()
     threads = [threading.Thread(target=client_loop, args=(n, server.port, env["key"], frames, tally, stop),
                                 daemon=True) for n in range(args.clients)]
     for t in threads:
         t.start()
-    faults = ["kill", "disk", "promote", "postgres"]
+    faults = ["kill", "disk", "promote", "plc", "postgres"]
     done: collections.Counter[str] = collections.Counter()
     skipped: set[str] = set()
     end = time.monotonic() + args.minutes * 60
@@ -233,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     for fault in itertools.cycle(faults):
         while time.monotonic() < min(next_fault, end):
             server.sample_rss()
+            plc.ensure()
             time.sleep(1.0)
         if time.monotonic() >= end:
             break
@@ -254,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
 
             promoted = "v2" if promoted == "v1" else "v1"
             ModelRegistry(env["models"]).promote("tiny", promoted, station=STATION)
+        elif fault == "plc":
+            plc.disconnect()
+            time.sleep(args.fault_s)
+            plc.reconnect()
         elif fault == "postgres":
             if not (args.pg_url and args.pg_restart_cmd):
                 skipped.add("postgres (give --pg-url and --pg-restart-cmd for a server of its own)")
@@ -263,12 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     stop.set()
     for t in threads:
         t.join(timeout=40)
+    plc_after = plc.acked - plc.acked_at_last_reconnect if done["plc"] else None
+    plc.disconnect()
     server.stop()
-    return report(env, tally, server, done, skipped, work)
+    return report(env, tally, server, done, skipped, work, plc, plc_after)
 
 
 def report(env: dict[str, Any], tally: Tally, server: Server, done: collections.Counter[str], skipped: set[str],
-           work: Path) -> int:
+           work: Path, plc: Plc, plc_after: int | None) -> int:
     from inspection.log.store import open_log
 
     log = open_log(env["log_url"], frames_dir=env["logfs"] / "frames")
@@ -305,9 +360,14 @@ def report(env: dict[str, Any], tally: Tally, server: Server, done: collections.
           f"{'' if verdict.get('ok') else verdict.get('detail')}")
     print(f"5xx without failsafe {tally.bare_5xx}   ('Exception in ASGI application' in the server log: {asgi})")
     print(f"max RSS growth       {max(growth, default=float('nan')):.1f}% (per server process, after warm-up)")
+    print(f"PLC                  {plc.acked} results acknowledged over {plc.connections} connection(s); "
+          f"after the last reconnect: {'-' if plc_after is None else plc_after}")
     print(f"faults injected      {dict(done)}; skipped: {sorted(skipped) or '-'}")
-    ok = not missing and verdict.get("ok") and tally.bare_5xx == 0 and asgi == 0 and max(growth, default=0) <= 10
-    print(f"targets              {'MET' if ok else 'NOT MET'} (every answer logged, 0 bare 5xx, verified, RSS <= 10%)")
+    plc_ok = plc.acked > 0 and (plc_after is None or plc_after > 0)
+    ok = (not missing and verdict.get("ok") and tally.bare_5xx == 0 and asgi == 0 and max(growth, default=0) <= 10
+          and plc_ok)
+    print(f"targets              {'MET' if ok else 'NOT MET'} (every answer logged, 0 bare 5xx, verified, RSS <= 10%, "
+          f"the PLC gets results after reconnecting)")
     if env["small_fs"]:
         subprocess.run(["umount", "-l", str(env["logfs"])], capture_output=True, check=False)
     return 0 if ok else 1
