@@ -1,16 +1,25 @@
-"""The evaluation report a quality engineer reads: ``report.html`` plus PNG plots.
+"""The evaluation report a quality engineer reads: one self-contained ``report.html``.
 
-Contents: escape and overkill rates at the operating point with 95% Wilson intervals, the
-calibration warning (in red) when the escape target costs more overkill than the limit, the
-escape–overkill trade-off table (thresholds chosen on validation; validation and test rates with
-CIs) and the full escape–overkill curve on validation and test, per-class precision/recall/F1,
-the confusion matrix, ROC and precision–recall curves for defect vs good (only for models with a
-good class), and the training history.
+One file, plots and thumbnails embedded as data URIs, because the report is e-mailed and
+attached to change requests: separate PNGs get lost on the way.
+
+Contents: escape and overkill rates at the operating point with 95% Wilson intervals, a red
+warning when a test figure misses the target the threshold was calibrated for, the calibration
+warning (in red) when the escape target costs more overkill than the limit, the confusion at
+the operating point (pass/reject x good/defect: the figures the line lives with) beside the
+per-class matrix (top-1), escape per defect class with CIs, galleries of the test escapes and
+overkills (what the model saw, with scores), the escape–overkill trade-off table (thresholds
+chosen on validation; validation and test rates with CIs) and the full escape–overkill curve on
+validation and test, per-class precision/recall/F1, ROC and precision–recall curves for defect
+vs good (only for models with a good class), and the training history.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +27,11 @@ import numpy as np
 
 from inspection import metrics
 from inspection.calibration import tradeoff_at, tradeoff_text
+
+#: Thumbnails per gallery (escapes, overkills): the worst first; enough to see a pattern.
+GALLERY_MAX = 24
+#: A thumbnail's longer side in pixels.
+THUMB_PX = 112
 
 
 def _plt():  # type: ignore[no-untyped-def]
@@ -29,7 +43,7 @@ def _plt():  # type: ignore[no-untyped-def]
     return plt
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path | io.BytesIO) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(classes), 0.8 + 0.7 * len(classes)), dpi=100)
     ax.imshow(cm, cmap="Blues")
@@ -47,7 +61,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_roc(is_defect: np.ndarray, score: np.ndarray, threshold: float, path: Path) -> None:
+def plot_roc(is_defect: np.ndarray, score: np.ndarray, threshold: float, path: Path | io.BytesIO) -> None:
     plt = _plt()
     fpr, tpr, _ = metrics.roc_curve(is_defect, score)
     auc = metrics.roc_auc(is_defect, score)
@@ -67,7 +81,7 @@ def plot_roc(is_defect: np.ndarray, score: np.ndarray, threshold: float, path: P
     plt.close(fig)
 
 
-def plot_pr(is_defect: np.ndarray, score: np.ndarray, path: Path) -> None:
+def plot_pr(is_defect: np.ndarray, score: np.ndarray, path: Path | io.BytesIO) -> None:
     plt = _plt()
     precision, recall, _ = metrics.precision_recall_curve(is_defect, score)
     ap = metrics.average_precision(is_defect, score)
@@ -94,7 +108,10 @@ def escape_overkill_curve(is_defect: np.ndarray, score: np.ndarray) -> tuple[np.
 
 
 def plot_escape_overkill(
-    curves: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float, tradeoff: list[dict[str, Any]], path: Path
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    threshold: float,
+    tradeoff: list[dict[str, Any]],
+    path: Path | io.BytesIO,
 ) -> None:
     """Escape (x, symlog) against overkill (y) per split, the operating point and the table's levels."""
     plt = _plt()
@@ -127,6 +144,52 @@ def _rate_cell(r: dict[str, Any]) -> str:
     return f"{r['rate']:.2%} ({r['k']}/{r['n']}; 95% CI {r['ci_low']:.2%}–{r['ci_high']:.2%})"
 
 
+def _embed(plot: Any, *args: Any) -> str:
+    """``plot(*args, buffer)`` drawn into a PNG data URI."""
+    buf = io.BytesIO()
+    plot(*args, buf)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _thumbnail(image: np.ndarray) -> str:
+    """A model input (``uint8[C, H, W]``, what the model saw) as a small PNG data URI."""
+    import cv2
+
+    hwc = np.ascontiguousarray(np.transpose(image, (1, 2, 0)))
+    if hwc.shape[2] == 3:
+        hwc = cv2.cvtColor(hwc, cv2.COLOR_RGB2BGR)
+    scale = THUMB_PX / max(hwc.shape[:2])
+    if scale < 1:
+        hwc = cv2.resize(hwc, (max(1, round(hwc.shape[1] * scale)), max(1, round(hwc.shape[0] * scale))),
+                         interpolation=cv2.INTER_AREA)
+    ok, png = cv2.imencode(".png", hwc)
+    return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii") if ok else ""
+
+
+def target_text(target: dict[str, Any] | None) -> str:
+    """``{"max_escape": 0.05}`` in words: "escape ≤ 5%"."""
+    if not target:
+        return "no target"
+    words = {"max_escape": "escape", "max_overkill": "overkill"}
+    return ", ".join(f"{words.get(k, k)} ≤ {float(v):.2%}".replace(".00%", "%") for k, v in target.items())
+
+
+def target_misses(target: dict[str, Any] | None, op: dict[str, Any]) -> list[str]:
+    """What the test split says about the target the threshold was calibrated for on validation:
+    one sentence per figure that misses it (empty when the test figures meet it)."""
+    misses = []
+    for key, word in (("max_escape", "escape"), ("max_overkill", "overkill")):
+        limit = (target or {}).get(key)
+        r = op.get(word)
+        if limit is None or not r or not r["n"] or r["rate"] <= limit:
+            continue
+        sure = (" — the whole 95% interval is above it, so the miss is not chance"
+                if r["ci_low"] > limit else " (within the 95% interval, a larger test split would tell)")
+        misses.append(f"test {word} {r['rate']:.2%} ({r['k']}/{r['n']}) misses the target {word} ≤ {limit:.2%}"
+                      f"{sure}")
+    return misses
+
+
 def write_report(
     folder: Path,
     *,
@@ -141,49 +204,53 @@ def write_report(
     history: list[dict[str, float]],
     val_labels: np.ndarray | None = None,
     val_probs: np.ndarray | None = None,
+    images: np.ndarray | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[str]:
-    """Write ``report.html`` and its PNGs into ``folder``; returns the file names written.
+    """Write the self-contained ``report.html`` into ``folder``; returns the file names written.
 
     ``y_true``/``probs`` are the test split's; ``val_labels``/``val_probs`` (the split the
     threshold was calibrated on) add the validation curve to the escape–overkill plot.
-    ``calibration`` is ``inspection.calibration.calibrate``'s evidence: its ``tradeoff`` table
-    and ``warning`` are shown when present.
+    ``calibration`` is ``inspection.calibration.calibrate``'s evidence: its ``target``,
+    ``tradeoff`` table and ``warning`` are shown when present. ``images`` (the test split's model
+    inputs, ``uint8[N, C, H, W]``) and ``names`` (their dataset paths) fill the galleries of
+    escapes and overkills.
     """
     folder = Path(folder)
-    files = ["report.html", "confusion.png"]
     cm = np.asarray(test_metrics["confusion_matrix"])
-    plot_confusion(cm, classes, folder / "confusion.png")
     esc = html.escape
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
         (
-            "<style>body{font-family:sans-serif;margin:2em;max-width:60em}td,th{padding:2px 8px;text-align:right}"
-            "th:first-child,td:first-child{text-align:left}table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}</style>"
+            "<style>body{font-family:sans-serif;margin:2em;max-width:70em}td,th{padding:2px 8px;text-align:right}"
+            "th:first-child,td:first-child{text-align:left}table{border-collapse:collapse}"
+            "tr:nth-child(even){background:#f3f3f3}.warn{color:#b00;border:2px solid #b00;padding:6px}"
+            "figure{display:inline-block;margin:4px;font-size:12px;text-align:center;width:130px}"
+            "figure img{image-rendering:pixelated;border:1px solid #999}</style>"
         ),
         f"</head><body><h1>{esc(title)}</h1>",
     ]
+    target = calibration.get("target") or {}
+    misses = target_misses(target, test_metrics.get("operating_point", {})) if good_class is not None else []
+    for miss in misses:
+        parts.append(f"<p class='warn'><b>TEST MISSES THE TARGET:</b> {esc(miss)}.</p>")
     warning = calibration.get("warning")
     if warning:
-        parts.append(f"<p style='color:#b00;border:2px solid #b00;padding:6px'><b>WARNING:</b> {esc(warning)}</p>")
+        parts.append(f"<p class='warn'><b>WARNING:</b> {esc(warning)}</p>")
     if good_class is not None:
         gi = classes.index(good_class)
         is_defect = y_true != gi
         score = 1.0 - probs[:, gi]
-        plot_roc(is_defect, score, threshold, folder / "roc.png")
-        plot_pr(is_defect, score, folder / "pr.png")
+        rejected = score >= threshold
         curves = {}
         if val_labels is not None and val_probs is not None:
             curves["validation"] = (np.asarray(val_labels) != gi, 1.0 - np.asarray(val_probs)[:, gi])
         curves["test"] = (is_defect, score)
         tradeoff = calibration.get("tradeoff", [])
-        plot_escape_overkill(curves, threshold, tradeoff, folder / "escape_overkill.png")
-        files += ["roc.png", "pr.png", "escape_overkill.png"]
         op = test_metrics["operating_point"]
         parts.append("<h2>Operating point (test split)</h2><table>")
-        parts.append(f"<tr><td>reject threshold on P(defect)</td><td>{threshold:.6g}</td></tr>")
-        parts.append(
-            f"<tr><td>calibrated for</td><td>{esc(str(calibration.get('target', {})))} on validation</td></tr>"
-        )
+        parts.append(f"<tr><td>reject when P(defect) ≥</td><td>{threshold:.4f}</td></tr>")
+        parts.append(f"<tr><td>calibrated for</td><td>{esc(target_text(target))} on the validation split</td></tr>")
         if not calibration.get("supported", True):
             parts.append(
                 f"<tr><td colspan=2 style='color:#b00;text-align:left'><b>NOT SUPPORTED:</b> "
@@ -197,6 +264,13 @@ def write_report(
             "<p>The interval is how sure the figure is: with few defects on the test split a low escape rate is "
             "compatible with a much higher true rate.</p>"
         )
+        parts.append(_decision_confusion_html(is_defect, rejected))
+        parts.append(_escape_per_class_html(classes, gi, y_true, rejected))
+        if images is not None:
+            parts.append(_gallery_html("Escapes (defects passed)", np.flatnonzero(is_defect & ~rejected),
+                                       score, images, names, classes, y_true, score))
+            parts.append(_gallery_html("Overkills (good parts rejected)", np.flatnonzero(~is_defect & rejected),
+                                       -score, images, names, classes, y_true, score))
         if tradeoff:
             parts.append(
                 _tradeoff_html(
@@ -205,21 +279,26 @@ def write_report(
                     calibration.get("overkill_limit"),
                 )
             )
-        parts.append("<img src='escape_overkill.png' alt='escape-overkill curve'><br>")
-        parts.append("<img src='roc.png' alt='ROC'> <img src='pr.png' alt='precision-recall'>")
+        parts.append(f"<img src='{_embed(plot_escape_overkill, curves, threshold, tradeoff)}' "
+                     "alt='escape-overkill curve'><br>")
+        parts.append(f"<img src='{_embed(plot_roc, is_defect, score, threshold)}' alt='ROC'> "
+                     f"<img src='{_embed(plot_pr, is_defect, score)}' alt='precision-recall'>")
     parts.append(
-        "<h2>Per class (test split)</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
-        "<th>support</th></tr>"
+        "<h2>Per class (test split, top-1 class)</h2><table><tr><th>class</th><th>precision</th><th>recall</th>"
+        "<th>F1</th><th>support</th></tr>"
     )
     for name, v in test_metrics["per_class"].items():
         parts.append(
-            f"<tr><td>{esc(name)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
+            f"<tr><td>{esc(name)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td>"
+            f"<td>{v['support']}</td></tr>"
         )
     parts.append(
         f"</table><p>accuracy {test_metrics['accuracy']:.4f}, macro recall {test_metrics['macro_recall']:.4f}, "
         f"macro F1 {test_metrics['macro_f1']:.4f}</p>"
     )
-    parts.append("<img src='confusion.png' alt='confusion matrix'>")
+    parts.append("<p>The matrix counts the top-1 class, not the reject rule: a part whose top class is good can "
+                 "still be rejected at the threshold (the operating-point table above is what the line does).</p>")
+    parts.append(f"<img src='{_embed(plot_confusion, cm, classes)}' alt='confusion matrix (top-1 class)'>")
     if history:
         parts.append(
             "<h2>Training history</h2><table><tr>" + "".join(f"<th>{esc(k)}</th>" for k in history[0]) + "</tr>"
@@ -233,7 +312,46 @@ def write_report(
         parts.append("</table>")
     parts.append("</body></html>\n")
     (folder / "report.html").write_text("\n".join(parts), encoding="utf-8")
-    return files
+    return ["report.html"]
+
+
+def _decision_confusion_html(is_defect: np.ndarray, rejected: np.ndarray) -> str:
+    cells = {(d, r): int(np.sum((is_defect == d) & (rejected == r))) for d in (False, True) for r in (False, True)}
+    return (
+        "<h2>Confusion at the operating point (test split)</h2><table>"
+        "<tr><th></th><th>passed</th><th>rejected</th></tr>"
+        f"<tr><td>good</td><td>{cells[False, False]}</td><td>{cells[False, True]} (overkill)</td></tr>"
+        f"<tr><td>defect</td><td>{cells[True, False]} (escape)</td><td>{cells[True, True]}</td></tr></table>"
+    )
+
+
+def _escape_per_class_html(classes: list[str], gi: int, y_true: np.ndarray, rejected: np.ndarray) -> str:
+    rows = ["<h2>Escape per defect class (test split)</h2><table><tr><th>defect class</th><th>escape rate</th></tr>"]
+    for ci, name in enumerate(classes):
+        if ci == gi:
+            continue
+        mine = y_true == ci
+        rate = metrics.Rate.of(int(np.sum(mine & ~rejected)), int(np.sum(mine)))
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{_rate_cell(rate.as_dict())}</td></tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _gallery_html(title: str, idx: np.ndarray, order_key: np.ndarray, images: np.ndarray,
+                  names: Sequence[str] | None, classes: list[str], y_true: np.ndarray, score: np.ndarray) -> str:
+    esc = html.escape
+    if idx.size == 0:
+        return f"<h2>{esc(title)}: none</h2>"
+    shown = idx[np.argsort(order_key[idx], kind="stable")][:GALLERY_MAX]  # the most confident mistakes first
+    more = f", the {len(shown)} most confident shown" if idx.size > len(shown) else ""
+    out = [f"<h2>{esc(title)}: {idx.size}{more}</h2><div>"]
+    for i in shown:
+        name = names[i] if names is not None else f"test #{i}"
+        out.append(f"<figure><img src='{_thumbnail(images[i])}' alt='{esc(name)}' title='{esc(name)}'>"
+                   f"<figcaption>{esc(classes[int(y_true[i])])}, P(defect) {score[i]:.3f}<br>"
+                   f"<small>{esc(name.rsplit('/', 1)[-1])}</small></figcaption></figure>")
+    out.append("</div>")
+    return "\n".join(out)
 
 
 def _tradeoff_html(table: list[dict[str, Any]], test: list[dict[str, Any]], limit: float | None) -> str:
@@ -286,4 +404,7 @@ def text_summary(
         lines.append(tradeoff_text(calibration["tradeoff"], test=test_metrics.get("tradeoff")))
     if calibration and calibration.get("warning"):
         lines.append(f"WARNING: {calibration['warning']}")
+    if calibration and good_class is not None:
+        lines += [f"TEST MISSES THE TARGET: {miss}" for miss in
+                  target_misses(calibration.get("target"), test_metrics["operating_point"])]
     return "\n".join(lines)

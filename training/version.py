@@ -189,6 +189,8 @@ def export_version(
             history=fit["history"],
             val_labels=val.labels,
             val_probs=val_probs,
+            images=test.images,
+            names=[sample.path for sample in test.samples],
         )
         cal.save_scores(
             stage / cal.SCORES_FILE,
