@@ -320,7 +320,8 @@ def _decoder(found: list[Found], targets: list[str]) -> Callable[[bytes, str], n
         try:
             return decode_image(data, source=str(origin[target].file))
         except ImageError as exc:
-            raise ImageError(f"{exc}; replace the file or leave it out with --exclude") from None
+            # The same class (a FrameTooLargeError stays one), the way out added.
+            raise type(exc)(f"{exc}; replace the file or leave it out with --exclude") from None
 
     return check
 
