@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from fastapi.routing import iter_route_contexts
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inspection.errors import ConfigError, InspectionError
@@ -94,10 +95,10 @@ def _lane_conflict(middleware: Sequence[Any]) -> str:
 
 def default_routers() -> list[RouterFactory]:
     """Every router the product serves."""
-    from serving import admin, audit, intake, labelling
+    from serving import admin, audit, home, intake, labelling
 
     return [admin.build_health_router, intake.build_router, admin.build_ops_router, audit.build_router,
-            labelling.build_router]
+            labelling.build_router, home.build_router]
 
 
 def default_lifespan_hooks() -> list[LifespanHook]:
@@ -217,7 +218,9 @@ def create_app(
         router = factory(settings)
         if router is not None:
             app.include_router(router)
-            paths.update(getattr(route, "path", "") for route in router.routes)
+            # flattened the way FastAPI serves them (routers include routers: the audit API and page)
+            paths.update(ctx.path for ctx in iter_route_contexts(router.routes) if ctx.path)
+    app.state.route_paths = frozenset(paths)  # what the routers serve (serving.home offers pages from it)
     if frame_lane and intake.INSPECTIONS_PATH in paths:
         app.enable_frame_lane()
     return app
