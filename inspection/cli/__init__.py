@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -35,13 +36,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit code after the reader of our output went away (``inspection audit export | head``): the
+#: code a process killed by SIGPIPE reports in a shell (128 + 13), without a traceback.
+EXIT_CLOSED_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (0 ok, 2 bad input or domain error)."""
-    args = build_parser().parse_args(argv)
-    # Per-request and per-migration INFO lines from libraries drown what the user should read.
-    for noisy in ("httpx", "httpcore", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    return run_command(lambda: args.func(args), verbose=args.verbose)
+    """Run the CLI; returns the process exit code (0 ok, 2 bad input or domain error, 141 when
+    the output pipe was closed)."""
+    try:
+        args = build_parser().parse_args(argv)
+        # Per-request and per-migration INFO lines from libraries drown what the user should read.
+        for noisy in ("httpx", "httpcore", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+        code = run_command(lambda: args.func(args), verbose=args.verbose)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe prints a traceback
+        return code
+    except BrokenPipeError:  # --help, a parse error or the final flush into a closed pipe
+        return closed_pipe()
+
+
+def closed_pipe() -> int:
+    """The reader of stdout went away: point stdout at /dev/null so that the interpreter's final
+    flush does not fail again (Python's documented recipe), and exit quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout has no file descriptor (a test's capture): nothing to flush
+        pass
+    return EXIT_CLOSED_PIPE
 
 
 def run_command(command: Callable[[], int | None], *, verbose: bool) -> int:
@@ -60,3 +83,5 @@ def run_command(command: Callable[[], int | None], *, verbose: bool) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return closed_pipe()

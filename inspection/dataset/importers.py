@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -43,6 +44,8 @@ import numpy as np
 
 from inspection.dataset.layout import Dataset, Sample, check_orientation, write_dataset
 from inspection.errors import DatasetError, ImageError
+
+log = logging.getLogger(__name__)
 
 LAYOUTS = ("folders", "prefix", "csv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -233,6 +236,16 @@ def scan_csv(
     return found, skipped
 
 
+#: Class names that usually mean "no defect" (compared case-insensitively).
+GOOD_LIKE = ("good", "ok", "pass", "passed", "free", "normal", "nodefect", "no_defect", "no-defect", "defect_free",
+             "defect-free", "clean", "non_defective", "nondefective")
+
+
+def good_like(classes: Sequence[str]) -> str | None:
+    """The first class whose name usually means "no defect" (``GOOD_LIKE``), or None."""
+    return next((c for c in classes if c.lower() in GOOD_LIKE), None)
+
+
 def _order_classes(found: list[Found], classes: Sequence[str] | None, good_class: str | None) -> list[str]:
     labels = sorted({f.label for f in found})
     if classes is None:
@@ -389,6 +402,10 @@ def import_dataset(
             )
         found = apply_group_pattern(found, group_pattern)
     ordered = _order_classes(found, classes, good_class)
+    if good_class is None and (named := good_like(ordered)):
+        # Without --good the dataset has no "no defect" class: no escape/overkill, no reject rule.
+        log.warning("class %r looks like the 'no defect' class, but --good was not given: the model will have no "
+                    "reject threshold and no escape/overkill figures; re-import with --good %s if it is", named, named)
     lineage = {
         "kind": "import",
         "source": str(src.resolve()),

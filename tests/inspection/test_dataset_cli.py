@@ -9,6 +9,7 @@ import pytest
 
 from inspection.cli import main
 from inspection.dataset import read_dataset
+from tests.helpers.tiny_model import frame_png
 
 
 def _generate(out: Path, *extra: str) -> int:
@@ -89,3 +90,22 @@ def test_unknown_layout_is_an_argparse_error(capsys: pytest.CaptureFixture[str])
 def test_info_on_a_folder_without_a_dataset_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["dataset", "info", str(tmp_path)]) == 2
     assert "has no manifest.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("good_dir", ["OK", "Free", "good"])
+def test_import_warns_when_a_good_like_class_is_not_named_good(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                               good_dir: str) -> None:
+    src = tmp_path / "src"
+    for k, label in enumerate((good_dir, "scratch")):
+        (src / label).mkdir(parents=True)
+        for i in range(2):
+            (src / label / f"{i}.png").write_bytes(frame_png(40 + 100 * i + 30 * k))  # no duplicates
+    with caplog.at_level("WARNING", logger="inspection.dataset.importers"):
+        assert main(["dataset", "import", "--layout", "folders", str(src), "--out", str(tmp_path / "a")]) == 0
+    assert f"class {good_dir!r} looks like the 'no defect' class, but --good was not given" in caplog.text
+    assert f"re-import with --good {good_dir}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="inspection.dataset.importers"):
+        assert main(["dataset", "import", "--layout", "folders", str(src), "--out", str(tmp_path / "b"),
+                     "--good", good_dir]) == 0
+    assert "looks like the 'no defect' class" not in caplog.text
