@@ -97,3 +97,14 @@ def decided(client: TestClient, keys: dict[str, str], part_id: str, station: str
     r = client.get(f"/v1/parts/{part_id}/decision", params={"station": station, "wait_ms": 5000}, headers=auth(keys))
     assert r.status_code == 200, r.text
     return r.json()
+
+
+@pytest.fixture
+def no_infrastructure_details() -> Iterator[None]:
+    """Every answer any httpx client gets during the test is checked for hosts, ports, paths, SQL,
+    driver messages and tracebacks (tests/helpers/leaks.py); the test fails listing each leak."""
+    from tests.helpers.leaks import watching_responses
+
+    with watching_responses() as leaks:
+        yield
+    assert not leaks, "answers carried infrastructure details:\n" + "\n".join(leaks[:20])

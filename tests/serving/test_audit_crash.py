@@ -22,7 +22,7 @@ from tests.helpers.server import free_port
 from tests.serving.conftest import SINGLE, settings_data
 from tests.serving.test_audit_api import png
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_infrastructure_details")]
 
 CLIENTS = 8
 LOAD_S = 3.0          # load before the kill (bounded in time ...)

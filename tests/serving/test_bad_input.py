@@ -14,6 +14,9 @@ from fastapi.testclient import TestClient
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
 from tests.serving.conftest import SINGLE, all_records, auth, decided, post_frame
 
+# Errors say what, not where: every answer is checked for infrastructure details (tests/helpers/leaks.py).
+pytestmark = pytest.mark.usefixtures("no_infrastructure_details")
+
 PNG = frame_png(BRIGHT)
 
 # (id, request kwargs for post_frame, expected status, text the reason must contain, part fail-safe rejected?)

@@ -34,6 +34,8 @@ from tests.serving.conftest import post_frame
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "frame_corpus"
 MAGICS = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*"]
+# Errors say what, not where: every answer is checked for infrastructure details (tests/helpers/leaks.py).
+pytestmark = pytest.mark.usefixtures("no_infrastructure_details")
 BUDGET = settings(max_examples=120, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
 

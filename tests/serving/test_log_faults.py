@@ -31,7 +31,7 @@ from tests.helpers.logdb import PG_URL, pg_unreachable_reason
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
 from tests.serving.conftest import SINGLE, auth, decided, post_frame, settings_data
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_infrastructure_details")]
 
 
 @pytest.fixture

@@ -18,6 +18,9 @@ from serving.settings import build_settings
 from tests.helpers.tiny_model import BRIGHT, frame_png, make_model_version
 from tests.serving.conftest import SINGLE, auth, settings_data
 
+# Errors say what, not where: every answer of these fault tests is checked (tests/helpers/leaks.py).
+pytestmark = pytest.mark.usefixtures("no_infrastructure_details")
+
 
 def _skew_golden(folder: Path, delta: float) -> None:
     """Change the expected golden probabilities and re-hash the card (hashes stay consistent)."""
