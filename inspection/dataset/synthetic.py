@@ -199,7 +199,8 @@ def render_image(label: str, *, seed: int, index: int, size: int = 128) -> np.nd
     return np.clip(np.rint(frame), 0, 255).astype(np.uint8)
 
 
-def _plan(seed: int, n_good: int, n_per_defect: int) -> list[str]:
+def plan_labels(seed: int, n_good: int, n_per_defect: int) -> list[str]:
+    """The class of every frame, by index, in the order ``generate_dataset`` draws them."""
     labels = [GOOD_CLASS] * n_good + [d for d in DEFECT_CLASSES for _ in range(n_per_defect)]
     # Parts come down the line in random order; serials must not give the class away.
     order = np.random.default_rng([int(seed), 0x5EED]).permutation(len(labels))
@@ -240,7 +241,7 @@ def generate_dataset(
     if not MIN_SIZE <= int(size) <= MAX_SIZE:
         raise DatasetError(f"size={size} is out of range {MIN_SIZE}..{MAX_SIZE}")
     out = Path(out)
-    labels = _plan(seed, int(n_good), int(n_per_defect))
+    labels = plan_labels(seed, int(n_good), int(n_per_defect))
     lineage = {
         "kind": "synthetic",
         "generator": "inspection.dataset.synthetic",
