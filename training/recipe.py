@@ -101,7 +101,11 @@ def available_threads(*, cores: int | None = None, load: float | None = None) ->
 
 
 def resolve(
-    cfg: TrainConfig, stats: DataStats, *, cost_128: float, device: Literal["cpu", "cuda"]
+    cfg: TrainConfig,
+    stats: DataStats,
+    *,
+    cost_128: float,
+    device: Literal["cpu", "cuda"],
 ) -> tuple[TrainConfig, list[Choice]]:
     """Fill every open setting of ``cfg`` by rule; returns the new config and the choices.
 
@@ -115,6 +119,8 @@ def resolve(
     update: dict[str, Any] = {}
 
     def choose(setting: str, value: Any, reason: str) -> None:
+        # A later rule may revise an earlier one's value (epochs, once the input is known).
+        choices[:] = [c for c in choices if c.setting != setting]
         update[setting] = value
         choices.append(Choice(setting, value, reason))
 
@@ -140,14 +146,6 @@ def resolve(
             f"(bounded to {MIN_EPOCHS}..{MAX_EPOCHS} epochs)",
         )
     epochs = int(update.get("epochs", cfg.epochs) or 1)
-    if cfg.patience is None:
-        patience = max(10, epochs // 3)
-        choose(
-            "patience", patience, f"a third of the {epochs} epochs (the one-cycle schedule improves late), at least 10"
-        )
-    if cfg.min_epochs is None:
-        min_epochs = max(1, epochs // 2)
-        choose("min_epochs", min_epochs, "no early stop in the first half of the schedule (learning rate still high)")
 
     if cfg.input_shape is None:
         aspect = float(np.clip(stats.median_aspect, 1 / MAX_ASPECT, MAX_ASPECT))
@@ -161,6 +159,20 @@ def resolve(
             afford = 128.0 * math.sqrt(budget_s / (passes * cost_128 * max(aspect, 1 / aspect)))
             cap = min(MAX_SIDE, native)
             side = int(max(MIN_SIDE, min(cap, afford)) // SIDE_STEP * SIDE_STEP) or MIN_SIDE
+            if cfg.epochs is None and cap < afford:
+                # The frames' resolution, not the budget, bounds the input: what the budget has
+                # left buys steps instead (one-cycle runs on small frames were still improving).
+                fill = math.floor(budget_s / (stats.n_train * cost_128 * (side / 128.0) ** 2 * max(aspect, 1 / aspect)))
+                if fill > epochs:
+                    epochs = min(MAX_EPOCHS, fill)
+                    choose(
+                        "epochs",
+                        epochs,
+                        f"the frames' own resolution caps the input at {side} px, so the rest of the "
+                        f"{cfg.budget_minutes:g}-minute budget goes to passes: {epochs} epochs of {stats.n_train} "
+                        f"training images (at most {MAX_EPOCHS}; ~{TARGET_STEPS} steps would be "
+                        f"{update.get('epochs', epochs)})",
+                    )
             limit = (
                 "the frames' own resolution" if cap <= afford else f"the {cfg.budget_minutes:g}-minute compute budget"
             )
@@ -177,6 +189,15 @@ def resolve(
             f"aspect ratio {stats.median_aspect:.2f} (width/height), letterboxed",
         )
     shape = tuple(update.get("input_shape", cfg.input_shape))  # type: ignore[arg-type]
+
+    if cfg.patience is None:
+        patience = max(10, epochs // 3)
+        choose(
+            "patience", patience, f"a third of the {epochs} epochs (the one-cycle schedule improves late), at least 10"
+        )
+    if cfg.min_epochs is None:
+        min_epochs = max(1, epochs // 2)
+        choose("min_epochs", min_epochs, "no early stop in the first half of the schedule (learning rate still high)")
 
     if cfg.balance is None:
         counts = [c for c in stats.train_counts.values() if c > 0]

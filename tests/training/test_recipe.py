@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from inspection.errors import ConfigError
@@ -51,6 +53,26 @@ def test_input_never_exceeds_the_frames_resolution() -> None:
     cfg, choices = _resolve(_stats(n_train=200, h=96, w=96))
     assert tuple(cfg.input_shape) == (96, 96)
     assert "own resolution" in next(c.reason for c in choices if c.setting == "input_shape")
+
+
+def test_budget_left_by_small_frames_buys_passes() -> None:
+    # 128 px frames cap the input below what the budget affords: the rest becomes epochs.
+    steps_rule = math.ceil(R.TARGET_STEPS * 32 / 700)
+    cfg, choices = _resolve(_stats(n_train=700, h=128, w=128))
+    assert tuple(cfg.input_shape) == (128, 128)
+    assert steps_rule < cfg.epochs <= R.MAX_EPOCHS
+    # what the budget affords at 128 px: budget / (images x cost per image), bounded
+    assert cfg.epochs == min(R.MAX_EPOCHS, math.floor(cfg.budget_minutes * 60 / (700 * 0.011)))
+    epochs = [c for c in choices if c.setting == "epochs"]
+    assert len(epochs) == 1 and "own resolution" in epochs[0].reason and str(steps_rule) in epochs[0].reason
+    assert cfg.patience == max(10, cfg.epochs // 3) and cfg.min_epochs == cfg.epochs // 2
+    # a smaller budget buys fewer passes; a budget-limited input gets the steps rule only
+    fewer, _ = _resolve(_stats(n_train=700, h=128, w=128), budget_minutes=8)
+    assert steps_rule < fewer.epochs < cfg.epochs
+    big, _ = _resolve(_stats(n_train=700, h=1000, w=1000))
+    assert big.epochs == steps_rule
+    given, _ = _resolve(_stats(n_train=700, h=128, w=128), epochs=12)
+    assert given.epochs == 12
 
 
 def test_input_shrinks_with_the_compute_budget() -> None:
