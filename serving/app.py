@@ -96,18 +96,22 @@ def _lane_conflict(middleware: Sequence[Any]) -> str:
 def default_routers() -> list[RouterFactory]:
     """Every router the product serves."""
     from serving import admin, audit, home, intake, labelling
+    from serving.monitoring import page as line_page
 
     return [admin.build_health_router, intake.build_router, admin.build_ops_router, audit.build_router,
-            labelling.build_router, home.build_router]
+            labelling.build_router, line_page.build_router, home.build_router]
 
 
 def default_lifespan_hooks() -> list[LifespanHook]:
     """Start-up/shutdown work of optional integrations (line, PLC, MQTT)."""
     from serving import checkpointing, loghealth, modeltrust
     from serving.line.integration import lifespan_hook as line_hook
+    from serving.monitoring import alarms
 
-    # Line first: the log's and the model's alarms and the checkpoints are published over the stations' MQTT.
-    return [line_hook, loghealth.lifespan_hook, checkpointing.lifespan_hook, modeltrust.lifespan_hook]
+    # Line first: the log's, the model's and the line watch's alarms and the checkpoints are
+    # published over the stations' MQTT.
+    return [line_hook, loghealth.lifespan_hook, checkpointing.lifespan_hook, modeltrust.lifespan_hook,
+            alarms.lifespan_hook]
 
 
 def open_inspection_log(settings: ServeSettings) -> InspectionLog:

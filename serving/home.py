@@ -18,11 +18,13 @@ from serving.audit import AUDIT_ROLES
 from serving.auth import Principal, Require
 from serving.deps import ModelsDep, SettingsDep
 from serving.labelling import LABEL_ROLES
+from serving.monitoring.page import LINE_ROLES
 from serving.pages import static_page_router
 from serving.settings import ROLES, ServeSettings
 
 #: Every page a role may be offered: (path, title, what it is for, roles its API admits).
 PAGES: list[tuple[str, str, str, tuple[str, ...]]] = [
+    ("/line", "Line", "live counts, the reject-rate control chart, drift and alarms per station", LINE_ROLES),
     ("/audit", "Audit log", "every decision, its frame, model and PLC acknowledgement; chain verification",
      AUDIT_ROLES),
     ("/label", "Labelling", "label frames from production for the next training", LABEL_ROLES),

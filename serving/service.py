@@ -38,6 +38,7 @@ from serving.errors import attach_failsafe
 from serving.events import DecisionBus, DecisionEvent
 from serving.lifecycle import ModelManager
 from serving.model import LoadedModel
+from serving.monitoring.live import LineMonitor
 from serving.parts import Part, PartTracker, View
 from serving.settings import ServeSettings
 from serving.telemetry import ServingMetrics
@@ -75,6 +76,13 @@ class InspectionService:
         self.parts = PartTracker(settings, self._record_part)
         self.decoder = FrameDecoder(settings.decoding)
         self._pixel_limits = {name: station.frame_pixel_limit() for name, station in settings.stations.items()}
+        self.line = LineMonitor(settings, active=self._active_model)
+
+    def _active_model(self, station: str) -> str | None:
+        try:
+            return self.models.current(station).model_id
+        except ModelError:
+            return None
 
     # -- validation (nothing is recorded for a request that fails here) ---------------------
     def check_target(self, station: str | None, camera: str | None, part_id: str | None) -> tuple[str, str, str]:
@@ -154,17 +162,20 @@ class InspectionService:
                 if arrival is not None:
                     arrival.done()  # queued next, or given up: a forming batch need not wait for it
             pixels = decoded if isinstance(decoded, np.ndarray) else await decoded
+            # Statistics before scoring: a frame far outside the reference is never scored as fine.
+            stats = self.line.check(req.station, model, pixels)
             probs, model_ms = await self.batcher.submit(model, pixels)
         except InspectionError as exc:
             # A frame that cannot be decoded is kept as evidence; one over a size limit is not
             # (a bomb must not fill the frame store).
             await self.reject_failsafe(req, exc, frame=None if isinstance(exc, PayloadTooLargeError) else body)
             raise
-        return await self._record_decision(req, model, probs, model_ms, body, started)
+        return await self._record_decision(req, model, probs, model_ms, body, started, stats)
 
     async def _record_decision(self, req: FrameRequest, model: LoadedModel, probs: Any, model_ms: float,
-                               body: bytes, started: float) -> dict[str, Any]:
+                               body: bytes, started: float, stats: tuple[float, ...]) -> dict[str, Any]:
         decision = decide(probs, model.card)
+        self.line.scored(req.station, model, stats, decision.score)
         verdict = decision.decision
         failsafe_reason = None
         data: dict[str, Any] = {"model_ms": round(model_ms, 3)}
@@ -203,8 +214,9 @@ class InspectionService:
         metrics.child(metrics.decisions, req.station, verdict, predicted).inc()
         if failsafe_reason:
             metrics.failsafe.labels(req.station, "late_view").inc()
-        metrics.child(metrics.e2e_latency, req.station).observe(time.perf_counter() - started)
-        return {
+        elapsed = time.perf_counter() - started
+        metrics.child(metrics.e2e_latency, req.station).observe(elapsed)
+        answer = {
             "inspection_id": entry.inspection_id,
             "part_id": req.part_id,
             "station": req.station,
@@ -216,6 +228,8 @@ class InspectionService:
             "model_version": model.model_id,
             "latency_ms": round(latency_ms, 3),
         }
+        self.line.answered(req.station, answer, elapsed * 1000.0)
+        return answer
 
     def _frame_for_log(self, verdict: str, failsafe_reason: str | None, body: bytes) -> tuple[str | None, bytes | None]:
         """(frame_sha256 for the entry, frame to hand to the log): one of them is None.
@@ -263,6 +277,7 @@ class InspectionService:
         if record is not None:
             self.bus.publish(DecisionEvent("inspection", record))
         self.metrics.failsafe.labels(req.station, code).inc()
+        self.line.failsafe(req.station, code, model)
         await self._view_failed(req, entry.inspection_id, code, model_version)
         attach_failsafe(exc, {"decision": "reject", "reason": code, "inspection_id": entry.inspection_id,
                               "part_id": req.part_id, "station": req.station, "camera": req.camera,
@@ -313,5 +328,6 @@ class InspectionService:
         if record is not None:
             self.bus.publish(DecisionEvent("part", record))
         self.metrics.child(self.metrics.part_decisions, part.station, part.decision or "reject").inc()
+        self.line.part(part.station, part.decision or "reject", failsafe=bool(part.failsafe_reason))
         if part.failsafe_reason and any(r.startswith("missing_view") for r in part.failsafe_reason.split("; ")):
             self.metrics.failsafe.labels(part.station, "missing_view").inc()

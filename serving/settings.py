@@ -46,9 +46,11 @@ from inspection.config import deep_merge
 from inspection.errors import ConfigError
 from inspection.imageheader import MAX_FRAME_PIXELS
 from serving.line.settings import LineSettings
+from serving.monitoring.settings import MonitoringSettings
 
-Role = Literal["line", "engineer", "auditor", "admin"]
-ROLES: tuple[Role, ...] = ("line", "engineer", "auditor", "admin")
+#: ``viewer`` is read-only and sees only the live line (a wall screen on the shop floor).
+Role = Literal["line", "engineer", "auditor", "admin", "viewer"]
+ROLES: tuple[Role, ...] = ("line", "engineer", "auditor", "admin", "viewer")
 ENV_PREFIX = "INSPECTION_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -97,6 +99,8 @@ class StationSettings(_Section):
     #: fail-safe reject). None: ``FRAME_HEADROOM`` x ``expected_frame``, or 64 MP when that is
     #: not set; never above 64 MP.
     max_frame_pixels: int | None = Field(default=None, ge=1, le=MAX_FRAME_PIXELS)
+    #: The line watch: frame-quality gate, drift windows, control chart, alarm limits (docs/monitoring.md).
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     def frame_pixel_limit(self) -> int:
         """The pixel limit in force for this station's frames."""

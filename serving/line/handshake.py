@@ -157,6 +157,11 @@ class ResultHandshake:
         return len(self._buffer)
 
     @property
+    def oldest_wait_s(self) -> float:
+        """How long the oldest unacknowledged result has waited for the PLC (0 when none waits)."""
+        return self._clock() - self._buffer[0].offered_at if self._buffer else 0.0
+
+    @property
     def latched(self) -> bool:
         return self._latched
 

@@ -152,11 +152,13 @@ def make_model_version(
     per_class: dict[str, float] | None = None,
     golden_tolerance: float = 1e-4,
     nan_when_black: bool = False,
+    reference_frames: np.ndarray | None = None,
 ) -> ModelVersion:
     """Write a complete model version under ``models_dir/name/version`` and return it.
 
     The version is not made active; call ``ModelRegistry(models_dir).promote(name, version,
-    station=...)`` for that.
+    station=...)`` for that. ``reference_frames`` (uint8 ``[N, C, size, size]``) give the card a
+    monitoring reference, built as training's export builds it (their statistics and scores).
     """
     folder = Path(models_dir) / name / version
     folder.mkdir(parents=True, exist_ok=True)
@@ -176,6 +178,12 @@ def make_model_version(
     pixels = golden_frames(size, channels)
     probs = score(model_path, pixels)
     np.savez(folder / "golden.npz", inputs=pixels, probabilities=probs)  # as training.export writes it
+    monitoring = None
+    if reference_frames is not None:
+        from inspection.monitoring.build import build_reference
+
+        monitoring = build_reference(reference_frames, score(model_path, reference_frames), classes=list(classes),
+                                     good_class=good_class, threshold=threshold, per_class=per_class)
     card = ModelCard(
         name=name,
         version=version,
@@ -192,6 +200,7 @@ def make_model_version(
         parity=Parity(max_abs_diff=0.0, tolerance=1e-4, n_images=len(pixels), passed=True),
         golden=Golden(file="golden.npz", tolerance=golden_tolerance, count=len(pixels)),
         files=hash_files(folder, ["model.onnx", "golden.npz"]),
+        monitoring=monitoring,
     )
     save_card(card, folder)
     return ModelRegistry(models_dir).get(name, version, verify=True)

@@ -28,4 +28,5 @@ def test_new_key_prints_a_key_and_the_settings_entry_that_accepts_it(
 def test_new_key_refuses_an_unknown_role_or_a_missing_name(spec: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--new-key", spec]) == 2
     err = capsys.readouterr().err
-    assert f"--new-key {spec!r}: expected ROLE:NAME with ROLE one of ['line', 'engineer', 'auditor', 'admin']" in err
+    roles = "['line', 'engineer', 'auditor', 'admin', 'viewer']"
+    assert f"--new-key {spec!r}: expected ROLE:NAME with ROLE one of {roles}" in err

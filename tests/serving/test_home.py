@@ -17,10 +17,11 @@ from tests.serving.test_audit_page import browser, live  # noqa: F401  (fixtures
 
 
 @pytest.mark.parametrize(("role", "pages"), [
-    ("auditor", ["/audit", "/docs"]),
-    ("engineer", ["/label", "/docs"]),
-    ("admin", ["/audit", "/label", "/docs"]),
+    ("auditor", ["/line", "/audit", "/docs"]),
+    ("engineer", ["/line", "/label", "/docs"]),
+    ("admin", ["/line", "/audit", "/label", "/docs"]),
     ("line", ["/docs"]),
+    ("viewer", ["/line", "/docs"]),
 ])
 def test_each_role_is_offered_exactly_its_pages(client: TestClient, keys: dict[str, str], role: str,
                                                 pages: list[str]) -> None:
@@ -62,10 +63,10 @@ def test_the_page_links_to_the_auditors_pages_and_lists_stations(live: str, keys
     page.click("#save-key")
     expect(page.get_by_test_id("who")).to_have_text("auditor-key (auditor)")
     links = page.get_by_test_id("pages").locator("a")
-    expect(links).to_have_count(2)
-    assert [links.nth(i).get_attribute("href") for i in range(2)] == ["/audit", "/docs"]
+    expect(links).to_have_count(3)
+    assert [links.nth(i).get_attribute("href") for i in range(3)] == ["/line", "/audit", "/docs"]
     expect(page.get_by_test_id("stations")).to_contain_text("tiny/v1")
     expect(page.get_by_test_id("version")).to_have_text(metadata.version("inspection"))
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-    links.nth(0).click()
+    links.nth(1).click()
     page.wait_for_url(f"{live}/audit")

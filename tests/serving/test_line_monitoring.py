@@ -1,0 +1,192 @@
+"""The line watch through the real app: the frame-quality gate on the decision path, alarms as
+hash-chained log records and metrics, the ``/v1/line`` API for the line roles (``viewer``
+included), the event stream's bounded buffer, and the ``/line`` page live in Chromium."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from inspection.registry import ModelRegistry
+from serving.app import create_app
+from serving.monitoring.page import EVENT_BUFFER, AlarmSubscriber
+from serving.settings import ServeSettings, build_settings
+from tests.helpers.server import free_port
+from tests.helpers.tiny_model import BRIGHT, frame_png, make_model_version
+from tests.serving.conftest import SINGLE, STATION, all_records, auth, post_frame, settings_data
+from tests.serving.test_audit_page import browser  # noqa: F401  (fixture)
+
+
+def _reference_frames(count: int = 64) -> np.ndarray:
+    """Frames like the line's good parts: bright, a little noise (what the reference is built from)."""
+    rng = np.random.default_rng(1)
+    levels = rng.uniform(200, 235, size=count)
+    frames = levels[:, None, None, None] + rng.integers(-10, 11, size=(count, 1, 32, 32))
+    return np.clip(frames, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def watched_models(tmp_path: Path) -> Path:
+    """A registry whose active model's card carries a monitoring reference (SINGLE), and one
+    without (STATION: cards exported before monitoring existed)."""
+    root = tmp_path / "models"
+    make_model_version(root, version="v1")
+    make_model_version(root, version="v2", reference_frames=_reference_frames())
+    registry = ModelRegistry(root)
+    registry.promote("tiny", "v1", station=STATION)
+    registry.promote("tiny", "v2", station=SINGLE)
+    return root
+
+
+def _settings(tmp_path: Path, models: Path, keys: dict[str, str], **monitoring: Any) -> ServeSettings:
+    data = settings_data(tmp_path, models, keys)
+    for station in data["stations"].values():
+        station["monitoring"] = dict(monitoring)
+    return build_settings(data)
+
+
+def test_a_frame_outside_the_reference_is_a_fail_safe_reject_never_scored(
+    tmp_path: Path, watched_models: Path, keys: dict[str, str]
+) -> None:
+    with TestClient(create_app(_settings(tmp_path, watched_models, keys))) as client:
+        good = post_frame(client, keys, frame_png(BRIGHT), part_id="ok-1")
+        assert good.status_code == 200, good.text
+        black = post_frame(client, keys, frame_png(0), part_id="black-1")
+        assert black.status_code == 422, black.text
+        body = black.json()
+        assert body["failsafe"]["reason"] == "frame_quality" and body["failsafe"]["decision"] == "reject"
+        assert "brightness" in body["detail"] and "reference range" in body["detail"]
+        record = next(r for r in all_records(client) if r.entry.part_id == "black-1" and r.entry.kind == "inspection")
+        assert record.entry.decision == "reject" and record.entry.failsafe_reason.startswith("frame_quality")
+        assert record.entry.scores is None  # not scored as if it were fine
+        # The station without a reference scores the same black frame, and says why it cannot judge it.
+        other = post_frame(client, keys, frame_png(0), station=STATION, camera="top", part_id="black-2")
+        assert other.status_code == 200
+        snap = client.get(f"/v1/line/{STATION}", headers=auth(keys, "viewer")).json()
+        assert any("no monitoring reference" in n for n in snap["notes"])
+        snap = client.get(f"/v1/line/{SINGLE}", headers=auth(keys, "viewer")).json()
+        assert snap["shift"]["failsafe"] == 1 and snap["shift"]["failsafe_by_reason"] == {"frame_quality": 1}
+        assert snap["model_version"] == "tiny/v2" and snap["gate"] == "reject"
+
+
+def test_warn_mode_scores_the_frame_and_counts_it(tmp_path: Path, watched_models: Path, keys: dict[str, str]) -> None:
+    with TestClient(create_app(_settings(tmp_path, watched_models, keys, gate="warn"))) as client:
+        assert post_frame(client, keys, frame_png(0), part_id="black-1").status_code == 200
+        snap = client.get(f"/v1/line/{SINGLE}", headers=auth(keys, "engineer")).json()
+        assert snap["gate_warned"] == 1 and snap["shift"]["failsafe"] == 0 and snap["shift"]["frames"] == 1
+
+
+def test_a_fail_safe_rate_alarm_is_a_chained_record_and_a_metric(
+    tmp_path: Path, watched_models: Path, keys: dict[str, str]
+) -> None:
+    settings = _settings(tmp_path, watched_models, keys, failsafe_window=10, failsafe_rate_limit=0.2)
+    with TestClient(create_app(settings)) as client:
+        for i in range(4):
+            post_frame(client, keys, frame_png(BRIGHT, seed=i), part_id=f"ok-{i}")
+        for i in range(6):
+            assert post_frame(client, keys, frame_png(0, seed=i), part_id=f"black-{i}").status_code == 422
+        deadline = time.monotonic() + 10
+        alarms: list[Any] = []
+        while not alarms and time.monotonic() < deadline:
+            time.sleep(0.2)  # the watch evaluates every second, off the decision path
+            alarms = [r for r in all_records(client) if r.entry.kind == "alarm"]
+        assert len(alarms) == 1, "exactly one alarm record expected"
+        data = alarms[0].entry.data
+        assert alarms[0].entry.station == SINGLE
+        assert data["alarm"] == "failsafe_rate" and data["state"] == "raised" and data["model_version"] == "tiny/v2"
+        assert data["detail"]["rate"] == pytest.approx(0.6) and data["detail"]["limit"] == 0.2
+        assert client.app.state.log.verify().ok  # type: ignore[attr-defined]
+        metrics = client.get("/metrics", headers=auth(keys, "admin")).text
+        assert f'inspection_line_alarm_active{{alarm="failsafe_rate",station="{SINGLE}"}} 1.0' in metrics
+        assert f'inspection_line_failsafe_rate{{station="{SINGLE}"}} 0.6' in metrics
+        snap = client.get(f"/v1/line/{SINGLE}", headers=auth(keys, "viewer")).json()
+        assert "failsafe_rate" in snap["alarms"]
+
+
+def test_the_line_api_admits_the_line_roles_and_names_bad_stations(client: TestClient, keys: dict[str, str]) -> None:
+    for role in ("viewer", "engineer", "auditor", "admin"):
+        r = client.get("/v1/line", headers=auth(keys, role))
+        assert r.status_code == 200, (role, r.text)
+        assert {s["station"] for s in r.json()["stations"]} == {STATION, SINGLE}
+    assert client.get("/v1/line", headers=auth(keys, "line")).status_code == 403
+    # a viewer sees the line and nothing else
+    assert client.get("/v1/audit/records", headers=auth(keys, "viewer")).status_code == 403
+    assert post_frame(client, keys, frame_png(BRIGHT), role="viewer").status_code == 403
+    missing = client.get("/v1/line/no-such-station", headers=auth(keys, "viewer"))
+    assert missing.status_code == 404 and "no-such-station" in missing.json()["detail"]
+    # before any frame: a snapshot that says so
+    snap = client.get(f"/v1/line/{SINGLE}", headers=auth(keys, "viewer")).json()
+    assert snap["shift"]["frames"] == 0 and snap["notes"]
+
+
+def test_a_client_that_never_reads_the_stream_costs_a_bounded_buffer(client: TestClient, keys: dict[str, str]) -> None:
+    alarms = client.app.state.line_alarms  # type: ignore[attr-defined]
+    with client.stream("GET", f"/v1/line/{SINGLE}/events", headers=auth(keys, "viewer")) as stream:
+        assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        assert json.loads(first.removeprefix("data: "))["station"] == SINGLE
+        subscribers = [s for s in alarms.listeners if isinstance(s, AlarmSubscriber)]
+        assert len(subscribers) == 1
+
+        def flood() -> None:
+            for i in range(10 * EVENT_BUFFER):
+                for listener in list(alarms.listeners):
+                    listener({"type": "alarm", "station": SINGLE, "alarm": "drift", "state": "raised", "n": i})
+
+        client.portal.call(flood)  # type: ignore[union-attr]  # in the app's event loop, as the watch does
+        sub = subscribers[0]
+        assert sub.queue.qsize() <= EVENT_BUFFER and sub.dropped >= 9 * EVENT_BUFFER - EVENT_BUFFER
+
+
+def test_the_page_updates_live_while_frames_flow(tmp_path: Path, watched_models: Path, keys: dict[str, str],
+                                                 browser: Any) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    # Its own server: the shared ``live`` fixture serves the default settings, this one a model
+    # with a reference and a chart point every 10 parts.
+    settings = _settings(tmp_path, watched_models, keys, subgroup_parts=10)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for width, height in ((1920, 1080), (1366, 768)):
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(f"{url}/line?station={SINGLE}")
+            page.get_by_placeholder("paste your key").fill(keys["viewer"])
+            page.get_by_role("button", name="Use key").click()
+            expect(page.get_by_test_id("model")).to_contain_text("tiny/v2")
+            before = int(page.get_by_test_id("pass").inner_text().replace(",", "") or 0)
+            with httpx.Client(base_url=url, headers=auth(keys, "line")) as http:
+                for i in range(24):  # 16 bright parts reach the chart (10 a point); dark ones are fail-safe
+                    level = BRIGHT if i % 3 else 30  # dark frames are rejected by the tiny model
+                    r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam",
+                                                             "part_id": f"{width}-{i}"},
+                                  content=frame_png(level, seed=i), headers={"Content-Type": "image/png"})
+                    assert r.status_code in (200, 422), r.text
+            # no reload: the stream brings the new counts and a chart point
+            expect(page.get_by_test_id("pass")).not_to_have_text(str(before), timeout=10_000)
+            expect(page.locator("#chart circle").first).to_be_attached(timeout=10_000)
+            expect(page.get_by_test_id("alarms")).to_contain_text("No alarm")
+            # readable without horizontal scrolling
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            page.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
