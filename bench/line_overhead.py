@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="line-bench-") as tmp:
         work = Path(tmp)
         models_dir = work / "models"
-        sl.build_model(models_dir, arch=args.arch, size=args.size)
         frames = sl.make_frames(args.frames, args.frame_side)
+        sl.build_model(models_dir, arch=args.arch, size=args.size, frames=frames)
         runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
         for r in range(args.rounds):
             for mode in ("off", "on"):

@@ -57,8 +57,11 @@ CLASSES = ["good", "scratch", "dent", "bubble"]
 # --------------------------------------------------------------------------------------------
 # model and frames
 # --------------------------------------------------------------------------------------------
-def build_model(models_dir: Path, *, arch: str, size: int, seed: int = 0) -> tuple[Path, Path]:
+def build_model(models_dir: Path, *, arch: str, size: int, frames: list[bytes], seed: int = 0) -> tuple[Path, Path]:
     """Export ``arch`` (random weights, eval mode) as a registered, promoted model version.
+
+    Its card carries the monitoring reference of ``frames`` (as training's export stores the
+    validation frames'), so the line watch runs in full: statistics, gate, drift, chart.
 
     Returns (version folder, torch state_dict file for the torch-eager server).
     """
@@ -95,6 +98,13 @@ def build_model(models_dir: Path, *, arch: str, size: int, seed: int = 0) -> tup
     probs = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(
         ["probabilities"], {"pixels": golden})[0]
     np.savez(folder / "golden.npz", inputs=golden, probabilities=probs)
+    from inspection.monitoring.build import build_reference
+    from inspection.preprocess import prepare_frame
+
+    inputs = np.stack([prepare_frame(f, spec, raw_shape=None, source="bench frame")[1] for f in frames])
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    reference = build_reference(inputs, session.run(["probabilities"], {"pixels": inputs})[0], classes=CLASSES,
+                                good_class="good", threshold=0.99)
     card = ModelCard(
         name="bench", version="v1", created=utc_now(), classes=CLASSES, good_class="good", arch=arch, input=spec,
         # Random weights give P(defect) ~ 0.75 for every frame; a high threshold makes most frames
@@ -104,6 +114,7 @@ def build_model(models_dir: Path, *, arch: str, size: int, seed: int = 0) -> tup
         parity=Parity(max_abs_diff=0.0, tolerance=1e-4, n_images=4, passed=True),
         golden=Golden(file="golden.npz", tolerance=1e-4, count=4),
         files=hash_files(folder, ["model.onnx", "golden.npz"]),
+        monitoring=reference,
     )
     save_card(card, folder)
     ModelRegistry(models_dir).promote("bench", "v1", station=STATION)
@@ -305,6 +316,9 @@ class Contender:
         self.rss = RssSampler(proc.pid)
 
 
+MONITORING_OFF = "log FULL, monitoring off"
+
+
 @contextlib.contextmanager
 def our_server(work: Path, models_dir: Path, frames: list[bytes], label: str,
                settings_overrides: dict[str, Any] | None = None) -> Iterator[Contender]:
@@ -320,8 +334,9 @@ def our_server(work: Path, models_dir: Path, frames: list[bytes], label: str,
         "stations": {STATION: {"cameras": [CAMERA], "part_deadline_ms": 5000}},
         "api_keys": [{"name": "bench", "role": "line", "sha256": hash_key(key)}],
     }
-    for k, v in (settings_overrides or {}).items():
-        settings[k] = {**settings[k], **v} if isinstance(v, dict) and isinstance(settings.get(k), dict) else v
+    from inspection.config import deep_merge
+
+    settings = deep_merge(settings, settings_overrides or {})
     path = work / f"serve-{secrets.token_hex(3)}.yaml"
     path.write_text(yaml.safe_dump(settings), encoding="utf-8")
     port = _free_port()
@@ -487,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", type=Path, help="YAML/JSON with extra serve settings merged into the bench's")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--skip-torch", action="store_true", help="skip (c), the torch-eager server")
+    parser.add_argument("--monitoring", action="store_true",
+                        help="also run ours with the line watch off (stations.*.monitoring.enabled false) and print "
+                             "what the watch adds per frame (target <= 0.1 ms at p50)")
     parser.add_argument("--torch-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -502,8 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         work = Path(tmp)
         models_dir = work / "models"
-        version_dir, weights = build_model(models_dir, arch=args.arch, size=args.size)
         frames = make_frames(args.frames, args.frame_side)
+        version_dir, weights = build_model(models_dir, arch=args.arch, size=args.size, frames=frames)
         print(f"model {args.arch} input 1x{args.size}x{args.size}, frames {args.frame_side}x{args.frame_side} PNG "
               f"(~{sum(map(len, frames)) // len(frames) // 1024} KiB), cores {os.cpu_count()}, n={args.n}", flush=True)
         runtime = overrides.get("runtime")
@@ -513,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         configs = [("log FULL (default)", {})]
         if "log_sqlite_synchronous" not in overrides:
             configs.append(("log NORMAL", {"log_sqlite_synchronous": "NORMAL"}))
+        if args.monitoring:
+            configs.append((MONITORING_OFF, {"stations": {STATION: {"monitoring": {"enabled": False}}}}))
         with contextlib.ExitStack() as stack:
             contenders = [stack.enter_context(our_server(work, models_dir, frames, label, {**overrides, **extra}))
                           for label, extra in configs]
@@ -567,6 +587,14 @@ def bare_runner(version_dir: Path, frames: list[bytes], *, runtime: dict[str, An
 
 def report(res: dict[str, Any], ours: list[str], *, clients: int, n: int, rss: dict[str, float]) -> None:
     one, many = res["one_client"], res["many_fps"]
+    if MONITORING_OFF in one:
+        on, off = one[ours[0]], one[MONITORING_OFF]
+        added = on["p50_ms"] - off["p50_ms"]
+        print(f"\nline watch (monitoring) on vs off, 1 client, same turns: p50 {on['p50_ms']:.3f} vs "
+              f"{off['p50_ms']:.3f} ms = {added:+.3f} ms per frame (ratio {on['p50_ms'] / off['p50_ms']:.3f}x)   "
+              f"target <= 0.1 ms   "
+              f"{'OK' if added <= 0.1 else 'MISSED'};  {clients} clients: {many[ours[0]]:.1f} vs "
+              f"{many[MONITORING_OFF]:.1f} frames/s ({many[ours[0]] / many[MONITORING_OFF]:.3f}x)")
     bare = one["bare"]
     print(f"\n1 client: contenders took turns in blocks of 25 requests, {n} each (same machine load for all)")
     print(_fmt("(a) bare onnxruntime, 1 frame at a time", bare))

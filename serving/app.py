@@ -159,6 +159,9 @@ def create_app(
         import asyncio
 
         state = app.state
+        import cv2
+
+        cv2.setNumThreads(settings.runtime.opencv_threads)  # why: RuntimeSettings.opencv_threads
         models = ModelManager(settings, state.metrics)
         owned = log_store is None
         from serving.settings import resolved_paths

@@ -74,6 +74,7 @@ class StationLive:
             "drift and the frame-quality gate are off; the score drift and the chart use the baseline")
         self.shift = _Counts()
         self.shift_started = shift_start(datetime.now().astimezone(), settings.shift_starts)
+        self._next_shift = self._following_shift()
         self._buckets: deque[tuple[int, _Counts]] = deque()
         self.latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.recent_rejects: deque[dict[str, Any]] = deque(maxlen=RECENT_REJECTS)
@@ -89,15 +90,20 @@ class StationLive:
                 self._buckets.popleft()
         return self._buckets[-1][1]
 
-    def _roll_shift(self) -> None:
-        started = shift_start(datetime.now().astimezone(), self.settings.shift_starts)
-        if started != self.shift_started:
-            self.shift_started, self.shift = started, _Counts()
+    def _following_shift(self) -> float:
+        """Epoch seconds of the next shift start (the per-frame check is one comparison)."""
+        now = datetime.now().astimezone()
+        starts = [now.replace(hour=int(s[:2]), minute=int(s[3:]), second=0, microsecond=0)
+                  for s in self.settings.shift_starts]
+        return min(t if t > now else t + timedelta(days=1) for t in starts).timestamp()
 
-    def count(self, kind: str, reason: str | None = None) -> None:
-        self._roll_shift()
+    def count(self, *kinds: str, reason: str | None = None) -> None:
+        if time.time() >= self._next_shift:
+            self.shift_started = shift_start(datetime.now().astimezone(), self.settings.shift_starts)
+            self.shift, self._next_shift = _Counts(), self._following_shift()
         for c in (self.shift, self._bucket()):
-            c.counts[kind] += 1
+            for kind in kinds:
+                c.counts[kind] += 1
             if reason is not None:
                 c.failsafe_by_reason[reason] += 1
 
@@ -119,6 +125,7 @@ class LineMonitor:
         self.settings = settings
         self.stations: dict[str, StationLive] = {}
         self._active = active  # station -> the active model's id (shown before the first frame)
+        self._off = frozenset(n for n, s in settings.stations.items() if not s.monitoring.enabled)
 
     def _live(self, station: str, model: LoadedModel | None) -> StationLive:
         live = self.stations.get(station)
@@ -134,6 +141,8 @@ class LineMonitor:
     # -- the decision path (O(1)) ---------------------------------------------------------------
     def check(self, station: str, model: LoadedModel, pixels: np.ndarray) -> tuple[float, ...]:
         """The frame's statistics; raises FrameQualityError when the station's gate rejects it."""
+        if station in self._off:
+            return ()
         live = self._live(station, model)
         stats, why = live.monitor.check_frame(pixels)
         if why is not None:
@@ -143,6 +152,8 @@ class LineMonitor:
         return stats
 
     def scored(self, station: str, model: LoadedModel, stats: tuple[float, ...], score: float) -> None:
+        if station in self._off:
+            return
         live = self._live(station, model)
         live.monitor.observe_frame(stats, score)
         live.count("frames")
@@ -159,18 +170,18 @@ class LineMonitor:
                 | {"time": time.time()})
 
     def failsafe(self, station: str, reason: str, model: LoadedModel | None) -> None:
+        if station in self._off:
+            return
         live = self._live(station, model)
         live.monitor.observe_failsafe()
-        live.count("frames")
-        live.count("failsafe", reason)
+        live.count("frames", "failsafe", reason=reason)
 
     def part(self, station: str, decision: str, *, failsafe: bool) -> None:
         live = self.stations.get(station)
         if live is None:
             return
         live.monitor.observe_part(decision == "reject", failsafe=failsafe)
-        live.count("parts")
-        live.count("reject" if decision == "reject" else "pass")
+        live.count("parts", "reject" if decision == "reject" else "pass")
 
     # -- off the decision path ------------------------------------------------------------------
     def evaluate(self) -> list[AlarmChange]:
@@ -182,6 +193,11 @@ class LineMonitor:
     def snapshot(self, station: str, *, now: float | None = None) -> dict[str, Any]:
         """What ``/v1/line/{station}`` answers and the page shows."""
         live = self.stations.get(station)
+        if station in self._off:
+            return {"station": station, "model_version": self._active(station) if self._active else None,
+                    "state": "monitoring is off for this station (settings: monitoring.enabled false)",
+                    "shift": _Counts().as_dict(), "recent": _Counts().as_dict(), "alarms": {}, "chart": None,
+                    "drift": {}, "notes": ["monitoring is off for this station (settings: monitoring.enabled false)"]}
         if live is None:
             model = self._active(station) if self._active is not None else None
             return {"station": station, "model_version": model, "state": "no frames yet since the server started",

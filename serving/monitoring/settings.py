@@ -24,6 +24,9 @@ class MonitoringSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: False: the decision path skips the watch entirely (no statistics, no gate, no chart, no
+    #: alarms); the page says so. For measuring what the watch costs (bench/serve_latency.py).
+    enabled: bool = True
     #: Frame-quality gate: ``reject`` = fail-safe reject (reason ``frame_quality``), ``warn`` = score
     #: it but note it in the record and the metrics, ``off``. Needs a reference in the model's card.
     gate: Literal["off", "warn", "reject"] = "reject"

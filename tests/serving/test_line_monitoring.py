@@ -85,6 +85,16 @@ def test_warn_mode_scores_the_frame_and_counts_it(tmp_path: Path, watched_models
         assert snap["gate_warned"] == 1 and snap["shift"]["failsafe"] == 0 and snap["shift"]["frames"] == 1
 
 
+def test_a_station_with_the_watch_off_scores_everything_and_says_so(
+    tmp_path: Path, watched_models: Path, keys: dict[str, str]
+) -> None:
+    with TestClient(create_app(_settings(tmp_path, watched_models, keys, enabled=False))) as client:
+        assert post_frame(client, keys, frame_png(0), part_id="black-1").status_code == 200
+        snap = client.get(f"/v1/line/{SINGLE}", headers=auth(keys, "viewer")).json()
+        assert snap["model_version"] == "tiny/v2" and snap["shift"]["frames"] == 0
+        assert any("monitoring is off" in n for n in snap["notes"])
+
+
 def test_a_fail_safe_rate_alarm_is_a_chained_record_and_a_metric(
     tmp_path: Path, watched_models: Path, keys: dict[str, str]
 ) -> None:
@@ -190,3 +200,26 @@ def test_the_page_updates_live_while_frames_flow(tmp_path: Path, watched_models:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.mark.parametrize(("now", "start"), [
+    ((2026, 12, 4, 5, 0), (2026, 12, 3, 22, 0)),   # before the first shift of the day: last night's
+    ((2026, 12, 4, 6, 0), (2026, 12, 4, 6, 0)),
+    ((2026, 12, 4, 14, 30), (2026, 12, 4, 14, 0)),
+    ((2026, 12, 4, 23, 59), (2026, 12, 4, 22, 0)),
+])
+def test_the_shift_counts_start_at_the_latest_shift_start(now: tuple[int, ...], start: tuple[int, ...]) -> None:
+    from datetime import datetime
+
+    from serving.monitoring.live import shift_start
+
+    assert shift_start(datetime(*now), ["06:00", "14:00", "22:00"]) == datetime(*start)
+
+
+def test_the_server_runs_opencv_on_the_calling_thread(settings: ServeSettings) -> None:
+    import cv2
+
+    cv2.setNumThreads(2)
+    with TestClient(create_app(settings)):
+        # an OpenCV pool competing with onnxruntime's threads stalled the event loop (RuntimeSettings)
+        assert cv2.getNumThreads() == settings.runtime.opencv_threads == 1
