@@ -58,6 +58,43 @@ class AlarmSubscriber:
         self.queue.put_nowait(event)
 
 
+def links(app_state: Any, station: str) -> dict[str, Any]:
+    """The station's PLC and MQTT links as serving sees them (None: not configured)."""
+    line = getattr(app_state, "line", None)
+    plc = (getattr(line, "lines", None) or {}).get(station)
+    mqtt = (getattr(line, "mqtt", None) or {}).get(station)
+    out: dict[str, Any] = {"plc": None, "mqtt": None}
+    if plc is not None:
+        hs = plc.handshake
+        last = hs.last_acked
+        out["plc"] = {"pending": hs.pending, "oldest_wait_s": round(hs.oldest_wait_s, 3),
+                      "acknowledged": hs.counters.acknowledged,
+                      "last_ack": None if last is None else {"seq": last.seq, "inspection_id": last.inspection_id,
+                                                              "decision_time": last.time.isoformat()}}
+    if mqtt is not None:
+        out["mqtt"] = {"connected": mqtt.connected, "queued": mqtt.queued, "published": mqtt.published}
+    return out
+
+
+def promoted_at(registry_root: Any, station: str) -> str | None:
+    """When the station's active model was promoted (the registry's history), if known."""
+    from inspection.errors import InspectionError
+    from inspection.registry import ModelRegistry
+
+    try:
+        history = ModelRegistry(registry_root).history(station)
+    except (InspectionError, OSError):
+        return None
+    return history[-1].get("at") if history else None
+
+
+def _snapshot(request: Request, service: Any, station: str) -> dict[str, Any]:
+    snap = service.line.snapshot(station)
+    snap["links"] = links(request.app.state, station)
+    snap["promoted_at"] = promoted_at(request.app.state.settings.models_dir, station)
+    return snap
+
+
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n".encode()
 
@@ -79,7 +116,7 @@ def build_router(settings: ServeSettings) -> APIRouter:
     @router.get("/v1/line/{station}", summary="One station now: rates, counts, p-chart, drift, alarms, latency")
     async def snapshot(request: Request, station: str, who: Annotated[Principal, Depends(VIEWER)],
                        service: ServiceDep) -> dict[str, Any]:
-        return service.line.snapshot(_station(request, station))
+        return _snapshot(request, service, _station(request, station))
 
     @router.get("/v1/line/{station}/events",
                 summary="Server-sent events: a snapshot every second, alarms as they change")
@@ -96,7 +133,7 @@ def build_router(settings: ServeSettings) -> APIRouter:
             try:
                 yield b"retry: 2000\n\n"
                 while True:
-                    yield _sse("snapshot", service.line.snapshot(name))
+                    yield _sse("snapshot", _snapshot(request, service, name))
                     with contextlib.suppress(TimeoutError):
                         event = await asyncio.wait_for(queue.get(), timeout=SNAPSHOT_EVERY_S)
                         yield _sse("alarm", event)
