@@ -17,12 +17,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.requests import Request
 
 from inspection.errors import NotFoundError
+from inspection.log.framestore import check_sha
+from inspection.preprocess import media_type
 from serving.auth import Principal, Require
-from serving.deps import ServiceDep
+from serving.deps import LogDep, ServiceDep
 from serving.pages import static_page_router
 from serving.settings import Role, ServeSettings
 
@@ -117,6 +119,23 @@ def build_router(settings: ServeSettings) -> APIRouter:
     async def snapshot(request: Request, station: str, who: Annotated[Principal, Depends(VIEWER)],
                        service: ServiceDep) -> dict[str, Any]:
         return _snapshot(request, service, _station(request, station))
+
+    @router.get("/v1/line/{station}/rejects/{inspection_id}/frame", response_class=Response,
+                summary="The frame of one of the station's most recent rejects (the page's thumbnails)",
+                responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+    def reject_frame(request: Request, station: str, inspection_id: str,
+                     who: Annotated[Principal, Depends(VIEWER)], service: ServiceDep, log: LogDep) -> Response:
+        # Only what the page shows: a wall-screen key must not become a way to read the log.
+        live = service.line.station(_station(request, station))
+        shown = {r["inspection_id"] for r in (live.recent_rejects if live is not None else [])}
+        if inspection_id not in shown:
+            raise NotFoundError(f"{inspection_id!r} is not among station {station!r}'s most recent rejects")
+        rec = log.get(inspection_id)
+        if not rec.entry.frame_sha256:
+            raise NotFoundError(f"record {inspection_id!r} names no frame")
+        data = log.frame(check_sha(rec.entry.frame_sha256))
+        return Response(data, media_type=media_type(data), headers={"Cache-Control": "private, max-age=3600",
+                                                                     "X-Content-Type-Options": "nosniff"})
 
     @router.get("/v1/line/{station}/events",
                 summary="Server-sent events: a snapshot every second, alarms as they change")

@@ -21,9 +21,9 @@ from serving.app import create_app
 from serving.monitoring.page import EVENT_BUFFER, AlarmSubscriber
 from serving.settings import ServeSettings, build_settings
 from tests.helpers.server import free_port
-from tests.helpers.tiny_model import BRIGHT, frame_png, make_model_version
+from tests.helpers.tiny_model import BRIGHT, DARK, frame_png, make_model_version
 from tests.serving.conftest import SINGLE, STATION, all_records, auth, post_frame, settings_data
-from tests.serving.test_audit_page import browser  # noqa: F401  (fixture)
+from tests.serving.test_audit_page import browser, live  # noqa: F401  (fixtures)
 
 
 def _reference_frames(count: int = 64) -> np.ndarray:
@@ -138,6 +138,24 @@ def test_the_line_api_admits_the_line_roles_and_names_bad_stations(client: TestC
     assert snap["shift"]["frames"] == 0 and snap["notes"]
 
 
+def test_the_recent_rejects_frames_are_served_to_the_line_roles_and_nothing_else(
+    client: TestClient, keys: dict[str, str]
+) -> None:
+    passed = post_frame(client, keys, frame_png(BRIGHT), part_id="ok-1").json()
+    reject = post_frame(client, keys, frame_png(DARK), part_id="bad-1").json()
+    assert reject["decision"] == "reject"
+    snap = client.get(f"/v1/line/{SINGLE}", headers=auth(keys, "viewer")).json()
+    assert [r["inspection_id"] for r in snap["recent_rejects"]] == [reject["inspection_id"]]
+    url = f"/v1/line/{SINGLE}/rejects/{{}}/frame"
+    frame = client.get(url.format(reject["inspection_id"]), headers=auth(keys, "viewer"))
+    assert frame.status_code == 200 and frame.headers["content-type"] == "image/png"
+    assert frame.content == frame_png(DARK)
+    # a pass (or any record the page does not show) is not readable with a wall-screen key
+    other = client.get(url.format(passed["inspection_id"]), headers=auth(keys, "viewer"))
+    assert other.status_code == 404 and "most recent rejects" in other.json()["detail"]
+    assert client.get(url.format(reject["inspection_id"]), headers=auth(keys, "line")).status_code == 403
+
+
 def test_a_client_that_never_reads_the_stream_costs_a_bounded_buffer(client: TestClient, keys: dict[str, str]) -> None:
     alarms = client.app.state.line_alarms  # type: ignore[attr-defined]
     with client.stream("GET", f"/v1/line/{SINGLE}/events", headers=auth(keys, "viewer")) as stream:
@@ -223,3 +241,30 @@ def test_the_server_runs_opencv_on_the_calling_thread(settings: ServeSettings) -
     with TestClient(create_app(settings)):
         # an OpenCV pool competing with onnxruntime's threads stalled the event loop (RuntimeSettings)
         assert cv2.getNumThreads() == settings.runtime.opencv_threads == 1
+
+
+def test_the_page_shows_the_recent_rejects_as_thumbnails(live: str, keys: dict[str, str],  # noqa: F811
+                                                         browser: Any) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    with httpx.Client(base_url=live, headers=auth(keys, "line")) as http:
+        r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": "dark-1"},
+                      content=frame_png(DARK), headers={"Content-Type": "image/png"})
+        assert r.json()["decision"] == "reject"
+    page = browser.new_page(viewport={"width": 1920, "height": 1080})
+    page.goto(f"{live}/line?station={SINGLE}")
+    page.get_by_placeholder("paste your key").fill(keys["viewer"])
+    page.get_by_role("button", name="Use key").click()
+    thumb = page.get_by_test_id("rejects").locator("img")
+    expect(thumb).to_have_count(1)
+    page.wait_for_function("document.querySelector('#rejects img').naturalWidth > 0")
+    expect(page.get_by_test_id("rejects")).to_contain_text("part dark-1")
+    # the link leads to the record on the audit page (for a role that may read the log)
+    href = page.get_by_test_id("rejects").locator("a").get_attribute("href") or ""
+    assert href.startswith("/audit?inspection_id=")
+    page.goto(f"{live}/audit")
+    page.fill("#api-key", keys["auditor"])
+    page.click("#save-key")
+    page.goto(f"{live}{href}")
+    expect(page.get_by_test_id("chain-status")).to_contain_text("verify")
+    page.close()
