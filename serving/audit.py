@@ -121,6 +121,36 @@ def _chain_status(log: SqlInspectionLog, rec: StoredRecord) -> dict[str, Any]:
             "ok": hash_ok and prev_ok and next_ok}
 
 
+def frame_status(log: SqlInspectionLog, rec: StoredRecord) -> dict[str, Any]:
+    """The record's frame, re-hashed now, in words: ``state`` is ``none`` (no frame named),
+    ``intact``, ``altered`` or ``deleted`` (tampering), ``pruned`` (retention, with its record),
+    ``not_kept`` (a pass not sampled) or ``no_store`` (this log keeps no frames)."""
+    sha = rec.entry.frame_sha256
+    if not sha:
+        return {"state": "none", "text": "This record names no frame."}
+    if log.frames is None:
+        return {"state": "no_store", "text": "This log keeps no frames here (no frames directory)."}
+    try:
+        verdict = log.frames.check(check_sha(sha))
+    except InspectionError as exc:
+        return {"state": "unreadable", "tampering": False, "text": f"The frame could not be read: {exc}"}
+    if verdict is None:
+        return {"state": "intact", "tampering": False,
+                "text": f"Frame matches its sha256 {sha[:12]}… (re-hashed now)."}
+    if verdict != "missing":
+        return {"state": "altered", "tampering": True,
+                "text": f"TAMPERED: the stored frame no longer hashes to {sha[:12]}…: it was swapped or edited."}
+    kept = isinstance(rec.entry.data, dict) and rec.entry.data.get("frame_kept") is True
+    if not kept:
+        return {"state": "not_kept", "tampering": False,
+                "text": "Frame not kept: passes are stored only at the sample rate."}
+    prunes = query_records(log, RecordFilter(kind="prune"), limit=MAX_LIMIT, order="desc").records
+    if any(sha in ((p.entry.data or {}).get("removed") or []) for p in prunes):
+        return {"state": "pruned", "tampering": False, "text": "Frame removed by retention (a prune record lists it)."}
+    return {"state": "deleted", "tampering": True,
+            "text": "TAMPERED: the frame was stored with this record and is gone, and no prune record removed it."}
+
+
 def audit_router(
     *,
     require: Any = None,
@@ -151,7 +181,8 @@ def audit_router(
             "record": record_json(rec, log),
             "related": [record_json(r, log) for r in refs.records],
             "frame": {"sha256": sha, "stored": log.has_frame(sha),
-                      "url": f"/v1/audit/records/{inspection_id}/frame" if log.has_frame(sha) else None},
+                      "url": f"/v1/audit/records/{inspection_id}/frame" if log.has_frame(sha) else None,
+                      **frame_status(log, rec)},
             "chain": _chain_status(log, rec),
         }
 

@@ -133,3 +133,37 @@ def test_filter_by_part_and_decision_shows_exactly_the_expected_rows(
     # The key lives in sessionStorage only, never in the page's URL.
     assert page.evaluate("sessionStorage.getItem('inspection.audit.key')") == keys["auditor"]
     assert keys["auditor"] not in page.url
+
+
+def test_the_detail_says_whether_the_frame_is_intact_and_shows_undecodable_frames_as_such(
+    live: str, keys: dict[str, str], browser: Any, settings: ServeSettings
+) -> None:
+    from playwright.sync_api import expect
+
+    from inspection.log.framestore import FrameStore
+
+    line = {"Authorization": f"Bearer {keys['line']}"}
+    with httpx.Client(base_url=live, headers=line) as http:
+        ids = {}
+        for part, body in (("T1", png(5, seed=1)), ("T2", png(5, seed=2)), ("T3", b"\x89PNG\r\n\x1a\nnot a png")):
+            r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": part},
+                          content=body, headers={"Content-Type": "image/png"})
+            ids[part] = (r.json().get("inspection_id") or r.json()["failsafe"]["inspection_id"])
+        detail = http.get(f"/v1/audit/records/{ids['T2']}", headers={"Authorization": f"Bearer {keys['auditor']}"})
+    db = Path(settings.log_url.removeprefix("sqlite:///"))
+    frames = settings.frames_dir or db.with_name(db.name + ".frames")  # the SQLite log's default
+    FrameStore(frames).path(detail.json()["frame"]["sha256"]).write_bytes(png(5, seed=7))
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(f"{live}/audit")
+    page.fill("#api-key", keys["auditor"])
+    page.click("#save-key")
+    for part, expected in (("T1", "Frame matches its sha256"), ("T2", "TAMPERED"), ("T3", "cannot be shown")):
+        page.goto(f"{live}/audit?inspection_id={ids[part]}")
+        if part == "T3":
+            expect(page.get_by_test_id("frame-undecodable")).to_contain_text(expected)
+            expect(page.get_by_test_id("frame-status")).to_contain_text("Frame matches its sha256")
+        else:
+            expect(page.get_by_test_id("frame-status")).to_contain_text(expected)
+        # the chain of the record itself is fine in every case: the frame status is what tells
+        expect(page.get_by_test_id("chain-status")).to_contain_text("verify")
+    page.close()

@@ -22,7 +22,7 @@ from inspection.log import checkpoints
 from serving.app import create_app
 from serving.settings import build_settings
 from tests.helpers.server import free_port, start_server, wait_ready
-from tests.helpers.tiny_model import DARK, frame_png
+from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
 from tests.inspection.log.test_trust import _rewrite_from
 from tests.serving.conftest import SINGLE, auth, decided, post_frame, settings_data
 
@@ -63,6 +63,27 @@ def test_a_frame_swapped_on_disk_is_not_served_and_verify_names_its_record(clien
     body = _verify(client, keys)
     assert body["ok"] is False
     assert {(p["kind"], p["inspection_id"]) for p in body["problems"]} == {("frame_altered", first["inspection_id"])}
+
+
+
+def test_a_records_detail_says_in_words_whether_its_frame_is_intact(client: TestClient, keys: dict[str, str]) -> None:
+    swapped, deleted, intact = (post_frame(client, keys, frame_png(DARK, seed=i), part_id=f"F{i}").json()
+                                for i in (1, 2, 3))
+    passed = post_frame(client, keys, frame_png(BRIGHT), part_id="F4").json()
+    store = client.app.state.log  # type: ignore[attr-defined]
+    store.frames.path(store.get(swapped["inspection_id"]).entry.frame_sha256).write_bytes(frame_png(DARK, seed=9))
+    store.frames.path(store.get(deleted["inspection_id"]).entry.frame_sha256).unlink()
+
+    def frame(answer: dict[str, Any]) -> dict[str, Any]:
+        r = client.get(f"/v1/audit/records/{answer['inspection_id']}", headers=auth(keys, "auditor"))
+        assert r.status_code == 200, r.text
+        return r.json()["frame"]
+
+    assert frame(intact)["state"] == "intact" and "matches its sha256" in frame(intact)["text"]
+    assert frame(swapped)["state"] == "altered" and frame(swapped)["tampering"] is True
+    assert "TAMPERED" in frame(swapped)["text"] and "swapped or edited" in frame(swapped)["text"]
+    assert frame(deleted)["state"] == "deleted" and "no prune record" in frame(deleted)["text"]
+    assert frame(passed)["state"] == "not_kept" and frame(passed)["tampering"] is False
 
 
 def _signed_settings(tmp_path: Path, models_dir: Path, keys: dict[str, str], **over: Any) -> Any:
