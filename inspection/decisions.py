@@ -89,3 +89,38 @@ def decide(probs: np.ndarray, card: ModelCard) -> Decision:
         threshold=thresholds.reject,
         scores=scores,
     )
+
+
+def _pair(value: float, limit: float) -> tuple[str, str]:
+    """``value`` and ``limit`` with the fewest decimals (>= 3) that show which is larger."""
+    for digits in range(3, 10):
+        a, b = f"{value:.{digits}f}", f"{limit:.{digits}f}"
+        if a != b or value == limit:
+            return a, b
+    return f"{value!r}", f"{limit!r}"
+
+
+def explain(scores: dict[str, float], *, good_class: str | None, threshold: float, per_class: dict[str, float],
+            decision: str) -> str:
+    """The rule that decided, in words: ``"P(defect) 0.721 ≥ threshold 0.596 → reject"``.
+
+    Names the first test that rejected (the overall P(defect), then per-class thresholds), or
+    says why none did. Decimals grow until score and threshold differ visibly.
+    """
+    if good_class is not None and good_class in scores:
+        p = 1.0 - scores[good_class]
+        a, b = _pair(p, threshold)
+        main = f"P(defect) {a} {'≥' if p >= threshold else '<'} threshold {b}"
+        if p >= threshold:
+            return f"{main} → reject"
+    else:
+        main = ""
+    for cls, limit in per_class.items():
+        if cls in scores and scores[cls] >= limit:
+            a, b = _pair(scores[cls], limit)
+            return f"P({cls}) {a} ≥ its threshold {b} → reject"
+    if good_class is None:
+        top = max(scores, key=scores.__getitem__) if scores else None
+        return f"no good class: every frame is rejected (most likely {top}) → {decision}"
+    extra = "; no per-class threshold reached" if per_class else ""
+    return f"{main}{extra} → {decision}"

@@ -8,11 +8,13 @@ map ``NotFoundError``/``ValidationError``/... to 404/400/...
 
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query
@@ -20,15 +22,18 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import HTTPConnection, Request
 
-from inspection.errors import ConflictError, InspectionError, NotFoundError
+from inspection.card import ModelCard
+from inspection.decisions import explain
+from inspection.errors import ConflictError, InspectionError, NotFoundError, ValidationError
 from inspection.log.chain import VerifyReport
 from inspection.log.export import MEDIA_TYPES, iter_export, record_dict
 from inspection.log.framestore import check_sha
-from inspection.log.query import MAX_LIMIT, RecordFilter, query_records
+from inspection.log.query import MAX_LIMIT, RecordFilter, count_records, query_records
 from inspection.log.records import LogEntry, RecordKind, StoredRecord
 from inspection.log.retention import prune_frames
 from inspection.log.store import SqlInspectionLog
 from inspection.preprocess import media_type
+from inspection.registry import ModelRegistry
 from serving.deps import get_log as app_log
 from serving.pages import static_page_router
 
@@ -39,11 +44,62 @@ AUDIT_ROLES: tuple[Literal["auditor"], Literal["admin"]] = ("auditor", "admin")
 DISPOSABLE_KINDS = ("inspection", "part")
 
 
-def record_json(rec: StoredRecord, log: SqlInspectionLog | None = None) -> dict[str, Any]:
-    """A stored record as the API returns it, plus whether its frame is kept."""
+CardLookup = Callable[[str, str], ModelCard | None]
+
+
+def registry_cards(models_dir: Path) -> CardLookup:
+    """``(name, version) -> card`` from the model registry (None when the version is gone)."""
+
+    @functools.lru_cache(maxsize=128)
+    def card(name: str, version: str) -> ModelCard | None:
+        try:
+            return ModelRegistry(models_dir).get(name, version).card
+        except InspectionError:
+            return None
+
+    return card
+
+
+def summary(rec: StoredRecord, cards: CardLookup | None = None) -> str | None:
+    """What decided, in words (the record list and detail show it on every decision)."""
+    e = rec.entry
+    if e.kind not in ("inspection", "part"):
+        return None
+    if e.failsafe_reason:
+        code, _, why = e.failsafe_reason.partition(": ")
+        return f"fail-safe reject ({code}): {why or code}"
+    if e.kind == "part":
+        views = (e.data or {}).get("views") or []
+        rejected = [v.get("camera") for v in views if v.get("decision") == "reject"]
+        if e.decision == "reject":
+            who = ", ".join(map(str, rejected)) or "a view"
+            return f"part reject: rejected by {who} ({len(rejected)} of {len(views)} views)"
+        return f"part pass: all {len(views)} view(s) passed"
+    card = cards(e.model_name, e.model_version) if cards and e.model_name and e.model_version else None
+    if not e.scores or e.threshold is None:
+        return f"{e.decision}"
+    if card is None:
+        top = max(e.scores, key=e.scores.__getitem__)
+        return (f"threshold {e.threshold:.3f}, most likely {top} ({e.scores[top]:.3f}) → {e.decision} "
+                "(the model's card is not in this registry)")
+    late = (e.data or {}).get("model_decision")
+    why = explain(e.scores, good_class=card.good_class, threshold=e.threshold, per_class=card.thresholds.per_class,
+                  decision=str(late or e.decision))
+    return why if not late else f"{why}, but the part was already decided → reject (late view)"
+
+
+def record_json(rec: StoredRecord, log: SqlInspectionLog | None = None,
+                cards: CardLookup | None = None) -> dict[str, Any]:
+    """A stored record as the API returns it, plus whether its frame is kept, the model as
+    ``name/version`` and the decision in words."""
     out = record_dict(rec)
     if log is not None:
         out["frame_stored"] = log.has_frame(rec.entry.frame_sha256)
+    e = rec.entry
+    out["model"] = f"{e.model_name}/{e.model_version}" if e.model_name and e.model_version else None
+    out["summary"] = summary(rec, cards)
+    if e.decision == "pass" and not e.failsafe_reason:
+        out["defect_class"] = None  # the class a pass resembled is not a defect found (scores keep it)
     return out
 
 
@@ -65,7 +121,23 @@ class FilterParams(BaseModel):
     ref: str | None = Field(None, max_length=64)
 
     def to_filter(self) -> RecordFilter:
-        return RecordFilter(**self.model_dump())
+        """The store's filter; ``model_version`` may name the model as ``name/version`` (the
+        notation every page, API answer and command uses) or ``name@version``.
+
+        Raises:
+            ValidationError: ``name/version`` that contradicts ``model_name``.
+        """
+        values = self.model_dump()
+        given = values.get("model_version") or ""
+        for sep in ("/", "@"):
+            if sep in given:
+                name, _, version = given.partition(sep)
+                if values.get("model_name") not in (None, name):
+                    raise ValidationError(f"model_version {given!r} names model {name!r} but model_name is "
+                                          f"{values['model_name']!r}")
+                values["model_name"], values["model_version"] = name or None, version or None
+                break
+        return RecordFilter(**values)
 
 
 class ListParams(FilterParams):
@@ -151,6 +223,18 @@ def frame_status(log: SqlInspectionLog, rec: StoredRecord) -> dict[str, Any]:
             "text": "TAMPERED: the frame was stored with this record and is gone, and no prune record removed it."}
 
 
+def app_cards(conn: HTTPConnection) -> CardLookup | None:
+    """The app's card lookup (one per app, cached), from its settings' model registry."""
+    state = conn.app.state
+    lookup = getattr(state, "audit_cards", None)
+    if lookup is None:
+        settings = getattr(state, "settings", None)
+        if settings is None:
+            return None
+        lookup = state.audit_cards = registry_cards(settings.models_dir)
+    return lookup
+
+
 def audit_router(
     *,
     require: Any = None,
@@ -164,22 +248,28 @@ def audit_router(
         require = Require(*AUDIT_ROLES)
     LogDep = Annotated[SqlInspectionLog, Depends(get_log)]
     WhoDep = Annotated[Any, Depends(require)]
+    CardsDep = Annotated[CardLookup | None, Depends(app_cards)]
     router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
     @router.get("/records", summary="Records matching the filters, one page at a time (cursor = seq)")
-    def list_records(who: WhoDep, log: LogDep, params: Annotated[ListParams, Query()]) -> dict[str, Any]:
+    def list_records(who: WhoDep, log: LogDep, cards: CardsDep,
+                     params: Annotated[ListParams, Query()]) -> dict[str, Any]:
         flt = FilterParams.model_validate(params.model_dump(include=set(FilterParams.model_fields))).to_filter()
         page = query_records(log, flt, cursor=params.cursor, limit=params.limit, order=params.order)
-        return {"records": [record_json(r, log) for r in page.records], "next_cursor": page.next_cursor}
+        out: dict[str, Any] = {"records": [record_json(r, log, cards) for r in page.records],
+                               "next_cursor": page.next_cursor}
+        if params.cursor is None:  # the first page of a search carries its total
+            out["total"] = count_records(log, flt)
+        return out
 
     @router.get("/records/{inspection_id}", summary="One record, its dispositions, frame and chain status")
-    def get_record(who: WhoDep, log: LogDep, inspection_id: str) -> dict[str, Any]:
+    def get_record(who: WhoDep, log: LogDep, cards: CardsDep, inspection_id: str) -> dict[str, Any]:
         rec = log.get(inspection_id)
         refs = query_records(log, RecordFilter(ref=inspection_id), limit=MAX_LIMIT, order="asc")
         sha = rec.entry.frame_sha256
         return {
-            "record": record_json(rec, log),
-            "related": [record_json(r, log) for r in refs.records],
+            "record": record_json(rec, log, cards),
+            "related": [record_json(r, log, cards) for r in refs.records],
             "frame": {"sha256": sha, "stored": log.has_frame(sha),
                       "url": f"/v1/audit/records/{inspection_id}/frame" if log.has_frame(sha) else None,
                       **frame_status(log, rec)},

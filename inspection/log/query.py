@@ -117,3 +117,16 @@ def query_records(
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(records=rows, next_cursor=rows[-1].seq if more and rows else None)
+
+
+def count_records(log: SqlInspectionLog, flt: RecordFilter | None = None) -> int:
+    """How many records match ``flt`` (the audit page's total; one indexed COUNT where the
+    filter allows, a scan otherwise: asked once per search, not per page)."""
+    from sqlalchemy import func
+
+    clauses = (flt or RecordFilter()).where()
+    q = select(func.count()).select_from(records)
+    if clauses:
+        q = q.where(and_(*clauses))
+    with log.read() as conn:
+        return int(conn.execute(q).scalar_one())

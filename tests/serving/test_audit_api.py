@@ -52,6 +52,34 @@ def test_list_filters_by_part_and_decision(client: TestClient, keys: dict[str, s
     assert [(r["inspection_id"], r["decision"]) for r in one] == [(inspected["B1"]["inspection_id"], "pass")]
 
 
+def test_every_decision_says_in_words_what_decided_with_one_model_notation(
+    client: TestClient, keys: dict[str, str], inspected: dict[str, Any]
+) -> None:
+    h = auth(keys, "auditor")
+    page = client.get("/v1/audit/records", params={"kind": "inspection", "order": "asc"}, headers=h).json()
+    assert page["total"] == 5
+    by_part = {r["part_id"]: r for r in page["records"]}
+    reject, passed = by_part["A2"], by_part["A1"]
+    threshold = f"{inspected['A2']['threshold']:.3f}"
+    assert reject["summary"] == f"P(defect) {inspected['A2']['score']:.3f} ≥ threshold {threshold} → reject"
+    assert passed["summary"].startswith("P(defect)") and passed["summary"].endswith("→ pass")
+    assert " < threshold " in passed["summary"]
+    assert passed["defect_class"] is None and reject["defect_class"]  # a pass names no defect
+    assert reject["model"] == inspected["A2"]["model_version"] == "tiny/v1"
+    # the filter takes the notation every answer uses (and the older ones)
+    for value in ("tiny/v1", "tiny@v1", "v1"):
+        got = client.get("/v1/audit/records", params={"kind": "inspection", "model_version": value}, headers=h).json()
+        assert got["total"] == 5, value
+    none = client.get("/v1/audit/records", params={"kind": "inspection", "model_version": "other/v1"}, headers=h)
+    assert none.json()["total"] == 0
+    clash = client.get("/v1/audit/records", params={"model_version": "tiny/v1", "model_name": "other"}, headers=h)
+    assert clash.status_code in (400, 422) and "names model 'tiny'" in clash.json()["detail"]
+    part = client.get("/v1/audit/records", params={"kind": "part", "part_id": "A2"}, headers=h).json()["records"][0]
+    assert part["summary"] == "part reject: rejected by cam (1 of 1 views)"
+    # the old raw forms are gone from what the page shows
+    assert "@" not in (reject["model"] or "") and "0.5962327718734741" not in reject["summary"]
+
+
 def test_cursor_pagination_walks_every_record_once(
     client: TestClient, keys: dict[str, str], inspected: dict[str, Any]
 ) -> None:

@@ -167,3 +167,78 @@ def test_the_detail_says_whether_the_frame_is_intact_and_shows_undecodable_frame
         # the chain of the record itself is fine in every case: the frame status is what tells
         expect(page.get_by_test_id("chain-status")).to_contain_text("verify")
     page.close()
+
+
+@pytest.mark.parametrize("viewport", [(1366, 768), (1920, 1080)])
+def test_an_auditor_reaches_a_parts_frame_decision_and_plc_ack_in_three_clicks(
+    tmp_path: Path, models_dir: Path, keys: dict[str, str], browser: Any, viewport: tuple[int, int]
+) -> None:
+    import uvicorn
+    from playwright.sync_api import expect
+    from pymodbus.client import ModbusTcpClient
+
+    from serving.app import create_app
+    from serving.line import registers as reg
+    from serving.settings import build_settings
+    from tests.serving.conftest import settings_data
+
+    modbus = free_port()
+    data = settings_data(tmp_path, models_dir, keys)
+    data["stations"][SINGLE]["line"] = {"plc": {"ack_deadline_s": 60}, "modbus": {"enabled": True, "port": modbus}}
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(build_settings(data)), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url) as http:
+            for part, level in (("SER-41", 250), ("SER-42", 5), ("SER-43", 250)):
+                r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": part},
+                              content=png(level, seed=level), headers={"Content-Type": "image/png",
+                                                                       "Authorization": f"Bearer {keys['line']}"})
+                assert r.status_code == 200, r.text
+            plc = ModbusTcpClient("127.0.0.1", port=modbus, timeout=5)
+            assert plc.connect()
+            try:
+                for _ in range(3):  # the PLC acknowledges the three part results in order
+                    w = plc.read_holding_registers(0, count=reg.REGISTER_COUNT).registers
+                    seq = reg.join_u32(w[reg.RESULT_SEQ], w[reg.RESULT_SEQ + 1])
+                    assert not plc.write_register(reg.RESULT_ACK, seq).isError()
+                    assert not plc.write_register(reg.RESULT_ACK, 0).isError()
+            finally:
+                plc.close()
+            auditor = {"Authorization": f"Bearer {keys['auditor']}"}
+            end = time.monotonic() + 10
+            while len(http.get("/v1/audit/records", params={"kind": "plc_ack"}, headers=auditor).json()["records"]) < 3:
+                assert time.monotonic() < end, "plc_ack records not written"
+                time.sleep(0.1)
+        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+        page.goto(f"{url}/audit")
+        page.fill("#api-key", keys["auditor"])
+        page.click("#save-key")
+        expect(page.get_by_test_id("count")).to_contain_text(" of ")
+        # the columns fit without horizontal scrolling, model and frame included
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        assert page.evaluate("[...document.querySelectorAll('section')].every(s => s.scrollWidth <= s.clientWidth)")
+        page.get_by_test_id("filter-part").fill("SER-42")
+        page.get_by_test_id("filter-part").press("Enter")
+        expect(page.locator("#rows tr")).to_have_count(3)  # the frame, the part, the PLC's acknowledgement
+        expect(page.get_by_test_id("count")).to_have_text("3 of 3 record(s) shown")
+        page.locator("#rows tr").filter(has=page.locator("td.kind", has_text="part")).click()  # click 1: the part
+        expect(page.get_by_test_id("decision-summary")).to_contain_text("part reject: rejected by cam")
+        expect(page.get_by_test_id("related")).to_contain_text("PLC acknowledged")
+        page.get_by_test_id("links").get_by_role("link").first.click()  # click 2: its frame's record
+        expect(page.get_by_test_id("decision-summary")).to_contain_text("P(defect)")
+        expect(page.get_by_test_id("decision-summary")).to_contain_text("→ reject")
+        expect(page.get_by_test_id("frame-status")).to_contain_text("Frame matches its sha256")
+        page.wait_for_function("document.querySelector('#detail img[data-testid=frame]').naturalWidth > 0")
+        expect(page.get_by_test_id("links")).to_contain_text("part SER-42: reject")
+        page.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
