@@ -24,7 +24,7 @@ from starlette.requests import HTTPConnection, Request
 
 from inspection.card import ModelCard
 from inspection.decisions import explain
-from inspection.errors import ConflictError, InspectionError, NotFoundError, ValidationError
+from inspection.errors import ConflictError, InspectionError, NotFoundError
 from inspection.log.chain import VerifyReport
 from inspection.log.export import MEDIA_TYPES, iter_export, record_dict
 from inspection.log.framestore import check_sha
@@ -121,23 +121,8 @@ class FilterParams(BaseModel):
     ref: str | None = Field(None, max_length=64)
 
     def to_filter(self) -> RecordFilter:
-        """The store's filter; ``model_version`` may name the model as ``name/version`` (the
-        notation every page, API answer and command uses) or ``name@version``.
-
-        Raises:
-            ValidationError: ``name/version`` that contradicts ``model_name``.
-        """
-        values = self.model_dump()
-        given = values.get("model_version") or ""
-        for sep in ("/", "@"):
-            if sep in given:
-                name, _, version = given.partition(sep)
-                if values.get("model_name") not in (None, name):
-                    raise ValidationError(f"model_version {given!r} names model {name!r} but model_name is "
-                                          f"{values['model_name']!r}")
-                values["model_name"], values["model_version"] = name or None, version or None
-                break
-        return RecordFilter(**values)
+        """The store's filter (``model_version`` may be ``name/version``: ``RecordFilter`` splits it)."""
+        return RecordFilter(**self.model_dump())
 
 
 class ListParams(FilterParams):

@@ -44,7 +44,8 @@ def _filters(p: argparse.ArgumentParser) -> None:
         "kind",
         "ref",
     ):
-        g.add_argument(f"--{name}", dest=name.replace("-", "_"))
+        g.add_argument(f"--{name}", dest=name.replace("-", "_"),
+                       help="NAME/VERSION, or the version alone" if name == "model-version" else None)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -135,10 +136,12 @@ def cmd_list(args: argparse.Namespace) -> int:
             "part_id",
             "decision",
             "defect_class",
-            "model_version",
+            "model",
             "inspection_id",
         )
         dicts = [record_dict(r) for r in page.records]
+        for d in dicts:  # one notation everywhere: name/version
+            d["model"] = f"{d['model_name']}/{d['model_version']}" if d.get("model_name") else d.get("model_version")
         rows = [["-" if d[c] is None else str(d[c]) for c in cols] for d in dicts]
         widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(cols)]
         print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))

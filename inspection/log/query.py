@@ -39,6 +39,17 @@ class RecordFilter:
     ref: str | None = None
 
     def __post_init__(self) -> None:
+        # One model notation everywhere: ``name/version`` (or ``name@version``) names both fields.
+        given = self.model_version or ""
+        for sep in ("/", "@"):
+            if sep in given:
+                name, _, version = given.partition(sep)
+                if self.model_name not in (None, name):
+                    raise ValidationError(f"model_version {given!r} names model {name!r} but model_name is "
+                                          f"{self.model_name!r}")
+                object.__setattr__(self, "model_name", name or None)  # frozen: set once, here
+                object.__setattr__(self, "model_version", version or None)
+                break
         for name in _EXACT_FIELDS:
             value = getattr(self, name)
             if value is not None and "\x00" in value:

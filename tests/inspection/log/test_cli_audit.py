@@ -95,3 +95,20 @@ def test_prune_needs_a_limit_and_records_the_pruning(logs: Any, filled: list[Any
 def test_missing_sqlite_log_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "verify", "--log-url", f"sqlite:///{tmp_path}/nope.db"]) == 2
     assert "no inspection log at" in capsys.readouterr().err
+
+
+def test_list_names_models_as_name_slash_version_and_filters_by_it(
+    logs: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = logs.open()
+    for i, (name, version) in enumerate((("coat", "v1"), ("coat", "v2"), ("other", "v1"))):
+        log.append(LogEntry(kind="inspection", station="s1", part_id=f"M{i}", decision="pass", model_name=name,
+                            model_version=version))
+    log.close()
+    assert main(_args(logs, "audit", "list", "--model-version", "coat/v1")) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[8] == "model" and len(out) == 2 and "coat/v1" in out[1] and "M0" in out[1]
+    assert main(_args(logs, "audit", "list", "--model-version", "v1", "--json")) == 0
+    assert sorted(json.loads(line)["part_id"] for line in capsys.readouterr().out.splitlines()) == ["M0", "M2"]
+    assert main(_args(logs, "audit", "list", "--model-version", "coat/v1", "--model-name", "other")) == 2
+    assert "names model 'coat' but model_name is 'other'" in capsys.readouterr().err
