@@ -76,7 +76,7 @@ class SimulatedPlc(threading.Thread):
                 self.results.append((seq, part, decision))
                 del self.results[: max(0, len(self.results) - self._keep)]
                 log.debug("simulated PLC: part %s %s (result %d) acknowledged", part or "?", decision, seq)
-        except ModbusException as exc:
+        except (ModbusException, OSError) as exc:  # a server killed mid-read resets the socket
             if not self._stop_flag.is_set():
                 log.warning("simulated PLC: Modbus connection lost: %s", exc)
         finally:
