@@ -162,10 +162,32 @@ def _list(args: argparse.Namespace) -> int:
     if not versions:
         print(f"no model versions under {reg.root}")
         return 0
-    for v in versions:
-        where = f"  [active: {', '.join(sorted(active[v.model_id]))}]" if v.model_id in active else ""
-        print(f"{v.model_id:32s} {v.card.created:%Y-%m-%d %H:%M} {v.card.arch:18s} {_headline(v.card)}{where}")
+    rows = [["model", "created (UTC)", "arch", "test", "active for"]]
+    rows += [[v.model_id, f"{v.card.created:%Y-%m-%d %H:%M}", v.card.arch, _headline(v.card),
+              ", ".join(sorted(active.get(v.model_id, []))) or "-"] for v in versions]
+    print(_table(rows))
     return 0
+
+
+def _table(rows: list[list[str]]) -> str:
+    """Rows as aligned columns, the first row the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _target_text(target: dict[str, Any] | None) -> str:
+    if not target:
+        return "-"
+    words = {"max_escape": "escape at most", "max_overkill": "overkill at most"}
+    return ", ".join(f"{words.get(k, k)} {v:.1%}" if isinstance(v, float) else f"{k} {v}" for k, v in target.items())
+
+
+def _split_table(counts: dict[str, dict[str, int]], classes: list[str]) -> str:
+    order = ("train", "val", "test")
+    splits = [s for s in order if s in counts] + [s for s in counts if s not in order]
+    rows = [["class", *splits]] + [[c, *(str(counts[s].get(c, 0)) for s in splits)] for c in classes]
+    rows.append(["total", *(str(sum(counts[s].values())) for s in splits)])
+    return "\n".join("          " + line for line in _table(rows).splitlines())
 
 
 def _input_text(spec: InputSpec) -> str:
@@ -191,12 +213,14 @@ def _show(args: argparse.Namespace) -> int:
     lines = [
         f"{card.model_id}  ({mv.path})",
         f"created   {card.created.isoformat()}   code {card.code_version}   arch {card.arch}",
-        f"classes   {card.classes}  good class: {card.good_class}",
+        f"classes   {', '.join(card.classes)}  (good class: {card.good_class or 'none'})",
         f"input     {_input_text(card.input)}",
-        f"threshold reject when P(defect) >= {t.reject:.6g}  target {t.target or '-'}  per-class {t.per_class or '-'}"
+        f"threshold reject when P(defect) >= {t.reject:.6g}  target: {_target_text(t.target)}  per-class: "
+        + (", ".join(f"{c} >= {v:.6g}" for c, v in t.per_class.items()) or "-")
         + ("" if t.calibration.get("supported", True) else "  WARNING: target NOT supported by validation"),
         *([f"WARNING   {t.calibration['warning']}"] if t.calibration.get("warning") else []),
-        f"dataset   {card.dataset.name} ({card.dataset.fingerprint[:12]}…)  split {card.dataset.split_counts}",
+        f"dataset   {card.dataset.name} (fingerprint {card.dataset.fingerprint[:12]}…), split:",
+        *([_split_table(card.dataset.split_counts, card.classes)] if card.dataset.split_counts else []),
         (f"parity    max |torch - onnx| {card.parity.max_abs_diff:.2g} on {card.parity.n_images} test images "
          f"(tolerance {card.parity.tolerance:g}, {'passed' if card.parity.passed else 'FAILED'})"),
         f"test      {_headline(card)}",

@@ -65,10 +65,15 @@ def test_cli_list_show_promote_rollback(models: Path, capsys: pytest.CaptureFixt
     assert cli(["models", "show", "tiny/v2", "--verify", *d]) == 0
     out = capsys.readouterr().out
     assert "P(defect) >= 0.3" in out and "sha256 verified" in out
+    # words and tables, no Python reprs
+    assert "classes   good, scratch, dent" in out and "['" not in out and "{'" not in out
     assert cli(["models", "rollback", "--station", "s1", *d]) == 0
     assert "rolled back to tiny/v1" in capsys.readouterr().out
     assert cli(["models", "list", *d]) == 0
-    assert "[active: s1]" in capsys.readouterr().out
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["model", "created", "(UTC)", "arch", "test", "active", "for"]
+    assert [r.split()[0] for r in rows] == ["tiny/v1", "tiny/v2"]
+    assert rows[0].endswith("s1") and rows[1].endswith("-")
 
 
 def test_cli_refusals_exit_2_with_the_reason(models: Path, capsys: pytest.CaptureFixture[str]) -> None:
