@@ -133,6 +133,21 @@ def open_inspection_log(settings: ServeSettings) -> InspectionLog:
                     **options)
 
 
+async def _record_frame_store(store: SqlInspectionLog) -> None:
+    """Record where this server keeps frames when the log does not say so yet (or says
+    otherwise): ``inspection audit show`` reads it to find the frames (inspection.log.query)."""
+    from inspection.log.query import FRAME_STORE_EVENT, recorded_frames_dir
+    from inspection.log.records import LogEntry
+
+    where = str(store.frames.root.resolve()) if store.frames is not None else None
+    try:
+        if recorded_frames_dir(store) != where:
+            await store.append_async(LogEntry(kind="event", actor="server",
+                                              data={"event": FRAME_STORE_EVENT, "frames_dir": where}))
+    except InspectionError as exc:  # the log's own health watch reports a log that cannot write
+        log.error("could not record the frame store in the log: %s", exc)
+
+
 def create_app(
     settings: ServeSettings,
     *,
@@ -189,6 +204,7 @@ def create_app(
                 state.parts_repaired = await service.parts.repair_undecided(store)
             except InspectionError as exc:
                 log.error("could not search the log for parts left undecided by a crash: %s", exc)
+            await _record_frame_store(store)
         models.start_watching()
         try:
             async with AsyncExitStack() as stack:

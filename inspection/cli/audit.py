@@ -106,7 +106,18 @@ def _open(args: argparse.Namespace) -> Any:
             raise ConfigError(
                 f"no inspection log at {path}; allowed: an existing SQLite log file or a postgresql+psycopg:// url"
             )
-    return open_log(url, frames_dir=args.frames_dir, schema=args.schema)
+    log = open_log(url, frames_dir=args.frames_dir, schema=args.schema)
+    if args.frames_dir is None:
+        # The frames are where the server kept them (it records that in the log), not where a
+        # command would guess.
+        from inspection.log.query import recorded_frames_dir
+
+        recorded = recorded_frames_dir(log)
+        here = str(log.frames.root.resolve()) if log.frames is not None else None
+        if recorded and recorded != here and Path(recorded).is_dir():
+            log.close()
+            log = open_log(url, frames_dir=Path(recorded), schema=args.schema)
+    return log
 
 
 def _filter(args: argparse.Namespace) -> Any:

@@ -141,3 +141,28 @@ def count_records(log: SqlInspectionLog, flt: RecordFilter | None = None) -> int
         q = q.where(and_(*clauses))
     with log.read() as conn:
         return int(conn.execute(q).scalar_one())
+
+
+#: The ``event`` record a server appends when its frame store is new to the log (``data.event``).
+FRAME_STORE_EVENT = "frame_store"
+
+
+def recorded_frames_dir(log: SqlInspectionLog) -> str | None:
+    """The frame store the newest server recorded in this log (``None``: none recorded).
+
+    Servers append a ``frame_store`` event when the directory they keep frames in differs from
+    the last one recorded, so a command reading the log later (``inspection audit show``) finds
+    the frames without being told where the server kept them.
+    """
+    cursor = None
+    for _ in range(10):  # events are rare; a long run of other events ends the search
+        page = query_records(log, RecordFilter(kind="event"), cursor=cursor, limit=MAX_LIMIT, order="desc")
+        for rec in page.records:
+            data = rec.entry.data if isinstance(rec.entry.data, dict) else {}
+            if data.get("event") == FRAME_STORE_EVENT:
+                value = data.get("frames_dir")
+                return value if isinstance(value, str) else None
+        if page.next_cursor is None:
+            return None
+        cursor = page.next_cursor
+    return None

@@ -167,3 +167,24 @@ def test_server_started_from_another_directory_uses_the_settings_files_paths(tmp
                            "--checkpoints", str(conf / "cp" / "checkpoints.jsonl")],
                           capture_output=True, text=True, check=False, cwd=elsewhere)
     assert done.returncode == 0 and "chain OK" in done.stdout, done.stdout + done.stderr
+
+
+def test_audit_show_finds_the_frames_where_the_server_kept_them(tmp_path: Path, models_dir: Path,
+                                                                 keys: dict[str, str],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from inspection.cli import main as cli
+
+    frames = tmp_path / "elsewhere" / "frames"
+    settings = build_settings(settings_data(tmp_path, models_dir, keys, frames_dir=str(frames)))
+    with TestClient(create_app(settings)) as client:
+        reject = post_frame(client, keys, frame_png(DARK), part_id="R1").json()
+    with TestClient(create_app(settings)):
+        pass  # a restart with the same store records nothing new
+    url = settings.log_url
+    capsys.readouterr()
+    assert cli(["audit", "show", reject["inspection_id"], "--log-url", url]) == 0  # no --frames-dir
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["frame_stored"] is True
+    assert cli(["audit", "list", "--kind", "event", "--json", "--log-url", url]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["data"] for e in events] == [{"event": "frame_store", "frames_dir": str(frames.resolve())}]
