@@ -77,7 +77,7 @@ def _queue_options(settings: ServeSettings, models: ModelManager) -> L.QueueOpti
 
 def _current_prediction(settings: ServeSettings, models: ModelManager, rec: Any, data: bytes) -> dict[str, Any]:
     """The station's model *now* on this frame (it may differ from the one that decided it)."""
-    from inspection.decisions import decide
+    from inspection.decisions import decide, explain
     from inspection.preprocess import prepare_frame
 
     station = rec.entry.station or settings.labelling.import_station or next(iter(settings.stations))
@@ -89,8 +89,11 @@ def _current_prediction(settings: ServeSettings, models: ModelManager, rec: Any,
         return {"station": station, "error": str(exc)}
     d = decide(probs, model.card)
     predicted = model.card.classes[int(np.argmax(probs))]
+    why = explain(d.scores, good_class=model.card.good_class, threshold=d.threshold,
+                  per_class=model.card.thresholds.per_class, decision=d.decision)
     return {"station": station, "model_version": model.model_id, "decision": d.decision, "predicted_class": predicted,
-            "defect_class": d.defect_class, "score": d.score, "threshold": d.threshold, "scores": d.scores}
+            "defect_class": d.defect_class, "score": d.score, "threshold": d.threshold, "scores": d.scores,
+            "summary": why}
 
 
 def labelling_router() -> APIRouter:

@@ -48,6 +48,14 @@ def test_keyboard_labelling_undo_and_the_built_dataset(live: str, keys: dict[str
     frame_id = page.locator("[data-testid=frame-id]")
     expect(frame_id).not_to_have_text("")
     expect(page.locator("[data-testid=prediction]")).to_contain_text("tiny/v1")
+    # what the model said and why, in the rule's words: no "good, P(defect) 0.601 → reject"
+    prediction = page.locator("[data-testid=prediction]").inner_text()
+    assert "model tiny/v1 now: " in prediction and "threshold" in prediction
+    said_reject = "≥ threshold" in prediction and "→ reject" in prediction
+    assert said_reject or ("< threshold" in prediction and "→ pass" in prediction)
+    assert ": good," not in prediction
+    decided = page.locator("[data-testid=decided]").inner_text()
+    assert "P(defect)" in decided and " score " not in decided and "(threshold " not in decided
     page.wait_for_function("() => document.getElementById('frame').naturalWidth > 0")
     # A 32 px frame is fitted to the large view (zoomed in) once it has loaded.
     page.wait_for_function("() => parseFloat(document.getElementById('zoom').value) > 1")
@@ -76,6 +84,7 @@ def test_keyboard_labelling_undo_and_the_built_dataset(live: str, keys: dict[str
     d = press("1")
     expected[d] = "good"
     press("u", status=f"undone: {d}")  # d comes back, unlabelled again
+    assert page.locator("#status").get_attribute("class") != "error"  # information, not an error
     del expected[d]
     assert frame_id.inner_text() == d
     expect(page.locator("[data-testid=current-label]")).to_have_text("unlabelled")
