@@ -351,6 +351,21 @@ def labelling_queue(log: SqlInspectionLog, *, options: QueueOptions | None = Non
     return ordered[:limit]
 
 
+def queue_progress(log: SqlInspectionLog, *, options: QueueOptions | None = None) -> dict[str, Any]:
+    """How far labelling has come over the frames the queue draws from: labelled of total, by class.
+
+    Counted over the same frames as :func:`labelling_queue` (at most ``MAX_LIMIT``; ``capped``
+    says when there are more).
+    """
+    everything = labelling_queue(log, options=options, limit=MAX_LIMIT, include_labelled=True)
+    by_class: dict[str, int] = {}
+    for q in everything:
+        if q.label is not None:
+            by_class[q.label] = by_class.get(q.label, 0) + 1
+    return {"labelled": sum(by_class.values()), "total": len(everything), "by_class": by_class,
+            "capped": len(everything) >= MAX_LIMIT}
+
+
 def import_unlabelled(log: SqlInspectionLog, files: Iterable[tuple[str, bytes]], *, actor: str | None,
                       station: str | None = None) -> list[StoredRecord]:
     """Bring frames without labels into the log (``event`` records with the frame stored).

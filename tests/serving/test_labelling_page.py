@@ -81,9 +81,15 @@ def test_keyboard_labelling_undo_and_the_built_dataset(live: str, keys: dict[str
     b = press("3")
     expected[b] = "dent"
     skipped = press("s")
+    labelled_before = len(expected)
     d = press("1")
     expected[d] = "good"
+    # progress counted by the server over every queued frame, kept in step here
+    expect(page.locator("#remaining")).to_contain_text(f"{labelled_before + 1} of ")
+    expect(page.locator("#remaining")).to_contain_text("good ")
+    assert "more in the queue" not in page.locator("#remaining").inner_text()
     press("u", status=f"undone: {d}")  # d comes back, unlabelled again
+    expect(page.locator("#remaining")).to_contain_text(f"{labelled_before} of ")
     assert page.locator("#status").get_attribute("class") != "error"  # information, not an error
     del expected[d]
     assert frame_id.inner_text() == d
