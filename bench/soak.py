@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import errno
 import itertools
 import json
 import os
@@ -197,10 +198,15 @@ def _fill(where: Path, headroom_kb: int) -> Path:
     st = os.statvfs(where)
     size = max(0, st.f_bavail * st.f_frsize - headroom_kb * 1024)
     ballast = where / "ballast"
-    with ballast.open("wb") as fh:
+    with ballast.open("wb", buffering=0) as fh:
         chunk = b"\0" * (1 << 20)
         while size > 0:
-            fh.write(chunk[: min(size, len(chunk))])
+            try:
+                fh.write(chunk[: min(size, len(chunk))])
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break  # the log took the rest meanwhile: the disk is as full as intended
             size -= len(chunk)
     return ballast
 

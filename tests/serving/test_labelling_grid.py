@@ -1,0 +1,78 @@
+"""The labelling page's grid view (20 frames at a time, labelled by keyboard) and any number of
+classes (keys for the first nine, a picker for the rest), in Chromium against a real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from serving.settings import ServeSettings, build_settings
+from tests.helpers.tiny_model import frame_png
+from tests.serving.conftest import SINGLE, auth, settings_data
+from tests.serving.test_audit_page import browser, live  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.browser
+
+CLASSES = ["good", "scratch", "dent", *(f"defect-{i}" for i in range(4, 12))]  # 11 classes
+
+
+@pytest.fixture
+def settings(tmp_path: Path, models_dir: Path, keys: dict[str, str]) -> ServeSettings:
+    return build_settings(settings_data(tmp_path, models_dir, keys, frame_sample_rate=1.0,
+                                        labelling={"classes": CLASSES}))
+
+
+def _labels(base: str, keys: dict[str, str]) -> dict[str, Any]:
+    r = httpx.get(f"{base}/v1/labelling/queue", params={"include_labelled": "true", "limit": 100},
+                  headers=auth(keys, "engineer"))
+    return r.json()
+
+
+def test_the_grid_labels_twenty_frames_by_keyboard_and_the_picker_offers_every_class(
+    live: str, keys: dict[str, str], browser: Any  # noqa: F811
+) -> None:
+    from playwright.sync_api import expect
+
+    with httpx.Client(base_url=live, headers=auth(keys, "line")) as http:
+        for i in range(25):
+            r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": f"G{i}"},
+                          content=frame_png(30 + 8 * i, seed=i), headers={"Content-Type": "image/png"})
+            assert r.status_code == 200, r.text
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(f"{live}/label")
+    page.fill("#api-key", keys["engineer"])
+    page.click("#save-key")
+    expect(page.get_by_test_id("frame-id")).not_to_have_text("")
+    # nine keys, and a picker with the other two classes
+    expect(page.locator("#classes button")).to_have_count(9)
+    expect(page.get_by_test_id("more-classes").locator("option")).to_have_count(2)
+
+    page.keyboard.press("g")
+    tiles = page.get_by_test_id("tile")
+    expect(tiles).to_have_count(20)
+    page.keyboard.press("a")  # select the twenty
+    expect(page.locator(".tile.selected")).to_have_count(20)
+    page.keyboard.press("2")  # scratch, for all of them
+    expect(page.locator(".tile.done")).to_have_count(20)
+    expect(page.get_by_test_id("status")).to_have_text("20 frame(s) labelled scratch")
+    assert page.get_by_test_id("status").get_attribute("class") != "error"
+    expect(page.locator("#remaining")).to_contain_text("20 of 25 labelled (scratch 20)")
+    # correct one by moving to it and pressing another key
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("3")
+    expect(page.locator("#remaining")).to_contain_text("(scratch 19, dent 1)")
+    # the next page of the grid has the five left; the picker labels one with the eleventh class
+    page.keyboard.press("n")
+    expect(tiles).to_have_count(5)
+    page.get_by_test_id("more-classes").select_option("defect-11")
+    page.click("#label-more")
+    expect(page.locator(".tile.done")).to_have_count(1)
+
+    body = _labels(live, keys)
+    given = {item["frame_id"]: item["label"] for item in body["items"] if item["label"]}
+    assert len(given) == 21 and sorted(set(given.values())) == ["defect-11", "dent", "scratch"]
+    assert body["progress"]["labelled"] == 21 and body["progress"]["total"] == 25
+    page.close()
