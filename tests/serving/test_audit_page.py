@@ -237,6 +237,13 @@ def test_an_auditor_reaches_a_parts_frame_decision_and_plc_ack_in_three_clicks(
         expect(page.get_by_test_id("decision-summary")).to_contain_text("→ reject")
         expect(page.get_by_test_id("frame-status")).to_contain_text("Frame matches its sha256")
         page.wait_for_function("document.querySelector('#detail img[data-testid=frame]').naturalWidth > 0")
+        frame = page.locator("#detail img[data-testid=frame]")
+        fitted = frame.bounding_box()["width"]  # type: ignore[index]
+        frame.click()  # zoom: 4x the frame's own pixels
+        expect(frame).to_have_class("zoomed")
+        assert frame.bounding_box()["width"] == pytest.approx(4 * frame.evaluate("i => i.naturalWidth"), abs=3)  # type: ignore[index]  # + border
+        frame.click()
+        assert frame.bounding_box()["width"] == pytest.approx(fitted, abs=1)  # type: ignore[index]
         expect(page.get_by_test_id("links")).to_contain_text("part SER-42: reject")
         page.close()
     finally:
