@@ -78,6 +78,10 @@ class RecordFilter:
             value = getattr(self, name)
             if value is not None:
                 clauses.append(records.c[name] == value)
+        if self.decision is not None and self.kind is None:
+            # "Rejected parts and frames": a disposition that overrides to reject is not one
+            # (ask for kind=disposition to find those).
+            clauses.append(records.c.kind.in_(("inspection", "part")))
         return clauses
 
 

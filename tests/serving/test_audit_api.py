@@ -80,6 +80,23 @@ def test_every_decision_says_in_words_what_decided_with_one_model_notation(
     assert "@" not in (reject["model"] or "") and "0.5962327718734741" not in reject["summary"]
 
 
+def test_a_disposition_is_not_a_rejected_part_and_overrides_are_marked(
+    client: TestClient, keys: dict[str, str], inspected: dict[str, Any]
+) -> None:
+    h = auth(keys, "auditor")
+    target = inspected["A1"]["inspection_id"]  # a pass, overridden to reject
+    r = client.post(f"/v1/audit/records/{target}/dispositions", json={"action": "override", "decision": "reject",
+                                                                       "note": "scratch seen at the bench"}, headers=h)
+    assert r.status_code in (200, 201), r.text
+    rejects = client.get("/v1/audit/records", params={"decision": "reject"}, headers=h).json()
+    assert {x["kind"] for x in rejects["records"]} <= {"inspection", "part"}
+    assert rejects["total"] == len(rejects["records"]) == 4  # A2 and B2: their frames and their parts
+    overrides = client.get("/v1/audit/records", params={"decision": "reject", "kind": "disposition"}, headers=h)
+    assert [x["ref"] for x in overrides.json()["records"]] == [target]
+    detail = client.get(f"/v1/audit/records/{target}", headers=h).json()
+    assert [(x["kind"], x["data"]["action"]) for x in detail["related"]] == [("disposition", "override")]
+
+
 def test_cursor_pagination_walks_every_record_once(
     client: TestClient, keys: dict[str, str], inspected: dict[str, Any]
 ) -> None:

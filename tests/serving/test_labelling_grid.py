@@ -31,8 +31,9 @@ def _labels(base: str, keys: dict[str, str]) -> dict[str, Any]:
     return r.json()
 
 
+@pytest.mark.parametrize("viewport", [(1366, 768), (1920, 1080)])
 def test_the_grid_labels_twenty_frames_by_keyboard_and_the_picker_offers_every_class(
-    live: str, keys: dict[str, str], browser: Any  # noqa: F811
+    live: str, keys: dict[str, str], browser: Any, viewport: tuple[int, int]  # noqa: F811
 ) -> None:
     from playwright.sync_api import expect
 
@@ -41,7 +42,7 @@ def test_the_grid_labels_twenty_frames_by_keyboard_and_the_picker_offers_every_c
             r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": f"G{i}"},
                           content=frame_png(30 + 8 * i, seed=i), headers={"Content-Type": "image/png"})
             assert r.status_code == 200, r.text
-    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     page.goto(f"{live}/label")
     page.fill("#api-key", keys["engineer"])
     page.click("#save-key")
@@ -70,6 +71,7 @@ def test_the_grid_labels_twenty_frames_by_keyboard_and_the_picker_offers_every_c
     page.get_by_test_id("more-classes").select_option("defect-11")
     page.click("#label-more")
     expect(page.locator(".tile.done")).to_have_count(1)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
     body = _labels(live, keys)
     given = {item["frame_id"]: item["label"] for item in body["items"] if item["label"]}
