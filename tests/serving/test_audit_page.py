@@ -228,6 +228,8 @@ def test_an_auditor_reaches_a_parts_frame_decision_and_plc_ack_in_three_clicks(
         page.get_by_test_id("filter-part").fill("SER-42")
         page.get_by_test_id("filter-part").press("Enter")
         expect(page.locator("#rows tr")).to_have_count(3)  # the frame, the part, the PLC's acknowledgement
+        models = page.locator("#rows td.model").all_inner_texts()
+        assert "tiny/v1" in models and not any("@" in m for m in models)  # one notation: name/version
         expect(page.get_by_test_id("count")).to_have_text("3 of 3 record(s) shown")
         page.locator("#rows tr").filter(has=page.locator("td.kind", has_text="part")).click()  # click 1: the part
         expect(page.get_by_test_id("decision-summary")).to_contain_text("part reject: rejected by cam")
