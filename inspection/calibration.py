@@ -370,3 +370,11 @@ def load_scores(path: Path, *, n_classes: int | None = None) -> StoredScores:
         raise ModelCardError(f"{path}: stored scores cannot be read: {exc}") from None
     return _checked(raw["val_probs"], raw["val_labels"], raw["test_probs"], raw["test_labels"],
                     n_classes=n_classes, where=str(path))
+
+
+def target_text(target: dict[str, Any] | None) -> str:
+    """``{"max_escape": 0.05}`` in words: "escape ≤ 5%" (the report, ``models show``)."""
+    if not target:
+        return "no target"
+    words = {"max_escape": "escape", "max_overkill": "overkill"}
+    return ", ".join(f"{words.get(k, k)} ≤ {float(v):.2%}".replace(".00%", "%") for k, v in target.items())

@@ -12,6 +12,9 @@ overkills (what the model saw, with scores), the escape–overkill trade-off tab
 chosen on validation; validation and test rates with CIs) and the full escape–overkill curve on
 validation and test, per-class precision/recall/F1, ROC and precision–recall curves for defect
 vs good (only for models with a good class), and the training history.
+
+Why one module over 400 lines: the report is one HTML document whose sections share the
+figures computed once in ``write_report``; split, each part would recompute or pass them all.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from inspection import metrics
-from inspection.calibration import tradeoff_at, tradeoff_text
+from inspection.calibration import target_text, tradeoff_at, tradeoff_text
 
 #: Thumbnails per gallery (escapes, overkills): the worst first; enough to see a pattern.
 GALLERY_MAX = 24
@@ -164,14 +167,6 @@ def _thumbnail(image: np.ndarray) -> str:
                          interpolation=cv2.INTER_AREA)
     ok, png = cv2.imencode(".png", hwc)
     return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii") if ok else ""
-
-
-def target_text(target: dict[str, Any] | None) -> str:
-    """``{"max_escape": 0.05}`` in words: "escape ≤ 5%"."""
-    if not target:
-        return "no target"
-    words = {"max_escape": "escape", "max_overkill": "overkill"}
-    return ", ".join(f"{words.get(k, k)} ≤ {float(v):.2%}".replace(".00%", "%") for k, v in target.items())
 
 
 def target_misses(target: dict[str, Any] | None, op: dict[str, Any]) -> list[str]:

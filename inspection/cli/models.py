@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from inspection.calibration import DEFAULT_OVERKILL_LIMIT, tradeoff_text
+from inspection.calibration import DEFAULT_OVERKILL_LIMIT, target_text, tradeoff_text
 from inspection.card import InputSpec
 from inspection.cli import compare as _gate
 from inspection.cli.compare import add_compare, add_gate_arguments
@@ -175,13 +175,6 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-def _target_text(target: dict[str, Any] | None) -> str:
-    if not target:
-        return "-"
-    words = {"max_escape": "escape at most", "max_overkill": "overkill at most"}
-    return ", ".join(f"{words.get(k, k)} {v:.1%}" if isinstance(v, float) else f"{k} {v}" for k, v in target.items())
-
-
 def _split_table(counts: dict[str, dict[str, int]], classes: list[str]) -> str:
     order = ("train", "val", "test")
     splits = [s for s in order if s in counts] + [s for s in counts if s not in order]
@@ -215,7 +208,7 @@ def _show(args: argparse.Namespace) -> int:
         f"created   {card.created.isoformat()}   code {card.code_version}   arch {card.arch}",
         f"classes   {', '.join(card.classes)}  (good class: {card.good_class or 'none'})",
         f"input     {_input_text(card.input)}",
-        f"threshold reject when P(defect) >= {t.reject:.6g}  target: {_target_text(t.target)}  per-class: "
+        f"threshold reject when P(defect) >= {t.reject:.6g}  target: {target_text(t.target)}  per-class: "
         + (", ".join(f"{c} >= {v:.6g}" for c, v in t.per_class.items()) or "-")
         + ("" if t.calibration.get("supported", True) else "  WARNING: target NOT supported by validation"),
         *([f"WARNING   {t.calibration['warning']}"] if t.calibration.get("warning") else []),
