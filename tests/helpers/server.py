@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -49,3 +52,34 @@ def wait_ready(proc: subprocess.Popen[str], base: str, timeout_s: float = 60.0) 
             out = proc.stdout.read() if proc.stdout else ""
             raise AssertionError(f"the server did not become ready (exit code {proc.returncode}): {out}")
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def uvicorn_in_thread(app: Any, timeout_s: float = 30.0) -> Iterator[str]:
+    """The real app under uvicorn on a free port, in a thread of this process; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise AssertionError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def until(predicate: Callable[[], Any], what: str, timeout_s: float = 10.0, step_s: float = 0.01) -> None:
+    """Wait until ``predicate()`` is true; AssertionError naming ``what`` after ``timeout_s``."""
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(step_s)

@@ -3,7 +3,6 @@ filter by part id and by decision, and see exactly the expected rows; open a rec
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from serving.settings import ServeSettings
-from tests.helpers.server import free_port
+from tests.helpers.server import free_port, uvicorn_in_thread
 from tests.serving.conftest import SINGLE
 from tests.serving.test_audit_api import png
 
@@ -27,23 +26,10 @@ pytestmark = pytest.mark.browser
 @pytest.fixture
 def live(settings: ServeSettings) -> Iterator[str]:
     """The real app under uvicorn on a free port (in a thread of this process)."""
-    import uvicorn
-
     from serving.app import create_app
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with uvicorn_in_thread(create_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture
@@ -173,7 +159,6 @@ def test_the_detail_says_whether_the_frame_is_intact_and_shows_undecodable_frame
 def test_an_auditor_reaches_a_parts_frame_decision_and_plc_ack_in_three_clicks(
     tmp_path: Path, models_dir: Path, keys: dict[str, str], browser: Any, viewport: tuple[int, int]
 ) -> None:
-    import uvicorn
     from playwright.sync_api import expect
     from pymodbus.client import ModbusTcpClient
 
@@ -185,17 +170,7 @@ def test_an_auditor_reaches_a_parts_frame_decision_and_plc_ack_in_three_clicks(
     modbus = free_port()
     data = settings_data(tmp_path, models_dir, keys)
     data["stations"][SINGLE]["line"] = {"plc": {"ack_deadline_s": 60}, "modbus": {"enabled": True, "port": modbus}}
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(build_settings(data)), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with uvicorn_in_thread(create_app(build_settings(data))) as url:
         with httpx.Client(base_url=url) as http:
             for part, level in (("SER-41", 250), ("SER-42", 5), ("SER-43", 250)):
                 r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": part},
@@ -248,6 +223,3 @@ def test_an_auditor_reaches_a_parts_frame_decision_and_plc_ack_in_three_clicks(
         assert frame.bounding_box()["width"] == pytest.approx(fitted, abs=1)  # type: ignore[index]
         expect(page.get_by_test_id("links")).to_contain_text("part SER-42: reject")
         page.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

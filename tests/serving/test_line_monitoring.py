@@ -5,7 +5,6 @@ included), the event stream's bounded buffer, and the ``/line`` page live in Chr
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from inspection.registry import ModelRegistry
 from serving.app import create_app
 from serving.monitoring.page import EVENT_BUFFER, AlarmSubscriber
 from serving.settings import ServeSettings, build_settings
-from tests.helpers.server import free_port
+from tests.helpers.server import uvicorn_in_thread
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png, make_model_version
 from tests.serving.conftest import SINGLE, STATION, all_records, auth, post_frame, settings_data
 from tests.serving.test_audit_page import browser, live  # noqa: F401  (fixtures)
@@ -183,17 +181,7 @@ def test_the_page_updates_live_while_frames_flow(tmp_path: Path, watched_models:
     # Its own server: the shared ``live`` fixture serves the default settings, this one a model
     # with a reference and a chart point every 10 parts.
     settings = _settings(tmp_path, watched_models, keys, subgroup_parts=10)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with uvicorn_in_thread(create_app(settings)) as url:
         for width, height in ((1920, 1080), (1366, 768)):
             page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(f"{url}/line?station={SINGLE}")
@@ -215,9 +203,6 @@ def test_the_page_updates_live_while_frames_flow(tmp_path: Path, watched_models:
             # readable without horizontal scrolling
             assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
             page.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.mark.parametrize(("now", "start"), [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +14,11 @@ from serving.app import create_app
 from serving.line import registers as reg
 from serving.line.registers import Decision, StatusBit
 from serving.settings import build_settings
+from tests.helpers.server import until
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
 from tests.serving.conftest import SINGLE, all_records, post_frame, settings_data
 from tests.serving.line.conftest import free_port
 from tests.serving.line.peers import MOSQUITTO, Broker, Subscriber
-
-
-def _until(predicate: Any, what: str, timeout_s: float = 10.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.mark.mqtt
@@ -56,7 +48,7 @@ def test_decisions_reach_the_plc_and_mqtt_and_acks_are_logged(
                     assert r.status_code == 200, r.text
                     answers.append(r.json())
                 line = client.app.state.line  # type: ignore[attr-defined]
-                _until(lambda: line.lines[SINGLE].handshake.counters.inspected == 3, "3 part decisions at the PLC")
+                until(lambda: line.lines[SINGLE].handshake.counters.inspected == 3, "3 part decisions at the PLC")
 
                 acked = []
                 for seq in (1, 2, 3):
@@ -74,23 +66,23 @@ def test_decisions_reach_the_plc_and_mqtt_and_acks_are_logged(
                 assert {d for _, d in acked} == {Decision.OK, Decision.NG}
 
                 # MQTT gets every decision: three frame inspections and three part decisions, in log order.
-                _until(lambda: len(sub.decisions()) >= 6, "6 MQTT decisions")
+                until(lambda: len(sub.decisions()) >= 6, "6 MQTT decisions")
                 published = [(m["kind"], m["inspection_id"]) for m in sub.decisions()]
                 assert published == [(r.entry.kind, r.entry.inspection_id) for r in records
                                      if r.entry.kind in ("inspection", "part")]
-                _until(lambda: any(t.endswith(f"{SINGLE}/status") and m.get("plc", {}).get("acknowledged") == 3
+                until(lambda: any(t.endswith(f"{SINGLE}/status") and m.get("plc", {}).get("acknowledged") == 3
                                    for t, m, _ in sub.messages), "status with PLC counters")
                 metrics = client.get("/metrics", headers={"Authorization": f"Bearer {keys['admin']}"}).text
             finally:
                 plc.close()
-            _until(lambda: len([r for r in all_records(client) if r.entry.kind == "plc_ack"]) == 3, "3 plc_ack records")
+            until(lambda: len([r for r in all_records(client) if r.entry.kind == "plc_ack"]) == 3, "3 plc_ack records")
             acks = [r for r in all_records(client) if r.entry.kind == "plc_ack"]
             assert [a.entry.ref for a in acks] == [r.entry.inspection_id for r in part_records]
             assert all(a.entry.data and a.entry.data["outcome"] == "acknowledged" for a in acks)
         assert 'inspection_plc_results_total{outcome="acknowledged",station="press-2"} 3.0' in metrics
         assert 'inspection_mqtt_published_total{station="press-2"} 6.0' in metrics
         # On a clean stop the retained status says offline.
-        _until(lambda: any(t.endswith(f"{SINGLE}/status") and m["state"] == "offline" for t, m, _ in sub.messages),
+        until(lambda: any(t.endswith(f"{SINGLE}/status") and m["state"] == "offline" for t, m, _ in sub.messages),
                "offline status")
     finally:
         sub.close()

@@ -4,9 +4,7 @@ and its acknowledgement clears it."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,18 +13,11 @@ from pymodbus.client import ModbusTcpClient
 from serving.app import create_app
 from serving.line import registers as reg
 from serving.settings import build_settings
+from tests.helpers.server import until
 from tests.helpers.tiny_model import DARK, frame_png
 from tests.serving.conftest import SINGLE, all_records, auth, post_frame, settings_data
 from tests.serving.line.conftest import free_port
 from tests.serving.line.peers import MOSQUITTO, Broker, Subscriber
-
-
-def _until(predicate: Any, what: str, timeout_s: float = 15.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.mqtt
@@ -50,7 +41,7 @@ def test_a_plc_that_stops_acknowledging_raises_and_clears_the_link_alarm(
         with TestClient(create_app(build_settings(data))) as client:
             assert post_frame(client, keys, frame_png(DARK), part_id="p-1").status_code == 200
             # nobody acknowledges: after plc_down_s the watch raises the alarm
-            _until(lambda: any(m["alarm"] == "plc_link" and m["state"] == "raised" for m in alarms()),
+            until(lambda: any(m["alarm"] == "plc_link" and m["state"] == "raised" for m in alarms()),
                    "plc_link raised on MQTT")
             snap = client.get(f"/v1/line/{SINGLE}", headers=auth(keys, "viewer")).json()
             assert "plc_link" in snap["alarms"]
@@ -65,7 +56,7 @@ def test_a_plc_that_stops_acknowledging_raises_and_clears_the_link_alarm(
                                                                            w[reg.RESULT_SEQ + 1])).isError()
             finally:
                 plc.close()
-            _until(lambda: any(m["alarm"] == "plc_link" and m["state"] == "cleared" for m in alarms()),
+            until(lambda: any(m["alarm"] == "plc_link" and m["state"] == "cleared" for m in alarms()),
                    "plc_link cleared on MQTT")
             records = [r.entry.data for r in all_records(client) if r.entry.kind == "alarm"]
             assert [(d["alarm"], d["state"]) for d in records] == [("plc_link", "raised"), ("plc_link", "cleared")]
