@@ -25,6 +25,7 @@ from inspection.errors import InspectionError
 from inspection.log import checkpoints
 from inspection.log.records import LogEntry, utc_now
 from inspection.log.store import SqlInspectionLog
+from serving.tasks import running
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +140,10 @@ async def lifespan_hook(app: Any) -> AsyncIterator[None]:
     app.state.checkpointer = cp
     log.info("checkpoints signed with public key %s (every %d records or %.0f s)", signer.public_key,
              settings.every_records, settings.every_s)
-    task = asyncio.create_task(cp.run(), name="log-checkpoints")
     try:
-        yield
+        async with running(cp.run(), "log-checkpoints"):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         try:
             await cp.checkpoint()  # the tail is anchored too
         except Exception as exc:  # noqa: BLE001 -- shutting down: say it, do not stop the shutdown

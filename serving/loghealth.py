@@ -32,6 +32,7 @@ from inspection.errors import InspectionError
 from inspection.log.records import LogEntry
 from inspection.log.retention import prune_frames
 from inspection.log.store import SqlInspectionLog
+from serving.tasks import running
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +203,10 @@ async def lifespan_hook(app: Any) -> AsyncIterator[None]:
                        registry=app.state.metrics.registry,
                        alarm=lambda payload: mqtt_publish(app, "alarm", payload, retain=True))
     app.state.log_health = health
-    task = asyncio.create_task(health.run(), name="log-health")
     try:
-        yield
+        async with running(health.run(), "log-health"):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         # The app (and its registry) can outlive one lifespan (tests restart it; so does an
         # embedding server): the next start registers these metrics again.
         app.state.log_health = None

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from serving.errors import scrub
+from serving.tasks import running
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,5 @@ async def watch(app: Any) -> None:
 @contextlib.asynccontextmanager
 async def lifespan_hook(app: Any) -> AsyncIterator[None]:
     """The app's lifespan hook: keep the model alarm on MQTT in step with the stations' trust."""
-    task = asyncio.create_task(watch(app), name="model-alarm")
-    try:
+    async with running(watch(app), "model-alarm"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -30,6 +30,7 @@ from inspection.errors import InspectionError
 from inspection.log.records import LogEntry
 from inspection.monitoring.station import AlarmChange
 from serving.monitoring.live import LineMonitor
+from serving.tasks import running
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +151,10 @@ async def lifespan_hook(app: Any) -> AsyncIterator[None]:
     alarms = LineAlarms(service.line, append=app.state.log.append_async, registry=app.state.metrics.registry,
                         publish=_publisher(app), plc_lines=getattr(line, "lines", None))
     app.state.line_alarms = alarms
-    task = asyncio.create_task(alarms.run(), name="line-watch")
     try:
-        yield
+        async with running(alarms.run(), "line-watch"):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         app.state.line_alarms = None
         for metric in alarms.metrics:  # the app's registry outlives one lifespan (tests restart it)
             with contextlib.suppress(KeyError):

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from serving.settings import ServeSettings
-from tests.helpers.server import free_port, uvicorn_in_thread
+from tests.helpers.server import free_port, until, uvicorn_in_thread
 from tests.serving.conftest import SINGLE
 from tests.serving.test_audit_api import png
 
@@ -213,7 +213,8 @@ def test_an_auditor_reaches_a_parts_frame_decision_and_plc_ack_in_three_clicks(
         expect(page.get_by_test_id("decision-summary")).to_contain_text("P(defect)")
         expect(page.get_by_test_id("decision-summary")).to_contain_text("→ reject")
         expect(page.get_by_test_id("frame-status")).to_contain_text("Frame matches its sha256")
-        page.wait_for_function("document.querySelector('#detail img[data-testid=frame]').naturalWidth > 0")
+        # polled from here: the page's CSP forbids the eval behind wait_for_function's polling
+        until(lambda: page.locator("#detail img[data-testid=frame]").evaluate("i => i.naturalWidth") > 0, "the frame")
         frame = page.locator("#detail img[data-testid=frame]")
         fitted = frame.bounding_box()["width"]  # type: ignore[index]
         frame.click()  # zoom: 4x the frame's own pixels

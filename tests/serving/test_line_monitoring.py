@@ -18,7 +18,7 @@ from inspection.registry import ModelRegistry
 from serving.app import create_app
 from serving.monitoring.page import EVENT_BUFFER, AlarmSubscriber
 from serving.settings import ServeSettings, build_settings
-from tests.helpers.server import uvicorn_in_thread
+from tests.helpers.server import until, uvicorn_in_thread
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png, make_model_version
 from tests.serving.conftest import SINGLE, STATION, all_records, auth, post_frame, settings_data
 from tests.serving.test_audit_page import browser, live  # noqa: F401  (fixtures)
@@ -242,7 +242,8 @@ def test_the_page_shows_the_recent_rejects_as_thumbnails(live: str, keys: dict[s
     page.get_by_role("button", name="Use key").click()
     thumb = page.get_by_test_id("rejects").locator("img")
     expect(thumb).to_have_count(1)
-    page.wait_for_function("document.querySelector('#rejects img').naturalWidth > 0")
+    # polled from here: the page's CSP forbids the eval behind wait_for_function's polling
+    until(lambda: page.locator("#rejects img").evaluate("i => i.naturalWidth") > 0, "the thumbnail")
     expect(page.get_by_test_id("rejects")).to_contain_text("part dark-1")
     # the link leads to the record on the audit page (for a role that may read the log)
     href = page.get_by_test_id("rejects").locator("a").get_attribute("href") or ""
