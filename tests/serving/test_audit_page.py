@@ -99,12 +99,12 @@ def test_filter_by_part_and_decision_shows_exactly_the_expected_rows(
     # The row's thumbnail and the detail's frame load (fetched with the key, shown as blobs).
     rows.first.click()
     expect(page.locator("[data-testid=chain-status]")).to_have_class("ok")
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('#detail img')].some(i => i.complete && i.naturalWidth > 0)"
-    )
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('#rows img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
-    )
+    # polled from here: the page's CSP forbids the eval behind wait_for_function's polling
+    until(lambda: page.evaluate(
+        "() => [...document.querySelectorAll('#detail img')].some(i => i.complete && i.naturalWidth > 0)"), "the frame")
+    until(lambda: page.evaluate(
+        "() => [...document.querySelectorAll('#rows img.thumb')].every(i => i.complete && i.naturalWidth > 0)"),
+        "the thumbnails")
 
     # An override is recorded as a new record that references this one; the chain still verifies.
     page.select_option("#detail select[name=action]", "override")

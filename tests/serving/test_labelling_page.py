@@ -15,6 +15,7 @@ from inspection.cli import main as cli
 from inspection.dataset.layout import Sample, read_dataset, write_dataset
 from inspection.log.store import open_log
 from serving.settings import ServeSettings, build_settings
+from tests.helpers.server import until
 from tests.helpers.tiny_model import frame_png
 from tests.serving.conftest import SINGLE, settings_data
 from tests.serving.test_audit_page import browser, live  # noqa: F401  (fixtures)
@@ -56,9 +57,10 @@ def test_keyboard_labelling_undo_and_the_built_dataset(live: str, keys: dict[str
     assert ": good," not in prediction
     decided = page.locator("[data-testid=decided]").inner_text()
     assert "P(defect)" in decided and " score " not in decided and "(threshold " not in decided
-    page.wait_for_function("() => document.getElementById('frame').naturalWidth > 0")
+    # polled from here: the page's CSP forbids the eval behind wait_for_function's polling
+    until(lambda: page.evaluate("() => document.getElementById('frame').naturalWidth > 0"), "the frame")
     # A 32 px frame is fitted to the large view (zoomed in) once it has loaded.
-    page.wait_for_function("() => parseFloat(document.getElementById('zoom').value) > 1")
+    until(lambda: page.evaluate("() => parseFloat(document.getElementById('zoom').value) > 1"), "the fitted zoom")
     fitted = float(page.input_value("[data-testid=zoom]"))
     page.keyboard.press("-")
     assert float(page.input_value("[data-testid=zoom]")) < fitted
