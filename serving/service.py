@@ -313,6 +313,11 @@ class InspectionService:
         # Subscribers see a part after its views (their records share the commit or precede it).
         committed = [v.committed for v in views if v.committed is not None]
         outcomes = await asyncio.gather(*committed, return_exceptions=True)
+        for v in views:
+            # Decided parts stay remembered (parts_remembered) for late views and decision
+            # queries: they must not keep each view's record, or a failed commit's traceback
+            # with the frame's bytes, alive with them.
+            v.committed = None
         if part.decision == "pass" and any(isinstance(o, BaseException) for o in outcomes):
             # A view's own record could not be stored: that view never became evidence, so the
             # part cannot pass. Record (or try to) the fail-safe reject that supersedes the pass.

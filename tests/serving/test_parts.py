@@ -107,3 +107,17 @@ def test_a_view_whose_record_cannot_be_stored_never_lets_its_part_pass(tmp_path,
             assert post_frame(client, keys, frame_png(BRIGHT), part_id="fine").json()["decision"] == "pass"
     finally:
         store.close()
+
+
+def test_a_remembered_part_keeps_no_view_records_alive(client: TestClient, keys) -> None:
+    # Decided parts are remembered (parts_remembered) for late views and decision queries; they
+    # must not hold each view's stored record (or a failed commit's traceback with the frame).
+    for camera in ("top", "side"):
+        post_frame(client, keys, frame_png(DARK), station=STATION, camera=camera, part_id="M1")
+    status, _ = _decision(client, keys, "M1", wait_ms=5000)
+    assert status == 200
+    tracker = client.app.state.service.parts  # type: ignore[attr-defined]
+    part = tracker.get(STATION, "M1")
+    assert part is not None
+    views = [v for vs in part.views.values() for v in vs]
+    assert len(views) == 2 and all(v.committed is None for v in views)
