@@ -209,6 +209,11 @@ def test_an_auditor_reaches_a_parts_frame_decision_and_plc_ack_in_three_clicks(
         page.locator("#rows tr").filter(has=page.locator("td.kind", has_text="part")).click()  # click 1: the part
         expect(page.get_by_test_id("decision-summary")).to_contain_text("part reject: rejected by cam")
         expect(page.get_by_test_id("related")).to_contain_text("PLC acknowledged")
+        # and back: the acknowledgement links to the part it acknowledges
+        page.get_by_test_id("related").get_by_role("link").first.click()
+        expect(page.get_by_test_id("links")).to_contain_text("the record it refers to")
+        page.get_by_test_id("links").get_by_role("link").first.click()
+        expect(page.get_by_test_id("decision-summary")).to_contain_text("part reject: rejected by cam")
         page.get_by_test_id("links").get_by_role("link").first.click()  # click 2: its frame's record
         expect(page.get_by_test_id("decision-summary")).to_contain_text("P(defect)")
         expect(page.get_by_test_id("decision-summary")).to_contain_text("→ reject")
