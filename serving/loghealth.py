@@ -210,6 +210,4 @@ async def lifespan_hook(app: Any) -> AsyncIterator[None]:
         # The app (and its registry) can outlive one lifespan (tests restart it; so does an
         # embedding server): the next start registers these metrics again.
         app.state.log_health = None
-        for metric in (health.failures, health.frames_not_kept, health.ready, health.free):
-            with contextlib.suppress(KeyError):
-                app.state.metrics.registry.unregister(metric)
+        app.state.metrics.unregister(health.failures, health.frames_not_kept, health.ready, health.free)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -53,6 +54,13 @@ class ServingMetrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def unregister(self, *metrics: Any) -> None:
+        """Take back metrics another module added (the app and its registry can outlive one
+        lifespan: tests restart it, so does an embedding server; the next start adds them again)."""
+        for metric in metrics:
+            with contextlib.suppress(KeyError):
+                self.registry.unregister(metric)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -156,6 +156,4 @@ async def lifespan_hook(app: Any) -> AsyncIterator[None]:
             yield
     finally:
         app.state.line_alarms = None
-        for metric in alarms.metrics:  # the app's registry outlives one lifespan (tests restart it)
-            with contextlib.suppress(KeyError):
-                app.state.metrics.registry.unregister(metric)
+        app.state.metrics.unregister(*alarms.metrics)

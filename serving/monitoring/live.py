@@ -193,16 +193,13 @@ class LineMonitor:
     def snapshot(self, station: str, *, now: float | None = None) -> dict[str, Any]:
         """What ``/v1/line/{station}`` answers and the page shows."""
         live = self.stations.get(station)
-        if station in self._off:
+        if station in self._off or live is None:
+            why = ("monitoring is off for this station (settings: monitoring.enabled false)" if station in self._off
+                   else "no frames yet since the server started")
+            empty = _Counts().as_dict()
             return {"station": station, "model_version": self._active(station) if self._active else None,
-                    "state": "monitoring is off for this station (settings: monitoring.enabled false)",
-                    "shift": _Counts().as_dict(), "recent": _Counts().as_dict(), "alarms": {}, "chart": None,
-                    "drift": {}, "notes": ["monitoring is off for this station (settings: monitoring.enabled false)"]}
-        if live is None:
-            model = self._active(station) if self._active is not None else None
-            return {"station": station, "model_version": model, "state": "no frames yet since the server started",
-                    "shift": _Counts().as_dict(), "recent": _Counts().as_dict(), "alarms": {}, "chart": None,
-                    "drift": {}, "notes": ["no frames yet since the server started"]}
+                    "state": why, "shift": empty, "recent": empty, "alarms": {}, "chart": None, "drift": {},
+                    "notes": [why]}
         m = live.monitor
         recent = live.recent()
         seconds = min(max(time.monotonic() - live.started, 1.0), live.settings.recent_minutes * 60)
