@@ -1,11 +1,14 @@
-"""Shared pieces of the line-integration tests: a real SQLite inspection log, free ports, decisions."""
+"""Shared pieces of the line-integration tests: a real SQLite inspection log, free ports, decisions,
+and the real line peers (a private MQTT broker with a subscriber, a Modbus port) for app tests."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -13,6 +16,8 @@ import pytest_asyncio
 from inspection.log.query import RecordFilter, query_records
 from inspection.log.records import LogEntry, StoredRecord
 from inspection.log.store import SqlInspectionLog, open_log
+from tests.serving.conftest import SINGLE
+from tests.serving.line.peers import MOSQUITTO, Broker, Subscriber
 
 
 def free_port() -> int:
@@ -24,6 +29,40 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@dataclass
+class LinePeers:
+    """A running private broker, a clean-session subscriber on it, and a free port for Modbus."""
+
+    broker: Broker
+    sub: Subscriber
+    modbus_port: int
+
+    def enable(self, data: dict[str, Any], *, ack_deadline_s: float, **mqtt: Any) -> dict[str, Any]:
+        """Turn Modbus and MQTT (with extra ``mqtt`` settings) on for the ``SINGLE`` station of ``data``."""
+        data["stations"][SINGLE]["line"] = {
+            "plc": {"ack_deadline_s": ack_deadline_s},
+            "modbus": {"enabled": True, "port": self.modbus_port},
+            "mqtt": {"enabled": True, "port": self.broker.port, **mqtt},
+        }
+        return data
+
+
+@pytest.fixture
+def line_peers(tmp_path: Path) -> Iterator[LinePeers]:
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed")
+    broker = Broker(tmp_path, free_port())
+    broker.start()
+    try:
+        sub = Subscriber(broker.port, clean=True)
+        try:
+            yield LinePeers(broker, sub, free_port())
+        finally:
+            sub.close()
+    finally:
+        broker.stop()
 
 
 @pytest_asyncio.fixture

@@ -17,76 +17,61 @@ from serving.settings import build_settings
 from tests.helpers.server import until
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
 from tests.serving.conftest import SINGLE, all_records, post_frame, settings_data
-from tests.serving.line.conftest import free_port
-from tests.serving.line.peers import MOSQUITTO, Broker, Subscriber
+from tests.serving.line.conftest import LinePeers, free_port
 
 
 @pytest.mark.mqtt
 def test_decisions_reach_the_plc_and_mqtt_and_acks_are_logged(
-        tmp_path: Path, models_dir: Path, keys: dict[str, str]) -> None:
-    if not Path(MOSQUITTO).exists():
-        pytest.skip("mosquitto is not installed")
-    broker = Broker(tmp_path, free_port())
-    broker.start()
-    modbus_port = free_port()
-    data = settings_data(tmp_path, models_dir, keys)
-    data["stations"][SINGLE]["line"] = {
-        "plc": {"ack_deadline_s": 30},
-        "modbus": {"enabled": True, "port": modbus_port},
-        "mqtt": {"enabled": True, "port": broker.port, "status_interval_s": 0.1},
-    }
-    sub = Subscriber(broker.port, clean=True)
-    try:
-        with TestClient(create_app(build_settings(data))) as client:
-            plc = ModbusTcpClient("127.0.0.1", port=modbus_port, timeout=5)
-            assert plc.connect()
-            try:
-                parts = [("p-1", DARK), ("p-2", BRIGHT), ("p-3", DARK)]
-                answers = []
-                for part, level in parts:
-                    r = post_frame(client, keys, frame_png(level), station=SINGLE, camera="cam", part_id=part)
-                    assert r.status_code == 200, r.text
-                    answers.append(r.json())
-                line = client.app.state.line  # type: ignore[attr-defined]
-                until(lambda: line.lines[SINGLE].handshake.counters.inspected == 3, "3 part decisions at the PLC")
+        tmp_path: Path, models_dir: Path, keys: dict[str, str], line_peers: LinePeers) -> None:
+    data = line_peers.enable(settings_data(tmp_path, models_dir, keys), ack_deadline_s=30, status_interval_s=0.1)
+    sub = line_peers.sub
+    with TestClient(create_app(build_settings(data))) as client:
+        plc = ModbusTcpClient("127.0.0.1", port=line_peers.modbus_port, timeout=5)
+        assert plc.connect()
+        try:
+            parts = [("p-1", DARK), ("p-2", BRIGHT), ("p-3", DARK)]
+            answers = []
+            for part, level in parts:
+                r = post_frame(client, keys, frame_png(level), station=SINGLE, camera="cam", part_id=part)
+                assert r.status_code == 200, r.text
+                answers.append(r.json())
+            line = client.app.state.line  # type: ignore[attr-defined]
+            until(lambda: line.lines[SINGLE].handshake.counters.inspected == 3, "3 part decisions at the PLC")
 
-                acked = []
-                for seq in (1, 2, 3):
-                    w = plc.read_holding_registers(0, count=reg.REGISTER_COUNT).registers
-                    assert w[reg.STATUS] & StatusBit.RESULT_VALID
-                    assert reg.join_u32(w[reg.RESULT_SEQ], w[reg.RESULT_SEQ + 1]) == seq
-                    text = reg.decode_text(w[reg.PART_ID_TEXT: reg.PART_ID_TEXT + reg.PART_ID_TEXT_LEN])
-                    acked.append((text, Decision(w[reg.DECISION])))
-                    assert not plc.write_register(reg.RESULT_ACK, seq).isError()
-                    assert not plc.write_register(reg.RESULT_ACK, 0).isError()
-                records = all_records(client)
-                part_records = [r for r in records if r.entry.kind == "part"]
-                assert acked == [(r.entry.part_id, Decision.OK if r.entry.decision == "pass" else Decision.NG)
-                                 for r in part_records]
-                assert {d for _, d in acked} == {Decision.OK, Decision.NG}
+            acked = []
+            for seq in (1, 2, 3):
+                w = plc.read_holding_registers(0, count=reg.REGISTER_COUNT).registers
+                assert w[reg.STATUS] & StatusBit.RESULT_VALID
+                assert reg.join_u32(w[reg.RESULT_SEQ], w[reg.RESULT_SEQ + 1]) == seq
+                text = reg.decode_text(w[reg.PART_ID_TEXT: reg.PART_ID_TEXT + reg.PART_ID_TEXT_LEN])
+                acked.append((text, Decision(w[reg.DECISION])))
+                assert not plc.write_register(reg.RESULT_ACK, seq).isError()
+                assert not plc.write_register(reg.RESULT_ACK, 0).isError()
+            records = all_records(client)
+            part_records = [r for r in records if r.entry.kind == "part"]
+            assert acked == [(r.entry.part_id, Decision.OK if r.entry.decision == "pass" else Decision.NG)
+                             for r in part_records]
+            assert {d for _, d in acked} == {Decision.OK, Decision.NG}
 
-                # MQTT gets every decision: three frame inspections and three part decisions, in log order.
-                until(lambda: len(sub.decisions()) >= 6, "6 MQTT decisions")
-                published = [(m["kind"], m["inspection_id"]) for m in sub.decisions()]
-                assert published == [(r.entry.kind, r.entry.inspection_id) for r in records
-                                     if r.entry.kind in ("inspection", "part")]
-                until(lambda: any(t.endswith(f"{SINGLE}/status") and m.get("plc", {}).get("acknowledged") == 3
-                                   for t, m, _ in sub.messages), "status with PLC counters")
-                metrics = client.get("/metrics", headers={"Authorization": f"Bearer {keys['admin']}"}).text
-            finally:
-                plc.close()
-            until(lambda: len([r for r in all_records(client) if r.entry.kind == "plc_ack"]) == 3, "3 plc_ack records")
-            acks = [r for r in all_records(client) if r.entry.kind == "plc_ack"]
-            assert [a.entry.ref for a in acks] == [r.entry.inspection_id for r in part_records]
-            assert all(a.entry.data and a.entry.data["outcome"] == "acknowledged" for a in acks)
-        assert 'inspection_plc_results_total{outcome="acknowledged",station="press-2"} 3.0' in metrics
-        assert 'inspection_mqtt_published_total{station="press-2"} 6.0' in metrics
-        # On a clean stop the retained status says offline.
-        until(lambda: any(t.endswith(f"{SINGLE}/status") and m["state"] == "offline" for t, m, _ in sub.messages),
-               "offline status")
-    finally:
-        sub.close()
-        broker.stop()
+            # MQTT gets every decision: three frame inspections and three part decisions, in log order.
+            until(lambda: len(sub.decisions()) >= 6, "6 MQTT decisions")
+            published = [(m["kind"], m["inspection_id"]) for m in sub.decisions()]
+            assert published == [(r.entry.kind, r.entry.inspection_id) for r in records
+                                 if r.entry.kind in ("inspection", "part")]
+            until(lambda: any(t.endswith(f"{SINGLE}/status") and m.get("plc", {}).get("acknowledged") == 3
+                               for t, m, _ in sub.messages), "status with PLC counters")
+            metrics = client.get("/metrics", headers={"Authorization": f"Bearer {keys['admin']}"}).text
+        finally:
+            plc.close()
+        until(lambda: len([r for r in all_records(client) if r.entry.kind == "plc_ack"]) == 3, "3 plc_ack records")
+        acks = [r for r in all_records(client) if r.entry.kind == "plc_ack"]
+        assert [a.entry.ref for a in acks] == [r.entry.inspection_id for r in part_records]
+        assert all(a.entry.data and a.entry.data["outcome"] == "acknowledged" for a in acks)
+    assert 'inspection_plc_results_total{outcome="acknowledged",station="press-2"} 3.0' in metrics
+    assert 'inspection_mqtt_published_total{station="press-2"} 6.0' in metrics
+    # On a clean stop the retained status says offline.
+    until(lambda: any(t.endswith(f"{SINGLE}/status") and m["state"] == "offline" for t, m, _ in sub.messages),
+           "offline status")
 
 
 def test_anonymous_opcua_outside_demo_mode_refuses_to_start(tmp_path: Path, models_dir: Path,
