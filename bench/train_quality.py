@@ -1,7 +1,12 @@
 """Training quality bench: the DEFAULT recipe vs a naive baseline, side by side, one table.
 
     python bench/train_quality.py [--only mt-binary mt-6 neu coating] [--data ../shared/data]
-                                  [--keep DIR] [--no-naive] [--naive-size 128] [--naive-epochs 12]
+                                  [--dataset DIR ...] [--keep DIR] [--no-naive] [--naive-size 128]
+                                  [--naive-epochs 12]
+
+``--dataset DIR`` (repeatable) adds a dataset already in the standard layout (e.g. made by
+``inspection dataset import``): the way to check the defaults on your own line's images, side by
+side with the same naive baseline. ``--only`` with no names runs only those.
 
 For every dataset (the real ones in ../shared/data, imported as a new user would, and the
 generated coating set of the demo):
@@ -235,7 +240,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         d_auc = o["auroc"] - n["auroc"] if o.get("auroc") is not None and n.get("auroc") is not None else None
         d_acc = (o["accuracy"] - n["accuracy"]) * 100 if n.get("accuracy") is not None else None
         lines.append(
-            f"| {KINDS[r['kind']]} | {r['target'] if r['target'] is not None else '-'} | {_fmt(o.get('auroc'))} | "
+            f"| {KINDS.get(r['kind'], r['kind'])} | {r['target'] if r['target'] is not None else '-'} | "
+            f"{_fmt(o.get('auroc'))} | "
             f"{_fmt(n.get('auroc'))} | {_fmt(d_auc, '+.4f')} | {o['accuracy']:.4f} | {_fmt(n.get('accuracy'))} | "
             f"{_fmt(d_acc, '+.1f')} | {o['macro_recall']:.4f} | {_rate((o.get('op') or {}).get('escape'))} | "
             f"{_rate((o.get('op') or {}).get('overkill'))} | {_rate((n.get('op') or {}).get('escape'))} | "
@@ -251,7 +257,10 @@ def main() -> int:
     parser.add_argument(
         "--data", type=Path, default=Path(os.environ.get("INSPECTION_SHARED_DATA", REPO.parent / "shared" / "data"))
     )
-    parser.add_argument("--only", nargs="+", choices=list(KINDS), default=list(KINDS))
+    parser.add_argument("--only", nargs="*", choices=list(KINDS), default=None,
+                        help="the built-in datasets to run (default: all; with no names: none)")
+    parser.add_argument("--dataset", type=Path, action="append", default=[],
+                        help="also run on this dataset folder (standard layout); repeatable")
     parser.add_argument("--keep", type=Path, help="keep imported datasets and models here (default: a temp dir)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument("--naive-size", type=int, default=128, help="naive baseline's square input (default 128)")
@@ -274,15 +283,21 @@ def main() -> int:
                             threads=args.threads)
         print("RESULT " + json.dumps(res), flush=True)
         return 0
-    real = [k for k in args.only if k != "coating"]
+    only = list(KINDS) if args.only is None else args.only
+    for extra_ds in args.dataset:
+        if not (extra_ds / "labels.csv").is_file():
+            print(f"error: --dataset {extra_ds} is not a dataset folder (no labels.csv); make one with "
+                  "'inspection dataset import'", file=sys.stderr)
+            return 2
+    real = [k for k in only if k != "coating"]
     if real and not args.data.is_dir():
         print(f"error: real datasets not found at {args.data} (needed for {real})", file=sys.stderr)
         return 2
     work = args.keep or Path(tempfile.mkdtemp(prefix="train-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for kind in args.only:
-        dataset = work / f"data-{kind}"
+    runs = [(kind, work / f"data-{kind}") for kind in only] + [(p.name, p.resolve()) for p in args.dataset]
+    for kind, dataset in runs:
         if not dataset.exists():
             import_kind(kind, args.data, dataset)
         target = escape_target(dataset)
@@ -291,9 +306,9 @@ def main() -> int:
             extra = ["--threads", str(args.threads)] if args.threads else []
             ours = _child([*extra, "--child", "ours", str(dataset), str(work / "models"), t])
         except RuntimeError as exc:
-            print(f"{KINDS[kind]}: ours FAILED ({exc})", flush=True)
+            print(f"{KINDS.get(kind, kind)}: ours FAILED ({exc})", flush=True)
             continue
-        print(f"{KINDS[kind]}: ours {json.dumps(ours)}", flush=True)
+        print(f"{KINDS.get(kind, kind)}: ours {json.dumps(ours)}", flush=True)
         row = {"kind": kind, "target": target, "ours": ours}
         if not args.no_naive:
             try:
@@ -311,9 +326,9 @@ def main() -> int:
                         t,
                     ]
                 )
-                print(f"{KINDS[kind]}: naive {json.dumps(row['naive'])}", flush=True)
+                print(f"{KINDS.get(kind, kind)}: naive {json.dumps(row['naive'])}", flush=True)
             except RuntimeError as exc:
-                print(f"{KINDS[kind]}: naive FAILED ({exc})", flush=True)
+                print(f"{KINDS.get(kind, kind)}: naive FAILED ({exc})", flush=True)
         rows.append(row)
     print()
     print(table(rows))
