@@ -10,7 +10,8 @@ Architectures (``inspection train --list-archs``):
 * ``linecnn`` (default) — a plain stride-1 CNN with max pooling, ~0.1 M parameters: sees every
   pixel, so 2–3 px defects survive, and is cheap enough that the recipe can afford a large
   input on two CPU cores. Measured against ``tinyres`` under the same compute budget on
-  magnetic tile (grouped split): test AUROC 0.983 vs 0.571 (docs/training.md).
+  magnetic tile (grouped split): test AUROC 0.983 vs 0.571 (docs/training.md; tinyres then
+  sized with an overstated cost).
 * ``linecnn_wide`` — linecnn at twice the width with a second convolution in the deeper stages.
 * ``tinyres`` — a compact ResNet (widths 24-48-96-192), ~0.9 M parameters.
 * ``resnet18`` — torchvision's ResNet-18 (11 M parameters).
@@ -222,7 +223,7 @@ class TinyResNet(nn.Module):
         return self.fc(self.drop(pooled))
 
 
-@register_model("tinyres", cost_128=0.03, description="compact ResNet, ~0.9M params")
+@register_model("tinyres", cost_128=0.0185, description="compact ResNet, ~0.9M params")
 def _tinyres(*, num_classes: int, in_channels: int) -> nn.Module:
     return TinyResNet(num_classes=num_classes, in_channels=in_channels)
 
@@ -295,7 +296,10 @@ def _first_conv_to(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
 
 
 @register_model(
-    "resnet18", cost_128=0.07, pretrained_file="resnet18-f37072fd.pth", description="torchvision ResNet-18 (11M params)"
+    "resnet18",
+    cost_128=0.032,
+    pretrained_file="resnet18-f37072fd.pth",
+    description="torchvision ResNet-18 (11M params)",
 )
 def _resnet18(*, num_classes: int, in_channels: int) -> nn.Module:
     from torchvision.models import resnet18
@@ -305,14 +309,14 @@ def _resnet18(*, num_classes: int, in_channels: int) -> nn.Module:
     return m
 
 
-@register_model("resnet18_half", cost_128=0.1, description="ResNet-18 layout at half width (2.8M params)")
+@register_model("resnet18_half", cost_128=0.032, description="ResNet-18 layout at half width (2.8M params)")
 def _resnet18_half(*, num_classes: int, in_channels: int) -> nn.Module:
     return TinyResNet(num_classes=num_classes, in_channels=in_channels, widths=(32, 64, 128, 256), depth=(2, 2, 2, 2))
 
 
 @register_model(
     "mobilenet_v3_small",
-    cost_128=0.014,
+    cost_128=0.0105,
     pretrained_file="mobilenet_v3_small-047dcff4.pth",
     description="torchvision MobileNetV3-Small (1.5M params)",
 )
@@ -327,7 +331,7 @@ def _mobilenet_v3_small(*, num_classes: int, in_channels: int) -> nn.Module:
 
 @register_model(
     "efficientnet_b0",
-    cost_128=0.06,
+    cost_128=0.037,
     pretrained_file="efficientnet_b0_rwightman-7f5810bc.pth",
     description="torchvision EfficientNet-B0 (4M params)",
 )
