@@ -26,6 +26,15 @@ class AugmentConfig(BaseModel):
     ``hflip``/``vflip``/``rot90`` left at None are decided by the dataset's manifest
     (``orientation``, see ``training.recipe``): a flip or rotation is only safe where the
     engineer said the part's orientation carries no meaning.
+
+    By default only those *lossless* steps run (a flip or a 90-degree turn moves pixels, it
+    changes none). The lossy ones are off until an engineer turns them on for a line that needs
+    them: brightness and contrast are divided out by the network's per-image standardisation
+    anyway, so on ``uint8`` frames all they add is clipping of the brightest and darkest pixels;
+    a sub-pixel shift or scale resamples the frame and blurs a one-pixel crack into its
+    background; gamma and noise change exactly the grey levels a dark defect is told by. Measured
+    on a line the recipe was not tuned on (ELPV, docs/training.md): test AUROC 0.782 with them,
+    0.821 without.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -36,15 +45,16 @@ class AugmentConfig(BaseModel):
     rot90: bool | None = None
     brightness: float = Field(0.15, ge=0.0, le=1.0)
     contrast: float = Field(0.15, ge=0.0, le=1.0)
-    brightness_p: float = Field(0.5, ge=0.0, le=1.0)
+    brightness_p: float = Field(0.0, ge=0.0, le=1.0)
     gamma: tuple[int, int] = (85, 115)
-    gamma_p: float = Field(0.3, ge=0.0, le=1.0)
+    gamma_p: float = Field(0.0, ge=0.0, le=1.0)
     blur_p: float = Field(0.0, ge=0.0, le=1.0)
     blur_sigma: tuple[float, float] = (0.3, 1.0)
-    noise_p: float = Field(0.2, ge=0.0, le=1.0)
+    noise_p: float = Field(0.0, ge=0.0, le=1.0)
     noise_std: tuple[float, float] = (0.005, 0.02)
-    #: Small shifts/scales (a part never sits at exactly the same place under the camera).
-    shift_scale_p: float = Field(0.3, ge=0.0, le=1.0)
+    #: Small shifts/scales (for parts that sit at different places under the camera; the
+    #: networks' global pooling already makes whole-pixel shifts nearly free).
+    shift_scale_p: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class TrainConfig(BaseModel):

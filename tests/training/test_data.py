@@ -92,15 +92,32 @@ def test_channel_stats_and_class_weights() -> None:
     assert w[1] == pytest.approx(3 * w[0]) and w[2] == 0.0
 
 
+#: Every step on: the lossy ones are off by default but stay available for lines that need them.
+EVERY_STEP = AugmentConfig(hflip=True, vflip=True, rot90=True, brightness_p=0.5, gamma_p=0.3, blur_p=0.2,
+                           noise_p=0.2, shift_scale_p=0.3)
+
+
 def test_augmentation_keeps_shape_dtype_and_is_reproducible_by_seed() -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (1, 32, 32), dtype=np.uint8)
-    aug = D.LineAugment(AugmentConfig(), seed=3)
+    aug = D.LineAugment(EVERY_STEP, seed=3)
     first = [aug(img) for _ in range(5)]
     assert all(o.shape == img.shape and o.dtype == np.uint8 for o in first)
     assert any(not np.array_equal(o, img) for o in first)
     aug.reseed(3)
     assert all(np.array_equal(a, b) for a, b in zip(first, [aug(img) for _ in range(5)]))
+
+
+def test_default_augmentation_only_moves_pixels() -> None:
+    """By default (flips as the recipe allows them) no grey level is changed, clipped or resampled."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (1, 24, 24), dtype=np.uint8)
+    aug = D.LineAugment(AugmentConfig(hflip=True, vflip=True, rot90=True), seed=0)
+    outs = [aug(img) for _ in range(20)]
+    assert any(not np.array_equal(o, img) for o in outs)
+    flips = {np.flip(np.rot90(img[0], k), axis).tobytes() for k in range(4) for axis in (0, 1)}
+    flips |= {np.rot90(img[0], k).tobytes() for k in range(4)}
+    assert all(o[0].tobytes() in flips for o in outs)
 
 
 def test_load_images_names_an_undecodable_file(tmp_path: Path) -> None:

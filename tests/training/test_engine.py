@@ -22,7 +22,7 @@ def _fit(tmp_path: Path, *, interrupt_after: int | None = None, resume: dict | N
     images[labels == 1, :, 4:8, :] = 0  # learnable signal
     E.seed_everything(5)
     model = Classifier(get_model("tinyres", num_classes=3), mean=[0.5], std=[0.25])
-    augment = D.LineAugment(AugmentConfig(), seed=5)
+    augment = D.LineAugment(AugmentConfig(hflip=True, noise_p=0.5), seed=5)
     dataset = D.ArrayDataset(images, labels, augment)
 
     def loader(epoch: int) -> torch.utils.data.DataLoader:
