@@ -309,9 +309,34 @@ def labelling_queue(log: SqlInspectionLog, *, options: QueueOptions | None = Non
     Raises:
         ValidationError: ``limit`` outside 1..1000.
     """
+    return queue_with_progress(log, options=options, limit=limit, include_labelled=include_labelled)[0]
+
+
+def queue_with_progress(log: SqlInspectionLog, *, options: QueueOptions | None = None, limit: int = 50,
+                        include_labelled: bool = False) -> tuple[list[QueueItem], dict[str, Any]]:
+    """The queue (as :func:`labelling_queue`) and how far labelling has come over the frames it
+    draws from: labelled of total, by class (at most ``MAX_LIMIT`` frames; ``capped`` says when
+    there are more). One read of the log serves both.
+
+    Raises:
+        ValidationError: ``limit`` outside 1..1000.
+    """
     opts = options or QueueOptions()
     if not 1 <= limit <= MAX_LIMIT:
         raise ValidationError(f"limit {limit} must be between 1 and {MAX_LIMIT}")
+    buckets = _classified(log, opts)
+    everything = _in_order(buckets, opts, include_labelled=True, limit=MAX_LIMIT)
+    by_class: dict[str, int] = {}
+    for q in everything:
+        if q.label is not None:
+            by_class[q.label] = by_class.get(q.label, 0) + 1
+    progress = {"labelled": sum(by_class.values()), "total": len(everything), "by_class": by_class,
+                "capped": len(everything) >= MAX_LIMIT}
+    return _in_order(buckets, opts, include_labelled=include_labelled, limit=limit), progress
+
+
+def _classified(log: SqlInspectionLog, opts: QueueOptions) -> dict[str, list[QueueItem]]:
+    """Every candidate frame with a stored frame, labelled or not, in its bucket (unordered)."""
     labels = all_labels(log)
     buckets: dict[str, list[QueueItem]] = {b: [] for b in BUCKETS}
     seen: set[str] = set()
@@ -323,8 +348,6 @@ def labelling_queue(log: SqlInspectionLog, *, options: QueueOptions | None = Non
         seen.add(e.inspection_id)
         fl = labels.get(e.inspection_id)
         current = fl.current if fl else None
-        if current is not None and not include_labelled:
-            continue
         rev = fl.revision if fl else 0
         if is_import(rec):
             buckets["import"].append(QueueItem(e.inspection_id, "import", rec, rev, current))
@@ -341,29 +364,21 @@ def labelling_queue(log: SqlInspectionLog, *, options: QueueOptions | None = Non
             buckets["reject"].append(QueueItem(e.inspection_id, "reject", rec, rev, current, distance, score))
         else:
             buckets["pass"].append(QueueItem(e.inspection_id, "pass", rec, rev, current, distance, score))
-    buckets["uncertain"].sort(key=lambda q: (q.distance, -q.record.seq))
-    buckets["reject"].sort(key=lambda q: -q.record.seq)
-    passes = sorted(buckets["pass"], key=lambda q: q.record.seq)
+    return buckets
+
+
+def _in_order(buckets: dict[str, list[QueueItem]], opts: QueueOptions, *, include_labelled: bool,
+              limit: int) -> list[QueueItem]:
+    """Queue order: labelled frames dropped (unless asked for) *before* the pass sample is drawn."""
+    kept = {b: [q for q in items if include_labelled or q.label is None] for b, items in buckets.items()}
+    kept["uncertain"].sort(key=lambda q: (q.distance, -q.record.seq))
+    kept["reject"].sort(key=lambda q: -q.record.seq)
+    passes = sorted(kept["pass"], key=lambda q: q.record.seq)
     rng = random.Random(opts.seed)
-    buckets["pass"] = rng.sample(passes, min(len(passes), opts.pass_sample))
-    buckets["import"].sort(key=lambda q: q.record.seq)
-    ordered = [q for b in BUCKETS for q in buckets[b]]
+    kept["pass"] = rng.sample(passes, min(len(passes), opts.pass_sample))
+    kept["import"].sort(key=lambda q: q.record.seq)
+    ordered = [q for b in BUCKETS for q in kept[b]]
     return ordered[:limit]
-
-
-def queue_progress(log: SqlInspectionLog, *, options: QueueOptions | None = None) -> dict[str, Any]:
-    """How far labelling has come over the frames the queue draws from: labelled of total, by class.
-
-    Counted over the same frames as :func:`labelling_queue` (at most ``MAX_LIMIT``; ``capped``
-    says when there are more).
-    """
-    everything = labelling_queue(log, options=options, limit=MAX_LIMIT, include_labelled=True)
-    by_class: dict[str, int] = {}
-    for q in everything:
-        if q.label is not None:
-            by_class[q.label] = by_class.get(q.label, 0) + 1
-    return {"labelled": sum(by_class.values()), "total": len(everything), "by_class": by_class,
-            "capped": len(everything) >= MAX_LIMIT}
 
 
 def import_unlabelled(log: SqlInspectionLog, files: Iterable[tuple[str, bytes]], *, actor: str | None,

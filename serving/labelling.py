@@ -106,10 +106,10 @@ def labelling_router() -> APIRouter:
     def queue(who: WhoDep, log: LogDep, settings: SettingsDep, models: ModelsDep,
               limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
               include_labelled: bool = False) -> dict[str, Any]:
-        options = _queue_options(settings, models)
-        items = L.labelling_queue(log, options=options, limit=limit, include_labelled=include_labelled)
+        items, progress = L.queue_with_progress(log, options=_queue_options(settings, models), limit=limit,
+                                                include_labelled=include_labelled)
         return {"classes": label_classes(settings, models), "items": [q.as_dict() for q in items],
-                "progress": L.queue_progress(log, options=options)}
+                "progress": progress}
 
     @router.get("/frames/{frame_id}", summary="One frame: its record, label history and the current model's prediction")
     async def frame(who: WhoDep, log: LogDep, settings: SettingsDep, models: ModelsDep,
