@@ -11,6 +11,11 @@ message is dropped, counted in ``inspection_mqtt_dropped_total`` and reported in
 inspection log as an ``event`` record. At most ``inflight`` messages are handed to the MQTT
 client at a time; after a reconnect, no new message is handed over until the client has
 re-sent and got PUBACKs for the ones it held, so subscribers see decisions in order.
+
+Side messages (alarms, checkpoints) are retained state: the publisher remembers the last one
+per topic and publishes it again on every (re)connect, so an alarm raised or cleared while the
+broker was down reaches the broker once it is back (only the latest state per topic: that is
+all a retained topic holds anyway; the inspection log keeps the history).
 """
 
 from __future__ import annotations
@@ -88,6 +93,8 @@ class MqttPublisher:
         self._unreported_drops = 0
         self._last_drop_report = 0.0
         self._heartbeat = 0
+        # Last retained side message per topic, re-published on every connect (see the module doc).
+        self._retained: dict[str, bytes] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
@@ -181,6 +188,7 @@ class MqttPublisher:
         log.info("station %s: MQTT connected to %s:%d (%d queued)", self.station, self.settings.host,
                  self.settings.port, self.queued)
         self._publish_status()
+        self._republish_retained()
         self._report_drops(force=True)
         self._wake.set()
 
@@ -204,13 +212,26 @@ class MqttPublisher:
     def publish_side(self, subtopic: str, payload: bytes, *, retain: bool = False) -> bool:
         """Publish on ``<topic_prefix>/<subtopic>`` beside the decisions (QoS 1; alarms, checkpoints).
 
-        Never blocks; returns False while the broker is not connected (the message is not kept).
+        Never blocks; returns whether the client took it now. A retained message that could not go
+        out is kept (the latest per topic) and published when the broker is reached again; a
+        non-retained one is not kept.
         """
+        topic = f"{self.settings.topic_prefix}/{subtopic}"
+        if retain:
+            self._retained[topic] = payload
+        return self._hand_side(topic, payload, retain=retain)
+
+    def _hand_side(self, topic: str, payload: bytes, *, retain: bool) -> bool:
         client = self._client
         if client is None or not self._connected:
             return False
-        info = client.publish(f"{self.settings.topic_prefix}/{subtopic}", payload, qos=1, retain=retain)
+        info = client.publish(topic, payload, qos=1, retain=retain)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _republish_retained(self) -> None:
+        for topic, payload in list(self._retained.items()):
+            if not self._hand_side(topic, payload, retain=True):
+                log.warning("station %s: could not re-publish %s after connecting", self.station, topic)
 
     def enqueue(self, payload: bytes) -> None:
         """Queue one message (drop-oldest beyond ``queue_size``); never blocks."""

@@ -1,7 +1,7 @@
 """Storage faults answered, never unhandled: disk full, read-only, permission denied, PostgreSQL down, lock timeout.
 
 Real faults from the operating system and the database (a small tmpfs filling up or remounted
-read-only, a PostgreSQL role losing its privileges, the connection to PostgreSQL cut by a
+read-only, a directory the server may not write, a PostgreSQL role losing its privileges, the connection to PostgreSQL cut by a
 proxy we stop, SQLite's lock held by another connection) against the real app. The
 TestClient re-raises any unhandled exception, so a fault that would be "Exception in ASGI
 application" fails the test. Every frame gets its decision or a structured error with the
@@ -11,7 +11,9 @@ ready again after; ``/metrics`` counts the failures.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -49,6 +51,36 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def writes_denied(path: Path) -> Iterator[None]:
+    """Writes under ``path`` fail with a permission error for as long as the block runs.
+
+    As root, mode bits do not stop writes, so the tree is made immutable (``chattr +i``: EPERM);
+    as another user its modes are cleared (EACCES). Both are what a wrongly provisioned log
+    directory gives the server.
+    """
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None:
+            pytest.skip("denying root's writes needs chattr (e2fsprogs)")
+        done = subprocess.run(["chattr", "-R", "+i", str(path)], check=False, capture_output=True)
+        if done.returncode != 0:
+            subprocess.run(["chattr", "-R", "-i", str(path)], check=False, capture_output=True)
+            pytest.skip(f"this filesystem has no immutable flag: {done.stderr.decode(errors='replace')}")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-R", "-i", str(path)], check=True, capture_output=True)
+        return
+    modes = {p: p.stat().st_mode for p in [path, *path.rglob("*")]}
+    for p in modes:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        yield
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
 
 
 def _until(predicate: Any, timeout_s: float = 10.0) -> bool:
@@ -148,6 +180,47 @@ def test_read_only_frames_directory_keeps_deciding_and_says_so(tmp_path: Path, s
         assert client.app.state.log.verify().ok  # type: ignore[attr-defined]
         metrics = client.get("/metrics", headers=auth(keys, "engineer")).text
         assert "inspection_log_frames_not_kept_total 1.0" in metrics
+
+
+def test_permission_denied_on_the_frames_directory_keeps_deciding_and_says_so(
+        tmp_path: Path, models_dir: Path, keys: dict[str, str]) -> None:
+    frames = tmp_path / "frames"
+    settings = build_settings(settings_data(tmp_path, models_dir, keys, frames_dir=str(frames),
+                                            frame_sample_rate=1.0))
+    with TestClient(create_app(settings)) as client:
+        assert post_frame(client, keys, frame_png(DARK, seed=1), part_id="W0").status_code == 200
+        with writes_denied(frames):
+            resp = post_frame(client, keys, frame_png(DARK, seed=2), part_id="W1")
+        assert resp.status_code == 200, resp.text  # the decision is recorded; only its frame is missing
+        store = client.app.state.log  # type: ignore[attr-defined]
+        assert store.get(resp.json()["inspection_id"]).entry.data["frame_not_kept"] == "storage_error"
+        assert store.verify().ok
+        assert post_frame(client, keys, frame_png(DARK, seed=3), part_id="W2").status_code == 200
+
+
+def test_log_directory_without_write_permission_stops_the_start_with_its_reason(
+        tmp_path: Path, models_dir: Path, keys: dict[str, str]) -> None:
+    """A SQLite log in a directory the server may not write (a wrongly provisioned volume): the
+    start fails naming the directory and the fault, instead of opening the file read-only and
+    failing every decision later; the records already there are untouched.
+
+    (While running, SQLite keeps its open files: losing the permission then only shows at the
+    next open. The running case is PostgreSQL's REVOKE below, and the frames directory above.)
+    """
+    from inspection.errors import InspectionError
+
+    data = settings_data(tmp_path, models_dir, keys)
+    with TestClient(create_app(build_settings(data))) as client:
+        assert post_frame(client, keys, frame_png(DARK, seed=1), part_id="L0").status_code == 200
+        before = client.app.state.log.head()  # type: ignore[attr-defined]
+    var = tmp_path / "var"
+    with writes_denied(var), pytest.raises(InspectionError) as err:
+        with TestClient(create_app(build_settings(data))):
+            pass
+    assert f"its directory {var} is not writable (permission denied)" in str(err.value)
+    with TestClient(create_app(build_settings(data))) as client:
+        store = client.app.state.log  # type: ignore[attr-defined]
+        assert store.head() == before and store.verify().ok
 
 
 def test_sqlite_lock_timeout_answers_failsafe_and_readiness_follows(tmp_path: Path, models_dir: Path,
@@ -303,17 +376,22 @@ def test_postgres_permission_denied_answers_failsafe(tmp_path: Path, models_dir:
         with admin.begin() as conn:
             conn.execute(sa.text(f'GRANT ALL ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"'))
         store = open_log(sa.engine.make_url(url).set(username=role).render_as_string(hide_password=False),
-                         schema=schema)
-        settings = build_settings(settings_data(tmp_path, models_dir, keys, log_health_interval_s=0.05))
+                         schema=schema, frames_dir=tmp_path / "frames", frame_sample_rate=1.0)
+        settings = build_settings(settings_data(tmp_path, models_dir, keys, log_health_interval_s=0.05,
+                                                labelling={"classes": ["good", "scratch"], "margin": 0.2}))
         try:
             with TestClient(create_app(settings, log_store=store)) as client:
-                assert post_frame(client, keys, frame_png(DARK), part_id="Q0").status_code == 200
+                first = post_frame(client, keys, frame_png(DARK), part_id="Q0")
+                assert first.status_code == 200
                 with admin.begin() as conn:  # ... and the server's role loses its right to append
                     conn.execute(sa.text(f'REVOKE INSERT ON ALL TABLES IN SCHEMA "{schema}" FROM "{role}"'))
                 resp = post_frame(client, keys, frame_png(DARK), part_id="Q1")
                 assert resp.status_code == 500 and resp.json()["error"] == "storage_error", resp.text
                 _structured(resp)
                 assert "permission denied" in client.get("/readyz").json()["problems"]["log"]
+                label = client.post(f"/v1/labelling/frames/{first.json()['inspection_id']}/labels",
+                                    json={"label": "scratch", "expected_revision": 0}, headers=auth(keys, "engineer"))
+                assert label.status_code == 500 and label.json()["error"] == "storage_error", label.text
         finally:
             store.close()
     finally:
@@ -373,5 +451,54 @@ def test_log_failure_raises_and_clears_the_mqtt_alarm_and_checkpoints_are_retain
         assert retained and checkpoints.signature_ok(retained[0], checkpoints.load_public_key(public))
     finally:
         sub.close()
+        store.close()
+        broker.stop()
+
+
+@pytest.mark.mqtt
+def test_alarm_raised_while_the_broker_is_down_reaches_it_when_it_returns(
+        tmp_path: Path, models_dir: Path, keys: dict[str, str]) -> None:
+    """The log fails while the broker is away too (one network fault, say): the retained alarm is
+    kept and published once the broker is back, and the later clear follows it."""
+    import sqlite3
+
+    from inspection.log.store import open_log
+    from tests.helpers.server import free_port
+    from tests.serving.line.peers import MOSQUITTO, Broker, Subscriber
+
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed")
+    broker = Broker(tmp_path, free_port())  # not started: the broker is down from the beginning
+    data = settings_data(tmp_path, models_dir, keys, log_health_interval_s=0.05, log_inline_commit=False)
+    data["stations"][SINGLE]["line"] = {"mqtt": {"enabled": True, "port": broker.port, "status_interval_s": 0.1}}
+    db = tmp_path / "mq.db"
+    store = open_log(f"sqlite:///{db}", commit_timeout_s=0.5)
+    sub: Subscriber | None = None
+    try:
+        with TestClient(create_app(build_settings(data), log_store=store)) as client:
+            health = client.app.state.log_health  # type: ignore[attr-defined]
+            publisher = client.app.state.line.mqtt[SINGLE]  # type: ignore[attr-defined]
+            holder = sqlite3.connect(db, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                assert post_frame(client, keys, frame_png(DARK), part_id="D1").status_code == 500
+                assert _until(lambda: health.alarm_raised)
+                assert not publisher.connected
+                broker.start()
+                sub = Subscriber(broker.port, clean=True)
+
+                def alarms() -> list[dict[str, Any]]:
+                    assert sub is not None
+                    return [m for t, m, _ in list(sub.messages) if t == f"inspection/{SINGLE}/alarm"]
+
+                assert _until(lambda: [a["state"] for a in alarms()][-1:] == ["raised"], 20), alarms()
+                assert "log_unavailable" in alarms()[-1]["reason"]
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            assert _until(lambda: [a["state"] for a in alarms()][-1:] == ["cleared"], 40), alarms()
+    finally:
+        if sub is not None:
+            sub.close()
         store.close()
         broker.stop()
