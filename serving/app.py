@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -123,12 +122,6 @@ def open_inspection_log(settings: ServeSettings) -> InspectionLog:
         options["frame_sample_rate"] = settings.frame_sample_rate
     if settings.log_url.startswith("sqlite:///"):
         options["sqlite_synchronous"] = settings.log_sqlite_synchronous
-        try:
-            Path(settings.log_url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            from inspection.log.faults import from_os_error
-
-            raise from_os_error(exc, "creating the log's directory") from exc
     return open_log(settings.log_url, frames_dir=settings.frames_dir, min_free_bytes=settings.log_min_free_bytes,
                     **options)
 

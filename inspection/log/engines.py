@@ -8,6 +8,7 @@ the newest revision, migrated under the log's write lock.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from inspection.errors import ConfigError, InspectionError
+from inspection.log import faults
 from inspection.log.migrate import upgrade_to_head
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -56,7 +58,9 @@ def open_engine(url: str, *, schema: str | None, sqlite_synchronous: str) -> Eng
                 upgrade_to_head(conn)
     except SQLAlchemyError as exc:
         engine.dispose()
-        raise InspectionError(f"cannot open the inspection log at {engine.url!r}: {type(exc).__name__}: {exc}") from exc
+        cause = faults.from_db_error(exc, "opening the log")
+        raise InspectionError(f"cannot open the inspection log at {engine.url!r}: {cause} "
+                              f"({type(exc).__name__}: {getattr(exc, 'orig', None) or exc})") from exc
     return engine
 
 
@@ -65,7 +69,16 @@ def _sqlite_engine(url: str, synchronous: str) -> Engine:
     if not database or database == ":memory:":
         raise ConfigError(f"log url {url!r} names no SQLite file; "
                           "use sqlite:///path/to/log.db (in-memory logs are not durable)")
-    Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(database).expanduser().resolve().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InspectionError(f"cannot create the inspection log's directory {folder}: "
+                              f"{exc.strerror or type(exc).__name__}") from exc
+    if not os.access(folder, os.W_OK):
+        # SQLite could still open an existing file read-only and fail on the first decision.
+        raise InspectionError(f"cannot open the inspection log at {url!r}: its directory {folder} is not "
+                              "writable (permission denied); the log, its WAL and its frames are written there")
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")

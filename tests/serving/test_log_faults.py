@@ -1,8 +1,8 @@
 """Storage faults answered, never unhandled: disk full, read-only, permission denied, PostgreSQL down, lock timeout.
 
 Real faults from the operating system and the database (a small tmpfs filling up or remounted
-read-only, a directory the server may not write, a PostgreSQL role losing its privileges, the connection to PostgreSQL cut by a
-proxy we stop, SQLite's lock held by another connection) against the real app. The
+read-only, a directory the server may not write, a PostgreSQL role losing its privileges, the
+connection to PostgreSQL cut by a proxy we stop, SQLite's lock held by another connection) against the real app. The
 TestClient re-raises any unhandled exception, so a fault that would be "Exception in ASGI
 application" fails the test. Every frame gets its decision or a structured error with the
 fail-safe reject; ``/readyz`` says not ready with the reason while the log cannot commit and
@@ -214,9 +214,8 @@ def test_log_directory_without_write_permission_stops_the_start_with_its_reason(
         assert post_frame(client, keys, frame_png(DARK, seed=1), part_id="L0").status_code == 200
         before = client.app.state.log.head()  # type: ignore[attr-defined]
     var = tmp_path / "var"
-    with writes_denied(var), pytest.raises(InspectionError) as err:
-        with TestClient(create_app(build_settings(data))):
-            pass
+    with writes_denied(var), pytest.raises(InspectionError) as err, TestClient(create_app(build_settings(data))):
+        pass
     assert f"its directory {var} is not writable (permission denied)" in str(err.value)
     with TestClient(create_app(build_settings(data))) as client:
         store = client.app.state.log  # type: ignore[attr-defined]
