@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 STATION, CAMERA = "soak", "cam"
+FAULTS = ("kill", "disk", "promote", "plc", "postgres")
 
 
 class Plc:
@@ -259,7 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pg-url", default=None, help="put the log on this PostgreSQL (with --pg-restart-cmd)")
     ap.add_argument("--pg-restart-cmd", default=None, help="shell command restarting that PostgreSQL server")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--faults", default=",".join(FAULTS),
+                    help=f"comma-separated faults to inject, from {','.join(FAULTS)}; 'none' for a plain "
+                         "memory soak (how RSS grows without restarts)")
     args = ap.parse_args(argv)
+    faults = [] if args.faults == "none" else args.faults.split(",")
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        ap.error(f"--faults {args.faults!r}: unknown {unknown}; allowed: {', '.join(FAULTS)} or none")
 
     from serving.settings import hash_key  # noqa: F401 -- fail early without the serve extra
     from tests.helpers.server import free_port
@@ -278,13 +286,12 @@ def main(argv: list[str] | None = None) -> int:
                                 daemon=True) for n in range(args.clients)]
     for t in threads:
         t.start()
-    faults = ["kill", "disk", "promote", "plc", "postgres"]
     done: collections.Counter[str] = collections.Counter()
     skipped: set[str] = set()
     end = time.monotonic() + args.minutes * 60
-    next_fault = time.monotonic() + min(args.fault_every_s, args.minutes * 60 / 3)
+    next_fault = time.monotonic() + min(args.fault_every_s, args.minutes * 60 / 3) if faults else end
     promoted = "v1"
-    for fault in itertools.cycle(faults):
+    for fault in itertools.cycle(faults or [""]):
         while time.monotonic() < min(next_fault, end):
             server.sample_rss()
             plc.ensure()
@@ -366,6 +373,10 @@ def report(env: dict[str, Any], tally: Tally, server: Server, done: collections.
           f"{'' if verdict.get('ok') else verdict.get('detail')}")
     print(f"5xx without failsafe {tally.bare_5xx}   ('Exception in ASGI application' in the server log: {asgi})")
     print(f"max RSS growth       {max(growth, default=float('nan')):.1f}% (per server process, after warm-up)")
+    for n, samples in enumerate(server.rss):
+        if len(samples) > 10:  # one sample a second: the curve shows a leak (rising) from a fill (levelling off)
+            marks = [f"{samples[i]:.0f}" for i in range(10, len(samples), 60)] + [f"{samples[-1]:.0f}"]
+            print(f"  process {n + 1} RSS MiB at 10 s, then every minute: {' '.join(marks)}")
     print(f"PLC                  {plc.acked} results acknowledged over {plc.connections} connection(s); "
           f"after the last reconnect: {'-' if plc_after is None else plc_after}")
     print(f"faults injected      {dict(done)}; skipped: {sorted(skipped) or '-'}")
