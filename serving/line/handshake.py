@@ -18,12 +18,16 @@ Fail-safe rules, all documented in docs/plc.md:
 * An acknowledgement that names anything but the presented result sets
   ERROR_CODE=ACK_NOT_PENDING and changes nothing else.
 
-The class is synchronous and single-threaded (it runs on the event loop); log records are
-handed to ``on_record``, which must not block.
+The class is synchronous. The serving event loop offers decisions while the Modbus server
+answers PLC polls on its own thread (off the decision path): every change of state and every
+register rendering holds ``lock``, so a poll never sees half an update. Log records are handed
+to ``on_record`` and listeners are called from whichever thread made the change; both must not
+block and must be safe to call from any thread.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -134,6 +138,8 @@ class ResultHandshake:
         self._next_seq = 1
         self._skipped = 0
         self._listeners: list[Callable[[], None]] = []
+        # Re-entrant: acknowledge() reads ``presented`` while holding it.
+        self.lock = threading.RLock()
 
     # --- observers -------------------------------------------------------------------------
     def add_listener(self, fn: Callable[[], None]) -> None:
@@ -186,30 +192,31 @@ class ResultHandshake:
     # --- inputs ----------------------------------------------------------------------------
     def offer(self, record: StoredRecord, *, kind: str = "part") -> LineResult | None:
         """Buffer a committed decision for the PLC; None when the buffer was full (fail-safe)."""
-        seq = self._take_seq()
-        result = to_line_result(record, seq=seq, class_codes=self.class_codes, kind=kind,
-                                skipped_before=self._skipped)
-        c = self.counters
-        c.inspected += 1
-        if self.full:
-            c.overflowed += 1
-            c.failsafe += 1
-            c.rejected += 1
-            self._skipped += 1
-            self.error_code = ErrorCode.BUFFER_FULL
-            # The PLC never sees this result, so it rejects the part (docs/plc.md, safety rule 1).
-            self._emit(result, "overflow", via=None, age_s=0.0,
-                       extra={"buffer_depth": self.depth, "plc_action": "reject (no result)"})
+        with self.lock:
+            seq = self._take_seq()
+            result = to_line_result(record, seq=seq, class_codes=self.class_codes, kind=kind,
+                                    skipped_before=self._skipped)
+            c = self.counters
+            c.inspected += 1
+            if self.full:
+                c.overflowed += 1
+                c.failsafe += 1
+                c.rejected += 1
+                self._skipped += 1
+                self.error_code = ErrorCode.BUFFER_FULL
+                # The PLC never sees this result, so it rejects the part (docs/plc.md, safety rule 1).
+                self._emit(result, "overflow", via=None, age_s=0.0,
+                           extra={"buffer_depth": self.depth, "plc_action": "reject (no result)"})
+                self._changed()
+                return None
+            if result.decision == Decision.NG:
+                c.rejected += 1
+            if result.error == ResultError.FAILSAFE:
+                c.failsafe += 1
+            self._skipped = 0
+            self._buffer.append(_Slot(result, self._clock()))
             self._changed()
-            return None
-        if result.decision == Decision.NG:
-            c.rejected += 1
-        if result.error == ResultError.FAILSAFE:
-            c.failsafe += 1
-        self._skipped = 0
-        self._buffer.append(_Slot(result, self._clock()))
-        self._changed()
-        return result
+            return result
 
     def _take_seq(self) -> int:
         seq = self._next_seq
@@ -221,18 +228,19 @@ class ResultHandshake:
 
     def note_lost(self, n: int) -> None:
         """``n`` decisions never reached the station (dropped upstream): count them as overflowed."""
-        if n <= 0:
-            return
-        c = self.counters
-        c.inspected += n
-        c.overflowed += n
-        c.failsafe += n
-        c.rejected += n
-        self._skipped += n
-        for _ in range(n):
-            self._take_seq()
-        self.error_code = ErrorCode.BUFFER_FULL
-        self._changed()
+        with self.lock:
+            if n <= 0:
+                return
+            c = self.counters
+            c.inspected += n
+            c.overflowed += n
+            c.failsafe += n
+            c.rejected += n
+            self._skipped += n
+            for _ in range(n):
+                self._take_seq()
+            self.error_code = ErrorCode.BUFFER_FULL
+            self._changed()
 
     def acknowledge(self, seq: int, *, via: str, bits: int = 32, latch: bool = False) -> ErrorCode:
         """The PLC acknowledges result ``seq`` (compared on its low ``bits`` bits).
@@ -242,58 +250,64 @@ class ResultHandshake:
         acknowledgement of the result just acknowledged while latched is a harmless no-op.
         With ``latch`` the next result is withheld until :meth:`release`.
         """
-        mask = (1 << bits) - 1
-        if self._latched and self.last_acked is not None and (self.last_acked.seq & mask) == seq:
-            return ErrorCode.NONE
-        current = self.presented
-        if current is None or (current.seq & mask) != seq or seq == 0:
-            self.error_code = ErrorCode.ACK_NOT_PENDING
+        with self.lock:
+            mask = (1 << bits) - 1
+            if self._latched and self.last_acked is not None and (self.last_acked.seq & mask) == seq:
+                return ErrorCode.NONE
+            current = self.presented
+            if current is None or (current.seq & mask) != seq or seq == 0:
+                self.error_code = ErrorCode.ACK_NOT_PENDING
+                self._changed()
+                return ErrorCode.ACK_NOT_PENDING
+            slot = self._buffer.popleft()
+            self.counters.acknowledged += 1
+            self.last_acked = current
+            self._latched = latch
+            self._emit(current, "acknowledged", via=via, age_s=self._clock() - slot.offered_at,
+                       extra={"late": slot.flagged})
             self._changed()
-            return ErrorCode.ACK_NOT_PENDING
-        slot = self._buffer.popleft()
-        self.counters.acknowledged += 1
-        self.last_acked = current
-        self._latched = latch
-        self._emit(current, "acknowledged", via=via, age_s=self._clock() - slot.offered_at,
-                   extra={"late": slot.flagged})
-        self._changed()
-        return ErrorCode.NONE
+            return ErrorCode.NONE
 
     def release(self) -> None:
         """The PLC cleared its acknowledgement: present the next result (if any)."""
-        if self._latched:
-            self._latched = False
-            self._changed()
+        with self.lock:
+            if self._latched:
+                self._latched = False
+                self._changed()
 
     def clear_error(self) -> None:
-        if self.error_code != ErrorCode.NONE:
-            self.error_code = ErrorCode.NONE
-            self._changed()
+        with self.lock:
+            if self.error_code != ErrorCode.NONE:
+                self.error_code = ErrorCode.NONE
+                self._changed()
 
     def set_error(self, code: ErrorCode) -> None:
         """Record a wire-level error (bad address or value) without touching anything else."""
-        self.error_code = code
-        self._changed()
+        with self.lock:
+            self.error_code = code
+            self._changed()
 
     def tick(self) -> None:
         """Heartbeat: called once per heartbeat period."""
-        self.heartbeat = (self.heartbeat + 1) & 0xFFFF
-        self._changed()
+        with self.lock:
+            self.heartbeat = (self.heartbeat + 1) & 0xFFFF
+            self._changed()
 
     def check_deadlines(self) -> int:
         """Flag buffered results older than the deadline (once each); returns how many were flagged."""
-        now = self._clock()
-        flagged = 0
-        for slot in self._buffer:
-            if not slot.flagged and now - slot.offered_at > self.ack_deadline_s:
-                slot.flagged = True
-                flagged += 1
-                self.counters.ack_timeouts += 1
-                self._emit(slot.result, "timeout", via=None, age_s=now - slot.offered_at, extra={})
-        if flagged:
-            self.error_code = ErrorCode.ACK_TIMEOUT
-            self._changed()
-        return flagged
+        with self.lock:
+            now = self._clock()
+            flagged = 0
+            for slot in self._buffer:
+                if not slot.flagged and now - slot.offered_at > self.ack_deadline_s:
+                    slot.flagged = True
+                    flagged += 1
+                    self.counters.ack_timeouts += 1
+                    self._emit(slot.result, "timeout", via=None, age_s=now - slot.offered_at, extra={})
+            if flagged:
+                self.error_code = ErrorCode.ACK_TIMEOUT
+                self._changed()
+            return flagged
 
     def _emit(self, result: LineResult, outcome: str, *, via: str | None, age_s: float,
               extra: dict[str, object]) -> None:
@@ -312,7 +326,12 @@ class ResultHandshake:
 
 
 def render_registers(hs: ResultHandshake, *, ack_register: int = 0) -> list[int]:
-    """All ``REGISTER_COUNT`` registers for the handshake's current state."""
+    """All ``REGISTER_COUNT`` registers for the handshake's current state (one consistent snapshot)."""
+    with hs.lock:
+        return _render(hs, ack_register)
+
+
+def _render(hs: ResultHandshake, ack_register: int) -> list[int]:
     w = [0] * reg.REGISTER_COUNT
     w[reg.HEARTBEAT] = hs.heartbeat
     w[reg.STATUS] = int(hs.status())

@@ -4,11 +4,19 @@ The datastore is not a block of memory: every read renders the registers from th
 handshake's state, and every write is checked against the map before anything changes, so
 a bad write (read-only or unknown address, unaccepted value, acknowledging a result that is
 not pending) gets a Modbus exception plus ERROR_CODE and leaves everything else as it was.
+
+The server runs on a thread of its own with its own event loop: a PLC polls every few
+milliseconds, and on the serving loop each poll (a few hundred microseconds of pymodbus
+framing) sat in front of the frames waiting for their answer. Reads and writes take the
+handshake's lock, so a poll sees either all of a change or none of it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
+import threading
 from collections.abc import Sequence
 
 from pymodbus.constants import ExcCodes
@@ -56,6 +64,10 @@ class HandshakeContext(ModbusServerContext):
 
     def write(self, address: int, values: list[int], *, func_code: int = 16) -> ExcCodes | None:
         """Apply a PLC write; returns the Modbus exception code for a refused one."""
+        with self.handshake.lock:  # the check and the change as one step against the decision path
+            return self._write(address, values, func_code)
+
+    def _write(self, address: int, values: list[int], func_code: int) -> ExcCodes | None:
         hs = self.handshake
         addrs = range(address, address + len(values))
         if func_code not in _WRITE_FC or not values or any(a not in reg.WRITABLE for a in addrs):
@@ -87,25 +99,60 @@ class HandshakeContext(ModbusServerContext):
 
 
 class ModbusStationServer:
-    """Start/stop the Modbus TCP server of one station."""
+    """Start/stop the Modbus TCP server of one station, on its own thread and event loop."""
 
     def __init__(self, handshake: ResultHandshake, *, host: str, port: int) -> None:
         self.context = HandshakeContext(handshake)
         self.host = host
         self.port = port
         self._server: ModbusTcpServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
         """Listen on ``host:port``; raises OSError when the port cannot be bound."""
-        server = ModbusTcpServer(self.context, address=(self.host, self.port))
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        thread = threading.Thread(target=self._run, args=(started,), daemon=True,
+                                  name=f"modbus-{self.context.handshake.station}")
+        thread.start()
         try:
-            await server.serve_forever(background=True)
-        except RuntimeError as exc:
-            raise OSError(f"Modbus TCP server cannot listen on {self.host}:{self.port}: {exc}") from exc
-        self._server = server
+            await asyncio.wrap_future(started)
+        except BaseException:
+            await asyncio.to_thread(thread.join, 10)
+            raise
+        self._thread = thread
         log.info("station %s: Modbus TCP on %s:%d", self.context.handshake.station, self.host, self.port)
 
+    def _run(self, started: concurrent.futures.Future[None]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            try:
+                server = loop.run_until_complete(self._listen())
+            except (RuntimeError, OSError) as exc:
+                started.set_exception(OSError(f"Modbus TCP server cannot listen on {self.host}:{self.port}: {exc}"))
+                return
+            self._server, self._loop = server, loop
+            started.set_result(None)
+            loop.run_forever()  # until stop() asks it to end
+            loop.run_until_complete(server.shutdown())
+        except BaseException as exc:  # reported to start() or logged: the thread must end either way
+            if not started.done():
+                started.set_exception(exc)
+            else:
+                log.exception("station %s: Modbus TCP server thread failed", self.context.handshake.station)
+        finally:
+            loop.close()
+
+    async def _listen(self) -> ModbusTcpServer:
+        server = ModbusTcpServer(self.context, address=(self.host, self.port))  # needs its running loop
+        await server.serve_forever(background=True)
+        return server
+
     async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.shutdown()
-            self._server = None
+        loop, thread = self._loop, self._thread
+        self._server = self._loop = self._thread = None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 10)

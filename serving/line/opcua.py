@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,7 +101,15 @@ class OpcUaStationServer:
         except OSError as exc:
             raise OSError(f"OPC UA server cannot listen on {s.host}:{s.port}: {exc}") from exc
         self._server = server
-        self.handshake.add_listener(self._dirty.set)
+        loop, loop_thread = asyncio.get_running_loop(), threading.get_ident()
+
+        def dirty() -> None:  # called from the thread that changed the handshake (Modbus acks: its own)
+            if threading.get_ident() == loop_thread:
+                self._dirty.set()
+            else:
+                loop.call_soon_threadsafe(self._dirty.set)
+
+        self.handshake.add_listener(dirty)
         self._task = asyncio.create_task(self._sync_loop(), name=f"opcua-sync-{self.handshake.station}")
         log.info("station %s: OPC UA on %s", self.handshake.station, self.endpoint)
 

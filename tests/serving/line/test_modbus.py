@@ -299,3 +299,43 @@ async def test_simulated_plc_acknowledges_every_result(make_rig: RigFactory, por
     finally:
         await asyncio.to_thread(plc.stop)
     assert plc.results == [(i + 1, f"S-{i}", "NG" if i % 2 else "OK") for i in range(20)]
+
+
+async def test_plc_polls_are_answered_off_the_serving_event_loop(make_rig: RigFactory, port: int) -> None:
+    """The Modbus server has its own thread and loop: while the serving loop is busy (here: blocked
+    outright for 0.6 s, as a long frame decode would), a PLC still gets its registers, and an
+    acknowledgement it writes meanwhile is logged once the serving loop runs again."""
+    import threading
+    import time
+
+    from pymodbus.client import ModbusTcpClient
+
+    rig = await make_rig(buffer_depth=8)
+    [rec] = await decide_many(rig.log, [part_entry(STATION, "77", "reject")])
+    rig.publish([rec])
+    await wait_for(lambda: rig.line.handshake.presented is not None, what="result presented")
+    answered: list[float] = []
+    done = threading.Event()
+
+    def plc() -> None:
+        client = ModbusTcpClient("127.0.0.1", port=port, timeout=2)
+        assert client.connect()
+        try:
+            t0 = time.perf_counter()
+            rr = client.read_holding_registers(0, count=reg.REGISTER_COUNT)
+            assert not rr.isError() and rr.registers[reg.STATUS] & StatusBit.RESULT_VALID
+            assert not client.write_register(reg.RESULT_ACK, rr.registers[reg.RESULT_SEQ + 1]).isError()
+            answered.append(time.perf_counter() - t0)
+        finally:
+            client.close()
+            done.set()
+
+    worker = threading.Thread(target=plc)
+    worker.start()
+    time.sleep(0.6)  # noqa: ASYNC251 -- on purpose: the serving loop is blocked, nothing on it can answer
+    assert done.is_set() and answered and answered[0] < 0.5, answered
+    worker.join()
+    assert rig.line.handshake.counters.acknowledged == 1
+    await rig.sink.flush()
+    acks = records_of(rig.log, "plc_ack")
+    assert [a.entry.ref for a in acks] == [rec.entry.inspection_id]
