@@ -2,7 +2,9 @@
 
 It does what docs/plc.md asks of a real PLC program: read STATUS and the result block, write
 the low word of RESULT_SEQ to RESULT_ACK, wait for RESULT_VALID to drop, write 0. It runs in a
-thread of its own (its own blocking Modbus client), so it can sit beside any event loop::
+thread of its own (its own blocking Modbus client), so it can sit beside any event loop. One
+scan every ``poll_s``: a scan reads the registers and, when a result is valid, acknowledges it,
+so it takes at most one result per scan (a 10 ms PLC: 100 results/s)::
 
     plc = SimulatedPlc("127.0.0.1", 5020)
     plc.start()
@@ -76,6 +78,9 @@ class SimulatedPlc(threading.Thread):
                 self.results.append((seq, part, decision))
                 del self.results[: max(0, len(self.results) - self._keep)]
                 log.debug("simulated PLC: part %s %s (result %d) acknowledged", part or "?", decision, seq)
+                # One result per scan, as a PLC program does: polling flat out while results are
+                # waiting would be a PLC with no scan time at all.
+                time.sleep(self.poll_s)
         except (ModbusException, OSError) as exc:  # a server killed mid-read resets the socket
             if not self._stop_flag.is_set():
                 log.warning("simulated PLC: Modbus connection lost: %s", exc)
