@@ -12,8 +12,11 @@ Faults, one after another, round robin every ``--fault-every-s``:
   every result) disconnects for ``--fault-s`` seconds, then reconnects; the server must keep
   answering frames, and the PLC must get results again afterwards (a kill also drops the link:
   the PLC reconnects when the server is back, as a real one would);
-* ``postgres``: only with ``--pg-url`` and ``--pg-restart-cmd`` (a command that restarts the
-  PostgreSQL server the log is on; never the shared test server); otherwise skipped.
+* ``postgres``: the PostgreSQL server the log is on is restarted (``pg_ctl restart -m fast``).
+  With ``--private-pg`` the soak makes a PostgreSQL cluster of its own (``initdb`` in the work
+  directory, a free port; needs the server binaries) and puts the log there; or give
+  ``--pg-url`` and ``--pg-restart-cmd`` for one you run (never the shared test server).
+  Without either the fault is skipped, and said so.
 
 At the end it prints frames sent, acknowledged (200), fail-safe answers by reason, whether
 every acknowledged answer has its record in the log, the chain and signed-checkpoint
@@ -212,6 +215,49 @@ def _fill(where: Path, headroom_kb: int) -> Path:
     return ballast
 
 
+class PrivatePostgres:
+    """A PostgreSQL cluster of the soak's own (initdb in ``folder``), so restarting it harms nobody."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        import glob
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not found:
+            raise SystemExit("--private-pg needs the PostgreSQL server binaries (apt-get install postgresql)")
+        self.bin = Path(found[-1]).parent
+        self.folder, self.port = folder, port
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+
+    def _run(self, *cmd: str) -> None:
+        # PostgreSQL refuses to run as root: as root, run it as the postgres user.
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        done = subprocess.run([*prefix, *cmd], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd[:2])} failed: {done.stderr.strip()[-400:]}")
+
+    def ctl(self, action: str) -> list[str]:
+        return [str(self.bin / "pg_ctl"), "-D", str(self.folder), "-w", "-m", "fast", "-l",
+                str(self.folder / "server.log"), "-o", f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1",
+                action]
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True)
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._run(str(self.bin / "initdb"), "-D", str(self.folder), "-A", "trust", "-U", "postgres", "--no-sync")
+        self._run(*self.ctl("start"))
+
+    def restart_cmd(self) -> str:
+        prefix = "runuser -u postgres -- " if os.geteuid() == 0 else ""
+        return prefix + " ".join(f"'{c}'" for c in self.ctl("restart"))
+
+    def stop(self) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *self.ctl("stop")], capture_output=True, check=False)
+
+
 def setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
@@ -259,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-fs-mb", type=int, default=64, help="size of the log's own tmpfs (root only)")
     ap.add_argument("--pg-url", default=None, help="put the log on this PostgreSQL (with --pg-restart-cmd)")
     ap.add_argument("--pg-restart-cmd", default=None, help="shell command restarting that PostgreSQL server")
+    ap.add_argument("--private-pg", action="store_true",
+                    help="put the log on a PostgreSQL cluster of the soak's own and restart it as a fault")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--faults", default=",".join(FAULTS),
                     help=f"comma-separated faults to inject, from {','.join(FAULTS)}; 'none' for a plain "
@@ -271,9 +319,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from serving.settings import hash_key  # noqa: F401 -- fail early without the serve extra
     from tests.helpers.server import free_port
-    from tests.helpers.tiny_model import DARK, frame_png
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="soak-"))
+    private_pg = None
+    if args.private_pg:
+        if args.pg_url:
+            ap.error("--private-pg and --pg-url: give one of them")
+        os.chmod(work, 0o755)  # the postgres user must reach its data directory
+        private_pg = PrivatePostgres(work / "pg", free_port())
+        private_pg.start()
+        args.pg_url, args.pg_restart_cmd = private_pg.url, private_pg.restart_cmd()
+    try:
+        return _soak(work, args, faults)
+    finally:
+        if private_pg is not None:
+            private_pg.stop()
+
+
+def _soak(work: Path, args: argparse.Namespace, faults: list[str]) -> int:
+    from tests.helpers.server import free_port
+    from tests.helpers.tiny_model import DARK, frame_png
+
     env = setup(work, args)
     frames = [frame_png(DARK if i % 5 == 0 else 230, size=64, seed=i) for i in range(50)]
     server = Server(env["settings"], free_port(), work / "server.log")
@@ -305,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)
             server.start()
         elif fault == "disk":
-            if not env["small_fs"] or args.pg_url:
-                skipped.add("disk (needs root for a tmpfs of its own, and a SQLite log)")
+            if not env["small_fs"]:
+                skipped.add("disk (needs root for a tmpfs of its own)")
                 continue
             ballast = _fill(env["logfs"], args.disk_headroom_kb)
             time.sleep(args.fault_s)
@@ -322,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             plc.reconnect()
         elif fault == "postgres":
             if not (args.pg_url and args.pg_restart_cmd):
-                skipped.add("postgres (give --pg-url and --pg-restart-cmd for a server of its own)")
+                skipped.add("postgres (give --private-pg, or --pg-url and --pg-restart-cmd for a server of its own)")
                 continue
             subprocess.run(args.pg_restart_cmd, shell=True, check=False)  # the operator's own command
         done[fault] += 1
