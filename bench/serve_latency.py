@@ -438,11 +438,28 @@ def side_by_side(bare_frame: Callable[[int], None], bare_batched: Callable[[], f
 # --------------------------------------------------------------------------------------------
 # (c) the torch-eager FastAPI server (what serving the PyTorch checkpoint directly gives)
 # --------------------------------------------------------------------------------------------
-def torch_server_main(port: int, weights: Path, arch: str, size: int) -> None:
-    """A plain FastAPI app: decode + preprocess (same function), torch eager forward, softmax, JSON."""
-    import torch
+def serve_predict(port: int, score: Callable[[bytes, str | None], list[float]], classes: list[str]) -> None:
+    """A plain FastAPI app (the peers' shape): ``GET /ready`` and ``POST /predict`` -> probabilities, class."""
     import uvicorn
     from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/ready")
+    async def ready() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        probs = score(await request.body(), request.headers.get("content-type"))
+        return {"probabilities": probs, "class": classes[int(np.argmax(probs))]}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def torch_server_main(port: int, weights: Path, arch: str, size: int) -> None:
+    """Decode + preprocess (same function), torch eager forward, softmax, JSON."""
+    import torch
 
     from inspection.card import InputSpec
     from inspection.preprocess import prepare_frame
@@ -452,29 +469,21 @@ def torch_server_main(port: int, weights: Path, arch: str, size: int) -> None:
     model = Classifier(get_model(arch, num_classes=len(CLASSES), in_channels=1), mean=[0.5], std=[0.25])
     model.load_state_dict(torch.load(weights, map_location="cpu"))
     model.eval()
-    app = FastAPI()
 
-    @app.get("/ready")
-    async def ready() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.post("/predict")
-    async def predict(request: Request) -> dict[str, Any]:
-        _, x = prepare_frame(await request.body(), spec)
+    def score(body: bytes, content_type: str | None) -> list[float]:
+        _, x = prepare_frame(body, spec, content_type=content_type)
         with torch.inference_mode():
-            probs = torch.softmax(model(torch.from_numpy(x).unsqueeze(0)), dim=1)[0].tolist()
-        return {"probabilities": probs, "class": CLASSES[int(np.argmax(probs))]}
+            return torch.softmax(model(torch.from_numpy(x).unsqueeze(0)), dim=1)[0].tolist()
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    serve_predict(port, score, CLASSES)
 
 
 @contextlib.contextmanager
-def torch_server(weights: Path, arch: str, size: int, frames: list[bytes]) -> Iterator[Contender]:
-    """(c) as a contender for ``side_by_side``."""
+def peer_server(label: str, args: list[str], frames: list[bytes]) -> Iterator[Contender]:
+    """A peer server (this script with ``args``, answering ``POST /predict``) as a contender."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--torch-server", str(port), "--weights", str(weights),
-                             "--arch", arch, "--size", str(size)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, __file__, *args[:1], str(port), *args[1:]], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_ready(proc, port, "/ready")
 
@@ -483,11 +492,18 @@ def torch_server(weights: Path, arch: str, size: int, frames: list[bytes]) -> It
 
         def check(status: int, body: bytes) -> None:
             if status != 200:
-                raise RuntimeError(f"torch server: HTTP {status}: {body[:200]!r}")
+                raise RuntimeError(f"{label} server: HTTP {status}: {body[:200]!r}")
 
-        yield Contender("torch", port, proc, req, check)
+        yield Contender(label, port, proc, req, check)
     finally:
         _stop(proc)
+
+
+def torch_server(weights: Path, arch: str, size: int,
+                 frames: list[bytes]) -> contextlib.AbstractContextManager[Contender]:
+    """(c) as a contender for ``side_by_side``."""
+    return peer_server("torch", ["--torch-server", "--weights", str(weights), "--arch", arch, "--size", str(size)],
+                       frames)
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,48 +513,23 @@ def naive_server_main(port: int, version_dir: Path) -> None:
     """Plain FastAPI + onnxruntime with its default session options: the same preprocessing
     function and model file as ours, no log, no auth, no batching, no part logic."""
     import onnxruntime as ort
-    import uvicorn
-    from fastapi import FastAPI
 
     from inspection.card import load_card
     from inspection.preprocess import prepare_frame
 
     card = load_card(version_dir)
     session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    app = FastAPI()
 
-    @app.get("/ready")
-    async def ready() -> dict[str, str]:
-        return {"status": "ok"}
+    def score(body: bytes, content_type: str | None) -> list[float]:
+        _, x = prepare_frame(body, card.input, content_type=content_type)
+        return session.run(["probabilities"], {"pixels": x[np.newaxis]})[0][0].tolist()
 
-    @app.post("/predict")
-    async def predict(request: Request) -> dict[str, Any]:
-        _, x = prepare_frame(await request.body(), card.input, content_type=request.headers.get("content-type"))
-        probs = session.run(["probabilities"], {"pixels": x[np.newaxis]})[0][0].tolist()
-        return {"probabilities": probs, "class": card.classes[int(np.argmax(probs))]}
-
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    serve_predict(port, score, card.classes)
 
 
-@contextlib.contextmanager
-def naive_server(version_dir: Path, frames: list[bytes]) -> Iterator[Contender]:
+def naive_server(version_dir: Path, frames: list[bytes]) -> contextlib.AbstractContextManager[Contender]:
     """(d) as a contender for ``side_by_side``."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--naive-server", str(port), "--version-dir", str(version_dir)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_ready(proc, port, "/ready")
-
-        def req(c: int, i: int) -> bytes:
-            return build_request("/predict", frames[(c * 7 + i) % len(frames)], {})
-
-        def check(status: int, body: bytes) -> None:
-            if status != 200:
-                raise RuntimeError(f"naive server: HTTP {status}: {body[:200]!r}")
-
-        yield Contender("naive", port, proc, req, check)
-    finally:
-        _stop(proc)
+    return peer_server("naive", ["--naive-server", "--version-dir", str(version_dir)], frames)
 
 
 # --------------------------------------------------------------------------------------------
