@@ -96,8 +96,8 @@ class LineIntegration:
             plc = self.lines.get(name)
             extra: Callable[[], dict[str, Any]] | None = None
             if plc is not None:
-                def extra(plc: Any = plc) -> dict[str, Any]:
-                    return plc_status(plc)
+                def extra(plc: Any = plc, servers: dict[str, _Server] = self.servers[name]) -> dict[str, Any]:
+                    return plc_status(plc, servers)
             pub = MqttPublisher(name, cfg.mqtt, sink=self.sink, metrics=self.metrics, status_extra=extra)
             self.mqtt[name] = pub
             await pub.start(sub.queue)
@@ -153,11 +153,13 @@ async def _quietly(coro: Any, what: str) -> None:
         log.exception("could not stop %s cleanly", what)
 
 
-def plc_status(line: Any) -> dict[str, Any]:
-    """The PLC side's state for the MQTT status message."""
+def plc_status(line: Any, servers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The PLC side's state for the MQTT status message (``servers``: the station's wire servers)."""
     hs = line.handshake
     c = hs.counters
-    return {"plc": {"ready": hs.running and not hs.full, "busy": hs.full, "pending_results": hs.pending,
+    down = sorted(name for name, server in (servers or {}).items() if not getattr(server, "alive", True))
+    return {"plc": {"ready": hs.running and not hs.full and not down, "busy": hs.full, "pending_results": hs.pending,
+                    "servers_down": down,
                     "error_code": int(hs.error_code), "inspected": c.inspected, "rejected": c.rejected,
                     "failsafe": c.failsafe, "overflowed": c.overflowed, "ack_timeouts": c.ack_timeouts,
                     "acknowledged": c.acknowledged}}

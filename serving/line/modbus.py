@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -108,6 +109,12 @@ class ModbusStationServer:
         self._server: ModbusTcpServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    @property
+    def alive(self) -> bool:
+        """Whether the server's thread is running (False before start, after stop, or after a crash)."""
+        return self._thread is not None and self._thread.is_alive()
 
     async def start(self) -> None:
         """Listen on ``host:port``; raises OSError when the port cannot be bound."""
@@ -135,7 +142,17 @@ class ModbusStationServer:
             self._server, self._loop = server, loop
             started.set_result(None)
             loop.run_forever()  # until stop() asks it to end
+            if not self._stopping:
+                # Not asked to: the PLC can no longer read results. It must reject every part that
+                # gets none (docs/plc.md, safety rule 1); here, unacknowledged results are flagged.
+                log.error("station %s: the Modbus TCP server stopped unexpectedly; the PLC gets no results",
+                          self.context.handshake.station)
             loop.run_until_complete(server.shutdown())
+            # Let the closed connections' callbacks run and end what is left, before the loop closes.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, asyncio.sleep(0), return_exceptions=True))
         except BaseException as exc:  # reported to start() or logged: the thread must end either way
             if not started.done():
                 started.set_exception(exc)
@@ -152,7 +169,9 @@ class ModbusStationServer:
     async def stop(self) -> None:
         loop, thread = self._loop, self._thread
         self._server = self._loop = self._thread = None
+        self._stopping = True
         if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
+            with contextlib.suppress(RuntimeError):  # its loop already ended (the thread died)
+                loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             await asyncio.to_thread(thread.join, 10)

@@ -33,6 +33,7 @@ class Rig:
     client: AsyncModbusTcpClient
     sink: LogSink
     log: SqlInspectionLog
+    server: ModbusStationServer
 
     async def read(self, address: int = 0, count: int = reg.REGISTER_COUNT) -> list[int]:
         rr = await self.client.read_holding_registers(address, count=count)
@@ -67,7 +68,7 @@ async def make_rig(log_store: SqlInspectionLog, port: int) -> AsyncIterator[RigF
         await server.start()
         client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5)
         assert await client.connect()
-        rig = Rig(bus, line, client, sink, log_store)
+        rig = Rig(bus, line, client, sink, log_store, server)
         started.append((rig, server))
         return rig
 
@@ -339,3 +340,34 @@ async def test_plc_polls_are_answered_off_the_serving_event_loop(make_rig: RigFa
     await rig.sink.flush()
     acks = records_of(rig.log, "plc_ack")
     assert [a.entry.ref for a in acks] == [rec.entry.inspection_id]
+
+
+async def test_a_dead_modbus_server_is_a_fail_safe_state_not_a_silent_pass(make_rig: RigFactory, port: int) -> None:
+    """The PLC side of the station dies (its thread's loop ends, unasked): the PLC cannot read a
+    result any more, every result offered meanwhile is flagged unacknowledged (``timeout``) or
+    lost to the full buffer (``overflow``), all NG for the PLC's safety rule, and nothing is ever
+    recorded as acknowledged; the MQTT status says the server is down."""
+    from pymodbus.client import ModbusTcpClient
+
+    from serving.line.integration import plc_status
+
+    rig = await make_rig(ack_deadline_s=0.1, buffer_depth=4)
+    loop = rig.server._loop
+    assert loop is not None and rig.server.alive
+    loop.call_soon_threadsafe(loop.stop)  # the crash: nobody asked it to stop
+    await wait_for(lambda: not rig.server.alive, what="the Modbus thread ended")
+    recs = await decide_many(rig.log, [part_entry(STATION, f"D-{i}", "pass") for i in range(6)])
+    rig.publish(recs)
+    hs = rig.line.handshake
+    await wait_for(lambda: hs.counters.ack_timeouts == 4 and hs.counters.overflowed == 2, what="flagged")
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=1, retries=0)
+    try:
+        assert not client.connect()  # nothing answers the PLC any more
+    finally:
+        client.close()
+    status = plc_status(rig.line, {"modbus": rig.server})["plc"]
+    assert status["servers_down"] == ["modbus"] and status["ready"] is False
+    await rig.sink.flush()
+    outcomes = [(a.entry.data or {})["outcome"] for a in records_of(rig.log, "plc_ack")]
+    assert sorted(outcomes) == ["overflow"] * 2 + ["timeout"] * 4
+    assert hs.counters.acknowledged == 0
