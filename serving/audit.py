@@ -28,7 +28,7 @@ from inspection.errors import ConflictError, InspectionError, NotFoundError
 from inspection.log.chain import VerifyReport
 from inspection.log.export import MEDIA_TYPES, iter_export, record_dict
 from inspection.log.framestore import check_sha
-from inspection.log.query import MAX_LIMIT, RecordFilter, count_records, query_records
+from inspection.log.query import MAX_LIMIT, RecordFilter, count_records, model_notation, query_records
 from inspection.log.records import LogEntry, RecordKind, StoredRecord
 from inspection.log.retention import prune_frames
 from inspection.log.store import SqlInspectionLog
@@ -96,7 +96,7 @@ def record_json(rec: StoredRecord, log: SqlInspectionLog | None = None,
     if log is not None:
         out["frame_stored"] = log.has_frame(rec.entry.frame_sha256)
     e = rec.entry
-    out["model"] = f"{e.model_name}/{e.model_version}" if e.model_name and e.model_version else None
+    out["model"] = model_notation(e.model_name, e.model_version)
     out["summary"] = summary(rec, cards)
     if e.decision == "pass" and not e.failsafe_reason:
         out["defect_class"] = None  # the class a pass resembled is not a defect found (scores keep it)

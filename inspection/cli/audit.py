@@ -130,7 +130,7 @@ def _filter(args: argparse.Namespace) -> Any:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from inspection.log.export import record_dict
-    from inspection.log.query import query_records
+    from inspection.log.query import model_notation, query_records
 
     with _open(args) as log:
         page = query_records(log, _filter(args), cursor=args.cursor, limit=args.limit, order=args.order)
@@ -152,7 +152,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         )
         dicts = [record_dict(r) for r in page.records]
         for d in dicts:  # one notation everywhere: name/version
-            d["model"] = f"{d['model_name']}/{d['model_version']}" if d.get("model_name") else d.get("model_version")
+            d["model"] = model_notation(d.get("model_name"), d.get("model_version"))
         rows = [["-" if d[c] is None else str(d[c]) for c in cols] for d in dicts]
         widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(cols)]
         print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))

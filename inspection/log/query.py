@@ -22,6 +22,14 @@ Order = Literal["asc", "desc"]
 MAX_LIMIT = 1000
 
 
+def model_notation(name: str | None, version: str | None) -> str | None:
+    """The one notation for a model everywhere (API, CLI, pages): ``name/version``, which
+    ``RecordFilter(model_version=...)`` also takes; the version alone when no name is known."""
+    if name and version:
+        return f"{name}/{version}"
+    return version or None
+
+
 @dataclass(frozen=True, slots=True)
 class RecordFilter:
     """Every field is optional; set fields are ANDed. Times are inclusive-from, exclusive-to."""
