@@ -38,6 +38,37 @@ def start_server(settings: Path, port: int, *, env: Mapping[str, str] | None = N
     )
 
 
+def start_logged(settings: Path, port: int, log_file: Path, timeout_s: float = 60.0) -> subprocess.Popen[bytes]:
+    """``inspection serve`` with its output appended to ``log_file`` (kept across restarts), once
+    ``/readyz`` answers 200; fails with the log's tail if it exits or never gets ready."""
+    with log_file.open("ab") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inspection", "serve", "--settings", str(settings), "--port", str(port)],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the server did not become ready (exit code {proc.returncode}): "
+                                 f"{log_file.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
+
+
+def stop_server(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM (a clean stop), SIGKILL if it is not gone within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_ready(proc: subprocess.Popen[str], base: str, timeout_s: float = 60.0) -> None:
     """Until ``/readyz`` answers 200; fails (with the server's output) if it exits or never does."""
     deadline = time.monotonic() + timeout_s

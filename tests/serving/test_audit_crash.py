@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,8 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO
-from tests.helpers.server import free_port
+from tests.helpers.server import free_port, start_logged, stop_server
 from tests.serving.conftest import SINGLE, settings_data
 from tests.serving.test_audit_api import png
 
@@ -27,34 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_infrastructure_detai
 CLIENTS = 8
 LOAD_S = 3.0          # load before the kill (bounded in time ...)
 MAX_REQUESTS = 2000   # ... and in count
-
-_SERVER = (
-    "import sys, uvicorn\n"
-    "from pathlib import Path\n"
-    "from serving.app import create_app\n"
-    "from serving.settings import load_settings\n"
-    "uvicorn.run(create_app(load_settings(Path(sys.argv[1]))), host='127.0.0.1', port=int(sys.argv[2]),\n"
-    "            log_level='warning', lifespan='on', access_log=False)\n"
-)
-
-
-def _start(settings_file: Path, port: int, log_file: Path) -> subprocess.Popen[bytes]:
-    with log_file.open("ab") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(settings_file), str(port)], cwd=REPO,
-                                stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}: {log_file.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail("server did not become ready within 60 s")
-
 
 def test_sigkill_under_load_loses_no_answered_inspection(
     tmp_path: Path, models_dir: Path, keys: dict[str, str]
@@ -66,7 +35,7 @@ def test_sigkill_under_load_loses_no_answered_inspection(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server_log = tmp_path / "server.log"
-    proc = _start(settings_file, port, server_log)
+    proc = start_logged(settings_file, port, server_log)
 
     answered: list[dict[str, Any]] = []
     lock = threading.Lock()
@@ -111,7 +80,7 @@ def test_sigkill_under_load_loses_no_answered_inspection(
         f"too little load got through before the kill: {server_log.read_text(errors='replace')[-2000:]}"
     )
 
-    proc = _start(settings_file, port, server_log)
+    proc = start_logged(settings_file, port, server_log)
     try:
         audit = {"Authorization": f"Bearer {keys['auditor']}"}
         with httpx.Client(base_url=base, headers=audit, timeout=60) as http:
@@ -143,8 +112,4 @@ def test_sigkill_under_load_loses_no_answered_inspection(
             assert r.status_code == 200
             assert http.post("/v1/audit/verify").json()["ok"] is True
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)

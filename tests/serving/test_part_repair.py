@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,10 +21,9 @@ from inspection.log.store import open_log
 from serving.app import create_app
 from serving.parts import RESTART_REASON
 from serving.settings import build_settings
-from tests.helpers.server import free_port
+from tests.helpers.server import free_port, start_logged, stop_server
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
 from tests.serving.conftest import SINGLE, STATION, auth, settings_data
-from tests.serving.test_audit_crash import _start
 
 CLIENTS = 8
 #: kill -9 rounds; the issue's target is 10 (INSPECTION_TEST_KILL_ROUNDS=10), 2 keep the suite short.
@@ -98,7 +96,7 @@ def test_kill_9_under_8_clients_leaves_no_part_without_its_record(tmp_path: Path
     answered: list[dict[str, Any]] = []
     lock = threading.Lock()
     for round_no in range(ROUNDS):
-        proc = _start(settings_file, port, server_log)
+        proc = start_logged(settings_file, port, server_log)
         assert _undecided(db) == [], "the restarted server left parts undecided"
         stop = threading.Event()
 
@@ -134,7 +132,7 @@ def test_kill_9_under_8_clients_leaves_no_part_without_its_record(tmp_path: Path
     assert len(answered) >= CLIENTS * ROUNDS, server_log.read_text(errors="replace")[-2000:]
     left_by_crashes = len(_undecided(db))
     assert left_by_crashes > 0, "the kill left no part open: the test would prove nothing"
-    proc = _start(settings_file, port, server_log)
+    proc = start_logged(settings_file, port, server_log)
     try:
         assert _undecided(db) == [], "parts left without their part record after the restart"
         con = sqlite3.connect(db)
@@ -151,9 +149,5 @@ def test_kill_9_under_8_clients_leaves_no_part_without_its_record(tmp_path: Path
         audit = {"Authorization": f"Bearer {keys['auditor']}"}
         assert httpx.post(f"{base}/v1/audit/verify", headers=audit, timeout=60).json()["ok"] is True
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
