@@ -41,6 +41,8 @@ class ModelManager:
         #: Station -> why its active model was not trusted at start (until a trusted one loads).
         self.untrusted: dict[str, str] = {}
         self._stamp: tuple[int, int, int] | None = None
+        # active.json's stamp and each station's last promotion time, read once per change.
+        self._promoted: tuple[tuple[int, int, int] | None, dict[str, str | None]] = (None, {})
         self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
         self.swaps = 0
@@ -80,6 +82,27 @@ class ModelManager:
                 "error": self.errors.get(station),
             })
         return out
+
+    def promoted_at(self, station: str) -> str | None:
+        """When ``station``'s active model was promoted (the registry's history), if known.
+
+        ``active.json`` is read again only when it changed (its stamp): the /line page's event
+        streams ask every second each.
+        """
+        stamp = self._stat()
+        known_stamp, times = self._promoted
+        if stamp is None or stamp != known_stamp:
+            times = {}
+            if stamp is not None:
+                try:
+                    stations = self.registry.read_state()["stations"]
+                except (InspectionError, OSError, KeyError, TypeError):
+                    return None  # unreadable now: not cached, tried again next time
+                for name, entry in stations.items():
+                    events = (entry or {}).get("events") or []
+                    times[name] = events[-1].get("at") if events else None
+            self._promoted = (stamp, times)
+        return times.get(station)
 
     # -- loading -------------------------------------------------------------------------
     def _stat(self) -> tuple[int, int, int] | None:

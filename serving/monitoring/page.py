@@ -78,22 +78,10 @@ def links(app_state: Any, station: str) -> dict[str, Any]:
     return out
 
 
-def promoted_at(registry_root: Any, station: str) -> str | None:
-    """When the station's active model was promoted (the registry's history), if known."""
-    from inspection.errors import InspectionError
-    from inspection.registry import ModelRegistry
-
-    try:
-        history = ModelRegistry(registry_root).history(station)
-    except (InspectionError, OSError):
-        return None
-    return history[-1].get("at") if history else None
-
-
 def _snapshot(request: Request, service: Any, station: str) -> dict[str, Any]:
     snap = service.line.snapshot(station)
     snap["links"] = links(request.app.state, station)
-    snap["promoted_at"] = promoted_at(request.app.state.settings.models_dir, station)
+    snap["promoted_at"] = request.app.state.models.promoted_at(station)
     return snap
 
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from inspection.card import hash_files, load_card, save_card
 from inspection.registry import ModelRegistry
 from serving.app import create_app
-from serving.settings import build_settings
+from serving.settings import ServeSettings, build_settings
 from tests.helpers.tiny_model import BRIGHT, frame_png, make_model_version
 from tests.serving.conftest import SINGLE, auth, settings_data
 
@@ -180,3 +180,23 @@ def test_batches_under_load_keep_every_core_unless_inference_is_short() -> None:
     assert _busy_threads(four, SHORT_INFERENCE_MS * 5) == 4  # the model dominates: all cores, one session
     assert _busy_threads(RuntimeSettings(intra_op_threads=1), 0.1) == 1
     assert _busy_threads(RuntimeSettings(intra_op_threads=4, busy_intra_op_threads=2), 100.0) == 2  # as configured
+
+
+def test_promotion_time_is_read_once_per_change_of_active_json(settings: ServeSettings, models_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The /line streams ask for it every second each: active.json is read only when it changed."""
+    from serving.lifecycle import ModelManager
+    from serving.telemetry import ServingMetrics
+
+    manager = ModelManager(settings, ServingMetrics())
+    registry = ModelRegistry(models_dir)
+    first = manager.promoted_at(SINGLE)
+    assert first == registry.history(SINGLE)[-1]["at"]
+    reads = []
+    real = manager.registry.read_state
+    monkeypatch.setattr(manager.registry, "read_state", lambda: reads.append(1) or real())
+    assert [manager.promoted_at(SINGLE) for _ in range(5)] == [first] * 5 and reads == []
+    make_model_version(models_dir, version="v2")
+    registry.promote("tiny", "v2", station=SINGLE)
+    assert manager.promoted_at(SINGLE) == registry.history(SINGLE)[-1]["at"] and len(reads) == 1
+    assert manager.promoted_at("no-such-station") is None
