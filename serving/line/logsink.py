@@ -55,11 +55,11 @@ class LogSink:
             log.error("log sink full: %s record for %s not written (%d lost)", entry.kind, entry.ref, self.lost)
 
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None and self._log is not None:  # without a log, put() drops everything
             self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
-            self._task = asyncio.create_task(self._run(), name="line-log-sink")
+            self._task = asyncio.create_task(self._run(self._log), name="line-log-sink")
 
-    async def _run(self) -> None:
+    async def _run(self, store: AppendsAsync) -> None:
         while True:
             entries = [await self._queue.get()]
             if self._gather_s > 0:
@@ -68,8 +68,7 @@ class LogSink:
                 entries.append(self._queue.get_nowait())
             # Submitted together, in order: the log's writer commits them in one transaction
             # (one commit for a burst of PLC acknowledgements instead of one each).
-            assert self._log is not None
-            outcomes = await asyncio.gather(*(self._log.append_async(e) for e in entries), return_exceptions=True)
+            outcomes = await asyncio.gather(*(store.append_async(e) for e in entries), return_exceptions=True)
             for entry, outcome in zip(entries, outcomes, strict=True):
                 if isinstance(outcome, BaseException):  # the log's own errors must not stop PLC handling
                     log.error("could not append %s record for %s: %s", entry.kind, entry.ref, outcome)
