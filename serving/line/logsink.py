@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from inspection.log.records import LogEntry, StoredRecord
+from serving.tasks import on_this_loop
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +34,13 @@ class LogSink:
         self._task: asyncio.Task[None] | None = None
         self.lost = 0
         self.written = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
+        self._put_any_thread: Callable[[LogEntry], None] | None = None  # set by start(), on the loop
 
     def put(self, entry: LogEntry) -> None:
         """Queue ``entry``; safe from any thread (the Modbus server's acknowledgements come from its own)."""
         if self._log is None:
             return
-        loop = self._loop
-        if loop is not None and threading.get_ident() != self._loop_thread:
-            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown: nothing left to write it
-                loop.call_soon_threadsafe(self._put, entry)
-            return
-        self._put(entry)
+        (self._put_any_thread or self._put)(entry)
 
     def _put(self, entry: LogEntry) -> None:
         try:
@@ -56,7 +51,7 @@ class LogSink:
 
     def start(self) -> None:
         if self._task is None and self._log is not None:  # without a log, put() drops everything
-            self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
+            self._put_any_thread = on_this_loop(self._put)
             self._task = asyncio.create_task(self._run(self._log), name="line-log-sink")
 
     async def _run(self, store: AppendsAsync) -> None:

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +33,7 @@ from asyncua.server.user_managers import UserManager
 from serving.line.handshake import ResultHandshake
 from serving.line.registers import Decision, ErrorCode
 from serving.line.settings import OpcUaSettings
+from serving.tasks import on_this_loop
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +101,8 @@ class OpcUaStationServer:
         except OSError as exc:
             raise OSError(f"OPC UA server cannot listen on {s.host}:{s.port}: {exc}") from exc
         self._server = server
-        loop, loop_thread = asyncio.get_running_loop(), threading.get_ident()
-
-        def dirty() -> None:  # called from the thread that changed the handshake (Modbus acks: its own)
-            if threading.get_ident() == loop_thread:
-                self._dirty.set()
-            else:
-                loop.call_soon_threadsafe(self._dirty.set)
-
-        self.handshake.add_listener(dirty)
+        # Called from the thread that changed the handshake (a Modbus acknowledgement: its own).
+        self.handshake.add_listener(on_this_loop(self._dirty.set))
         self._task = asyncio.create_task(self._sync_loop(), name=f"opcua-sync-{self.handshake.station}")
         log.info("station %s: OPC UA on %s", self.handshake.station, self.endpoint)
 
