@@ -20,6 +20,7 @@ import random
 import socket
 import threading
 import time
+from typing import Any
 
 from serving.line import registers as reg
 
@@ -62,23 +63,8 @@ class SimulatedPlc(threading.Thread):
         client.connect()
         try:
             while not self._stop_flag.is_set():
-                rr = client.read_holding_registers(0, count=reg.PART_ID_TEXT + reg.PART_ID_TEXT_LEN)
-                w = [] if rr.isError() else list(rr.registers)
-                if not w or not w[reg.STATUS] & reg.StatusBit.RESULT_VALID:
-                    time.sleep(self.poll_s)
-                    continue
-                seq = reg.join_u32(w[reg.RESULT_SEQ], w[reg.RESULT_SEQ + 1])
-                part = reg.decode_text(w[reg.PART_ID_TEXT: reg.PART_ID_TEXT + reg.PART_ID_TEXT_LEN])
-                decision = "OK" if w[reg.DECISION] == reg.Decision.OK else "NG"
-                if self.max_delay_s:
-                    time.sleep(self._rng.uniform(0, self.max_delay_s))
-                client.write_register(reg.RESULT_ACK, seq & 0xFFFF)
-                client.write_register(reg.RESULT_ACK, 0)
-                self.acked += 1
-                self.results.append((seq, part, decision))
-                del self.results[: max(0, len(self.results) - self._keep)]
-                log.debug("simulated PLC: part %s %s (result %d) acknowledged", part or "?", decision, seq)
-                # One result per scan, as a PLC program does: polling flat out while results are
+                self._scan(client)
+                # One scan per period, as a PLC program runs: polling flat out while results are
                 # waiting would be a PLC with no scan time at all.
                 time.sleep(self.poll_s)
         except (ModbusException, OSError) as exc:  # a server killed mid-read resets the socket
@@ -86,6 +72,25 @@ class SimulatedPlc(threading.Thread):
                 log.warning("simulated PLC: Modbus connection lost: %s", exc)
         finally:
             client.close()
+
+
+    def _scan(self, client: Any) -> None:
+        """Read the registers; acknowledge the presented result, if there is one."""
+        rr = client.read_holding_registers(0, count=reg.PART_ID_TEXT + reg.PART_ID_TEXT_LEN)
+        w = [] if rr.isError() else list(rr.registers)
+        if not w or not w[reg.STATUS] & reg.StatusBit.RESULT_VALID:
+            return
+        seq = reg.join_u32(w[reg.RESULT_SEQ], w[reg.RESULT_SEQ + 1])
+        part = reg.decode_text(w[reg.PART_ID_TEXT: reg.PART_ID_TEXT + reg.PART_ID_TEXT_LEN])
+        decision = "OK" if w[reg.DECISION] == reg.Decision.OK else "NG"
+        if self.max_delay_s:
+            time.sleep(self._rng.uniform(0, self.max_delay_s))
+        client.write_register(reg.RESULT_ACK, seq & 0xFFFF)
+        client.write_register(reg.RESULT_ACK, 0)
+        self.acked += 1
+        self.results.append((seq, part, decision))
+        del self.results[: max(0, len(self.results) - self._keep)]
+        log.debug("simulated PLC: part %s %s (result %d) acknowledged", part or "?", decision, seq)
 
 
 def main(argv: list[str] | None = None) -> int:
