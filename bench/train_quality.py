@@ -298,6 +298,7 @@ def main() -> int:
     rows = []
     runs = [(kind, work / f"data-{kind}") for kind in only] + [(p.name, p.resolve()) for p in args.dataset]
     for kind, dataset in runs:
+        title = KINDS.get(kind, kind)  # a --dataset folder is named by its folder
         if not dataset.exists():
             import_kind(kind, args.data, dataset)
         target = escape_target(dataset)
@@ -306,9 +307,9 @@ def main() -> int:
             extra = ["--threads", str(args.threads)] if args.threads else []
             ours = _child([*extra, "--child", "ours", str(dataset), str(work / "models"), t])
         except RuntimeError as exc:
-            print(f"{KINDS.get(kind, kind)}: ours FAILED ({exc})", flush=True)
+            print(f"{title}: ours FAILED ({exc})", flush=True)
             continue
-        print(f"{KINDS.get(kind, kind)}: ours {json.dumps(ours)}", flush=True)
+        print(f"{title}: ours {json.dumps(ours)}", flush=True)
         row = {"kind": kind, "target": target, "ours": ours}
         if not args.no_naive:
             try:
@@ -326,9 +327,9 @@ def main() -> int:
                         t,
                     ]
                 )
-                print(f"{KINDS.get(kind, kind)}: naive {json.dumps(row['naive'])}", flush=True)
+                print(f"{title}: naive {json.dumps(row['naive'])}", flush=True)
             except RuntimeError as exc:
-                print(f"{KINDS.get(kind, kind)}: naive FAILED ({exc})", flush=True)
+                print(f"{title}: naive FAILED ({exc})", flush=True)
         rows.append(row)
     print()
     print(table(rows))
