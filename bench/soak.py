@@ -40,6 +40,7 @@ import itertools
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -228,10 +229,13 @@ class PrivatePostgres:
         self.folder, self.port = folder, port
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
 
-    def _run(self, *cmd: str) -> None:
+    @staticmethod
+    def _as_postgres(cmd: list[str]) -> list[str]:
         # PostgreSQL refuses to run as root: as root, run it as the postgres user.
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        done = subprocess.run([*prefix, *cmd], capture_output=True, text=True, check=False)
+        return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+    def _run(self, *cmd: str) -> None:
+        done = subprocess.run(self._as_postgres(list(cmd)), capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(cmd[:2])} failed: {done.stderr.strip()[-400:]}")
 
@@ -250,12 +254,10 @@ class PrivatePostgres:
         self._run(*self.ctl("start"))
 
     def restart_cmd(self) -> str:
-        prefix = "runuser -u postgres -- " if os.geteuid() == 0 else ""
-        return prefix + " ".join(f"'{c}'" for c in self.ctl("restart"))
+        return shlex.join(self._as_postgres(self.ctl("restart")))
 
     def stop(self) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, *self.ctl("stop")], capture_output=True, check=False)
+        subprocess.run(self._as_postgres(self.ctl("stop")), capture_output=True, check=False)
 
 
 def setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
