@@ -39,6 +39,13 @@ def line_overrides(modbus_port: int, mqtt_host: str, mqtt_port: int, *, modbus: 
                  "mqtt": {"enabled": mqtt, "host": mqtt_host, "port": mqtt_port}}}}}
 
 
+def start_plc(port: int, poll_ms: float) -> subprocess.Popen[bytes]:
+    """The simulated PLC (sim.plc) scanning our Modbus server, in a process of its own as a real
+    PLC is: it must not share the bench client's interpreter lock."""
+    return subprocess.Popen([sys.executable, "-m", "sim.plc", "--port", str(port), "--poll-ms", str(poll_ms)],
+                            cwd=REPO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="linecnn", help="architecture (default: the training default)")
@@ -70,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                                    mqtt="mqtt" in wanted)
         plc = None
         if "modbus" in wanted:
-            # A separate process, as a real PLC is: it must not share the client's GIL.
-            plc = subprocess.Popen([sys.executable, "-m", "sim.plc", "--port", str(port),
-                                    "--poll-ms", str(args.plc_poll_ms)], cwd=REPO)
+            plc = start_plc(port, args.plc_poll_ms)
         try:
             with contextlib.ExitStack() as stack:
                 contenders = [stack.enter_context(sl.our_server(work, models_dir, frames, "off", {})),
