@@ -42,6 +42,7 @@ _OVERRIDES = (
     "test_fraction",
     "patience",
     "threads",
+    "nproc",
     "pretrained_path",
     "geometry",
     "tiles",
@@ -132,6 +133,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=float)
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the cores free now)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        help="data-parallel worker processes on this machine (DistributedDataParallel: gloo on CPU, NCCL with "
+        "one GPU each; several machines: torchrun -m training, see docs/scale.md)",
+    )
     target = p.add_mutually_exclusive_group()
     target.add_argument(
         "--max-escape", type=float, help="calibrate for at most this escape rate on validation (default 0.01)"
@@ -211,7 +218,7 @@ def _train(args: argparse.Namespace) -> int:
             print(f"{name:22s} {model_info(name).description}")
         return 0
     from training.config import load_config
-    from training.train import main as train_model
+    from training.train import run as train_model
 
     overrides: dict[str, Any] = {key: getattr(args, key) for key in _OVERRIDES}
     overrides.update(
@@ -222,6 +229,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     cfg = load_config(resolve_config(args.config), overrides)
     result = train_model(cfg)
+    if result is None:
+        return 0  # a rank other than 0 under torchrun: rank 0 prints the result
     print(result.summary)
     print(f"report: {result.path / 'report.html'}")
     sys.stdout.flush()

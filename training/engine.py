@@ -19,10 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, RandomSampler, Sampler, WeightedRandomSampler
 
 from inspection.errors import TrainingError
 from inspection.metrics import confusion_matrix, macro_recall, roc_auc
+from training import distributed
+from training.distributed import Ranks, Shard
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +43,36 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def make_loader(
-    dataset: torch.utils.data.Dataset, labels: np.ndarray, *, batch_size: int, balance: str, n_classes: int, seed: int
+    dataset: torch.utils.data.Dataset,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    balance: str,
+    n_classes: int,
+    seed: int,
+    ranks: Ranks | None = None,
 ) -> DataLoader:
-    """A loader drawing classes evenly (``balance="sampler"``) or shuffling plainly."""
+    """A loader drawing classes evenly (``balance="sampler"``) or shuffling plainly.
+
+    With several ranks each takes its ``Shard`` of the same draw (every rank seeds the
+    generator alike), so one epoch of N ranks covers what one epoch of one process covers.
+    """
     generator = torch.Generator().manual_seed(seed)
+    drop_last = len(labels) > batch_size
+    base: Sampler[int]
     if balance == "sampler":
         counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
         per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0), 0.0)
         weights = per_class[labels].tolist()
-        sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
+        base = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
+    elif ranks is not None and ranks.distributed:
+        base = RandomSampler(range(len(labels)), generator=generator)  # as shuffle=True draws
+    else:
         return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=0, drop_last=len(labels) > batch_size
+            dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=0, drop_last=drop_last
         )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=generator,
-        num_workers=0,
-        drop_last=len(labels) > batch_size,
-    )
+    sampler = Shard(base, ranks) if ranks is not None and ranks.distributed else base
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0, drop_last=drop_last)
 
 
 def train_one_epoch(
@@ -99,7 +112,8 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
         if ema is not None:
-            ema.update_parameters(model)
+            # DDP keeps every rank's parameters equal: the average follows the wrapped module.
+            ema.update_parameters(model.module if isinstance(model, DistributedDataParallel) else model)
         n = labels.numel()
         total += n
         loss_sum += float(loss.detach()) * n
@@ -253,6 +267,7 @@ def fit(
     resume: dict[str, Any] | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Train with AdamW + one-cycle LR (warm-up, then cosine decay), an EMA of the weights,
     early stopping on ``selection_score`` and a checkpoint after every epoch.
@@ -260,6 +275,11 @@ def fit(
     The EMA weights are the ones evaluated, selected and exported: on a few hundred images the
     raw weights swing with the last batches; their average does not. Returns the history; the
     model ends holding the best (EMA) weights, on the CPU.
+
+    With several ``ranks`` the model is wrapped in DistributedDataParallel for the steps; rank 0
+    alone evaluates, decides (best epoch, early stop: broadcast, so no rank can disagree and
+    leave the others waiting) and writes the checkpoint. The result's ``distributed`` entry says
+    what each rank trained on in its first epoch.
     """
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from tqdm.auto import tqdm
@@ -289,12 +309,23 @@ def fit(
         start = int(resume["epoch"]) + 1
         torch.set_rng_state(resume["torch_rng"])
         log.info("resuming at epoch %d of %d from %s", start + 1, epochs, checkpoint)
+    ranks = ranks or Ranks()
+    main = ranks.main
+    stepped: nn.Module = model
+    if ranks.distributed:
+        # Wrapped after the resume: DDP starts every rank from rank 0's parameters.
+        stepped = DistributedDataParallel(
+            model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None
+        )
+    shards: dict[str, Any] | None = None
     n_train = len(make_epoch_loader(0).dataset)  # type: ignore[arg-type]
     for epoch in range(start, epochs):
         loader = make_epoch_loader(epoch)
-        bar = tqdm(total=n_train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress, unit="img")
+        bar = tqdm(
+            total=n_train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not (progress and main), unit="img"
+        )
         train = train_one_epoch(
-            model,
+            stepped,
             loader,
             optimizer=optimizer,
             loss_fn=loss_fn,
@@ -305,6 +336,13 @@ def fit(
             scaler=scaler,
         )
         bar.close()
+        if shards is None and ranks.distributed and isinstance(loader.sampler, Shard):
+            shards = distributed.shard_evidence(loader.sampler.positions, ranks, len(loader.sampler.base))  # type: ignore[arg-type]
+        if not main:
+            # Rank 0 judges; the others follow its decision (same weights, nothing to judge).
+            if distributed.broadcast(None, ranks):
+                break
+            continue
         val = evaluate(judged, val_images, val_labels, n_classes, good_index=good_index)
         score = selection_score(val)
         improved = stopper.step(epoch, score=score, loss=val["loss"])
@@ -334,6 +372,7 @@ def fit(
         if on_epoch is not None:
             on_epoch(row)
         stop = stopper.should_stop(epoch)
+        distributed.broadcast(stop, ranks)
         save_checkpoint(
             checkpoint,
             {
@@ -359,4 +398,4 @@ def fit(
             break
     model.load_state_dict(best_state)
     model.to("cpu")
-    return {"history": stopper.history, "best_epoch": stopper.best_epoch + 1}
+    return {"history": stopper.history, "best_epoch": stopper.best_epoch + 1, "distributed": shards}

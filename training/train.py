@@ -38,7 +38,7 @@ from inspection.errors import ConfigError, DatasetError, TrainingError
 from inspection.preprocess import tile_boxes
 from inspection.registry import ModelRegistry
 from training import calibrate as cal
-from training import data, engine
+from training import data, distributed, engine
 from training import recipe as recipe_rules
 from training.config import TrainConfig
 from training.models import (
@@ -108,7 +108,9 @@ def _prepare(cfg: TrainConfig) -> Run:
     if resume is not None:
         # Everything that shaped the weights comes from the checkpoint; only how to run and
         # what to export may change on resume.
-        keep = {k: getattr(cfg, k) for k in ("progress", "threads", "int8", "parity_tolerance", "golden_count")}
+        keep = {
+            k: getattr(cfg, k) for k in ("progress", "threads", "nproc", "int8", "parity_tolerance", "golden_count")
+        }
         cfg = TrainConfig.model_validate({**resume["config"], **keep, "resume": str(cfg.resume)})
     engine.seed_everything(cfg.seed)
     ds, name = _validate_inputs(cfg)
@@ -137,14 +139,19 @@ def _prepare(cfg: TrainConfig) -> Run:
     recipe: list[dict[str, Any]] = resume.get("recipe", []) if resume is not None else []
     if resume is None:
         cfg, recipe = _choose_recipe(cfg, ds, counts)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     registry = ModelRegistry(cfg.models_dir)
     version = (
         resume["version"]
         if resume is not None and not (registry.root / name / resume["version"]).exists()
         else registry.next_version(name)
     )
+    ranks = distributed.from_env()
+    # Rank 0's choices everywhere: the recipe reads the load average, which two ranks may see
+    # differently a moment apart, and only rank 0's version number is ever written.
+    cfg, recipe, version = distributed.broadcast((cfg, recipe, version), ranks)
+    if cfg.threads:
+        # Processes of one machine share its cores.
+        torch.set_num_threads(max(1, cfg.threads // ranks.local_world))
     return Run(cfg, ds, name, version, split, counts, resume, registry, recipe)
 
 
@@ -210,7 +217,9 @@ def _build_model(run: Run, spec: InputSpec, mean: list[float], std: list[float])
     return model, note
 
 
-def _train(run: Run, model: nn.Module, train: data.SplitData, val: data.SplitData) -> dict[str, Any]:
+def _train(
+    run: Run, model: nn.Module, train: data.SplitData, val: data.SplitData, mean: list[float], std: list[float]
+) -> dict[str, Any]:
     cfg = run.cfg
     n_classes = len(run.ds.classes)
     augment = data.LineAugment(cfg.augment, seed=cfg.seed)
@@ -222,13 +231,24 @@ def _train(run: Run, model: nn.Module, train: data.SplitData, val: data.SplitDat
         else None
     )
     loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
-    batch_size, balance = int(cfg.batch_size or 32), cfg.balance or "none"
+    ranks = distributed.from_env()
+    # The recipe's batch is the global one: N ranks take batch/N each, so they take the same
+    # optimiser steps (and learning-rate schedule) one process would.
+    batch_size, balance = max(1, int(cfg.batch_size or 32) // ranks.world), cfg.balance or "none"
+    if ranks.distributed and int(cfg.batch_size or 32) % ranks.world:
+        log.warning("batch %s does not divide among %d ranks: %d each", cfg.batch_size, ranks.world, batch_size)
 
     def epoch_loader(epoch: int) -> torch.utils.data.DataLoader:
         seed = engine.epoch_seed(cfg.seed, epoch)
-        augment.reseed(seed)
+        augment.reseed(seed + ranks.rank)  # every rank draws alike (the shards), augments its own way
         return engine.make_loader(
-            train_set, train.labels, batch_size=batch_size, balance=balance, n_classes=n_classes, seed=seed
+            train_set,
+            train.labels,
+            batch_size=batch_size,
+            balance=balance,
+            n_classes=n_classes,
+            seed=seed,
+            ranks=ranks,
         )
 
     extra = {
@@ -237,6 +257,9 @@ def _train(run: Run, model: nn.Module, train: data.SplitData, val: data.SplitDat
         "version": run.version,
         "name": run.name,
         "recipe": run.recipe,
+        # The normalisation inside the network: a resumed run must rebuild it, not re-measure it.
+        "mean": mean,
+        "std": std,
     }
     return engine.fit(
         model,
@@ -256,6 +279,7 @@ def _train(run: Run, model: nn.Module, train: data.SplitData, val: data.SplitDat
         device=device,
         resume=run.resume,
         progress=cfg.progress,
+        ranks=ranks,
     )
 
 
@@ -289,12 +313,49 @@ def _operating_point(
 def main(cfg: TrainConfig) -> TrainResult:
     """Train, calibrate, export and verify one model version; returns where it is.
 
+    ``cfg.nproc > 1`` trains on that many ranks of this machine and returns rank 0's result.
+
     Raises:
         ConfigError: no dataset, bad per-class thresholds, an unknown manifest orientation.
         DatasetError: one class, missing or undecodable images, identical images under different
             labels, labels outside the class list, an empty split.
-        TrainingError: unknown architecture, a target validation cannot support, failed export checks.
+        TrainingError: unknown architecture, a target validation cannot support, failed export
+            checks, a rank that died; called on a rank other than 0 of a torchrun (use ``run``).
     """
+    result = run(cfg)
+    if result is None:
+        raise TrainingError("this process is not rank 0 of the distributed run: only rank 0 has the model version")
+    return result
+
+
+def run(cfg: TrainConfig) -> TrainResult | None:
+    """``main`` for any rank: ``None`` on the ranks other than 0 of a distributed run (under
+    ``torchrun`` every process is one rank; ``cfg.nproc > 1`` starts the ranks here).
+    """
+    ranks = distributed.from_env()
+    if cfg.nproc > 1 and not ranks.distributed:
+        return distributed.launch(
+            _worker, (cfg, logging.getLogger().getEffectiveLevel()), cfg.nproc, models_dir=cfg.models_dir
+        )
+    if ranks.distributed:
+        distributed.setup(ranks, cuda=_device(cfg).type == "cuda")
+    try:
+        return _main(cfg, ranks)
+    finally:
+        distributed.teardown()
+
+
+def _worker(cfg: TrainConfig, level: int) -> TrainResult | None:
+    """One rank of ``--nproc N`` (a spawned process: its logging is set up again here)."""
+    ranks = distributed.from_env()
+    logging.basicConfig(
+        level=level if ranks.main else max(level, logging.WARNING),
+        format=f"%(asctime)s [rank {ranks.rank}] %(name)s: %(message)s",
+    )
+    return run(cfg)
+
+
+def _main(cfg: TrainConfig, ranks: distributed.Ranks) -> TrainResult | None:
     started = time.monotonic()
     run = _prepare(cfg)
     cfg, ds = run.cfg, run.ds
@@ -304,8 +365,11 @@ def main(cfg: TrainConfig) -> TrainResult:
     train, val, test = splits["train"], splits["val"], splits["test"]
     mean, std = (run.resume["mean"], run.resume["std"]) if run.resume is not None else data.channel_stats(train.images)
     model, pretrained_note = _build_model(run, spec, mean, std)
-    fit = _train(run, model, train, val)
+    fit = _train(run, model, train, val, mean, std)
     train_seconds = time.monotonic() - started
+    if not ranks.main:
+        return None  # rank 0 alone calibrates, exports and writes the version
+    distributed.teardown()
     model.eval()
     if cfg.tta:
         flips = cfg.augment

@@ -238,6 +238,8 @@ def export_version(
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
                 "device": device,
+                # Data-parallel runs: ranks, backend, and what each rank trained on in its first epoch.
+                "distributed": fit.get("distributed"),
             },
             code_version=code_version(),
             parity=Parity(**parity),

@@ -16,6 +16,7 @@ from inspection.errors import ConfigError, DatasetError, TrainingError
 from inspection.preprocess import prepare_frame
 from inspection.registry import ModelRegistry
 from tests.training.conftest import make_dataset
+from training import engine
 from training.config import load_config
 from training.train import main as train_main
 
@@ -168,6 +169,31 @@ def test_same_seed_gives_the_same_model(tmp_path: Path) -> None:
         ).read_text()
     assert np.array_equal(outs[0], outs[1])
 
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_to_the_same_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 30, "scratch": 15, "spot": 15})
+    settings = {**FAST, "epochs": 3, "data": ds.root}
+    whole = train_main(load_config(None, {**settings, "models_dir": tmp_path / "whole"}))
+
+    # Ctrl-C right after the first epoch's checkpoint is on disk.
+    saved = engine.save_checkpoint
+
+    def save_then_stop(path: Path, payload: dict) -> None:
+        saved(path, payload)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_stop)
+    models = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train_main(load_config(None, {**settings, "models_dir": models}))
+    monkeypatch.undo()
+    checkpoint = next(models.glob(".runs/*/checkpoint.pt"))
+    resumed = train_main(load_config(None, {"resume": checkpoint, "progress": False, "threads": 1}))
+    with np.load(whole.path / "golden.npz") as a, np.load(resumed.path / "golden.npz") as b:
+        assert np.array_equal(a["probabilities"], b["probabilities"])
+    assert resumed.card.training["epochs_run"] == 3
 
 # -- refusals: clear message, nothing written ---------------------------------------------
 
