@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +28,7 @@ from fastapi.testclient import TestClient
 from serving.app import create_app
 from serving.settings import build_settings
 from tests.helpers.logdb import PG_URL, pg_unreachable_reason
+from tests.helpers.tcpproxy import TcpProxy
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
 from tests.serving.conftest import SINGLE, auth, decided, post_frame, settings_data
 
@@ -251,71 +250,6 @@ def test_sqlite_lock_timeout_answers_failsafe_and_readiness_follows(tmp_path: Pa
 
 
 # ----------------------------------------------------------------------------- PostgreSQL
-class _Proxy:
-    """A TCP forwarder to the test PostgreSQL: ``cut()`` drops every connection and refuses new ones."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.open = True
-        self._socks: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.open:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-
-    def cut(self) -> None:
-        self.open = False
-        with self._lock:
-            socks, self._socks = self._socks, []
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            except OSError:
-                pass
-
-    def restore(self) -> None:
-        self.open = True
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-
 @pytest.fixture
 def pg_schema_url() -> Iterator[tuple[str, str]]:
     if reason := pg_unreachable_reason():
@@ -334,7 +268,7 @@ def test_postgres_connection_lost_answers_failsafe_and_recovers(tmp_path: Path, 
 
     url, schema = pg_schema_url
     parsed = sa.engine.make_url(url)
-    proxy = _Proxy((parsed.host or "127.0.0.1", parsed.port or 5432))
+    proxy = TcpProxy((parsed.host or "127.0.0.1", parsed.port or 5432))
     store = open_log(parsed.set(port=proxy.port).render_as_string(hide_password=False), schema=schema,
                      commit_timeout_s=5)
     settings = build_settings(settings_data(tmp_path, models_dir, keys, log_health_interval_s=0.05))
