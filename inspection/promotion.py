@@ -27,7 +27,7 @@ from inspection.errors import ModelIntegrityError, PromotionRefused, ValidationE
 from inspection.golden import GoldenResult, check_golden
 from inspection.log.records import LogEntry, StoredRecord
 from inspection.log.store import SqlInspectionLog
-from inspection.registry import DEFAULT_STATION, ModelRegistry, ModelVersion
+from inspection.registry import DEFAULT_STATION, ModelVersion, Registry
 
 
 @dataclass
@@ -96,7 +96,7 @@ def _check_golden(candidate: ModelVersion) -> GoldenResult:
                                "Nothing was changed; re-export the model or restore its files") from None
 
 
-def promote_gated(registry: ModelRegistry, name: str, version: str, *, station: str = DEFAULT_STATION,
+def promote_gated(registry: Registry, name: str, version: str, *, station: str = DEFAULT_STATION,
                   data: Path | None = None, split: Split = "test", force: bool = False, reason: str = "",
                   actor: str = "cli", log: SqlInspectionLog | None = None) -> PromotionResult:
     """Promote ``name/version`` for ``station`` if it passes the gate; record it in ``log``.
@@ -138,7 +138,7 @@ def promote_gated(registry: ModelRegistry, name: str, version: str, *, station: 
     return PromotionResult(event, gate, comparison, record)
 
 
-def rollback_logged(registry: ModelRegistry, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "",
+def rollback_logged(registry: Registry, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "",
                     log: SqlInspectionLog | None = None) -> tuple[dict[str, Any], StoredRecord | None]:
     """Re-activate the previous version (``ModelRegistry.rollback``) and record it in ``log``.
 

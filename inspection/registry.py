@@ -22,14 +22,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from inspection.card import CARD_FILENAME, ModelCard, load_card, utc_now, verify_files
 from inspection.errors import ModelCardError, RegistryError
 
 ACTIVE_FILE = "active.json"
 DEFAULT_STATION = "default"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Model names, versions and stations: what a folder name and a URL path segment can carry.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NAME = NAME_PATTERN
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,25 @@ def parse_model_id(model_id: str) -> tuple[str, str]:
     if len(parts) != 2 or not all(_NAME.match(p) for p in parts):
         raise RegistryError(f"model {model_id!r} is not of the form NAME/VERSION (letters, digits, _ . -)")
     return parts[0], parts[1]
+
+
+class Registry(Protocol):
+    """What promotion needs of a registry: the local folder (``ModelRegistry``) or the plant's
+    central one (``inspection.central.CentralRegistry``, whose versions are verified local copies)."""
+
+    root: Path
+
+    def get(self, name: str, version: str, *, verify: bool = False) -> ModelVersion: ...
+
+    def active(self, station: str = DEFAULT_STATION) -> ModelVersion | None: ...
+
+    def history(self, station: str = DEFAULT_STATION) -> list[dict[str, Any]]: ...
+
+    def promote(
+        self, name: str, version: str, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = ""
+    ) -> dict[str, Any]: ...
+
+    def rollback(self, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "") -> dict[str, Any]: ...
 
 
 class ModelRegistry:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from inspection.registry import ModelRegistry, parse_model_id
+from inspection.registry import ModelRegistry, Registry, parse_model_id
 
 
 def add_compare(actions: Any) -> None:
@@ -42,6 +43,28 @@ def add_gate_arguments(p: argparse.ArgumentParser, *, promote: bool) -> None:
         p.add_argument("--split", choices=("test", "all"), default="test")
         p.add_argument("--force", action="store_true", help="promote despite the gate (needs --reason, recorded)")
     p.add_argument("--log-url", default=None, help="inspection log to record this in, e.g. sqlite:///var/log.db")
+    add_registry_url(p, "promote and roll back in the plant's central registry (every line PC following it "
+                        "swaps); versions are pulled into --models-dir and checked first")
+
+
+def add_registry_url(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--registry-url", default=os.environ.get("INSPECTION_REGISTRY_URL"),
+                   help=f"{what} (postgresql+psycopg://...; default: $INSPECTION_REGISTRY_URL)")
+
+
+@contextmanager
+def registry(args: argparse.Namespace) -> Iterator[Registry]:
+    """The folder ``--models-dir``, or the central registry with that folder as its cache."""
+    if not getattr(args, "registry_url", None):
+        yield ModelRegistry(args.models_dir)
+        return
+    from inspection.central import CentralRegistry
+
+    central = CentralRegistry(args.registry_url, ModelRegistry(args.models_dir))
+    try:
+        yield central
+    finally:
+        central.close()
 
 
 @contextmanager
@@ -69,9 +92,8 @@ def compare(args: argparse.Namespace) -> int:
 def promote(args: argparse.Namespace) -> int:
     from inspection.promotion import promote_gated
 
-    reg = ModelRegistry(args.models_dir)
     name, version = parse_model_id(args.model)
-    with _log(args.log_url) as log:
+    with registry(args) as reg, _log(args.log_url) as log:
         result = promote_gated(reg, name, version, station=args.station, data=args.data, split=args.split,
                                force=args.force, reason=args.reason, actor=args.actor, log=log)
     gate = result.gate
@@ -91,8 +113,7 @@ def promote(args: argparse.Namespace) -> int:
 def rollback(args: argparse.Namespace) -> int:
     from inspection.promotion import rollback_logged
 
-    reg = ModelRegistry(args.models_dir)
-    with _log(args.log_url) as log:
+    with registry(args) as reg, _log(args.log_url) as log:
         event, record = rollback_logged(reg, station=args.station, actor=args.actor, reason=args.reason, log=log)
     print(f"station {args.station!r} rolled back to {event['model']} (was {event['previous']})")
     if record is not None:

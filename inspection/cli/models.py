@@ -16,7 +16,7 @@ from typing import Any
 from inspection.calibration import DEFAULT_OVERKILL_LIMIT, target_text, tradeoff_text
 from inspection.card import InputSpec
 from inspection.cli import compare as _gate
-from inspection.cli.compare import add_compare, add_gate_arguments
+from inspection.cli.compare import add_compare, add_gate_arguments, add_registry_url
 from inspection.errors import ModelIntegrityError
 from inspection.golden import verify_version
 from inspection.metrics import Rate
@@ -113,8 +113,32 @@ def _add_verify(actions: Any) -> None:
     p.set_defaults(func=_verify)
 
 
+def _add_push(actions: Any) -> None:
+    p = actions.add_parser("push", help="store a version in the plant's central registry (PostgreSQL)",
+                           description="Checks the version first (every file against the card's sha256, golden "
+                                       "frames re-scored), then stores its card and files centrally. Pushing the "
+                                       "same version again does nothing; a different one under a taken name is "
+                                       "refused.")
+    _common(p)
+    p.add_argument("model", help="NAME/VERSION")
+    p.add_argument("--actor", default="cli", help="who (kept with the version)")
+    add_registry_url(p, "the central registry")
+    p.set_defaults(func=_push)
+
+
+def _add_pull(actions: Any) -> None:
+    p = actions.add_parser("pull", help="copy a version from the central registry into --models-dir, checked",
+                           description="Every file is checked against the sha256 stored with it and the card's, "
+                                       "then the golden frames are re-scored; only then is the version placed in "
+                                       "--models-dir.")
+    _common(p)
+    p.add_argument("model", help="NAME/VERSION")
+    add_registry_url(p, "the central registry")
+    p.set_defaults(func=_pull)
+
+
 _ACTIONS: tuple[Callable[[Any], None], ...] = (_add_list, _add_show, _add_promote, _add_rollback, add_compare,
-                                               _add_set_threshold, _add_verify)
+                                               _add_set_threshold, _add_verify, _add_push, _add_pull)
 
 
 def _active_by_model(reg: ModelRegistry) -> dict[str, list[str]]:
@@ -259,3 +283,34 @@ def _set_threshold(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     return 0
 
+
+
+def _central(args: argparse.Namespace) -> Any:
+    from inspection.central import CentralRegistry
+    from inspection.errors import ConfigError
+
+    if not args.registry_url:
+        raise ConfigError("no central registry given: pass --registry-url postgresql+psycopg://... "
+                          "(or set INSPECTION_REGISTRY_URL)")
+    return CentralRegistry(args.registry_url, ModelRegistry(args.models_dir))
+
+
+def _push(args: argparse.Namespace) -> int:
+    central = _central(args)
+    try:
+        mv = central.cache.get(*parse_model_id(args.model))
+        stored = central.push(mv, actor=args.actor)
+    finally:
+        central.close()
+    print(f"{mv.model_id} {'stored in' if stored else 'was already in'} the central registry at {central.url}")
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    central = _central(args)
+    try:
+        mv = central.get(*parse_model_id(args.model), verify=True)
+    finally:
+        central.close()
+    print(f"{mv.model_id} -> {mv.path} (files match their sha256, golden frames re-scored)")
+    return 0
