@@ -37,6 +37,9 @@ def build_health_router(settings: ServeSettings) -> APIRouter:
             problems["log"] = log_problem  # not ready while the log cannot commit: frames would all fail
         body = {"status": "ready" if not problems else "not_ready", "problems": problems,
                 "models": {s["station"]: s["model_version"] for s in models.status()}}
+        watch = getattr(request.app.state, "registry_watch", None)
+        if watch is not None:
+            body["registry"] = watch.status()  # unreachable is not a problem: verified models keep serving
         return JSONResponse(body, status_code=200 if not problems else 503)
 
     return router

@@ -103,14 +103,14 @@ def default_routers() -> list[RouterFactory]:
 
 def default_lifespan_hooks() -> list[LifespanHook]:
     """Start-up/shutdown work of optional integrations (line, PLC, MQTT)."""
-    from serving import checkpointing, loghealth, modeltrust
+    from serving import checkpointing, loghealth, modeltrust, registrywatch
     from serving.line.integration import lifespan_hook as line_hook
     from serving.monitoring import alarms
 
     # Line first: the log's, the model's and the line watch's alarms and the checkpoints are
     # published over the stations' MQTT.
     return [line_hook, loghealth.lifespan_hook, checkpointing.lifespan_hook, modeltrust.lifespan_hook,
-            alarms.lifespan_hook]
+            alarms.lifespan_hook, registrywatch.lifespan_hook]
 
 
 def open_inspection_log(settings: ServeSettings) -> InspectionLog:

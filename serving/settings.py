@@ -227,6 +227,20 @@ class CheckpointSettings(_Section):
     mqtt: bool = True
 
 
+class RegistrySettings(_Section):
+    """The plant's central model registry this line PC follows (``inspection.central``)."""
+
+    #: postgresql+psycopg://... ; None: the local folder ``models_dir`` alone decides.
+    url: str | None = None
+    #: How often the central promotions are read (a change is pulled, verified, then swapped in).
+    poll_s: float = Field(default=5.0, gt=0, le=3600)
+    #: Seconds to wait for the registry's database before calling it unreachable.
+    timeout_s: float = Field(default=5.0, gt=0, le=120)
+    #: At start, when the registry does not answer: serve the verified local copy (True; reported
+    #: on /readyz and /metrics until it answers) or refuse to start (False).
+    offline_start: bool = True
+
+
 class ServeSettings(_Section):
     """Everything ``inspection serve`` needs, validated before the app is built."""
 
@@ -256,6 +270,7 @@ class ServeSettings(_Section):
     #: How often the log's health (commit probe while failing, free space) is checked.
     log_health_interval_s: float = Field(default=1.0, gt=0, le=3600)
     checkpoints: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
     stations: dict[str, StationSettings] = Field(min_length=1)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
@@ -303,8 +318,20 @@ class ServeSettings(_Section):
         """Settings as JSON, without key digests (for the admin settings route)."""
         data = self.model_dump(mode="json")
         data["api_keys"] = [{"name": k.name, "role": k.role} for k in self.api_keys]
+        for section, key in ((data, "log_url"), (data["registry"], "url")):
+            if section.get(key) and "://" in section[key]:
+                section[key] = _without_password(section[key])
         data["resolved_paths"] = resolved_paths(self)
         return data
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 -- not a database url: shown as given (validated elsewhere)
+        return url
 
 
 def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
