@@ -77,6 +77,12 @@ class NotFoundError(InspectionError):
     code = "not_found"
 
 
+class MisdirectedError(InspectionError):
+    """The request is for a station another serving process answers (``serve --workers``)."""
+
+    code = "misdirected"
+
+
 class ValidationError(InspectionError):
     """A request or argument is malformed (empty part id, bad label, unknown class, ...)."""
 

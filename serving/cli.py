@@ -1,6 +1,7 @@
 """`inspection serve`: run the reject API, or make an API key for its settings.
 
     inspection serve --settings serve.yaml [--host 0.0.0.0] [--port 8000]
+    inspection serve --settings serve.yaml --workers 2     # 2 processes: ports 8000, 8001
     inspection serve --new-key line:plc-gateway      # prints the key once, and its settings line
     inspection serve --new-signing-key keys/checkpoint.key   # the log's checkpoint key (mode 0600)
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from inspection.cli.commands import require_extra
 from inspection.errors import ValidationError
-from serving.settings import ROLES, hash_key, load_settings
+from serving.settings import ROLES, hash_key, load_settings, worker_settings
 
 require_extra("serve", "fastapi", "uvicorn", "onnxruntime")
 
@@ -34,6 +35,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", help="interface to listen on (default: the settings' host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default: the settings' port, 8000)")
     p.add_argument("--demo", action="store_true", help="demo mode: well-known or no API keys allowed")
+    p.add_argument("--workers", type=int, default=None,
+                   help="serving processes on this line PC: process i answers the stations i, i+N, ... of the "
+                        "sorted station names on port PORT+i (frames of a station sent to another process get 421 "
+                        "naming the right one); share one PostgreSQL log_url between them")
+    p.add_argument("--worker", metavar="I/N", help=argparse.SUPPRESS)  # one process of --workers N
     p.add_argument("--new-key", metavar="ROLE:NAME",
                    help="print a new random API key and the api_keys entry (its sha256) for the settings, then exit")
     p.add_argument("--new-signing-key", metavar="PATH", type=Path,
@@ -75,5 +81,13 @@ def _run(args: argparse.Namespace) -> int:
 
     overrides = {"demo": True} if args.demo else None
     settings = load_settings(args.settings, env=dict(os.environ), overrides=overrides)
-    serve(settings, host=args.host, port=args.port)
+    if args.worker:
+        index, _, count = args.worker.partition("/")
+        settings = worker_settings(settings, int(index), int(count), host=args.host or settings.host,
+                                   port=settings.port if args.port is None else args.port)
+    elif args.workers is not None and args.workers != 1:
+        from serving.workers import run_workers
+
+        return run_workers(args, settings)
+    serve(settings, host=args.host, port=args.port if not args.worker else None)
     return 0

@@ -37,6 +37,7 @@ STATUS: dict[type[E.InspectionError], int] = {
     E.AuthenticationError: 401,
     E.PermissionDeniedError: 403,
     E.NotFoundError: 404,
+    E.MisdirectedError: 421,
     E.RegistryError: 404,
     E.ConflictError: 409,
     E.PayloadTooLargeError: 413,

@@ -24,6 +24,7 @@ import numpy as np
 from inspection.decisions import decide
 from inspection.errors import (
     InspectionError,
+    MisdirectedError,
     ModelError,
     NotFoundError,
     PayloadTooLargeError,
@@ -109,6 +110,9 @@ class InspectionService:
             raise ValidationError("station is required (query ?station= or header X-Station); "
                                   f"configured: {sorted(self.settings.stations)}")
         if station not in self.settings.stations:
+            if where := self.settings.served_elsewhere.get(station):
+                raise MisdirectedError(f"station {station!r} is served by the serving process at {where} of this "
+                                       f"line PC (serve --workers); send its frames there")
             raise NotFoundError(f"unknown station {station!r}; configured: {sorted(self.settings.stations)}")
         return station
 

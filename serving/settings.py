@@ -288,6 +288,9 @@ class ServeSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     labelling: LabellingSettings = Field(default_factory=LabellingSettings)
+    #: Stations of this line PC that another serving process answers (station -> host:port);
+    #: their frames get 421 naming it. Set by ``worker_settings`` (``inspection serve --workers``).
+    served_elsewhere: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("stations")
     @classmethod
@@ -487,3 +490,45 @@ def resolved_paths(settings: ServeSettings) -> dict[str, str | None]:
         "checkpoint_signing_key": str(cp.signing_key) if cp.signing_key else None,
         "checkpoint_file": str(cp.file) if cp.file else None,
     }
+
+
+def worker_groups(settings: ServeSettings, workers: int) -> list[list[str]]:
+    """The stations each of ``workers`` serving processes answers: round robin over the sorted names.
+
+    The sticky rule of ``inspection serve --workers``: every view of a part reaches the process
+    that holds its station's open parts (parts are decided in one process's memory).
+
+    Raises:
+        ConfigError: fewer stations than workers, or fewer than one worker.
+    """
+    names = sorted(settings.stations)
+    if workers < 1 or workers > len(names):
+        raise ConfigError(f"--workers {workers}: allowed 1..{len(names)} (one station or more per serving process; "
+                          f"stations: {names})")
+    return [names[i::workers] for i in range(workers)]
+
+
+def worker_settings(settings: ServeSettings, index: int, workers: int, *, host: str, port: int) -> ServeSettings:
+    """Serving process ``index`` of ``workers`` on ``port + index``: its stations only, the others
+    named as served elsewhere. Machine-wide duties (signed checkpoints, frame retention) stay
+    with process 0, so one log gets one checkpointer and one pruner.
+
+    Raises:
+        ConfigError: ``index`` outside 0..workers-1, or as ``worker_groups``.
+    """
+    groups = worker_groups(settings, workers)
+    if not 0 <= index < workers:
+        raise ConfigError(f"--worker {index}/{workers}: the index must be 0..{workers - 1}")
+    mine = set(groups[index])
+    elsewhere = {s: f"{host}:{port + j}" for j, group in enumerate(groups) if j != index for s in group}
+    update: dict[str, Any] = {
+        "stations": {k: v for k, v in settings.stations.items() if k in mine},
+        "served_elsewhere": elsewhere,
+        "port": port + index,
+        "host": host,
+    }
+    if index > 0:
+        update["checkpoints"] = settings.checkpoints.model_copy(update={"signing_key": None, "file": None})
+        update["frames_max_age_days"] = None
+        update["frames_max_bytes"] = None
+    return settings.model_copy(update=update)
