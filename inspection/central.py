@@ -41,6 +41,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from inspection.card import CARD_FILENAME, ModelCard, utc_now
+from inspection.config import safe_url
 from inspection.errors import ConfigError, ModelIntegrityError, RegistryError
 from inspection.registry import DEFAULT_STATION, NAME_PATTERN, ModelRegistry, ModelVersion
 
@@ -128,7 +129,7 @@ class CentralRegistry:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
                 raise ConfigError(f"registry schema {schema!r} is not a plain identifier (letters, digits, _)")
             connect_args["options"] = f"-csearch_path={schema}"
-        self.url = make_url(url).render_as_string(hide_password=True)
+        self.url = safe_url(url)
         self.cache = cache
         self.root = cache.root  # where versions handed out live (ModelRegistry's attribute)
         self._engine: Engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)

@@ -14,3 +14,13 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def safe_url(url: str) -> str:
+    """A database url fit for logs, messages and pages: its password replaced by ``***``."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 -- not a URL we can parse: say so rather than leak it
+        return "<unparseable url>"

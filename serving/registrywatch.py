@@ -27,6 +27,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from inspection.config import safe_url
 from inspection.errors import InspectionError
 from serving.errors import scrub
 from serving.tasks import running
@@ -71,9 +72,7 @@ class RegistryWatch:
         }
 
     def _url(self) -> str:
-        from sqlalchemy.engine import make_url
-
-        return make_url(self.settings.registry.url).render_as_string(hide_password=True)
+        return safe_url(self.settings.registry.url)
 
     def _mark(self, reachable: bool, error: str | None) -> None:
         if reachable != self.reachable:

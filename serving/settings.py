@@ -42,7 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from inspection.config import deep_merge
+from inspection.config import deep_merge, safe_url
 from inspection.errors import ConfigError
 from inspection.imageheader import MAX_FRAME_PIXELS
 from serving.line.settings import LineSettings
@@ -323,18 +323,9 @@ class ServeSettings(_Section):
         data["api_keys"] = [{"name": k.name, "role": k.role} for k in self.api_keys]
         for section, key in ((data, "log_url"), (data["registry"], "url")):
             if section.get(key) and "://" in section[key]:
-                section[key] = _without_password(section[key])
+                section[key] = safe_url(section[key])
         data["resolved_paths"] = resolved_paths(self)
         return data
-
-
-def _without_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 -- not a database url: shown as given (validated elsewhere)
-        return url
 
 
 def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from inspection.card import utc_now
+from inspection.config import safe_url
 from inspection.dataset.layout import Dataset, Sample, read_dataset, write_dataset
 from inspection.errors import DatasetError, NotFoundError, ValidationError
 from inspection.labels import all_labels
@@ -45,15 +46,6 @@ class _Prod:
     group: str
     data: bytes
     lineage: dict[str, Any]
-
-
-def _safe_url(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 -- not a URL we can parse: say so rather than leak it
-        return "<unparseable url>"
 
 
 def _assign_splits(items: list[_Prod], *, seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
@@ -149,7 +141,7 @@ def build_dataset(
         "built": utc_now().isoformat(),
         "base": {"name": base_ds.name, "fingerprint": base_ds.fingerprint, "path": str(Path(base).resolve()),
                  "count": len(base_ds.samples)},
-        "log": {"url": _safe_url(log_url) if log_url else None, "head_seq": head_seq, "head_hash": head_hash},
+        "log": {"url": safe_url(log_url) if log_url else None, "head_seq": head_seq, "head_hash": head_hash},
         "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
                   "rule": "production samples: stratified per label, grouped by part, order by sha256(seed, group)"},
         "new_classes": new_classes,
