@@ -119,14 +119,15 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--budget-minutes",
         type=float,
-        help="compute budget the automatic input size fits into, in minutes of a 2-core CPU (default 10)",
+        help="compute budget the automatic steps and input size fit into, in minutes of a 2-core CPU (default 20)",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA with mixed precision when present")
     p.add_argument(
         "--tta",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="average the frame with its allowed flips inside the exported graph (slower serving)",
+        help="average the frame and its mirror image inside the exported graph (one more inference at serving; "
+        "default: on where the dataset's orientation allows a mirror)",
     )
     p.add_argument("--seed", type=int)
     p.add_argument("--val-fraction", type=float)

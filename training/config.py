@@ -101,12 +101,12 @@ class TrainConfig(BaseModel):
     #: Exponential moving average of the weights, evaluated and exported instead of the raw
     #: weights (smoother, and less sensitive to the last batches of a small dataset).
     ema: bool = True
-    #: Average the probabilities of the frame and its allowed flips inside the exported graph
-    #: (costs one extra inference per flip at serving).
-    tta: bool = False
+    #: Average the outputs of the frame and its mirror image inside the exported graph (one
+    #: extra inference at serving); None: by rule (on where the orientation allows a mirror).
+    tta: bool | None = None
     #: Compute budget the automatic choices fit into, in minutes of the reference machine
     #: (2 CPU cores); a GPU run gets proportionally more (see training.recipe).
-    budget_minutes: float = Field(10.0, gt=0.0, le=10_000.0)
+    budget_minutes: float = Field(20.0, gt=0.0, le=10_000.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)

@@ -67,7 +67,7 @@ def test_budget_left_by_small_frames_buys_passes() -> None:
     assert len(epochs) == 1 and "own resolution" in epochs[0].reason and str(steps_rule) in epochs[0].reason
     assert cfg.patience == max(10, cfg.epochs // 3) and cfg.min_epochs == cfg.epochs // 2
     # a smaller budget buys fewer passes; a budget-limited input gets the steps rule only
-    fewer, _ = _resolve(_stats(n_train=700, h=128, w=128), budget_minutes=8)
+    fewer, _ = _resolve(_stats(n_train=700, h=128, w=128), budget_minutes=16)
     assert steps_rule < fewer.epochs < cfg.epochs
     big, _ = _resolve(_stats(n_train=700, h=1000, w=1000))
     assert big.epochs == steps_rule
@@ -126,3 +126,14 @@ def test_available_threads_leaves_busy_cores_alone() -> None:
     assert R.available_threads(cores=2, load=1.2) == 1
     assert R.available_threads(cores=2, load=5.0) == 1
     assert R.available_threads(cores=16, load=3.0) == 13
+
+
+@pytest.mark.parametrize(("orientation", "mirror"), [(None, True), ("free", True), ("hflip", True), ("fixed", False)])
+def test_the_test_time_mirror_follows_the_orientation(orientation: str | None, mirror: bool) -> None:
+    cfg, choices = _resolve(_stats(orientation=orientation))
+    assert cfg.tta is mirror
+    assert ("averages the frame and its mirror" if mirror else "no mirror allowed") in next(
+        c.reason for c in choices if c.setting == "tta"
+    )
+    given, choices = _resolve(_stats(orientation=orientation), tta=False)
+    assert given.tta is False and "tta" not in {c.setting for c in choices}

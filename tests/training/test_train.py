@@ -99,6 +99,9 @@ def test_version_card_validates_and_every_file_is_hashed(trained: tuple[Path, Pa
     op = card.metrics["test"]["operating_point"]
     assert op["escape"]["n"] == sum(v for c, v in card.dataset.split_counts["test"].items() if c != "good")
     assert 0.0 <= op["escape"]["ci_low"] <= op["escape"]["ci_high"] <= 1.0
+    # The test-time mirror, by rule (the manifest says nothing: mirrors allowed), inside the graph.
+    assert card.training["config"]["tta"] is True
+    assert any(c["setting"] == "tta" and c["value"] is True for c in card.training["recipe"])
 
 
 @pytest.mark.slow
