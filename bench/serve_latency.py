@@ -56,6 +56,8 @@ from fastapi import Request  # module level: the torch server's route annotation
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from serving.workers import stop_process
+
 STATION, CAMERA = "bench", "cam"
 CLASSES = ["good", "scratch", "dent", "bubble"]
 
@@ -373,15 +375,7 @@ def our_server(work: Path, models_dir: Path, frames: list[bytes], label: str,
 
             yield Contender(label, port, proc, req, check, headers)
         finally:
-            _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+            stop_process(proc)
 
 
 def side_by_side(bare_frame: Callable[[int], None], bare_batched: Callable[[], float], contenders: list[Contender], *,
@@ -496,7 +490,7 @@ def peer_server(label: str, args: list[str], frames: list[bytes]) -> Iterator[Co
 
         yield Contender(label, port, proc, req, check)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def torch_server(weights: Path, arch: str, size: int,

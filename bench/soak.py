@@ -53,6 +53,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from serving.workers import stop_process
+
 STATION, CAMERA = "soak", "cam"
 FAULTS = ("kill", "disk", "promote", "plc", "postgres")
 
@@ -128,12 +130,8 @@ class Server:
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def sample_rss(self) -> None:
         import psutil

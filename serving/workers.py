@@ -29,6 +29,18 @@ from serving.settings import ServeSettings, worker_groups
 log = logging.getLogger(__name__)
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 30.0) -> None:
+    """Stop a serving process cleanly: SIGTERM (open parts are decided, the log closed), SIGKILL
+    when it is not gone within ``timeout_s``; waits for it either way."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _child_argv(args: argparse.Namespace, index: int, workers: int) -> list[str]:
     argv = [sys.executable, "-m", "inspection", "serve", "--worker", f"{index}/{workers}"]
     if args.settings is not None:
@@ -78,15 +90,8 @@ def run_workers(args: argparse.Namespace, settings: ServeSettings) -> int:
         if not stopping:
             log.error("serving process %d (pid %d) ended with code %s: stopping the others",
                       procs.index(first), first.pid, first.returncode)
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
         for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            stop_process(p)
         return 0 if stopping and all(p.returncode in (0, -signal.SIGTERM, -signal.SIGINT) for p in procs) \
             else (first.returncode or 1)
     finally:

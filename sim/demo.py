@@ -33,6 +33,7 @@ import yaml
 import serving.cli  # noqa: F401 - only where the serve extra is installed (above)
 from inspection.errors import InspectionError
 from serving.settings import hash_key
+from serving.workers import stop_process
 from training.cli import resolve_config
 
 STATION = "line1"
@@ -167,11 +168,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  PLC (Modbus TCP): acknowledged {plc.acked} of {len(parts)} part results "
               f"({'in order' if in_order else 'OUT OF ORDER'}; {ng} NG = reject gate fired)")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         server_log.close()
 
     _step(7, "verify the inspection log's hash chain")

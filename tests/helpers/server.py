@@ -61,12 +61,9 @@ def start_logged(settings: Path, port: int, log_file: Path, timeout_s: float = 6
 
 def stop_server(proc: subprocess.Popen[Any]) -> None:
     """SIGTERM (a clean stop), SIGKILL if it is not gone within 30 s."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    from serving.workers import stop_process
+
+    stop_process(proc)
 
 
 def wait_ready(proc: subprocess.Popen[str], base: str, timeout_s: float = 60.0) -> None:
