@@ -298,6 +298,12 @@ class CentralRegistry:
             stack = self._stack(conn, station) or self._stack(conn, DEFAULT_STATION)
         return stack[-1]["model"] if stack else None
 
+    def active_by_station(self) -> dict[str, str]:
+        """Station -> the ``name/version`` active centrally (stations rolled back to nothing left out)."""
+        with self._db("reading the stations") as conn:
+            rows = conn.execute(sa.select(stations.c.station, stations.c.stack)).all()
+        return {r.station: json.loads(r.stack)[-1]["model"] for r in rows if json.loads(r.stack)}
+
     def active(self, station: str = DEFAULT_STATION) -> ModelVersion | None:
         model = self.active_id(station)
         if model is None:

@@ -42,6 +42,7 @@ def _add_list(actions: Any) -> None:
     _common(p)
     p.add_argument("--name", help="only versions of this model")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_registry_url(p, "list the plant's central registry instead of --models-dir")
     p.set_defaults(func=_list)
 
 
@@ -163,6 +164,8 @@ def _headline(card: Any) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
+    if args.registry_url:
+        return _list_central(args)
     reg = ModelRegistry(args.models_dir)
     active = _active_by_model(reg)
     versions = reg.list_versions(args.name)
@@ -189,6 +192,33 @@ def _list(args: argparse.Namespace) -> int:
     rows = [["model", "created (UTC)", "arch", "test", "active for"]]
     rows += [[v.model_id, f"{v.card.created:%Y-%m-%d %H:%M}", v.card.arch, _headline(v.card),
               ", ".join(sorted(active.get(v.model_id, []))) or "-"] for v in versions]
+    print(_table(rows))
+    return 0
+
+
+def _list_central(args: argparse.Namespace) -> int:
+    central = _central(args)
+    try:
+        versions = central.list_versions(args.name)
+        where: dict[str, list[str]] = {}
+        for station, model in central.active_by_station().items():
+            where.setdefault(model, []).append(station)
+    finally:
+        central.close()
+    listed = []
+    for v in versions:
+        model = f"{v['name']}/{v['version']}"
+        listed.append({**v, "model": model, "active_for": sorted(where.get(model, []))})
+    if args.json:
+        print(json.dumps([{k: v[k] for k in ("model", "created", "pushed_at", "pushed_by", "active_for")}
+                          for v in listed], indent=2))
+        return 0
+    if not listed:
+        print(f"no model versions in the central registry at {central.url}")
+        return 0
+    rows = [["model", "created (UTC)", "pushed (UTC)", "by", "active for"]]
+    rows += [[v["model"], v["created"][:16].replace("T", " "), v["pushed_at"][:16].replace("T", " "), v["pushed_by"],
+              ", ".join(v["active_for"]) or "-"] for v in listed]
     print(_table(rows))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,6 +166,10 @@ def test_the_cli_pushes_pulls_and_promotes_centrally(
     assert ModelRegistry(Path(line_pc)).get("tiny", "v1", verify=True)
     central = _central(schema, Path(line_pc))
     assert central.active_id("line1") == "tiny/v1"
+    capsys.readouterr()
+    assert cli(["models", "list", "--registry-url", url, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(v["model"], v["pushed_by"], v["active_for"]) for v in listed] == [("tiny/v1", "qe", ["line1"])]
     # Bad input: a version the central registry lacks, no url at all.
     assert cli(["models", "pull", "tiny/v9", "--models-dir", line_pc, "--registry-url", url]) == 2
     assert "no model tiny/v9 in the central registry; known: ['tiny/v1']" in capsys.readouterr().err
