@@ -149,3 +149,28 @@ def _wait_ready(proc: subprocess.Popen[bytes], ports: list[int], log_file: Path,
             proc.kill()
             raise AssertionError(f"not ready on {sorted(pending)}: {log_file.read_text(errors='replace')[-3000:]}")
         time.sleep(0.1)
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(bool(pg_unreachable_reason()), reason=str(pg_unreachable_reason()))
+def test_one_process_failing_stops_the_set(tmp_path: Path, keys: dict[str, str]) -> None:
+    import socket
+
+    models = tmp_path / "models"
+    make_model_version(models, version="v1")
+    for station in STATIONS:
+        ModelRegistry(models).promote("tiny", "v1", station=station)
+    port = free_port()
+    taken = socket.create_server(("127.0.0.1", port + 1))  # process 1's port is someone else's
+    with pg_schema() as schema, taken:
+        url = make_url(PG_URL).set(query={"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+        path = tmp_path / "serve.json"
+        path.write_text(json.dumps(settings_data(tmp_path, models, keys, log_url=url,
+                                                 stations={s: {"cameras": c} for s, c in STATIONS.items()})))
+        run = subprocess.run([sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port",
+                              str(port), "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=180,
+                             check=False)
+    assert run.returncode != 0
+    assert "serving process 1" in run.stderr and "stopping the others" in run.stderr, run.stderr[-2000:]
+    with pytest.raises(httpx.TransportError):  # process 0 did not outlive its sibling
+        httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
