@@ -160,6 +160,9 @@ class ModelCard(_Strict):
     #: The class meaning "no defect". None for defect-type classifiers with no good class
     #: (every frame of such a model's line is already known to be defective).
     good_class: str | None
+    #: ``classify``: trained on the dataset's classes; ``anomaly``: trained on good images alone
+    #: (classes ``good``/``anomaly``; serving treats both alike). Older cards: classify.
+    mode: Literal["classify", "anomaly"] = "classify"
     arch: str
     model_file: str = "model.onnx"
     int8_file: str | None = None

@@ -51,6 +51,7 @@ _OVERRIDES = (
     "device",
     "overkill_limit",
     "tta",
+    "mode",
 )
 
 _DESCRIPTION = (
@@ -128,6 +129,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="average the frame and its mirror image inside the exported graph (one more inference at serving; "
         "default: on where the dataset's orientation allows a mirror)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["classify", "anomaly"],
+        help="classify (default): learn the dataset's classes; anomaly: learn from the good images alone and "
+        "reject what does not look like them (defective images only validate and test)",
     )
     p.add_argument("--seed", type=int)
     p.add_argument("--val-fraction", type=float)

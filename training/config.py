@@ -128,6 +128,9 @@ class TrainConfig(BaseModel):
     #: torch CPU threads; None: the cores this process may use, less those other work keeps
     #: busy right now (load average), at least 1.
     threads: int | None = Field(None, ge=1)
+    #: ``classify``: a classifier of the dataset's classes; ``anomaly``: learn from the good images
+    #: alone, reject what does not look like them (training.anomaly).
+    mode: Literal["classify", "anomaly"] = "classify"
     #: Worker processes on this machine for data-parallel training (DistributedDataParallel:
     #: gloo on CPU, NCCL with one GPU each); 1: this process alone (training.distributed).
     nproc: int = Field(1, ge=1, le=256)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,8 +45,8 @@ class SplitData:
     labels: np.ndarray  # int64[N]
 
 
-def check_dataset(ds: Dataset) -> None:
-    """Refuse a dataset training cannot use.
+def check_dataset(ds: Dataset, *, may_be_empty: Collection[str] = ()) -> None:
+    """Refuse a dataset training cannot use (``may_be_empty``: classes allowed no images).
 
     Raises:
         DatasetError: fewer than two classes, a label outside the class list, a missing image,
@@ -63,7 +64,7 @@ def check_dataset(ds: Dataset) -> None:
         if not ds.path_of(s).is_file():
             raise DatasetError(f"{ds.root}: image file {s.path} is missing")
     counts = Counter(s.label for s in ds.samples)
-    empty = [c for c in ds.classes if counts.get(c, 0) == 0]
+    empty = [c for c in ds.classes if counts.get(c, 0) == 0 and c not in may_be_empty]
     if empty:
         raise DatasetError(f"class(es) {empty} of {ds.classes} have no images; every class needs some")
 

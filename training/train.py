@@ -37,8 +37,8 @@ from inspection.dataset.split import split_dataset
 from inspection.errors import ConfigError, DatasetError, TrainingError
 from inspection.preprocess import tile_boxes
 from inspection.registry import ModelRegistry
+from training import anomaly, data, distributed, engine
 from training import calibrate as cal
-from training import data, distributed, engine
 from training import recipe as recipe_rules
 from training.config import TrainConfig
 from training.models import (
@@ -67,7 +67,11 @@ def _validate_inputs(cfg: TrainConfig) -> tuple[Dataset, str]:
     if cfg.data is None:
         raise ConfigError("no dataset given; pass --data DATASET_FOLDER")
     ds = read_dataset(cfg.data)
-    data.check_dataset(ds)
+    if cfg.mode == "anomaly":
+        ds = anomaly.anomaly_view(ds)
+        data.check_dataset(ds, may_be_empty=[anomaly.ANOMALY])  # good images alone are enough
+    else:
+        data.check_dataset(ds)
     model_info(cfg.arch)
     allowed = [c for c in ds.classes if c != ds.good_class]
     bad = sorted(set(cfg.per_class_thresholds) - set(allowed))
@@ -113,11 +117,19 @@ def _prepare(cfg: TrainConfig) -> Run:
         }
         cfg = TrainConfig.model_validate({**resume["config"], **keep, "resume": str(cfg.resume)})
     engine.seed_everything(cfg.seed)
+    if cfg.mode == "anomaly" and cfg.max_overkill is None:
+        # Good parts alone set the threshold: the target is an overkill rate (escape needs defects).
+        cfg = cfg.model_copy(update={"max_overkill": 0.01})
+        log.info("anomaly mode: threshold calibrated on good validation images for overkill <= 1%% "
+                 "(--max-overkill to change)")
     ds, name = _validate_inputs(cfg)
     if resume is not None:
         split = resume["split"]
     else:
-        split = split_dataset(ds, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction).split
+        # Anomaly mode never fits a defect: their groups are held out for validation and test.
+        held_out = [anomaly.ANOMALY] if cfg.mode == "anomaly" else []
+        split = split_dataset(ds, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                              held_out=held_out).split
     missing = [s.path for s in ds.samples if s.path not in split]
     if missing:
         raise DatasetError(
@@ -161,7 +173,11 @@ def _choose_recipe(
     heights, widths = data.frame_sizes(ds)
     if cfg.roi is not None:
         heights, widths = np.full_like(heights, cfg.roi[3]), np.full_like(widths, cfg.roi[2])
-    stats = recipe_rules.stats_from(heights, widths, counts["train"], ds.manifest.get("orientation"))
+    train_counts = counts["train"]
+    if cfg.mode == "anomaly":
+        # Every good frame is drawn twice an epoch, once with a synthetic anomaly (balanced).
+        train_counts = {"good": train_counts["good"], anomaly.ANOMALY: train_counts["good"]}
+    stats = recipe_rules.stats_from(heights, widths, train_counts, ds.manifest.get("orientation"))
     device = _device(cfg).type
     resolved, choices = recipe_rules.resolve(
         cfg, stats, cost_128=model_info(cfg.arch).cost_128, device="cuda" if device == "cuda" else "cpu"
@@ -169,6 +185,17 @@ def _choose_recipe(
     for c in choices:
         log.info("recipe: %s = %s (%s)", c.setting, c.value, c.reason)
     return resolved, [c.as_dict() for c in choices]
+
+
+def _good_only(train: data.SplitData) -> data.SplitData:
+    """The training split without defects (anomaly mode): one that shares a group with good
+    training images stays in training's group, so it is neither fitted nor evaluated."""
+    keep = train.labels == 0
+    if not keep.all():
+        log.warning("anomaly mode: %d defective image(s) share a group (part, source or duplicate) with "
+                    "training images: left out, neither fitted nor evaluated", int((~keep).sum()))
+    return data.SplitData(train.name, [s for s, k in zip(train.samples, keep, strict=True) if k],
+                          train.images[keep], train.labels[keep])
 
 
 def _input_spec(cfg: TrainConfig) -> InputSpec:
@@ -223,7 +250,17 @@ def _train(
     cfg = run.cfg
     n_classes = len(run.ds.classes)
     augment = data.LineAugment(cfg.augment, seed=cfg.seed)
-    train_set = data.ArrayDataset(train.images, train.labels, augment)
+    synth = anomaly.Synthesizer(cfg.seed)
+    train_set: torch.utils.data.Dataset
+    if cfg.mode == "anomaly":
+        train_set = anomaly.AnomalyTrainSet(train.images, augment, synth)
+        train_labels = train_set.labels
+        val_images, val_labels, selection = anomaly.validation_set(val.images, val.labels, seed=cfg.seed + 1)
+        log.info("anomaly mode: %d good training images (each also with a synthetic anomaly); %s",
+                 len(train.images), selection)
+    else:
+        train_set = data.ArrayDataset(train.images, train.labels, augment)
+        train_labels, val_images, val_labels = train.labels, val.images, val.labels
     device = _device(cfg)
     class_weights = (
         torch.as_tensor(data.class_weights(train.labels, n_classes), dtype=torch.float32, device=device)
@@ -241,9 +278,10 @@ def _train(
     def epoch_loader(epoch: int) -> torch.utils.data.DataLoader:
         seed = engine.epoch_seed(cfg.seed, epoch)
         augment.reseed(seed + ranks.rank)  # every rank draws alike (the shards), augments its own way
+        synth.reseed(seed + 7919 * (ranks.rank + 1))
         return engine.make_loader(
             train_set,
-            train.labels,
+            train_labels,
             batch_size=batch_size,
             balance=balance,
             n_classes=n_classes,
@@ -261,11 +299,11 @@ def _train(
         "mean": mean,
         "std": std,
     }
-    return engine.fit(
+    fit = engine.fit(
         model,
         make_epoch_loader=epoch_loader,
-        val_images=val.images,
-        val_labels=val.labels,
+        val_images=val_images,
+        val_labels=val_labels,
         n_classes=n_classes,
         good_index=run.good_index,
         epochs=int(cfg.epochs or 1),
@@ -281,6 +319,9 @@ def _train(
         progress=cfg.progress,
         ranks=ranks,
     )
+    if cfg.mode == "anomaly":
+        fit["anomaly"] = {"selection": selection, "good_train_images": len(train.images)}
+    return fit
 
 
 def _operating_point(
@@ -362,6 +403,8 @@ def _main(cfg: TrainConfig, ranks: distributed.Ranks) -> TrainResult | None:
     spec = _input_spec(cfg)
     log.info("loading %d images of %s at %dx%d (%s)", len(ds.samples), ds.name, spec.width, spec.height, spec.geometry)
     splits = data.load_splits(ds, run.split, spec)
+    if cfg.mode == "anomaly":
+        splits["train"] = _good_only(splits["train"])
     train, val, test = splits["train"], splits["val"], splits["test"]
     mean, std = (run.resume["mean"], run.resume["std"]) if run.resume is not None else data.channel_stats(train.images)
     model, pretrained_note = _build_model(run, spec, mean, std)

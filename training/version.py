@@ -212,6 +212,7 @@ def export_version(
             created=utc_now(),
             classes=ds.classes,
             good_class=ds.good_class,
+            mode=cfg.mode,
             arch=cfg.arch,
             int8_file=int8_file,
             input=spec,
@@ -240,6 +241,8 @@ def export_version(
                 "device": device,
                 # Data-parallel runs: ranks, backend, and what each rank trained on in its first epoch.
                 "distributed": fit.get("distributed"),
+                # Anomaly mode: what model selection judged on, how many good frames it learnt from.
+                "anomaly": fit.get("anomaly"),
             },
             code_version=code_version(),
             parity=Parity(**parity),

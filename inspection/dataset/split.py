@@ -23,7 +23,7 @@ import csv
 import io
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,7 +75,7 @@ def split_groups(samples: Sequence[Sample], together: Iterable[Iterable[str]] = 
 
 
 def _assign(samples: Sequence[Sample], *, seed: int, val_fraction: float, test_fraction: float,
-            together: Iterable[Iterable[str]]) -> tuple[dict[str, str], int, list[str]]:
+            together: Iterable[Iterable[str]], held_out: Collection[str] = ()) -> tuple[dict[str, str], int, list[str]]:
     assigned: dict[str, str] = {}
     moved: list[str] = []
     free_by_label: dict[str, list[list[Sample]]] = {}
@@ -102,6 +102,10 @@ def _assign(samples: Sequence[Sample], *, seed: int, val_fraction: float, test_f
         if n >= 3:
             n_test, n_val = max(n_test, 1), max(n_val, 1)
         n_test, n_val = min(n_test, n), min(n_val, max(n - n_test - 1, 0))
+        if label in held_out:
+            # Never trained on (anomaly mode's defects): half for validation, half for test.
+            n_test = n // 2
+            n_val = n - n_test
         for i, members in enumerate(keys):
             split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
             for m in members:
@@ -146,8 +150,10 @@ class SplitResult:
 
 
 def split_dataset(ds: Dataset, *, seed: int, val_fraction: float, test_fraction: float, near: bool = True,
-                  workers: int | None = None) -> SplitResult:
+                  workers: int | None = None, held_out: Collection[str] = ()) -> SplitResult:
     """Split ``ds`` honestly: decode every image once, group duplicates, then :func:`make_split`.
+
+    Groups of a ``held_out`` label (by majority) go to validation and test only, half each.
 
     Raises:
         DatasetError: an image cannot be decoded (all named), or identical images (bytes or
@@ -157,7 +163,7 @@ def split_dataset(ds: Dataset, *, seed: int, val_fraction: float, test_fraction:
     dups = find_duplicates(sigs, near=near)
     refuse_label_conflicts(dups.exact, {s.path: s.label for s in ds.samples})
     split, n_groups, moved = _assign(ds.samples, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                                     together=dups.together())
+                                     together=dups.together(), held_out=held_out)
     result = SplitResult(split, dups, n_groups, moved)
     log.info("%s: %s", ds.name, result.summary())
     return result

@@ -1,0 +1,96 @@
+"""Anomaly mode: good images alone are fitted; real defects only validate and test."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from inspection.card import load_card
+from inspection.dataset.layout import Sample, read_dataset, write_dataset
+from inspection.dataset.split import split_dataset
+from inspection.errors import DatasetError
+from inspection.golden import verify_version
+from tests.training.conftest import draw, make_dataset
+from training import anomaly
+from training.config import load_config
+from training.train import main as train_main
+
+FAST = {"image_size": 32, "epochs": 3, "min_epochs": 1, "batch_size": 16, "progress": False, "threads": 1,
+        "mode": "anomaly", "max_overkill": 0.1}
+
+
+def test_every_synthetic_anomaly_changes_the_frame_and_keeps_the_input() -> None:
+    rng = np.random.default_rng(0)
+    frame = rng.normal(128, 12, (1, 48, 64)).clip(0, 255).astype(np.uint8)
+    before = frame.copy()
+    synth = anomaly.Synthesizer(3)
+    for kind in synth.kinds:
+        out = frame.astype(np.float32)
+        kind(out)
+        assert np.abs(out - frame).max() > 5, kind.__name__  # a visible change ...
+        assert (np.abs(out - frame) > 1).mean() < 0.5, kind.__name__  # ... of a part of the frame
+    made = synth(frame)
+    assert made.dtype == np.uint8 and made.shape == frame.shape and np.array_equal(frame, before)
+    a, b = anomaly.Synthesizer(5), anomaly.Synthesizer(5)
+    assert np.array_equal(a(frame), b(frame))  # reproducible by seed (resumed runs repeat epochs)
+
+
+def test_the_training_set_is_balanced_good_and_synthetic() -> None:
+    good = np.full((5, 1, 16, 16), 120, np.uint8)
+    train = anomaly.AnomalyTrainSet(good, None, anomaly.Synthesizer(0))
+    labels = [train[i][1] for i in range(len(train))]
+    assert labels == [0] * 5 + [1] * 5 and train.labels.tolist() == labels
+    assert np.array_equal(train[0][0].numpy(), good[0])
+
+
+def test_the_view_refuses_what_cannot_be_learnt(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "few", counts={"good": 12, "scratch": 10, "spot": 10})
+    with pytest.raises(DatasetError, match="needs at least 20 good images .* has 12 of class 'good'"):
+        anomaly.anomaly_view(ds)
+    none = make_dataset(tmp_path / "none", classes=("scratch", "spot"), good_class=None)
+    with pytest.raises(DatasetError, match="needs a good class to learn from"):
+        anomaly.anomaly_view(none)
+    view = anomaly.anomaly_view(make_dataset(tmp_path / "ok", counts={"good": 25, "scratch": 3, "spot": 4}))
+    assert view.classes == ["good", "anomaly"] and sum(s.label == "anomaly" for s in view.samples) == 7
+
+
+def test_defects_are_held_out_of_training(tmp_path: Path) -> None:
+    view = anomaly.anomaly_view(make_dataset(tmp_path / "d", counts={"good": 60, "scratch": 20, "spot": 21}))
+    split = split_dataset(view, seed=0, val_fraction=0.15, test_fraction=0.15, held_out=["anomaly"]).split
+    where = {s.path: split[s.path] for s in view.samples if s.label == "anomaly"}
+    assert "train" not in where.values()
+    assert sum(v == "val" for v in where.values()) == 21 and sum(v == "test" for v in where.values()) == 20
+
+
+@pytest.mark.slow
+def test_anomaly_mode_trains_on_good_images_and_serves_as_a_classifier(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "parts", counts={"good": 160, "scratch": 20, "spot": 20})
+    result = train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "models"}))
+    card = load_card(result.path)
+    verify_version(card, result.path)  # hashes, then the golden frames through onnxruntime
+    assert card.mode == "anomaly" and card.classes == ["good", "anomaly"] and card.good_class == "good"
+    assert card.thresholds.target == {"max_overkill": 0.1}
+    assert "real defective validation images" in card.training["anomaly"]["selection"]
+    with (result.path / "split.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    labels = {s.path: s.label for s in read_dataset(ds.root).samples}
+    assert not [r for r in rows if r["split"] == "train" and labels[r["path"]] != "good"]
+    assert card.metrics["test"]["operating_point"]["escape"]["n"] == 20  # every held-out defect of test
+
+
+@pytest.mark.slow
+def test_good_images_alone_are_enough_and_mixed_sizes_are_letterboxed(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(150):
+        size = (32, 32) if i % 2 else (40, 28)  # two frame sizes in the good class
+        img = cv2.resize(draw("good", rng, 40), size[::-1])
+        items.append((Sample(f"images/good/{i:03d}.png", "good"), cv2.imencode(".png", img)[1].tobytes()))
+    ds = write_dataset(tmp_path / "line", name="line", classes=["good"], good_class="good", items=items)
+    result = train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "models"}))
+    assert result.card.mode == "anomaly" and result.card.input.geometry == "letterbox"
+    assert "synthetic anomalies" in result.card.training["anomaly"]["selection"]
