@@ -175,3 +175,28 @@ def test_the_cli_pushes_pulls_and_promotes_centrally(
     assert "no model tiny/v9 in the central registry; known: ['tiny/v1']" in capsys.readouterr().err
     assert cli(["models", "push", "tiny/v1", "--models-dir", trained, "--registry-url", ""]) == 2
     assert "no central registry given: pass --registry-url" in capsys.readouterr().err
+
+
+def test_promotions_at_the_same_moment_are_both_kept(schema: str, workstation: ModelRegistry) -> None:
+    import threading
+
+    central = _central(schema, workstation.root)
+    for v in ("v1", "v2"):
+        central.push(workstation.get("tiny", v))
+    others = [_central(schema, workstation.root) for _ in range(2)]
+    start = threading.Barrier(2)
+
+    def promote(reg: CentralRegistry, version: str) -> None:
+        start.wait()
+        reg.promote("tiny", version, station="line1", actor=version)
+
+    threads = [threading.Thread(target=promote, args=(reg, v)) for reg, v in zip(others, ("v1", "v2"), strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    history = central.history("line1")
+    assert sorted(e["model"] for e in history) == ["tiny/v1", "tiny/v2"]
+    # The row lock ordered them: the second names the first as its previous model.
+    assert history[0]["previous"] is None and history[1]["previous"] == history[0]["model"]
+    assert central.active_id("line1") == history[1]["model"]
