@@ -21,7 +21,7 @@ import secrets
 from pathlib import Path
 
 from inspection.cli.commands import require_extra
-from inspection.errors import ValidationError
+from inspection.errors import ConfigError, ValidationError
 from serving.settings import ROLES, hash_key, load_settings, worker_settings
 
 require_extra("serve", "fastapi", "uvicorn", "onnxruntime")
@@ -83,6 +83,8 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.settings, env=dict(os.environ), overrides=overrides)
     if args.worker:
         index, _, count = args.worker.partition("/")
+        if not (index.isdigit() and count.isdigit()):
+            raise ConfigError(f"--worker {args.worker!r}: expected I/N, e.g. 0/2")
         settings = worker_settings(settings, int(index), int(count), host=args.host or settings.host,
                                    port=settings.port if args.port is None else args.port)
     elif args.workers is not None and args.workers != 1:
