@@ -94,3 +94,25 @@ def test_good_images_alone_are_enough_and_mixed_sizes_are_letterboxed(tmp_path: 
     result = train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "models"}))
     assert result.card.mode == "anomaly" and result.card.input.geometry == "letterbox"
     assert "synthetic anomalies" in result.card.training["anomaly"]["selection"]
+
+
+@pytest.mark.slow
+def test_a_station_moves_from_an_anomaly_model_to_a_classifier_through_the_gate(tmp_path: Path) -> None:
+    from inspection.promotion import promote_gated
+    from inspection.registry import ModelRegistry
+
+    ds = make_dataset(tmp_path / "parts", counts={"good": 160, "scratch": 20, "spot": 20})
+    models = tmp_path / "models"
+    first = train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": models, "name": "gate"}))
+    classify = {**FAST, "mode": "classify", "max_overkill": None, "max_escape": 0.2}
+    second = train_main(load_config(None, {**classify, "data": ds.root, "models_dir": models, "name": "gate"}))
+    reg = ModelRegistry(models)
+    promote_gated(reg, "gate", first.card.version, station="line1")
+    # --force: whichever escapes more on these few images, the comparison itself is what is checked.
+    result = promote_gated(reg, "gate", second.card.version, station="line1", data=ds.root, split="all",
+                           force=True, reason="test")
+    gate = result.gate
+    assert gate["basis"] == "comparison set" and gate["status"] in ("passed", "overridden")
+    # Both models were judged on the very same defective images of the dataset.
+    assert gate["active_escape"]["n"] == gate["candidate_escape"]["n"] == 40
+    assert reg.active("line1").card.mode == "classify"  # type: ignore[union-attr]
