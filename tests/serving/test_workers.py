@@ -51,20 +51,25 @@ def test_workers_refuse_a_sqlite_log(tmp_path: Path, keys: dict[str, str]) -> No
     assert "--workers 2 needs a log several processes can append to at once" in run.stderr
 
 
+def _line_pc(tmp_path: Path, keys: dict[str, str], schema: str, **station: object) -> tuple[Path, str]:
+    """The model active on both stations and a settings file whose log is a fresh PostgreSQL schema."""
+    models = tmp_path / "models"
+    make_model_version(models, version="v1")
+    for name in STATIONS:
+        ModelRegistry(models).promote("tiny", "v1", station=name)
+    url = make_url(PG_URL).set(query={"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(settings_data(tmp_path, models, keys, log_url=url,
+                                             stations={s: {"cameras": c, **station} for s, c in STATIONS.items()})))
+    return path, url
+
+
 @pytest.mark.postgres
 @pytest.mark.skipif(bool(pg_unreachable_reason()), reason=str(pg_unreachable_reason()))
 def test_two_processes_share_one_log_and_decide_parts_across_cameras(tmp_path: Path, keys: dict[str, str]) -> None:
-    models = tmp_path / "models"
-    make_model_version(models, version="v1")
-    for station in STATIONS:
-        ModelRegistry(models).promote("tiny", "v1", station=station)
     port = free_port()
     with pg_schema() as schema:
-        url = make_url(PG_URL).set(query={"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-        data = settings_data(tmp_path, models, keys, log_url=url,
-                             stations={s: {"cameras": c, "part_deadline_ms": 2000} for s, c in STATIONS.items()})
-        path = tmp_path / "serve.json"
-        path.write_text(json.dumps(data))
+        path, url = _line_pc(tmp_path, keys, schema, part_deadline_ms=2000)
         out = (tmp_path / "serve.out").open("wb")
         proc = subprocess.Popen([sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port",
                                  str(port), "--workers", "2"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
@@ -156,17 +161,10 @@ def _wait_ready(proc: subprocess.Popen[bytes], ports: list[int], log_file: Path,
 def test_one_process_failing_stops_the_set(tmp_path: Path, keys: dict[str, str]) -> None:
     import socket
 
-    models = tmp_path / "models"
-    make_model_version(models, version="v1")
-    for station in STATIONS:
-        ModelRegistry(models).promote("tiny", "v1", station=station)
     port = free_port()
     taken = socket.create_server(("127.0.0.1", port + 1))  # process 1's port is someone else's
     with pg_schema() as schema, taken:
-        url = make_url(PG_URL).set(query={"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-        path = tmp_path / "serve.json"
-        path.write_text(json.dumps(settings_data(tmp_path, models, keys, log_url=url,
-                                                 stations={s: {"cameras": c} for s, c in STATIONS.items()})))
+        path, _ = _line_pc(tmp_path, keys, schema)
         run = subprocess.run([sys.executable, "-m", "inspection", "serve", "--settings", str(path), "--port",
                               str(port), "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=180,
                              check=False)
