@@ -110,6 +110,13 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _stored_card_sha(conn: sa.Connection, mv: ModelVersion) -> str | None:
+    """The sha256 of the card the central registry holds for ``mv``'s name/version (None: not there)."""
+    return conn.execute(
+        sa.select(versions.c.card_sha256).where(versions.c.name == mv.name, versions.c.version == mv.version)
+    ).scalar()
+
+
 class CentralRegistry:
     """Model versions and promotions in PostgreSQL, with ``cache`` as the local copy of versions.
 
@@ -170,9 +177,7 @@ class CentralRegistry:
         card_text = (mv.path / CARD_FILENAME).read_text(encoding="utf-8")
         card_sha = _digest(card_text.encode())
         with self._db(f"pushing {mv.model_id}") as conn:
-            stored = conn.execute(
-                sa.select(versions.c.card_sha256).where(versions.c.name == mv.name, versions.c.version == mv.version)
-            ).scalar()
+            stored = _stored_card_sha(conn, mv)
             if stored is not None:
                 if stored != card_sha:
                     raise RegistryError(
@@ -219,9 +224,7 @@ class CentralRegistry:
 
     def _same_as_central(self, mv: ModelVersion) -> None:
         with self._db(f"checking {mv.model_id}") as conn:
-            stored = conn.execute(
-                sa.select(versions.c.card_sha256).where(versions.c.name == mv.name, versions.c.version == mv.version)
-            ).scalar()
+            stored = _stored_card_sha(conn, mv)
         if stored is None:
             return  # a local-only version: the central registry has nothing to say about it
         local = _digest((mv.path / CARD_FILENAME).read_bytes())
