@@ -106,7 +106,7 @@ def _device(cfg: TrainConfig) -> torch.device:
     return torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def _prepare(cfg: TrainConfig) -> Run:
+def _prepare(cfg: TrainConfig, ranks: distributed.Ranks) -> Run:
     """Resume state, dataset checks, the honest split, the recipe's choices, the version."""
     resume = engine.load_checkpoint(cfg.resume) if cfg.resume is not None else None
     if resume is not None:
@@ -157,7 +157,6 @@ def _prepare(cfg: TrainConfig) -> Run:
         if resume is not None and not (registry.root / name / resume["version"]).exists()
         else registry.next_version(name)
     )
-    ranks = distributed.from_env()
     # Rank 0's choices everywhere: the recipe reads the load average, which two ranks may see
     # differently a moment apart, and only rank 0's version number is ever written.
     cfg, recipe, version = distributed.broadcast((cfg, recipe, version), ranks)
@@ -245,7 +244,13 @@ def _build_model(run: Run, spec: InputSpec, mean: list[float], std: list[float])
 
 
 def _train(
-    run: Run, model: nn.Module, train: data.SplitData, val: data.SplitData, mean: list[float], std: list[float]
+    run: Run,
+    model: nn.Module,
+    train: data.SplitData,
+    val: data.SplitData,
+    mean: list[float],
+    std: list[float],
+    ranks: distributed.Ranks,
 ) -> dict[str, Any]:
     cfg = run.cfg
     n_classes = len(run.ds.classes)
@@ -268,7 +273,6 @@ def _train(
         else None
     )
     loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
-    ranks = distributed.from_env()
     # The recipe's batch is the global one: N ranks take batch/N each, so they take the same
     # optimiser steps (and learning-rate schedule) one process would.
     batch_size, balance = max(1, int(cfg.batch_size or 32) // ranks.world), cfg.balance or "none"
@@ -398,7 +402,7 @@ def _worker(cfg: TrainConfig, level: int) -> TrainResult | None:
 
 def _main(cfg: TrainConfig, ranks: distributed.Ranks) -> TrainResult | None:
     started = time.monotonic()
-    run = _prepare(cfg)
+    run = _prepare(cfg, ranks)
     cfg, ds = run.cfg, run.ds
     spec = _input_spec(cfg)
     log.info("loading %d images of %s at %dx%d (%s)", len(ds.samples), ds.name, spec.width, spec.height, spec.geometry)
@@ -408,7 +412,7 @@ def _main(cfg: TrainConfig, ranks: distributed.Ranks) -> TrainResult | None:
     train, val, test = splits["train"], splits["val"], splits["test"]
     mean, std = (run.resume["mean"], run.resume["std"]) if run.resume is not None else data.channel_stats(train.images)
     model, pretrained_note = _build_model(run, spec, mean, std)
-    fit = _train(run, model, train, val, mean, std)
+    fit = _train(run, model, train, val, mean, std, ranks)
     train_seconds = time.monotonic() - started
     if not ranks.main:
         return None  # rank 0 alone calibrates, exports and writes the version
