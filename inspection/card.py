@@ -151,6 +151,23 @@ class Golden(_Strict):
     count: int = Field(ge=1)
 
 
+class DefectMapSpec(_Strict):
+    """The graph's second output: where the frame looks defective.
+
+    ``float32[N, height, width]`` in 0..1, a coarse grid over the model input (cell ``(i, j)``
+    covers input rows ``i * input.height / height`` onwards): each cell's P(defect), the
+    classifier's own head applied at that position (an anomaly model's: P(anomaly)); without a
+    good class, the cell's most confident class probability. ``inspection.defectmap`` turns it
+    into a peak and a box in the camera frame's pixels. Cards without it serve without maps.
+    """
+
+    output_name: str = "defect_map"
+    height: int = Field(ge=1, le=4096)
+    width: int = Field(ge=1, le=4096)
+    #: Torch vs ONNX Runtime, max abs difference of the maps over the whole test split.
+    parity_max_abs_diff: float = Field(ge=0.0)
+
+
 class ModelCard(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -180,6 +197,8 @@ class ModelCard(_Strict):
     #: Frame statistics and scores of the validation split, for drift and the frame-quality gate
     #: (``inspection.monitoring``; docs/monitoring.md). None on cards exported before it existed.
     monitoring: MonitoringReference | None = None
+    #: The defect map output (None on cards exported before maps existed: no maps served).
+    defect_map: DefectMapSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:

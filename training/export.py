@@ -2,7 +2,9 @@
 
 The graph takes ``uint8[N, C, H, W]`` (input ``pixels``; N dynamic) — the camera's 8-bit pixels
 after ``inspection.preprocess.to_model_input`` — and returns softmax ``probabilities``
-``float32[N, K]``. Normalisation ``(x / 255 - mean) / std`` is inside the graph.
+``float32[N, K]`` and, for every model trained since maps exist, the ``defect_map``
+``float32[N, h, w]`` (``training.defectmap``). Normalisation ``(x / 255 - mean) / std`` is inside
+the graph.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 from inspection.card import InputSpec
 from inspection.errors import TrainingError
+from training.defectmap import MapOutputs
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,23 @@ class _Exportable(nn.Module):
         return torch.softmax(self.classifier(pixels), dim=1)
 
 
-def export_onnx(classifier: nn.Module, path: Path, spec: InputSpec) -> None:
+class _ExportableWithMap(nn.Module):
+    """uint8 pixels -> (probabilities, defect map), both from one forward pass."""
+
+    def __init__(self, classifier: nn.Module, good_index: int | None) -> None:
+        super().__init__()
+        self.mapped = MapOutputs(classifier, good_index)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, heat = self.mapped(pixels)
+        return torch.softmax(logits, dim=1), heat
+
+
+def export_onnx(classifier: nn.Module, path: Path, spec: InputSpec, *, map_output: str | None = None,
+                good_index: int | None = None) -> None:
     """Write ``classifier`` as ONNX with a dynamic batch axis and run the full ONNX checker.
+
+    ``map_output``: also output the defect map under this name (``good_index`` gives its meaning).
 
     Raises:
         TrainingError: the exported graph does not pass ``onnx.checker.check_model(full_check=True)``.
@@ -47,7 +65,9 @@ def export_onnx(classifier: nn.Module, path: Path, spec: InputSpec) -> None:
 
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._dynamo"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # the exporter narrates every pass at INFO
-    wrapper = _Exportable(classifier).eval()
+    wrapper: nn.Module = (_Exportable(classifier) if map_output is None
+                          else _ExportableWithMap(classifier, good_index)).eval()
+    output_names = [spec.output_name] + ([map_output] if map_output is not None else [])
     example = torch.zeros((2, spec.channels, spec.height, spec.width), dtype=torch.uint8)
     with torch.no_grad():
         torch.onnx.export(
@@ -55,7 +75,7 @@ def export_onnx(classifier: nn.Module, path: Path, spec: InputSpec) -> None:
             (example,),
             str(path),
             input_names=[spec.input_name],
-            output_names=[spec.output_name],
+            output_names=output_names,
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
             opset_version=OPSET,
             dynamo=True,
@@ -70,10 +90,10 @@ def export_onnx(classifier: nn.Module, path: Path, spec: InputSpec) -> None:
         raise TrainingError(f"exported ONNX model {path} fails the ONNX checker: {exc}") from None
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
-    if inputs != [spec.input_name] or outputs != [spec.output_name]:
+    if inputs != [spec.input_name] or outputs != output_names:
         raise TrainingError(
             f"exported graph has inputs {inputs} / outputs {outputs}, "
-            f"the card needs {spec.input_name!r} / {spec.output_name!r}"
+            f"the card needs {spec.input_name!r} / {output_names}"
         )
 
 
@@ -94,6 +114,35 @@ def ort_predict(session: Any, images: np.ndarray, spec: InputSpec, *, batch_size
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+
+def ort_predict_maps(session: Any, images: np.ndarray, spec: InputSpec, map_output: str, *,
+                     batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, defect maps) from an ONNX Runtime session, one run per batch for both."""
+    probs, maps = [], []
+    for i in range(0, len(images), batch_size):
+        p, m = session.run([spec.output_name, map_output],
+                           {spec.input_name: np.ascontiguousarray(images[i : i + batch_size])})
+        probs.append(p)
+        maps.append(m)
+    if not probs:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0, 0), np.float32)
+    return np.concatenate(probs).astype(np.float32), np.concatenate(maps).astype(np.float32)
+
+
+def map_parity(torch_maps: np.ndarray, onnx_maps: np.ndarray, *, tolerance: float) -> float:
+    """Max abs difference of the defect maps over every image and cell.
+
+    Raises:
+        TrainingError: shapes differ, or the difference exceeds ``tolerance``.
+    """
+    if torch_maps.shape != onnx_maps.shape:
+        raise TrainingError(f"defect maps: torch gave {torch_maps.shape}, ONNX Runtime gave {onnx_maps.shape}")
+    diff = float(np.max(np.abs(torch_maps.astype(np.float64) - onnx_maps))) if torch_maps.size else 0.0
+    if not diff <= tolerance:
+        raise TrainingError(f"ONNX export's defect maps differ from torch by {diff:.3g} > tolerance {tolerance:g} "
+                            "on the test split")
+    return diff
 
 
 def parity(torch_probs: np.ndarray, onnx_probs: np.ndarray, *, tolerance: float) -> dict[str, Any]:
@@ -123,11 +172,14 @@ def pick_golden(labels: np.ndarray, count: int, *, seed: int) -> np.ndarray:
     return np.array(sorted(chosen), dtype=np.int64)
 
 
-def write_golden(path: Path, images: np.ndarray, probs: np.ndarray, names: list[str]) -> None:
-    """golden.npz: ``inputs`` uint8[k, C, H, W], ``probabilities`` float32[k, K], ``names``."""
-    np.savez_compressed(
-        path, inputs=images.astype(np.uint8), probabilities=probs.astype(np.float32), names=np.array(names)
-    )
+def write_golden(path: Path, images: np.ndarray, probs: np.ndarray, names: list[str],
+                 maps: np.ndarray | None = None) -> None:
+    """golden.npz: ``inputs`` uint8[k, C, H, W], ``probabilities`` float32[k, K], ``names`` and,
+    for a model with maps, ``maps`` float32[k, h, w]."""
+    arrays = {"inputs": images.astype(np.uint8), "probabilities": probs.astype(np.float32), "names": np.array(names)}
+    if maps is not None:
+        arrays["maps"] = maps.astype(np.float32)
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
 
 
 def check_golden(session: Any, path: Path, spec: InputSpec, *, tolerance: float) -> float:
@@ -139,6 +191,10 @@ def check_golden(session: Any, path: Path, spec: InputSpec, *, tolerance: float)
     with np.load(path) as g:
         got = ort_predict(session, g["inputs"], spec)
         diff = float(np.max(np.abs(got - g["probabilities"])))
+        if "maps" in g.files:
+            names = [o.name for o in session.get_outputs()]
+            _, maps = ort_predict_maps(session, g["inputs"], spec, names[1])
+            diff = max(diff, float(np.max(np.abs(maps - g["maps"]))))
     if not diff <= tolerance:
         raise TrainingError(f"golden frames in {path} re-score with difference {diff:.3g} > {tolerance:g}")
     return diff
@@ -197,6 +253,7 @@ def _float_nodes(path: Path) -> list[str]:
 
     nodes = list(onnx.load(str(path)).graph.node)
     first_conv = next((i for i, n in enumerate(nodes) if n.op_type == "Conv"), 0)
+    # Every Softmax stays float: the probabilities' and the defect map's (one per cell).
     return [n.name for n in nodes[:first_conv]] + [n.name for n in nodes if n.op_type == "Softmax"]
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from inspection.card import (
     DatasetRef,
+    DefectMapSpec,
     Golden,
     InputSpec,
     ModelCard,
@@ -43,6 +44,7 @@ from training import calibrate as cal
 from training import data
 from training import export as onnx_export
 from training.config import TrainConfig, save_config
+from training.defectmap import predict_maps
 from training.report import write_report
 
 
@@ -146,13 +148,20 @@ def export_version(
     staging_parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f"{version}.", dir=staging_parent))
     try:
-        onnx_export.export_onnx(model, stage / "model.onnx", spec)
+        map_name = DefectMapSpec.model_fields["output_name"].default
+        onnx_export.export_onnx(model, stage / "model.onnx", spec, map_output=map_name, good_index=run.good_index)
         session = onnx_export.ort_session(stage / "model.onnx")
-        onnx_probs = onnx_export.ort_predict(session, test.images, spec)
+        onnx_probs, onnx_maps = onnx_export.ort_predict_maps(session, test.images, spec, map_name)
         parity = onnx_export.parity(test_probs, onnx_probs, tolerance=cfg.parity_tolerance)
+        torch_maps = predict_maps(model, test.images, run.good_index)
+        defect_map = DefectMapSpec(
+            output_name=map_name, height=int(onnx_maps.shape[1]), width=int(onnx_maps.shape[2]),
+            parity_max_abs_diff=onnx_export.map_parity(torch_maps, onnx_maps, tolerance=cfg.parity_tolerance),
+        )
         gidx = onnx_export.pick_golden(test.labels, cfg.golden_count, seed=cfg.seed)
         onnx_export.write_golden(
-            stage / "golden.npz", test.images[gidx], onnx_probs[gidx], [test.samples[i].path for i in gidx]
+            stage / "golden.npz", test.images[gidx], onnx_probs[gidx], [test.samples[i].path for i in gidx],
+            maps=onnx_maps[gidx],
         )
         onnx_export.check_golden(session, stage / "golden.npz", spec, tolerance=cfg.parity_tolerance)
         int8_file = None
@@ -251,6 +260,7 @@ def export_version(
             # What serving's drift and frame-quality checks compare the line with (docs/monitoring.md).
             monitoring=build_reference(val.images, val_probs, classes=ds.classes, good_class=ds.good_class,
                                        threshold=threshold, per_class=per_class),
+            defect_map=defect_map,
         )
         save_card(card, stage)
         final = run.registry.version_dir(name, version)

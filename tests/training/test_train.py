@@ -123,6 +123,14 @@ def test_parity_covers_the_whole_test_split_and_golden_frames_rescore(trained: t
     assert np.max(np.abs(got - expected)) <= card.golden.tolerance
     one = session.run(["probabilities"], {"pixels": inputs[:1]})[0]  # dynamic batch
     assert one.shape == (1, 3) and np.allclose(one.sum(1), 1.0, atol=1e-5)
+    # The defect map: a second output, torch vs ONNX within tolerance on the whole test split, its
+    # golden maps re-scored; a 32 px input through linecnn's four poolings is a 2 x 2 grid.
+    assert card.defect_map is not None and (card.defect_map.height, card.defect_map.width) == (2, 2)
+    assert card.defect_map.parity_max_abs_diff <= card.golden.tolerance
+    maps = session.run([card.defect_map.output_name], {"pixels": inputs})[0]
+    with np.load(folder / card.golden.file) as g:
+        assert np.max(np.abs(maps - g["maps"])) <= card.golden.tolerance
+    assert maps.shape == (len(inputs), 2, 2) and maps.min() >= 0.0 and maps.max() <= 1.0
     # Serving's preprocessing of the original file gives exactly the golden (training eval) input.
     for name, frame in zip(names, inputs):
         _, served = prepare_frame((data / name).read_bytes(), card.input, content_type="image/png")
