@@ -208,6 +208,18 @@ def frame_status(log: SqlInspectionLog, rec: StoredRecord) -> dict[str, Any]:
             "text": "TAMPERED: the frame was stored with this record and is gone, and no prune record removed it."}
 
 
+def _defect_map(log: SqlInspectionLog, rec: StoredRecord) -> dict[str, Any] | None:
+    """The reject's defect map as the record names it (peak, box, extent in frame pixels), and
+    where to fetch its PNG when it is stored intact (re-hashed on every read)."""
+    named = (rec.entry.data or {}).get("defect_map")
+    if not isinstance(named, dict):
+        return None
+    sha = named.get("sha256")
+    stored = isinstance(sha, str) and log.has_frame(sha)
+    url = f"/v1/audit/records/{rec.entry.inspection_id}/map" if stored else None
+    return {**named, "stored": stored, "url": url}
+
+
 def app_cards(conn: HTTPConnection) -> CardLookup | None:
     """The app's card lookup (one per app, cached), from its settings' model registry."""
     state = conn.app.state
@@ -259,6 +271,7 @@ def audit_router(
                       "url": f"/v1/audit/records/{inspection_id}/frame" if log.has_frame(sha) else None,
                       **frame_status(log, rec)},
             "chain": _chain_status(log, rec),
+            "defect_map": _defect_map(log, rec),
         }
 
     @router.get("/records/{inspection_id}/frame", summary="The record's frame as stored (404 if not kept or pruned)",
@@ -271,6 +284,20 @@ def audit_router(
         return Response(data, media_type=media_type(data), headers={"Cache-Control": "private, max-age=86400",
                                                                      "ETag": f'"{rec.entry.frame_sha256}"',
                                                                      "X-Content-Type-Options": "nosniff"})
+
+    @router.get("/records/{inspection_id}/map", summary="The reject's defect map as stored: 8-bit PNG, one pixel "
+                "per map cell (404 when the record has none)",
+                response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def get_map(who: WhoDep, log: LogDep, inspection_id: str) -> Response:
+        rec = log.get(inspection_id)
+        named = (rec.entry.data or {}).get("defect_map")
+        if not isinstance(named, dict) or not named.get("sha256"):
+            raise NotFoundError(f"record {inspection_id!r} has no defect map: only rejects decided by a model "
+                                "with maps keep one (passes, fail-safe rejects and older models' records do not)")
+        data = log.frame(check_sha(named["sha256"]))
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400",
+                                                               "ETag": f'"{named["sha256"]}"',
+                                                               "X-Content-Type-Options": "nosniff"})
 
     @router.get("/export", summary="All matching records as CSV or JSON Lines, streamed (ascending seq)",
                 response_class=StreamingResponse,

@@ -47,7 +47,7 @@ class Arrival:
 class _Item:
     model: LoadedModel
     pixels: np.ndarray
-    future: asyncio.Future[tuple[np.ndarray, float]]
+    future: asyncio.Future[tuple[np.ndarray, np.ndarray | None, float]]
 
 
 class MicroBatcher:
@@ -110,8 +110,9 @@ class MicroBatcher:
                 retry_after_s=self._settings.retry_after_s,
             )
 
-    async def submit(self, model: LoadedModel, pixels: np.ndarray) -> tuple[np.ndarray, float]:
-        """Score one ``uint8[C, H, W]`` frame; returns (probabilities [K], model ms of its batch).
+    async def submit(self, model: LoadedModel, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """Score one ``uint8[C, H, W]`` frame; returns (probabilities [K], defect map [h, w] or None
+        for a model without maps, model ms of its batch).
 
         Raises:
             OverloadedError: the queue is full.
@@ -120,7 +121,7 @@ class MicroBatcher:
         if self._closed:
             raise OverloadedError("server is shutting down; retry on another instance", retry_after_s=1.0)
         self.check_capacity()
-        future: asyncio.Future[tuple[np.ndarray, float]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[np.ndarray, np.ndarray | None, float]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(model, pixels, future))
         self._metrics.queue_depth.set(self.depth)
         self._wakeup.set()
@@ -178,9 +179,10 @@ class MicroBatcher:
                     # Nobody else is waiting or on the way: run on the loop's thread and save two
                     # thread hand-offs (they cost most on a busy 2-core line PC). Frames arriving
                     # meanwhile wait in the socket buffer for at most this one call.
-                    probs = model.run(pixels)
+                    probs, heat = model.score(pixels)
                 else:
-                    probs = await loop.run_in_executor(self._executor, functools.partial(model.run, pixels, busy=True))
+                    probs, heat = await loop.run_in_executor(self._executor,
+                                                             functools.partial(model.score, pixels, busy=True))
             except ModelError as exc:
                 for item in batch:
                     if not item.future.done():
@@ -199,6 +201,6 @@ class MicroBatcher:
             elapsed = time.perf_counter() - started
             self._metrics.child(self._metrics.model_latency, model.model_id).observe(elapsed)
             self._metrics.batch_size.observe(len(batch))
-            for item, row in zip(batch, probs):
+            for i, item in enumerate(batch):
                 if not item.future.done():
-                    item.future.set_result((row, elapsed * 1000.0))
+                    item.future.set_result((probs[i], None if heat is None else heat[i], elapsed * 1000.0))

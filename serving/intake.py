@@ -17,10 +17,15 @@ part_id         X-Part-Id        the part's serial (1..max_part_id_length printa
 capture_time    X-Capture-Time   optional; ISO 8601 (``2026-01-31T08:00:00.123Z``) or Unix s
 width/height    X-Width/X-Height raw frames only
 channels        X-Channels       raw frames only (1 or 3)
+map             X-Map            optional flag (1/0): answer the defect map's place for a
+                                 pass too; refused (409) when the station's model has no map
 ==============  ===============  =========================================================
 
 Header values must be UTF-8. The answer is ``{inspection_id, part_id, station, camera,
-decision, defect_class, score, threshold, model_version, latency_ms}``, sent only after the
+decision, defect_class, score, threshold, model_version, latency_ms}`` plus, for a reject by a
+model with defect maps (or any frame asked with ``map=1``), ``defect_map: {peak: [x, y],
+peak_value, box: [x, y, w, h], extent: [x, y, w, h]}`` in the frame's pixels
+(``inspection.defectmap``), sent only after the
 inspection record is durable in the log. A request with a bad station, camera or part id gets
 its 4xx and nothing is recorded; any later failure (bad frame or media type, body over the
 limit, model error, overload) gets its 4xx/5xx *and* fail-safe rejects that part's view.
@@ -114,6 +119,23 @@ def parse_capture_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def parse_map_flag(value: str | None) -> bool:
+    """``map`` / ``X-Map``: answer the defect map's place for a pass too.
+
+    Raises:
+        ValidationError: not one of 1/true/yes/0/false/no.
+    """
+    if value is None:
+        return False
+    flag = _FLAGS.get(value.strip().lower())
+    if flag is None:
+        raise ValidationError(f"map={value[:40]!r} is not a flag; use map=1 (or true/yes) or map=0 (false/no)")
+    return flag
+
+
 def raw_shape(width: str | None, height: str | None, channels: str | None) -> tuple[int, int, int] | None:
     """(width, height, channels) when any is given; all three are then required.
 
@@ -160,6 +182,8 @@ async def inspect_frame(request: Request, who: Principal, service: InspectionSer
     station, camera, part_id = service.check_target(
         _param(request, "station", b"x-station"), _param(request, "camera", b"x-camera"),
         _param(request, "part_id", b"x-part-id"))
+    want_map = parse_map_flag(_param(request, "map", b"x-map"))
+    service.check_map(station, want_map)
     req = FrameRequest(station, camera, part_id, content_type="", actor=who.name, started=started)
     with service.batcher.arriving() as arrival:
         try:
@@ -174,7 +198,7 @@ async def inspect_frame(request: Request, who: Principal, service: InspectionSer
             raise
         req = FrameRequest(station, camera, part_id, content_type=media,
                            raw_shape=shape if media == RAW_TYPE else None, capture_time=capture,
-                           actor=who.name, started=started)
+                           actor=who.name, started=started, want_map=want_map)
         return _json(await service.inspect(req, body, arrival=arrival))
 
 
@@ -293,8 +317,10 @@ async def _stream_frame(service: InspectionService, station: str, camera: str, w
             raise ValidationError("frame header must be a JSON object with part_id and content_type")
         given = meta.get("part_id")
         _, _, part_id = service.check_target(station, camera, given if isinstance(given, str) else None)
-        req = FrameRequest(station, camera, part_id, content_type="", actor=who.name, started=started)
         str_or_none = lambda k: None if meta.get(k) is None else str(meta.get(k))
+        want_map = parse_map_flag(str_or_none("map"))
+        service.check_map(station, want_map)
+        req = FrameRequest(station, camera, part_id, content_type="", actor=who.name, started=started)
         shape = raw_shape(str_or_none("width"), str_or_none("height"), str_or_none("channels"))
         media = service.check_media(str_or_none("content_type"), shape)
         capture = parse_capture_time(str_or_none("capture_time"))
@@ -306,7 +332,7 @@ async def _stream_frame(service: InspectionService, station: str, camera: str, w
             await service.reject_failsafe(req, exc)
         return {**error_body(exc, where="WS /v1/stream"), "status": status_for(exc)}
     req = FrameRequest(station, camera, part_id, content_type=media, raw_shape=shape if media == RAW_TYPE else None,
-                       capture_time=capture, actor=who.name, started=started)
+                       capture_time=capture, actor=who.name, started=started, want_map=want_map)
     try:
         return await service.inspect(req, frame)
     except InspectionError as exc:

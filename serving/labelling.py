@@ -18,6 +18,7 @@ saw an older revision a 409 (see ``inspection.labels``); none of them writes any
 
 # No "from __future__ import annotations": FastAPI must resolve the route-local Annotated aliases.
 
+import base64
 from typing import Annotated, Any
 
 import numpy as np
@@ -78,13 +79,20 @@ def _queue_options(settings: ServeSettings, models: ModelManager) -> L.QueueOpti
 def _current_prediction(settings: ServeSettings, models: ModelManager, rec: Any, data: bytes) -> dict[str, Any]:
     """The station's model *now* on this frame (it may differ from the one that decided it)."""
     from inspection.decisions import decide, explain
+    from inspection.defectmap import encode_png, locate
     from inspection.preprocess import prepare_frame
 
     station = rec.entry.station or settings.labelling.import_station or next(iter(settings.stations))
     try:
         model = models.current(station)
-        _, pixels = prepare_frame(data, model.card.input, source=f"frame {rec.entry.inspection_id}")
-        probs = model.run(pixels[np.newaxis])[0]
+        image, pixels = prepare_frame(data, model.card.input, source=f"frame {rec.entry.inspection_id}")
+        batch_probs, heat = model.score(pixels[np.newaxis])
+        probs = batch_probs[0]
+        # Where the current model sees the defect (a model without maps: nothing to overlay).
+        where = None
+        if heat is not None:
+            where = {**locate(heat[0], model.card.input, image.shape[1], image.shape[0]).as_dict(),
+                     "png": "data:image/png;base64," + base64.b64encode(encode_png(heat[0])).decode("ascii")}
     except InspectionError as exc:
         return {"station": station, "error": str(exc)}
     d = decide(probs, model.card)
@@ -93,7 +101,7 @@ def _current_prediction(settings: ServeSettings, models: ModelManager, rec: Any,
                   per_class=model.card.thresholds.per_class, decision=d.decision)
     return {"station": station, "model_version": model.model_id, "decision": d.decision, "predicted_class": predicted,
             "defect_class": d.defect_class, "score": d.score, "threshold": d.threshold, "scores": d.scores,
-            "summary": why}
+            "summary": why, "defect_map": where}
 
 
 def labelling_router() -> APIRouter:

@@ -90,7 +90,12 @@ class LoadedModel:
         return self.version.model_id
 
     def run(self, pixels: np.ndarray, *, busy: bool = False) -> np.ndarray:
-        """Probabilities ``float32[N, len(classes)]`` for ``uint8[N, C, H, W]`` pixels.
+        """Probabilities ``float32[N, len(classes)]`` for ``uint8[N, C, H, W]`` pixels (see ``score``)."""
+        return self.score(pixels, busy=busy)[0]
+
+    def score(self, pixels: np.ndarray, *, busy: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities ``float32[N, len(classes)]``, defect maps ``float32[N, h, w]`` or None when
+        the card has no map) for ``uint8[N, C, H, W]`` pixels, from one run of the graph.
 
         ``busy``: other frames are being received and decoded meanwhile. A lone frame gets
         every core (lowest latency); under load the batch runs on ``busy_session``, one
@@ -98,22 +103,31 @@ class LoadedModel:
         next frames (more frames per second than both fighting over every core).
 
         Raises:
-            ModelError: onnxruntime failed, or the output has the wrong shape or non-finite values.
+            ModelError: onnxruntime failed, or an output has the wrong shape or non-finite values.
         """
         spec = self.card.input
+        mapping = self.card.defect_map
+        names = [spec.output_name] if mapping is None else [spec.output_name, mapping.output_name]
         session = self.busy_session if busy and self.busy_session is not None else self.session
         try:
             with self._lock:
-                out = session.run([spec.output_name], {spec.input_name: pixels})[0]  # type: ignore[attr-defined]
+                outs = session.run(names, {spec.input_name: pixels})  # type: ignore[attr-defined]
         except Exception as exc:  # onnxruntime raises its own untyped exceptions
             raise ModelError(f"{self.model_id}: onnxruntime failed on a batch of {len(pixels)}: {exc}") from exc
+        out = outs[0]
         if out.shape != (len(pixels), len(self.card.classes)):
             raise ModelError(
                 f"{self.model_id}: output shape {out.shape}, expected ({len(pixels)}, {len(self.card.classes)})"
             )
         if not np.isfinite(out).all():
             raise ModelError(f"{self.model_id}: output has NaN or infinite probabilities")
-        return out
+        if mapping is None:
+            return out, None
+        heat = outs[1]
+        if heat.shape != (len(pixels), mapping.height, mapping.width):
+            raise ModelError(f"{self.model_id}: defect map shape {heat.shape}, expected "
+                             f"({len(pixels)}, {mapping.height}, {mapping.width})")
+        return out, heat
 
 
 def _golden_run(loaded: LoadedModel, pixels: np.ndarray, *, busy: bool) -> np.ndarray:
@@ -150,6 +164,9 @@ def load_model(version: ModelVersion, runtime: RuntimeSettings, *, warmup_batch:
             f"{version.model_id}: graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}, the card "
             f"names input {spec.input_name!r} and output {spec.output_name!r}"
         )
+    if card.defect_map is not None and card.defect_map.output_name not in outputs:
+        raise ModelIntegrityError(f"{version.model_id}: the card names defect map output "
+                                  f"{card.defect_map.output_name!r}, the graph has outputs {sorted(outputs)}")
     shape = inputs[spec.input_name].shape
     if (
         len(shape) == 4

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from inspection.decisions import decide
+from inspection.defectmap import encode_png, locate
 from inspection.errors import (
+    ConflictError,
     InspectionError,
     MisdirectedError,
     ModelError,
@@ -31,8 +33,9 @@ from inspection.errors import (
     UnsupportedMediaError,
     ValidationError,
 )
+from inspection.imageheader import MAX_FRAME_PIXELS
 from inspection.log.records import InspectionLog, LogEntry, StoredRecord, new_id
-from inspection.preprocess import ENCODED_TYPES, RAW_TYPE
+from inspection.preprocess import ENCODED_TYPES, RAW_TYPE, declared_size
 from serving.batching import Arrival, MicroBatcher
 from serving.decoding import FrameDecoder
 from serving.errors import attach_failsafe
@@ -61,6 +64,8 @@ class FrameRequest:
     capture_time: datetime | None = None
     actor: str | None = None
     started: float = 0.0  # perf_counter() when the request arrived
+    #: Answer the defect map's place for a pass too (a reject's is always answered and logged).
+    want_map: bool = False
 
 
 class InspectionService:
@@ -116,6 +121,23 @@ class InspectionService:
             raise NotFoundError(f"unknown station {station!r}; configured: {sorted(self.settings.stations)}")
         return station
 
+    def check_map(self, station: str, want_map: bool) -> None:
+        """A map asked of a station whose model has none is refused before anything is recorded.
+
+        Raises:
+            ConflictError: the station's model card has no defect map (exported before maps existed).
+        """
+        if not want_map:
+            return
+        try:
+            model = self.models.current(station)
+        except ModelError:
+            return  # no model: the frame itself gets the fail-safe reject that says so
+        if model.card.defect_map is None:
+            raise ConflictError(f"model {model.model_id} on station {station!r} has no defect map (its card was "
+                                "exported before maps existed): ask without map=1, or retrain and promote a "
+                                "version that has one")
+
     def check_part_id(self, part_id: str | None) -> str:
         """Raises ValidationError unless ``part_id`` is 1..max_part_id_length printable characters."""
         limit = self.settings.max_part_id_length
@@ -168,16 +190,17 @@ class InspectionService:
             pixels = decoded if isinstance(decoded, np.ndarray) else await decoded
             # Statistics before scoring: a frame far outside the reference is never scored as fine.
             stats = self.line.check(req.station, model, pixels)
-            probs, model_ms = await self.batcher.submit(model, pixels)
+            probs, heat, model_ms = await self.batcher.submit(model, pixels)
         except InspectionError as exc:
             # A frame that cannot be decoded is kept as evidence; one over a size limit is not
             # (a bomb must not fill the frame store).
             await self.reject_failsafe(req, exc, frame=None if isinstance(exc, PayloadTooLargeError) else body)
             raise
-        return await self._record_decision(req, model, probs, model_ms, body, started, stats)
+        return await self._record_decision(req, model, probs, heat, model_ms, body, started, stats)
 
-    async def _record_decision(self, req: FrameRequest, model: LoadedModel, probs: Any, model_ms: float,
-                               body: bytes, started: float, stats: tuple[float, ...]) -> dict[str, Any]:
+    async def _record_decision(self, req: FrameRequest, model: LoadedModel, probs: Any, heat: np.ndarray | None,
+                               model_ms: float, body: bytes, started: float,
+                               stats: tuple[float, ...]) -> dict[str, Any]:
         decision = decide(probs, model.card)
         self.line.scored(req.station, model, stats, decision.score)
         verdict = decision.decision
@@ -189,6 +212,14 @@ class InspectionService:
             # The part was already decided (fail-safe) without this view: say reject, as the part is.
             data["model_decision"] = verdict
             verdict, failsafe_reason = "reject", "late_view: the part was decided before this frame arrived"
+        place = png = None
+        if heat is not None and (verdict == "reject" or req.want_map):
+            place = self._locate(req, model, heat, body)
+            if verdict == "reject":
+                # The reject's record keeps the map (content-addressed beside its frame).
+                png = encode_png(heat)
+                data["defect_map"] = {**place, "sha256": hashlib.sha256(png).hexdigest(),
+                                      "cells": [int(heat.shape[0]), int(heat.shape[1])]}
         latency_ms = (time.perf_counter() - started) * 1000.0
         frame_sha256, frame = self._frame_for_log(verdict, failsafe_reason, body)
         entry = LogEntry(
@@ -198,7 +229,7 @@ class InspectionService:
             model_sha256=model.model_sha256, latency_ms=round(latency_ms, 3), failsafe_reason=failsafe_reason,
             actor=req.actor, data=data,
         )
-        commit = asyncio.ensure_future(self._commit(entry, frame))
+        commit = asyncio.ensure_future(self._commit(entry, frame, png))
         if frame is not None:
             await asyncio.wait({commit})  # the frame is written first (worker thread); keep record order
         # Without a frame, the append is queued in the commit task's first step; a part record this
@@ -220,7 +251,7 @@ class InspectionService:
             metrics.failsafe.labels(req.station, "late_view").inc()
         elapsed = time.perf_counter() - started
         metrics.child(metrics.e2e_latency, req.station).observe(elapsed)
-        answer = {
+        answer: dict[str, Any] = {
             "inspection_id": entry.inspection_id,
             "part_id": req.part_id,
             "station": req.station,
@@ -232,6 +263,8 @@ class InspectionService:
             "model_version": model.model_id,
             "latency_ms": round(latency_ms, 3),
         }
+        if place is not None:
+            answer["defect_map"] = place
         self.line.answered(req.station, answer, elapsed * 1000.0)
         return answer
 
@@ -246,9 +279,19 @@ class InspectionService:
             return hashlib.sha256(body).hexdigest(), None
         return None, body
 
-    async def _commit(self, entry: LogEntry, frame: bytes | None) -> StoredRecord:
+    @staticmethod
+    def _locate(req: FrameRequest, model: LoadedModel, heat: np.ndarray, body: bytes) -> dict[str, Any]:
+        """The map's peak, box and extent in the frame's pixels (the frame's size from its header:
+        it was decoded already, so the header is known good)."""
+        if req.raw_shape is not None:
+            width, height = req.raw_shape[0], req.raw_shape[1]
+        else:
+            width, height = declared_size(body, max_pixels=MAX_FRAME_PIXELS)
+        return locate(heat, model.card.input, width, height).as_dict()
+
+    async def _commit(self, entry: LogEntry, frame: bytes | None, defect_map: bytes | None = None) -> StoredRecord:
         """Append one inspection record and publish it once durable."""
-        record = await self.log.append_async(entry, frame=frame)
+        record = await self.log.append_async(entry, frame=frame, defect_map=defect_map if frame is not None else None)
         self.bus.publish(DecisionEvent("inspection", record))
         return record
 

@@ -98,11 +98,13 @@ class InspectionLog(Protocol):
     #: cannot commit inline keeps the value and ignores it.
     inline_commit_when: Callable[[], bool] | None
 
-    def append(self, entry: LogEntry, *, frame: bytes | None = None) -> StoredRecord:
-        """Append durably (returns only after commit); ``frame`` is stored content-addressed."""
+    def append(self, entry: LogEntry, *, frame: bytes | None = None, defect_map: bytes | None = None) -> StoredRecord:
+        """Append durably (returns only after commit); ``frame`` and its ``defect_map`` PNG are
+        stored content-addressed."""
         ...
 
-    async def append_async(self, entry: LogEntry, *, frame: bytes | None = None) -> StoredRecord:
+    async def append_async(self, entry: LogEntry, *, frame: bytes | None = None,
+                           defect_map: bytes | None = None) -> StoredRecord:
         """As ``append``, without blocking the event loop; concurrent appends share a commit."""
         ...
 

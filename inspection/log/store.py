@@ -95,26 +95,29 @@ class SqlInspectionLog:
         self._writer.inline_commit_when = when
 
     # ------------------------------------------------------------------ appending
-    def append(self, entry: LogEntry, *, frame: bytes | None = None) -> StoredRecord:
+    def append(self, entry: LogEntry, *, frame: bytes | None = None, defect_map: bytes | None = None) -> StoredRecord:
         """Append durably; returns only after the transaction holding the record committed.
 
         ``frame`` (the encoded image) is stored content-addressed, fsynced before the record
         commits, when the record is not a pass, or for a pass at the sample rate.
+        ``defect_map`` (the map's PNG, whose sha256 the entry's ``data.defect_map.sha256`` names)
+        is stored the same way, with its frame.
         Raises ValidationError (bad entry, frame sha256 mismatch), ConflictError (duplicate
         inspection id, log closed) or InspectionError (the database failed).
         """
-        fut = self._writer.submit(self._prepare(entry, frame))
+        fut = self._writer.submit(self._prepare(entry, frame, defect_map))
         try:
             return fut.result(timeout=self.commit_timeout_s)
         except TimeoutError:
             raise self._timeout_error() from None
 
-    async def append_async(self, entry: LogEntry, *, frame: bytes | None = None) -> StoredRecord:
+    async def append_async(self, entry: LogEntry, *, frame: bytes | None = None,
+                           defect_map: bytes | None = None) -> StoredRecord:
         """As ``append``, awaiting the commit without blocking the event loop."""
         if frame is not None:
-            fields = await asyncio.to_thread(self._prepare, entry, frame)
+            fields = await asyncio.to_thread(self._prepare, entry, frame, defect_map)
         else:
-            fields = self._prepare(entry, None)
+            fields = self._prepare(entry, None, defect_map)
         loop = asyncio.get_running_loop()
         waiter = self._writer.submit_from_loop(fields, loop)
         if self.commit_timeout_s is None:
@@ -138,7 +141,12 @@ class SqlInspectionLog:
         self.stats.note_failure(error)
         return error
 
-    def _prepare(self, entry: LogEntry, frame: bytes | None) -> dict[str, Any]:
+    def _prepare(self, entry: LogEntry, frame: bytes | None, defect_map: bytes | None = None) -> dict[str, Any]:
+        if defect_map is not None:
+            named = (entry.data or {}).get("defect_map")
+            if not isinstance(named, dict) or named.get("sha256") != sha256_hex(defect_map):
+                raise ValidationError("a defect map is stored only under the sha256 its entry names "
+                                      "(data.defect_map.sha256)")
         if frame is not None:
             digest = sha256_hex(frame)
             if entry.frame_sha256 is not None and entry.frame_sha256 != digest:
@@ -160,7 +168,20 @@ class SqlInspectionLog:
                 # Hashed into the record: a kept frame that later goes missing without a prune
                 # record is tampering, which verify can then tell from a pass never sampled.
                 _mark(fields, "frame_kept", True)
+                if defect_map is not None:
+                    self._keep_map(fields, defect_map)
         return fields
+
+    def _keep_map(self, fields: dict[str, Any], defect_map: bytes) -> None:
+        """Store a kept frame's defect map beside it (the same store, content-addressed)."""
+        assert self.frames is not None
+        try:
+            self.frames.put(defect_map)
+        except StorageError as exc:
+            self.last_frame_error = f"{exc.failsafe_code}: {exc}"
+            _mark(fields, "map_not_kept", exc.failsafe_code)
+        else:
+            _mark(fields, "map_kept", True)
 
     def _keep_frame(self, entry: LogEntry) -> bool:
         if entry.decision != "pass" or entry.failsafe_reason:

@@ -171,60 +171,73 @@ def _report(walk: chain.VerifyReport, problems: list[chain.Problem], frames_chec
                               checkpoints_checked=cp_checked, notes=tuple(notes))
 
 
-def _kept_for_sure(row: chain.ChainRow) -> bool:
-    """Whether the log stored this record's frame (``data.frame_kept``, hashed into the record)."""
+def _data(row: chain.ChainRow) -> dict[str, Any]:
     raw = row.fields.get("data")
     try:
         data = json.loads(raw) if raw else {}
     except (TypeError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("frame_kept") is True
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _blobs(row: chain.ChainRow) -> list[tuple[str, Any, bool]]:
+    """(what, sha256, stored for sure) of every file a record names: its frame and, for a reject
+    with a defect map, the map. "Stored for sure" (``frame_kept`` / ``map_kept``) is hashed into
+    the record: a pass's frame is kept only at the sample rate, so only those can go missing."""
+    data = _data(row)
+    out = [("frame", row.fields.get("frame_sha256"), data.get("frame_kept") is True)]
+    mapping = data.get("defect_map")
+    if isinstance(mapping, dict) and "sha256" in mapping:
+        out.append(("defect map", mapping.get("sha256"), data.get("map_kept") is True))
+    return out
 
 
 def _check_frames(conn: Connection, reader: _RowReader, frames: FrameStore,
                   batch: int) -> tuple[list[chain.Problem], int]:
-    """Re-hash every frame a record names; a reject's frame missing without a prune record is tampering."""
+    """Re-hash every frame (and defect map) a record names; a reject's file missing without a
+    prune record is tampering."""
     problems: list[chain.Problem] = []
     checked = 0
-    verdicts: dict[str, str | None] = {}  # sha256 -> problem, for frames named by several records
+    verdicts: dict[str, str | None] = {}  # sha256 -> problem, for files named by several records
     pruned: set[str] | None = None
     for row in reader.rows(batch=batch, where="frame_sha256 IS NOT NULL"):
         if not isinstance(row, chain.ChainRow):
             continue  # reported by the chain walk
-        sha = row.fields.get("frame_sha256")
         rid = row.fields.get("inspection_id")
-        try:
-            check_sha(sha)  # type: ignore[arg-type]
-        except ValidationError:
-            problems.append(chain.Problem("edited", row.seq, f"record {row.seq} names frame {sha!r}, "
-                                                             "which is not a sha256", rid))
-            continue
-        assert isinstance(sha, str)
-        if sha not in verdicts:
+        for what, sha, kept in _blobs(row):
             try:
-                verdicts[sha] = frames.check(sha)
-            except InspectionError as exc:
-                verdicts[sha] = f"unreadable ({exc})"
-            if len(verdicts) > 200_000:  # bounded memory on a long log; a repeat is only re-hashed
-                verdicts.clear()
-            checked += 1
-        verdict = verdicts.get(sha)
-        if verdict is None:
-            continue
-        if verdict == "missing":
-            if not _kept_for_sure(row):
-                continue  # a pass's frame is kept only at the sample rate
-            if pruned is None:
-                pruned = _pruned(conn)
-            if sha in pruned:
+                check_sha(sha)
+            except ValidationError:
+                problems.append(chain.Problem("edited", row.seq, f"record {row.seq} names {what} {sha!r}, "
+                                                                 "which is not a sha256", rid))
                 continue
-            problems.append(chain.Problem("frame_missing", row.seq,
-                                          f"record {row.seq} ({rid}) names frame {sha[:12]}..., which is not stored "
-                                          "and no prune record removed it: it was deleted", rid))
-        else:
-            problems.append(chain.Problem("frame_altered", row.seq,
-                                          f"record {row.seq} ({rid}) names frame {sha[:12]}..., whose stored bytes "
-                                          f"no longer hash to it ({verdict}): it was swapped or edited", rid))
+            assert isinstance(sha, str)
+            if sha not in verdicts:
+                try:
+                    verdicts[sha] = frames.check(sha)
+                except InspectionError as exc:
+                    verdicts[sha] = f"unreadable ({exc})"
+                if len(verdicts) > 200_000:  # bounded memory on a long log; a repeat is only re-hashed
+                    verdicts.clear()
+                checked += 1
+            verdict = verdicts.get(sha)
+            if verdict is None:
+                continue
+            if verdict == "missing":
+                if not kept:
+                    continue  # a pass's frame is kept only at the sample rate
+                if pruned is None:
+                    pruned = _pruned(conn)
+                if sha in pruned:
+                    continue
+                problems.append(chain.Problem("frame_missing", row.seq,
+                                              f"record {row.seq} ({rid}) names {what} {sha[:12]}..., which is not "
+                                              "stored and no prune record removed it: it was deleted", rid))
+            else:
+                problems.append(chain.Problem("frame_altered", row.seq,
+                                              f"record {row.seq} ({rid}) names {what} {sha[:12]}..., whose stored "
+                                              f"bytes no longer hash to it ({verdict}): it was swapped or edited",
+                                              rid))
         if len(problems) >= MAX_PROBLEMS:
             problems.append(chain.Problem("frame_altered", None, f"more than {MAX_PROBLEMS} frame problems; "
                                                                  "the rest are not listed"))

@@ -21,6 +21,7 @@ import numpy as np
 
 from inspection.card import (
     DatasetRef,
+    DefectMapSpec,
     Golden,
     InputSpec,
     ModelCard,
@@ -45,8 +46,13 @@ def build_onnx(
     bias: float = 0.0,
     conv: bool = True,
     nan_when_black: bool = False,
+    map_cell: int | None = None,
 ) -> bytes:
     """Serialized ONNX graph: pixels -> brightness feature -> Gemm -> Softmax.
+
+    With ``map_cell`` the graph also outputs ``defect_map`` ``float32[N, size/cell, size/cell]``:
+    each cell's darkness, ``sigmoid(-gain * mean of the cell)``, so a dark spot on a frame is
+    where the map peaks (the card's contract for maps, as training exports it).
 
     The good class's logit is ``gain * b`` and every defect class's logit is
     ``-gain * b + bias + 0.1 * i`` where ``b`` is the normalised mean brightness in [-1, 1];
@@ -106,11 +112,25 @@ def build_onnx(
         ]
         logits = "logits_gated"
     nodes.append(helper.make_node("Softmax", [logits], ["probabilities"], axis=1))
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes])]
+    if map_cell is not None:
+        cells = size // map_cell
+        inits += [numpy_helper.from_array(np.array(-gain, dtype=np.float32), "neg_gain"),
+                  numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
+        nodes += [
+            helper.make_node("ReduceMean", ["x_n"], ["gray"], axes=[1], keepdims=1),
+            helper.make_node("AveragePool", ["gray"], ["cells4"], kernel_shape=[map_cell, map_cell],
+                             strides=[map_cell, map_cell]),
+            helper.make_node("Squeeze", ["cells4", "axis1"], ["cells"]),
+            helper.make_node("Mul", ["cells", "neg_gain"], ["dark"]),
+            helper.make_node("Sigmoid", ["dark"], ["defect_map"]),
+        ]
+        outputs.append(helper.make_tensor_value_info("defect_map", TensorProto.FLOAT, ["N", cells, cells]))
     graph = helper.make_graph(
         nodes,
         "tiny_brightness",
         [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["N", channels, size, size])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes])],
+        outputs,
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests.helpers")
@@ -153,6 +173,7 @@ def make_model_version(
     golden_tolerance: float = 1e-4,
     nan_when_black: bool = False,
     reference_frames: np.ndarray | None = None,
+    map_cell: int | None = None,
 ) -> ModelVersion:
     """Write a complete model version under ``models_dir/name/version`` and return it.
 
@@ -173,6 +194,7 @@ def make_model_version(
             bias=bias,
             conv=conv,
             nan_when_black=nan_when_black,
+            map_cell=map_cell,
         )
     )
     pixels = golden_frames(size, channels)
@@ -201,6 +223,8 @@ def make_model_version(
         golden=Golden(file="golden.npz", tolerance=golden_tolerance, count=len(pixels)),
         files=hash_files(folder, ["model.onnx", "golden.npz"]),
         monitoring=monitoring,
+        defect_map=None if map_cell is None else DefectMapSpec(height=size // map_cell, width=size // map_cell,
+                                                               parity_max_abs_diff=0.0),
     )
     save_card(card, folder)
     return ModelRegistry(models_dir).get(name, version, verify=True)

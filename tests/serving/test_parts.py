@@ -76,12 +76,12 @@ class _FailingViewLog:
         self.frame_sample_rate = store.frame_sample_rate
         self.inline_commit_when = None  # the app sets it; the injected failures need the writer path
 
-    async def append_async(self, entry, *, frame=None):  # type: ignore[no-untyped-def]
+    async def append_async(self, entry, *, frame=None, defect_map=None):  # type: ignore[no-untyped-def]
         from inspection.errors import InspectionError
 
         if entry.kind == "inspection" and entry.part_id == "boom":
             raise InspectionError("database unavailable (injected)")
-        return await self.store.append_async(entry, frame=frame)
+        return await self.store.append_async(entry, frame=frame, defect_map=defect_map)
 
     def __getattr__(self, name):  # type: ignore[no-untyped-def]
         return getattr(self.store, name)
