@@ -19,7 +19,7 @@ from serving.auth import Principal, Require
 from serving.deps import ModelsDep, SettingsDep
 from serving.labelling import LABEL_ROLES
 from serving.monitoring.page import LINE_ROLES
-from serving.pages import static_page_router
+from serving.pages import static_page_router, static_script_router
 from serving.settings import ROLES, ServeSettings
 
 #: Every page a role may be offered: (path, title, what it is for, roles its API admits).
@@ -45,6 +45,8 @@ def build_router(settings: ServeSettings) -> APIRouter:
     """``/`` (open: the page asks for a key) and ``/v1/home`` (any role)."""
     router = APIRouter(tags=["home"])
     router.include_router(static_page_router("/", "home.html"))
+    # The defect-map overlay the audit and labelling pages share (no key needed: it is code).
+    router.include_router(static_script_router("/static/defectmap.js", "defectmap.js"))
 
     @router.get("/v1/home", summary="The caller's pages, the stations with their active models, the version")
     async def home(request: Request, who: Annotated[Principal, Depends(ANYONE)], running: SettingsDep,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 
 from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 # The pages hold an API key in sessionStorage: allow only our own scripts and images, and
 # never cache them (a shared line PC's browser must not keep an auditor's page around).
@@ -24,5 +24,18 @@ def static_page_router(path: str, filename: str) -> APIRouter:
     def page() -> HTMLResponse:
         html = resources.files("serving").joinpath(f"static/{filename}").read_text(encoding="utf-8")
         return HTMLResponse(html, headers=_HEADERS)
+
+    return router
+
+
+def static_script_router(path: str, filename: str) -> APIRouter:
+    """``GET path`` answers ``serving/static/<filename>`` as JavaScript (a script the pages share)."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get(path)
+    def script() -> Response:
+        js = resources.files("serving").joinpath(f"static/{filename}").read_text(encoding="utf-8")
+        return Response(js, media_type="text/javascript", headers={"Cache-Control": "no-store",
+                                                                   "X-Content-Type-Options": "nosniff"})
 
     return router
