@@ -10,7 +10,9 @@ place) and the server when it loads a model (``serving.model.load_model``).
 
 Golden file format (``card.golden.file``, a NumPy ``.npz``, as ``training.export`` writes it):
 ``inputs`` = ``uint8[N, C, H, W]`` exactly as the graph takes them, ``probabilities`` =
-``float32[N, len(classes)]`` (other arrays, e.g. ``names``, are ignored).
+``float32[N, len(classes)]`` and, for a card with a defect map, ``maps`` = ``float32[N, h, w]``
+(judged with the same tolerance: a map branch altered alone would otherwise go unnoticed);
+other arrays, e.g. ``names``, are ignored.
 
 onnxruntime is imported only when a session has to be made here (it comes with the ``serve``
 extra); the core stays importable without it.
@@ -30,8 +32,9 @@ from inspection.errors import ModelIntegrityError, ValidationError
 GOLDEN_INPUT_KEYS = ("inputs",)
 GOLDEN_OUTPUT_KEYS = ("probabilities",)
 
-#: Scores ``uint8[N, C, H, W]`` -> ``float[N, classes]`` (a session's run, or a loaded model's).
-Scorer = Callable[[np.ndarray], np.ndarray]
+#: Scores ``uint8[N, C, H, W]`` -> ``float[N, classes]``, or (probabilities, defect maps or None)
+#: for a model with maps (a session's run, or a loaded model's).
+Scorer = Callable[[np.ndarray], "np.ndarray | tuple[np.ndarray, np.ndarray | None]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,16 +106,31 @@ def check_golden(card: ModelCard, folder: Path, scorers: list[Scorer] | None = N
         ValidationError: no scorer was given and onnxruntime is not installed.
     """
     pixels, expected = load_golden(card, folder)
+    expected_maps = _golden_maps(card, Path(folder))
     diff = 0.0
     for score in scorers or [_session_scorer(card, Path(folder))]:
         try:
-            got = np.asarray(score(pixels))
+            out = score(pixels)
         except ModelIntegrityError:
             raise
         except Exception as exc:  # noqa: BLE001 -- onnxruntime (or a loaded model) raises its own errors
             raise ModelIntegrityError(f"{card.model_id}: golden frames cannot be scored: {exc}") from None
-        diff = max(diff, golden_difference(card, got, expected))
+        got, maps = out if isinstance(out, tuple) else (out, None)
+        diff = max(diff, golden_difference(card, np.asarray(got), expected))
+        if expected_maps is not None:
+            if maps is None:
+                raise ModelIntegrityError(f"{card.model_id}: the card has a defect map and its golden maps, the "
+                                          "model gave no map")
+            diff = max(diff, golden_difference(card, np.asarray(maps), expected_maps))
     return GoldenResult(card.model_id, len(pixels), diff, card.golden.tolerance)
+
+
+def _golden_maps(card: ModelCard, folder: Path) -> np.ndarray | None:
+    """The golden file's expected defect maps, when the card has a map and the file holds them."""
+    if card.defect_map is None:
+        return None
+    with np.load(folder / card.golden.file, allow_pickle=False) as data:
+        return np.asarray(data["maps"]) if "maps" in data.files else None
 
 
 def verify_version(card: ModelCard, folder: Path) -> GoldenResult:
@@ -140,7 +158,10 @@ def _session_scorer(card: ModelCard, folder: Path) -> Scorer:
     except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own untyped exceptions
         raise ModelIntegrityError(f"{card.model_id}: onnxruntime cannot load {model_path.name}: {exc}") from None
 
-    def score(pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run([card.input.output_name], {card.input.input_name: pixels})[0])
+    names = [card.input.output_name] + ([card.defect_map.output_name] if card.defect_map is not None else [])
+
+    def score(pixels: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+        outs = session.run(names, {card.input.input_name: pixels})
+        return (np.asarray(outs[0]), np.asarray(outs[1])) if len(outs) > 1 else np.asarray(outs[0])
 
     return score

@@ -130,9 +130,9 @@ class LoadedModel:
         return out, heat
 
 
-def _golden_run(loaded: LoadedModel, pixels: np.ndarray, *, busy: bool) -> np.ndarray:
+def _golden_run(loaded: LoadedModel, pixels: np.ndarray, *, busy: bool) -> tuple[np.ndarray, np.ndarray | None]:
     try:
-        return loaded.run(pixels, busy=busy)
+        return loaded.score(pixels, busy=busy)
     except ModelError as exc:
         raise ModelIntegrityError(f"{loaded.model_id}: golden frames cannot be scored: {exc}") from None
 

@@ -148,12 +148,12 @@ def golden_frames(size: int, channels: int = 1, *, count: int = 4, seed: int = 0
     return np.clip(frames, 0, 255).astype(np.uint8)
 
 
-def score(model_path: Path, pixels: np.ndarray) -> np.ndarray:
-    """Probabilities of ``pixels`` by onnxruntime (as serving will compute them)."""
+def score(model_path: Path, pixels: np.ndarray, output: str = "probabilities") -> np.ndarray:
+    """Probabilities (or another output) of ``pixels`` by onnxruntime (as serving will compute them)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    return session.run(["probabilities"], {"pixels": pixels})[0]
+    return session.run([output], {"pixels": pixels})[0]
 
 
 def make_model_version(
@@ -199,7 +199,10 @@ def make_model_version(
     )
     pixels = golden_frames(size, channels)
     probs = score(model_path, pixels)
-    np.savez(folder / "golden.npz", inputs=pixels, probabilities=probs)  # as training.export writes it
+    golden = {"inputs": pixels, "probabilities": probs}
+    if map_cell is not None:
+        golden["maps"] = score(model_path, pixels, output="defect_map")
+    np.savez(folder / "golden.npz", **golden)  # as training.export writes it
     monitoring = None
     if reference_frames is not None:
         from inspection.monitoring.build import build_reference

@@ -135,3 +135,26 @@ def test_verify_reports_a_deleted_or_swapped_map(mapped_client: TestClient, keys
     path.unlink()
     report = store.verify()
     assert not report.ok and any("defect map" in p.detail and p.kind == "frame_missing" for p in report.problems)
+
+
+def test_a_model_whose_maps_differ_from_its_golden_maps_is_refused(tmp_path: Path) -> None:
+    """The golden check judges the maps too: a map branch altered alone would otherwise pass."""
+    from inspection.card import hash_files, load_card, save_card
+    from inspection.errors import ModelIntegrityError
+    from inspection.golden import verify_version
+    from serving.model import load_model
+    from serving.settings import RuntimeSettings
+
+    version = make_model_version(tmp_path / "models", name="mapped", version="v1", size=SIZE, map_cell=8)
+    folder = Path(version.path)
+    assert load_model(version, RuntimeSettings()).golden_max_diff <= 1e-4
+    with np.load(folder / "golden.npz") as g:
+        arrays = {k: g[k] for k in g.files}
+    arrays["maps"] = arrays["maps"] + 0.01
+    np.savez(folder / "golden.npz", **arrays)
+    card = load_card(folder)
+    save_card(card.model_copy(update={"files": hash_files(folder, list(card.files))}), folder)
+    with pytest.raises(ModelIntegrityError, match="golden frames re-scored"):
+        verify_version(load_card(folder), folder)
+    with pytest.raises(ModelIntegrityError, match="golden frames re-scored"):
+        load_model(ModelRegistry(tmp_path / "models").get("mapped", "v1"), RuntimeSettings())

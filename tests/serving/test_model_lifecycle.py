@@ -159,13 +159,13 @@ def test_start_refuses_a_model_when_the_busy_session_disagrees_with_the_golden_f
 ) -> None:
     import serving.model as serving_model
 
-    real = serving_model.LoadedModel.run
+    real = serving_model.LoadedModel.score
 
     def skewed(self, pixels, *, busy=False):  # the busy session's runtime misbehaves
-        out = real(self, pixels, busy=busy)
-        return out + 0.01 if busy else out
+        probs, maps = real(self, pixels, busy=busy)
+        return (probs + 0.01 if busy else probs), maps
 
-    monkeypatch.setattr(serving_model.LoadedModel, "run", skewed)
+    monkeypatch.setattr(serving_model.LoadedModel, "score", skewed)
     data = settings_data(tmp_path, models_dir, keys)
     data["runtime"] = {"intra_op_threads": 2, "busy_intra_op_threads": 1}
     _untrusted_start(create_app(build_settings(data)), keys, "golden frames re-scored")
