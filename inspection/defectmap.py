@@ -92,6 +92,20 @@ def locate(heat: np.ndarray, spec: InputSpec, frame_width: int, frame_height: in
     return MapLocation((peak_x, peak_y), peak_value, (x0, y0, max(0.0, x1 - x0), max(0.0, y1 - y0)), extent)
 
 
+def frame_heat(heat: np.ndarray, spec: InputSpec, frame_width: int, frame_height: int) -> np.ndarray:
+    """The map resampled onto the frame's own pixel grid, ``float32[frame_height, frame_width]``
+    (bilinear between cell centres, edges held): for comparing a map with a pixel mask, or
+    drawing it at full resolution."""
+    heat = np.asarray(heat, dtype=np.float32)
+    rows, cols = heat.shape
+    sx, sy, ox, oy = _input_to_frame(spec, frame_width, frame_height)
+    # Frame pixel centre (X + 0.5) -> input (X + 0.5 - ox) / sx -> cell coordinate, centres at integers.
+    ax, ay = 1.0 / (sx * spec.width / cols), 1.0 / (sy * spec.height / rows)
+    affine = np.array([[ax, 0.0, (0.5 - ox) * ax - 0.5], [0.0, ay, (0.5 - oy) * ay - 0.5]], dtype=np.float64)
+    return cv2.warpAffine(heat, affine, (frame_width, frame_height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def encode_png(heat: np.ndarray) -> bytes:
     """The map as an 8-bit grayscale PNG (0..1 -> 0..255)."""
     cells = np.clip(np.rint(np.asarray(heat, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)

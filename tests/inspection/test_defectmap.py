@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from inspection.card import InputSpec
-from inspection.defectmap import encode_png, locate
+from inspection.defectmap import encode_png, frame_heat, locate
 from inspection.errors import ModelError
 from inspection.preprocess import to_model_input
 
@@ -61,3 +61,14 @@ def test_the_png_keeps_every_cell_to_one_level_in_255() -> None:
     heat = np.random.default_rng(0).random((7, 9)).astype(np.float32)
     back = cv2.imdecode(np.frombuffer(encode_png(heat), np.uint8), cv2.IMREAD_UNCHANGED)
     assert back.shape == (7, 9) and np.max(np.abs(back / 255.0 - heat)) <= 0.5 / 255 + 1e-6
+
+
+def test_frame_heat_puts_each_cell_on_its_frame_pixels() -> None:
+    spec = InputSpec(height=64, width=64, geometry="letterbox", roi=(30, 10, 300, 150))
+    heat = np.zeros((8, 8), dtype=np.float32)
+    heat[4, 6] = 1.0  # input x 48..56, y 32..40 -> frame x 30 + 48 * 300/64 = 255, y 10 + (32 - 16) * 300/64 = 85
+    full = frame_heat(heat, spec, frame_width=400, frame_height=200)
+    assert full.shape == (200, 400)
+    y, x = np.unravel_index(int(np.argmax(full)), full.shape)
+    assert 255 <= x <= 255 + 300 / 8 and 85 <= y <= 85 + 300 / 8
+    assert full[y, x] == pytest.approx(1.0, abs=0.05) and full[:60].max() == 0.0
