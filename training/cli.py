@@ -52,6 +52,7 @@ _OVERRIDES = (
     "overkill_limit",
     "tta",
     "mode",
+    "anomaly_method",
 )
 
 _DESCRIPTION = (
@@ -135,6 +136,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["classify", "anomaly"],
         help="classify (default): learn the dataset's classes; anomaly: learn from the good images alone and "
         "reject what does not look like them (defective images only validate and test)",
+    )
+    p.add_argument(
+        "--anomaly-method",
+        choices=["auto", "synthetic", "memory"],
+        help="anomaly mode: synthetic (from scratch, synthetic anomalies), memory (a memory of good patches in "
+        "pretrained ResNet features: needs --arch resnet18 and its weights); default auto: memory where the "
+        "weights are here, else synthetic",
     )
     p.add_argument("--seed", type=int)
     p.add_argument("--val-fraction", type=float)

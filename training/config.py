@@ -131,6 +131,11 @@ class TrainConfig(BaseModel):
     #: ``classify``: a classifier of the dataset's classes; ``anomaly``: learn from the good images
     #: alone, reject what does not look like them (training.anomaly).
     mode: Literal["classify", "anomaly"] = "classify"
+    #: Anomaly mode's method: ``synthetic`` trains from scratch on synthetic anomalies
+    #: (training.anomaly); ``memory`` keeps a memory of good patches in pretrained ResNet features
+    #: (training.memory; needs the weights); ``auto``: memory where pretrained weights for a
+    #: ResNet architecture are on this machine, else synthetic.
+    anomaly_method: Literal["auto", "synthetic", "memory"] = "auto"
     #: Worker processes on this machine for data-parallel training (DistributedDataParallel:
     #: gloo on CPU, NCCL with one GPU each); 1: this process alone (training.distributed).
     nproc: int = Field(1, ge=1, le=256)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inspection.errors import TrainingError
+from training.memory import FeatureMemory
 from training.models import Classifier, FlipAverage, LineCNN, TiledClassifier, TinyResNet
 
 
@@ -82,6 +83,9 @@ def logits_and_map(model: nn.Module, x: torch.Tensor, good_index: int | None) ->
         return logits * scale, heat * scale
     if isinstance(model, TiledClassifier):
         return _tiled(model, x, good_index)
+    if isinstance(model, FeatureMemory):
+        logits, positions = model.position_logits(x)
+        return logits, _suspicion(positions, good_index)
     if isinstance(model, Classifier):
         logits, positions = _backbone_maps(model.backbone, model.normalize(x))
         return logits, _suspicion(positions, good_index)

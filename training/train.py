@@ -41,6 +41,7 @@ from training import anomaly, data, distributed, engine
 from training import calibrate as cal
 from training import recipe as recipe_rules
 from training.config import TrainConfig
+from training.memory import FeatureMemory, fit_memory
 from training.models import (
     Classifier,
     FlipAverage,
@@ -243,6 +244,52 @@ def _build_model(run: Run, spec: InputSpec, mean: list[float], std: list[float])
     return model, note
 
 
+def _anomaly_memory_weights(cfg: TrainConfig, ranks: distributed.Ranks) -> Path | None:
+    """The pretrained weights anomaly mode's feature memory uses, or None for the synthetic method.
+
+    Raises:
+        TrainingError: ``anomaly_method: memory`` without weights or without a ResNet
+            architecture; the memory with several ranks or ``--resume`` (it fits in one pass).
+    """
+    if cfg.anomaly_method == "synthetic":
+        return None
+    resnet = cfg.arch.startswith("resnet") and model_info(cfg.arch).pretrained_file is not None
+    weights = find_pretrained(cfg.arch, path=cfg.pretrained_path) if (cfg.pretrained or cfg.pretrained_path) else None
+    if cfg.anomaly_method == "memory" and (weights is None or not resnet):
+        raise TrainingError(
+            f"--anomaly-method memory needs a torchvision ResNet architecture and its pretrained weights "
+            f"(arch {cfg.arch!r}, weights {'found' if weights else 'not found'}): pass --arch resnet18 "
+            "--pretrained-path FILE, or use --anomaly-method synthetic (from scratch)")
+    if weights is None or not resnet:
+        log.info("anomaly mode: synthetic anomalies, from scratch (no pretrained ResNet weights here for a "
+                 "feature memory)")
+        return None
+    if ranks.distributed or cfg.resume is not None:
+        raise TrainingError("the feature-memory anomaly model fits in one pass over the good frames: run it "
+                            "without --nproc/--resume (or use --anomaly-method synthetic)")
+    log.info("anomaly mode: a memory of good patches in pretrained %s features (%s)", cfg.arch, weights)
+    return weights
+
+
+def _fit_memory(
+    run: Run, spec: InputSpec, weights: Path, train: data.SplitData, val: data.SplitData,
+    mean: list[float], std: list[float],
+) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The feature-memory anomaly model, filled from the good frames (no epochs)."""
+    backbone = get_model(run.cfg.arch, num_classes=2, in_channels=run.cfg.channels)
+    skipped = load_pretrained(backbone, weights)
+    loaded = [k for k in backbone.state_dict() if k not in skipped]
+    if not any(k.startswith("layer3.") for k in loaded):
+        raise TrainingError(f"pretrained weights {weights} hold no {run.cfg.arch} layer3 weights: not a "
+                            f"torchvision {run.cfg.arch} state dict")
+    memory = FeatureMemory(backbone, mean=mean, std=std)
+    info = fit_memory(memory, train.images, val.images[val.labels == run.good_index], seed=run.cfg.seed)
+    model: nn.Module = memory
+    if spec.tiles is not None:
+        model = TiledClassifier(model, tile_boxes(spec), run.good_index)
+    return model, str(weights), {"history": [], "best_epoch": 0, "anomaly": {**info, "selection": "none (no epochs)"}}
+
+
 def _train(
     run: Run,
     model: nn.Module,
@@ -404,6 +451,8 @@ def _main(cfg: TrainConfig, ranks: distributed.Ranks) -> TrainResult | None:
     started = time.monotonic()
     run = _prepare(cfg, ranks)
     cfg, ds = run.cfg, run.ds
+    # Anomaly mode's method is settled (and a memory without weights refused) before images load.
+    weights = _anomaly_memory_weights(cfg, ranks) if cfg.mode == "anomaly" else None
     spec = _input_spec(cfg)
     log.info("loading %d images of %s at %dx%d (%s)", len(ds.samples), ds.name, spec.width, spec.height, spec.geometry)
     splits = data.load_splits(ds, run.split, spec)
@@ -411,8 +460,11 @@ def _main(cfg: TrainConfig, ranks: distributed.Ranks) -> TrainResult | None:
         splits["train"] = _good_only(splits["train"])
     train, val, test = splits["train"], splits["val"], splits["test"]
     mean, std = (run.resume["mean"], run.resume["std"]) if run.resume is not None else data.channel_stats(train.images)
-    model, pretrained_note = _build_model(run, spec, mean, std)
-    fit = _train(run, model, train, val, mean, std, ranks)
+    if weights is not None:
+        model, pretrained_note, fit = _fit_memory(run, spec, weights, train, val, mean, std)
+    else:
+        model, pretrained_note = _build_model(run, spec, mean, std)
+        fit = _train(run, model, train, val, mean, std, ranks)
     train_seconds = time.monotonic() - started
     if not ranks.main:
         return None  # rank 0 alone calibrates, exports and writes the version

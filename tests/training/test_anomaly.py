@@ -116,3 +116,51 @@ def test_a_station_moves_from_an_anomaly_model_to_a_classifier_through_the_gate(
     # Both models were judged on the very same defective images of the dataset.
     assert gate["active_escape"]["n"] == gate["candidate_escape"]["n"] == 40
     assert reg.active("line1").card.mode == "classify"  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def resnet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A torchvision ResNet-18 state dict as ImageNet weights are stored (random here: no downloads)."""
+    import torch
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet18-random.pth"
+    torch.save(resnet18(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_with_pretrained_weights_a_memory_of_good_patches_is_the_model(tmp_path: Path, resnet_weights: Path) -> None:
+    """The feature-memory method: no epochs, the memory and normalisation inside the graph, parity,
+    golden frames and maps as for every model, and the defects it never saw score above good parts."""
+    import onnxruntime as ort
+
+    ds = make_dataset(tmp_path / "parts", counts={"good": 120, "scratch": 20, "spot": 20}, size=64)
+    cfg = {**FAST, "image_size": 64, "arch": "resnet18", "pretrained_path": resnet_weights,
+           "data": ds.root, "models_dir": tmp_path / "models"}
+    result = train_main(load_config(None, cfg))
+    card = load_card(result.path)
+    verify_version(card, result.path)  # hashes, golden probabilities and golden maps
+    memory = card.training["anomaly"]
+    assert memory["method"].startswith("feature memory") and 0 < memory["memory_patches"] <= 4096
+    assert card.training["epochs_run"] == 0 and card.training["pretrained"] == str(resnet_weights)
+    assert card.parity.passed and card.defect_map is not None and card.defect_map.height == 8
+    # The normalisation is inside the graph: good validation frames score around P = 0.5 (z ~ 0).
+    assert 0.2 < memory["score_mean"] and memory["score_std"] > 0
+    test = card.metrics["test"]
+    assert test["roc_auc"] > 0.7, test["roc_auc"]  # random features still tell a big blob from texture
+    session = ort.InferenceSession(str(result.path / card.model_file), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "defect_map"]
+
+
+def test_the_memory_method_is_refused_without_weights_or_a_resnet(tmp_path: Path, resnet_weights: Path) -> None:
+    from inspection.errors import TrainingError
+
+    ds = make_dataset(tmp_path / "parts", counts={"good": 80, "scratch": 4, "spot": 4})
+    base = {**FAST, "data": ds.root, "models_dir": tmp_path / "models", "anomaly_method": "memory"}
+    with pytest.raises(TrainingError, match="needs a torchvision ResNet architecture and its pretrained weights"):
+        train_main(load_config(None, {**base, "arch": "resnet18", "pretrained": False}))
+    with pytest.raises(TrainingError, match="arch 'linecnn'"):
+        train_main(load_config(None, {**base, "pretrained_path": resnet_weights}))
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").glob("*/v*"))
