@@ -28,10 +28,11 @@ from serving.settings import ROLES, ApiKeySettings, Role
 #: Routes open without a key, on purpose (the role x route test refuses any other route that
 #: does not declare ``Require``): liveness/readiness probes, the API description, and the audit
 #: page's static shell (it asks for a key and calls the protected /v1/audit API with it); the
-#: labelling page's shell (/label), the line page (/line) and the front door (/) likewise.
+#: labelling page's shell (/label), the line page (/line) and the front door (/) likewise, and the
+#: defect-map script those pages share (code, no data).
 OPEN_ROUTES = frozenset(
     {"/", "/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/audit", "/label",
-     "/line"}
+     "/line", "/static/defectmap.js"}
 )
 
 
