@@ -32,7 +32,7 @@ from training.memory import FeatureMemory
 from training.models import Classifier, FlipAverage, LineCNN, TiledClassifier, TinyResNet
 
 
-def _backbone_maps(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def position_logits(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(frame logits [N, K], per-position logits [N, K, h, w]) of a registered architecture."""
     from torchvision.models import EfficientNet, MobileNetV3, ResNet
 
@@ -87,7 +87,7 @@ def logits_and_map(model: nn.Module, x: torch.Tensor, good_index: int | None) ->
         logits, positions = model.position_logits(x)
         return logits, _suspicion(positions, good_index)
     if isinstance(model, Classifier):
-        logits, positions = _backbone_maps(model.backbone, model.normalize(x))
+        logits, positions = position_logits(model.backbone, model.normalize(x))
         return logits, _suspicion(positions, good_index)
     raise TrainingError(f"no defect map for {type(model).__name__}")
 
