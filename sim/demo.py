@@ -165,6 +165,18 @@ def _run(args: argparse.Namespace) -> int:
 
         _step(6, "line summary against ground truth")
         print(report.summary())
+        # Where the defect maps pointed, against where the generator drew each defect.
+        from inspection.dataset.synthetic import defect_footprint
+        from inspection.preprocess import read_image
+        from sim.line import located
+
+        by_id = {p.part_id: p.image for p in parts}
+        hits, judged = located(report.outcomes, lambda o: defect_footprint(
+            o.true_label, seed=args.seed, index=int(by_id[o.part_id].stem.lstrip("P")),
+            size=read_image(by_id[o.part_id]).shape[0]), card.good_class)
+        if judged:
+            print(f"  defect maps: the reject's box covered the drawn defect in {hits} of {judged} "
+                  f"rejected defective parts ({hits / judged:.0%})")
         print(f"  PLC (Modbus TCP): acknowledged {plc.acked} of {len(parts)} part results "
               f"({'in order' if in_order else 'OUT OF ORDER'}; {ng} NG = reject gate fired)")
     finally:

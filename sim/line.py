@@ -10,7 +10,7 @@ the ground-truth labels, so the summary speaks the quality engineer's language: 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,8 @@ class PartOutcome:
     model_version: str | None
     latency_ms: float          # client-side: first frame sent -> part decision received
     server_latency_ms: float   # the server's own figure for the slowest view
+    #: The defect map's box (x, y, w, h, frame pixels) of the view that rejected most surely.
+    defect_box: list[float] | None = None
 
 
 @dataclass
@@ -122,13 +124,17 @@ def run_line(
             time.sleep(max(0.0, slot - time.perf_counter()))  # the part reaches the camera on its slot
         ctype = _CONTENT_TYPES.get(part.image.suffix.lower(), "application/octet-stream")
         started = time.perf_counter()
-        server_ms = 0.0
+        server_ms, box, surest = 0.0, None, -1.0
         for camera in cameras:
             r = client.post("/v1/inspections", content=data,
                             params={"station": station, "camera": camera, "part_id": part.part_id},
                             headers={**headers, "Content-Type": ctype})
             if r.status_code == 200:
-                server_ms = max(server_ms, float(r.json().get("latency_ms", 0.0)))
+                answer = r.json()
+                server_ms = max(server_ms, float(answer.get("latency_ms", 0.0)))
+                where = answer.get("defect_map")
+                if where and float(where["peak_value"]) > surest:
+                    surest, box = float(where["peak_value"]), list(where["box"])
         d = client.get(f"/v1/parts/{part.part_id}/decision", params={"station": station, "wait_ms": wait_ms},
                        headers=headers)
         d.raise_for_status()
@@ -138,7 +144,8 @@ def run_line(
         versions = {v.get("model_version") for v in views if v.get("model_version")}
         defect = next((v.get("defect_class") for v in views if v.get("decision") == "reject"), None)
         return PartOutcome(part.part_id, part.true_label, body.get("decision") or "reject", defect,
-                           body.get("failsafe_reason"), ",".join(sorted(versions)) or None, elapsed, server_ms)
+                           body.get("failsafe_reason"), ",".join(sorted(versions)) or None, elapsed, server_ms,
+                           box)
 
     report = LineReport(good_class=good_class)
     started = time.perf_counter()
@@ -151,3 +158,23 @@ def run_line(
                 report.outcomes = list(pool.map(lambda pt: one(client, *pt), zip(parts, slots, strict=True)))
     report.wall_s = time.perf_counter() - started
     return report
+
+
+def located(outcomes: Iterable[PartOutcome], footprint: Callable[[PartOutcome], np.ndarray | None],
+            good_class: str | None = "good") -> tuple[int, int]:
+    """(hits, judged): of the defective parts rejected with a defect map whose true defect
+    ``footprint`` is known (``bool[H, W]`` in frame pixels), how many had a map box covering at
+    least one pixel of it."""
+    hits = judged = 0
+    for o in outcomes:
+        if o.true_label == good_class or o.decision != "reject" or o.defect_box is None:
+            continue
+        truth = footprint(o)
+        if truth is None or not truth.any():
+            continue
+        x, y, w, h = o.defect_box
+        x0, y0 = max(0, int(np.floor(x))), max(0, int(np.floor(y)))
+        x1, y1 = int(np.ceil(x + w)), int(np.ceil(y + h))
+        judged += 1
+        hits += bool(truth[y0:y1, x0:x1].any())
+    return hits, judged

@@ -199,6 +199,18 @@ def render_image(label: str, *, seed: int, index: int, size: int = 128) -> np.nd
     return np.clip(np.rint(frame), 0, 255).astype(np.uint8)
 
 
+def defect_footprint(label: str, *, seed: int, index: int, size: int = 128) -> np.ndarray:
+    """Where frame ``(seed, index)`` of class ``label`` carries its defect: ``bool[size, size]``,
+    the pixels that differ by more than 2 grey levels from the frame's good twin (same surface and
+    sensor streams, no defect: see ``render_image``). All False for a good frame. Ground truth
+    for where a defect map should point."""
+    if label == GOOD_CLASS:
+        return np.zeros((size, size), bool)
+    frame = render_image(label, seed=seed, index=index, size=size).astype(np.int16)
+    twin = render_image(GOOD_CLASS, seed=seed, index=index, size=size).astype(np.int16)
+    return np.abs(frame - twin) > 2
+
+
 def plan_labels(seed: int, n_good: int, n_per_defect: int) -> list[str]:
     """The class of every frame, by index, in the order ``generate_dataset`` draws them."""
     labels = [GOOD_CLASS] * n_good + [d for d in DEFECT_CLASSES for _ in range(n_per_defect)]

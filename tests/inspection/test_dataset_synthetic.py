@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from inspection.dataset import read_dataset
-from inspection.dataset.synthetic import CLASSES, DEFECT_CLASSES, GOOD_CLASS, generate_dataset, render_image
+from inspection.dataset.synthetic import (
+    CLASSES,
+    DEFECT_CLASSES,
+    GOOD_CLASS,
+    defect_footprint,
+    generate_dataset,
+    render_image,
+)
 from inspection.errors import DatasetError
 
 
@@ -101,3 +108,13 @@ def test_bad_arguments_name_the_value(tmp_path: Path, kwargs: dict[str, int], me
 def test_unknown_class_is_refused() -> None:
     with pytest.raises(DatasetError, match="'crack'.*allowed"):
         render_image("crack", seed=0, index=0)
+
+
+@pytest.mark.parametrize("defect", DEFECT_CLASSES)
+def test_the_footprint_is_where_the_frame_differs_from_its_good_twin(defect: str) -> None:
+    frame = render_image(defect, seed=4, index=9).astype(int)
+    twin = render_image(GOOD_CLASS, seed=4, index=9).astype(int)
+    where = defect_footprint(defect, seed=4, index=9)
+    assert where.shape == (128, 128) and 0 < where.mean() < 0.5  # a part of the frame (a wrinkle: an edge band)
+    assert np.array_equal(where, np.abs(frame - twin) > 2)
+    assert not defect_footprint(GOOD_CLASS, seed=4, index=9).any()

@@ -36,3 +36,25 @@ def test_a_paced_line_sends_parts_on_their_slots_and_scores_them(tmp_path: Path,
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_located_counts_rejected_defective_parts_whose_box_covers_the_defect() -> None:
+    import numpy as np
+
+    from sim.line import PartOutcome, located
+
+    truth = np.zeros((40, 40), bool)
+    truth[10:14, 20:24] = True
+
+    def part(pid: str, label: str, decision: str, box: list[float] | None) -> PartOutcome:
+        return PartOutcome(pid, label, decision, None, None, "m/v1", 1.0, 1.0, box)
+
+    outcomes = [
+        part("hit", "scratch", "reject", [18.0, 8.0, 4.0, 4.0]),      # overlaps x 20..22, y 10..12
+        part("miss", "scratch", "reject", [0.0, 0.0, 8.0, 8.0]),
+        part("edge", "scratch", "reject", [23.5, 13.5, 2.0, 2.0]),    # touches pixel (23, 13)
+        part("escape", "scratch", "pass", None),                       # passed: nothing to judge
+        part("good", "good", "reject", [0.0, 0.0, 40.0, 40.0]),        # overkill: not a defect
+        part("nomap", "scratch", "reject", None),                      # an older model: no box
+    ]
+    assert located(outcomes, lambda o: truth) == (2, 3)
