@@ -11,10 +11,11 @@ validation frames (max overkill 1%, or the smallest of 2/5% the good validation 
 with 95% intervals, the ONNX model's CPU latency per frame in
 onnxruntime (batch 1, one thread, median), training minutes and peak memory.
 
-Pixel AUROC (magnetic tile): the exported model's defect map for every test frame, resampled
-onto the frame's pixels exactly as serving places it (``inspection.defectmap.frame_heat``), scored
-against the dataset's masks (``<name>.png`` beside each defective image, thresholded at 128; good
-frames count as all-normal pixels), every second pixel in each axis, as anomalib computes it
+Pixel AUROC: the exported model's defect map for every test frame, resampled onto the frame's
+pixels exactly as serving places it (``inspection.defectmap.frame_heat``), scored against the true
+defect masks — magnetic tile's own (``<name>.png`` beside each defective image, thresholded at
+128), the coating set's from its generator (where a frame differs from its good twin) — good
+frames counting as all-normal pixels, every second pixel in each axis, as anomalib computes it
 over the whole test set.
 
 Targets (issue 13): magnetic tile image AUROC >= 0.90, pixel AUROC >= 0.85; <= 5 ms per frame;
@@ -31,8 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -42,7 +46,6 @@ KINDS = {"mt": "magnetic tile (Free only)", "coating": "generated coating (good 
 
 
 def _latency_ms(model: Path, height: int, width: int, channels: int) -> float:
-    import numpy as np
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -60,17 +63,49 @@ def _latency_ms(model: Path, height: int, width: int, channels: int) -> float:
     return float(np.median(times) * 1000)
 
 
-def _pixel_auroc(version: Path, dataset: Path, originals: Path) -> float | None:
-    """Pixel AUROC of the version's defect maps against the original masks, over its test split
-    (None when the dataset has no masks). Scores are binned to 1/65535 so that millions of
-    pixels are ranked by a histogram (ties count one half, as in ``inspection.metrics``)."""
+#: (the test frame's labels.csv row, its height, width) -> its true defect mask, or None if unknown.
+MaskOf = Callable[[dict[str, str], int, int], np.ndarray | None]
+
+
+def mt_masks(originals: Path) -> MaskOf:
+    """Magnetic tile: the mask beside each original image (``<name>.png``, thresholded at 128)."""
+    import cv2
+
+    def mask_of(row: dict[str, str], height: int, width: int) -> np.ndarray | None:
+        path = (originals / row["source"]).with_suffix(".png") if row.get("source") else None
+        if path is None or not path.is_file():
+            return None
+        m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if m is None:
+            return None
+        if m.shape != (height, width):
+            m = cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST)
+        return np.asarray(m >= 128)
+
+    return mask_of
+
+
+def coating_masks(seed: int = 0) -> MaskOf:
+    """The generated coating set: where each frame differs from its good twin (the generator's own
+    defect footprint; ``source`` is the frame's serial ``P<index>``)."""
+    from inspection.dataset.synthetic import defect_footprint
+
+    def mask_of(row: dict[str, str], height: int, width: int) -> np.ndarray | None:
+        return defect_footprint(row["label"], seed=seed, index=int(row["source"].lstrip("P")), size=height)
+
+    return mask_of
+
+
+def _pixel_auroc(version: Path, dataset: Path, mask_of: MaskOf) -> float | None:
+    """Pixel AUROC of the version's defect maps against the true defect masks, over its test split
+    (None when no defective test frame has a mask). Scores are binned to 1/65535 so that millions
+    of pixels are ranked by a histogram (ties count one half, as in ``inspection.metrics``)."""
     import csv
 
-    import cv2
-    import numpy as np
     import onnxruntime as ort
 
     from inspection.card import load_card
+    from inspection.dataset.layout import read_dataset
     from inspection.defectmap import frame_heat
     from inspection.preprocess import read_image, to_model_input
 
@@ -78,24 +113,22 @@ def _pixel_auroc(version: Path, dataset: Path, originals: Path) -> float | None:
     if card.defect_map is None:
         return None
     with open(dataset / "labels.csv", newline="") as fh:
-        source = {r["path"]: r.get("source") for r in csv.DictReader(fh)}
+        rows = {r["path"]: r for r in csv.DictReader(fh)}
     with open(version / "split.csv", newline="") as fh:
-        test = [r for r in csv.DictReader(fh) if r["split"] == "test"]
+        test = [r["path"] for r in csv.DictReader(fh) if r["split"] == "test"]
+    good = read_dataset(dataset).good_class
     session = ort.InferenceSession(str(version / card.model_file), providers=["CPUExecutionProvider"])
     bins = 65536
     pos, neg = np.zeros(bins, np.int64), np.zeros(bins, np.int64)
     masks = 0
-    for row in test:
-        image = read_image(dataset / row["path"])
+    for path in test:
+        image = read_image(dataset / path)
         h, w = image.shape[:2]
         mask = np.zeros((h, w), bool)
-        original = source.get(row["path"])
-        if original and row["label"] != card.good_class:
-            path = (originals / original).with_suffix(".png")
-            if path.is_file():
-                m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-                mask = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) >= 128 if m.shape != (h, w) else m >= 128
-                masks += 1
+        if rows[path]["label"] != good:
+            found = mask_of(rows[path], h, w)
+            if found is not None:
+                mask, masks = found, masks + 1
         pixels = to_model_input(image, card.input)[None]
         heat = session.run([card.defect_map.output_name], {card.input.input_name: pixels})[0][0]
         full = frame_heat(heat, card.input, w, h)[::2, ::2]
@@ -125,7 +158,7 @@ def overkill_target(dataset: Path) -> float:
     return next((t for t in (0.01, 0.02, 0.05) if good >= needed(t)), 0.10)
 
 
-def run_one(dataset: Path, models: Path, name: str, threads: int | None, originals: Path) -> dict[str, Any]:
+def run_one(dataset: Path, models: Path, name: str, threads: int | None, mask_of: MaskOf) -> dict[str, Any]:
     """Train in anomaly mode with the defaults (called in a child process: its peak memory is its own)."""
     from training.config import load_config
     from training.train import main
@@ -148,7 +181,7 @@ def run_one(dataset: Path, models: Path, name: str, threads: int | None, origina
         "best_epoch": card.training["best_epoch"],
         "selection": card.training["anomaly"]["selection"],
         "max_overkill": target,
-        "pixel_auroc": _pixel_auroc(result.path, dataset, originals),
+        "pixel_auroc": _pixel_auroc(result.path, dataset, mask_of),
     }
 
 
@@ -172,8 +205,8 @@ def main() -> int:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
         dataset, models, name = args.child
-        originals = args.data / "magnetic-tile"
-        print("RESULT " + json.dumps(run_one(Path(dataset), Path(models), name, args.threads, originals)), flush=True)
+        mask_of = mt_masks(args.data / "magnetic-tile") if name.endswith("-mt") else coating_masks()
+        print("RESULT " + json.dumps(run_one(Path(dataset), Path(models), name, args.threads, mask_of)), flush=True)
         return 0
     if "mt" in args.only and not (args.data / "magnetic-tile").is_dir():
         print(f"error: magnetic tile not found under {args.data} (needed for --only mt)", file=sys.stderr)
