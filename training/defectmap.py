@@ -97,12 +97,7 @@ def _tiled(model: TiledClassifier, x: torch.Tensor, good_index: int | None) -> t
     boxes = model.boxes
     tiles = torch.cat([x[:, :, y : y + h, xx : xx + w] for xx, y, w, h in boxes], dim=0)
     logits, heat = logits_and_map(model.classifier, tiles, good_index)
-    logits = logits.reshape(len(boxes), n, -1)
-    # The frame's logits: exactly TiledClassifier's rule (the tile with the highest suspicion).
-    probs = torch.softmax(logits.float(), dim=2)
-    suspicion = 1.0 - probs[:, :, good_index] if good_index is not None else probs.max(dim=2).values
-    pick = suspicion.argmax(dim=0).view(1, n, 1).expand(1, n, logits.shape[2])
-    frame_logits = logits.gather(0, pick).squeeze(0)
+    frame_logits = model.frame_logits(logits.reshape(len(boxes), n, -1))  # the tile grid's own rule
     # The frame's map: each tile's map pasted at its place on one canvas, overlaps taking the max.
     th, tw = heat.shape[1], heat.shape[2]
     cell_y, cell_x = boxes[0][3] / th, boxes[0][2] / tw

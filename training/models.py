@@ -390,7 +390,11 @@ class TiledClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         tiles = torch.cat([x[:, :, y : y + h, xx : xx + w] for xx, y, w, h in self.boxes], dim=0)
-        logits = self.classifier(tiles).reshape(len(self.boxes), n, -1)  # [T, N, K]
+        return self.frame_logits(self.classifier(tiles).reshape(len(self.boxes), n, -1))
+
+    def frame_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-tile logits ``[T, N, K]`` -> each frame's ``[N, K]``: its most suspicious tile's."""
+        n = logits.shape[1]
         probs = torch.softmax(logits.float(), dim=2)
         suspicion = 1.0 - probs[:, :, self.good_index] if self.good_index is not None else probs.max(dim=2).values
         pick = suspicion.argmax(dim=0)  # [N]
