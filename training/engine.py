@@ -8,9 +8,11 @@ from a checkpoint at epoch k repeats epochs k+1.. exactly as the uninterrupted r
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +218,40 @@ class EarlyStopping:
         self.history = list(state["history"])
 
 
+@dataclass(frozen=True)
+class TimeBudget:
+    """The wall-clock time a run's epochs may take.
+
+    The recipe sizes the epochs for the reference machine; on a slower or busier one the run
+    would overrun its budget. After every epoch the loop measures what an epoch really takes
+    and, where the planned epochs would end after ``deadline`` (with ``after_evals`` validation
+    passes' worth left for calibration and export), shortens the schedule: the learning rate's
+    decay is re-planned to end with the new last epoch, so the run still finishes annealed.
+    """
+
+    deadline: float  #: ``time.monotonic()`` by which the whole run should be done
+    after_evals: float  #: the work after the last epoch, in validation passes
+
+
+def budget_epochs(
+    budget: TimeBudget, *, now: float, done: int, planned: int, epoch_s: float, eval_s: float
+) -> int:
+    """The epochs the run can afford: ``planned`` when they end before the deadline, else as
+    many as do (``done`` when not one more fits)."""
+    left = budget.deadline - now - budget.after_evals * eval_s
+    return min(planned, done + max(0, math.floor(left / max(epoch_s, 1e-9))))
+
+
+def _one_cycle(
+    optimizer: torch.optim.Optimizer, lr: float, total_steps: int, done_steps: int = 0
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    # Warm-up over the first 15% of the steps, then cosine decay; built at ``done_steps`` when a
+    # run's schedule is re-planned (the optimiser's groups already hold their initial rates).
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.15, last_epoch=done_steps - 1
+    )
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write a checkpoint atomically (temp + rename), so an interrupt never leaves half a file."""
     path = Path(path)
@@ -268,6 +304,7 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     ranks: Ranks | None = None,
+    budget: TimeBudget | None = None,
 ) -> dict[str, Any]:
     """Train with AdamW + one-cycle LR (warm-up, then cosine decay), an EMA of the weights,
     early stopping on ``selection_score`` and a checkpoint after every epoch.
@@ -280,6 +317,10 @@ def fit(
     alone evaluates, decides (best epoch, early stop: broadcast, so no rank can disagree and
     leave the others waiting) and writes the checkpoint. The result's ``distributed`` entry says
     what each rank trained on in its first epoch.
+
+    With a ``budget`` the schedule is shortened when the epochs, as measured, would overrun it
+    (``TimeBudget``); the result's ``epochs`` is the plan the run ended with and ``budget`` says
+    why it changed (``None`` when it did not).
     """
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from tqdm.auto import tqdm
@@ -289,7 +330,7 @@ def fit(
     steps_per_epoch = max(len(make_epoch_loader(0)), 1)
     total_steps = epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.15)
+    scheduler = _one_cycle(optimizer, lr, total_steps)
     # The average spans ~1/10 of the run (decay from the step count, so a short run is not
     # dominated by its random start), never longer than ~1,000 steps.
     decay = min(0.999, max(0.9, 1.0 - 10.0 / total_steps))
@@ -298,7 +339,11 @@ def fit(
     judged = ema.module if ema is not None else model
     start = 0
     best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
+    planned, budget_note = epochs, None
     if resume is not None:
+        # The plan the interrupted run had reached (a time budget may have shortened it).
+        epochs = int(resume.get("epochs", epochs))
+        budget_note = resume.get("budget")
         model.load_state_dict(resume["model"])
         if ema is not None and resume.get("ema") is not None:
             ema.load_state_dict(resume["ema"])
@@ -319,7 +364,11 @@ def fit(
         )
     shards: dict[str, Any] | None = None
     n_train = len(make_epoch_loader(0).dataset)  # type: ignore[arg-type]
-    for epoch in range(start, epochs):
+    epoch_times: list[float] = []
+    epoch = start - 1
+    while epoch + 1 < epochs:
+        epoch += 1
+        epoch_began = time.monotonic()
         loader = make_epoch_loader(epoch)
         bar = tqdm(
             total=n_train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not (progress and main), unit="img"
@@ -340,10 +389,16 @@ def fit(
             shards = distributed.shard_evidence(loader.sampler.positions, ranks, len(loader.sampler.base))  # type: ignore[arg-type]
         if not main:
             # Rank 0 judges; the others follow its decision (same weights, nothing to judge).
-            if distributed.broadcast(None, ranks):
+            stop, plan = distributed.broadcast(None, ranks)
+            if stop:
                 break
+            if plan != epochs:
+                epochs = plan
+                scheduler = _one_cycle(optimizer, lr, epochs * steps_per_epoch, (epoch + 1) * steps_per_epoch)
             continue
+        eval_began = time.monotonic()
         val = evaluate(judged, val_images, val_labels, n_classes, good_index=good_index)
+        eval_s = time.monotonic() - eval_began
         score = selection_score(val)
         improved = stopper.step(epoch, score=score, loss=val["loss"])
         if improved:
@@ -372,7 +427,31 @@ def fit(
         if on_epoch is not None:
             on_epoch(row)
         stop = stopper.should_stop(epoch)
-        distributed.broadcast(stop, ranks)
+        epoch_times.append(time.monotonic() - epoch_began)
+        if budget is not None and not stop and epoch + 1 < epochs:
+            # The last few epochs' mean: the machine's speed now, not at the start.
+            epoch_s = float(np.mean(epoch_times[-3:]))
+            afford = budget_epochs(budget, now=time.monotonic(), done=epoch + 1, planned=epochs,
+                                   epoch_s=epoch_s, eval_s=eval_s)
+            if afford < epochs:
+                # Re-planned with 10% to spare: a machine that slows a little more later need
+                # not cut the schedule again (each cut steps the decaying rate down).
+                afford = budget_epochs(budget, now=time.monotonic(), done=epoch + 1, planned=epochs,
+                                       epoch_s=1.1 * epoch_s, eval_s=eval_s)
+                budget_note = {
+                    "planned_epochs": planned,
+                    "epochs": afford,
+                    "epoch_seconds": round(epoch_s, 2),
+                    "reason": f"an epoch takes {epoch_s:.1f} s here: {epochs} epochs would overrun the time budget; "
+                    f"the schedule now ends after epoch {afford}",
+                }
+                log.warning("time budget: %s", budget_note["reason"])
+                if afford <= epoch + 1:
+                    stop = True
+                else:
+                    scheduler = _one_cycle(optimizer, lr, afford * steps_per_epoch, (epoch + 1) * steps_per_epoch)
+                epochs = afford
+        distributed.broadcast((stop, epochs), ranks)
         save_checkpoint(
             checkpoint,
             {
@@ -383,19 +462,28 @@ def fit(
                 "stopper": stopper.state(),
                 "best_model": best_state,
                 "epoch": epoch,
+                "epochs": epochs,
+                "budget": budget_note,
                 "done": stop or epoch + 1 == epochs,
                 "torch_rng": torch.get_rng_state(),
                 **checkpoint_extra,
             },
         )
         if stop:
-            log.info(
-                "early stop after epoch %d: no better validation score for %d epochs (best epoch %d)",
-                epoch + 1,
-                stopper.patience,
-                stopper.best_epoch + 1,
-            )
+            if epochs > epoch + 1:  # not the time budget's stop, which has set the plan's end here
+                log.info(
+                    "early stop after epoch %d: no better validation score for %d epochs (best epoch %d)",
+                    epoch + 1,
+                    stopper.patience,
+                    stopper.best_epoch + 1,
+                )
             break
     model.load_state_dict(best_state)
     model.to("cpu")
-    return {"history": stopper.history, "best_epoch": stopper.best_epoch + 1, "distributed": shards}
+    return {
+        "history": stopper.history,
+        "best_epoch": stopper.best_epoch + 1,
+        "distributed": shards,
+        "epochs": epochs,
+        "budget": budget_note,
+    }

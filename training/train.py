@@ -298,6 +298,7 @@ def _train(
     mean: list[float],
     std: list[float],
     ranks: distributed.Ranks,
+    budget: engine.TimeBudget | None = None,
 ) -> dict[str, Any]:
     cfg = run.cfg
     n_classes = len(run.ds.classes)
@@ -369,10 +370,34 @@ def _train(
         resume=run.resume,
         progress=cfg.progress,
         ranks=ranks,
+        budget=budget,
     )
+    if fit["budget"] is not None:
+        _record_shortened(run, fit["budget"])
     if cfg.mode == "anomaly":
         fit["anomaly"] = {"selection": selection, "good_train_images": len(train.images)}
     return fit
+
+
+def _time_budget(run: Run, started: float, *, n_val: int, n_test: int) -> engine.TimeBudget | None:
+    """The wall-clock budget the epochs keep to, where the recipe chose them (an engineer's own
+    ``epochs`` run as given). A resumed run counts it again from where it resumes."""
+    if not any(c["setting"] == "epochs" for c in run.recipe):
+        return None
+    # After the epochs: validation and test scored through the exported graph's mirror, then the
+    # test split again in torch and ONNX Runtime for parity (in validation passes).
+    views = 2 if run.cfg.tta else 1
+    after = views * (n_val + 3 * n_test) / max(n_val, 1)
+    return engine.TimeBudget(deadline=started + run.cfg.budget_minutes * 60.0, after_evals=after)
+
+
+def _record_shortened(run: Run, note: dict[str, Any]) -> None:
+    # The card and the saved config say the plan the run ended with, and why.
+    run.cfg = run.cfg.model_copy(update={"epochs": note["epochs"]})
+    for choice in run.recipe:
+        if choice["setting"] == "epochs" and choice["value"] != note["epochs"]:
+            choice["reason"] += f"; shortened to {note['epochs']} by the time budget ({note['reason']})"
+            choice["value"] = note["epochs"]
 
 
 def _operating_point(
@@ -464,7 +489,8 @@ def _main(cfg: TrainConfig, ranks: distributed.Ranks) -> TrainResult | None:
         model, pretrained_note, fit = _fit_memory(run, spec, weights, train, val, mean, std)
     else:
         model, pretrained_note = _build_model(run, spec, mean, std)
-        fit = _train(run, model, train, val, mean, std, ranks)
+        budget = _time_budget(run, started, n_val=len(val.images), n_test=len(test.images))
+        fit = _train(run, model, train, val, mean, std, ranks, budget)
     train_seconds = time.monotonic() - started
     if not ranks.main:
         return None  # rank 0 alone calibrates, exports and writes the version

@@ -252,6 +252,8 @@ def export_version(
                 "distributed": fit.get("distributed"),
                 # Anomaly mode: what model selection judged on, how many good frames it learnt from.
                 "anomaly": fit.get("anomaly"),
+                # Where the machine was slower than the recipe's plan: the epochs the budget allowed.
+                "time_budget": fit.get("budget"),
             },
             code_version=code_version(),
             parity=Parity(**parity),

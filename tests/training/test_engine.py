@@ -82,3 +82,84 @@ def test_early_stopping_waits_for_min_epochs_and_patience() -> None:
     assert not s.should_stop(2)  # patience reached, but min_epochs not yet
     assert s.should_stop(3)
     assert s.step(4, score=0.5, loss=0.9)  # same score, lower loss: better
+
+
+def test_budget_epochs_keeps_the_plan_when_it_fits_and_cuts_it_when_not() -> None:
+    budget = E.TimeBudget(deadline=100.0, after_evals=4.0)
+    # 10 s used, 5 done; 60 s left after 4 evals of 5 s would allow 6 more epochs of 10 s.
+    assert E.budget_epochs(budget, now=20.0, done=5, planned=8, epoch_s=10.0, eval_s=5.0) == 8
+    assert E.budget_epochs(budget, now=20.0, done=5, planned=30, epoch_s=10.0, eval_s=5.0) == 11
+    assert E.budget_epochs(budget, now=95.0, done=5, planned=30, epoch_s=10.0, eval_s=5.0) == 5  # past it: stop
+
+
+class _Slow(torch.utils.data.Dataset):
+    """A dataset whose epochs take a known time: the machine slower than the recipe planned for."""
+
+    def __init__(self, base: torch.utils.data.Dataset, delay: float) -> None:
+        self.base, self.delay = base, delay
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        import time
+
+        time.sleep(self.delay)
+        return self.base[i]
+
+
+def _budget_fit(
+    tmp_path: Path, *, epochs: int, budget: E.TimeBudget | None, resume: dict | None = None, stop_at: int = 0
+) -> dict:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 1, 16, 16), dtype=np.uint8)
+    labels = np.array([0] * 8 + [1] * 8)
+    E.seed_everything(5)
+    model = Classifier(get_model("tinyres", num_classes=2), mean=[0.5], std=[0.25])
+    dataset = _Slow(D.ArrayDataset(images, labels, None), delay=0.01)  # >= 0.16 s an epoch
+
+    def loader(epoch: int) -> torch.utils.data.DataLoader:
+        return E.make_loader(dataset, labels, batch_size=4, balance="none", n_classes=2, seed=E.epoch_seed(5, epoch))
+
+    def on_epoch(row: dict) -> None:
+        if row["epoch"] == stop_at:
+            raise KeyboardInterrupt  # the operator's Ctrl-C, before this epoch's checkpoint
+
+    return E.fit(
+        model, make_epoch_loader=loader, val_images=images, val_labels=labels, n_classes=2, good_index=0,
+        epochs=epochs, lr=1e-2, weight_decay=0.0, loss_fn=torch.nn.CrossEntropyLoss(),
+        stopper=E.EarlyStopping(patience=100), checkpoint=tmp_path / "checkpoint.pt", checkpoint_extra={},
+        resume=resume, progress=False, budget=budget, on_epoch=on_epoch,
+    )
+
+
+def test_a_run_slower_than_planned_shortens_its_schedule_and_still_anneals(tmp_path: Path) -> None:
+    import time
+
+    # 40 planned epochs of >= 0.16 s cannot end within 3 s: the schedule is re-planned.
+    fit = _budget_fit(tmp_path, epochs=40, budget=E.TimeBudget(deadline=time.monotonic() + 3.0, after_evals=0.0))
+    ran = len(fit["history"])
+    assert 2 <= ran < 40 and fit["epochs"] == ran
+    assert fit["budget"]["planned_epochs"] == 40 and fit["budget"]["epochs"] == ran
+    assert "overrun the time budget" in fit["budget"]["reason"]
+    # The re-planned one-cycle ends where the run ends: the last epoch's rate is the annealed one
+    # (the 40-epoch plan would still be near its peak there).
+    assert fit["history"][-1]["lr"] < 1e-2 / 50
+    # Without a budget (an engineer's own epochs) the plan is kept.
+    kept = _budget_fit(tmp_path / "kept", epochs=3, budget=None)
+    assert len(kept["history"]) == 3 and kept["budget"] is None
+
+
+def test_a_resumed_run_keeps_the_shortened_plan(tmp_path: Path) -> None:
+    import time
+
+    with pytest.raises(KeyboardInterrupt):
+        _budget_fit(tmp_path, epochs=40, budget=E.TimeBudget(deadline=time.monotonic() + 3.0, after_evals=0.0),
+                    stop_at=2)
+    ckpt = E.load_checkpoint(tmp_path)  # written after epoch 1, where the plan was first cut
+    assert ckpt["epoch"] == 0 and not ckpt["done"]
+    shortened = ckpt["epochs"]
+    assert shortened < 40 and ckpt["budget"]["epochs"] == shortened
+    # Resumed without a budget, it runs to the shortened plan's end (not the original 40).
+    resumed = _budget_fit(tmp_path, epochs=40, budget=None, resume=ckpt)
+    assert resumed["epochs"] == shortened == len(resumed["history"]) and resumed["budget"] == ckpt["budget"]

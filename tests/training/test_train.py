@@ -292,3 +292,21 @@ def test_allow_unsupported_target_trains_and_says_so(tmp_path: Path) -> None:
     assert calibration["supported"] is False and "needs at least 100 defective" in calibration["unsupported_reason"]
     assert "WARNING: the operating point is NOT supported" in result.summary
     assert "NOT SUPPORTED" in (result.path / "report.html").read_text()
+
+
+def test_a_run_over_its_time_budget_is_shortened_and_says_so(tmp_path: Path, trained: tuple[Path, Path]) -> None:
+    # The recipe plans its epochs for the reference machine; this budget (0.6 s) is spent before
+    # the first epoch ends, so the run stops there and the card, recipe and config say why.
+    ds = make_dataset(tmp_path / "d", counts={"good": 30, "scratch": 15, "spot": 15})
+    cfg = {k: v for k, v in FAST.items() if k not in ("epochs", "min_epochs")}
+    result = train_main(load_config(None, {**cfg, "data": ds.root, "models_dir": tmp_path / "m",
+                                           "budget_minutes": 0.01}))
+    note = result.card.training["time_budget"]
+    assert note["epochs"] == result.card.training["epochs_run"] < note["planned_epochs"]
+    assert "overrun the time budget" in note["reason"]
+    chosen = next(c for c in result.card.training["recipe"] if c["setting"] == "epochs")
+    assert chosen["value"] == note["epochs"] and "shortened" in chosen["reason"]
+    saved = yaml.safe_load((result.path / "config.yaml").read_text())
+    assert saved["epochs"] == note["epochs"] == result.card.training["config"]["epochs"]
+    # Epochs the engineer gave are run as given: no budget applies.
+    assert load_card(trained[1]).training["time_budget"] is None
