@@ -1,17 +1,20 @@
-"""Training cost of every registered architecture: seconds per image at 128x128 (and 192x192).
+"""Training cost of every registered architecture: seconds per image at 128x128, fp32 and bf16.
 
     python bench/arch_cost.py [--threads 2] [--batch 32]
 
-Forward + backward + AdamW step on random 1-channel batches, after two warm-up steps. The
-figure ``training.recipe`` uses (``ModelInfo.cost_128``) is derived from the 128 px step on the
-reference machine (2 CPU cores, idle) as printed in the last column: (step + ``OVERHEAD_S``)
-x ``MARGIN``. The overhead is the training loop's per-image work outside the network
-(augmentation, batching, the validation pass each epoch), the same for every architecture; the
-margin keeps the budget rule from overshooting on a busy machine. Both were set from default
-runs of ``linecnn`` (wall time per image pass at 128 px, 8-9 ms, against its 5.8 ms step), and
-the naive ResNet-18 baseline of ``bench/train_quality.py`` lands where they predict (23.6 ms per
-pass wall, 22.5 ms step, no augmentation). The machine is shared: the script alternates
-architectures over several rounds and prints the median.
+``training.engine.training_step`` (channels-last, forward + backward + AdamW step, the loop's
+own step) on random 1-channel batches, after two warm-up steps, in fp32 and in mixed bf16. The
+figure ``training.recipe`` uses (``ModelInfo.cost_128``) is derived from the fp32 step at 128 px on
+the reference machine (2 CPU cores, idle) as printed in the last column: (step +
+``recipe.OVERHEAD_S``) x ``recipe.MARGIN``; where training runs in bf16 the recipe scales the
+network's share by the speed-up its own probe measures (``recipe.scaled_cost``). The overhead is
+the training loop's per-image work outside the network (augmentation, batching, the validation
+pass each epoch), the same for every architecture; the margin keeps the budget rule from
+overshooting on a busy machine. Both were set from default runs of ``linecnn`` (wall time per
+image pass at 128 px, 8-9 ms, against its then 5.8 ms step), and the naive ResNet-18 baseline of
+``bench/train_quality.py`` lands where they predict (23.6 ms per pass wall, 22.5 ms step, no
+augmentation). The machine is shared: the script alternates architectures over several rounds
+and prints the median.
 """
 
 from __future__ import annotations
@@ -19,22 +22,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-#: Per-image work of the training loop outside the network, seconds (see the docstring).
-OVERHEAD_S = 0.003
-#: Safety factor on the sum (a busy machine, slower memory): the budget is a promise.
-MARGIN = 1.25
-
-
 def main() -> int:
     import torch
 
-    from training.models import get_model, list_models, model_info
+    from training.engine import step_seconds
+    from training.models import Classifier, get_model, list_models, model_info
+    from training.recipe import MARGIN, OVERHEAD_S, scaled_cost
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -45,30 +43,25 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = args.only or list_models()
-    times: dict[tuple[str, int], list[float]] = {}
-    models = {n: get_model(n, num_classes=2, in_channels=1) for n in names}
+    times: dict[tuple[str, int, str], list[float]] = {}
+    models = {n: Classifier(get_model(n, num_classes=2, in_channels=1), mean=[0.5], std=[0.25]) for n in names}
     for _ in range(args.rounds):
         for size in args.sizes:
             for name, model in models.items():
-                model.train()
-                opt = torch.optim.AdamW(model.parameters())
-                x = torch.randn(args.batch, 1, size, size)
-                y = torch.randint(0, 2, (args.batch,))
-                for i in range(5):
-                    if i == 2:
-                        start = time.perf_counter()
-                    loss = torch.nn.functional.cross_entropy(model(x), y)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                times.setdefault((name, size), []).append((time.perf_counter() - start) / (3 * args.batch))
-    for (name, size), ts in times.items():
-        step = statistics.median(ts)
-        print(
-            f"{name:20s} {size:4d} px  {step * 1000:7.2f} ms/image  (registered cost_128 "
-            f"{model_info(name).cost_128 * 1000:.1f} ms; at 128 px this step suggests "
-            f"{(step + OVERHEAD_S) * MARGIN * 1000:.1f} ms)"
-        )
+                for precision in ("fp32", "bf16"):
+                    times.setdefault((name, size, precision), []).append(
+                        step_seconds(model, (1, size, size), precision=precision, batch=args.batch)
+                    )
+    for name in names:
+        for size in args.sizes:
+            fp32 = statistics.median(times[(name, size, "fp32")])
+            bf16 = statistics.median(times[(name, size, "bf16")])
+            cost = (fp32 + OVERHEAD_S) * MARGIN
+            print(
+                f"{name:20s} {size:4d} px  fp32 {fp32 * 1000:7.2f} ms/image  bf16 {bf16 * 1000:7.2f} ms/image "
+                f"({fp32 / bf16:.2f}x)  registered cost_128 {model_info(name).cost_128 * 1000:.1f} ms; this fp32 "
+                f"step suggests {cost * 1000:.1f} ms (bf16 here: {scaled_cost(cost, bf16 / fp32) * 1000:.1f} ms)"
+            )
     return 0
 
 

@@ -49,6 +49,7 @@ _OVERRIDES = (
     "roi",
     "budget_minutes",
     "device",
+    "precision",
     "overkill_limit",
     "tta",
     "mode",
@@ -124,6 +125,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="compute budget the automatic steps and input size fit into, in minutes of a 2-core CPU (default 20)",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA with mixed precision when present")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        help="what the training steps compute in (default: bf16 where this CPU runs it faster, fp16 on CUDA)",
+    )
     p.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,

@@ -108,6 +108,9 @@ class TrainConfig(BaseModel):
     #: (2 CPU cores); a GPU run gets proportionally more (see training.recipe).
     budget_minutes: float = Field(20.0, gt=0.0, le=10_000.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: What the training steps compute in: ``fp32``; ``bf16`` (mixed, CPUs that compute it
+    #: natively); ``fp16`` (mixed, CUDA). None: by rule (training.recipe.choose_precision).
+    precision: Literal["fp32", "bf16", "fp16"] | None = None
     seed: int = 0
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)

@@ -77,6 +77,79 @@ def make_loader(
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0, drop_last=drop_last)
 
 
+#: Training precisions: the dtype the forward pass computes in (weights, optimiser and EMA stay
+#: float32 either way). ``bf16`` on CPUs that compute it natively, ``fp16`` (with a gradient
+#: scaler) on CUDA.
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The forward pass's mixed-precision context for ``precision`` (off for ``fp32``)."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def training_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    device: torch.device,
+    precision: str = "fp32",
+    scaler: Any | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step; returns the loss and the logits. Images go in channels-last, the
+    layout ``fit`` gives the model (oneDNN's convolutions run ~1.5-2x faster in it on CPU)."""
+    images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+    labels = labels.to(device, non_blocking=True)
+    with autocast(device, precision):
+        logits = model(images)
+        loss = loss_fn(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss, logits
+
+
+def step_seconds(
+    model: nn.Module,
+    shape: tuple[int, int, int],
+    *,
+    precision: str,
+    batch: int = 8,
+    steps: int = 3,
+    device: torch.device | None = None,
+) -> float:
+    """Seconds per image of ``training_step`` on random frames of ``shape`` (C, H, W), after two
+    warm-up steps, on a copy of ``model`` (its weights are left alone)."""
+    import copy
+
+    device = device or torch.device("cpu")
+    probe = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, *shape), generator=gen, dtype=torch.uint8)
+    labels = torch.randint(0, 2, (batch,), generator=gen)
+    loss_fn = nn.CrossEntropyLoss()
+    began = time.perf_counter()
+    for i in range(2 + steps):
+        if i == 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            began = time.perf_counter()
+        training_step(probe, images, labels, optimizer=optimizer, loss_fn=loss_fn, device=device, precision=precision)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - began) / (steps * batch)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -88,29 +161,21 @@ def train_one_epoch(
     ema: Any | None = None,
     device: torch.device | None = None,
     scaler: Any | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """One pass over ``loader``; returns mean loss and accuracy on the (augmented) batches.
 
-    On CUDA the forward pass runs in mixed precision (``scaler`` is the gradient scaler);
-    ``ema`` (an ``AveragedModel``) is updated after every step.
+    The forward pass computes in ``precision`` (``scaler``: fp16's gradient scaler); ``ema``
+    (an ``AveragedModel``) is updated after every step.
     """
     model.train()
     device = device or torch.device("cpu")
-    amp = device.type == "cuda"
     total, correct, loss_sum = 0, 0, 0.0
     for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, enabled=amp):
-            logits = model(images)
-            loss = loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        loss, logits = training_step(
+            model, images, labels, optimizer=optimizer, loss_fn=loss_fn, device=device, precision=precision,
+            scaler=scaler,
+        )
         if scheduler is not None:
             scheduler.step()
         if ema is not None:
@@ -119,7 +184,7 @@ def train_one_epoch(
         n = labels.numel()
         total += n
         loss_sum += float(loss.detach()) * n
-        correct += int((logits.detach().argmax(1) == labels).sum())
+        correct += int((logits.detach().argmax(1).cpu() == labels).sum())
         if progress is not None:
             progress.update(n)
             progress.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}", refresh=False)
@@ -305,6 +370,7 @@ def fit(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     ranks: Ranks | None = None,
     budget: TimeBudget | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Train with AdamW + one-cycle LR (warm-up, then cosine decay), an EMA of the weights,
     early stopping on ``selection_score`` and a checkpoint after every epoch.
@@ -326,7 +392,8 @@ def fit(
     from tqdm.auto import tqdm
 
     device = device or torch.device("cpu")
-    model.to(device)
+    # Channels-last for the steps (oneDNN's fast layout); handed back contiguous for export.
+    model.to(device).to(memory_format=torch.channels_last)
     steps_per_epoch = max(len(make_epoch_loader(0)), 1)
     total_steps = epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -335,7 +402,7 @@ def fit(
     # dominated by its random start), never longer than ~1,000 steps.
     decay = min(0.999, max(0.9, 1.0 - 10.0 / total_steps))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if use_ema else None
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and precision == "fp16" else None
     judged = ema.module if ema is not None else model
     start = 0
     best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
@@ -383,6 +450,7 @@ def fit(
             ema=ema,
             device=device,
             scaler=scaler,
+            precision=precision,
         )
         bar.close()
         if shards is None and ranks.distributed and isinstance(loader.sampler, Shard):
@@ -479,7 +547,7 @@ def fit(
                 )
             break
     model.load_state_dict(best_state)
-    model.to("cpu")
+    model.to("cpu").to(memory_format=torch.contiguous_format)
     return {
         "history": stopper.history,
         "best_epoch": stopper.best_epoch + 1,

@@ -223,7 +223,7 @@ class TinyResNet(nn.Module):
         return self.fc(self.drop(pooled))
 
 
-@register_model("tinyres", cost_128=0.0185, description="compact ResNet, ~0.9M params")
+@register_model("tinyres", cost_128=0.0126, description="compact ResNet, ~0.9M params")
 def _tinyres(*, num_classes: int, in_channels: int) -> nn.Module:
     return TinyResNet(num_classes=num_classes, in_channels=in_channels)
 
@@ -266,7 +266,7 @@ class LineCNN(nn.Module):
 
 @register_model(
     "linecnn",
-    cost_128=0.011,
+    cost_128=0.0079,
     description="plain stride-1 CNN with max pooling, ~0.1M params (default: small defects, from scratch)",
 )
 def _linecnn(*, num_classes: int, in_channels: int) -> nn.Module:
@@ -275,7 +275,7 @@ def _linecnn(*, num_classes: int, in_channels: int) -> nn.Module:
 
 @register_model(
     "linecnn_wide",
-    cost_128=0.07,
+    cost_128=0.027,
     description="linecnn at twice the width, a second convolution in the deeper stages (~1M params)",
 )
 def _linecnn_wide(*, num_classes: int, in_channels: int) -> nn.Module:
@@ -297,7 +297,7 @@ def _first_conv_to(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
 
 @register_model(
     "resnet18",
-    cost_128=0.032,
+    cost_128=0.024,
     pretrained_file="resnet18-f37072fd.pth",
     description="torchvision ResNet-18 (11M params)",
 )
@@ -309,14 +309,14 @@ def _resnet18(*, num_classes: int, in_channels: int) -> nn.Module:
     return m
 
 
-@register_model("resnet18_half", cost_128=0.032, description="ResNet-18 layout at half width (2.8M params)")
+@register_model("resnet18_half", cost_128=0.022, description="ResNet-18 layout at half width (2.8M params)")
 def _resnet18_half(*, num_classes: int, in_channels: int) -> nn.Module:
     return TinyResNet(num_classes=num_classes, in_channels=in_channels, widths=(32, 64, 128, 256), depth=(2, 2, 2, 2))
 
 
 @register_model(
     "mobilenet_v3_small",
-    cost_128=0.0105,
+    cost_128=0.0086,
     pretrained_file="mobilenet_v3_small-047dcff4.pth",
     description="torchvision MobileNetV3-Small (1.5M params)",
 )
@@ -331,7 +331,7 @@ def _mobilenet_v3_small(*, num_classes: int, in_channels: int) -> nn.Module:
 
 @register_model(
     "efficientnet_b0",
-    cost_128=0.037,
+    cost_128=0.027,
     pretrained_file="efficientnet_b0_rwightman-7f5810bc.pth",
     description="torchvision EfficientNet-B0 (4M params)",
 )

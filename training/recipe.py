@@ -16,7 +16,10 @@ it adapts to (docs/training.md gives the reasoning):
   the input's shape (a rotation of a non-square input changes its shape);
 * **test-time mirror** — the same orientation: a network trained on mirrored frames scores a
   frame and its mirror image, and the exported graph averages the two;
-* **threads** — the cores this process may use, less those busy with other work right now.
+* **threads** — the cores this process may use, less those busy with other work right now;
+* **precision** — what this machine computes fastest: bf16 where a probe of a few training
+  steps finds it faster than fp32 here (CPUs with native bf16), fp16 on CUDA; the budget's cost
+  per image follows the measured speed-up.
 
 ``resolve`` returns the config with every open setting filled and the list of choices with
 their reasons; the config saved beside the model holds the chosen values.
@@ -58,6 +61,16 @@ MIN_EPOCHS, MAX_EPOCHS = 20, 150
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 320, 16
 #: Aspect ratios beyond this are clamped (a line-scan strip is tiled, not fed as a needle).
 MAX_ASPECT = 4.0
+#: The training loop's per-image work outside the network (augmentation, batching, the
+#: validation pass each epoch), seconds, and the safety factor on the sum (a busy machine, slower
+#: memory): an architecture's ``cost_128`` is ``(fp32 step + OVERHEAD_S) * MARGIN`` on the
+#: reference machine (bench/arch_cost.py prints it).
+OVERHEAD_S = 0.003
+MARGIN = 1.25
+#: bf16 is chosen where it makes the training step at least this much faster than fp32 here: on
+#: CPUs without native bf16 it is emulated and slower, and a marginal gain is not worth the
+#: coarser arithmetic.
+BF16_MIN_SPEEDUP = 1.15
 #: A GPU trains this many times faster than the reference 2-core CPU (conservative).
 CUDA_SPEEDUP = 20.0
 
@@ -89,6 +102,21 @@ class Choice:
 
     def as_dict(self) -> dict[str, Any]:
         return {"setting": self.setting, "value": self.value, "reason": self.reason}
+
+
+def scaled_cost(cost_128: float, step_ratio: float) -> float:
+    """An architecture's cost per image when its network step runs ``step_ratio`` times as long
+    as the registered fp32 step (the loop's own per-image work does not change)."""
+    return ((cost_128 / MARGIN - OVERHEAD_S) * step_ratio + OVERHEAD_S) * MARGIN
+
+
+def choose_precision(fp32_s: float, bf16_s: float) -> tuple[str, str]:
+    """bf16 where the measured step is at least ``BF16_MIN_SPEEDUP`` times faster than fp32."""
+    speedup = fp32_s / max(bf16_s, 1e-12)
+    measured = f"a training step here: fp32 {fp32_s * 1e3:.2f} ms/image, bf16 {bf16_s * 1e3:.2f} ms/image"
+    if speedup >= BF16_MIN_SPEEDUP:
+        return "bf16", f"{measured} ({speedup:.2f}x faster): mixed bf16 (weights, optimiser and EMA stay float32)"
+    return "fp32", f"{measured} ({speedup:.2f}x; bf16 needs >= {BF16_MIN_SPEEDUP}x): fp32"
 
 
 def available_threads(*, cores: int | None = None, load: float | None = None) -> int:

@@ -179,12 +179,43 @@ def _choose_recipe(
         train_counts = {"good": train_counts["good"], anomaly.ANOMALY: train_counts["good"]}
     stats = recipe_rules.stats_from(heights, widths, train_counts, ds.manifest.get("orientation"))
     device = _device(cfg).type
+    cost_128, precision = _choose_precision(cfg, len(ds.classes), device)
     resolved, choices = recipe_rules.resolve(
-        cfg, stats, cost_128=model_info(cfg.arch).cost_128, device="cuda" if device == "cuda" else "cpu"
+        cfg, stats, cost_128=cost_128, device="cuda" if device == "cuda" else "cpu"
     )
+    if precision is not None:
+        resolved = resolved.model_copy(update={"precision": precision.value})
+        choices.append(precision)
     for c in choices:
         log.info("recipe: %s = %s (%s)", c.setting, c.value, c.reason)
     return resolved, [c.as_dict() for c in choices]
+
+
+def _choose_precision(
+    cfg: TrainConfig, n_classes: int, device: str
+) -> tuple[float, recipe_rules.Choice | None]:
+    """The architecture's cost per image for the budget, and the precision choice (``None`` when
+    the config fixed it). On CPU a few training steps in fp32 and bf16 tell which is faster here."""
+    cost = model_info(cfg.arch).cost_128
+    if device == "cuda":
+        if cfg.precision is not None:
+            return cost, None
+        return cost, recipe_rules.Choice("precision", "fp16", "CUDA: mixed fp16 with a gradient scaler")
+    if cfg.precision == "fp16":
+        raise ConfigError("precision fp16 is for CUDA; on a CPU use bf16 or fp32 (or leave it to the rule)")
+    if cfg.precision == "fp32":
+        return cost, None
+    probe = Classifier(get_model(cfg.arch, num_classes=max(n_classes, 2), in_channels=cfg.channels),
+                       mean=[0.5] * cfg.channels, std=[0.25] * cfg.channels)
+    shape = (cfg.channels, 128, 128)
+    fp32_s = engine.step_seconds(probe, shape, precision="fp32")
+    bf16_s = engine.step_seconds(probe, shape, precision="bf16")
+    value, reason = recipe_rules.choose_precision(fp32_s, bf16_s)
+    if cfg.precision == "bf16":
+        value, choice = "bf16", None  # the engineer's choice; its measured speed still sizes the budget
+    else:
+        choice = recipe_rules.Choice("precision", value, reason)
+    return (recipe_rules.scaled_cost(cost, bf16_s / fp32_s) if value == "bf16" else cost), choice
 
 
 def _good_only(train: data.SplitData) -> data.SplitData:
@@ -371,6 +402,7 @@ def _train(
         progress=cfg.progress,
         ranks=ranks,
         budget=budget,
+        precision=cfg.precision or ("fp16" if device.type == "cuda" else "fp32"),
     )
     if fit["budget"] is not None:
         _record_shortened(run, fit["budget"])

@@ -163,3 +163,22 @@ def test_a_resumed_run_keeps_the_shortened_plan(tmp_path: Path) -> None:
     # Resumed without a budget, it runs to the shortened plan's end (not the original 40).
     resumed = _budget_fit(tmp_path, epochs=40, budget=None, resume=ckpt)
     assert resumed["epochs"] == shortened == len(resumed["history"]) and resumed["budget"] == ckpt["budget"]
+
+
+def test_a_bf16_fit_hands_back_a_float32_contiguous_model(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 1, 16, 16), dtype=np.uint8)
+    labels = np.array([0] * 8 + [1] * 8)
+    model = Classifier(get_model("linecnn", num_classes=2), mean=[0.5], std=[0.25])
+    dataset = D.ArrayDataset(images, labels, None)
+    fit = E.fit(
+        model,
+        make_epoch_loader=lambda e: E.make_loader(dataset, labels, batch_size=8, balance="none", n_classes=2, seed=e),
+        val_images=images, val_labels=labels, n_classes=2, good_index=0, epochs=2, lr=1e-2, weight_decay=0.0,
+        loss_fn=torch.nn.CrossEntropyLoss(), stopper=E.EarlyStopping(patience=10),
+        checkpoint=tmp_path / "checkpoint.pt", checkpoint_extra={}, progress=False, precision="bf16",
+    )
+    assert len(fit["history"]) == 2 and np.isfinite(fit["history"][-1]["train_loss"])
+    for name, p in model.state_dict().items():
+        if p.is_floating_point():
+            assert p.dtype == torch.float32 and p.is_contiguous(), name

@@ -137,3 +137,23 @@ def test_the_test_time_mirror_follows_the_orientation(orientation: str | None, m
     )
     given, choices = _resolve(_stats(orientation=orientation), tta=False)
     assert given.tta is False and "tta" not in {c.setting for c in choices}
+
+
+def test_precision_follows_the_measured_speed_up() -> None:
+    value, reason = R.choose_precision(fp32_s=0.004, bf16_s=0.002)
+    assert value == "bf16" and "2.00x faster" in reason and "4.00 ms/image" in reason
+    # Emulated bf16 (a CPU without it) or a marginal gain: fp32.
+    assert R.choose_precision(fp32_s=0.004, bf16_s=0.006)[0] == "fp32"
+    assert R.choose_precision(fp32_s=0.004, bf16_s=0.004 / (R.BF16_MIN_SPEEDUP - 0.01))[0] == "fp32"
+
+
+def test_the_budget_cost_scales_only_the_networks_share() -> None:
+    cost = (0.004 + R.OVERHEAD_S) * R.MARGIN
+    assert R.scaled_cost(cost, 1.0) == pytest.approx(cost)
+    # Twice as fast a step: the network's 4 ms become 2 ms, the loop's own 3 ms stay.
+    assert R.scaled_cost(cost, 0.5) == pytest.approx((0.002 + R.OVERHEAD_S) * R.MARGIN)
+    # A cheaper image buys a larger input for the same budget.
+    big, _ = _resolve(_stats(n_train=2000, h=1000, w=1000))
+    cfg = load_config(None, {"threads": 2})
+    cheap, _ = R.resolve(cfg, _stats(n_train=2000, h=1000, w=1000), cost_128=R.scaled_cost(0.011, 0.5), device="cpu")
+    assert cheap.input_shape[0] > big.input_shape[0]

@@ -310,3 +310,22 @@ def test_a_run_over_its_time_budget_is_shortened_and_says_so(tmp_path: Path, tra
     assert saved["epochs"] == note["epochs"] == result.card.training["config"]["epochs"]
     # Epochs the engineer gave are run as given: no budget applies.
     assert load_card(trained[1]).training["time_budget"] is None
+
+
+def test_precision_is_chosen_by_measurement_and_recorded(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 30, "scratch": 15, "spot": 15})
+    result = train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "m"}))
+    chosen = next(c for c in result.card.training["recipe"] if c["setting"] == "precision")
+    assert chosen["value"] in ("fp32", "bf16") and "ms/image" in chosen["reason"]
+    assert result.card.training["config"]["precision"] == chosen["value"]
+    # Given in the config: kept, not probed.
+    fixed = train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "f", "precision": "fp32"}))
+    assert not any(c["setting"] == "precision" for c in fixed.card.training["recipe"])
+    assert fixed.card.training["config"]["precision"] == "fp32"
+
+
+def test_fp16_on_a_cpu_is_refused_naming_the_alternatives(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "d")
+    with pytest.raises(ConfigError, match="fp16 is for CUDA; on a CPU use bf16 or fp32"):
+        train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "m", "precision": "fp16"}))
+    assert _leftovers(tmp_path / "m") == []
