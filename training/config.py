@@ -129,7 +129,7 @@ class TrainConfig(BaseModel):
     golden_count: int = Field(8, ge=1, le=64)
     parity_tolerance: float = Field(1e-4, gt=0.0)
     #: torch CPU threads; None: the cores this process may use, less those other work keeps
-    #: busy right now (load average), at least 1.
+    #: busy right now (recipe.busy_cores), at least 1.
     threads: int | None = Field(None, ge=1)
     #: ``classify``: a classifier of the dataset's classes; ``anomaly``: learn from the good images
     #: alone, reject what does not look like them (training.anomaly).

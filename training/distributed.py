@@ -8,7 +8,7 @@ Two ways in, one code path:
   ``--models-dir``) starts the workers itself; each finds its rank in the environment.
 
 Every rank runs the same ``training.train.main``: the same split (a function of the data and
-the seed), the same recipe (rank 0's choices are broadcast, so a load average read a moment
+the seed), the same recipe (rank 0's choices are broadcast, so a core count read a moment
 apart cannot give two ranks two input sizes), its own shard of each epoch's draw, gradients
 averaged by DDP. The global batch is the recipe's batch (each rank takes ``batch / world``), so N
 processes take the same optimiser steps one process would. Rank 0 alone writes checkpoints and

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -119,16 +120,46 @@ def choose_precision(fp32_s: float, bf16_s: float) -> tuple[str, str]:
     return "fp32", f"{measured} ({speedup:.2f}x; bf16 needs >= {BF16_MIN_SPEEDUP}x): fp32"
 
 
-def available_threads(*, cores: int | None = None, load: float | None = None) -> int:
-    """Cores this process may use, less what other work keeps busy (1-minute load), >= 1."""
+def busy_cores(window_s: float = 0.5) -> float | None:
+    """Cores other work keeps busy right now: the share of non-idle CPU time over ``window_s``
+    seconds (``/proc/stat``), times the cores; ``None`` where the kernel does not offer it.
+
+    Not the load average: it trails by minutes, so a process that has just ended (the previous
+    run of a bench, a test suite) would still count as busy and halve the threads for nothing.
+    """
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle  # user..steal; guest time is already inside user
+
+    first = sample()
+    if first is None:
+        return None
+    time.sleep(window_s)
+    second = sample()
+    if second is None or second[0] <= first[0]:
+        return None
+    total, idle = second[0] - first[0], second[1] - first[1]
+    return (os.cpu_count() or 1) * (total - idle) / total
+
+
+def available_threads(*, cores: int | None = None, busy: float | None = None) -> int:
+    """Cores this process may use, less those other work keeps busy now (``busy_cores``, else the
+    1-minute load average), at least 1."""
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if load is None:
+    if busy is None:
+        busy = busy_cores()
+    if busy is None:
         try:
-            load = os.getloadavg()[0]
+            busy = os.getloadavg()[0]
         except OSError:
-            load = 0.0
-    return max(1, min(cores, math.floor(cores - load + 0.5)))
+            busy = 0.0
+    return max(1, min(cores, math.floor(cores - busy + 0.5)))
 
 
 def resolve(
@@ -157,7 +188,8 @@ def resolve(
 
     if cfg.threads is None:
         threads = available_threads()
-        choose("threads", threads, f"{threads} of the CPU cores are free now (cores less the 1-minute load average)")
+        choose("threads", threads, f"{threads} of the CPU cores are free now (cores less those busy over the last "
+                                   "half second)")
 
     if cfg.batch_size is None:
         batch = int(min(32, max(8, 2 ** int(math.log2(max(stats.n_train // 10, 8))))))

@@ -158,7 +158,7 @@ def _prepare(cfg: TrainConfig, ranks: distributed.Ranks) -> Run:
         if resume is not None and not (registry.root / name / resume["version"]).exists()
         else registry.next_version(name)
     )
-    # Rank 0's choices everywhere: the recipe reads the load average, which two ranks may see
+    # Rank 0's choices everywhere: the recipe reads how busy the cores are, which two ranks may see
     # differently a moment apart, and only rank 0's version number is ever written.
     cfg, recipe, version = distributed.broadcast((cfg, recipe, version), ranks)
     if cfg.threads:

@@ -122,10 +122,39 @@ def test_balance_follows_the_class_ratio() -> None:
 
 
 def test_available_threads_leaves_busy_cores_alone() -> None:
-    assert R.available_threads(cores=2, load=0.0) == 2
-    assert R.available_threads(cores=2, load=1.2) == 1
-    assert R.available_threads(cores=2, load=5.0) == 1
-    assert R.available_threads(cores=16, load=3.0) == 13
+    assert R.available_threads(cores=2, busy=0.0) == 2
+    assert R.available_threads(cores=2, busy=1.2) == 1
+    assert R.available_threads(cores=2, busy=5.0) == 1
+    assert R.available_threads(cores=16, busy=3.0) == 13
+
+
+def test_busy_cores_sees_work_that_runs_now_not_the_load_averages_trail() -> None:
+    import multiprocessing
+    import os
+
+    idle = R.busy_cores(window_s=0.3)
+    if idle is None:
+        pytest.skip("no /proc/stat on this system (the load average is used instead)")
+    assert 0.0 <= idle <= (os.cpu_count() or 1)
+    # A process spinning on one core for the whole window counts as (about) one busy core.
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    spinner = ctx.Process(target=_spin, args=(stop,))
+    spinner.start()
+    try:
+        import time
+
+        time.sleep(1.0)  # the child's interpreter is up and spinning
+        busy = R.busy_cores(window_s=0.5)
+    finally:
+        stop.set()
+        spinner.join(5)
+    assert busy is not None and busy >= 0.7
+
+
+def _spin(stop: object) -> None:
+    while not stop.is_set():  # type: ignore[attr-defined]
+        pass
 
 
 @pytest.mark.parametrize(("orientation", "mirror"), [(None, True), ("free", True), ("hflip", True), ("fixed", False)])
