@@ -71,3 +71,24 @@ def test_rgb_weights_are_summed_into_a_gray_first_conv(tmp_path: Path) -> None:
     # A gray image replicated to RGB gives the RGB net's first-layer response exactly.
     x = torch.rand(1, 1, 32, 32)
     assert torch.allclose(gray.conv1(x), rgb.conv1(x.repeat(1, 3, 1, 1)), atol=1e-5)
+
+
+def test_per_image_standardisation_agrees_with_onnx_runtime_on_a_large_frame(tmp_path: Path) -> None:
+    # ONNX Runtime's ReduceMean sums float32 values one after another: over a large frame its
+    # statistics drifted 4e-4 from torch's, enough to fail the export's 1e-4 map parity. Summed in
+    # float64 in the graph, the two agree to float32 rounding.
+    import numpy as np
+    import onnxruntime as ort
+
+    from training.models import Standardize
+
+    frame = np.random.default_rng(0).integers(180, 256, (2, 1, 512, 512), dtype=np.uint8)
+    model = Standardize().eval()
+    path = tmp_path / "standardize.onnx"
+    torch.onnx.export(model, (torch.zeros((2, 1, 512, 512)),), str(path), input_names=["x"], output_names=["y"],
+                      opset_version=18, dynamo=True, external_data=False, verbose=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(["y"], {"x": frame.astype(np.float32)})[0]
+    with torch.no_grad():
+        torch_out = model(torch.from_numpy(frame).float()).numpy()
+    assert float(np.abs(onnx_out - torch_out).max()) < 1e-5
