@@ -149,9 +149,13 @@ def _prepare(cfg: TrainConfig, ranks: distributed.Ranks) -> Run:
                 cls,
                 sum(counts[s][cls] for s in counts),
             )
+    # Anomaly mode's method is settled (and a memory without weights refused) before images load.
+    weights = _anomaly_memory_weights(cfg, ranks) if cfg.mode == "anomaly" else None
     recipe: list[dict[str, Any]] = resume.get("recipe", []) if resume is not None else []
-    if resume is None:
-        cfg, recipe = _choose_recipe(cfg, ds, counts)
+    if resume is None and ranks.main:
+        # Rank 0 alone: the others receive its choices below (its precision probe times the
+        # machine, which every rank timing at once would skew).
+        cfg, recipe = _choose_recipe(cfg, ds, counts, trains_epochs=weights is None)
     registry = ModelRegistry(cfg.models_dir)
     version = (
         resume["version"]
@@ -164,11 +168,11 @@ def _prepare(cfg: TrainConfig, ranks: distributed.Ranks) -> Run:
     if cfg.threads:
         # Processes of one machine share its cores.
         torch.set_num_threads(max(1, cfg.threads // ranks.local_world))
-    return Run(cfg, ds, name, version, split, counts, resume, registry, recipe)
+    return Run(cfg, ds, name, version, split, counts, resume, registry, recipe, memory_weights=weights)
 
 
 def _choose_recipe(
-    cfg: TrainConfig, ds: Dataset, counts: dict[str, dict[str, int]]
+    cfg: TrainConfig, ds: Dataset, counts: dict[str, dict[str, int]], *, trains_epochs: bool = True
 ) -> tuple[TrainConfig, list[dict[str, Any]]]:
     heights, widths = data.frame_sizes(ds)
     if cfg.roi is not None:
@@ -179,7 +183,10 @@ def _choose_recipe(
         train_counts = {"good": train_counts["good"], anomaly.ANOMALY: train_counts["good"]}
     stats = recipe_rules.stats_from(heights, widths, train_counts, ds.manifest.get("orientation"))
     device = _device(cfg).type
-    cost_128, precision = _choose_precision(cfg, len(ds.classes), device)
+    # A feature memory trains no epochs: nothing to time, no precision to choose.
+    cost_128, precision = (
+        _choose_precision(cfg, len(ds.classes), device) if trains_epochs else (model_info(cfg.arch).cost_128, None)
+    )
     resolved, choices = recipe_rules.resolve(
         cfg, stats, cost_128=cost_128, device="cuda" if device == "cuda" else "cpu"
     )
@@ -508,8 +515,7 @@ def _main(cfg: TrainConfig, ranks: distributed.Ranks) -> TrainResult | None:
     started = time.monotonic()
     run = _prepare(cfg, ranks)
     cfg, ds = run.cfg, run.ds
-    # Anomaly mode's method is settled (and a memory without weights refused) before images load.
-    weights = _anomaly_memory_weights(cfg, ranks) if cfg.mode == "anomaly" else None
+    weights = run.memory_weights
     spec = _input_spec(cfg)
     log.info("loading %d images of %s at %dx%d (%s)", len(ds.samples), ds.name, spec.width, spec.height, spec.geometry)
     splits = data.load_splits(ds, run.split, spec)

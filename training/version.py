@@ -61,6 +61,8 @@ class Run:
     resume: dict[str, Any] | None
     registry: ModelRegistry
     recipe: list[dict[str, Any]]
+    #: Anomaly mode's feature memory: the pretrained weights it is built from (None: epochs are trained).
+    memory_weights: Path | None = None
 
     @property
     def run_dir(self) -> Path:

@@ -145,6 +145,8 @@ def test_with_pretrained_weights_a_memory_of_good_patches_is_the_model(tmp_path:
     memory = card.training["anomaly"]
     assert memory["method"].startswith("feature memory") and 0 < memory["memory_patches"] <= 4096
     assert card.training["epochs_run"] == 0 and card.training["pretrained"] == str(resnet_weights)
+    # No epochs, so no training step was timed to choose a precision.
+    assert "precision" not in {c["setting"] for c in card.training["recipe"]}
     assert card.parity.passed and card.defect_map is not None and card.defect_map.height == 8
     # The normalisation is inside the graph: good validation frames score around P = 0.5 (z ~ 0).
     assert 0.2 < memory["score_mean"] and memory["score_std"] > 0
