@@ -292,10 +292,29 @@ class TimeBudget:
     and, where the planned epochs would end after ``deadline`` (with ``after_evals`` validation
     passes' worth left for calibration and export), shortens the schedule: the learning rate's
     decay is re-planned to end with the new last epoch, so the run still finishes annealed.
+
+    On a faster machine (or where the recipe's cost estimate was cautious) the plan would end
+    with budget unspent. With ``max_epochs`` set, the loop measures the first
+    ``EXTEND_AFTER_EPOCHS`` epochs and, once, lengthens the schedule to the epochs the budget
+    affords (at most ``max_epochs``): a network trained from scratch on a few thousand frames
+    is still improving when its steps run out (docs/training.md), so the rest of the budget
+    buys steps. Once only and early, while the learning rate is still warming up, so the
+    re-planned schedule barely moves the rate.
     """
 
     deadline: float  #: ``time.monotonic()`` by which the whole run should be done
     after_evals: float  #: the work after the last epoch, in validation passes
+    max_epochs: int | None = None  #: lengthen the plan up to this where the budget affords it (None: never)
+
+
+#: Epochs timed before a plan is lengthened: the first is slower (allocation, caches), three
+#: give a mean the rest of the run keeps to.
+EXTEND_AFTER_EPOCHS = 3
+#: Lengthened only where the budget buys at least this many times the planned epochs: a few more
+#: are not worth re-planning a schedule for.
+EXTEND_MIN_GAIN = 1.1
+#: Planned with this much to spare (a machine that slows a little later need not cut the schedule).
+BUDGET_SLACK = 1.1
 
 
 def budget_epochs(
@@ -384,9 +403,10 @@ def fit(
     leave the others waiting) and writes the checkpoint. The result's ``distributed`` entry says
     what each rank trained on in its first epoch.
 
-    With a ``budget`` the schedule is shortened when the epochs, as measured, would overrun it
-    (``TimeBudget``); the result's ``epochs`` is the plan the run ended with and ``budget`` says
-    why it changed (``None`` when it did not).
+    With a ``budget`` the schedule is shortened when the epochs, as measured, would overrun it,
+    and lengthened early on when they would leave much of it unspent (``TimeBudget``); the
+    result's ``epochs`` is the plan the run ended with and ``budget`` says why it changed
+    (``None`` when it did not).
     """
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from tqdm.auto import tqdm
@@ -505,7 +525,7 @@ def fit(
                 # Re-planned with 10% to spare: a machine that slows a little more later need
                 # not cut the schedule again (each cut steps the decaying rate down).
                 afford = budget_epochs(budget, now=time.monotonic(), done=epoch + 1, planned=epochs,
-                                       epoch_s=1.1 * epoch_s, eval_s=eval_s)
+                                       epoch_s=BUDGET_SLACK * epoch_s, eval_s=eval_s)
                 budget_note = {
                     "planned_epochs": planned,
                     "epochs": afford,
@@ -519,6 +539,21 @@ def fit(
                 else:
                     scheduler = _one_cycle(optimizer, lr, afford * steps_per_epoch, (epoch + 1) * steps_per_epoch)
                 epochs = afford
+            elif len(epoch_times) == EXTEND_AFTER_EPOCHS and budget.max_epochs and budget.max_epochs > epochs:
+                more = budget_epochs(budget, now=time.monotonic(), done=epoch + 1, planned=budget.max_epochs,
+                                     epoch_s=BUDGET_SLACK * epoch_s, eval_s=eval_s)
+                if more >= math.ceil(EXTEND_MIN_GAIN * epochs):
+                    budget_note = {
+                        "planned_epochs": planned,
+                        "epochs": more,
+                        "epoch_seconds": round(epoch_s, 2),
+                        "reason": f"an epoch takes {epoch_s:.1f} s here: the time budget affords {more} epochs, "
+                        f"not only the {epochs} planned (at most {budget.max_epochs}); the schedule now ends "
+                        f"after epoch {more}",
+                    }
+                    log.info("time budget: %s", budget_note["reason"])
+                    scheduler = _one_cycle(optimizer, lr, more * steps_per_epoch, (epoch + 1) * steps_per_epoch)
+                    epochs = more
         distributed.broadcast((stop, epochs), ranks)
         save_checkpoint(
             checkpoint,

@@ -412,7 +412,7 @@ def _train(
         precision=cfg.precision or ("fp16" if device.type == "cuda" else "fp32"),
     )
     if fit["budget"] is not None:
-        _record_shortened(run, fit["budget"])
+        _record_budget(run, fit["budget"])
     if cfg.mode == "anomaly":
         fit["anomaly"] = {"selection": selection, "good_train_images": len(train.images)}
     return fit
@@ -427,15 +427,17 @@ def _time_budget(run: Run, started: float, *, n_val: int, n_test: int) -> engine
     # test split again in torch and ONNX Runtime for parity (in validation passes).
     views = 2 if run.cfg.tta else 1
     after = views * (n_val + 3 * n_test) / max(n_val, 1)
-    return engine.TimeBudget(deadline=started + run.cfg.budget_minutes * 60.0, after_evals=after)
+    return engine.TimeBudget(deadline=started + run.cfg.budget_minutes * 60.0, after_evals=after,
+                             max_epochs=recipe_rules.MAX_EPOCHS)
 
 
-def _record_shortened(run: Run, note: dict[str, Any]) -> None:
+def _record_budget(run: Run, note: dict[str, Any]) -> None:
     # The card and the saved config say the plan the run ended with, and why.
     run.cfg = run.cfg.model_copy(update={"epochs": note["epochs"]})
     for choice in run.recipe:
         if choice["setting"] == "epochs" and choice["value"] != note["epochs"]:
-            choice["reason"] += f"; shortened to {note['epochs']} by the time budget ({note['reason']})"
+            moved = "shortened" if note["epochs"] < choice["value"] else "lengthened"
+            choice["reason"] += f"; {moved} to {note['epochs']} by the time budget ({note['reason']})"
             choice["value"] = note["epochs"]
 
 

@@ -150,6 +150,26 @@ def test_a_run_slower_than_planned_shortens_its_schedule_and_still_anneals(tmp_p
     assert len(kept["history"]) == 3 and kept["budget"] is None
 
 
+def test_a_run_faster_than_planned_lengthens_its_schedule_once_and_still_anneals(tmp_path: Path) -> None:
+    import time
+
+    # 4 planned epochs of ~0.2 s leave most of a 6 s budget unspent: after the third epoch the plan
+    # grows to what the budget affords, at most max_epochs.
+    fit = _budget_fit(tmp_path, epochs=4,
+                      budget=E.TimeBudget(deadline=time.monotonic() + 6.0, after_evals=0.0, max_epochs=10))
+    ran = len(fit["history"])
+    assert 4 < ran <= 10 and fit["epochs"] == ran == fit["budget"]["epochs"]
+    assert fit["budget"]["planned_epochs"] == 4 and "affords" in fit["budget"]["reason"]
+    # The one-cycle was re-planned to the new end: the last epoch's rate is annealed, and the rate
+    # still rose after the re-plan (it happened during the warm-up, not in the decay).
+    assert fit["history"][-1]["lr"] < 1e-2 / 50
+    assert max(row["lr"] for row in fit["history"][3:]) > fit["history"][2]["lr"]
+    # Without max_epochs (or without a budget) the plan is never lengthened.
+    kept = _budget_fit(tmp_path / "kept", epochs=4,
+                       budget=E.TimeBudget(deadline=time.monotonic() + 6.0, after_evals=0.0))
+    assert len(kept["history"]) == 4 and kept["budget"] is None
+
+
 def test_a_resumed_run_keeps_the_shortened_plan(tmp_path: Path) -> None:
     import time
 
