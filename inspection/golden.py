@@ -47,8 +47,10 @@ class GoldenResult:
     tolerance: float
 
 
-def load_golden(card: ModelCard, folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(pixels ``uint8[N, C, H, W]``, expected probabilities) from the card's golden file.
+def load_golden(card: ModelCard, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(pixels ``uint8[N, C, H, W]``, expected probabilities, expected defect maps) from the
+    card's golden file, read once; the maps are None where the card has no defect map or the
+    file holds none.
 
     Raises:
         ModelIntegrityError: the file cannot be read, lacks the arrays, or its pixels do not
@@ -66,6 +68,7 @@ def load_golden(card: ModelCard, folder: Path) -> tuple[np.ndarray, np.ndarray]:
                     f"of {list(GOLDEN_INPUT_KEYS)} and the expected probabilities as one of {list(GOLDEN_OUTPUT_KEYS)}"
                 )
             pixels, expected = np.asarray(data[x_key]), np.asarray(data[y_key])
+            maps = np.asarray(data["maps"]) if card.defect_map is not None and "maps" in keys else None
     except (OSError, ValueError) as exc:
         raise ModelIntegrityError(f"{card.model_id}: golden file {path.name} cannot be read: {exc}") from None
     spec = card.input
@@ -75,7 +78,7 @@ def load_golden(card: ModelCard, folder: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{card.model_id}: golden pixels are {pixels.dtype}{list(pixels.shape)}, expected uint8[N, "
             f"{spec.channels}, {spec.height}, {spec.width}]"
         )
-    return np.ascontiguousarray(pixels), expected
+    return np.ascontiguousarray(pixels), expected, maps
 
 
 def golden_difference(card: ModelCard, got: np.ndarray, expected: np.ndarray) -> float:
@@ -105,8 +108,7 @@ def check_golden(card: ModelCard, folder: Path, scorers: list[Scorer] | None = N
             outputs differ beyond the card's tolerance.
         ValidationError: no scorer was given and onnxruntime is not installed.
     """
-    pixels, expected = load_golden(card, folder)
-    expected_maps = _golden_maps(card, Path(folder))
+    pixels, expected, expected_maps = load_golden(card, folder)
     diff = 0.0
     for score in scorers or [_session_scorer(card, Path(folder))]:
         try:
@@ -123,14 +125,6 @@ def check_golden(card: ModelCard, folder: Path, scorers: list[Scorer] | None = N
                                           "model gave no map")
             diff = max(diff, golden_difference(card, np.asarray(maps), expected_maps))
     return GoldenResult(card.model_id, len(pixels), diff, card.golden.tolerance)
-
-
-def _golden_maps(card: ModelCard, folder: Path) -> np.ndarray | None:
-    """The golden file's expected defect maps, when the card has a map and the file holds them."""
-    if card.defect_map is None:
-        return None
-    with np.load(folder / card.golden.file, allow_pickle=False) as data:
-        return np.asarray(data["maps"]) if "maps" in data.files else None
 
 
 def verify_version(card: ModelCard, folder: Path) -> GoldenResult:
