@@ -274,6 +274,8 @@ class EarlyStopping:
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "history": self.history,
+            "patience": self.patience,  # a lengthened plan may have scaled these (TimeBudget)
+            "min_epochs": self.min_epochs,
         }
 
     def load(self, state: dict[str, Any]) -> None:
@@ -281,6 +283,8 @@ class EarlyStopping:
         self.best_epoch = int(state["best_epoch"])
         self.bad_epochs = int(state["bad_epochs"])
         self.history = list(state["history"])
+        self.patience = int(state.get("patience", self.patience))
+        self.min_epochs = int(state.get("min_epochs", self.min_epochs))
 
 
 @dataclass(frozen=True)
@@ -305,6 +309,10 @@ class TimeBudget:
     deadline: float  #: ``time.monotonic()`` by which the whole run should be done
     after_evals: float  #: the work after the last epoch, in validation passes
     max_epochs: int | None = None  #: lengthen the plan up to this where the budget affords it (None: never)
+    #: The early-stopping settings chosen as shares of the epochs (``"patience"``, ``"min_epochs"``):
+    #: a lengthened plan scales them alike, or a stop meant for the old plan's end would cut the
+    #: new one off mid-schedule, its learning rate still high.
+    scale_with_epochs: tuple[str, ...] = ()
 
 
 #: Epochs timed before a plan is lengthened: the first is slower (allocation, caches), three
@@ -551,6 +559,10 @@ def fit(
                         f"not only the {epochs} planned (at most {budget.max_epochs}); the schedule now ends "
                         f"after epoch {more}",
                     }
+                    for name in budget.scale_with_epochs:
+                        value = max(getattr(stopper, name), round(getattr(stopper, name) * more / epochs))
+                        setattr(stopper, name, value)
+                        budget_note[name] = value
                     log.info("time budget: %s", budget_note["reason"])
                     scheduler = _one_cycle(optimizer, lr, more * steps_per_epoch, (epoch + 1) * steps_per_epoch)
                     epochs = more

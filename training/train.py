@@ -427,18 +427,22 @@ def _time_budget(run: Run, started: float, *, n_val: int, n_test: int) -> engine
     # test split again in torch and ONNX Runtime for parity (in validation passes).
     views = 2 if run.cfg.tta else 1
     after = views * (n_val + 3 * n_test) / max(n_val, 1)
+    chosen = {c["setting"] for c in run.recipe}
     return engine.TimeBudget(deadline=started + run.cfg.budget_minutes * 60.0, after_evals=after,
-                             max_epochs=recipe_rules.MAX_EPOCHS)
+                             max_epochs=recipe_rules.MAX_EPOCHS,
+                             scale_with_epochs=tuple(k for k in ("patience", "min_epochs") if k in chosen))
 
 
 def _record_budget(run: Run, note: dict[str, Any]) -> None:
     # The card and the saved config say the plan the run ended with, and why.
-    run.cfg = run.cfg.model_copy(update={"epochs": note["epochs"]})
+    changed = {k: note[k] for k in ("epochs", "patience", "min_epochs") if k in note}
+    run.cfg = run.cfg.model_copy(update=changed)
     for choice in run.recipe:
-        if choice["setting"] == "epochs" and choice["value"] != note["epochs"]:
-            moved = "shortened" if note["epochs"] < choice["value"] else "lengthened"
-            choice["reason"] += f"; {moved} to {note['epochs']} by the time budget ({note['reason']})"
-            choice["value"] = note["epochs"]
+        value = changed.get(choice["setting"])
+        if value is not None and choice["value"] != value:
+            moved = "shortened" if value < choice["value"] else "lengthened"
+            choice["reason"] += f"; {moved} to {value} by the time budget ({note['reason']})"
+            choice["value"] = value
 
 
 def _operating_point(

@@ -109,7 +109,8 @@ class _Slow(torch.utils.data.Dataset):
 
 
 def _budget_fit(
-    tmp_path: Path, *, epochs: int, budget: E.TimeBudget | None, resume: dict | None = None, stop_at: int = 0
+    tmp_path: Path, *, epochs: int, budget: E.TimeBudget | None, resume: dict | None = None, stop_at: int = 0,
+    patience: int = 100, min_epochs: int = 1,
 ) -> dict:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 1, 16, 16), dtype=np.uint8)
@@ -128,7 +129,8 @@ def _budget_fit(
     return E.fit(
         model, make_epoch_loader=loader, val_images=images, val_labels=labels, n_classes=2, good_index=0,
         epochs=epochs, lr=1e-2, weight_decay=0.0, loss_fn=torch.nn.CrossEntropyLoss(),
-        stopper=E.EarlyStopping(patience=100), checkpoint=tmp_path / "checkpoint.pt", checkpoint_extra={},
+        stopper=E.EarlyStopping(patience=patience, min_epochs=min_epochs), checkpoint=tmp_path / "checkpoint.pt",
+        checkpoint_extra={},
         resume=resume, progress=False, budget=budget, on_epoch=on_epoch,
     )
 
@@ -155,11 +157,15 @@ def test_a_run_faster_than_planned_lengthens_its_schedule_once_and_still_anneals
 
     # 4 planned epochs of ~0.2 s leave most of a 6 s budget unspent: after the third epoch the plan
     # grows to what the budget affords, at most max_epochs.
-    fit = _budget_fit(tmp_path, epochs=4,
-                      budget=E.TimeBudget(deadline=time.monotonic() + 6.0, after_evals=0.0, max_epochs=10))
+    fit = _budget_fit(tmp_path, epochs=4, patience=100, min_epochs=2,
+                      budget=E.TimeBudget(deadline=time.monotonic() + 6.0, after_evals=0.0, max_epochs=10,
+                                          scale_with_epochs=("patience", "min_epochs")))
     ran = len(fit["history"])
     assert 4 < ran <= 10 and fit["epochs"] == ran == fit["budget"]["epochs"]
     assert fit["budget"]["planned_epochs"] == 4 and "affords" in fit["budget"]["reason"]
+    # The early-stopping settings were shares of the 4-epoch plan: scaled with it (a stop meant
+    # for the old plan's end would otherwise cut the new one off mid-schedule).
+    assert fit["budget"]["min_epochs"] == round(2 * ran / 4) and fit["budget"]["patience"] == round(100 * ran / 4)
     # The one-cycle was re-planned to the new end: the last epoch's rate is annealed, and the rate
     # still rose after the re-plan (it happened during the warm-up, not in the decay).
     assert fit["history"][-1]["lr"] < 1e-2 / 50
