@@ -435,7 +435,7 @@ def _time_budget(run: Run, started: float, *, n_val: int, n_test: int) -> engine
 
 def _record_budget(run: Run, note: dict[str, Any]) -> None:
     # The card and the saved config say the plan the run ended with, and why.
-    changed = {k: note[k] for k in ("epochs", "patience", "min_epochs") if k in note}
+    changed: dict[str, Any] = {k: note[k] for k in ("epochs", "patience", "min_epochs") if k in note}
     run.cfg = run.cfg.model_copy(update=changed)
     for choice in run.recipe:
         value = changed.get(choice["setting"])
