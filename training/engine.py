@@ -535,6 +535,8 @@ def fit(
                 afford = budget_epochs(budget, now=time.monotonic(), done=epoch + 1, planned=epochs,
                                        epoch_s=BUDGET_SLACK * epoch_s, eval_s=eval_s)
                 budget_note = {
+                    # A lengthened plan's scaled patience / min_epochs still hold after a cut.
+                    **(budget_note or {}),
                     "planned_epochs": planned,
                     "epochs": afford,
                     "epoch_seconds": round(epoch_s, 2),

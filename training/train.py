@@ -418,6 +418,10 @@ def _train(
     return fit
 
 
+#: The recipe's early-stopping settings, shares of its epochs: a lengthened plan scales them.
+_STOPPING = ("patience", "min_epochs")
+
+
 def _time_budget(run: Run, started: float, *, n_val: int, n_test: int) -> engine.TimeBudget | None:
     """The wall-clock budget the epochs keep to, where the recipe chose them (an engineer's own
     ``epochs`` run as given). A resumed run counts it again from where it resumes."""
@@ -430,12 +434,12 @@ def _time_budget(run: Run, started: float, *, n_val: int, n_test: int) -> engine
     chosen = {c["setting"] for c in run.recipe}
     return engine.TimeBudget(deadline=started + run.cfg.budget_minutes * 60.0, after_evals=after,
                              max_epochs=recipe_rules.MAX_EPOCHS,
-                             scale_with_epochs=tuple(k for k in ("patience", "min_epochs") if k in chosen))
+                             scale_with_epochs=tuple(k for k in _STOPPING if k in chosen))
 
 
 def _record_budget(run: Run, note: dict[str, Any]) -> None:
     # The card and the saved config say the plan the run ended with, and why.
-    changed: dict[str, Any] = {k: note[k] for k in ("epochs", "patience", "min_epochs") if k in note}
+    changed: dict[str, Any] = {k: note[k] for k in ("epochs", *_STOPPING) if k in note}
     run.cfg = run.cfg.model_copy(update=changed)
     for choice in run.recipe:
         value = changed.get(choice["setting"])
