@@ -3,8 +3,9 @@
 (One script over 400 lines on purpose: every contender is started and measured from this one
 process, taking turns, so all of them see the same machine load; split up it could not be.)
 
-Same model (the training default architecture, exported by ``training.export``) and the same
-frames in one run:
+Same model (the training default architecture, exported by ``training.export`` as training's
+defaults export it: test-time mirror folded in and the defect map output, unless ``--no-tta`` /
+``--no-maps``) and the same frames in one run:
 
 (a) bare onnxruntime in-process: decode + preprocess + run, one frame at a time, and batched;
 (b) our server (``inspection serve``, a real uvicorn process) over HTTP on loopback, with one
@@ -65,8 +66,11 @@ CLASSES = ["good", "scratch", "dent", "bubble"]
 # --------------------------------------------------------------------------------------------
 # model and frames
 # --------------------------------------------------------------------------------------------
-def build_model(models_dir: Path, *, arch: str, size: int, frames: list[bytes], seed: int = 0) -> tuple[Path, Path]:
-    """Export ``arch`` (random weights, eval mode) as a registered, promoted model version.
+def build_model(models_dir: Path, *, arch: str, size: int, frames: list[bytes], seed: int = 0, tta: bool = True,
+                maps: bool = True) -> tuple[Path, Path]:
+    """Export ``arch`` (random weights, eval mode) as a registered, promoted model version, in the
+    graph training's defaults export: ``tta`` folds the left/right mirror in (the recipe's choice
+    for the default orientation), ``maps`` adds the defect map output.
 
     Its card carries the monitoring reference of ``frames`` (as training's export stores the
     validation frames'), so the line watch runs in full: statistics, gate, drift, chart.
@@ -77,6 +81,7 @@ def build_model(models_dir: Path, *, arch: str, size: int, frames: list[bytes], 
 
     from inspection.card import (
         DatasetRef,
+        DefectMapSpec,
         Golden,
         InputSpec,
         ModelCard,
@@ -88,29 +93,36 @@ def build_model(models_dir: Path, *, arch: str, size: int, frames: list[bytes], 
         utc_now,
     )
     from inspection.registry import ModelRegistry
-    from training.export import export_onnx
-    from training.models import Classifier, get_model
+    from training.export import export_onnx, ort_predict_maps, write_golden
+    from training.models import Classifier, FlipAverage, get_model
 
     torch.manual_seed(seed)
     spec = InputSpec(height=size, width=size, channels=1, resize="area")
     mean, std = [0.5], [0.25]
     classifier = Classifier(get_model(arch, num_classes=len(CLASSES), in_channels=1), mean=mean, std=std).eval()
+    exported = FlipAverage(classifier, hflip=True, vflip=False).eval() if tta else classifier
     folder = models_dir / "bench" / "v1"
     folder.mkdir(parents=True, exist_ok=True)
-    export_onnx(classifier, folder / "model.onnx", spec)
+    map_name = DefectMapSpec.model_fields["output_name"].default if maps else None
+    export_onnx(exported, folder / "model.onnx", spec, map_output=map_name, good_index=CLASSES.index("good"))
     weights = models_dir / "bench.pt"
     torch.save(classifier.state_dict(), weights)
     golden = np.random.default_rng(seed).integers(0, 256, size=(4, 1, size, size), dtype=np.uint8)
     import onnxruntime as ort
 
-    probs = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(
-        ["probabilities"], {"pixels": golden})[0]
-    np.savez(folder / "golden.npz", inputs=golden, probabilities=probs)
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    defect_map = None
+    if map_name is not None:
+        probs, golden_maps = ort_predict_maps(session, golden, spec, map_name)
+        defect_map = DefectMapSpec(output_name=map_name, height=golden_maps.shape[1], width=golden_maps.shape[2],
+                                   parity_max_abs_diff=0.0)
+    else:
+        probs, golden_maps = session.run(["probabilities"], {"pixels": golden})[0], None
+    write_golden(folder / "golden.npz", golden, probs, [f"golden-{i}" for i in range(len(golden))], maps=golden_maps)
     from inspection.monitoring.build import build_reference
     from inspection.preprocess import prepare_frame
 
     inputs = np.stack([prepare_frame(f, spec, raw_shape=None, source="bench frame")[1] for f in frames])
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     reference = build_reference(inputs, session.run(["probabilities"], {"pixels": inputs})[0], classes=CLASSES,
                                 good_class="good", threshold=0.99)
     card = ModelCard(
@@ -123,6 +135,7 @@ def build_model(models_dir: Path, *, arch: str, size: int, frames: list[bytes], 
         golden=Golden(file="golden.npz", tolerance=1e-4, count=4),
         files=hash_files(folder, ["model.onnx", "golden.npz"]),
         monitoring=reference,
+        defect_map=defect_map,
     )
     save_card(card, folder)
     ModelRegistry(models_dir).promote("bench", "v1", station=STATION)
@@ -451,18 +464,19 @@ def serve_predict(port: int, score: Callable[[bytes, str | None], list[float]], 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def torch_server_main(port: int, weights: Path, arch: str, size: int) -> None:
-    """Decode + preprocess (same function), torch eager forward, softmax, JSON."""
+def torch_server_main(port: int, weights: Path, arch: str, size: int, *, tta: bool) -> None:
+    """Decode + preprocess (same function), torch eager forward (with the mirror where ``tta``),
+    softmax, JSON."""
     import torch
 
     from inspection.card import InputSpec
     from inspection.preprocess import prepare_frame
-    from training.models import Classifier, get_model
+    from training.models import Classifier, FlipAverage, get_model
 
     spec = InputSpec(height=size, width=size, channels=1, resize="area")
-    model = Classifier(get_model(arch, num_classes=len(CLASSES), in_channels=1), mean=[0.5], std=[0.25])
-    model.load_state_dict(torch.load(weights, map_location="cpu"))
-    model.eval()
+    classifier = Classifier(get_model(arch, num_classes=len(CLASSES), in_channels=1), mean=[0.5], std=[0.25])
+    classifier.load_state_dict(torch.load(weights, map_location="cpu"))
+    model = (FlipAverage(classifier, hflip=True, vflip=False) if tta else classifier).eval()
 
     def score(body: bytes, content_type: str | None) -> list[float]:
         _, x = prepare_frame(body, spec, content_type=content_type)
@@ -493,11 +507,11 @@ def peer_server(label: str, args: list[str], frames: list[bytes]) -> Iterator[Co
         stop_process(proc)
 
 
-def torch_server(weights: Path, arch: str, size: int,
-                 frames: list[bytes]) -> contextlib.AbstractContextManager[Contender]:
+def torch_server(weights: Path, arch: str, size: int, frames: list[bytes], *,
+                 tta: bool) -> contextlib.AbstractContextManager[Contender]:
     """(c) as a contender for ``side_by_side``."""
-    return peer_server("torch", ["--torch-server", "--weights", str(weights), "--arch", arch, "--size", str(size)],
-                       frames)
+    return peer_server("torch", ["--torch-server", "--weights", str(weights), "--arch", arch, "--size", str(size)]
+                       + ([] if tta else ["--no-tta"]), frames)
 
 
 # --------------------------------------------------------------------------------------------
@@ -549,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", type=Path, help="YAML/JSON with extra serve settings merged into the bench's")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--skip-torch", action="store_true", help="skip (c), the torch-eager server")
+    parser.add_argument("--no-tta", action="store_true",
+                        help="export without the test-time mirror training's defaults fold in (--no-tta in training)")
+    parser.add_argument("--no-maps", action="store_true",
+                        help="export without the defect map output (as models before maps existed)")
     parser.add_argument("--monitoring", action="store_true",
                         help="also run ours with the line watch off (stations.*.monitoring.enabled false) and print "
                              "what the watch adds per frame (target <= 0.1 ms at p50)")
@@ -558,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.torch_server:
-        torch_server_main(args.torch_server, args.weights, args.arch, args.size)
+        torch_server_main(args.torch_server, args.weights, args.arch, args.size, tta=not args.no_tta)
         return 0
     if args.naive_server:
         naive_server_main(args.naive_server, args.version_dir)
@@ -573,8 +591,10 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         models_dir = work / "models"
         frames = make_frames(args.frames, args.frame_side, fmt=args.frame_format)
-        version_dir, weights = build_model(models_dir, arch=args.arch, size=args.size, frames=frames)
-        print(f"model {args.arch} input 1x{args.size}x{args.size}, frames {args.frame_side}x{args.frame_side} "
+        version_dir, weights = build_model(models_dir, arch=args.arch, size=args.size, frames=frames,
+                                           tta=not args.no_tta, maps=not args.no_maps)
+        graph = ("" if args.no_tta else " + test-time mirror") + ("" if args.no_maps else " + defect map")
+        print(f"model {args.arch} input 1x{args.size}x{args.size}{graph}, frames {args.frame_side}x{args.frame_side} "
               f"{args.frame_format.upper()} "
               f"(~{sum(map(len, frames)) // len(frames) // 1024} KiB), cores {os.cpu_count()}, n={args.n}", flush=True)
         runtime = overrides.get("runtime")
@@ -591,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
                           for label, extra in configs]
             contenders.append(stack.enter_context(naive_server(version_dir, frames)))
             if not args.skip_torch:
-                contenders.append(stack.enter_context(torch_server(weights, args.arch, args.size, frames)))
+                torch_peer = torch_server(weights, args.arch, args.size, frames, tta=not args.no_tta)
+                contenders.append(stack.enter_context(torch_peer))
             for c in contenders:
                 stack.enter_context(c.rss)
             res = side_by_side(bare_frame, bare_batched, contenders, n=args.n, clients=args.clients,
