@@ -74,13 +74,13 @@ def _suspicion(position_logits: torch.Tensor, good_index: int | None) -> torch.T
 def logits_and_map(model: nn.Module, x: torch.Tensor, good_index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [N, K], defect map [N, h, w]) of a model built by ``training.train``."""
     if isinstance(model, FlipAverage):
-        logits, heat = logits_and_map(model.classifier, x, good_index)
-        for dims in model.dims:
-            flipped_logits, flipped_heat = logits_and_map(model.classifier, torch.flip(x, dims), good_index)
-            logits = logits + flipped_logits
-            heat = heat + torch.flip(flipped_heat, [d - 1 for d in dims])  # map axes are (N, h, w)
-        scale = 1.0 / (1 + len(model.dims))
-        return logits * scale, heat * scale
+        # One pass over the frames and their flips (FlipAverage.views), as the frame score does.
+        n, views = x.shape[0], 1 + len(model.dims)
+        all_logits, all_heat = logits_and_map(model.classifier, model.views(x), good_index)
+        heat = all_heat[:n]
+        for i, dims in enumerate(model.dims, start=1):
+            heat = heat + torch.flip(all_heat[i * n : (i + 1) * n], [d - 1 for d in dims])  # map axes are (N, h, w)
+        return all_logits.reshape(views, n, -1).mean(dim=0), heat / views
     if isinstance(model, TiledClassifier):
         return _tiled(model, x, good_index)
     if isinstance(model, FeatureMemory):
