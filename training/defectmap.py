@@ -29,7 +29,7 @@ from torch import nn
 
 from inspection.errors import TrainingError
 from training.memory import FeatureMemory
-from training.models import Classifier, FlipAverage, LineCNN, TiledClassifier, TinyResNet
+from training.models import Classifier, FlipAverage, LineCNN, TiledClassifier, TinyResNet, frames_per_batch
 
 
 def position_logits(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +75,7 @@ def logits_and_map(model: nn.Module, x: torch.Tensor, good_index: int | None) ->
     """(logits [N, K], defect map [N, h, w]) of a model built by ``training.train``."""
     if isinstance(model, FlipAverage):
         # One pass over the frames and their flips (FlipAverage.views), as the frame score does.
-        n, views = x.shape[0], 1 + len(model.dims)
+        n, views = x.shape[0], model.n_views
         all_logits, all_heat = logits_and_map(model.classifier, model.views(x), good_index)
         heat = all_heat[:n]
         for i, dims in enumerate(model.dims, start=1):
@@ -129,6 +129,7 @@ def predict_maps(model: nn.Module, images: np.ndarray, good_index: int | None, *
     """Torch's defect maps ``float32[N, h, w]`` for cached ``uint8[N, C, H, W]`` inputs (eval mode)."""
     model.eval()
     device = next(model.parameters()).device
+    batch_size = frames_per_batch(model, batch_size)
     out = [logits_and_map(model, torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device),
                           good_index)[1].float().cpu().numpy()
            for i in range(0, len(images), batch_size)]

@@ -28,6 +28,7 @@ from inspection.errors import TrainingError
 from inspection.metrics import confusion_matrix, macro_recall, roc_auc
 from training import distributed
 from training.distributed import Ranks, Shard
+from training.models import frames_per_batch
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +198,11 @@ def train_one_epoch(
 def predict(
     model: nn.Module, images: np.ndarray, *, batch_size: int = 128, device: torch.device | None = None
 ) -> np.ndarray:
-    """Softmax probabilities ``float32[N, K]`` for cached ``uint8[N, C, H, W]`` inputs (eval mode)."""
+    """Softmax probabilities ``float32[N, K]`` for cached ``uint8[N, C, H, W]`` inputs (eval mode);
+    about ``batch_size`` images go through the network at once (``frames_per_batch``)."""
     model.eval()
     device = device or next(model.parameters()).device
+    batch_size = frames_per_batch(model, batch_size)
     out: list[np.ndarray] = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)

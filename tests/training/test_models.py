@@ -122,3 +122,15 @@ def test_the_mirror_averages_both_views_and_the_graph_holds_the_network_once(tmp
     # nodes once, plus the flips, the concatenation and the mean.
     plain = nodes(base, "plain.onnx")
     assert nodes(FlipAverage(base, hflip=True, vflip=True).eval(), "mirrored.onnx") <= plain + 8
+
+
+def test_a_mirrored_model_is_scored_in_batches_of_as_many_images() -> None:
+    """Scoring sends about ``batch_size`` images through the network, views included, so the
+    mirror does not double the scoring's peak memory."""
+    from training.models import FlipAverage, frames_per_batch
+
+    base = Classifier(get_model("linecnn", num_classes=2), mean=[0.5], std=[0.25])
+    assert frames_per_batch(base, 128) == 128
+    assert frames_per_batch(FlipAverage(base, hflip=True, vflip=False), 128) == 64
+    assert frames_per_batch(FlipAverage(base, hflip=True, vflip=True), 128) == 42
+    assert frames_per_batch(FlipAverage(base, hflip=True, vflip=True), 2) == 1
