@@ -412,8 +412,9 @@ class FlipAverage(nn.Module):
 
     The frame and its flips go through the network as ONE batch (``views``), not one call each:
     the exported graph then holds the network once. Called once per view, it held it twice, and
-    onnxruntime fuses and pre-packs each copy's weights on its own -- a mirrored ResNet-18 took
-    +304 MB in a serving process against +148 MB without the mirror (bench/serve_latency.py).
+    onnxruntime fuses and pre-packs each copy's weights on its own -- an onnxruntime session of a
+    mirrored ResNet-18 took +304 MB after one frame against +148 MB without the mirror, and the
+    serving process 509 MB against 382 MB once batched (bench/serve_latency.py).
     """
 
     def __init__(self, classifier: nn.Module, *, hflip: bool, vflip: bool) -> None:

@@ -96,8 +96,8 @@ def test_per_image_standardisation_agrees_with_onnx_runtime_on_a_large_frame(tmp
 
 def test_the_mirror_averages_both_views_and_the_graph_holds_the_network_once(tmp_path: Path) -> None:
     """The frame and its mirror go through the network as one batch: the same logits as two
-    calls, and the exported graph carries the weights once (twice, onnxruntime pre-packed each
-    copy: a serving process held +304 MB for a mirrored ResNet-18 against +148 MB without)."""
+    calls, and the exported graph holds the network once (twice, onnxruntime pre-packed each
+    copy: a session of a mirrored ResNet-18 took +304 MB after one frame against +148 MB without)."""
     import onnx
 
     from inspection.card import InputSpec
