@@ -528,7 +528,8 @@ def _main(cfg: TrainConfig, ranks: distributed.Ranks) -> TrainResult | None:
     weights = run.memory_weights
     spec = _input_spec(cfg)
     log.info("loading %d images of %s at %dx%d (%s)", len(ds.samples), ds.name, spec.width, spec.height, spec.geometry)
-    splits = data.load_splits(ds, run.split, spec)
+    # The frames are read by as many threads as the steps will use (ranks share the cores).
+    splits = data.load_splits(ds, run.split, spec, workers=max(1, (cfg.threads or 1) // ranks.local_world))
     if cfg.mode == "anomaly":
         splits["train"] = _good_only(splits["train"])
     train, val, test = splits["train"], splits["val"], splits["test"]

@@ -74,11 +74,11 @@ def test_label_outside_the_class_list_is_named(tmp_path: Path) -> None:
         D.check_dataset(ds)
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_cached_training_input_equals_serving_preprocessing(tmp_path: Path, channels: int) -> None:
+@pytest.mark.parametrize(("channels", "workers"), [(1, 1), (3, 1), (1, 3)])
+def test_cached_training_input_equals_serving_preprocessing(tmp_path: Path, channels: int, workers: int) -> None:
     ds = make_dataset(tmp_path / "d", size=40, counts={"good": 3, "scratch": 2, "spot": 2})
     spec = InputSpec(height=24, width=32, channels=channels, resize="area")
-    cached = D.load_images(ds, ds.samples, spec)
+    cached = D.load_images(ds, ds.samples, spec, workers=workers)
     for sample, arr in zip(ds.samples, cached):
         _, served = prepare_frame((ds.root / sample.path).read_bytes(), spec, content_type="image/png")
         assert served.dtype == np.uint8 and np.array_equal(served, arr)
@@ -124,5 +124,6 @@ def test_load_images_names_an_undecodable_file(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 3, "scratch": 2, "spot": 2})
     (ds.root / ds.samples[0].path).write_bytes(b"not an image")
     ds = read_dataset(ds.root)
-    with pytest.raises(DatasetError, match=ds.samples[0].path):
-        D.load_images(ds, ds.samples, InputSpec(height=16, width=16))
+    for workers in (1, 3):
+        with pytest.raises(DatasetError, match=ds.samples[0].path):
+            D.load_images(ds, ds.samples, InputSpec(height=16, width=16), workers=workers)
