@@ -17,6 +17,8 @@ it adapts to (docs/training.md gives the reasoning):
 * **test-time mirror** — the same orientation: a network trained on mirrored frames scores a
   frame and its mirror image, and the exported graph averages the two;
 * **threads** — the cores this process may use, less those busy with other work right now;
+* **cost per image** — this machine's measured speed: the training step is timed here (a second or
+  a few) and the input is sized with it, not with the reference machine's figure;
 * **precision** — what this machine computes fastest: bf16 where a probe of a few training
   steps finds it faster than fp32 here (CPUs with native bf16), fp16 on CUDA; the budget's cost
   per image follows the measured speed-up.
@@ -105,6 +107,12 @@ class Choice:
         return {"setting": self.setting, "value": self.value, "reason": self.reason}
 
 
+def measured_cost(step_s: float) -> float:
+    """The budget's cost per image from a training step measured on this machine (seconds per
+    image at 128 px, batch 32, fp32): the formula of the registered ``cost_128``."""
+    return (step_s + OVERHEAD_S) * MARGIN
+
+
 def scaled_cost(cost_128: float, step_ratio: float) -> float:
     """An architecture's cost per image when its network step runs ``step_ratio`` times as long
     as the registered fp32 step (the loop's own per-image work does not change)."""
@@ -171,8 +179,9 @@ def resolve(
 ) -> tuple[TrainConfig, list[Choice]]:
     """Fill every open setting of ``cfg`` by rule; returns the new config and the choices.
 
-    ``cost_128`` is the architecture's training cost in reference-machine seconds per image at
-    128x128 (``training.models.ModelInfo.cost_128``).
+    ``cost_128`` is the architecture's training cost in seconds per image at 128x128: measured
+    on this machine (CPU, ``measured_cost``), else the registered reference-machine figure
+    (``training.models.ModelInfo.cost_128``; CUDA scales the budget by ``CUDA_SPEEDUP``).
 
     Raises:
         ConfigError: the manifest's orientation is not one of ``ORIENTATIONS``.
@@ -241,7 +250,7 @@ def resolve(
             )
             why = (
                 f"short side {side} px: limited by {limit} (frames' median short side {native:.0f} px; the budget "
-                f"affords {afford:.0f} px for {passes} image passes)"
+                f"affords {afford:.0f} px for {passes} image passes at {cost_128 * 1e3:.1f} ms per 128-px image)"
             )
         short, long_ = side, round(side * max(aspect, 1 / aspect) / SIDE_STEP) * SIDE_STEP or side
         shape = (short, long_) if aspect >= 1 else (long_, short)

@@ -202,7 +202,14 @@ def _choose_precision(
     cfg: TrainConfig, n_classes: int, device: str
 ) -> tuple[float, recipe_rules.Choice | None]:
     """The architecture's cost per image for the budget, and the precision choice (``None`` when
-    the config fixed it). On CPU a few training steps in fp32 and bf16 tell which is faster here."""
+    the config fixed it).
+
+    On CPU the cost is measured here, the way ``bench/arch_cost.py`` measured the registered
+    ``cost_128`` on the reference machine (the training step at 128 px, batch 32, fp32): line
+    PCs differ by 3x and more in speed, and a cost taken from a faster machine sizes an input
+    whose epochs the time budget must then cut (13 of 34 planned on a slow one: far fewer steps
+    than the recipe's rule, at pixels it could not afford). Then a few steps in fp32 and bf16
+    tell which precision is faster here."""
     cost = model_info(cfg.arch).cost_128
     if device == "cuda":
         if cfg.precision is not None:
@@ -210,11 +217,13 @@ def _choose_precision(
         return cost, recipe_rules.Choice("precision", "fp16", "CUDA: mixed fp16 with a gradient scaler")
     if cfg.precision == "fp16":
         raise ConfigError("precision fp16 is for CUDA; on a CPU use bf16 or fp32 (or leave it to the rule)")
-    if cfg.precision == "fp32":
-        return cost, None
     probe = Classifier(get_model(cfg.arch, num_classes=max(n_classes, 2), in_channels=cfg.channels),
                        mean=[0.5] * cfg.channels, std=[0.25] * cfg.channels)
     shape = (cfg.channels, 128, 128)
+    if cfg.input_shape is None and cfg.image_size is None:  # the cost sizes nothing else
+        cost = recipe_rules.measured_cost(engine.step_seconds(probe, shape, precision="fp32", batch=32))
+    if cfg.precision == "fp32":
+        return cost, None
     fp32_s = engine.step_seconds(probe, shape, precision="fp32")
     bf16_s = engine.step_seconds(probe, shape, precision="bf16")
     value, reason = recipe_rules.choose_precision(fp32_s, bf16_s)

@@ -324,6 +324,33 @@ def test_precision_is_chosen_by_measurement_and_recorded(tmp_path: Path) -> None
     assert fixed.card.training["config"]["precision"] == "fp32"
 
 
+def test_the_budget_sizes_the_input_with_this_machines_measured_speed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line PC five times slower than the reference gets the cost it measures (the training
+    step at 128 px, batch 32), not the registered figure; a given input size needs no measurement."""
+    from training import recipe as R
+    from training import train as T
+    from training.models import model_info
+
+    calls: list[int] = []
+
+    def step(model: object, shape: tuple, *, precision: str, batch: int = 8, **_: object) -> float:
+        calls.append(batch)
+        return 0.017 if precision == "fp32" else 0.11  # fp32 17 ms/image; bf16 slower (emulated)
+
+    monkeypatch.setattr(engine, "step_seconds", step)
+    cost, choice = T._choose_precision(load_config(None, {"threads": 2}), 2, "cpu")
+    assert cost == pytest.approx(R.measured_cost(0.017)) and cost > 2 * model_info("linecnn").cost_128
+    assert 32 in calls and choice is not None and choice.value == "fp32"
+    calls.clear()
+    cost, _ = T._choose_precision(load_config(None, {"threads": 2, "image_size": 96, "precision": "fp32"}), 2, "cpu")
+    assert cost == model_info("linecnn").cost_128 and calls == []
+    # The slower machine's cost gives a smaller input for the same data and budget.
+    stats = R.stats_from([300] * 50, [300] * 50, {"good": 900, "defect": 900}, None)
+    slow, _ = R.resolve(load_config(None, {"threads": 2}), stats, cost_128=R.measured_cost(0.017), device="cpu")
+    fast, _ = R.resolve(load_config(None, {"threads": 2}), stats, cost_128=model_info("linecnn").cost_128, device="cpu")
+    assert min(slow.input_shape) < min(fast.input_shape)
+
+
 def test_fp16_on_a_cpu_is_refused_naming_the_alternatives(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d")
     with pytest.raises(ConfigError, match="fp16 is for CUDA; on a CPU use bf16 or fp32"):
