@@ -122,7 +122,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--budget-minutes",
         type=float,
-        help="compute budget the automatic steps and input size fit into, in minutes of a 2-core CPU (default 20)",
+        help="compute budget the automatic steps and input size fit into, in wall minutes on this machine (default 20)",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA with mixed precision when present")
     p.add_argument(

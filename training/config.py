@@ -104,10 +104,11 @@ class TrainConfig(BaseModel):
     #: Average the outputs of the frame and its mirror image inside the exported graph (one
     #: extra inference at serving); None: by rule (on where the orientation allows a mirror).
     tta: bool | None = None
-    #: Compute budget the automatic choices fit into: the recipe sizes input and epochs for it
-    #: in minutes of the reference machine (2 CPU cores; a GPU gets proportionally more), and
-    #: the run's measured epoch time then keeps recipe-chosen epochs to it in wall minutes here
-    #: (shortened on a slower machine, lengthened on a faster one: training.engine.TimeBudget).
+    #: Compute budget the automatic choices fit into, in wall minutes here: the recipe sizes
+    #: input and epochs for it at the training step's speed measured on this machine (on CPU;
+    #: a GPU gets proportionally more), and the run's measured epoch time then keeps
+    #: recipe-chosen epochs to it (shortened on a slower or busier machine, lengthened where
+    #: time is left: training.engine.TimeBudget).
     budget_minutes: float = Field(20.0, gt=0.0, le=10_000.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: What the training steps compute in: ``fp32``; ``bf16`` (mixed, CPUs that compute it

@@ -44,7 +44,8 @@ class ModelInfo:
     description: str
     #: Training cost in seconds per image at 128x128 on the reference machine (2 CPU cores,
     #: batch 32, forward + backward + AdamW step + augmentation), measured with
-    #: ``bench/arch_cost.py``; the recipe sizes the input to the compute budget with it.
+    #: ``bench/arch_cost.py``. On CPU the recipe measures the same figure on the machine it
+    #: trains on (``training.recipe.measured_cost``); this one serves CUDA and the tests.
     cost_128: float = 0.02
 
 
