@@ -52,8 +52,13 @@ class AugmentConfig(BaseModel):
     blur_sigma: tuple[float, float] = (0.3, 1.0)
     noise_p: float = Field(0.0, ge=0.0, le=1.0)
     noise_std: tuple[float, float] = (0.005, 0.02)
-    #: Small shifts/scales (for parts that sit at different places under the camera; the
-    #: networks' global pooling already makes whole-pixel shifts nearly free).
+    #: Whole-pixel shifts of up to this many pixels each way (the border mirrored in), drawn for
+    #: every training image: for parts that sit at different places under the camera. Lossless
+    #: (pixels move, none is resampled), but off by default: on a line nobody tuned for (ELPV,
+    #: docs/training.md) one network step's worth (16 px) did not beat the noise.
+    shift_px: int = Field(0, ge=0, le=64)
+    #: Small sub-pixel shifts/scales (for parts that sit at different places under the camera);
+    #: lossy: the frame is resampled.
     shift_scale_p: float = Field(0.0, ge=0.0, le=1.0)
 
 

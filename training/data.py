@@ -144,6 +144,7 @@ class LineAugment:
 
     def __init__(self, cfg: AugmentConfig, *, seed: int) -> None:
         import albumentations as A
+        import cv2
 
         steps: list = []
         # None (not resolved by training.recipe) means "not known to be safe": off.
@@ -153,6 +154,11 @@ class LineAugment:
             steps.append(A.VerticalFlip(p=0.5))
         if cfg.rot90:
             steps.append(A.RandomRotate90(p=0.5))
+        if cfg.shift_px:
+            # A pure integer translation with nearest-neighbour sampling: every pixel is copied,
+            # none interpolated; the border is mirrored in, as the letterbox pads.
+            steps.append(A.Affine(translate_px=(-cfg.shift_px, cfg.shift_px), interpolation=cv2.INTER_NEAREST,
+                                  border_mode=cv2.BORDER_REFLECT_101, p=1.0))
         if cfg.shift_scale_p > 0:
             steps.append(
                 A.Affine(translate_percent=(-0.05, 0.05), scale=(0.93, 1.07), border_mode=4, p=cfg.shift_scale_p)

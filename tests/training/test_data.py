@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -118,6 +119,24 @@ def test_default_augmentation_only_moves_pixels() -> None:
     flips = {np.flip(np.rot90(img[0], k), axis).tobytes() for k in range(4) for axis in (0, 1)}
     flips |= {np.rot90(img[0], k).tobytes() for k in range(4)}
     assert all(o[0].tobytes() in flips for o in outs)
+
+
+def test_shifts_move_whole_pixels_and_mirror_the_border() -> None:
+    """``shift_px``: every output is the input moved by whole pixels within the range (no grey
+    level resampled), the uncovered border mirrored in."""
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (1, 40, 28), dtype=np.uint8)
+    padded = cv2.copyMakeBorder(img[0], 4, 4, 4, 4, cv2.BORDER_REFLECT_101)
+    aug = D.LineAugment(AugmentConfig(shift_px=4), seed=0)
+    moves = set()
+    for _ in range(40):
+        out = aug(img)
+        assert out.shape == img.shape and out.dtype == np.uint8
+        found = [(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5)
+                 if np.array_equal(out[0], padded[4 - dy : 44 - dy, 4 - dx : 32 - dx])]
+        assert found, "not a whole-pixel shift of at most 4 px with a mirrored border"
+        moves.add(found[0])
+    assert len(moves) > 10  # the shifts are drawn, not one fixed offset
 
 
 def test_load_images_names_an_undecodable_file(tmp_path: Path) -> None:
