@@ -217,15 +217,21 @@ def _choose_precision(
         return cost, recipe_rules.Choice("precision", "fp16", "CUDA: mixed fp16 with a gradient scaler")
     if cfg.precision == "fp16":
         raise ConfigError("precision fp16 is for CUDA; on a CPU use bf16 or fp32 (or leave it to the rule)")
-    probe = Classifier(get_model(cfg.arch, num_classes=max(n_classes, 2), in_channels=cfg.channels),
-                       mean=[0.5] * cfg.channels, std=[0.25] * cfg.channels)
-    shape = (cfg.channels, 128, 128)
-    if cfg.input_shape is None and cfg.image_size is None:  # the cost sizes nothing else
-        cost = recipe_rules.measured_cost(engine.step_seconds(probe, shape, precision="fp32", batch=32))
-    if cfg.precision == "fp32":
+    measure_cost = cfg.input_shape is None and cfg.image_size is None  # the cost sizes nothing else
+    if cfg.precision == "fp32" and not measure_cost:
         return cost, None
-    fp32_s = engine.step_seconds(probe, shape, precision="fp32")
-    bf16_s = engine.step_seconds(probe, shape, precision="bf16")
+    # The probe's weights come from a stream of its own: the run's model, drawn after it from
+    # the seeded global stream, is the same whether or not a probe ran.
+    with torch.random.fork_rng(devices=[]):
+        probe = Classifier(get_model(cfg.arch, num_classes=max(n_classes, 2), in_channels=cfg.channels),
+                           mean=[0.5] * cfg.channels, std=[0.25] * cfg.channels)
+        shape = (cfg.channels, 128, 128)
+        if measure_cost:
+            cost = recipe_rules.measured_cost(engine.step_seconds(probe, shape, precision="fp32", batch=32))
+        if cfg.precision == "fp32":
+            return cost, None
+        fp32_s = engine.step_seconds(probe, shape, precision="fp32")
+        bf16_s = engine.step_seconds(probe, shape, precision="bf16")
     value, reason = recipe_rules.choose_precision(fp32_s, bf16_s)
     if cfg.precision == "bf16":
         value, choice = "bf16", None  # the engineer's choice; its measured speed still sizes the budget
