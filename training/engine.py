@@ -295,10 +295,11 @@ class TimeBudget:
     """The wall-clock time a run's epochs may take.
 
     The recipe sizes the epochs from a training step timed before the run (a few seconds); a
-    machine that is busier or slower during the run would overrun its budget. After every epoch the loop measures what an epoch really takes
-    and, where the planned epochs would end after ``deadline`` (with ``after_evals`` validation
-    passes' worth left for calibration and export), shortens the schedule: the learning rate's
-    decay is re-planned to end with the new last epoch, so the run still finishes annealed.
+    machine that is busier or slower during the run would overrun its budget. After every epoch
+    the loop measures what an epoch really takes and, where the planned epochs would end after
+    ``deadline`` (with ``after_evals`` validation passes' worth left for calibration and
+    export), shortens the schedule: the learning rate's decay is re-planned to end with the new
+    last epoch, so the run still finishes annealed.
 
     On a faster machine (or where the recipe's cost estimate was cautious) the plan would end
     with budget unspent. With ``max_epochs`` set, the loop measures the first
