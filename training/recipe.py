@@ -66,19 +66,10 @@ MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 320, 16
 MAX_ASPECT = 4.0
 #: The training loop's per-image work outside the network (augmentation, batching, the
 #: validation pass each epoch), seconds, and the safety factor on the sum (a busy machine, slower
-#: memory): an architecture's registered ``cost_128`` is ``(fp32 step + OVERHEAD_S) * MARGIN`` on
-#: the reference machine (bench/arch_cost.py prints it).
+#: memory): an architecture's ``cost_128`` is ``(fp32 step + OVERHEAD_S) * MARGIN`` on the
+#: reference machine (bench/arch_cost.py prints it).
 OVERHEAD_S = 0.003
 MARGIN = 1.25
-#: The loop's own per-image work when the step is measured on the machine that trains, by mode.
-#: A classifier's loop reads and augments its images on other threads while the step runs: the
-#: epochs it really took cost 0.6-1.0x the measured step per 128-px image, nothing on top (two
-#: machines: 2.0-2.9 ms against steps of 2.1-4.4 ms on one, ~11.5 against 12 on one five times
-#: slower; docs/training.md, tenth session), so a fixed 3 ms made the budget 1.6-4x too dear and
-#: bought inputs far smaller than it affords (the re-plan then spends the rest on epochs that early
-#: stopping cuts). Anomaly mode also draws a synthetic anomaly for every good frame, and its runs
-#: were cut by the budget even with the 3 ms: it keeps them.
-LOOP_OVERHEAD_S = {"classify": 0.0, "anomaly": OVERHEAD_S}
 #: bf16 is chosen where it makes the training step at least this much faster than fp32 here: on
 #: CPUs without native bf16 it is emulated and slower, and a marginal gain is not worth the
 #: coarser arithmetic.
@@ -116,17 +107,16 @@ class Choice:
         return {"setting": self.setting, "value": self.value, "reason": self.reason}
 
 
-def measured_cost(step_s: float, *, overhead_s: float = 0.0) -> float:
+def measured_cost(step_s: float) -> float:
     """The budget's cost per image from a training step measured on this machine (seconds per
-    image at 128 px, batch 32) and the loop's own per-image work (``LOOP_OVERHEAD_S``)."""
-    return (step_s + overhead_s) * MARGIN
+    image at 128 px, batch 32, fp32): the formula of the registered ``cost_128``."""
+    return (step_s + OVERHEAD_S) * MARGIN
 
 
-def scaled_cost(cost_128: float, step_ratio: float, *, overhead_s: float = OVERHEAD_S) -> float:
+def scaled_cost(cost_128: float, step_ratio: float) -> float:
     """An architecture's cost per image when its network step runs ``step_ratio`` times as long
-    as the fp32 step the cost was made from (the loop's own per-image work, ``overhead_s``, does
-    not change)."""
-    return ((cost_128 / MARGIN - overhead_s) * step_ratio + overhead_s) * MARGIN
+    as the registered fp32 step (the loop's own per-image work does not change)."""
+    return ((cost_128 / MARGIN - OVERHEAD_S) * step_ratio + OVERHEAD_S) * MARGIN
 
 
 def choose_precision(fp32_s: float, bf16_s: float) -> tuple[str, str]:

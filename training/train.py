@@ -208,9 +208,8 @@ def _choose_precision(
     ``cost_128`` on the reference machine (the training step at 128 px, batch 32, fp32): line
     PCs differ by 3x and more in speed, and a cost taken from a faster machine sizes an input
     whose epochs the time budget must then cut (13 of 34 planned on a slow one: far fewer steps
-    than the recipe's rule, at pixels it could not afford). The loop's own per-image work on top
-    of the step depends on the mode (``recipe.LOOP_OVERHEAD_S``). Then a few steps in fp32 and
-    bf16 tell which precision is faster here."""
+    than the recipe's rule, at pixels it could not afford). Then a few steps in fp32 and bf16
+    tell which precision is faster here."""
     cost = model_info(cfg.arch).cost_128
     if device == "cuda":
         if cfg.precision is not None:
@@ -219,7 +218,6 @@ def _choose_precision(
     if cfg.precision == "fp16":
         raise ConfigError("precision fp16 is for CUDA; on a CPU use bf16 or fp32 (or leave it to the rule)")
     measure_cost = cfg.input_shape is None and cfg.image_size is None  # the cost sizes nothing else
-    overhead = recipe_rules.LOOP_OVERHEAD_S[cfg.mode] if measure_cost else recipe_rules.OVERHEAD_S
     if cfg.precision == "fp32" and not measure_cost:
         return cost, None
     # The probe's weights come from a stream of its own: the run's model, drawn after it from
@@ -229,10 +227,7 @@ def _choose_precision(
                            mean=[0.5] * cfg.channels, std=[0.25] * cfg.channels)
         shape = (cfg.channels, 128, 128)
         if measure_cost:
-            # Six timed steps, not three: the probes of five runs in one bench on an otherwise
-            # idle machine spread 1.7-4.4 ms, and the figure sizes the whole run.
-            step = engine.step_seconds(probe, shape, precision="fp32", batch=32, steps=6)
-            cost = recipe_rules.measured_cost(step, overhead_s=overhead)
+            cost = recipe_rules.measured_cost(engine.step_seconds(probe, shape, precision="fp32", batch=32))
         if cfg.precision == "fp32":
             return cost, None
         fp32_s = engine.step_seconds(probe, shape, precision="fp32")
@@ -242,7 +237,7 @@ def _choose_precision(
         value, choice = "bf16", None  # the engineer's choice; its measured speed still sizes the budget
     else:
         choice = recipe_rules.Choice("precision", value, reason)
-    return (recipe_rules.scaled_cost(cost, bf16_s / fp32_s, overhead_s=overhead) if value == "bf16" else cost), choice
+    return (recipe_rules.scaled_cost(cost, bf16_s / fp32_s) if value == "bf16" else cost), choice
 
 
 def _good_only(train: data.SplitData) -> data.SplitData:
