@@ -338,6 +338,25 @@ def budget_epochs(
     return min(planned, done + max(0, math.floor(left / max(epoch_s, 1e-9))))
 
 
+def _plan_words(epochs: int, planned: int) -> str:
+    """The plan a re-plan departs from, named as what it is: the recipe's, or an earlier re-plan's."""
+    if epochs == planned:
+        return f"the {epochs} epochs planned"
+    return f"the {epochs} epochs of the plan as last re-planned (the recipe planned {planned})"
+
+
+def _replans(
+    note: dict[str, Any] | None, *, after: int, plan: int, new: int, epoch_s: float
+) -> list[dict[str, Any]]:
+    """Every re-plan so far, in order, this one last: the card shows the path from the recipe's
+    plan to the one the run ended with (a cut after epoch 1 and a lengthening after epoch 3 would
+    otherwise read as one change from the recipe's plan)."""
+    return [
+        *((note or {}).get("replans") or []),
+        {"after_epoch": after, "from_epochs": plan, "to_epochs": new, "epoch_seconds": round(epoch_s, 2)},
+    ]
+
+
 def _one_cycle(
     optimizer: torch.optim.Optimizer, lr: float, total_steps: int, done_steps: int = 0
 ) -> torch.optim.lr_scheduler.OneCycleLR:
@@ -544,8 +563,9 @@ def fit(
                     "planned_epochs": planned,
                     "epochs": afford,
                     "epoch_seconds": round(epoch_s, 2),
-                    "reason": f"an epoch takes {epoch_s:.1f} s here: {epochs} epochs would overrun the time budget; "
-                    f"the schedule now ends after epoch {afford}",
+                    "replans": _replans(budget_note, after=epoch + 1, plan=epochs, new=afford, epoch_s=epoch_s),
+                    "reason": f"an epoch takes {epoch_s:.1f} s here: {_plan_words(epochs, planned)} would overrun "
+                    f"the time budget; the schedule now ends after epoch {afford}",
                 }
                 log.warning("time budget: %s", budget_note["reason"])
                 if afford <= epoch + 1:
@@ -561,9 +581,10 @@ def fit(
                         "planned_epochs": planned,
                         "epochs": more,
                         "epoch_seconds": round(epoch_s, 2),
+                        "replans": _replans(budget_note, after=epoch + 1, plan=epochs, new=more, epoch_s=epoch_s),
                         "reason": f"an epoch takes {epoch_s:.1f} s here: the time budget affords {more} epochs, "
-                        f"not only the {epochs} planned (at most {budget.max_epochs}); the schedule now ends "
-                        f"after epoch {more}",
+                        f"not only {_plan_words(epochs, planned)} (at most {budget.max_epochs}); the schedule "
+                        f"now ends after epoch {more}",
                     }
                     for name in budget.scale_with_epochs:
                         value = max(getattr(stopper, name), round(getattr(stopper, name) * more / epochs))

@@ -177,6 +177,53 @@ def test_a_run_faster_than_planned_lengthens_its_schedule_once_and_still_anneals
     assert len(kept["history"]) == 4 and kept["budget"] is None
 
 
+class _SlowStart(_Slow):
+    """Slow for the first epoch's items, then fast: a machine busy at the start that frees up."""
+
+    def __init__(self, base: torch.utils.data.Dataset, delay: float, fast_after: int) -> None:
+        super().__init__(base, delay)
+        self.left = fast_after
+
+    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        self.left -= 1
+        if self.left < 0:
+            self.delay = 0.0
+        return super().__getitem__(i)
+
+
+def test_a_cut_then_lengthened_plan_records_both_re_plans_in_order(tmp_path: Path) -> None:
+    import time
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 1, 16, 16), dtype=np.uint8)
+    labels = np.array([0] * 8 + [1] * 8)
+    E.seed_everything(5)
+    model = Classifier(get_model("tinyres", num_classes=2), mean=[0.5], std=[0.25])
+    # Epoch 1 takes >= 1.6 s: 12 epochs cannot fit 10 s and the plan is cut (to about 5). Then epochs take
+    # milliseconds: after epoch 3 the budget affords far more, and the plan is lengthened.
+    dataset = _SlowStart(D.ArrayDataset(images, labels, None), delay=0.1, fast_after=16)
+
+    def loader(epoch: int) -> torch.utils.data.DataLoader:
+        return E.make_loader(dataset, labels, batch_size=4, balance="none", n_classes=2, seed=E.epoch_seed(5, epoch))
+
+    fit = E.fit(
+        model, make_epoch_loader=loader, val_images=images, val_labels=labels, n_classes=2, good_index=0,
+        epochs=12, lr=1e-2, weight_decay=0.0, loss_fn=torch.nn.CrossEntropyLoss(),
+        stopper=E.EarlyStopping(patience=100, min_epochs=1), checkpoint=tmp_path / "checkpoint.pt",
+        checkpoint_extra={}, progress=False,
+        budget=E.TimeBudget(deadline=time.monotonic() + 10.0, after_evals=0.0, max_epochs=30),
+    )
+    note = fit["budget"]
+    cut, longer = note["replans"][0], note["replans"][1]
+    assert cut["after_epoch"] == 1 and cut["from_epochs"] == 12 and cut["to_epochs"] < 12
+    assert longer["after_epoch"] == 3 and longer["from_epochs"] == cut["to_epochs"] < longer["to_epochs"]
+    assert note["planned_epochs"] == 12 and note["epochs"] == note["replans"][-1]["to_epochs"] == fit["epochs"]
+    # The lengthening's reason names the cut plan as a re-plan, not as the recipe's plan.
+    if len(note["replans"]) == 2:
+        assert f"not only the {cut['to_epochs']} epochs of the plan as last re-planned (the recipe planned 12)" in (
+            note["reason"])
+
+
 def test_a_resumed_run_keeps_the_shortened_plan(tmp_path: Path) -> None:
     import time
 
