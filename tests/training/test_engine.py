@@ -108,16 +108,33 @@ class _Slow(torch.utils.data.Dataset):
         return self.base[i]
 
 
+class _SlowStart(_Slow):
+    """Slow for the first epoch's items, then fast: a machine busy at the start that frees up."""
+
+    def __init__(self, base: torch.utils.data.Dataset, delay: float, fast_after: int) -> None:
+        super().__init__(base, delay)
+        self.left = fast_after
+
+    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        self.left -= 1
+        if self.left < 0:
+            self.delay = 0.0
+        return super().__getitem__(i)
+
+
 def _budget_fit(
     tmp_path: Path, *, epochs: int, budget: E.TimeBudget | None, resume: dict | None = None, stop_at: int = 0,
-    patience: int = 100, min_epochs: int = 1,
+    patience: int = 100, min_epochs: int = 1, delay: float = 0.01, fast_after: int | None = None,
 ) -> dict:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 1, 16, 16), dtype=np.uint8)
     labels = np.array([0] * 8 + [1] * 8)
     E.seed_everything(5)
     model = Classifier(get_model("tinyres", num_classes=2), mean=[0.5], std=[0.25])
-    dataset = _Slow(D.ArrayDataset(images, labels, None), delay=0.01)  # >= 0.16 s an epoch
+    base = D.ArrayDataset(images, labels, None)
+    dataset = (
+        _Slow(base, delay=delay) if fast_after is None else _SlowStart(base, delay=delay, fast_after=fast_after)
+    )  # >= 16 * delay s an epoch (while slow)
 
     def loader(epoch: int) -> torch.utils.data.DataLoader:
         return E.make_loader(dataset, labels, batch_size=4, balance="none", n_classes=2, seed=E.epoch_seed(5, epoch))
@@ -177,42 +194,13 @@ def test_a_run_faster_than_planned_lengthens_its_schedule_once_and_still_anneals
     assert len(kept["history"]) == 4 and kept["budget"] is None
 
 
-class _SlowStart(_Slow):
-    """Slow for the first epoch's items, then fast: a machine busy at the start that frees up."""
-
-    def __init__(self, base: torch.utils.data.Dataset, delay: float, fast_after: int) -> None:
-        super().__init__(base, delay)
-        self.left = fast_after
-
-    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
-        self.left -= 1
-        if self.left < 0:
-            self.delay = 0.0
-        return super().__getitem__(i)
-
-
 def test_a_cut_then_lengthened_plan_records_both_re_plans_in_order(tmp_path: Path) -> None:
     import time
 
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (16, 1, 16, 16), dtype=np.uint8)
-    labels = np.array([0] * 8 + [1] * 8)
-    E.seed_everything(5)
-    model = Classifier(get_model("tinyres", num_classes=2), mean=[0.5], std=[0.25])
     # Epoch 1 takes >= 1.6 s: 12 epochs cannot fit 10 s and the plan is cut (to about 5). Then epochs take
     # milliseconds: after epoch 3 the budget affords far more, and the plan is lengthened.
-    dataset = _SlowStart(D.ArrayDataset(images, labels, None), delay=0.1, fast_after=16)
-
-    def loader(epoch: int) -> torch.utils.data.DataLoader:
-        return E.make_loader(dataset, labels, batch_size=4, balance="none", n_classes=2, seed=E.epoch_seed(5, epoch))
-
-    fit = E.fit(
-        model, make_epoch_loader=loader, val_images=images, val_labels=labels, n_classes=2, good_index=0,
-        epochs=12, lr=1e-2, weight_decay=0.0, loss_fn=torch.nn.CrossEntropyLoss(),
-        stopper=E.EarlyStopping(patience=100, min_epochs=1), checkpoint=tmp_path / "checkpoint.pt",
-        checkpoint_extra={}, progress=False,
-        budget=E.TimeBudget(deadline=time.monotonic() + 10.0, after_evals=0.0, max_epochs=30),
-    )
+    fit = _budget_fit(tmp_path, epochs=12, delay=0.1, fast_after=16,
+                      budget=E.TimeBudget(deadline=time.monotonic() + 10.0, after_evals=0.0, max_epochs=30))
     note = fit["budget"]
     cut, longer = note["replans"][0], note["replans"][1]
     assert cut["after_epoch"] == 1 and cut["from_epochs"] == 12 and cut["to_epochs"] < 12
