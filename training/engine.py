@@ -338,9 +338,10 @@ def budget_epochs(
     return min(planned, done + max(0, math.floor(left / max(epoch_s, 1e-9))))
 
 
-def _plan_words(epochs: int, planned: int) -> str:
-    """The plan a re-plan departs from, named as what it is: the recipe's, or an earlier re-plan's."""
-    if epochs == planned:
+def _plan_words(note: dict[str, Any] | None, epochs: int, planned: int) -> str:
+    """The plan a re-plan departs from, named as what it is: the recipe's, or an earlier re-plan's
+    (read from the record, not from the count: a cut and a lengthening may land on the recipe's)."""
+    if not (note or {}).get("replans"):
         return f"the {epochs} epochs planned"
     return f"the {epochs} epochs of the plan as last re-planned (the recipe planned {planned})"
 
@@ -564,8 +565,8 @@ def fit(
                     "epochs": afford,
                     "epoch_seconds": round(epoch_s, 2),
                     "replans": _replans(budget_note, after=epoch + 1, plan=epochs, new=afford, epoch_s=epoch_s),
-                    "reason": f"an epoch takes {epoch_s:.1f} s here: {_plan_words(epochs, planned)} would overrun "
-                    f"the time budget; the schedule now ends after epoch {afford}",
+                    "reason": f"an epoch takes {epoch_s:.1f} s here: {_plan_words(budget_note, epochs, planned)} "
+                    f"would overrun the time budget; the schedule now ends after epoch {afford}",
                 }
                 log.warning("time budget: %s", budget_note["reason"])
                 if afford <= epoch + 1:
@@ -583,8 +584,8 @@ def fit(
                         "epoch_seconds": round(epoch_s, 2),
                         "replans": _replans(budget_note, after=epoch + 1, plan=epochs, new=more, epoch_s=epoch_s),
                         "reason": f"an epoch takes {epoch_s:.1f} s here: the time budget affords {more} epochs, "
-                        f"not only {_plan_words(epochs, planned)} (at most {budget.max_epochs}); the schedule "
-                        f"now ends after epoch {more}",
+                        f"not only {_plan_words(budget_note, epochs, planned)} (at most {budget.max_epochs}); "
+                        f"the schedule now ends after epoch {more}",
                     }
                     for name in budget.scale_with_epochs:
                         value = max(getattr(stopper, name), round(getattr(stopper, name) * more / epochs))
