@@ -5,8 +5,9 @@ never been seen. Pretrained features cannot be downloaded onto a line PC, so the
 **from scratch** what a good part looks like by telling good frames from good frames with a
 synthetic anomaly pasted in (the CutPaste / DRAEM family): a patch of the part moved elsewhere
 with its grey level shifted, a thin scar, a brightness blob, a textured region, a small crisp pit,
-a thin wandering crack. None of these is a real defect type; together they teach "anything that
-does not belong here", which is what a reject gate needs for defects nobody has shown it.
+a thin wandering crack, a large region of the part's own texture made rougher or smoother. None
+of these is a real defect type; together they teach "anything that does not belong here", which
+is what a reject gate needs for defects nobody has shown it.
 
 The contract with the rest of training is a two-class dataset ``good`` / ``anomaly``: real
 defective images (any class) become ``anomaly`` and are **never fitted** — the split holds
@@ -68,7 +69,7 @@ class Synthesizer:
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
         self.kinds: list[Callable[[np.ndarray], None]] = [
-            self._cutpaste, self._scar, self._blob, self._texture, self._pit, self._crack,
+            self._cutpaste, self._scar, self._blob, self._texture, self._pit, self._crack, self._region,
         ]
 
     def reseed(self, seed: int) -> None:
@@ -155,6 +156,25 @@ class Synthesizer:
         path = np.round(np.array(points)).astype(np.int32)
         cv2.polylines(mask, [path], False, 1.0, int(self.rng.integers(1, 3)), cv2.LINE_AA)
         img += mask[None] * self._shift(img) * self.rng.uniform(1.0, 1.5)
+
+    # The other end of the size scale: area defects (uneven surface, stain, discoloured or
+    # unevenly coated region, mura) cover a tenth to half of the part with a faint change of its
+    # texture or grey level. Every other kind stays under a tenth of the frame, so without this
+    # one the network learnt that anomalies are small and contrasted.
+    def _region(self, img: np.ndarray) -> None:
+        _, h, w = img.shape
+        # A smooth random field thresholded at the quantile that gives the region's area.
+        cells = int(self.rng.integers(2, 5))
+        field = cv2.resize(self.rng.random((cells, cells)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+        mask = (field > np.quantile(field, 1 - self.rng.uniform(0.1, 0.5))).astype(np.float32)
+        mask = cv2.GaussianBlur(mask, (0, 0), max(1.0, self.rng.uniform(0.01, 0.04) * min(h, w)))
+        # The frame's own fine texture made rougher or smoother, and a faint shift of grey level:
+        # a region that is the part's surface, changed, not something pasted on it.
+        detail = img - np.stack([cv2.GaussianBlur(c, (0, 0), 2.0) for c in img])
+        gain = float(np.exp(self.rng.choice([-1.0, 1.0]) * self.rng.uniform(np.log(1.5), np.log(3.0))))
+        shift = self._shift(img) * self.rng.uniform(0.1, 0.4)
+        shift = float(np.copysign(max(abs(shift), 2.0), shift))  # visible even on a featureless frame
+        img += mask[None] * ((gain - 1.0) * detail + shift)
 
     def _texture(self, img: np.ndarray) -> None:
         _, h, w = img.shape

@@ -71,6 +71,35 @@ def test_pits_are_small_points_and_cracks_thin_wandering_lines() -> None:
     assert float(np.median(crack_bends)) > 3.0  # typically strays several pixels off one straight line
 
 
+def test_regions_are_large_faint_changes_of_the_frames_own_texture() -> None:
+    """The area morphology (uneven surface, stain, mura): a tenth to half of the frame changes,
+    faintly, and what changes inside is the frame's own texture (rougher or smoother), not a
+    pasted patch or noise of its own: a featureless frame still gets a visible change of level."""
+    rng = np.random.default_rng(0)
+    frame = np.clip(rng.normal(120, 12, (1, 160, 192)), 0, 255).astype(np.uint8)
+    synth = anomaly.Synthesizer(4)
+    areas, rough, smooth, levels = [], 0, 0, []
+    for _ in range(40):
+        out = frame.astype(np.float32)
+        synth._region(out)
+        diff = (out - frame)[0]
+        changed = np.abs(diff) > 3
+        areas.append(changed.mean())
+        # Inside the region the pixel-to-pixel texture is scaled; outside it is left alone.
+        grain_in = np.abs(np.diff(out[0], axis=1))[changed[:, 1:]].mean()
+        grain_out = np.abs(np.diff(out[0], axis=1))[~changed[:, 1:]].mean()
+        rough += grain_in > 1.3 * grain_out
+        smooth += grain_in < 0.8 * grain_out
+        levels.append(abs(float(diff[changed].mean())) / frame.std())
+    assert min(areas) > 0.05 and float(np.median(areas)) > 0.15 and max(areas) < 0.7  # large, not the frame
+    assert rough >= 10 and smooth >= 10  # both directions drawn
+    assert float(np.median(levels)) < 0.5  # faint: the level shifts by a fraction of the frame's spread
+    flat = np.full((1, 64, 80), 120, np.uint8)
+    out = flat.astype(np.float32)
+    synth._region(out)
+    assert (np.abs(out - flat) >= 1.5).mean() > 0.05  # never an "anomaly" that changed nothing
+
+
 def test_the_training_set_is_balanced_good_and_synthetic() -> None:
     good = np.full((5, 1, 16, 16), 120, np.uint8)
     train = anomaly.AnomalyTrainSet(good, None, anomaly.Synthesizer(0))
