@@ -163,10 +163,7 @@ class Synthesizer:
     # one the network learnt that anomalies are small and contrasted.
     def _region(self, img: np.ndarray) -> None:
         _, h, w = img.shape
-        # A smooth random field thresholded at the quantile that gives the region's area.
-        cells = int(self.rng.integers(2, 5))
-        field = cv2.resize(self.rng.random((cells, cells)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-        mask = (field > np.quantile(field, 1 - self.rng.uniform(0.1, 0.5))).astype(np.float32)
+        mask = self._field_region(h, w, cells=(2, 5), area=(0.1, 0.5))
         mask = cv2.GaussianBlur(mask, (0, 0), max(1.0, self.rng.uniform(0.01, 0.04) * min(h, w)))
         # The frame's own fine texture made rougher or smoother, and a faint shift of grey level:
         # a region that is the part's surface, changed, not something pasted on it.
@@ -176,14 +173,17 @@ class Synthesizer:
         shift = float(np.copysign(max(abs(shift), 2.0), shift))  # visible even on a featureless frame
         img += mask[None] * ((gain - 1.0) * detail + shift)
 
+    def _field_region(self, h: int, w: int, *, cells: tuple[int, int], area: tuple[float, float]) -> np.ndarray:
+        # Perlin-like: a coarse random grid (``cells`` drawn from [lo, hi)), smoothly upsampled and
+        # thresholded at the quantile that leaves a share of the frame drawn from ``area``: a 0/1
+        # region of irregular outline, one or several blobs.
+        n = int(self.rng.integers(*cells))
+        field = cv2.resize(self.rng.random((n, n)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+        return (field > np.quantile(field, 1 - self.rng.uniform(*area))).astype(np.float32)
+
     def _texture(self, img: np.ndarray) -> None:
         _, h, w = img.shape
-        # Perlin-like: coarse random grid, smoothly upsampled, thresholded into a region.
-        cells = int(self.rng.integers(3, 8))
-        coarse = self.rng.random((cells, cells)).astype(np.float32)
-        field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-        mask = (field > np.quantile(field, 1 - self.rng.uniform(0.02, 0.1))).astype(np.float32)
-        mask = cv2.GaussianBlur(mask, (0, 0), 1.0)
+        mask = cv2.GaussianBlur(self._field_region(h, w, cells=(3, 8), area=(0.02, 0.1)), (0, 0), 1.0)
         noise = self.rng.normal(0, 1, (h, w)).astype(np.float32) * max(float(img.std()), 4.0)
         img += mask[None] * (noise + self._shift(img) * 0.5)
 
