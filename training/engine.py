@@ -303,11 +303,11 @@ class TimeBudget:
 
     On a faster machine (or where the recipe's cost estimate was cautious) the plan would end
     with budget unspent. With ``max_epochs`` set, the loop measures the first
-    ``EXTEND_AFTER_EPOCHS`` epochs and, once, lengthens the schedule to the epochs the budget
-    affords (at most ``max_epochs``): a network trained from scratch on a few thousand frames
-    is still improving when its steps run out (docs/training.md), so the rest of the budget
-    buys steps. Once only and early, while the learning rate is still warming up, so the
-    re-planned schedule barely moves the rate.
+    ``EXTEND_AFTER_EPOCHS`` epochs and lengthens the schedule to the epochs the budget affords
+    (at most ``max_epochs``): a network trained from scratch on a few thousand frames is still
+    improving when its steps run out (docs/training.md), so the rest of the budget buys steps.
+    Early, while the learning rate is still warming up, so the re-planned schedule barely moves
+    the rate; later only to undo a cut that a passing slowdown caused (``_may_lengthen``).
     """
 
     deadline: float  #: ``time.monotonic()`` by which the whole run should be done
@@ -336,6 +336,24 @@ def budget_epochs(
     many as do (``done`` when not one more fits)."""
     left = budget.deadline - now - budget.after_evals * eval_s
     return min(planned, done + max(0, math.floor(left / max(epoch_s, 1e-9))))
+
+
+def _may_lengthen(timed: int, *, done: int, epochs: int, note: dict[str, Any] | None) -> bool:
+    """Whether the plan may be lengthened after this epoch: once after the first
+    ``EXTEND_AFTER_EPOCHS`` epochs (``timed``), and again where the last re-plan was a cut made
+    while the run is still in the first half of its plan.
+
+    Why the second: a cut follows the last few epochs' speed, and a line PC is shared. A minute
+    of other work during epochs 5-7 of a magnetic-tile run (a test suite beside it) doubled their
+    time; the plan, lengthened to 114 epochs after epoch 3, was cut to 58, and the run ended at
+    11 of its 20 minutes while every later epoch ran at the first epochs' speed. Only in the
+    first half: later, raising the decaying rate again would undo the annealing the cut re-planned.
+    """
+    if timed == EXTEND_AFTER_EPOCHS:
+        return True
+    replans = (note or {}).get("replans") or []
+    cut = bool(replans) and replans[-1]["to_epochs"] < replans[-1]["from_epochs"]
+    return timed > EXTEND_AFTER_EPOCHS and cut and done <= epochs // 2
 
 
 def _plan_words(note: dict[str, Any] | None, epochs: int, planned: int) -> str:
@@ -459,6 +477,9 @@ def fit(
     start = 0
     best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
     planned, budget_note = epochs, None
+    # The early-stopping settings as the recipe sized them for its plan: a lengthened plan scales
+    # these, not values an earlier re-plan already scaled.
+    recipe_stops = {name: getattr(stopper, name) for name in (budget.scale_with_epochs if budget else ())}
     if resume is not None:
         # The plan the interrupted run had reached (a time budget may have shortened it).
         epochs = int(resume.get("epochs", epochs))
@@ -574,7 +595,13 @@ def fit(
                 else:
                     scheduler = _one_cycle(optimizer, lr, afford * steps_per_epoch, (epoch + 1) * steps_per_epoch)
                 epochs = afford
-            elif len(epoch_times) == EXTEND_AFTER_EPOCHS and budget.max_epochs and budget.max_epochs > epochs:
+            elif budget.max_epochs and budget.max_epochs > epochs and _may_lengthen(
+                len(epoch_times), done=epoch + 1, epochs=epochs, note=budget_note
+            ):
+                if len(epoch_times) > EXTEND_AFTER_EPOCHS:
+                    # Undoing a cut: the median, so that the slow epoch the cut followed, still
+                    # among the last three, does not hide that the machine is fast again.
+                    epoch_s = float(np.median(epoch_times[-3:]))
                 more = budget_epochs(budget, now=time.monotonic(), done=epoch + 1, planned=budget.max_epochs,
                                      epoch_s=BUDGET_SLACK * epoch_s, eval_s=eval_s)
                 if more >= math.ceil(EXTEND_MIN_GAIN * epochs):
@@ -587,8 +614,8 @@ def fit(
                         f"not only {_plan_words(budget_note, epochs, planned)} (at most {budget.max_epochs}); "
                         f"the schedule now ends after epoch {more}",
                     }
-                    for name in budget.scale_with_epochs:
-                        value = max(getattr(stopper, name), round(getattr(stopper, name) * more / epochs))
+                    for name, value in recipe_stops.items():
+                        value = max(getattr(stopper, name), round(value * more / planned))
                         setattr(stopper, name, value)
                         budget_note[name] = value
                     log.info("time budget: %s", budget_note["reason"])

@@ -122,9 +122,23 @@ class _SlowStart(_Slow):
         return super().__getitem__(i)
 
 
+class _SlowSpell(_Slow):
+    """Fast, but slow for the items ``slow`` (a range of item reads): another job ran for a while."""
+
+    def __init__(self, base: torch.utils.data.Dataset, delay: float, slow: range) -> None:
+        super().__init__(base, 0.0)
+        self.slow_delay, self.slow, self.reads = delay, slow, 0
+
+    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        self.delay = self.slow_delay if self.reads in self.slow else 0.002
+        self.reads += 1
+        return super().__getitem__(i)
+
+
 def _budget_fit(
     tmp_path: Path, *, epochs: int, budget: E.TimeBudget | None, resume: dict | None = None, stop_at: int = 0,
     patience: int = 100, min_epochs: int = 1, delay: float = 0.01, fast_after: int | None = None,
+    slow: range | None = None,
 ) -> dict:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 1, 16, 16), dtype=np.uint8)
@@ -133,7 +147,9 @@ def _budget_fit(
     model = Classifier(get_model("tinyres", num_classes=2), mean=[0.5], std=[0.25])
     base = D.ArrayDataset(images, labels, None)
     dataset = (
-        _Slow(base, delay=delay) if fast_after is None else _SlowStart(base, delay=delay, fast_after=fast_after)
+        _SlowSpell(base, delay=delay, slow=slow) if slow is not None
+        else _Slow(base, delay=delay) if fast_after is None
+        else _SlowStart(base, delay=delay, fast_after=fast_after)
     )  # >= 16 * delay s an epoch (while slow)
 
     def loader(epoch: int) -> torch.utils.data.DataLoader:
@@ -210,6 +226,27 @@ def test_a_cut_then_lengthened_plan_records_both_re_plans_in_order(tmp_path: Pat
     if len(note["replans"]) == 2:
         assert f"not only the {cut['to_epochs']} epochs of the plan as last re-planned (the recipe planned 12)" in (
             note["reason"])
+
+
+def test_a_cut_made_during_a_passing_slowdown_is_undone_when_the_machine_is_fast_again(tmp_path: Path) -> None:
+    import time
+
+    # Fast epochs (16 reads of ~2 ms), except the 4th (16 reads of 0.2 s: another job ran).
+    # After epoch 3 the plan grows to 30; the slow epoch makes 30 overrun 30 s and cuts it;
+    # once epochs are fast again, the cut is undone (the run is still in its plan's first half).
+    fit = _budget_fit(tmp_path, epochs=6, patience=100, min_epochs=3, delay=0.2, slow=range(48, 64),
+                      budget=E.TimeBudget(deadline=time.monotonic() + 30.0, after_evals=0.0, max_epochs=30,
+                                          scale_with_epochs=("patience", "min_epochs")))
+    steps = [(r["after_epoch"], r["from_epochs"], r["to_epochs"]) for r in fit["budget"]["replans"]]
+    assert steps[0] == (3, 6, 30)
+    assert steps[1][:2] == (4, 30) and steps[1][2] < 30  # cut after the slow epoch
+    after, cut_plan, longer = steps[-1]
+    assert after > 4 and cut_plan == steps[-2][2] < longer and after <= cut_plan // 2  # undone
+    assert fit["epochs"] == longer == len(fit["history"])
+    # Patience and the no-stop first half stay the recipe's shares (100 / 3 of its 6 epochs) of
+    # the longest plan, scaled from the recipe's values, not from values a re-plan had scaled.
+    most = max(30, longer)
+    assert fit["budget"]["patience"] == round(100 * most / 6) and fit["budget"]["min_epochs"] == round(3 * most / 6)
 
 
 def test_a_resumed_run_keeps_the_shortened_plan(tmp_path: Path) -> None:
