@@ -454,9 +454,9 @@ def fit(
     what each rank trained on in its first epoch.
 
     With a ``budget`` the schedule is shortened when the epochs, as measured, would overrun it,
-    and lengthened early on when they would leave much of it unspent (``TimeBudget``); the
-    result's ``epochs`` is the plan the run ended with and ``budget`` says why it changed
-    (``None`` when it did not).
+    and lengthened early on when they would leave much of it unspent, or to undo a cut a passing
+    slowdown made (``TimeBudget``); the result's ``epochs`` is the plan the run ended with and
+    ``budget`` says why it changed (``None`` when it did not).
     """
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from tqdm.auto import tqdm
