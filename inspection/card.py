@@ -157,13 +157,19 @@ class DefectMapSpec(_Strict):
     ``float32[N, height, width]`` in 0..1, a coarse grid over the model input (cell ``(i, j)``
     covers input rows ``i * input.height / height`` onwards): each cell's P(defect), the
     classifier's own head applied at that position (an anomaly model's: P(anomaly)); without a
-    good class, the cell's most confident class probability. ``inspection.defectmap`` turns it
-    into a peak and a box in the camera frame's pixels. Cards without it serve without maps.
+    good class, the cell's most confident class probability. With ``weighted_by_frame`` (models
+    exported since 2026-12-06) each cell is further multiplied by the frame's own P(defect), so a
+    frame the model calls good has a cold map. ``inspection.defectmap`` turns it into a peak and a
+    box in the camera frame's pixels (one factor per frame moves neither). Cards without it serve
+    without maps.
     """
 
     output_name: str = "defect_map"
     height: int = Field(ge=1, le=4096)
     width: int = Field(ge=1, le=4096)
+    #: Each cell times the frame's P(defect) (``training.defectmap.weighted_by_frame``); False on
+    #: older cards, whose maps are the cells' P(defect) alone.
+    weighted_by_frame: bool = False
     #: Torch vs ONNX Runtime, max abs difference of the maps over the whole test split.
     parity_max_abs_diff: float = Field(ge=0.0)
 

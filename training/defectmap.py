@@ -111,8 +111,24 @@ def _tiled(model: TiledClassifier, x: torch.Tensor, good_index: int | None) -> t
     return frame_logits, canvas
 
 
+def weighted_by_frame(logits: torch.Tensor, heat: torch.Tensor, good_index: int | None) -> torch.Tensor:
+    """The map [N, h, w] times each frame's own P(defect) = 1 - P(good) (unchanged without a good class).
+
+    Why: a cell's P(defect) is the head's view of one window, and on a frame the model calls good
+    some window always looks a little odd: unweighted, a good frame's map had hot cells, so the
+    map told the audit and labelling pages "here" where the decision said "nothing". Weighted, the
+    map is as hot as the frame is suspicious, and within a frame nothing moves (the peak and the
+    half-maximum box are unchanged by one positive factor). On magnetic tile's anomaly model the
+    maps' pixel AUROC against the true masks rose from 0.639 to 0.719 (docs/training.md)."""
+    if good_index is None:
+        return heat
+    frame = 1.0 - torch.softmax(logits.float(), dim=1)[:, good_index]
+    return heat * frame[:, None, None]
+
+
 class MapOutputs(nn.Module):
-    """``model`` returning ``(logits, defect map)``; the logits are exactly ``model(x)``."""
+    """``model`` returning ``(logits, defect map)``; the logits are exactly ``model(x)``, the map is
+    ``logits_and_map``'s weighted by the frame's P(defect) (``weighted_by_frame``)."""
 
     def __init__(self, model: nn.Module, good_index: int | None) -> None:
         super().__init__()
@@ -120,17 +136,19 @@ class MapOutputs(nn.Module):
         self.good_index = good_index
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return logits_and_map(self.model, x, self.good_index)
+        logits, heat = logits_and_map(self.model, x, self.good_index)
+        return logits, weighted_by_frame(logits, heat, self.good_index)
 
 
 @torch.no_grad()
 def predict_maps(model: nn.Module, images: np.ndarray, good_index: int | None, *,
                  batch_size: int = 128) -> np.ndarray:
-    """Torch's defect maps ``float32[N, h, w]`` for cached ``uint8[N, C, H, W]`` inputs (eval mode)."""
+    """Torch's defect maps ``float32[N, h, w]`` for cached ``uint8[N, C, H, W]`` inputs (eval mode), as
+    the exported graph outputs them (``MapOutputs``)."""
     model.eval()
     device = next(model.parameters()).device
     batch_size = frames_per_batch(model, batch_size)
-    out = [logits_and_map(model, torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device),
-                          good_index)[1].float().cpu().numpy()
-           for i in range(0, len(images), batch_size)]
+    mapped = MapOutputs(model, good_index)
+    out = [mapped(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device))[1]
+           .float().cpu().numpy() for i in range(0, len(images), batch_size)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0, 0), np.float32)

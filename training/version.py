@@ -158,6 +158,7 @@ def export_version(
         torch_maps = predict_maps(model, test.images, run.good_index)
         defect_map = DefectMapSpec(
             output_name=map_name, height=int(onnx_maps.shape[1]), width=int(onnx_maps.shape[2]),
+            weighted_by_frame=run.good_index is not None,
             parity_max_abs_diff=onnx_export.map_parity(torch_maps, onnx_maps, tolerance=cfg.parity_tolerance),
         )
         gidx = onnx_export.pick_golden(test.labels, cfg.golden_count, seed=cfg.seed)

@@ -93,3 +93,32 @@ def test_the_exported_graph_outputs_probabilities_and_maps_equal_to_torch(tmp_pa
     np.savez(tmp_path / "golden.npz", **altered)
     with pytest.raises(Exception, match="golden frames"):
         onnx_export.check_golden(session, tmp_path / "golden.npz", spec, tolerance=1e-4)
+
+
+def test_the_exported_map_is_as_hot_as_its_frame_is_suspicious_and_stays_in_place(tmp_path: Path) -> None:
+    # A good-looking frame must not show a hot spot: the graph weights each frame's cells by its
+    # own P(defect); one positive factor per frame leaves the peak and the box where they were.
+    from inspection.defectmap import locate
+
+    torch.manual_seed(4)
+    spec = InputSpec(height=64, width=80)
+    model = FlipAverage(Classifier(get_model("linecnn", num_classes=3), mean=[0.4], std=[0.2]),
+                        hflip=True, vflip=False).eval()
+    path = tmp_path / "model.onnx"
+    onnx_export.export_onnx(model, path, spec, map_output="defect_map", good_index=0)
+    images = np.random.default_rng(1).integers(0, 256, (6, 1, 64, 80), dtype=np.uint8)
+    probs, maps = onnx_export.ort_predict_maps(onnx_export.ort_session(path), images, spec, "defect_map")
+    with torch.no_grad():
+        _, raw = logits_and_map(model, torch.from_numpy(images), good_index=0)
+    raw = raw.numpy()
+    frame = 1.0 - probs[:, 0]
+    assert np.all(frame < 0.999)  # so an unweighted map could not pass for a weighted one
+    np.testing.assert_allclose(maps, raw * frame[:, None, None], atol=1e-5)
+    np.testing.assert_allclose(predict_maps(model, images, good_index=0), maps, atol=1e-4)
+    for weighted, cells in zip(maps, raw, strict=True):
+        a, b = locate(weighted, spec, 400, 320), locate(cells, spec, 400, 320)
+        assert (a.peak, a.box) == (b.peak, b.box)
+    # Without a good class (defect types only) the cells keep their own meaning.
+    with torch.no_grad():
+        _, plain = logits_and_map(model, torch.from_numpy(images), good_index=None)
+    np.testing.assert_allclose(predict_maps(model, images, good_index=None), plain.numpy(), atol=1e-6)
