@@ -5,6 +5,7 @@ what torch gives (scores and maps)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,14 +68,19 @@ def test_tiles_and_mirror_compose_as_the_frame_score_does() -> None:
     assert torch.allclose(m_heat, (plain + torch.flip(flipped, [2])) / 2, atol=1e-6)
 
 
-def test_the_exported_graph_outputs_probabilities_and_maps_equal_to_torch(tmp_path: Path) -> None:
-    torch.manual_seed(3)
-    spec = InputSpec(height=48, width=64)
+def _exported_mirrored_linecnn(tmp_path: Path, spec: InputSpec, seed: int) -> tuple[FlipAverage, Any]:
+    """A random 3-class linecnn with the test-time mirror, exported with its map: (model, session)."""
+    torch.manual_seed(seed)
     model = FlipAverage(Classifier(get_model("linecnn", num_classes=3), mean=[0.4], std=[0.2]),
                         hflip=True, vflip=False).eval()
     path = tmp_path / "model.onnx"
     onnx_export.export_onnx(model, path, spec, map_output="defect_map", good_index=0)
-    session = onnx_export.ort_session(path)
+    return model, onnx_export.ort_session(path)
+
+
+def test_the_exported_graph_outputs_probabilities_and_maps_equal_to_torch(tmp_path: Path) -> None:
+    spec = InputSpec(height=48, width=64)
+    model, session = _exported_mirrored_linecnn(tmp_path, spec, seed=3)
     assert [o.name for o in session.get_outputs()] == ["probabilities", "defect_map"]
     images = np.random.default_rng(0).integers(0, 256, (5, 1, 48, 64), dtype=np.uint8)
     probs, maps = onnx_export.ort_predict_maps(session, images, spec, "defect_map")
@@ -100,17 +106,12 @@ def test_the_exported_map_is_as_hot_as_its_frame_is_suspicious_and_stays_in_plac
     # own P(defect); one positive factor per frame leaves the peak and the box where they were.
     from inspection.defectmap import locate
 
-    torch.manual_seed(4)
     spec = InputSpec(height=64, width=80)
-    model = FlipAverage(Classifier(get_model("linecnn", num_classes=3), mean=[0.4], std=[0.2]),
-                        hflip=True, vflip=False).eval()
-    path = tmp_path / "model.onnx"
-    onnx_export.export_onnx(model, path, spec, map_output="defect_map", good_index=0)
+    model, session = _exported_mirrored_linecnn(tmp_path, spec, seed=4)
     images = np.random.default_rng(1).integers(0, 256, (6, 1, 64, 80), dtype=np.uint8)
-    probs, maps = onnx_export.ort_predict_maps(onnx_export.ort_session(path), images, spec, "defect_map")
+    probs, maps = onnx_export.ort_predict_maps(session, images, spec, "defect_map")
     with torch.no_grad():
-        _, raw = logits_and_map(model, torch.from_numpy(images), good_index=0)
-    raw = raw.numpy()
+        raw = logits_and_map(model, torch.from_numpy(images), good_index=0)[1].numpy()
     frame = 1.0 - probs[:, 0]
     assert np.all(frame < 0.999)  # so an unweighted map could not pass for a weighted one
     np.testing.assert_allclose(maps, raw * frame[:, None, None], atol=1e-5)
