@@ -16,12 +16,19 @@ This is checked before any training, so the refusal costs seconds, not an hour.
 way, but the card records ``calibration.supported: false`` with the reason, and the training
 summary and report print it as a warning. Serving and `inspection models show` can see it.
 
-Thresholds:
+Thresholds, so that the target holds on the line's next parts, not only on validation:
 
-* ``max_escape = e`` — the highest threshold that passes at most ``floor(e * n_defects)``
+* ``max_escape = e`` — the highest threshold that passes at most ``k = allowed_misses(e, n_defects)``
   validation defects (the highest threshold = the least overkill at that escape rate),
-* ``max_overkill = o`` — the lowest threshold that rejects at most ``floor(o * n_good)``
+* ``max_overkill = o`` — the lowest threshold that rejects at most ``allowed_misses(o, n_good)``
   validation good parts (the lowest threshold = the fewest escapes at that overkill rate).
+
+``allowed_misses(r, n) = floor(r * (n + 1)) - 1`` (at least 0), not ``floor(r * n)``: a new
+defect that is exchangeable with the ``n`` validation defects (same line, same defect mix) ranks
+anywhere among the ``n + 1`` scores with equal chance, so with ``k`` validation defects below the
+threshold it passes with probability ``(k + 1) / (n + 1)`` (the split-conformal argument;
+Vovk et al., Angelopoulos & Bates). Letting ``floor(r * n)`` through, as this module once did,
+promised 1% on 100 validation defects and delivered 2% on the line on average (2 / 101).
 
 Reject when P(defect) >= threshold (ties reject, as ``inspection.decisions`` does).
 
@@ -53,6 +60,11 @@ from inspection.errors import InspectionError, ModelCardError, TrainingError, Va
 from inspection.metrics import Rate, escape_overkill
 
 RULE = "a target rate r on n validation parts needs n >= ceil(1/r): one part must move the rate by at most r"
+#: How the threshold is placed (recorded in the card): the target is a promise about new parts.
+THRESHOLD_RULE = (
+    "at most floor(r*(n+1))-1 of the n validation parts on the wrong side, so that a new part like them "
+    "is on the wrong side with probability at most r (split-conformal)"
+)
 #: Validation overkill above this at the escape target earns a warning (training still writes the model).
 DEFAULT_OVERKILL_LIMIT = 0.20
 #: Escape levels of the trade-off table: from "almost nothing passes" to "one in ten passes".
@@ -63,7 +75,8 @@ _TRAIN_REMEDY = "or raise --val-fraction / add {what} images"
 _KINDS = ("max_escape", "max_overkill")
 
 __all__ = [
-    "DEFAULT_OVERKILL_LIMIT", "RULE", "SCORES_FILE", "TRADEOFF_ESCAPES", "StoredScores", "calibrate",
+    "DEFAULT_OVERKILL_LIMIT", "RULE", "SCORES_FILE", "THRESHOLD_RULE", "TRADEOFF_ESCAPES", "StoredScores",
+    "allowed_misses", "calibrate",
     "check_supported", "check_target", "load_scores", "needed", "save_scores", "smallest_supported",
     "threshold_for", "tradeoff_at", "tradeoff_table", "tradeoff_text",
 ]
@@ -126,19 +139,26 @@ def check_supported(
         )
 
 
+def allowed_misses(rate: float, n: int) -> int:
+    """Validation parts a target ``rate`` lets through on ``n``: ``floor(rate * (n + 1)) - 1``, at
+    least 0, so that a new part's chance of the same miss, ``(k + 1) / (n + 1)``, is at most
+    ``rate`` (module docstring). 0 below ``needed(rate) - 1`` parts, where no count can promise it."""
+    return max(0, math.floor(rate * (n + 1) + 1e-9) - 1)
+
+
 def threshold_for(scores: np.ndarray, is_defect: np.ndarray, kind: str, rate: float) -> float:
-    """The threshold meeting ``{kind: rate}`` on these scores (see the module docstring)."""
+    """The threshold meeting ``{kind: rate}`` on the line's next parts (see the module docstring)."""
     s = np.asarray(scores, dtype=np.float64)
     d = np.asarray(is_defect, dtype=bool)
     if kind == "max_escape":
         defect_scores = np.sort(s[d])
         n_def = defect_scores.size
-        k = math.floor(rate * n_def + 1e-9)
+        k = allowed_misses(rate, n_def)
         threshold = float(defect_scores[k]) if k < n_def else 1.0
     else:
         good_scores = np.sort(s[~d])[::-1]
         n_good = good_scores.size
-        k = math.floor(rate * n_good + 1e-9)
+        k = allowed_misses(rate, n_good)
         # reject when s >= t: the lowest t above the (k+1)-th highest good score.
         threshold = float(np.nextafter(good_scores[k], np.inf)) if k < n_good else 0.0
     return min(max(threshold, 0.0), 1.0)
@@ -287,6 +307,7 @@ def calibrate(
         "supported": not unsupported,
         **({"unsupported_reason": unsupported} if unsupported else {}),
         "rule": RULE,
+        "threshold_rule": THRESHOLD_RULE,
         "split": "val",
         "n_defects": n_def,
         "n_good": n_good,

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from inspection.calibration import (
+    allowed_misses,
     calibrate,
     load_scores,
     save_scores,
+    threshold_for,
     tradeoff_at,
     tradeoff_table,
     tradeoff_text,
@@ -48,6 +50,37 @@ def test_tradeoff_table_meets_each_level_with_wilson_intervals_and_marks_unresol
     overkills = [r["overkill"]["rate"] for r in table]
     assert overkills == sorted(overkills, reverse=True)
     assert overkills[0] > overkills[-1]
+
+
+@pytest.mark.parametrize(("kind", "rate", "n"), [("max_escape", 0.01, 100), ("max_escape", 0.05, 75),
+                                                 ("max_escape", 0.02, 140), ("max_overkill", 0.01, 120)])
+def test_the_target_holds_on_new_parts_not_only_on_validation(kind: str, rate: float, n: int) -> None:
+    """Calibrate on n validation parts, many times over; a new part from the same line crosses the
+    threshold with probability <= rate on average. Scores are uniform, so that probability is the
+    threshold itself (escape: P(U < t) = t; overkill: P(U >= t) = 1 - t)."""
+    rng = np.random.default_rng(11)
+    trials = 5_000
+    is_defect = np.full(n, kind == "max_escape")
+    wrong_side = np.empty(trials)
+    for i, scores in enumerate(rng.random((trials, n))):
+        t = threshold_for(scores, is_defect, kind, rate)
+        wrong_side[i] = t if kind == "max_escape" else 1.0 - t
+    k = allowed_misses(rate, n)
+    expected = (k + 1) / (n + 1)  # the (k+1)-th of n uniform order statistics
+    se = wrong_side.std() / math.sqrt(trials)
+    assert expected <= rate
+    assert abs(wrong_side.mean() - expected) < 5 * se
+    assert wrong_side.mean() < rate
+    # The old rule (floor(rate * n) validation misses) broke the promise by up to 2x on 100 parts.
+    assert (math.floor(rate * n + 1e-9) + 1) / (n + 1) > rate
+
+
+def test_allowed_misses_is_the_largest_count_whose_promise_holds() -> None:
+    for rate in (0.005, 0.01, 0.02, 0.05, 0.1):
+        for n in range(math.ceil(1 / rate), 1000, 7):
+            k = allowed_misses(rate, n)
+            assert (k + 1) / (n + 1) <= rate + 1e-12 < (k + 2) / (n + 1)
+    assert allowed_misses(0.01, 100) == 0 and allowed_misses(0.01, 199) == 1 and allowed_misses(0.05, 75) == 2
 
 
 def test_tradeoff_at_applies_validation_thresholds_to_another_split() -> None:
