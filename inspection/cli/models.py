@@ -237,6 +237,17 @@ def _split_table(counts: dict[str, dict[str, int]], classes: list[str]) -> str:
     return "\n".join("          " + line for line in _table(rows).splitlines())
 
 
+def _calibration_rule(calibration: dict[str, Any]) -> str:
+    """How the threshold was placed: cards calibrated before the rule was recorded used the older,
+    looser one (inspection.calibration's docstring), which `set-threshold` replaces."""
+    rule = calibration.get("threshold_rule")
+    if rule:
+        return str(rule)
+    return ("at most floor(r*n) of the n validation parts on the wrong side (the rule before 2026-12-06: "
+            "a new part's chance of that miss may exceed r by up to 1/(n+1); `inspection models set-threshold` "
+            "re-calibrates)")
+
+
 def _input_text(spec: InputSpec) -> str:
     """How a frame becomes the graph's input, in one line."""
     text = f"{spec.channels}x{spec.height}x{spec.width} uint8, resize {spec.resize}, {spec.geometry}"
@@ -266,6 +277,7 @@ def _show(args: argparse.Namespace) -> int:
         + (", ".join(f"{c} >= {v:.6g}" for c, v in t.per_class.items()) or "-")
         + ("" if t.calibration.get("supported", True) else "  WARNING: target NOT supported by validation"),
         *([f"WARNING   {t.calibration['warning']}"] if t.calibration.get("warning") else []),
+        *([f"calibrated {_calibration_rule(t.calibration)}"] if t.target else []),
         f"dataset   {card.dataset.name} (fingerprint {card.dataset.fingerprint[:12]}…), split:",
         *([_split_table(card.dataset.split_counts, card.classes)] if card.dataset.split_counts else []),
         (f"parity    max |torch - onnx| {card.parity.max_abs_diff:.2g} on {card.parity.n_images} test images "

@@ -128,7 +128,12 @@ def test_a_strict_escape_target_warns_and_still_writes(models: Path, capsys: pyt
     assert "set-threshold tiny/v2 --max-escape" in warning
     assert f"WARNING: {warning}" in out
     assert cli(["models", "show", "tiny/v2", "--models-dir", str(models)]) == 0
-    assert f"WARNING   {warning}" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert f"WARNING   {warning}" in shown
+    # how the threshold was placed: the new version says so; its source predates the recorded rule
+    assert "calibrated at most floor(r*(n+1))-1 of the n validation parts" in shown and "split-conformal" in shown
+    assert cli(["models", "show", "tiny/v1", "--models-dir", str(models)]) == 0
+    assert "calibrated at most floor(r*n) of the n validation parts" in capsys.readouterr().out
     # a looser target on the same model does not warn
     assert cli(["models", "set-threshold", "tiny/v2", "--max-escape", "0.1", "--overkill-limit", "0.8",
                 "--models-dir", str(models)]) == 0
