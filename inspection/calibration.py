@@ -142,7 +142,8 @@ def check_supported(
 def allowed_misses(rate: float, n: int) -> int:
     """Validation parts a target ``rate`` lets through on ``n``: ``floor(rate * (n + 1)) - 1``, at
     least 0, so that a new part's chance of the same miss, ``(k + 1) / (n + 1)``, is at most
-    ``rate`` (module docstring). 0 below ``needed(rate) - 1`` parts, where no count can promise it."""
+    ``rate`` (module docstring). Where ``n + 1 < 1 / rate`` not even 0 misses keeps that promise:
+    0 is returned, and training refuses such a split unless told to go on (``check_supported``)."""
     return max(0, math.floor(rate * (n + 1) + 1e-9) - 1)
 
 
