@@ -133,8 +133,8 @@ def test_parity_covers_the_whole_test_split_and_golden_frames_rescore(trained: t
     assert maps.shape == (len(inputs), 2, 2) and maps.min() >= 0.0 and maps.max() <= 1.0
     # Weighted by the frame's P(defect): no cell is hotter than the frame it belongs to.
     assert card.defect_map.weighted_by_frame
-    frame = 1.0 - got[:, card.classes.index(card.good_class)]
-    assert np.all(maps.reshape(len(maps), -1).max(axis=1) <= frame + 1e-5)
+    p_defect = 1.0 - got[:, card.classes.index(card.good_class)]
+    assert np.all(maps.max(axis=(1, 2)) <= p_defect + 1e-5)
     # Serving's preprocessing of the original file gives exactly the golden (training eval) input.
     for name, frame in zip(names, inputs):
         _, served = prepare_frame((data / name).read_bytes(), card.input, content_type="image/png")
