@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,37 @@ def test_every_model_runs_forward_and_backward_at_a_tiny_size(name: str, channel
     model.eval()
     with torch.no_grad():
         assert model(x).shape == (2, 4)
+
+
+@pytest.mark.parametrize("name", ["linecnn", "linecnn_wide"])
+def test_linecnn_pools_before_its_relu_and_computes_exactly_the_usual_order(name: str) -> None:
+    # ReLU and max pooling commute; pooling first runs the ReLU at a quarter of the positions
+    # (a memory-bound pass at full resolution). The swap must change nothing else.
+    torch.manual_seed(0)
+    model = get_model(name, num_classes=2, in_channels=1).train()
+    usual = copy.deepcopy(model)
+    layers = list(usual.features)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], torch.nn.MaxPool2d) and isinstance(layers[i + 1], torch.nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    assert layers != list(usual.features)
+    usual.features = torch.nn.Sequential(*layers)
+    relu_sizes: list[tuple[int, ...]] = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.ReLU):
+            m.register_forward_hook(lambda _m, args, _out: relu_sizes.append(tuple(args[0].shape[-2:])))
+    x = torch.rand(4, 1, 64, 48) * 255
+    torch.manual_seed(1)  # the same dropout draw for both
+    out = model(x)
+    torch.manual_seed(1)
+    ref = usual(x)
+    assert max(relu_sizes) == (32, 24)  # no ReLU at the input's full resolution
+    assert torch.equal(out, ref)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for (key, p), q in zip(model.named_parameters(), usual.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), key
 
 
 def test_unknown_architecture_lists_the_registered_ones() -> None:
