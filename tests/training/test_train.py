@@ -175,8 +175,12 @@ def test_trained_version_can_be_promoted(trained: tuple[Path, Path]) -> None:
 def test_same_seed_gives_the_same_model(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 30, "scratch": 15, "spot": 15})
     outs = []
+    # The precision is pinned as the saved config.yaml pins it for a re-run: left open, each run
+    # times fp32 against bf16 afresh, and on a CPU with native bf16 a busy moment can flip that
+    # probe between the two runs (the likely cause of a failure seen once beside a long training).
     for run in ("a", "b"):
-        result = train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / run}))
+        settings = {**FAST, "precision": "fp32", "data": ds.root, "models_dir": tmp_path / run}
+        result = train_main(load_config(None, settings))
         with np.load(result.path / "golden.npz") as g:
             outs.append(g["probabilities"])
         assert (result.path / "split.csv").read_text() == (
