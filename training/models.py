@@ -257,16 +257,14 @@ class LineCNN(nn.Module):
         layers: list[nn.Module] = []
         cin = in_channels
         for w, n in zip(widths, convs, strict=True):
-            for i in range(n):
-                layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w)]
-                if i == n - 1:
-                    # Pool before the ReLU, not after: both are monotone, so max(relu(x)) =
-                    # relu(max(x)) and the network computes exactly what conv-BN-ReLU-pool does
-                    # (gradients included), but the ReLU runs at a quarter of the positions. At
-                    # full resolution it was a memory-bound pass forward and back.
-                    layers.append(nn.MaxPool2d(2))
-                layers.append(nn.ReLU(inplace=True))
+            for _ in range(n):
+                layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
                 cin = w
+            # Pool before the stage's last ReLU, not after: both are monotone, so max(relu(x)) =
+            # relu(max(x)) and the network computes exactly what conv-BN-ReLU-pool does (gradients
+            # included), but the ReLU runs at a quarter of the positions. At full resolution it was
+            # a memory-bound pass forward and back.
+            layers.insert(len(layers) - 1, nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.drop = nn.Dropout(0.2)
