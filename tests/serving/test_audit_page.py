@@ -36,8 +36,12 @@ def live(settings: ServeSettings) -> Iterator[str]:
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not installed (Debian package 'chromium')")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # Playwright's 5 s default for an expectation is about the page, not the assertion: on a
+    # 2-core machine saturated by a training run beside the suite, a filter round-trip was seen
+    # to take longer. A longer wait changes no assertion; a wrong page still fails, only later.
+    expect.set_options(timeout=20_000)
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         try:
