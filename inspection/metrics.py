@@ -200,3 +200,108 @@ def classification_summary(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequ
         "confusion_matrix": cm.tolist(),
         "n": int(cm.sum()),
     }
+
+
+# --- How finely a test split can resolve a figure ---------------------------------------------
+#
+# The split draws *units* (images linked by source, group or duplicates: one physical tile under
+# six lightings is one unit), so a test split of 21 images may hold 8 independent parts. Images of
+# one unit mostly succeed or fail together, so a per-class figure is resolved by its units, not
+# its images. The intervals below count units: the conservative end (a unit's images fully
+# correlated), where counting images would be the optimistic one (fully independent).
+
+UNIT_INTERVAL_DRAWS = 100_000
+_RECALL_METHOD = "Jeffreys 95% interval on each class's independent units (recall x units successes)"
+AUROC_BOOTSTRAP = 2_000
+
+
+def _units_per_label(labels: np.ndarray, units: np.ndarray) -> dict[int, np.ndarray]:
+    """``{label: the distinct units whose images carry it}``."""
+    return {int(c): np.unique(units[labels == c]) for c in np.unique(labels)}
+
+
+def recall_intervals(y_true: np.ndarray, y_pred: np.ndarray, units: np.ndarray, n_classes: int, *,
+                     seed: int = 0) -> dict[str, Any]:
+    """95% intervals of each class's recall and of the macro recall, counted in units.
+
+    A class's recall ``r`` over images drawn from ``m`` units is taken as ``r × m`` successes in
+    ``m`` trials; its interval is the equal-tailed Jeffreys interval (Beta(k + ½, m − k + ½)),
+    which, unlike a bootstrap, does not collapse to a point for a class whose few units were all
+    right (it reaches 1 there, and 0 for a class wrong on every unit). The macro recall's
+    interval comes from the same posterior draws, averaged over the classes present, and holds
+    the observed macro recall. Deterministic for a seed.
+
+    Returns ``{"per_class": {index: {"units", "low", "high"}}, "macro_recall": [low, high],
+    "method": ...}``; empty per-class and NaN bounds when no class is present.
+
+    Raises:
+        ValueError: the three arrays differ in length.
+    """
+    t, p, u = np.asarray(y_true), np.asarray(y_pred), np.asarray(units)
+    if not t.shape == p.shape == u.shape:
+        raise ValueError(f"y_true {t.shape}, y_pred {p.shape} and units {u.shape} differ in shape")
+    rng = np.random.default_rng(seed)
+    per_class: dict[int, dict[str, float]] = {}
+    draws = []
+    for c, members in _units_per_label(t, u).items():
+        if not 0 <= c < n_classes:
+            raise ValueError(f"y_true has label {c} outside 0..{n_classes - 1}")
+        mask = t == c
+        m = len(members)
+        k = float(np.mean(p[mask] == c)) * m
+        d = rng.beta(k + 0.5, m - k + 0.5, size=UNIT_INTERVAL_DRAWS)
+        lo, hi = np.quantile(d, [0.025, 0.975])
+        # At the ends the interval reaches them (Brown, Cai & DasGupta's modification): a class
+        # right on every unit can be perfect, one wrong on every unit can be hopeless.
+        lo, hi = (0.0 if k == 0 else float(lo)), (1.0 if k == m else float(hi))
+        per_class[c] = {"units": m, "low": lo, "high": hi}
+        draws.append(d)
+    if not draws:
+        return {"per_class": {}, "macro_recall": [float("nan")] * 2, "method": _RECALL_METHOD}
+    lo, hi = (float(v) for v in np.quantile(np.mean(draws, axis=0), [0.025, 0.975]))
+    # The posterior sits a little inside the observed figure at the ends; the interval holds it.
+    point = float(np.mean([np.mean(p[t == c] == c) for c in per_class]))
+    return {"per_class": per_class, "macro_recall": [min(lo, point), max(hi, point)], "method": _RECALL_METHOD}
+
+
+def _auroc_of_sorted_negatives(neg_sorted: np.ndarray, pos: np.ndarray) -> float:
+    # Mann–Whitney U by binary search: negatives below each positive, ties counted one half.
+    below = np.searchsorted(neg_sorted, pos, side="left")
+    tied = np.searchsorted(neg_sorted, pos, side="right") - below
+    return float((below.sum() + 0.5 * tied.sum()) / (len(pos) * len(neg_sorted)))
+
+
+def auroc_interval(is_defect: np.ndarray, score: np.ndarray, units: np.ndarray, labels: np.ndarray | None = None,
+                   *, rounds: int = AUROC_BOOTSTRAP, seed: int = 0) -> list[float]:
+    """95% percentile interval of the ROC AUC, resampling whole units (a cluster bootstrap).
+
+    Units are resampled with replacement within each label (``labels``, e.g. the defect type;
+    ``is_defect`` when not given), so every resample holds as many units of each kind as the split
+    drew. ``[nan, nan]`` when good or defective images are missing. Deterministic for a seed.
+
+    Raises:
+        ValueError: the arrays differ in length.
+    """
+    d = np.asarray(is_defect, dtype=bool)
+    s = np.asarray(score, dtype=np.float64)
+    u = np.asarray(units)
+    lab = np.asarray(labels) if labels is not None else d.astype(np.int64)
+    if not d.shape == s.shape == u.shape == lab.shape:
+        raise ValueError(
+            f"is_defect {d.shape}, score {s.shape}, units {u.shape} and labels {lab.shape} differ in shape"
+        )
+    if d.all() or not d.any():
+        return [float("nan"), float("nan")]
+    # Each unit's images, by position, so a resample is a concatenation of index blocks.
+    _, unit_index = np.unique(u, return_inverse=True)
+    blocks = [np.flatnonzero(unit_index == i) for i in range(unit_index.max() + 1)]
+    strata = [[b for b in blocks if lab[b[0]] == c] for c in np.unique(lab)]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(rounds):
+        picked = np.concatenate([blocks_of[j] for blocks_of in strata
+                                 for j in rng.integers(0, len(blocks_of), len(blocks_of))])
+        dd, ss = d[picked], s[picked]
+        values.append(_auroc_of_sorted_negatives(np.sort(ss[~dd]), ss[dd]))
+    lo, hi = np.quantile(values, [0.025, 0.975])
+    return [float(lo), float(hi)]

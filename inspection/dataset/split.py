@@ -23,7 +23,7 @@ import csv
 import io
 import logging
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,7 +75,8 @@ def split_groups(samples: Sequence[Sample], together: Iterable[Iterable[str]] = 
 
 
 def _assign(samples: Sequence[Sample], *, seed: int, val_fraction: float, test_fraction: float,
-            together: Iterable[Iterable[str]], held_out: Collection[str] = ()) -> tuple[dict[str, str], int, list[str]]:
+            together: Iterable[Iterable[str]], held_out: Collection[str] = ()
+            ) -> tuple[dict[str, str], dict[str, int], list[str]]:
     assigned: dict[str, str] = {}
     moved: list[str] = []
     free_by_label: dict[str, list[list[Sample]]] = {}
@@ -110,7 +111,8 @@ def _assign(samples: Sequence[Sample], *, seed: int, val_fraction: float, test_f
             split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
             for m in members:
                 assigned[m.path] = split
-    return assigned, len(groups), sorted(moved)
+    units = {m.path: i for i, members in enumerate(groups) for m in members}
+    return assigned, units, sorted(moved)
 
 
 def make_split(samples: Sequence[Sample], *, seed: int, val_fraction: float, test_fraction: float,
@@ -134,8 +136,13 @@ class SplitResult:
 
     split: dict[str, str]            # path -> "train" | "val" | "test"
     duplicates: Duplicates           # exact and near-duplicate groups found in the images
-    groups: int                      # units drawn (samples joined by source, group and duplicates)
+    units: dict[str, int]            # path -> the unit it was drawn in (samples joined by source, group, duplicates)
     moved: list[str]                 # paths whose given split changed to keep their group in one split
+
+    @property
+    def groups(self) -> int:
+        """How many units were drawn."""
+        return len(set(self.units.values()))
 
     def summary(self) -> str:
         """One line for the training log."""
@@ -162,9 +169,9 @@ def split_dataset(ds: Dataset, *, seed: int, val_fraction: float, test_fraction:
     sigs = read_signatures(ds, workers=workers)
     dups = find_duplicates(sigs, near=near)
     refuse_label_conflicts(dups.exact, {s.path: s.label for s in ds.samples})
-    split, n_groups, moved = _assign(ds.samples, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                                     together=dups.together(), held_out=held_out)
-    result = SplitResult(split, dups, n_groups, moved)
+    split, units, moved = _assign(ds.samples, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                                  together=dups.together(), held_out=held_out)
+    result = SplitResult(split, dups, units, moved)
     log.info("%s: %s", ds.name, result.summary())
     return result
 
@@ -182,14 +189,21 @@ def split_counts(samples: Sequence[Sample], split: dict[str, str], classes: list
     return out
 
 
-def write_split(path: Path, samples: Sequence[Sample], split: dict[str, str]) -> None:
-    """Save the split as CSV (path,label,split,source[,group]), sorted by path."""
+def write_split(path: Path, samples: Sequence[Sample], split: dict[str, str],
+                units: Mapping[str, int] | None = None) -> None:
+    """Save the split as CSV (path,label,split,source[,group][,unit]), sorted by path.
+
+    ``unit`` (where given) numbers the units the split drew: images that share one were kept in
+    one split, and a figure on the test split is resolved by its units, not its images.
+    """
     with_group = any(s.group for s in samples)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "label", "split", "source", *(["group"] if with_group else [])])
+    writer.writerow(["path", "label", "split", "source", *(["group"] if with_group else []),
+                     *(["unit"] if units is not None else [])])
     for s in sorted(samples, key=lambda s: s.path):
-        writer.writerow([s.path, s.label, split[s.path], s.source, *([s.group] if with_group else [])])
+        writer.writerow([s.path, s.label, split[s.path], s.source, *([s.group] if with_group else []),
+                         *([units[s.path]] if units is not None else [])])
     Path(path).write_text(buf.getvalue(), encoding="utf-8")
 
 
@@ -197,3 +211,12 @@ def read_split(path: Path) -> dict[str, str]:
     """Read a split.csv back into ``{path: split}``."""
     with open(path, newline="", encoding="utf-8") as fh:
         return {row["path"]: row["split"] for row in csv.DictReader(fh)}
+
+
+def read_units(path: Path) -> dict[str, int] | None:
+    """A split.csv's ``{path: unit}``; None for a file written before units were recorded."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "unit" not in rows[0]:
+        return None
+    return {row["path"]: int(row["unit"]) for row in rows}

@@ -17,7 +17,14 @@ from inspection.dataset.duplicates import find_duplicates, read_signatures
 from inspection.dataset.importers import import_dataset
 from inspection.dataset.info import dataset_info, format_info
 from inspection.dataset.layout import LABELS, compute_fingerprint
-from inspection.dataset.split import crossing_groups, make_split, read_split, split_dataset, write_split
+from inspection.dataset.split import (
+    crossing_groups,
+    make_split,
+    read_split,
+    read_units,
+    split_dataset,
+    write_split,
+)
 from inspection.errors import DatasetError
 
 
@@ -94,6 +101,23 @@ def test_no_planted_group_crosses_splits_over_several_seeds(tmp_path: Path) -> N
     assert crossed_without_grouping > 0
     # A dataset without duplicates or groups splits exactly as before grouping existed.
     assert plain == make_split(ds.samples, seed=0, val_fraction=0.25, test_fraction=0.25, together=[])
+
+
+def test_split_file_numbers_the_units_and_reads_them_back(tmp_path: Path) -> None:
+    _planted_dataset(tmp_path / "d")
+    ds = read_dataset(tmp_path / "d")
+    result = split_dataset(ds, seed=0, val_fraction=0.25, test_fraction=0.25)
+    # Each planted group is one unit, every other image a unit of its own, none spans two splits.
+    for paths in PLANTED.values():
+        assert len({result.units[p] for p in paths}) == 1
+    assert len(set(result.units.values())) == result.groups
+    assert all(len({result.split[p] for p, u in result.units.items() if u == unit}) == 1
+               for unit in set(result.units.values()))
+    write_split(tmp_path / "split.csv", ds.samples, result.split, result.units)
+    assert read_units(tmp_path / "split.csv") == result.units
+    assert read_split(tmp_path / "split.csv") == result.split
+    write_split(tmp_path / "old.csv", ds.samples, result.split)  # as versions before units were kept
+    assert read_units(tmp_path / "old.csv") is None and read_split(tmp_path / "old.csv") == result.split
 
 
 def test_a_given_split_that_a_copy_crosses_moves_the_group_to_the_held_out_split(tmp_path: Path) -> None:

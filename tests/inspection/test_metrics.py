@@ -91,3 +91,71 @@ def test_classification_summary_is_json_ready() -> None:
     out = M.classification_summary(np.array([0, 1, 1]), np.array([0, 1, 0]), ["good", "crack"])
     assert json.loads(json.dumps(out))["confusion_matrix"] == [[1, 0], [1, 1]]
     assert out["per_class"]["crack"]["recall"] == 0.5
+
+
+# -- intervals that count the test split's units -------------------------------------------------
+
+
+def test_a_class_right_on_three_units_is_resolved_by_three_not_by_its_images() -> None:
+    # 3 parts of one class, 6 images each, all right; 30 good parts of one image, all right.
+    y = np.r_[np.ones(18, int), np.zeros(30, int)]
+    units = np.r_[np.repeat([0, 1, 2], 6), np.arange(3, 33)]
+    by_units = M.recall_intervals(y, y, units, 2)
+    one_image_one_unit = M.recall_intervals(y, y, np.arange(48), 2)
+    c = by_units["per_class"][1]
+    assert c["units"] == 3 and c["high"] == 1.0
+    # Jeffreys: Beta(3.5, 0.5)'s 2.5% quantile is 0.4644 (scipy.stats.beta.ppf), to Monte Carlo precision.
+    assert c["low"] == pytest.approx(0.4644, abs=0.005)
+    assert one_image_one_unit["per_class"][1]["low"] > 0.85  # 18 "independent" successes: far too sure
+    assert by_units["macro_recall"][0] < one_image_one_unit["macro_recall"][0]
+    assert by_units == M.recall_intervals(y, y, units, 2)  # deterministic
+
+
+def test_macro_recall_interval_holds_the_estimate_and_narrows_with_more_units() -> None:
+    rng = np.random.default_rng(0)
+
+    def draw(parts: int) -> tuple[float, list[float]]:
+        y = np.repeat(np.arange(3), parts)
+        pred = np.where(rng.random(y.size) < 0.8, y, (y + 1) % 3)
+        cm = M.confusion_matrix(y, pred, 3)
+        return M.macro_recall(cm), M.recall_intervals(y, pred, np.arange(y.size), 3)["macro_recall"]
+
+    small, wide = draw(10)
+    large, narrow = draw(400)
+    assert wide[0] <= small <= wide[1] and narrow[0] <= large <= narrow[1]
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 3
+    assert 0.74 < narrow[0] < 0.8 < narrow[1] < 0.86
+
+
+def test_auroc_interval_resamples_whole_units() -> None:
+    rng = np.random.default_rng(1)
+    d = np.r_[np.zeros(40, bool), np.ones(20, bool)]
+    s = np.where(d, rng.normal(1.0, 1.0, d.size), rng.normal(0.0, 1.0, d.size))
+    point = M.roc_auc(d, s)
+    alone = M.auroc_interval(d, s, np.arange(d.size))
+    assert alone[0] < point < alone[1]
+    # The same scores, each part photographed 5 times: as many independent parts, 5x the images.
+    d5, s5, u5 = np.repeat(d, 5), np.repeat(s, 5), np.repeat(np.arange(d.size), 5)
+    assert M.roc_auc(d5, s5) == pytest.approx(point)
+    by_units = M.auroc_interval(d5, s5, u5)
+    as_images = M.auroc_interval(d5, s5, np.arange(d5.size))
+    assert by_units == pytest.approx(alone, abs=0.02)  # copies add no information
+    assert as_images[1] - as_images[0] < (by_units[1] - by_units[0]) * 0.6  # counting images would
+    perfect = M.auroc_interval(d, d.astype(float), np.arange(d.size))
+    assert perfect == [1.0, 1.0]
+    assert all(math.isnan(v) for v in M.auroc_interval(np.zeros(5, bool), np.ones(5), np.arange(5)))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_bootstraps_auroc_is_the_mann_whitney_auroc_with_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    d = rng.random(200) < 0.3
+    s = rng.integers(0, 12, 200).astype(float)  # many ties
+    assert M._auroc_of_sorted_negatives(np.sort(s[~d]), s[d]) == pytest.approx(M.roc_auc(d, s))
+
+
+def test_intervals_refuse_arrays_of_different_lengths() -> None:
+    with pytest.raises(ValueError, match="differ in shape"):
+        M.recall_intervals(np.zeros(3, int), np.zeros(3, int), np.arange(2), 2)
+    with pytest.raises(ValueError, match="differ in shape"):
+        M.auroc_interval(np.zeros(3, bool), np.zeros(3), np.arange(2))
