@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -253,7 +254,8 @@ def write_report(
             )
         parts.append(f"<tr><td><b>escape rate</b> (defects passed)</td><td>{_rate_cell(op['escape'])}</td></tr>")
         parts.append(f"<tr><td><b>overkill rate</b> (good rejected)</td><td>{_rate_cell(op['overkill'])}</td></tr>")
-        parts.append(f"<tr><td>ROC AUC defect vs good</td><td>{test_metrics['roc_auc']:.4f}</td></tr>")
+        parts.append(f"<tr><td>ROC AUC defect vs good</td><td>{test_metrics['roc_auc']:.4f}"
+                     f"{_interval_text(test_metrics, 'roc_auc')}</td></tr>")
         parts.append(f"<tr><td>average precision</td><td>{test_metrics['average_precision']:.4f}</td></tr></table>")
         parts.append(
             "<p>The interval is how sure the figure is: with few defects on the test split a low escape rate is "
@@ -278,19 +280,31 @@ def write_report(
                      "alt='escape-overkill curve'><br>")
         parts.append(f"<img src='{_embed(plot_roc, is_defect, score, threshold)}' alt='ROC'> "
                      f"<img src='{_embed(plot_pr, is_defect, score)}' alt='precision-recall'>")
+    with_units = "intervals" in test_metrics
     parts.append(
         "<h2>Per class (test split, top-1 class)</h2><table><tr><th>class</th><th>precision</th><th>recall</th>"
-        "<th>F1</th><th>support</th></tr>"
+        + ("<th>recall 95% CI</th>" if with_units else "")
+        + "<th>F1</th><th>support (images)</th>" + ("<th>independent units</th>" if with_units else "") + "</tr>"
     )
     for name, v in test_metrics["per_class"].items():
+        ci = v.get("recall_ci")
         parts.append(
-            f"<tr><td>{esc(name)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td>"
-            f"<td>{v['support']}</td></tr>"
+            f"<tr><td>{esc(name)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
+            + ((f"<td>{ci[0]:.2f}–{ci[1]:.2f}</td>" if ci else "<td>–</td>") if with_units else "")
+            + f"<td>{v['f1']:.3f}</td><td>{v['support']}</td>"
+            + (f"<td>{v.get('units', 0)}</td>" if with_units else "") + "</tr>"
         )
     parts.append(
-        f"</table><p>accuracy {test_metrics['accuracy']:.4f}, macro recall {test_metrics['macro_recall']:.4f}, "
-        f"macro F1 {test_metrics['macro_f1']:.4f}</p>"
+        f"</table><p>accuracy {test_metrics['accuracy']:.4f}, macro recall {test_metrics['macro_recall']:.4f}"
+        f"{_interval_text(test_metrics, 'macro_recall')}, macro F1 {test_metrics['macro_f1']:.4f}</p>"
     )
+    if with_units:
+        parts.append(
+            f"<p>The test split holds {test_metrics['intervals']['units']} independent units (images the split drew "
+            "together: views of one part, one group, duplicates). Images of one unit mostly succeed or fail "
+            "together, so the intervals count units, not images: a class seen on three parts is resolved to "
+            "a third, however many images show them.</p>"
+        )
     parts.append("<p>The matrix counts the top-1 class, not the reject rule: a part whose top class is good can "
                  "still be rejected at the threshold (the operating-point table above is what the line does).</p>")
     parts.append(f"<img src='{_embed(plot_confusion, cm, classes)}' alt='confusion matrix (top-1 class)'>")
@@ -378,6 +392,14 @@ def _tradeoff_html(table: list[dict[str, Any]], test: list[dict[str, Any]], limi
     return "\n".join(rows)
 
 
+def _interval_text(test_metrics: dict[str, Any], key: str) -> str:
+    """`` (95% CI a–b, by units)`` for a figure with a unit interval, else nothing."""
+    ci = (test_metrics.get("intervals") or {}).get(key)
+    if not ci or any(math.isnan(v) for v in ci):  # NaN: one class absent
+        return ""
+    return f" (95% CI {ci[0]:.3f}–{ci[1]:.3f}, by units)"
+
+
 def text_summary(
     test_metrics: dict[str, Any], good_class: str | None, calibration: dict[str, Any] | None = None
 ) -> str:
@@ -386,15 +408,16 @@ def text_summary(
     (test columns when ``test_metrics`` holds ``tradeoff``, from ``tradeoff_at``)."""
     lines = [
         (
-            f"test accuracy {test_metrics['accuracy']:.4f}  macro recall {test_metrics['macro_recall']:.4f}  "
-            f"(n={test_metrics['n']})"
+            f"test accuracy {test_metrics['accuracy']:.4f}  macro recall {test_metrics['macro_recall']:.4f}"
+            f"{_interval_text(test_metrics, 'macro_recall')}  (n={test_metrics['n']}"
+            + (f" in {test_metrics['intervals']['units']} units)" if "intervals" in test_metrics else ")")
         )
     ]
     if good_class is not None:
         op = test_metrics["operating_point"]
         lines.append(f"escape rate   {_rate_cell(op['escape'])}")
         lines.append(f"overkill rate {_rate_cell(op['overkill'])}")
-        lines.append(f"ROC AUC defect vs good {test_metrics['roc_auc']:.4f}")
+        lines.append(f"ROC AUC defect vs good {test_metrics['roc_auc']:.4f}{_interval_text(test_metrics, 'roc_auc')}")
     if calibration and calibration.get("tradeoff"):
         lines.append(tradeoff_text(calibration["tradeoff"], test=test_metrics.get("tradeoff")))
     if calibration and calibration.get("warning"):

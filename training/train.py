@@ -125,12 +125,13 @@ def _prepare(cfg: TrainConfig, ranks: distributed.Ranks) -> Run:
                  "(--max-overkill to change)")
     ds, name = _validate_inputs(cfg)
     if resume is not None:
-        split = resume["split"]
+        split, units = resume["split"], resume.get("units")
     else:
         # Anomaly mode never fits a defect: their groups are held out for validation and test.
         held_out = [anomaly.ANOMALY] if cfg.mode == "anomaly" else []
-        split = split_dataset(ds, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                              held_out=held_out).split
+        drawn = split_dataset(ds, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                              held_out=held_out)
+        split, units = drawn.split, drawn.units
     missing = [s.path for s in ds.samples if s.path not in split]
     if missing:
         raise DatasetError(
@@ -168,7 +169,7 @@ def _prepare(cfg: TrainConfig, ranks: distributed.Ranks) -> Run:
     if cfg.threads:
         # Processes of one machine share its cores.
         torch.set_num_threads(max(1, cfg.threads // ranks.local_world))
-    return Run(cfg, ds, name, version, split, counts, resume, registry, recipe, memory_weights=weights)
+    return Run(cfg, ds, name, version, split, counts, resume, registry, recipe, memory_weights=weights, units=units)
 
 
 def _choose_recipe(
@@ -397,6 +398,7 @@ def _train(
     extra = {
         "config": cfg.to_yaml_dict(),
         "split": run.split,
+        "units": run.units,
         "version": run.version,
         "name": run.name,
         "recipe": run.recipe,
@@ -570,7 +572,8 @@ def _main(cfg: TrainConfig, ranks: distributed.Ranks) -> TrainResult | None:
     threshold, evidence, target = _operating_point(run, val_probs, val)
     per_class = dict(cfg.per_class_thresholds)
     test_probs = engine.predict(model, test.images)
-    test_metrics = split_metrics(test_probs, test.labels, ds.classes, ds.good_class, threshold, per_class)
+    test_metrics = split_metrics(test_probs, test.labels, ds.classes, ds.good_class, threshold, per_class,
+                                 units=run.test_units(test.samples))
     if run.good_index is not None and evidence.get("tradeoff"):
         gi = run.good_index
         test_metrics["tradeoff"] = cal.tradeoff_at(evidence["tradeoff"], 1.0 - test_probs[:, gi], test.labels != gi)

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,17 @@ from inspection.card import (
     save_card,
     utc_now,
 )
-from inspection.dataset.layout import Dataset
+from inspection.dataset.layout import Dataset, Sample
 from inspection.decisions import rule_defect_scores, rule_reject_mask
 from inspection.errors import TrainingError
-from inspection.metrics import average_precision, classification_summary, escape_overkill, roc_auc
+from inspection.metrics import (
+    auroc_interval,
+    average_precision,
+    classification_summary,
+    escape_overkill,
+    recall_intervals,
+    roc_auc,
+)
 from inspection.monitoring.build import build_reference
 from inspection.registry import ModelRegistry
 from training import calibrate as cal
@@ -63,10 +71,19 @@ class Run:
     recipe: list[dict[str, Any]]
     #: Anomaly mode's feature memory: the pretrained weights it is built from (None: epochs are trained).
     memory_weights: Path | None = None
+    #: The unit each image was drawn in (``split_dataset``); None for a run resumed from a
+    #: checkpoint written before units were kept (its figures then come without unit intervals).
+    units: dict[str, int] | None = None
 
     @property
     def run_dir(self) -> Path:
         return self.registry.root / ".runs" / f"{self.name}-{self.version}"
+
+    def test_units(self, samples: Sequence[Sample]) -> np.ndarray | None:
+        """The units of ``samples`` (in order), for intervals that count units; None where unknown."""
+        if self.units is None:
+            return None
+        return np.array([self.units[s.path] for s in samples], dtype=np.int64)
 
     @property
     def good_index(self) -> int | None:
@@ -104,15 +121,32 @@ def split_metrics(
     good_class: str | None,
     threshold: float,
     per_class: dict[str, float],
+    *,
+    units: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Test figures at the operating point, decided by the one reject rule (inspection.decisions)."""
-    m = classification_summary(labels, probs.argmax(1) if len(probs) else labels, classes)
+    """Test figures at the operating point, decided by the one reject rule (inspection.decisions).
+
+    With ``units`` (the unit each image was drawn in), each class's recall, the macro recall and
+    the AUROC get 95% intervals that count units rather than images (``metrics["intervals"]``).
+    """
+    predicted = probs.argmax(1) if len(probs) else labels
+    m = classification_summary(labels, predicted, classes)
+    if units is not None and len(labels) == 0:
+        units = None
+    if units is not None:
+        rec = recall_intervals(labels, predicted, units, len(classes))
+        for index, ci in rec["per_class"].items():
+            m["per_class"][classes[index]].update(units=ci["units"], recall_ci=[ci["low"], ci["high"]])
+        m["intervals"] = {"macro_recall": rec["macro_recall"], "units": len(np.unique(units)), "method": rec["method"]}
     if good_class is not None:
         is_defect = labels != classes.index(good_class)
         score = rule_defect_scores(probs, classes, good_class)
         rejected = rule_reject_mask(probs, classes, good_class, threshold, per_class)
         rates = escape_overkill(is_defect, rejected)
         m["roc_auc"] = roc_auc(is_defect, score)
+        if units is not None:
+            m["intervals"]["roc_auc"] = auroc_interval(is_defect, score, units, labels)
+            m["intervals"]["roc_auc_method"] = "95% percentile interval, whole units resampled within each class"
         m["average_precision"] = average_precision(is_defect, score)
         m["operating_point"] = {
             "threshold": threshold,
@@ -211,7 +245,7 @@ def export_version(
             test_probs=test_probs,
             test_labels=test.labels,
         )
-        data.write_split(stage / data.SPLIT_FILE, ds.samples, run.split)
+        data.write_split(stage / data.SPLIT_FILE, ds.samples, run.split, run.units)
         save_config(cfg, stage / "config.yaml")
         (stage / "history.json").write_text(json.dumps(fit["history"], indent=1) + "\n", encoding="utf-8")
         names = ["model.onnx", "golden.npz", data.SPLIT_FILE, cal.SCORES_FILE, "config.yaml", "history.json", *files]

@@ -154,7 +154,24 @@ def test_saved_config_split_and_report(trained: tuple[Path, Path]) -> None:
         counts.setdefault(r["split"], {}).setdefault(r["label"], 0)
         counts[r["split"]][r["label"]] += 1
     assert counts == {k: {c: n for c, n in v.items() if n} for k, v in card.dataset.split_counts.items()}
+    # Every image names the unit it was drawn in; a unit never spans two splits, and the test
+    # figures' intervals count the test split's units, class by class.
+    splits_of_unit: dict[str, set[str]] = {}
+    for r in rows:
+        splits_of_unit.setdefault(r["unit"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in splits_of_unit.values())
+    test = card.metrics["test"]
+    test_rows = [r for r in rows if r["split"] == "test"]
+    assert test["intervals"]["units"] == len({r["unit"] for r in test_rows})
+    for cls, v in test["per_class"].items():
+        assert v["units"] == len({r["unit"] for r in test_rows if r["label"] == cls})
+        assert v["recall_ci"][0] <= v["recall"] <= v["recall_ci"][1]
+    lo, hi = test["intervals"]["macro_recall"]
+    assert lo <= test["macro_recall"] <= hi
+    lo, hi = test["intervals"]["roc_auc"]
+    assert lo <= test["roc_auc"] <= hi
     html = (folder / "report.html").read_text()
+    assert "independent units" in html and "by units" in html
     assert "escape rate" in html and "95% CI" in html and "alt='ROC'" in html and "Escape per defect class" in html
     assert "src='data:image/png;base64," in html and "src='roc.png'" not in html
     assert len(json.loads((folder / "history.json").read_text())) == card.training["epochs_run"]
@@ -213,6 +230,10 @@ def test_an_interrupted_run_resumes_to_the_same_model(tmp_path: Path, monkeypatc
     with np.load(whole.path / "golden.npz") as a, np.load(resumed.path / "golden.npz") as b:
         assert np.array_equal(a["probabilities"], b["probabilities"])
     assert resumed.card.training["epochs_run"] == 3
+    # The units the split drew travel in the checkpoint: the resumed version's split.csv and
+    # unit intervals are the uninterrupted run's.
+    assert (resumed.path / "split.csv").read_text() == (whole.path / "split.csv").read_text()
+    assert resumed.card.metrics["test"]["intervals"] == whole.card.metrics["test"]["intervals"]
 
 # -- refusals: clear message, nothing written ---------------------------------------------
 
