@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from inspection.dataset.info import MIN_UNITS_PER_CLASS
 from inspection.dataset.layout import ORIENTATIONS
 
 
@@ -97,6 +98,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     info.add_argument("dataset", type=Path, metavar="DATASET", help="dataset folder (standard layout)")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     info.add_argument("--min-per-class", type=int, default=10, help="flag classes with fewer images (default 10)")
+    info.add_argument("--min-units-per-class", type=int, default=MIN_UNITS_PER_CLASS,
+                      help="flag classes whose images collapse into fewer independent units (views of one part, "
+                           f"duplicates, groups) than this (default {MIN_UNITS_PER_CLASS})")
     info.set_defaults(func=_info)
 
     build = dsub.add_parser(
@@ -187,7 +191,8 @@ def _set_orientation(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from inspection.dataset.info import dataset_info, format_info
 
-    report = dataset_info(args.dataset, min_per_class=args.min_per_class)
+    report = dataset_info(args.dataset, min_per_class=args.min_per_class,
+                          min_units_per_class=args.min_units_per_class)
     print(json.dumps(report, indent=2) if args.json else format_info(report))
     return 0
 

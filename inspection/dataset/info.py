@@ -29,7 +29,13 @@ _SEVERITY = {
     "duplicate": "warning",
     "split_leak": "warning",
     "tiny_class": "warning",
+    "few_units": "warning",
 }
+
+#: A class of fewer units than this is flagged when its images collapse into fewer units: at
+#: the default 15% test split it then has at most 4 parts on test, so one part more or less
+#: right moves its recall by a quarter (docs/training.md, "How finely a test split resolves").
+MIN_UNITS_PER_CLASS = 30
 
 
 _EXAMPLES = 5  # duplicate groups shown per kind in the text report
@@ -39,14 +45,16 @@ def _problem(kind: str, message: str, paths: list[str] | None = None) -> dict[st
     return {"kind": kind, "severity": _SEVERITY[kind], "message": message, "paths": paths or []}
 
 
-def dataset_info(root: Path, *, min_per_class: int = 10) -> dict[str, Any]:
+def dataset_info(root: Path, *, min_per_class: int = 10, min_units_per_class: int = MIN_UNITS_PER_CLASS
+                 ) -> dict[str, Any]:
     """A JSON-ready report on the dataset at ``root``.
 
     Keys: name, root, classes, good_class, count, counts, fingerprint, sizes (width/height
     min/max, most common WxH), channels (decoded: 1 gray, 3 colour), formats, groups (the
-    number of distinct ``group`` values), duplicates (``exact`` and ``near``: lists of path
-    groups, with the near-duplicate thresholds), problems (each with kind, severity, message
-    and the paths involved).
+    number of distinct ``group`` values), units (per class, how many units the split would draw:
+    images linked by source, group or duplicates count once, under their most common label),
+    duplicates (``exact`` and ``near``: lists of path groups, with the near-duplicate
+    thresholds), problems (each with kind, severity, message and the paths involved).
 
     Raises:
         DatasetError: no dataset at ``root`` (missing manifest/labels, a label outside the
@@ -90,6 +98,15 @@ def dataset_info(root: Path, *, min_per_class: int = 10) -> dict[str, Any]:
             problems.append(_problem("duplicate", message, paths))
     problems.extend(_split_leaks(ds.samples, dups.together()))
     counts = ds.counts()
+    units = _units_per_class(ds.samples, dups.together(), ds.classes)
+    for cls, u in units.items():
+        if 0 < u < min(counts[cls], min_units_per_class):
+            problems.append(_problem(
+                "few_units",
+                f"class {cls!r}: {counts[cls]} images but {u} independent units (views of one part, duplicates, "
+                f"groups), fewer than {min_units_per_class}: validation and test each hold a few of them, so its "
+                "figures there move by whole parts; add parts, not views",
+            ))
     for cls, n in counts.items():
         if n == 0:
             problems.append(_problem("empty_class", f"class {cls!r} has no images"))
@@ -123,6 +140,7 @@ def dataset_info(root: Path, *, min_per_class: int = 10) -> dict[str, Any]:
         "formats": dict(sorted(formats.items())),
         "lineage": ds.manifest.get("lineage"),
         "groups": len({s.group for s in ds.samples if s.group}),
+        "units": units,
         "duplicates": {
             "exact": dups.exact,
             "near": dups.near,
@@ -131,6 +149,14 @@ def dataset_info(root: Path, *, min_per_class: int = 10) -> dict[str, Any]:
         },
         "problems": problems,
     }
+
+
+def _units_per_class(samples: list[Sample], together: list[list[str]], classes: list[str]) -> dict[str, int]:
+    # As the split draws them: one unit per group, counted under its most common label.
+    units = dict.fromkeys(classes, 0)
+    for members in split_groups(samples, together):
+        units[Counter(m.label for m in members).most_common(1)[0][0]] += 1
+    return units
 
 
 def _split_leaks(samples: list[Sample], together: list[list[str]]) -> list[dict[str, Any]]:
@@ -158,9 +184,15 @@ def format_info(report: dict[str, Any]) -> str:
         f"  {report['count']} images, {len(report['classes'])} classes (good class: {report['good_class'] or 'none'})",
     ]
     width = max((len(c) for c in report["classes"]), default=5)
+    units = report.get("units") or {}
+    # Units beside the images only where they differ: there the image count overstates the parts.
+    show_units = any(units.get(c, n) != n for c, n in report["counts"].items())
     for cls, n in report["counts"].items():
         share = 100.0 * n / report["count"] if report["count"] else 0.0
-        lines.append(f"    {cls:<{width}}  {n:>7}  {share:5.1f}%")
+        in_units = f"  in {units[cls]:>6} units" if show_units else ""
+        lines.append(f"    {cls:<{width}}  {n:>7}  {share:5.1f}%{in_units}")
+    if show_units:
+        lines.append("  (a unit: images the split keeps together - views of one part, duplicates, one group)")
     sz = report["sizes"]
     lines.append(
         f"  image size: width {sz['width']['min']}..{sz['width']['max']}, "

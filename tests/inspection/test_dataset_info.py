@@ -55,17 +55,36 @@ def test_mixed_sizes_channels_and_tiny_classes(tmp_path: Path) -> None:
 
 def test_duplicates_unreadable_files_and_changed_data_are_reported(tmp_path: Path) -> None:
     ds = _mixed(tmp_path / "d", dup_same_label=True)
-    report = dataset_info(ds.root, min_per_class=1)
+    report = dataset_info(ds.root, min_per_class=1, min_units_per_class=1)
     assert [p["kind"] for p in report["problems"]] == ["duplicate"]
     assert report["problems"][0]["paths"] == ["images/good/a.png", "images/good/a2.png"]
     # Damage the stored dataset behind the manifest's back.
     (ds.root / "images/dent/d.png").write_bytes((ds.root / "images/good/b.png").read_bytes())
     data = (ds.root / "images/good/c.png").read_bytes()
     (ds.root / "images/good/c.png").write_bytes(data[: len(data) // 2])
-    report = dataset_info(ds.root, min_per_class=1)
+    report = dataset_info(ds.root, min_per_class=1, min_units_per_class=1)
     kinds = {p["kind"]: p for p in report["problems"]}
     assert set(kinds) == {"conflicting_duplicate", "unreadable", "fingerprint_mismatch", "duplicate"}
     assert kinds["unreadable"]["paths"] == ["images/good/c.png"] and "truncated PNG" in kinds["unreadable"]["message"]
     assert kinds["conflicting_duplicate"]["paths"] == ["images/dent/d.png", "images/good/b.png"]
     assert [p["severity"] for p in report["problems"]][-1] == "warning"  # errors listed first
     assert "error: unreadable" in format_info(report)
+
+
+def test_a_class_whose_images_are_views_of_few_parts_is_flagged_with_its_units(tmp_path: Path) -> None:
+    # 12 images of 'dent' taken of 3 parts (group column), 12 good images of 12 parts.
+    items = [(Sample(f"images/good/g{i}.png", "good"), _png(100 + i, (20, 30))) for i in range(12)]
+    items += [(Sample(f"images/dent/d{i}.png", "dent", group=f"P{i % 3}"), _png(200 + i, (20, 30))) for i in range(12)]
+    ds = write_dataset(tmp_path / "d", name="views", classes=["good", "dent"], good_class="good", items=items)
+    report = dataset_info(ds.root, min_units_per_class=5)
+    assert report["units"] == {"good": 12, "dent": 3}
+    assert [(p["kind"], p["severity"]) for p in report["problems"]] == [("few_units", "warning")]
+    assert "'dent': 12 images but 3 independent units" in report["problems"][0]["message"]
+    text = format_info(report)
+    assert "in      3 units" in text and "in     12 units" in text
+    # The same images as 12 independent parts: nothing to flag, and no units column.
+    plain = write_dataset(tmp_path / "p", name="parts", classes=["good", "dent"], good_class="good",
+                          items=[(Sample(s.path, s.label), data) for s, data in items])
+    report = dataset_info(plain.root, min_units_per_class=5)
+    assert report["units"] == {"good": 12, "dent": 12} and report["problems"] == []
+    assert " units" not in format_info(report)

@@ -31,7 +31,9 @@ def test_magnetic_tile_imports_exactly_the_images_and_no_masks(shared_data: Path
         assert hashlib.sha256(copied).digest() == hashlib.sha256(original).digest()
     report = dataset_info(ds.root)
     assert report["channels"] == {"1": 1344}
-    assert report["problems"] == []
+    # Each tile under up to six lightings: 1,344 images of 583 units; fray's 32 images show 18 tiles.
+    assert report["units"] == {"Free": 390, "Blowhole": 52, "Break": 55, "Crack": 30, "Fray": 18, "Uneven": 38}
+    assert [(p["kind"], p["message"].split(":")[0]) for p in report["problems"]] == [("few_units", "class 'Fray'")]
 
 
 def test_neu_det_imports_300_per_class_without_a_good_class(shared_data: Path, tmp_path: Path,
