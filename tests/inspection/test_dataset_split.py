@@ -142,7 +142,9 @@ def test_info_reports_exact_and_near_duplicates_with_paths(tmp_path: Path, capsy
     assert report["duplicates"]["exact"] == [PLANTED["bytes"], sorted(PLANTED["pixels"])]
     assert report["duplicates"]["near"] == [sorted(PLANTED["near"])]
     assert report["groups"] == 1
-    assert [p["kind"] for p in report["problems"]] == ["duplicate", "duplicate"]  # no split given: nothing leaks
+    # No split given: nothing leaks. The planted copies make dent's 19 images 16 parts, under 30.
+    assert [p["kind"] for p in report["problems"]] == ["duplicate", "duplicate", "few_units"]
+    assert report["units"] == {"good": 34, "dent": 16}
     assert main(["dataset", "info", str(tmp_path / "d")]) == 0
     text = capsys.readouterr().out
     assert "exact duplicates (same bytes or pixels): 2 group(s), 4 images - kept in one split each" in text
