@@ -235,7 +235,7 @@ def recall_intervals(y_true: np.ndarray, y_pred: np.ndarray, units: np.ndarray, 
     "method": ...}``; empty per-class and NaN bounds when no class is present.
 
     Raises:
-        ValueError: the three arrays differ in length.
+        ValueError: the three arrays differ in length, or a label is outside ``0..n_classes-1``.
     """
     t, p, u = np.asarray(y_true), np.asarray(y_pred), np.asarray(units)
     if not t.shape == p.shape == u.shape:
@@ -302,6 +302,8 @@ def auroc_interval(is_defect: np.ndarray, score: np.ndarray, units: np.ndarray, 
         picked = np.concatenate([blocks_of[j] for blocks_of in strata
                                  for j in rng.integers(0, len(blocks_of), len(blocks_of))])
         dd, ss = d[picked], s[picked]
+        if dd.all() or not dd.any():  # only where a unit mixes good and defective images
+            continue
         values.append(_auroc_of_sorted_negatives(np.sort(ss[~dd]), ss[dd]))
     lo, hi = np.quantile(values, [0.025, 0.975])
     return [float(lo), float(hi)]
