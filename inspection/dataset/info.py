@@ -17,7 +17,7 @@ from typing import Any
 
 from inspection.dataset.duplicates import Signature, find_duplicates, signature
 from inspection.dataset.layout import Sample, compute_fingerprint, read_dataset
-from inspection.dataset.split import split_groups
+from inspection.dataset.split import group_label, split_groups
 from inspection.errors import ImageError
 
 #: Problem kinds, most serious first. ``error``: the dataset must be fixed before training.
@@ -96,9 +96,10 @@ def dataset_info(root: Path, *, min_per_class: int = 10, min_units_per_class: in
         else:
             message = f"same image content {len(paths)} times (label {labels[0]!r}): {paths}"
             problems.append(_problem("duplicate", message, paths))
-    problems.extend(_split_leaks(ds.samples, dups.together()))
+    groups = split_groups(ds.samples, dups.together())
+    problems.extend(_split_leaks(groups))
     counts = ds.counts()
-    units = _units_per_class(ds.samples, dups.together(), ds.classes)
+    units = _units_per_class(groups, ds.classes)
     for cls, u in units.items():
         if 0 < u < min(counts[cls], min_units_per_class):
             problems.append(_problem(
@@ -151,18 +152,18 @@ def dataset_info(root: Path, *, min_per_class: int = 10, min_units_per_class: in
     }
 
 
-def _units_per_class(samples: list[Sample], together: list[list[str]], classes: list[str]) -> dict[str, int]:
-    # As the split draws them: one unit per group, counted under its most common label.
+def _units_per_class(groups: list[list[Sample]], classes: list[str]) -> dict[str, int]:
+    # As the split draws them: one unit per group, counted under the label it is drawn under.
     units = dict.fromkeys(classes, 0)
-    for members in split_groups(samples, together):
-        units[Counter(m.label for m in members).most_common(1)[0][0]] += 1
+    for members in groups:
+        units[group_label(members)] += 1
     return units
 
 
-def _split_leaks(samples: list[Sample], together: list[list[str]]) -> list[dict[str, Any]]:
+def _split_leaks(groups: list[list[Sample]]) -> list[dict[str, Any]]:
     """A problem per group (duplicates, source, group) that the given splits put in several splits."""
     out: list[dict[str, Any]] = []
-    for members in split_groups(samples, together):
+    for members in groups:
         given = {m.split for m in members if m.split}
         if len(given) > 1:
             paths = sorted(m.path for m in members)

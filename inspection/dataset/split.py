@@ -74,6 +74,11 @@ def split_groups(samples: Sequence[Sample], together: Iterable[Iterable[str]] = 
     return [g for _, g in sorted(keyed, key=lambda kg: kg[0])]
 
 
+def group_label(members: Iterable[Sample]) -> str:
+    """The label a group is drawn under: its members' most common one."""
+    return Counter(m.label for m in members).most_common(1)[0][0]
+
+
 def _assign(samples: Sequence[Sample], *, seed: int, val_fraction: float, test_fraction: float,
             together: Iterable[Iterable[str]], held_out: Collection[str] = ()
             ) -> tuple[dict[str, str], dict[str, int], list[str]]:
@@ -90,7 +95,7 @@ def _assign(samples: Sequence[Sample], *, seed: int, val_fraction: float, test_f
                     moved.append(m.path)
                 assigned[m.path] = split
         else:
-            label = Counter(m.label for m in members).most_common(1)[0][0]
+            label = group_label(members)
             free_by_label.setdefault(label, []).append(members)
     rng = np.random.default_rng(seed)
     for label in sorted(free_by_label):
