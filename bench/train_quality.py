@@ -174,9 +174,9 @@ def run_naive(dataset: Path, split_csv: Path, target: float | None, *, size: int
     ds, split, units = read_dataset(dataset), read_split(split_csv), read_units(split_csv)
     spec = InputSpec(height=size, width=size, channels=3, geometry="stretch")
     index = {c: i for i, c in enumerate(ds.classes)}
-    data = {}
+    data, parts = {}, {}
     for part in ("train", "val", "test"):
-        samples = [s for s in ds.samples if split[s.path] == part]
+        samples = parts[part] = [s for s in ds.samples if split[s.path] == part]
         x = np.stack([to_model_input(read_image(ds.path_of(s)), spec) for s in samples]).astype(np.float32) / 255.0
         data[part] = (torch.from_numpy((x - 0.5) / 0.25), torch.tensor([index[s.label] for s in samples]))
     model = torchvision.models.resnet18(weights=None, num_classes=len(ds.classes))
@@ -199,13 +199,13 @@ def run_naive(dataset: Path, split_csv: Path, target: float | None, *, size: int
             p: torch.cat([torch.softmax(model(b), 1) for b in data[p][0].split(64)]).numpy() for p in ("val", "test")
         }
     y_test = data["test"][1].numpy()
-    summary = classification_summary(y_test, probs["test"].argmax(1), ds.classes)
+    predicted = probs["test"].argmax(1)
+    summary = classification_summary(y_test, predicted, ds.classes)
     out: dict[str, Any] = {"accuracy": summary["accuracy"], "macro_recall": summary["macro_recall"]}
     # Our model's units, so both contenders' intervals are resolved by the same parts.
-    test_units = None if units is None else np.array([units[s.path] for s in ds.samples if split[s.path] == "test"])
+    test_units = None if units is None else np.array([units[s.path] for s in parts["test"]])
     if test_units is not None:
-        out["macro_recall_ci"] = recall_intervals(y_test, probs["test"].argmax(1), test_units,
-                                                  len(ds.classes))["macro_recall"]
+        out["macro_recall_ci"] = recall_intervals(y_test, predicted, test_units, len(ds.classes))["macro_recall"]
     if ds.good_class is not None and target is not None:
         gi = index[ds.good_class]
         score_val, score_test = 1.0 - probs["val"][:, gi], 1.0 - probs["test"][:, gi]
