@@ -151,6 +151,10 @@ class Golden(_Strict):
     count: int = Field(ge=1)
 
 
+#: What a defect map's cell is (``DefectMapSpec.cells``).
+MapCells = Literal["class_activation", "feature_density", "memory_distance"]
+
+
 class DefectMapSpec(_Strict):
     """The graph's second output: where the frame looks defective.
 
@@ -170,6 +174,11 @@ class DefectMapSpec(_Strict):
     #: Each cell times the frame's P(defect) (``training.defectmap.weighted_by_frame``); False on
     #: older cards, whose maps are the cells' P(defect) alone.
     weighted_by_frame: bool = False
+    #: What a cell's value is: ``class_activation`` (the head applied at the cell), ``feature_density``
+    #: (a from-scratch anomaly model: how far the cell's features lie from good surface's, as
+    #: P(anomaly)), ``memory_distance`` (the pretrained feature memory: distance to the nearest good
+    #: patch, as P(anomaly)). Older cards: class activation.
+    cells: MapCells = "class_activation"
     #: Torch vs ONNX Runtime, max abs difference of the maps over the whole test split.
     parity_max_abs_diff: float = Field(ge=0.0)
 

@@ -22,40 +22,51 @@ probability, as the frame's score is.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inspection.card import MapCells
 from inspection.errors import TrainingError
 from training.memory import FeatureMemory
 from training.models import Classifier, FlipAverage, LineCNN, TiledClassifier, TinyResNet, frames_per_batch
 
 
-def position_logits(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(frame logits [N, K], per-position logits [N, K, h, w]) of a registered architecture."""
+def grid_outputs(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(frame logits [N, K], last feature grid [N, C, h, w], per-position logits [N, K, h, w]) of a
+    registered architecture, from one pass."""
     from torchvision.models import EfficientNet, MobileNetV3, ResNet
 
     if isinstance(backbone, LineCNN):
         feats = backbone.features(backbone.standardize(x))
         logits = backbone.fc(backbone.drop(torch.flatten(backbone.pool(feats), 1)))
-        return logits, _per_position(backbone.fc, feats)
+        return logits, feats, _per_position(backbone.fc, feats)
     if isinstance(backbone, TinyResNet):
         feats = backbone.features(backbone.stem(backbone.standardize(x)))
         pooled = torch.cat([torch.flatten(backbone.avg(feats), 1), torch.flatten(backbone.max(feats), 1)], dim=1)
         logits = backbone.fc(backbone.drop(pooled))
         # The head reads [average, max] of each channel; at one position both are that position's value.
-        return logits, _per_position(backbone.fc, torch.cat([feats, feats], dim=1))
+        return logits, feats, _per_position(backbone.fc, torch.cat([feats, feats], dim=1))
     if isinstance(backbone, ResNet):
         b = backbone
         feats = b.layer4(b.layer3(b.layer2(b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x))))))))
-        return b.fc(torch.flatten(b.avgpool(feats), 1)), _per_position(b.fc, feats)
+        return b.fc(torch.flatten(b.avgpool(feats), 1)), feats, _per_position(b.fc, feats)
     if isinstance(backbone, MobileNetV3 | EfficientNet):
         feats = backbone.features(x)
         logits = backbone.classifier(torch.flatten(backbone.avgpool(feats), 1))
-        return logits, _per_position(backbone.classifier, feats)
+        return logits, feats, _per_position(backbone.classifier, feats)
     raise TrainingError(f"no defect map for architecture {type(backbone).__name__}: "
                         "its head cannot be applied per position")
+
+
+def position_logits(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frame logits [N, K], per-position logits [N, K, h, w]) of a registered architecture."""
+    logits, _, positions = grid_outputs(backbone, x)
+    return logits, positions
 
 
 def _per_position(head: nn.Module, feats: torch.Tensor) -> torch.Tensor:
@@ -71,6 +82,137 @@ def _suspicion(position_logits: torch.Tensor, good_index: int | None) -> torch.T
     return 1.0 - probs[:, good_index]
 
 
+#: Shrinkage of the good cells' covariance towards its mean variance (a fraction of the trace):
+#: keeps the inverse stable where channels are nearly collinear or rarely active (ReLU features of
+#: a small network), without changing the distance's scale.
+SHRINKAGE = 0.01
+
+
+class FeatureDensity(nn.Module):
+    """A from-scratch anomaly model whose map says how unlike good surface each cell looks.
+
+    The class-activation map of a network trained on good vs synthetic anomalies is trained only
+    through the frame's strongest cell (global max pooling), so its other cells' P(anomaly) means
+    little: on magnetic tile it placed blowholes well but cracks and breaks barely above chance
+    within their frames. Every cell's features, though, describe its surface: the map here is the
+    Mahalanobis distance of each cell's last-stage features to one Gaussian fitted on every cell of
+    the good training frames (position-free: parts need not be aligned), a PaDiM-style density
+    (Defard et al. 2021) on the network's own features instead of pretrained ones. Per cell the
+    logits are ``[0, z]`` with ``z = (d - mu) / sigma`` over the good validation frames' cells, so
+    the cell's value is P(anomaly) = sigmoid(z), as the feature memory's is.
+
+    The frame's logits are exactly the classifier's (``forward``): the reject gate, its threshold
+    and every figure of the frame are untouched; only the map changes. In the graph the distance is
+    one 1 x 1 convolution (the whitening ``L^-1 (x - mean)``, ``Sigma = L L^T``) and a sum of
+    squares over the small grid, computed from the features the frame score already needs.
+    """
+
+    whiten: torch.Tensor
+    shift: torch.Tensor
+    mu: torch.Tensor
+    sigma: torch.Tensor
+
+    def __init__(self, classifier: Classifier, channels: int, good_index: int) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.good_index = good_index
+        # L^-1 as a 1 x 1 convolution's weight and -L^-1 mean as its bias (set by with_density_map).
+        self.register_buffer("whiten", torch.eye(channels)[:, :, None, None])
+        self.register_buffer("shift", torch.zeros(channels))
+        self.register_buffer("mu", torch.zeros(()))
+        self.register_buffer("sigma", torch.ones(()))
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frame logits, last feature grid) of pixels ``x``."""
+        logits, feats, _ = grid_outputs(self.classifier.backbone, self.classifier.normalize(x))
+        return logits, feats
+
+    def distances(self, feats: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance [N, h, w] of each cell's features to the good cells' Gaussian."""
+        return torch.sqrt(F.conv2d(feats.float(), self.whiten, self.shift).square().sum(dim=1) + 1e-12)
+
+    def position_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frame logits [N, 2], per-position logits [N, 2, h, w]: ``[0, z]`` in class order)."""
+        logits, feats = self.features(x)
+        z = (self.distances(feats) - self.mu) / self.sigma
+        zero = torch.zeros_like(z)
+        cells = [zero, z] if self.good_index == 0 else [z, zero]
+        return logits, torch.stack(cells, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+
+@torch.no_grad()
+def _cells(density: FeatureDensity, images: np.ndarray, boxes: Sequence[tuple[int, ...]] | None,
+           batch_size: int) -> torch.Tensor:
+    """Every cell's features ``float64[cells, C]`` of ``images`` (cut into ``boxes`` first when the
+    model scores tiles: the network only ever sees tiles)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size]))
+        if boxes is not None:
+            x = torch.cat([x[:, :, y : y + h, xx : xx + w] for xx, y, w, h in boxes], dim=0)
+        feats = density.features(x)[1].double()
+        out.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def with_density_map(model: nn.Module, good_train: np.ndarray, good_val: np.ndarray, good_index: int, *,
+                     batch_size: int = 64) -> tuple[nn.Module, dict[str, Any]]:
+    """``model`` (a ``Classifier``, or a ``TiledClassifier`` of one) with its map replaced by the
+    density of its own features (``FeatureDensity``), fitted on the good training frames' cells and
+    normalised on the good validation frames' cells; and what was fitted, for the card.
+
+    Raises:
+        TrainingError: no good validation frame to normalise on, or an architecture without a
+            feature grid (``grid_outputs``).
+    """
+    tiled = model if isinstance(model, TiledClassifier) else None
+    classifier = tiled.classifier if tiled is not None else model
+    if not isinstance(classifier, Classifier):
+        raise TrainingError(f"no feature density map for {type(classifier).__name__}")
+    if len(good_val) == 0:
+        raise TrainingError("the feature density map is normalised on good validation frames; the split has none")
+    classifier.eval()
+    boxes = tiled.boxes if tiled is not None else None
+    probe = grid_outputs(classifier.backbone, classifier.normalize(torch.from_numpy(good_train[:1])))[1]
+    density = FeatureDensity(classifier, int(probe.shape[1]), good_index).eval()
+    cells = _cells(density, good_train, boxes, batch_size)
+    mean = cells.mean(dim=0)
+    centred = cells - mean
+    cov = centred.T @ centred / max(1, len(cells) - 1)
+    channels = cov.shape[0]
+    cov = (1 - SHRINKAGE) * cov + SHRINKAGE * torch.trace(cov) / channels * torch.eye(channels, dtype=cov.dtype)
+    # Sigma = L L^T, so (x - mean)^T Sigma^-1 (x - mean) = |L^-1 (x - mean)|^2.
+    lower = torch.linalg.cholesky(cov)
+    whiten = torch.linalg.solve_triangular(lower, torch.eye(channels, dtype=cov.dtype), upper=False)
+    density.whiten.copy_(whiten.float()[:, :, None, None])
+    density.shift.copy_((-whiten @ mean).float())
+    val = density.distances(_cells(density, good_val, boxes, batch_size).float().T[None, :, :, None])
+    density.mu.fill_(float(val.mean()))
+    density.sigma.fill_(max(float(val.std()), 1e-6))
+    info = {"cells": "feature_density", "good_cells": len(cells), "channels": channels, "shrinkage": SHRINKAGE,
+            "val_good_cells": int(val.numel()), "mu": float(density.mu), "sigma": float(density.sigma)}
+    if tiled is not None:
+        tiled.classifier = density
+        return tiled, info
+    return density, info
+
+
+def map_cells(model: nn.Module) -> MapCells:
+    """What the map's cells are for a model built by ``training.train`` (the card's
+    ``defect_map.cells``)."""
+    while isinstance(model, FlipAverage | TiledClassifier):
+        model = model.classifier
+    if isinstance(model, FeatureDensity):
+        return "feature_density"
+    if isinstance(model, FeatureMemory):
+        return "memory_distance"
+    return "class_activation"
+
+
 def logits_and_map(model: nn.Module, x: torch.Tensor, good_index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [N, K], defect map [N, h, w]) of a model built by ``training.train``."""
     if isinstance(model, FlipAverage):
@@ -83,7 +225,7 @@ def logits_and_map(model: nn.Module, x: torch.Tensor, good_index: int | None) ->
         return all_logits.reshape(views, n, -1).mean(dim=0), heat / views
     if isinstance(model, TiledClassifier):
         return _tiled(model, x, good_index)
-    if isinstance(model, FeatureMemory):
+    if isinstance(model, FeatureMemory | FeatureDensity):
         logits, positions = model.position_logits(x)
         return logits, _suspicion(positions, good_index)
     if isinstance(model, Classifier):

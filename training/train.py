@@ -41,6 +41,7 @@ from training import anomaly, data, distributed, engine
 from training import calibrate as cal
 from training import recipe as recipe_rules
 from training.config import TrainConfig
+from training.defectmap import with_density_map
 from training.memory import FeatureMemory, fit_memory
 from training.models import (
     Classifier,
@@ -562,6 +563,15 @@ def _main(cfg: TrainConfig, ranks: distributed.Ranks) -> TrainResult | None:
         return None  # rank 0 alone calibrates, exports and writes the version
     distributed.teardown()
     model.eval()
+    if cfg.mode == "anomaly" and weights is None and run.good_index is not None:
+        # The synthetic method's frame score stays its head's; its map becomes the density of its own
+        # features over good surface (training.defectmap.FeatureDensity: it localises what the head's
+        # per-cell view does not).
+        good_val = val.images[val.labels == run.good_index]
+        model, fit["anomaly"]["map"] = with_density_map(model, train.images, good_val, run.good_index)
+        log.info("anomaly map: feature density over %d good training cells (%d channels), normalised on %d "
+                 "good validation cells", fit["anomaly"]["map"]["good_cells"], fit["anomaly"]["map"]["channels"],
+                 fit["anomaly"]["map"]["val_good_cells"])
     if cfg.tta:
         # One mirror (left/right where allowed): on ELPV it gave most of what every flip gives
         # (test AUROC +0.016 of +0.021) at half the serving cost.

@@ -52,7 +52,7 @@ from training import calibrate as cal
 from training import data
 from training import export as onnx_export
 from training.config import TrainConfig, save_config
-from training.defectmap import predict_maps
+from training.defectmap import map_cells, predict_maps
 from training.report import write_report
 
 
@@ -192,7 +192,7 @@ def export_version(
         torch_maps = predict_maps(model, test.images, run.good_index)
         defect_map = DefectMapSpec(
             output_name=map_name, height=int(onnx_maps.shape[1]), width=int(onnx_maps.shape[2]),
-            weighted_by_frame=run.good_index is not None,
+            weighted_by_frame=run.good_index is not None, cells=map_cells(model),
             parity_max_abs_diff=onnx_export.map_parity(torch_maps, onnx_maps, tolerance=cfg.parity_tolerance),
         )
         gidx = onnx_export.pick_golden(test.labels, cfg.golden_count, seed=cfg.seed)

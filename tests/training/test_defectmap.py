@@ -123,3 +123,41 @@ def test_the_exported_map_is_as_hot_as_its_frame_is_suspicious_and_stays_in_plac
     with torch.no_grad():
         _, plain = logits_and_map(model, torch.from_numpy(images), good_index=None)
     np.testing.assert_allclose(predict_maps(model, images, good_index=None), plain.numpy(), atol=1e-6)
+
+
+def test_a_feature_density_map_fits_on_tiles_and_exports_under_the_mirror_equal_to_torch(tmp_path: Path) -> None:
+    from inspection.errors import TrainingError
+    from training.defectmap import FeatureDensity, map_cells, with_density_map
+
+    torch.manual_seed(5)
+    spec = InputSpec(height=96, width=160, tiles=TileGrid(rows=2, cols=3, tile_height=64, tile_width=64))
+    base = Classifier(get_model("linecnn", num_classes=2), mean=[0.5], std=[0.25]).eval()
+    tiled = TiledClassifier(base, tile_boxes(spec), good_index=0).eval()
+    rng = np.random.default_rng(2)
+    good = rng.normal(128, 12, (40, 1, 96, 160)).clip(0, 255).astype(np.uint8)
+    fitted, info = with_density_map(tiled, good[:30], good[30:], good_index=0)
+    # The network only sees tiles, so the Gaussian is fitted on the tiles' cells: 6 tiles of 4 x 4.
+    assert fitted is tiled and isinstance(tiled.classifier, FeatureDensity)
+    assert info["good_cells"] == 30 * 6 * 16 and info["val_good_cells"] == 10 * 6 * 16
+    model = FlipAverage(tiled, hflip=True, vflip=False).eval()
+    assert map_cells(model) == "feature_density" and map_cells(FlipAverage(base, hflip=True, vflip=False)) == \
+        "class_activation"
+    images = good[30:].copy()
+    images[:, :, 2:12, 100:110] = 255  # a bright square on the good texture: far from good cells
+    path = tmp_path / "model.onnx"
+    onnx_export.export_onnx(model, path, spec, map_output="defect_map", good_index=0)
+    session = onnx_export.ort_session(path)
+    probs, maps = onnx_export.ort_predict_maps(session, images, spec, "defect_map")
+    assert onnx_export.map_parity(predict_maps(model, images, good_index=0), maps, tolerance=1e-4) <= 1e-4
+    head_only = FlipAverage(TiledClassifier(base, tile_boxes(spec), good_index=0), hflip=True, vflip=False).eval()
+    with torch.no_grad():
+        x = torch.from_numpy(images)
+        assert torch.equal(model(x), head_only(x))  # the frame score is the tiled head's, untouched
+        torch_probs = torch.softmax(model(x), dim=1).numpy()
+        _, cells = logits_and_map(model, x, good_index=0)
+    assert np.max(np.abs(torch_probs - probs)) <= 1e-4
+    # Before the frame's weighting, the square's cell is among the hottest (cells of 16 px; a
+    # random network's 46-px windows spread it to its neighbours) and the far rows are colder.
+    assert all(c[0, 6] >= c.max() - 1e-3 and c[4:].max() < c[0, 6] for c in cells.numpy())
+    with pytest.raises(TrainingError, match="good validation frames"):
+        with_density_map(base, good[:30], good[:0], good_index=0)
