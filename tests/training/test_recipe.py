@@ -168,6 +168,15 @@ def test_the_test_time_mirror_follows_the_orientation(orientation: str | None, m
     assert given.tta is False and "tta" not in {c.setting for c in choices}
 
 
+def test_anomaly_mode_exports_no_test_time_mirror_unless_asked() -> None:
+    # The mirror measured no gain for anomaly models at twice the serving cost (docs/training.md).
+    cfg, choices = _resolve(_stats(orientation="free"), mode="anomaly")
+    assert cfg.tta is False and cfg.augment.hflip is True  # mirrored frames still train
+    assert "anomaly mode: no test-time mirror" in next(c.reason for c in choices if c.setting == "tta")
+    asked, _ = _resolve(_stats(orientation="free"), mode="anomaly", tta=True)
+    assert asked.tta is True
+
+
 def test_precision_follows_the_measured_speed_up() -> None:
     value, reason = R.choose_precision(fp32_s=0.004, bf16_s=0.002)
     assert value == "bf16" and "2.00x faster" in reason and "4.00 ms/image" in reason
