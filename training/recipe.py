@@ -308,8 +308,8 @@ def resolve(
             "inference per frame)" if mirror else "no mirror allowed, no test-time mirror")
         if cfg.mode == "anomaly" and mirror:
             # Measured on both anomaly bench sets' exported graphs (docs/training.md): the mirror's
-            # average moved image AUROC by -0.004 and +0.002 and the maps' pixel AUROC by -0.005 and
-            # +0.003, at twice the serving cost per frame.
+            # average moved image AUROC by -0.004 and +0.002 and the density maps' pixel AUROC by
+            # -0.006 and +0.002, at twice the serving cost per frame.
             mirror = False
             reason = ("anomaly mode: no test-time mirror (measured no gain in frame scores or maps at twice the "
                       "inference per frame; --tta turns it on)")
