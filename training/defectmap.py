@@ -177,8 +177,8 @@ def with_density_map(model: nn.Module, good_train: np.ndarray, good_val: np.ndar
     classifier.eval()
     boxes = tiled.boxes if tiled is not None else None
     probe = grid_outputs(classifier.backbone, classifier.normalize(torch.from_numpy(good_train[:1])))[1]
-    density = FeatureDensity(classifier, int(probe.shape[1]), good_index).eval()
     channels = int(probe.shape[1])
+    density = FeatureDensity(classifier, channels, good_index).eval()
     cells, total, outer = 0, torch.zeros(channels, dtype=torch.float64), torch.zeros((channels, channels),
                                                                                       dtype=torch.float64)
     for grid in _feature_grids(density, good_train, boxes, batch_size):
@@ -196,7 +196,7 @@ def with_density_map(model: nn.Module, good_train: np.ndarray, good_val: np.ndar
                                                                                      batch_size)])
     density.mu.fill_(float(val.mean()))
     density.sigma.fill_(max(float(val.std()), 1e-6))
-    info = {"cells": "feature_density", "good_cells": cells, "channels": channels, "shrinkage": SHRINKAGE,
+    info = {"good_cells": cells, "channels": channels, "shrinkage": SHRINKAGE,
             "val_good_cells": int(val.numel()), "mu": float(density.mu), "sigma": float(density.sigma)}
     if tiled is not None:
         tiled.classifier = density

@@ -568,10 +568,10 @@ def _main(cfg: TrainConfig, ranks: distributed.Ranks) -> TrainResult | None:
         # features over good surface (training.defectmap.FeatureDensity: it localises what the head's
         # per-cell view does not).
         good_val = val.images[val.labels == run.good_index]
-        model, fit["anomaly"]["map"] = with_density_map(model, train.images, good_val, run.good_index)
+        model, fitted = with_density_map(model, train.images, good_val, run.good_index)
+        fit["anomaly"]["map"] = fitted
         log.info("anomaly map: feature density over %d good training cells (%d channels), normalised on %d "
-                 "good validation cells", fit["anomaly"]["map"]["good_cells"], fit["anomaly"]["map"]["channels"],
-                 fit["anomaly"]["map"]["val_good_cells"])
+                 "good validation cells", fitted["good_cells"], fitted["channels"], fitted["val_good_cells"])
     if cfg.tta:
         # One mirror (left/right where allowed): on ELPV it gave most of what every flip gives
         # (test AUROC +0.016 of +0.021) at half the serving cost.

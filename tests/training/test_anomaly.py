@@ -255,7 +255,7 @@ def test_the_map_of_a_model_trained_on_frames_alone_finds_where_anomalies_are() 
 
 
 @pytest.mark.slow
-def test_the_feature_density_map_finds_anomalies_the_heads_own_map_misses() -> None:
+def test_the_feature_density_map_finds_anomalies_and_leaves_the_frame_score_alone() -> None:
     """The synthetic method's exported map is the density of the network's own features over good
     surface (``FeatureDensity``): normalised on the good cells it was given, its hottest cell lands
     on new synthetic anomalies of every default kind far more often than chance, and the frame's
