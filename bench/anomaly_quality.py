@@ -6,7 +6,8 @@
   tiles and every defect class (blowhole, break, crack, fray, uneven);
 * **coating** — the generated coating set: trained on its good frames only.
 
-Prints per dataset: image AUROC (test), escape and overkill at the threshold calibrated on good
+Prints per dataset: image AUROC (test) with its 95% interval counted in the test split's units
+(a cluster bootstrap, as the card's), escape and overkill at the threshold calibrated on good
 validation frames (max overkill 1%, or the smallest of 2/5% the good validation frames resolve)
 with 95% intervals, the ONNX model's CPU latency per frame in
 onnxruntime (batch 1, one thread, median), training minutes and peak memory.
@@ -16,7 +17,10 @@ pixels exactly as serving places it (``inspection.defectmap.frame_heat``), score
 defect masks — magnetic tile's own (``<name>.png`` beside each defective image, thresholded at
 128), the coating set's from its generator (where a frame differs from its good twin) — good
 frames counting as all-normal pixels, every second pixel in each axis, as anomalib computes it
-over the whole test set.
+over the whole test set. Beside it, what the pooled figure is made of: the same with a perfect
+frame score (each map's frame weight taken from the truth), and per defect class its share of the
+defective pixels and how well the map places it within its own frames (each frame's pixels ranked
+among themselves, averaged over the class's frames).
 
 Targets (issue 13): magnetic tile image AUROC >= 0.90, pixel AUROC >= 0.85; <= 5 ms per frame;
 <= 20 min, <= 6 GB.
@@ -96,10 +100,40 @@ def coating_masks(seed: int = 0) -> MaskOf:
     return mask_of
 
 
-def _pixel_auroc(version: Path, dataset: Path, mask_of: MaskOf) -> float | None:
+class _Ranks:
+    """Pixel scores binned to 1/65535 as histograms of defect and normal pixels, so that millions
+    of pixels are ranked without holding them (ties count one half, as in ``inspection.metrics``)."""
+
+    bins = 65536
+
+    def __init__(self) -> None:
+        self.pos, self.neg = np.zeros(self.bins, np.int64), np.zeros(self.bins, np.int64)
+
+    def add(self, heat: np.ndarray, inside: np.ndarray) -> None:
+        levels = np.clip(np.rint(heat * (self.bins - 1)), 0, self.bins - 1).astype(np.int64).ravel()
+        self.pos += np.bincount(levels[inside.ravel()], minlength=self.bins)
+        self.neg += np.bincount(levels[~inside.ravel()], minlength=self.bins)
+
+    def auroc(self) -> float | None:
+        if self.pos.sum() == 0 or self.neg.sum() == 0:
+            return None
+        below = np.cumsum(self.neg) - self.neg  # normal pixels strictly below each level
+        return float(((below + 0.5 * self.neg) * self.pos).sum() / (self.pos.sum() * self.neg.sum()))
+
+
+def _pixel_auroc(version: Path, dataset: Path, mask_of: MaskOf) -> dict[str, Any] | None:
     """Pixel AUROC of the version's defect maps against the true defect masks, over its test split
-    (None when no defective test frame has a mask). Scores are binned to 1/65535 so that millions
-    of pixels are ranked by a histogram (ties count one half, as in ``inspection.metrics``)."""
+    (None when no defective test frame has a mask): ``{"pooled": AUROC over every test pixel,
+    "perfect_frames": the same with the frame's weight taken from the truth instead of the model,
+    "by_class": {defect class: {"share": its share of the defective pixels, "within": the mean over
+    its frames of each frame's own pixel AUROC, "frames": how many}}}``.
+
+    Why the breakdown: the pooled figure ranks every pixel of every frame against every other, so
+    it mixes two things — how suspicious each frame is (the map is weighted by the frame's
+    P(anomaly)) and where the defect lies within its frame — and is dominated by the classes with
+    the largest defects. ``within`` is the second alone (a frame's pixels ranked among themselves,
+    so its weight does not matter), per class; ``share`` says how much the class weighs in the
+    pooled figure."""
     import csv
 
     import onnxruntime as ort
@@ -118,8 +152,11 @@ def _pixel_auroc(version: Path, dataset: Path, mask_of: MaskOf) -> float | None:
         test = [r["path"] for r in csv.DictReader(fh) if r["split"] == "test"]
     good = read_dataset(dataset).good_class
     session = ort.InferenceSession(str(version / card.model_file), providers=["CPUExecutionProvider"])
-    bins = 65536
-    pos, neg = np.zeros(bins, np.int64), np.zeros(bins, np.int64)
+    pooled, truth_weighted = _Ranks(), _Ranks()
+    assert card.good_class is not None  # anomaly mode's classes are good / anomaly
+    good_index = card.classes.index(card.good_class)
+    within: dict[str, list[float]] = {}
+    defect_pixels: dict[str, int] = {}
     masks = 0
     for path in test:
         image = read_image(dataset / path)
@@ -130,16 +167,28 @@ def _pixel_auroc(version: Path, dataset: Path, mask_of: MaskOf) -> float | None:
             if found is not None:
                 mask, masks = found, masks + 1
         pixels = to_model_input(image, card.input)[None]
-        heat = session.run([card.defect_map.output_name], {card.input.input_name: pixels})[0][0]
+        probs, heat = (out[0] for out in session.run([card.input.output_name, card.defect_map.output_name],
+                                                     {card.input.input_name: pixels}))
         full = frame_heat(heat, card.input, w, h)[::2, ::2]
-        levels = np.clip(np.rint(full * (bins - 1)), 0, bins - 1).astype(np.int64).ravel()
-        inside = mask[::2, ::2].ravel()
-        pos += np.bincount(levels[inside], minlength=bins)
-        neg += np.bincount(levels[~inside], minlength=bins)
-    if masks == 0 or pos.sum() == 0 or neg.sum() == 0:
+        # The map is the cells' values times the frame's P(anomaly); undone, and weighted instead by
+        # the truth (1 on a defective frame, 0 on a good one), it ranks as with a perfect frame score.
+        suspicion = max(1.0 - float(probs[good_index]), 1e-30)
+        truth_weighted.add(full / suspicion * float(rows[path]["label"] != good), mask[::2, ::2])
+        inside = mask[::2, ::2]
+        pooled.add(full, inside)
+        label = rows[path]["label"]
+        if label != good and inside.any():
+            frame = _Ranks()
+            frame.add(full, inside)
+            defect_pixels[label] = defect_pixels.get(label, 0) + int(inside.sum())
+            if (auroc := frame.auroc()) is not None:  # None where the mask covers the whole frame
+                within.setdefault(label, []).append(auroc)
+    if masks == 0 or pooled.auroc() is None:
         return None
-    below = np.cumsum(neg) - neg  # negatives strictly below each level
-    return float(((below + 0.5 * neg) * pos).sum() / (pos.sum() * neg.sum()))
+    total = sum(defect_pixels.values())
+    by_class = {label: {"share": n / total, "within": float(np.mean(within[label])) if label in within else None,
+                        "frames": len(within.get(label, []))} for label, n in sorted(defect_pixels.items())}
+    return {"pooled": pooled.auroc(), "perfect_frames": truth_weighted.auroc(), "by_class": by_class}
 
 
 def overkill_target(dataset: Path) -> float:
@@ -173,6 +222,8 @@ def run_one(dataset: Path, models: Path, name: str, threads: int | None, mask_of
         "minutes": (time.monotonic() - started) / 60,
         "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024,
         "auroc": test.get("roc_auc"),
+        "auroc_ci": (test.get("intervals") or {}).get("roc_auc"),
+        "test_units": (test.get("intervals") or {}).get("units"),
         "op": test.get("operating_point"),
         "latency_ms": _latency_ms(result.path / card.model_file, card.input.height, card.input.width,
                                   card.input.channels),
@@ -181,7 +232,7 @@ def run_one(dataset: Path, models: Path, name: str, threads: int | None, mask_of
         "best_epoch": card.training["best_epoch"],
         "selection": card.training["anomaly"]["selection"],
         "max_overkill": target,
-        "pixel_auroc": _pixel_auroc(result.path, dataset, mask_of),
+        "pixel": _pixel_auroc(result.path, dataset, mask_of),
     }
 
 
@@ -233,18 +284,26 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
-    print("| dataset | max overkill | image AUROC | escape [95% CI] | overkill [95% CI] | pixel AUROC | "
-          "ms/frame (ORT, 1 thread) | minutes | peak GB | input, epochs (best) |")
+    print("| dataset | max overkill | image AUROC [95% CI by units] | escape [95% CI] | overkill [95% CI] | "
+          "pixel AUROC | ms/frame (ORT, 1 thread) | minutes | peak GB | input, epochs (best) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         op = r["op"] or {}
-        print(f"| {KINDS[r['kind']]} | {r['max_overkill']:.0%} | {r['auroc']:.3f} | {_rate(op.get('escape'))} | "
-              f"{_rate(op.get('overkill'))} | "
-              f"{'n/a (no masks)' if r['pixel_auroc'] is None else format(r['pixel_auroc'], '.3f')} | "
+        ci = r.get("auroc_ci")
+        ci_text = f" [{ci[0]:.3f}-{ci[1]:.3f}] ({r['test_units']} units)" if ci else ""
+        print(f"| {KINDS[r['kind']]} | {r['max_overkill']:.0%} | {r['auroc']:.3f}{ci_text} | "
+              f"{_rate(op.get('escape'))} | {_rate(op.get('overkill'))} | "
+              f"{'n/a (no masks)' if r['pixel'] is None else format(r['pixel']['pooled'], '.3f')} | "
               f"{r['latency_ms']:.2f} | {r['minutes']:.1f} | {r['peak_gb']:.2f} | "
               f"{r['input'][0]}x{r['input'][1]}, {r['epochs']} ({r['best_epoch']}) |")
     for r in rows:
         print(f"{KINDS[r['kind']]}: model selection on {r['selection']}")
+        if r["pixel"] is not None:
+            parts = ", ".join(f"{label} {100 * c['share']:.0f}% of the defective pixels, "
+                              f"{'n/a' if c['within'] is None else format(c['within'], '.2f')}"
+                              for label, c in r["pixel"]["by_class"].items())
+            print(f"{KINDS[r['kind']]}: pixel AUROC {r['pixel']['pooled']:.3f}; with a perfect frame score "
+                  f"{r['pixel']['perfect_frames']:.3f}; within each class's own frames: {parts}")
     return 0
 
 
