@@ -20,8 +20,9 @@ import numpy as np
 Z95 = 1.959963984540054
 
 
-def wilson_interval(k: int, n: int, *, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion ``k / n``; (0, 1) when ``n == 0``.
+def wilson_interval(k: float, n: float, *, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion ``k / n``; (0, 1) when ``n == 0``. ``k`` may be
+    fractional: a rate over images counted in units is ``rate x units`` successes in ``units``.
 
     Raises:
         ValueError: ``k`` outside ``0..n`` or ``n`` negative.

@@ -32,10 +32,12 @@ def _png(level: int, seed: int) -> bytes:
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Path, Path]:
     items = []
-    for cls, levels in LEVELS.items():
+    for c, (cls, levels) in enumerate(LEVELS.items()):
         for i, level in enumerate(levels):
-            items.append((Sample(f"images/{cls}/{i}.png", cls, "test"), _png(level, i)))
-            items.append((Sample(f"images/{cls}/train{i}.png", cls, "train"), _png(level, 100 + i)))
+            # Every frame its own noise: one noise at two grey levels is a near duplicate (the
+            # thumbnails correlate at 1), and the comparison would count the pair as one unit.
+            items.append((Sample(f"images/{cls}/{i}.png", cls, "test"), _png(level, 10 * c + i)))
+            items.append((Sample(f"images/{cls}/train{i}.png", cls, "train"), _png(level, 100 + 10 * c + i)))
     data = tmp_path / "data"
     write_dataset(data, name="cmp", classes=["good", "scratch", "dent"], good_class="good", items=items)
     models = tmp_path / "models"
@@ -101,6 +103,65 @@ def test_paired_difference_interval_covers_the_truth() -> None:
     assert swapped["ci_low"] == pytest.approx(-back["ci_high"]) and swapped["ci_high"] == pytest.approx(-back["ci_low"])
     with pytest.raises(ValueError):
         paired_difference(same, same[:3])
+
+
+def test_paired_difference_counted_in_units_covers_the_truth_where_images_are_not_independent() -> None:
+    # Four views of each of 30 parts, and a part's views pass or fail together: 120 images hold
+    # 30 independent observations. Counted as images the interval is far too narrow.
+    rng = np.random.default_rng(11)
+    parts, views, trials = 30, 4, 1500
+    p1, p2 = 0.3, 0.45
+    units = np.repeat(np.arange(parts), views)
+    by_image = by_unit = 0
+    for _ in range(trials):
+        u = np.repeat(rng.random(parts), views)
+        x, y = u < p1, u < p2
+        d_images, d_units = paired_difference(x, y), paired_difference(x, y, units)
+        assert d_units["value"] == d_images["value"] and d_units["units"] == parts and d_units["n"] == parts * views
+        by_image += d_images["ci_low"] <= p2 - p1 <= d_images["ci_high"]
+        by_unit += d_units["ci_low"] <= p2 - p1 <= d_units["ci_high"]
+    assert by_image / trials < 0.85
+    assert by_unit / trials >= 0.90
+    # One unit per image is the usual interval.
+    x, y = rng.random(50) < 0.3, rng.random(50) < 0.5
+    assert paired_difference(x, y, np.arange(50)) == pytest.approx(paired_difference(x, y))
+    with pytest.raises(ValueError):
+        paired_difference(x, y, np.arange(49))
+
+
+def test_compare_counts_the_units_of_views_and_copies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Test split: 4 scratched parts seen by 3 cameras each (one source per part), 2 dents, 6 good
+    # frames of which two are byte copies of another: 14 defective images of 6 units, 6 good of 4.
+    items = []
+    for part in range(4):
+        for view in range(3):
+            items.append((Sample(f"images/scratch/p{part}v{view}.png", "scratch", "test", source=f"part{part}"),
+                          _png(20 + 5 * view, 100 * part + view)))
+    for i, level in enumerate((120, 180)):
+        items.append((Sample(f"images/dent/{i}.png", "dent", "test"), _png(level, 500 + i)))
+    good = [_png(level, 600 + i) for i, level in enumerate(LEVELS["good"][:4])]
+    for i, data in enumerate([*good, good[0], good[0]]):
+        items.append((Sample(f"images/good/{i}.png", "good", "test"), data))
+    data = tmp_path / "views"
+    write_dataset(data, name="views", classes=["good", "scratch", "dent"], good_class="good", items=items)
+    models = tmp_path / "models"
+    make_model_version(models, version="v1", threshold=0.5)
+    make_model_version(models, version="v3", threshold=0.995)
+    reg = ModelRegistry(models)
+    c = compare_models(reg.get("tiny", "v1"), reg.get("tiny", "v3"), data)
+    assert (c.n, c.units) == (20, 10)
+    assert c.escape["a"]["units"] == 6 and c.overkill["a"]["units"] == 4 and c.per_class["scratch"]["a"]["units"] == 4
+    for figure, units in ((c.escape, 6), (c.overkill, 4), (c.per_class["scratch"], 4)):
+        for side in ("a", "b"):
+            r = figure[side]
+            assert (r["ci_low"], r["ci_high"]) == pytest.approx(wilson_interval(r["k"] / r["n"] * units, units))
+        assert figure["diff"]["units"] == units
+    # Counting units widens the interval over counting images (here: v3 passes the scratches v1 rejects).
+    by_images = wilson_interval(c.escape["b"]["k"], c.escape["b"]["n"])
+    assert c.escape["b"]["ci_high"] - c.escape["b"]["ci_low"] > by_images[1] - by_images[0]
+    assert cli(["models", "compare", "tiny/v1", "tiny/v3", "--data", str(data), "--models-dir", str(models)]) == 0
+    text = capsys.readouterr().out
+    assert "20 images of 10 units" in text and "of 6 units" in text
 
 
 def test_cli_compare_and_the_promotion_gate(setup: tuple[Path, Path], tmp_path: Path,
