@@ -70,6 +70,12 @@ class InputSpec(_Strict):
     #: sends the whole frame and cannot cut differently; ``inspection.preprocess.tile_boxes``
     #: describes the same grid for people and defect maps.
     tiles: TileGrid | None = None
+    #: Frames deeper than 8 bits (Mono10/12/14/16 line cameras, stored as 16-bit PNG or TIFF): the
+    #: pixel values (low, high) mapped linearly onto the graph's 0..255 input, after the resize
+    #: (which averages in the frame's own depth); values outside clip, as on a saturated 8-bit
+    #: sensor. Fitted on the training frames (``training.recipe.pixel_levels``). None: 8-bit
+    #: frames, used as they are. A model takes frames of one depth: the other is refused.
+    levels: tuple[int, int] | None = None
     dtype: Literal["uint8"] = "uint8"
     layout: Literal["NCHW"] = "NCHW"
     input_name: str = "pixels"
@@ -77,6 +83,8 @@ class InputSpec(_Strict):
 
     @model_validator(mode="after")
     def _fits(self) -> InputSpec:
+        if self.levels is not None and not 0 <= self.levels[0] < self.levels[1] <= 65535:
+            raise ValueError(f"levels {self.levels}: 0 <= low < high <= 65535 is required (16-bit pixel values)")
         if self.roi is not None:
             x, y, w, h = self.roi
             if x < 0 or y < 0 or w <= 0 or h <= 0:

@@ -171,7 +171,7 @@ def score_model(mv: ModelVersion, ds: Dataset, samples: list[Sample], *, batch: 
     out: list[np.ndarray] = []
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
-        pixels = np.stack([to_model_input(read_image(ds.path_of(s)), spec) for s in chunk])
+        pixels = np.stack([to_model_input(read_image(ds.path_of(s)), spec, source=s.path) for s in chunk])
         try:
             out.append(session.run([spec.output_name], {spec.input_name: pixels})[0])
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises untyped errors

@@ -52,6 +52,19 @@ def file_header_size(path: Path, *, head: int = 1 << 16) -> tuple[int, int] | No
     return header_size(data)
 
 
+def file_bit_depth(path: Path) -> int | None:
+    """8 or 16: the bits per sample a file's header declares where its format tells from the first
+    bytes (JPEG and BMP: 8 as decoded here; PNG: its IHDR bit depth, 16 or at most 8); None for
+    TIFF and anything else (decode to know)."""
+    with open(path, "rb") as fh:
+        head = fh.read(32)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) > 24:
+        return 16 if head[24] == 16 else 8
+    if head.startswith((b"\xff\xd8", b"BM")):
+        return 8
+    return None
+
+
 #: Segments read before giving up on finding a JPEG's SOF. A real file has a dozen or so (APPn,
 #: DQT, DHT); the bound keeps a body of fill bytes or empty markers from costing the caller
 #: (an event loop, for a served frame) more than a millisecond.

@@ -4,7 +4,8 @@ This is the single implementation of "camera frame -> model input". Serving call
 every frame and training calls it for every image it evaluates (and before augmenting), so
 the two can never drift apart. The steps follow the model card's ``InputSpec``:
 
-1. decode (PNG/JPEG/BMP/TIFF bytes, or raw 8-bit pixels with declared width/height/channels),
+1. decode (PNG/JPEG/BMP/TIFF bytes, 8- or 16-bit, or raw 8-bit pixels with declared
+   width/height/channels),
    after reading the size the header declares and refusing anything over the pixel limit
    (``FrameTooLargeError``) or with a header that cannot be read: a small file that declares a
    huge image is never handed to the decoder (a 380 KB PNG can declare 20,000 x 20,000 pixels),
@@ -12,11 +13,14 @@ the two can never drift apart. The steps follow the model card's ``InputSpec``:
 3. crop the card's region of interest, if it has one,
 4. resize to (width, height) with the card's OpenCV interpolation, stretched or letterboxed
    (aspect ratio kept, border mirrored into the padding) as the card's geometry says,
-5. lay out as ``uint8[C, H, W]``. Normalisation (and the tile grid, if any) is inside the graph.
+5. a 16-bit frame's card ``levels`` mapped onto 0..255 (after the resize, so the averaging of
+   an area resize keeps the camera's precision); a frame of the other depth is refused,
+6. lay out as ``uint8[C, H, W]``. Normalisation (and the tile grid, if any) is inside the graph.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import cv2
@@ -80,7 +84,7 @@ def declared_size(data: bytes, *, max_pixels: int = MAX_FRAME_PIXELS, source: st
 
     Raises:
         ImageError: empty, not a PNG/JPEG/BMP/TIFF, a header whose size cannot be read, a zero
-            dimension, a 16-bit PNG, or a truncated file.
+            dimension, or a truncated file.
         FrameTooLargeError: the declared width x height is over ``max_pixels`` (or 64 MP).
     """
     if not data:
@@ -101,8 +105,6 @@ def declared_size(data: bytes, *, max_pixels: int = MAX_FRAME_PIXELS, source: st
         raise FrameTooLargeError(
             f"{source}: {kind.upper()} header declares {width} x {height} = {width * height:,} pixels, over the "
             f"limit of {limit:,} pixels ({limit_name}); refused without decoding")
-    if kind == "png" and len(data) > 24 and data[24] == 16:
-        raise ImageError(f"{source}: 16-bit PNG ({width} x {height}); only 8-bit images are accepted")
     if _is_truncated(data, kind):
         raise ImageError(f"{source}: truncated {kind.upper()} image ({len(data)} bytes, end marker missing)")
     return width, height
@@ -110,12 +112,14 @@ def declared_size(data: bytes, *, max_pixels: int = MAX_FRAME_PIXELS, source: st
 
 def decode_image(data: bytes, *, source: str = "frame", max_pixels: int = MAX_FRAME_PIXELS,
                  limit_name: str = "max_frame_pixels") -> np.ndarray:
-    """Decode an encoded image (PNG, JPEG, BMP, TIFF) to ``uint8`` HxW or HxWx3 (BGR).
+    """Decode an encoded image (PNG, JPEG, BMP, TIFF) to HxW or HxWx3 (BGR), ``uint8`` or, for
+    16-bit PNG and TIFF (line cameras' Mono10..16), ``uint16``.
 
     The header's size is checked first (``declared_size``), and the decoded image must have it.
 
     Raises:
-        ImageError: empty, truncated, not an image, an unreadable header, or not 8-bit.
+        ImageError: empty, truncated, not an image, an unreadable header, or neither 8- nor 16-bit
+            unsigned integers (float or 32-bit TIFF).
         FrameTooLargeError: the header declares more than ``max_pixels`` (never more than 64 MP).
     """
     width, height = declared_size(data, max_pixels=max_pixels, source=source, limit_name=limit_name)
@@ -124,8 +128,8 @@ def decode_image(data: bytes, *, source: str = "frame", max_pixels: int = MAX_FR
     image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise ImageError(f"{source}: {kind.upper()} data could not be decoded ({len(data)} bytes)")
-    if image.dtype != np.uint8:
-        raise ImageError(f"{source}: {image.dtype} pixels; only 8-bit images are accepted")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{source}: {image.dtype} pixels; only 8- and 16-bit unsigned images are accepted")
     if image.shape[:2] not in ((height, width), (width, height)):  # (EXIF orientation may turn it)
         # The header read above is what the limit judged; a decoder that found another size
         # (a second, larger frame in the file) must not slip past it.
@@ -256,13 +260,43 @@ def tile_boxes(spec: InputSpec) -> list[tuple[int, int, int, int]]:
     ]
 
 
-def to_model_input(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+@functools.lru_cache(maxsize=8)
+def _levels_table(low: int, high: int) -> np.ndarray:
+    # One entry per 16-bit value: a lookup is a few ms on a large frame, and exact everywhere.
+    values = np.arange(65536, dtype=np.float64)
+    return np.clip(np.rint((values - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
+
+
+def check_depth(image: np.ndarray, spec: InputSpec, *, source: str = "frame") -> None:
+    """Refuse a frame whose pixel depth is not the model's (8-bit, or 16-bit with ``levels``).
+
+    Raises:
+        ImageError: naming both depths.
+    """
+    if image.dtype == np.uint16 and spec.levels is None:
+        raise ImageError(f"{source}: 16-bit frame, but the model takes 8-bit frames (its card has no pixel "
+                         "levels): send 8-bit frames (the camera's Mono8 format), or train on 16-bit frames")
+    if image.dtype == np.uint8 and spec.levels is not None:
+        raise ImageError(f"{source}: 8-bit frame, but the model takes 16-bit frames (pixel levels "
+                         f"{spec.levels[0]}..{spec.levels[1]}): send the camera's 16-bit frames")
+
+
+def to_eight_bit(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """A 16-bit image with the card's ``levels`` mapped onto 0..255 (an 8-bit image unchanged)."""
+    if image.dtype != np.uint16 or spec.levels is None:
+        return image
+    return _levels_table(*spec.levels)[image]
+
+
+def to_model_input(image: np.ndarray, spec: InputSpec, *, source: str = "frame") -> np.ndarray:
     """Decoded image -> ``uint8[C, H, W]`` as the card's graph expects (no batch axis).
 
     Raises:
-        ImageError: the frame does not contain the card's region of interest.
+        ImageError: the frame does not contain the card's region of interest, or its pixel depth
+            is not the model's.
     """
-    converted = resize(convert_channels(crop_roi(image, spec), spec.channels), spec)
+    check_depth(image, spec, source=source)
+    converted = to_eight_bit(resize(convert_channels(crop_roi(image, spec), spec.channels), spec), spec)
     if converted.ndim == 2:
         return np.ascontiguousarray(converted[np.newaxis, :, :])
     return np.ascontiguousarray(converted.transpose(2, 0, 1))
@@ -291,4 +325,4 @@ def prepare_frame(
                            max_pixels=max_pixels)
     else:
         image = decode_image(data, source=source, max_pixels=max_pixels)
-    return image, to_model_input(image, spec)
+    return image, to_model_input(image, spec, source=source)

@@ -30,6 +30,7 @@ _SEVERITY = {
     "split_leak": "warning",
     "tiny_class": "warning",
     "few_units": "warning",
+    "mixed_depth": "error",
 }
 
 #: A class of fewer units than this is flagged when its images collapse into fewer units: at
@@ -50,7 +51,7 @@ def dataset_info(root: Path, *, min_per_class: int = 10, min_units_per_class: in
     """A JSON-ready report on the dataset at ``root``.
 
     Keys: name, root, classes, good_class, count, counts, fingerprint, sizes (width/height
-    min/max, most common WxH), channels (decoded: 1 gray, 3 colour), formats, groups (the
+    min/max, most common WxH), channels (decoded: 1 gray, 3 colour), bits (8- or 16-bit images), formats, groups (the
     number of distinct ``group`` values), units (per class, how many units the split would draw:
     images linked by source, group or duplicates count once, under their most common label),
     duplicates (``exact`` and ``near``: lists of path groups, with the near-duplicate
@@ -68,6 +69,7 @@ def dataset_info(root: Path, *, min_per_class: int = 10, min_units_per_class: in
     heights: list[int] = []
     shapes: Counter[str] = Counter()
     channels: Counter[int] = Counter()
+    depths: dict[int, list[str]] = {}
     formats: Counter[str] = Counter()
     sigs: dict[str, Signature] = {}
     digests: dict[str, str] = {}
@@ -86,6 +88,7 @@ def dataset_info(root: Path, *, min_per_class: int = 10, min_units_per_class: in
         heights.append(h)
         shapes[f"{w}x{h}"] += 1
         channels[1 if image.ndim == 2 else image.shape[2]] += 1
+        depths.setdefault(8 * image.dtype.itemsize, []).append(s.path)
     label_of = {s.path: s.label for s in ds.samples}
     dups = find_duplicates(sigs)
     for paths in dups.exact:
@@ -98,6 +101,13 @@ def dataset_info(root: Path, *, min_per_class: int = 10, min_units_per_class: in
             problems.append(_problem("duplicate", message, paths))
     groups = split_groups(ds.samples, dups.together())
     problems.extend(_split_leaks(groups))
+    if len(depths) > 1:
+        problems.append(_problem(
+            "mixed_depth",
+            f"{len(depths[8])} 8-bit and {len(depths[16])} 16-bit images: a model takes frames of one pixel depth "
+            "(training refuses this dataset); convert its images to one depth",
+            depths[8 if len(depths[8]) <= len(depths[16]) else 16][:20],
+        ))
     counts = ds.counts()
     units = _units_per_class(groups, ds.classes)
     for cls, u in units.items():
@@ -138,6 +148,7 @@ def dataset_info(root: Path, *, min_per_class: int = 10, min_units_per_class: in
             "distinct": len(shapes),
         },
         "channels": {str(k): v for k, v in sorted(channels.items())},
+        "bits": {str(k): len(v) for k, v in sorted(depths.items())},
         "formats": dict(sorted(formats.items())),
         "lineage": ds.manifest.get("lineage"),
         "groups": len({s.group for s in ds.samples if s.group}),
@@ -203,6 +214,7 @@ def format_info(report: dict[str, Any]) -> str:
     names = {"1": "gray", "3": "colour"}
     channels = ", ".join(f"{names.get(k, k)} {v}" for k, v in report["channels"].items())
     lines.append(f"  channels (as decoded; R=G=B colour counts as gray): {channels}")
+    lines.append("  pixel depth: " + ", ".join(f"{k}-bit {v}" for k, v in report["bits"].items()))
     lines.append("  formats: " + ", ".join(f"{k} {v}" for k, v in report["formats"].items()))
     lineage = report.get("lineage") or {}
     if lineage.get("kind") == "import":

@@ -174,8 +174,11 @@ def make_model_version(
     nan_when_black: bool = False,
     reference_frames: np.ndarray | None = None,
     map_cell: int | None = None,
+    levels: tuple[int, int] | None = None,
 ) -> ModelVersion:
     """Write a complete model version under ``models_dir/name/version`` and return it.
+
+    ``levels``: the card's 16-bit pixel levels (a model taking 16-bit frames; the graph is the same).
 
     The version is not made active; call ``ModelRegistry(models_dir).promote(name, version,
     station=...)`` for that. ``reference_frames`` (uint8 ``[N, C, size, size]``) give the card a
@@ -216,7 +219,7 @@ def make_model_version(
         classes=list(classes),
         good_class=good_class,
         arch="tiny-brightness",
-        input=InputSpec(height=size, width=size, channels=channels, resize="area"),
+        input=InputSpec(height=size, width=size, channels=channels, resize="area", levels=levels),
         normalization=Normalization(mean=[0.5] * channels, std=[0.5] * channels),
         thresholds=Thresholds(reject=threshold, per_class=dict(per_class or {})),
         metrics={},

@@ -36,7 +36,7 @@ def test_counts_sizes_channels_of_a_clean_dataset(tmp_path: Path) -> None:
     assert report["counts"] == ds.counts() and report["count"] == 62
     assert report["good_class"] == "good" and report["fingerprint"] == ds.fingerprint
     assert report["sizes"]["most_common"] == "48x48" and report["sizes"]["distinct"] == 1
-    assert report["channels"] == {"1": 62} and report["formats"] == {"png": 62}
+    assert report["channels"] == {"1": 62} and report["formats"] == {"png": 62} and report["bits"] == {"8": 62}
     assert report["problems"] == []
     assert "problems: none" in format_info(report)
 
@@ -88,3 +88,16 @@ def test_a_class_whose_images_are_views_of_few_parts_is_flagged_with_its_units(t
     report = dataset_info(plain.root, min_units_per_class=5)
     assert report["units"] == {"good": 12, "dent": 12} and report["problems"] == []
     assert " units" not in format_info(report)
+
+
+def test_a_dataset_mixing_8_and_16_bit_images_is_an_error_naming_the_fewer(tmp_path: Path) -> None:
+    deep = [cv2.imencode(".png", np.full((20, 30), 1000 + 10 * i, np.uint16))[1].tobytes() for i in range(2)]
+    items = [(Sample(f"images/good/{i}.png", "good"), _png(i, (20, 30))) for i in range(3)]
+    items += [(Sample(f"images/dent/{i}.png", "dent"), data) for i, data in enumerate(deep)]
+    ds = write_dataset(tmp_path / "depths", name="depths", classes=["good", "dent"], good_class="good", items=items)
+    report = dataset_info(ds.root)
+    assert report["bits"] == {"8": 3, "16": 2}
+    (problem,) = [p for p in report["problems"] if p["kind"] == "mixed_depth"]
+    assert problem["severity"] == "error" and problem["paths"] == ["images/dent/0.png", "images/dent/1.png"]
+    assert "3 8-bit and 2 16-bit images" in problem["message"]
+    assert "pixel depth: 8-bit 3, 16-bit 2" in format_info(report)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -18,6 +20,9 @@ from tests.serving.conftest import SINGLE, all_records, auth, decided, post_fram
 pytestmark = pytest.mark.usefixtures("no_infrastructure_details")
 
 PNG = frame_png(BRIGHT)
+# The same frame from a 16-bit camera: the default model was trained on 8-bit frames.
+PNG16 = cv2.imencode(".png", cv2.imdecode(np.frombuffer(PNG, np.uint8), cv2.IMREAD_UNCHANGED).astype(np.uint16)
+                     * 257)[1].tobytes()
 
 # (id, request kwargs for post_frame, expected status, text the reason must contain, part fail-safe rejected?)
 VALID_PART_CASES: list[tuple[str, dict[str, Any], int, str]] = [
@@ -34,6 +39,7 @@ VALID_PART_CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("raw-non-integer", {"body": bytes(100), "content_type": "application/octet-stream",
                          "width": "ten", "height": 10, "channels": 1}, 400, "'ten' is not an integer"),
     ("media-type", {"body": PNG, "content_type": "text/plain"}, 415, "text/plain"),
+    ("16-bit-to-an-8-bit-model", {"body": PNG16}, 422, "16-bit frame, but the model takes 8-bit frames"),
     ("capture-time", {"body": PNG, "capture_time": "yesterday"}, 400, "'yesterday'"),
     ("over-limit", {"body": bytes(4096)}, 413, "over the limit of 2048 bytes"),
 ]
