@@ -92,6 +92,10 @@ class TrainConfig(BaseModel):
     #: Region of interest (x, y, width, height) in camera pixels, cropped before everything.
     roi: tuple[int, int, int, int] | None = None
     channels: Literal[1, 3] = 1
+    #: 16-bit frames: the pixel values (low, high) mapped onto the network's 0..255 input
+    #: (``inspection.card.InputSpec.levels``); None: by rule (8-bit frames need none; 16-bit
+    #: frames get their training frames' range, ``training.recipe.pixel_levels``).
+    levels: tuple[int, int] | None = None
     resize: Literal["area", "linear", "cubic", "nearest"] = "area"
     epochs: int | None = Field(None, ge=1, le=1000)
     batch_size: int | None = Field(None, ge=1, le=1024)

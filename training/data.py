@@ -29,7 +29,7 @@ from inspection.dataset.split import (  # noqa: F401 -- the split moved to inspe
     write_split,
 )
 from inspection.errors import DatasetError, ImageError
-from inspection.imageheader import file_header_size
+from inspection.imageheader import file_bit_depth, file_header_size
 from inspection.preprocess import read_image, to_model_input
 from training.config import AugmentConfig
 
@@ -91,6 +91,50 @@ def frame_sizes(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return heights, widths
 
 
+#: Training frames decoded before the recipe runs where their header does not tell their pixel
+#: depth (TIFF) or they are 16-bit (for their range): enough for a range's percentiles (4,096
+#: pixels each), a second or two. PNG, JPEG and BMP headers tell the depth of every frame.
+DEPTH_SAMPLE = 64
+DEPTH_PIXELS = 4096
+
+
+def pixel_sample(ds: Dataset, samples: list[Sample], *, seed: int) -> np.ndarray | None:
+    """A sample of the pixel values of up to ``DEPTH_SAMPLE`` of ``samples`` (seeded) when they
+    are 16-bit frames; None when they are 8-bit.
+
+    Raises:
+        DatasetError: an image cannot be read, or 8-bit and 16-bit frames are mixed (a model
+            takes frames of one depth; one of each is named).
+    """
+    rng = np.random.default_rng(seed)
+    by_depth: dict[int, str] = {}
+    values = []
+    decoded = 0
+    for i in rng.permutation(len(samples)).tolist():
+        path = ds.path_of(samples[i])
+        try:
+            depth = file_bit_depth(path)
+            if depth is not None:
+                by_depth.setdefault(depth, samples[i].path)
+            if depth == 8 or decoded >= DEPTH_SAMPLE:
+                continue  # the header says 8-bit, or enough frames are decoded for the range
+            image = read_image(path)
+        except OSError as exc:
+            raise DatasetError(f"dataset {ds.name!r}: {samples[i].path}: cannot read ({exc.strerror})") from None
+        except ImageError as exc:
+            raise DatasetError(f"dataset {ds.name!r}: {exc}") from None
+        decoded += 1
+        by_depth.setdefault(8 * image.dtype.itemsize, samples[i].path)
+        if image.dtype == np.uint16:
+            flat = image.reshape(-1)
+            values.append(flat[rng.integers(0, flat.size, size=min(flat.size, DEPTH_PIXELS))])
+    if len(by_depth) > 1:
+        raise DatasetError(
+            f"dataset {ds.name!r} mixes 8-bit frames (e.g. {by_depth[8]}) and 16-bit frames (e.g. {by_depth[16]}); "
+            "a model takes frames of one pixel depth: convert the dataset's images to one depth")
+    return np.concatenate(values) if values else None
+
+
 def load_images(ds: Dataset, samples: list[Sample], spec: InputSpec, *, workers: int = 1) -> np.ndarray:
     """Read and preprocess ``samples`` exactly as serving would: ``uint8[N, C, H, W]``.
 
@@ -105,7 +149,7 @@ def load_images(ds: Dataset, samples: list[Sample], spec: InputSpec, *, workers:
 
     def one(i: int) -> None:
         try:
-            out[i] = to_model_input(read_image(ds.path_of(samples[i])), spec)
+            out[i] = to_model_input(read_image(ds.path_of(samples[i])), spec, source=samples[i].path)
         except ImageError as exc:
             raise DatasetError(f"dataset {ds.name!r}: {exc}") from None
 

@@ -16,6 +16,8 @@ it adapts to (docs/training.md gives the reasoning):
   the input's shape (a rotation of a non-square input changes its shape);
 * **test-time mirror** — the same orientation: a network trained on mirrored frames scores a
   frame and its mirror image, and the exported graph averages the two;
+* **pixel levels** — 16-bit frames only: their own range of values, mapped onto the network's
+  8-bit input (with a margin for brighter or darker parts);
 * **threads** — the cores this process may use, less those busy with other work right now;
 * **cost per image** — this machine's measured speed: the training step is timed here (a second or
   a few) and the input is sized with it, not with the reference machine's figure;
@@ -76,6 +78,11 @@ MARGIN = 1.25
 BF16_MIN_SPEEDUP = 1.15
 #: A GPU trains this many times faster than the reference 2-core CPU (conservative).
 CUDA_SPEEDUP = 20.0
+#: 16-bit frames: the percentiles of the training frames' pixel values that bound their range
+#: (a few hot or dead pixels must not set it), and the margin added on each side, a share of the
+#: range, for production parts a little brighter or darker than the training ones.
+LEVEL_PERCENTILES = (0.01, 99.99)
+LEVEL_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,8 @@ class DataStats:
     heights: np.ndarray
     widths: np.ndarray
     orientation: str | None
+    #: A sample of the training frames' pixel values when they are 16-bit; None for 8-bit frames.
+    pixel_values: np.ndarray | None = None
 
     @property
     def median_aspect(self) -> float:
@@ -117,6 +126,27 @@ def scaled_cost(cost_128: float, step_ratio: float) -> float:
     """An architecture's cost per image when its network step runs ``step_ratio`` times as long
     as the registered fp32 step (the loop's own per-image work does not change)."""
     return ((cost_128 / MARGIN - OVERHEAD_S) * step_ratio + OVERHEAD_S) * MARGIN
+
+
+def pixel_levels(values: np.ndarray) -> tuple[tuple[int, int], str]:
+    """The 16-bit pixel values (low, high) mapped onto the network's 0..255 input, and why.
+
+    A camera with 10 to 16 significant bits fills a 16-bit container only partly (a 12-bit camera
+    stops at 4,095), so the range comes from the frames, not from the container: their
+    ``LEVEL_PERCENTILES``, widened by ``LEVEL_MARGIN`` of the range on each side, within 0..65535.
+    Values outside clip, as on a saturated sensor. Mapping the container's whole range instead
+    would leave a 12-bit camera's frames 16 of the 256 input levels.
+    """
+    lo_p, hi_p = (float(v) for v in np.percentile(values, LEVEL_PERCENTILES))
+    margin = LEVEL_MARGIN * max(hi_p - lo_p, 1.0)
+    low = max(0, math.floor(lo_p - margin))
+    high = min(65535, max(low + 1, math.ceil(hi_p + margin)))
+    reason = (f"16-bit frames, their pixel values {lo_p:.0f}..{hi_p:.0f} ({LEVEL_PERCENTILES[0]}th to "
+              f"{LEVEL_PERCENTILES[1]}th percentile of {values.size} pixels sampled from the training frames), "
+              f"widened by "
+              f"{LEVEL_MARGIN:.0%} each side: {low}..{high} mapped onto the network's 0..255 input "
+              f"({(high - low) / 255:.1f} levels per input step; values outside clip)")
+    return (low, high), reason
 
 
 def choose_precision(fp32_s: float, bf16_s: float) -> tuple[str, str]:
@@ -195,6 +225,9 @@ def resolve(
         update[setting] = value
         choices.append(Choice(setting, value, reason))
 
+    if cfg.levels is None and stats.pixel_values is not None:
+        levels, reason = pixel_levels(stats.pixel_values)
+        choose("levels", list(levels), reason)
     if cfg.threads is None:
         threads = available_threads()
         choose("threads", threads, f"{threads} of the CPU cores are free now (cores less those busy over the last "
@@ -323,12 +356,15 @@ def stats_from(
     widths: Sequence[int] | np.ndarray,
     train_counts: dict[str, int],
     orientation: str | None,
+    pixel_values: np.ndarray | None = None,
 ) -> DataStats:
-    """``DataStats`` from the frames' sizes and the training split's class counts."""
+    """``DataStats`` from the frames' sizes, the training split's class counts and (16-bit frames)
+    a sample of their pixel values."""
     return DataStats(
         n_train=sum(train_counts.values()),
         train_counts=dict(train_counts),
         heights=np.asarray(heights, dtype=np.float64),
         widths=np.asarray(widths, dtype=np.float64),
         orientation=orientation,
+        pixel_values=pixel_values,
     )

@@ -32,7 +32,7 @@ from inspection.card import (
     ModelCard,
     TileGrid,
 )
-from inspection.dataset.layout import Dataset, read_dataset
+from inspection.dataset.layout import Dataset, Sample, read_dataset
 from inspection.dataset.split import split_dataset
 from inspection.errors import ConfigError, DatasetError, TrainingError
 from inspection.preprocess import tile_boxes
@@ -157,7 +157,10 @@ def _prepare(cfg: TrainConfig, ranks: distributed.Ranks) -> Run:
     if resume is None and ranks.main:
         # Rank 0 alone: the others receive its choices below (its precision probe times the
         # machine, which every rank timing at once would skew).
-        cfg, recipe = _choose_recipe(cfg, ds, counts, trains_epochs=weights is None)
+        train_samples = [s for s in ds.samples if split[s.path] == "train"]
+        if cfg.mode == "anomaly":
+            train_samples = [s for s in train_samples if s.label == ds.good_class]
+        cfg, recipe = _choose_recipe(cfg, ds, counts, train_samples, trains_epochs=weights is None)
     registry = ModelRegistry(cfg.models_dir)
     version = (
         resume["version"]
@@ -174,16 +177,18 @@ def _prepare(cfg: TrainConfig, ranks: distributed.Ranks) -> Run:
 
 
 def _choose_recipe(
-    cfg: TrainConfig, ds: Dataset, counts: dict[str, dict[str, int]], *, trains_epochs: bool = True
+    cfg: TrainConfig, ds: Dataset, counts: dict[str, dict[str, int]], train_samples: list[Sample], *,
+    trains_epochs: bool = True,
 ) -> tuple[TrainConfig, list[dict[str, Any]]]:
     heights, widths = data.frame_sizes(ds)
+    pixels = data.pixel_sample(ds, train_samples, seed=cfg.seed)
     if cfg.roi is not None:
         heights, widths = np.full_like(heights, cfg.roi[3]), np.full_like(widths, cfg.roi[2])
     train_counts = counts["train"]
     if cfg.mode == "anomaly":
         # Every good frame is drawn twice an epoch, once with a synthetic anomaly (balanced).
         train_counts = {"good": train_counts["good"], anomaly.ANOMALY: train_counts["good"]}
-    stats = recipe_rules.stats_from(heights, widths, train_counts, ds.manifest.get("orientation"))
+    stats = recipe_rules.stats_from(heights, widths, train_counts, ds.manifest.get("orientation"), pixels)
     device = _device(cfg).type
     # A feature memory trains no epochs: nothing to time, no precision to choose.
     cost_128, precision = (
@@ -268,6 +273,7 @@ def _input_spec(cfg: TrainConfig) -> InputSpec:
         height=height,
         width=width,
         channels=cfg.channels,
+        levels=cfg.levels,
         resize=cfg.resize,
         geometry=cfg.geometry,
         roi=cfg.roi,

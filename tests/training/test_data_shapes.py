@@ -26,9 +26,11 @@ def _frames_dataset(
     colour_every: int = 0,
     huge: int = 0,
     counts: dict[str, int] | None = None,
+    deep_every: int = 0,
 ) -> Path:
     """Good/scratch/spot frames of the given (height, width) sizes, cycled; every
-    ``colour_every``-th one stored as 3-channel BGR; one ``huge`` x ``huge`` frame if asked."""
+    ``colour_every``-th one stored as 3-channel BGR; one ``huge`` x ``huge`` frame if asked; every
+    ``deep_every``-th one as a 12-bit camera's frame (x16 + 37, a 16-bit PNG, or TIFF every other)."""
     rng = np.random.default_rng(0)
     counts = counts or {"good": 30, "scratch": 14, "spot": 14}
     items, k = [], 0
@@ -41,9 +43,13 @@ def _frames_dataset(
                 img[:, :, 2] = np.clip(img[:, :, 2].astype(int) + 9, 0, 255).astype(np.uint8)  # really colour
             if huge and label == "good" and i == 0:
                 img = cv2.resize(img, (huge, huge), interpolation=cv2.INTER_NEAREST)
-            ok, buf = cv2.imencode(".png", img)
+            ext = ".png"
+            if deep_every and k % deep_every == 0:
+                img = img.astype(np.uint16) * 16 + 37
+                ext = ".tif" if k % (2 * deep_every) else ".png"
+            ok, buf = cv2.imencode(ext, img)
             assert ok
-            items.append((Sample(f"images/{label}/{i:03d}.png", label), buf.tobytes()))
+            items.append((Sample(f"images/{label}/{i:03d}{ext}", label), buf.tobytes()))
             k += 1
     write_dataset(dest, name=dest.name, classes=list(counts), good_class="good", items=items)
     return dest
@@ -97,3 +103,25 @@ def test_a_class_with_one_image_trains_and_says_it_cannot_be_measured(
     counts = result.card.dataset.split_counts
     assert counts["train"]["spot"] == 1 and counts["val"]["spot"] == counts["test"]["spot"] == 0
     assert "'spot' has no validation or test images" in caplog.text
+
+
+@pytest.mark.slow
+def test_sixteen_bit_frames_train_with_their_own_levels_and_serve_alike(tmp_path: Path) -> None:
+    data = _frames_dataset(tmp_path / "deep", sizes=[(40, 40), (48, 36)], deep_every=1)
+    result = train_main(load_config(None, {**FAST, "data": data, "models_dir": tmp_path / "m", "image_size": 32}))
+    levels = result.card.input.levels
+    # The 12-bit frames' own range (37..4117 at most), not the container's 0..65535.
+    assert levels is not None and 0 <= levels[0] < levels[1] <= 4400
+    recipe = {c["setting"]: c for c in result.card.training["recipe"]}
+    assert recipe["levels"]["value"] == list(levels) and "16-bit frames" in recipe["levels"]["reason"]
+    assert result.card.parity.passed
+    _served_equals_golden(result.path, data)  # serving maps 16-bit PNG and TIFF frames as training did
+
+
+def test_a_dataset_mixing_8_and_16_bit_frames_is_refused_naming_one_of_each(tmp_path: Path) -> None:
+    from inspection.errors import DatasetError
+
+    data = _frames_dataset(tmp_path / "mixed-depth", sizes=[(32, 32)], deep_every=3)
+    with pytest.raises(DatasetError, match=r"mixes 8-bit frames \(e\.g\. images/.*\) and 16-bit frames \(e\.g\. "):
+        train_main(load_config(None, {**FAST, "data": data, "models_dir": tmp_path / "m", "image_size": 32}))
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").rglob("model.json"))

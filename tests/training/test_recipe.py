@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from inspection.errors import ConfigError
@@ -195,3 +196,20 @@ def test_the_budget_cost_scales_only_the_networks_share() -> None:
     cfg = load_config(None, {"threads": 2})
     cheap, _ = R.resolve(cfg, _stats(n_train=2000, h=1000, w=1000), cost_128=R.scaled_cost(0.011, 0.5), device="cpu")
     assert cheap.input_shape[0] > big.input_shape[0]
+
+
+def test_sixteen_bit_frames_get_their_own_range_with_a_margin() -> None:
+    # A 12-bit camera's frames (values up to 4095 in a 16-bit container), with a few hot pixels
+    # at the container's maximum that must not set the range.
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.integers(300, 3900, 20_000), np.full(1, 65535)]).astype(np.uint16)
+    (low, high), reason = R.pixel_levels(values)
+    assert 0 < low < 300 and 3900 < high < 4200  # the frames' range, 5% wider each side; not 0..65535
+    assert "16-bit frames" in reason and f"{low}..{high}" in reason
+    dataset = R.stats_from([64] * 50, [64] * 50, {"good": 30, "scratch": 20}, None, values)
+    cfg, choices = _resolve(dataset)
+    assert cfg.levels == (low, high) and {c.setting: c.value for c in choices}["levels"] == [low, high]
+    kept, choices = _resolve(dataset, levels=(0, 4095))  # an engineer's levels are kept
+    assert kept.levels == (0, 4095) and "levels" not in {c.setting for c in choices}
+    eight, choices = _resolve(_stats())  # 8-bit frames: nothing to choose, nothing said
+    assert eight.levels is None and "levels" not in {c.setting for c in choices}
