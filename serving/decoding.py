@@ -34,7 +34,7 @@ from serving.settings import DecodeSettings
 
 log = logging.getLogger(__name__)
 
-#: Memory one pixel may take while decoding: BGRA from the decoder, then a converted copy.
+#: Memory one 8-bit pixel may take while decoding: BGRA from the decoder, then a converted copy.
 BYTES_PER_PIXEL = 8
 
 
@@ -69,7 +69,9 @@ class FrameDecoder:
         pixels = width * height
         if pixels < self._settings.pool_min_pixels:
             return prepare_frame(body, spec, raw_shape=raw_shape, source=source, max_pixels=max_pixels)[1]
-        return self._in_pool(body, spec, raw_shape, source, max_pixels, pixels * BYTES_PER_PIXEL)
+        # A model that takes 16-bit frames (its card has pixel levels) gets frames of twice the bytes.
+        depth = 2 if spec.levels is not None else 1
+        return self._in_pool(body, spec, raw_shape, source, max_pixels, pixels * BYTES_PER_PIXEL * depth)
 
     async def _in_pool(self, body: bytes, spec: InputSpec, raw_shape: tuple[int, int, int] | None, source: str,
                        max_pixels: int, cost: int) -> np.ndarray:
