@@ -143,8 +143,7 @@ def pixel_levels(values: np.ndarray) -> tuple[tuple[int, int], str]:
     high = min(65535, max(low + 1, math.ceil(hi_p + margin)))
     reason = (f"16-bit frames, their pixel values {lo_p:.0f}..{hi_p:.0f} ({LEVEL_PERCENTILES[0]}th to "
               f"{LEVEL_PERCENTILES[1]}th percentile of {values.size} pixels sampled from the training frames), "
-              f"widened by "
-              f"{LEVEL_MARGIN:.0%} each side: {low}..{high} mapped onto the network's 0..255 input "
+              f"widened by {LEVEL_MARGIN:.0%} each side: {low}..{high} mapped onto the network's 0..255 input "
               f"({(high - low) / 255:.1f} levels per input step; values outside clip)")
     return (low, high), reason
 
