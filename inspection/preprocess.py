@@ -150,12 +150,14 @@ def _is_gray(image: np.ndarray) -> bool:
     return bool(np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(image[:, :, 1], image[:, :, 2]))
 
 
-def decode_raw(data: bytes, *, width: int, height: int, channels: int, source: str = "frame",
+def decode_raw(data: bytes, *, width: int, height: int, channels: int, bits: int = 8, source: str = "frame",
                max_pixels: int = MAX_FRAME_PIXELS, limit_name: str = "max_frame_pixels") -> np.ndarray:
-    """Interpret raw 8-bit pixels (row-major, channels last, BGR when 3) as an image.
+    """Interpret raw pixels (row-major, channels last, BGR when 3) as an image: ``bits`` 8, or 16
+    (two bytes a sample, little-endian, as GenICam's Mono16 on a line PC).
 
     Raises:
-        ImageError: dimensions out of range, or the byte count differs from width*height*channels.
+        ImageError: dimensions out of range, or the byte count differs from
+            width * height * channels * bytes per sample.
         FrameTooLargeError: width x height over ``max_pixels``.
     """
     if channels not in (1, 3):
@@ -167,13 +169,20 @@ def decode_raw(data: bytes, *, width: int, height: int, channels: int, source: s
     if width * height > limit:
         raise FrameTooLargeError(f"{source}: raw frame of {width} x {height} = {width * height:,} pixels is over the "
                                  f"limit of {limit:,} pixels ({limit_name})")
-    expected = width * height * channels
+    if bits not in (8, 16):
+        raise ImageError(f"{source}: bits={bits} is not allowed; raw frames have 8 or 16 bits a sample")
+    per_sample = bits // 8
+    expected = width * height * channels * per_sample
     if len(data) != expected:
+        deep = " x 2 bytes (the model takes 16-bit frames)" if per_sample == 2 else ""
         raise ImageError(
             f"{source}: raw frame has {len(data)} bytes, but width={width} x height={height} x "
-            f"channels={channels} needs {expected}"
+            f"channels={channels}{deep} needs {expected}"
         )
-    image = np.frombuffer(data, dtype=np.uint8)
+    # 16-bit samples arrive little-endian; the array is the host's uint16 (a copy only on a
+    # big-endian host).
+    image = np.frombuffer(data, np.uint8) if per_sample == 1 else np.frombuffer(data, "<u2").astype(np.uint16,
+                                                                                                      copy=False)
     shape = (height, width) if channels == 1 else (height, width, 3)
     return image.reshape(shape)
 
@@ -321,8 +330,9 @@ def prepare_frame(
     """
     if raw_shape is not None:
         width, height, channels = raw_shape
-        image = decode_raw(data, width=width, height=height, channels=channels, source=source,
-                           max_pixels=max_pixels)
+        # Raw pixels carry no header: their depth is the model's (16-bit where its card has levels).
+        image = decode_raw(data, width=width, height=height, channels=channels,
+                           bits=16 if spec.levels is not None else 8, source=source, max_pixels=max_pixels)
     else:
         image = decode_image(data, source=source, max_pixels=max_pixels)
     return image, to_model_input(image, spec, source=source)

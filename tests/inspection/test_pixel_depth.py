@@ -79,3 +79,13 @@ def test_the_header_tells_the_depth_of_png_jpeg_and_bmp_and_leaves_tiff_to_the_d
     for name, (image, depth) in cases.items():
         (tmp_path / name).write_bytes(_encode("." + name.split(".")[1], image))
         assert file_bit_depth(tmp_path / name) == depth, name
+
+
+def test_raw_sixteen_bit_samples_are_little_endian_and_other_depths_refused() -> None:
+    from inspection.preprocess import decode_raw
+
+    values = np.array([[1, 256, 4095], [65535, 0, 513]], np.uint16)
+    got = decode_raw(values.astype("<u2").tobytes(), width=3, height=2, channels=1, bits=16)
+    assert got.dtype == np.uint16 and np.array_equal(got, values)
+    with pytest.raises(ImageError, match="bits=12 is not allowed"):
+        decode_raw(bytes(12), width=3, height=2, channels=1, bits=12)

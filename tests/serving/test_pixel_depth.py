@@ -65,3 +65,19 @@ def test_an_eight_bit_frame_to_a_sixteen_bit_model_is_refused_with_its_reason(cl
     assert "8-bit frame, but the model takes 16-bit frames (pixel levels 0..4095)" in body["detail"]
     assert body["failsafe"]["decision"] == "reject"  # never a silent pass
     assert decided(client16, keys, "p-8bit")["decision"] == "reject"
+
+
+def test_raw_frames_to_a_sixteen_bit_model_are_two_bytes_a_sample(client16: TestClient, keys) -> None:
+    png = frame16(DARK)
+    pixels = decode_image(png)
+    raw = {"content_type": "application/octet-stream", "width": pixels.shape[1], "height": pixels.shape[0],
+           "channels": 1}
+    as_png = post_frame(client16, keys, png, part_id="p-png")
+    as_raw = post_frame(client16, keys, pixels.astype("<u2").tobytes(), part_id="p-raw", **raw)
+    assert as_raw.status_code == 200, as_raw.text
+    assert (as_raw.json()["decision"], as_raw.json()["score"]) == (as_png.json()["decision"], as_png.json()["score"])
+    # The same frame sent as 8-bit raw pixels is half the bytes the model's depth needs.
+    eight = post_frame(client16, keys, (pixels // 16).astype(np.uint8).tobytes(), part_id="p-raw8", **raw)
+    assert eight.status_code == 422
+    assert "x 2 bytes (the model takes 16-bit frames) needs" in eight.json()["detail"]
+    assert eight.json()["failsafe"]["decision"] == "reject"
