@@ -114,9 +114,8 @@ class Comparison:
     def as_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "dataset_fingerprint": self.dataset_fingerprint, "split": self.split,
                 "n": self.n, "units": self.units, "classes": self.classes, "good_class": self.good_class,
-                "a": self.a, "b": self.b,
-                "thresholds": self.thresholds, "escape": self.escape, "overkill": self.overkill,
-                "per_class": self.per_class}
+                "a": self.a, "b": self.b, "thresholds": self.thresholds, "escape": self.escape,
+                "overkill": self.overkill, "per_class": self.per_class}
 
 
 def comparison_samples(ds: Dataset, split: Split) -> list[Sample]:

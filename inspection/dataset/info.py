@@ -51,9 +51,10 @@ def dataset_info(root: Path, *, min_per_class: int = 10, min_units_per_class: in
     """A JSON-ready report on the dataset at ``root``.
 
     Keys: name, root, classes, good_class, count, counts, fingerprint, sizes (width/height
-    min/max, most common WxH), channels (decoded: 1 gray, 3 colour), bits (8- or 16-bit images), formats, groups (the
-    number of distinct ``group`` values), units (per class, how many units the split would draw:
-    images linked by source, group or duplicates count once, under their most common label),
+    min/max, most common WxH), channels (decoded: 1 gray, 3 colour), bits (images per pixel depth,
+    8 or 16), formats, groups (the number of distinct ``group`` values), units (per class, how
+    many units the split would draw: images linked by source, group or duplicates count once,
+    under their most common label),
     duplicates (``exact`` and ``near``: lists of path groups, with the near-duplicate
     thresholds), problems (each with kind, severity, message and the paths involved).
 
