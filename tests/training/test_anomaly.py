@@ -162,6 +162,26 @@ def test_good_images_alone_are_enough_and_mixed_sizes_are_letterboxed(tmp_path: 
     assert "synthetic anomalies" in result.card.training["anomaly"]["selection"]
 
 
+
+@pytest.mark.slow
+def test_a_sixteen_bit_cameras_good_frames_train_an_anomaly_model_that_serves_them(tmp_path: Path) -> None:
+    from inspection.preprocess import prepare_frame
+
+    rng = np.random.default_rng(1)
+    items = []
+    for i in range(150):
+        img = draw("good", rng, 32).astype(np.uint16) * 16 + 37  # a 12-bit camera's values
+        items.append((Sample(f"images/good/{i:03d}.png", "good"), cv2.imencode(".png", img)[1].tobytes()))
+    ds = write_dataset(tmp_path / "deep", name="deep", classes=["good"], good_class="good", items=items)
+    result = train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "models"}))
+    levels = result.card.input.levels
+    assert result.card.mode == "anomaly" and levels is not None and levels[1] <= 4400  # the frames' range
+    with np.load(result.path / result.card.golden.file) as golden:
+        for name, frame in zip(golden["names"], golden["inputs"], strict=True):
+            _, served = prepare_frame((ds.root / str(name)).read_bytes(), result.card.input)
+            assert np.array_equal(served, frame)  # serving maps the 16-bit frame as training did
+
+
 @pytest.mark.slow
 def test_a_station_moves_from_an_anomaly_model_to_a_classifier_through_the_gate(tmp_path: Path) -> None:
     from inspection.promotion import promote_gated
