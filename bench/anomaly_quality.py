@@ -162,7 +162,8 @@ def _pixel_auroc(version: Path, dataset: Path, mask_of: MaskOf) -> dict[str, Any
         image = read_image(dataset / path)
         h, w = image.shape[:2]
         mask = np.zeros((h, w), bool)
-        if rows[path]["label"] != good:
+        label = rows[path]["label"]
+        if label != good:
             found = mask_of(rows[path], h, w)
             if found is not None:
                 mask, masks = found, masks + 1
@@ -172,11 +173,10 @@ def _pixel_auroc(version: Path, dataset: Path, mask_of: MaskOf) -> dict[str, Any
         full = frame_heat(heat, card.input, w, h)[::2, ::2]
         # The map is the cells' values times the frame's P(anomaly); undone, and weighted instead by
         # the truth (1 on a defective frame, 0 on a good one), it ranks as with a perfect frame score.
-        suspicion = max(1.0 - float(probs[good_index]), 1e-30)
-        truth_weighted.add(full / suspicion * float(rows[path]["label"] != good), mask[::2, ::2])
         inside = mask[::2, ::2]
+        suspicion = max(1.0 - float(probs[good_index]), 1e-30)
+        truth_weighted.add(full / suspicion * float(label != good), inside)
         pooled.add(full, inside)
-        label = rows[path]["label"]
         if label != good and inside.any():
             frame = _Ranks()
             frame.add(full, inside)

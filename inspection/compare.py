@@ -184,11 +184,9 @@ def score_model(mv: ModelVersion, ds: Dataset, samples: list[Sample], *, batch: 
 def _rate(mask: np.ndarray, units: np.ndarray) -> dict[str, Any]:
     """The rate over images, its 95% interval counted in ``units`` (the images' units)."""
     k, n = int(np.sum(mask)), int(mask.size)
-    rate = Rate.of(k, n).as_dict()
     m = len(np.unique(units))
-    if n:
-        rate["ci_low"], rate["ci_high"] = wilson_interval(k / n * m, m)
-    return {**rate, "units": m}
+    low, high = wilson_interval(k / n * m, m) if n else wilson_interval(0, 0)
+    return {**Rate(k, n, k / n if n else float("nan"), low, high).as_dict(), "units": m}
 
 
 def compare_scores(a: ModelScores, b: ModelScores, ds: Dataset, samples: list[Sample], split: str,
