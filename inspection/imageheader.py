@@ -52,17 +52,21 @@ def file_header_size(path: Path, *, head: int = 1 << 16) -> tuple[int, int] | No
     return header_size(data)
 
 
-def file_bit_depth(path: Path) -> int | None:
-    """8 or 16: the bits per sample a file's header declares where its format tells from the first
-    bytes (JPEG and BMP: 8 as decoded here; PNG: its IHDR bit depth, 16 or at most 8); None for
-    TIFF and anything else (decode to know)."""
-    with open(path, "rb") as fh:
-        head = fh.read(32)
+def bit_depth(head: bytes) -> int | None:
+    """8 or 16: the bits per sample an encoded image's first bytes declare where its format tells
+    (JPEG and BMP: 8 as decoded here; PNG: its IHDR bit depth, 16 or at most 8); None for TIFF and
+    anything else (decode to know)."""
     if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) > 24:
         return 16 if head[24] == 16 else 8
     if head.startswith((b"\xff\xd8", b"BM")):
         return 8
     return None
+
+
+def file_bit_depth(path: Path) -> int | None:
+    """``bit_depth`` of a file, reading only its first bytes."""
+    with open(path, "rb") as fh:
+        return bit_depth(fh.read(32))
 
 
 #: Segments read before giving up on finding a JPEG's SOF. A real file has a dozen or so (APPn,

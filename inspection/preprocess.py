@@ -290,11 +290,16 @@ def check_depth(image: np.ndarray, spec: InputSpec, *, source: str = "frame") ->
                          f"{spec.levels[0]}..{spec.levels[1]}): send the camera's 16-bit frames")
 
 
+def map_levels(image: np.ndarray, levels: tuple[int, int]) -> np.ndarray:
+    """A 16-bit image's values ``levels`` (low, high) mapped linearly onto 0..255, clipped."""
+    return _levels_table(*levels)[image]
+
+
 def to_eight_bit(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     """A 16-bit image with the card's ``levels`` mapped onto 0..255 (an 8-bit image unchanged)."""
     if image.dtype != np.uint16 or spec.levels is None:
         return image
-    return _levels_table(*spec.levels)[image]
+    return map_levels(image, spec.levels)
 
 
 def to_model_input(image: np.ndarray, spec: InputSpec, *, source: str = "frame") -> np.ndarray:
