@@ -32,9 +32,9 @@ from inspection.log.query import MAX_LIMIT, RecordFilter, count_records, model_n
 from inspection.log.records import LogEntry, RecordKind, StoredRecord
 from inspection.log.retention import prune_frames
 from inspection.log.store import SqlInspectionLog
-from inspection.preprocess import media_type
 from inspection.registry import ModelRegistry
 from serving.deps import get_log as app_log
+from serving.frames import CardLookup, frame_view, stored_frame
 from serving.pages import static_page_router
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ AUDIT_ROLES: tuple[Literal["auditor"], Literal["admin"]] = ("auditor", "admin")
 DISPOSABLE_KINDS = ("inspection", "part")
 
 
-CardLookup = Callable[[str, str], ModelCard | None]
 
 
 def registry_cards(models_dir: Path) -> CardLookup:
@@ -267,23 +266,29 @@ def audit_router(
         return {
             "record": record_json(rec, log, cards),
             "related": [record_json(r, log, cards) for r in refs.records],
-            "frame": {"sha256": sha, "stored": log.has_frame(sha),
-                      "url": f"/v1/audit/records/{inspection_id}/frame" if log.has_frame(sha) else None,
+            "frame": {"sha256": sha, "stored": (kept := log.has_frame(sha)),
+                      "url": f"/v1/audit/records/{inspection_id}/frame" if kept else None,
+                      "view_url": f"/v1/audit/records/{inspection_id}/frame/view" if kept else None,
                       **frame_status(log, rec)},
             "chain": _chain_status(log, rec),
             "defect_map": _defect_map(log, rec),
         }
 
-    @router.get("/records/{inspection_id}/frame", summary="The record's frame as stored (404 if not kept or pruned)",
-                response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+    @router.get("/records/{inspection_id}/frame", summary="The record's frame byte for byte as the camera sent it "
+                "(404 if not kept or pruned); raw pixels with their layout in X-Frame-Width/-Height/-Channels",
+                response_class=Response, responses={200: {"content": {
+                    "image/png": {}, "image/jpeg": {}, "image/bmp": {}, "image/tiff": {},
+                    "application/octet-stream": {}}}})
     def get_frame(who: WhoDep, log: LogDep, inspection_id: str) -> Response:
-        rec = log.get(inspection_id)
-        if not rec.entry.frame_sha256:
-            raise NotFoundError(f"record {inspection_id!r} names no frame")
-        data = log.frame(check_sha(rec.entry.frame_sha256))
-        return Response(data, media_type=media_type(data), headers={"Cache-Control": "private, max-age=86400",
-                                                                     "ETag": f'"{rec.entry.frame_sha256}"',
-                                                                     "X-Content-Type-Options": "nosniff"})
+        return stored_frame(log, log.get(inspection_id))
+
+    @router.get("/records/{inspection_id}/frame/view", summary="The record's frame as an image a browser shows, "
+                "same size: 8-bit PNG/JPEG/BMP unchanged; TIFF, 16-bit and raw frames as an 8-bit PNG (16-bit "
+                "through the deciding model's levels); 422 for a frame refused as undecodable",
+                response_class=Response, responses={200: {"content": {
+                    "image/png": {}, "image/jpeg": {}, "image/bmp": {}}}})
+    def get_frame_view(who: WhoDep, log: LogDep, cards: CardsDep, inspection_id: str) -> Response:
+        return frame_view(log, log.get(inspection_id), cards)
 
     @router.get("/records/{inspection_id}/map", summary="The reject's defect map as stored: 8-bit PNG, one pixel "
                 "per map cell (404 when the record has none)",

@@ -31,9 +31,10 @@ from inspection import labels as L
 from inspection.errors import InspectionError
 from inspection.log.framestore import check_sha
 from inspection.log.query import MAX_LIMIT
-from inspection.preprocess import media_type
+from serving.audit import app_cards
 from serving.auth import Principal, Require
 from serving.deps import LogDep, ModelsDep, SettingsDep
+from serving.frames import CardLookup, frame_view
 from serving.lifecycle import ModelManager
 from serving.pages import static_page_router
 from serving.settings import Role, ServeSettings
@@ -80,12 +81,15 @@ def _current_prediction(settings: ServeSettings, models: ModelManager, rec: Any,
     """The station's model *now* on this frame (it may differ from the one that decided it)."""
     from inspection.decisions import decide, explain
     from inspection.defectmap import encode_png, locate
-    from inspection.preprocess import prepare_frame
+    from inspection.frameview import RawLayout, decode_stored
+    from inspection.preprocess import to_model_input
 
     station = rec.entry.station or settings.labelling.import_station or next(iter(settings.stations))
     try:
         model = models.current(station)
-        image, pixels = prepare_frame(data, model.card.input, source=f"frame {rec.entry.inspection_id}")
+        source = f"frame {rec.entry.inspection_id}"
+        image = decode_stored(data, RawLayout.of_record(rec.entry.data), source=source)
+        pixels = to_model_input(image, model.card.input, source=source)
         batch_probs, heat = model.score(pixels[np.newaxis])
         probs = batch_probs[0]
         # Where the current model sees the defect (a model without maps: nothing to overlay).
@@ -108,6 +112,7 @@ def labelling_router() -> APIRouter:
     """The ``/v1/labelling`` routes (engineer, admin)."""
     require = Require(*LABEL_ROLES)
     WhoDep = Annotated[Principal, Depends(require)]
+    CardsDep = Annotated[CardLookup | None, Depends(app_cards)]
     router = APIRouter(prefix="/v1/labelling", tags=["labelling"])
 
     @router.get("/queue", summary="Frames to label: uncertain first, then rejects, sampled passes, imports")
@@ -131,12 +136,12 @@ def labelling_router() -> APIRouter:
                 "prediction": prediction, "classes": label_classes(settings, models),
                 "image_url": f"/v1/labelling/frames/{frame_id}/image"}
 
-    @router.get("/frames/{frame_id}/image", summary="The stored frame as it was sent",
-                response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
-    def image(who: WhoDep, log: LogDep, frame_id: str) -> Response:
-        rec = L.frame_record(log, frame_id)
-        data = log.frame(check_sha(rec.entry.frame_sha256 or ""))
-        return Response(data, media_type=media_type(data), headers={"Cache-Control": "private, max-age=86400"})
+    @router.get("/frames/{frame_id}/image", summary="The frame as an image a browser shows, same size (8-bit "
+                "PNG/JPEG/BMP as sent; TIFF, 16-bit and raw frames as an 8-bit PNG); the audit API gives it as sent",
+                response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {},
+                                                                     "image/bmp": {}}}})
+    def image(who: WhoDep, log: LogDep, cards: CardsDep, frame_id: str) -> Response:
+        return frame_view(log, L.frame_record(log, frame_id), cards)
 
     @router.post("/frames/{frame_id}/labels", status_code=201, summary="Label a frame (a new label record)")
     def add_label(who: WhoDep, log: LogDep, settings: SettingsDep, models: ModelsDep, frame_id: str,

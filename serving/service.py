@@ -33,6 +33,7 @@ from inspection.errors import (
     UnsupportedMediaError,
     ValidationError,
 )
+from inspection.frameview import RawLayout
 from inspection.imageheader import MAX_FRAME_PIXELS
 from inspection.log.records import InspectionLog, LogEntry, StoredRecord, new_id
 from inspection.preprocess import ENCODED_TYPES, RAW_TYPE, declared_size
@@ -50,6 +51,12 @@ from serving.telemetry import ServingMetrics
 log = logging.getLogger(__name__)
 
 ACCEPTED_TYPES = (*ENCODED_TYPES, RAW_TYPE)
+
+
+def raw_layout(shape: tuple[int, int, int]) -> dict[str, int]:
+    """A raw frame's (width, height, channels) as its record keeps them: the bytes have no header,
+    and the pages and ``dataset build`` read the frame back by them (``inspection.frameview``)."""
+    return RawLayout(*shape).as_dict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +215,8 @@ class InspectionService:
         data: dict[str, Any] = {"model_ms": round(model_ms, 3)}
         if req.capture_time is not None:
             data["capture_time"] = req.capture_time.isoformat()
+        if req.raw_shape is not None:
+            data["raw"] = raw_layout(req.raw_shape)
         if self.parts.is_late(req.station, req.part_id):
             # The part was already decided (fail-safe) without this view: say reject, as the part is.
             data["model_decision"] = verdict
@@ -313,7 +322,7 @@ class InspectionService:
             decision="reject", failsafe_reason=reason[:4000], actor=req.actor,
             model_name=model.card.name if model else None, model_version=model.card.version if model else None,
             latency_ms=round((time.perf_counter() - req.started) * 1000.0, 3) if req.started else None,
-            data={"error": exc.code},
+            data={"error": exc.code, **({"raw": raw_layout(req.raw_shape)} if req.raw_shape is not None else {})},
         )
         record: StoredRecord | None = None
         try:

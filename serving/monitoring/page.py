@@ -21,10 +21,10 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.requests import Request
 
 from inspection.errors import NotFoundError
-from inspection.log.framestore import check_sha
-from inspection.preprocess import media_type
+from serving.audit import app_cards
 from serving.auth import Principal, Require
 from serving.deps import LogDep, ServiceDep
+from serving.frames import frame_view
 from serving.pages import static_page_router
 from serving.settings import Role, ServeSettings
 
@@ -109,8 +109,9 @@ def build_router(settings: ServeSettings) -> APIRouter:
         return _snapshot(request, service, _station(request, station))
 
     @router.get("/v1/line/{station}/rejects/{inspection_id}/frame", response_class=Response,
-                summary="The frame of one of the station's most recent rejects (the page's thumbnails)",
-                responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+                summary="The frame of one of the station's most recent rejects (the page's thumbnails), as an "
+                        "image a browser shows (serving.frames.frame_view)",
+                responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/bmp": {}}}})
     def reject_frame(request: Request, station: str, inspection_id: str,
                      who: Annotated[Principal, Depends(VIEWER)], service: ServiceDep, log: LogDep) -> Response:
         # Only what the page shows: a wall-screen key must not become a way to read the log.
@@ -118,12 +119,7 @@ def build_router(settings: ServeSettings) -> APIRouter:
         shown = {r["inspection_id"] for r in (live.recent_rejects if live is not None else [])}
         if inspection_id not in shown:
             raise NotFoundError(f"{inspection_id!r} is not among station {station!r}'s most recent rejects")
-        rec = log.get(inspection_id)
-        if not rec.entry.frame_sha256:
-            raise NotFoundError(f"record {inspection_id!r} names no frame")
-        data = log.frame(check_sha(rec.entry.frame_sha256))
-        return Response(data, media_type=media_type(data), headers={"Cache-Control": "private, max-age=3600",
-                                                                     "X-Content-Type-Options": "nosniff"})
+        return frame_view(log, log.get(inspection_id), app_cards(request), max_age=3600)
 
     @router.get("/v1/line/{station}/events",
                 summary="Server-sent events: a snapshot every second, alarms as they change")

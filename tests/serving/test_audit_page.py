@@ -135,9 +135,15 @@ def test_the_detail_says_whether_the_frame_is_intact_and_shows_undecodable_frame
     line = {"Authorization": f"Bearer {keys['line']}"}
     with httpx.Client(base_url=live, headers=line) as http:
         ids = {}
-        for part, body in (("T1", png(5, seed=1)), ("T2", png(5, seed=2)), ("T3", b"\x89PNG\r\n\x1a\nnot a png")):
-            r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": part},
-                          content=body, headers={"Content-Type": "image/png"})
+        raw = {"width": 32, "height": 24, "channels": 1}
+        for part, body, kind in (("T1", png(5, seed=1), "image/png"), ("T2", png(5, seed=2), "image/png"),
+                                 ("T3", b"\x89PNG\r\n\x1a\nnot a png", "image/png"),
+                                 # raw pixels (a browser cannot show them as sent) and raw bytes too short
+                                 ("T4", bytes(range(256)) * 3, "application/octet-stream"),
+                                 ("T5", bytes(100), "application/octet-stream")):
+            r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": part,
+                                                     **(raw if kind != "image/png" else {})},
+                          content=body, headers={"Content-Type": kind})
             ids[part] = (r.json().get("inspection_id") or r.json()["failsafe"]["inspection_id"])
         detail = http.get(f"/v1/audit/records/{ids['T2']}", headers={"Authorization": f"Bearer {keys['auditor']}"})
     db = Path(settings.log_url.removeprefix("sqlite:///"))
@@ -147,9 +153,19 @@ def test_the_detail_says_whether_the_frame_is_intact_and_shows_undecodable_frame
     page.goto(f"{live}/audit")
     page.fill("#api-key", keys["auditor"])
     page.click("#save-key")
-    for part, expected in (("T1", "Frame matches its sha256"), ("T2", "TAMPERED"), ("T3", "cannot be shown")):
+    for part, expected in (("T1", "Frame matches its sha256"), ("T2", "TAMPERED"), ("T3", "cannot be shown"),
+                           ("T4", "Frame matches its sha256"), ("T5", "cannot be shown")):
         page.goto(f"{live}/audit?inspection_id={ids[part]}")
-        if part == "T3":
+        if part == "T4":  # drawn from the server's PNG of the raw pixels, at their size
+            page.wait_for_function("() => { const i = document.querySelector('[data-testid=frame]');"
+                                   " return i && i.naturalWidth > 0; }")
+            assert page.evaluate("() => { const i = document.querySelector('[data-testid=frame]');"
+                                 " return [i.naturalWidth, i.naturalHeight]; }") == [32, 24]
+            with page.expect_download() as download:
+                page.get_by_test_id("frame-download").click()
+            assert Path(download.value.path()).read_bytes() == bytes(range(256)) * 3  # the evidence as sent
+            assert download.value.suggested_filename.endswith(".raw")
+        if part in ("T3", "T5"):
             expect(page.get_by_test_id("frame-undecodable")).to_contain_text(expected)
             expect(page.get_by_test_id("frame-status")).to_contain_text("Frame matches its sha256")
         else:
