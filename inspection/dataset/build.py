@@ -5,7 +5,8 @@
 * every sample of the base dataset, unchanged (path, label, split, source);
 * every frame of the inspection log whose *current* label (``inspection.labels``, latest wins;
   a frame whose latest record is an undo is left out) is set, copied from the log's frame store
-  to ``images/production/<label>/<sha256[:20]>.<ext>``.
+  to ``images/production/<label>/<sha256[:20]>.<ext>`` — a raw frame (pixels without a header,
+  read by the layout its record keeps) as a lossless PNG of the same pixels, 8- or 16-bit.
 
 Classes are the base's classes, then any new label classes (sorted), so a defect type the base
 model never saw becomes a new class. Production samples get an explicit split, stratified per
@@ -16,7 +17,8 @@ replaces can be compared on the same held-out test split (``inspection models co
 The manifest's ``lineage`` says what went in: the base (name, fingerprint), the log (url
 without password, head seq and hash at build time) and, per production sample, the frame's
 record, the label record (id, seq, revision), who labelled it and when. Labels whose frame is
-no longer stored (pruned) are listed under ``skipped``.
+no longer stored (pruned), or raw frames whose layout was not recorded, are listed under
+``skipped`` with the reason.
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+
 from inspection.card import utc_now
 from inspection.config import safe_url
 from inspection.dataset.layout import Dataset, Sample, read_dataset, write_dataset
-from inspection.errors import DatasetError, NotFoundError, ValidationError
+from inspection.errors import DatasetError, ImageError, NotFoundError, ValidationError
+from inspection.frameview import RawLayout, decode_stored
 from inspection.labels import all_labels
+from inspection.log.records import StoredRecord
 from inspection.log.store import SqlInspectionLog
-from inspection.preprocess import media_type
+from inspection.preprocess import RAW_TYPE, media_type
 
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/bmp": "bmp", "image/tiff": "tif"}
 
@@ -46,6 +52,27 @@ class _Prod:
     group: str
     data: bytes
     lineage: dict[str, Any]
+
+
+def _as_image_file(rec: StoredRecord, data: bytes) -> tuple[bytes, dict[str, Any]]:
+    """(bytes a dataset holds, lineage notes): encoded frames as they are; raw pixels, which no
+    image reader can open, as a lossless PNG of the same pixels (16-bit stays 16-bit).
+
+    Raises:
+        ImageError: raw pixels without a recorded layout, or not fitting it.
+    """
+    source = f"frame {rec.entry.inspection_id}"
+    raw = RawLayout.of_record(rec.entry.data)
+    if raw is None:
+        if media_type(data) == RAW_TYPE:
+            decode_stored(data, None, source=source)  # raises: says the layout was not recorded
+        return data, {}
+    image = decode_stored(data, raw, source=source)
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:  # pragma: no cover -- OpenCV encodes any 8/16-bit gray or BGR image
+        raise ImageError(f"{source}: its pixels could not be encoded as PNG")
+    return buf.tobytes(), {"sent_as": f"raw {raw.width}x{raw.height}x{raw.channels}, "
+                                      f"{8 * image.dtype.itemsize}-bit; written as PNG"}
 
 
 def _assign_splits(items: list[_Prod], *, seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
@@ -100,8 +127,8 @@ def build_dataset(
             continue
         try:
             rec = log.get(frame_id)
-            data = log.frame(rec.entry.frame_sha256 or "")
-        except (NotFoundError, ValidationError) as exc:
+            data, notes = _as_image_file(rec, log.frame(rec.entry.frame_sha256 or ""))
+        except (NotFoundError, ValidationError, ImageError) as exc:
             skipped.append({"frame_id": frame_id, "label": latest.label, "reason": str(exc)})
             continue
         e = rec.entry
@@ -112,7 +139,7 @@ def build_dataset(
             "part_id": e.part_id, "label": latest.label, "label_record": latest.inspection_id,
             "label_seq": latest.seq, "revision": latest.revision, "labelled_by": latest.actor,
             "labelled_at": latest.time.isoformat(), "decided": e.decision,
-            "decided_by": f"{e.model_name}/{e.model_version}" if e.model_name else None,
+            "decided_by": f"{e.model_name}/{e.model_version}" if e.model_name else None, **notes,
         }))
     by_sha: dict[str, _Prod] = {}
     for p in prods:

@@ -10,6 +10,7 @@ import pytest
 
 from inspection import labels as L
 from inspection.cli import main as cli
+from inspection.dataset.build import build_dataset
 from inspection.dataset.layout import Sample, read_dataset, write_dataset
 from inspection.log.records import LogEntry, StoredRecord
 from inspection.log.store import SqlInspectionLog, open_log
@@ -99,6 +100,32 @@ def test_build_takes_the_latest_labels_with_lineage(
     again = tmp_path / "datasets" / "v2-again"
     assert cli(["dataset", "build", "--base", str(base), "--log-url", url, "--out", str(again), "--seed", "4"]) == 0
     assert read_dataset(again).fingerprint == ds.fingerprint  # same log, same seed: same version
+
+
+def test_raw_frames_are_written_as_png_by_their_recorded_layout_and_older_ones_skipped_with_the_reason(
+    base: Path, tmp_path: Path
+) -> None:
+    twelve = (np.arange(24 * 16, dtype=np.uint16).reshape(16, 24) * 10).astype("<u2")
+    with open_log(f"sqlite:///{tmp_path / 'log.db'}") as log:
+        laid_out = log.append(LogEntry(kind="inspection", station="s1", camera="cam", part_id="R1", decision="reject",
+                                       data={"raw": {"width": 24, "height": 16, "channels": 1}}),
+                              frame=twelve.tobytes())
+        older = log.append(LogEntry(kind="inspection", station="s1", camera="cam", part_id="R2", decision="reject"),
+                           frame=bytes(range(200)) * 3)  # raw pixels recorded before layouts were kept
+        for rec in (laid_out, older):
+            L.add_label(log, rec.entry.inspection_id, "spot", classes=CLASSES, actor="ann", expected_revision=0)
+        build_dataset(base, log, tmp_path / "v2")
+    ds = read_dataset(tmp_path / "v2", verify=True)
+    (written,) = ds.manifest["lineage"]["labels"]
+    assert written["frame_id"] == laid_out.entry.inspection_id and written["path"].endswith(".png")
+    assert written["sent_as"] == "raw 24x16x1, 16-bit; written as PNG"
+    assert written["frame_sha256"] == laid_out.entry.frame_sha256  # the frame as sent, as the log names it
+    image = cv2.imdecode(np.frombuffer((tmp_path / "v2" / written["path"]).read_bytes(), np.uint8),
+                         cv2.IMREAD_UNCHANGED)
+    assert image.dtype == np.uint16 and np.array_equal(image, twelve)
+    (skipped,) = ds.manifest["lineage"]["skipped"]
+    assert skipped["frame_id"] == older.entry.inspection_id
+    assert "width, height and channels were not recorded" in skipped["reason"]
 
 
 def test_build_refusals_leave_everything_as_it_was(
