@@ -32,6 +32,7 @@ _OVERRIDES = (
     "batch_size",
     "lr",
     "image_size",
+    "channels",
     "seed",
     "max_escape",
     "max_overkill",
@@ -101,6 +102,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help="the model input's shorter side in pixels (default: by rule, from the frames' resolution "
         "and the compute budget; the other side follows the frames' aspect ratio)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        help="the network's input channels, 1 (gray) or 3 (colour); default: by rule, colour where at least "
+        "half of a sample of the training frames are colour (R=G=B frames count as gray)",
     )
     p.add_argument(
         "--geometry",

@@ -91,7 +91,9 @@ class TrainConfig(BaseModel):
     tiles: str | None = Field(None, pattern=r"^[1-9][0-9]?x[1-9][0-9]?$")
     #: Region of interest (x, y, width, height) in camera pixels, cropped before everything.
     roi: tuple[int, int, int, int] | None = None
-    channels: Literal[1, 3] = 1
+    #: The network's input channels: 1 (gray) or 3 (colour); None: by rule (colour where the
+    #: training frames are, ``training.recipe.colour_channels``).
+    channels: Literal[1, 3] | None = None
     #: 16-bit frames: the pixel values (low, high) mapped onto the network's 0..255 input
     #: (``inspection.card.InputSpec.levels``); None: by rule (8-bit frames need none; 16-bit
     #: frames get their training frames' range, ``training.recipe.pixel_levels``).

@@ -91,16 +91,26 @@ def frame_sizes(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return heights, widths
 
 
-#: Training frames decoded before the recipe runs where their header does not tell their pixel
-#: depth (TIFF) or they are 16-bit (for their range): enough for a range's percentiles (4,096
-#: pixels each), a second or two. PNG, JPEG and BMP headers tell the depth of every frame.
-DEPTH_SAMPLE = 64
+#: Training frames decoded before the recipe runs (seeded): enough to tell whether the frames carry
+#: colour and, for 16-bit frames, for their range's percentiles (4,096 pixels each); a second or
+#: two. Every training frame's header is read for its pixel depth where the format tells it.
+SURVEY_FRAMES = 64
 DEPTH_PIXELS = 4096
 
 
-def pixel_sample(ds: Dataset, samples: list[Sample], *, seed: int) -> np.ndarray | None:
-    """A sample of the pixel values of up to ``DEPTH_SAMPLE`` of ``samples`` (seeded) when they
-    are 16-bit frames; None when they are 8-bit.
+@dataclass(frozen=True)
+class FrameSurvey:
+    """What a seeded sample of the training frames' pixels says (``training.recipe`` reads it)."""
+
+    decoded: int  # frames decoded
+    colour: int  # of those, frames that decode to colour (R=G=B frames count as gray)
+    colour_example: str | None  # one colour frame's path, for the recipe's reason
+    pixel_values: np.ndarray | None  # 16-bit frames: sampled pixel values; None for 8-bit frames
+
+
+def survey_frames(ds: Dataset, samples: list[Sample], *, seed: int) -> FrameSurvey:
+    """Decode up to ``SURVEY_FRAMES`` of ``samples`` (seeded): how many are colour, and a sample of
+    their pixel values when they are 16-bit.
 
     Raises:
         DatasetError: an image cannot be read, or 8-bit and 16-bit frames are mixed (a model
@@ -109,15 +119,16 @@ def pixel_sample(ds: Dataset, samples: list[Sample], *, seed: int) -> np.ndarray
     rng = np.random.default_rng(seed)
     by_depth: dict[int, str] = {}
     values = []
-    decoded = 0
+    decoded = colour = 0
+    colour_example = None
     for i in rng.permutation(len(samples)).tolist():
         path = ds.path_of(samples[i])
         try:
             depth = file_bit_depth(path)
             if depth is not None:
                 by_depth.setdefault(depth, samples[i].path)
-            if depth == 8 or decoded >= DEPTH_SAMPLE:
-                continue  # the header says 8-bit, or enough frames are decoded for the range
+            if decoded >= SURVEY_FRAMES:
+                continue  # enough frames decoded; the headers still tell every frame's depth
             image = read_image(path)
         except OSError as exc:
             raise DatasetError(f"dataset {ds.name!r}: {samples[i].path}: cannot read ({exc.strerror})") from None
@@ -125,6 +136,9 @@ def pixel_sample(ds: Dataset, samples: list[Sample], *, seed: int) -> np.ndarray
             raise DatasetError(f"dataset {ds.name!r}: {exc}") from None
         decoded += 1
         by_depth.setdefault(8 * image.dtype.itemsize, samples[i].path)
+        if image.ndim == 3:
+            colour += 1
+            colour_example = colour_example or samples[i].path
         if image.dtype == np.uint16:
             flat = image.reshape(-1)
             values.append(flat[rng.integers(0, flat.size, size=min(flat.size, DEPTH_PIXELS))])
@@ -132,7 +146,7 @@ def pixel_sample(ds: Dataset, samples: list[Sample], *, seed: int) -> np.ndarray
         raise DatasetError(
             f"dataset {ds.name!r} mixes 8-bit frames (e.g. {by_depth[8]}) and 16-bit frames (e.g. {by_depth[16]}); "
             "a model takes frames of one pixel depth: convert the dataset's images to one depth")
-    return np.concatenate(values) if values else None
+    return FrameSurvey(decoded, colour, colour_example, np.concatenate(values) if values else None)
 
 
 def load_images(ds: Dataset, samples: list[Sample], spec: InputSpec, *, workers: int = 1) -> np.ndarray:

@@ -83,6 +83,11 @@ CUDA_SPEEDUP = 20.0
 #: range, for production parts a little brighter or darker than the training ones.
 LEVEL_PERCENTILES = (0.01, 99.99)
 LEVEL_MARGIN = 0.05
+#: The network sees colour where at least this share of the surveyed training frames decode to
+#: colour (not R=G=B): a line whose camera delivers colour keeps it, a grayscale line (also one
+#: that stores gray frames as R=G=B colour files) stays one channel, and a stray colour file among
+#: gray frames does not turn a whole line to colour.
+COLOUR_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,11 @@ class DataStats:
     orientation: str | None
     #: A sample of the training frames' pixel values when they are 16-bit; None for 8-bit frames.
     pixel_values: np.ndarray | None = None
+    #: Training frames decoded for the survey, how many of them are colour, and one colour
+    #: frame's path (``training.data.survey_frames``).
+    surveyed: int = 0
+    colour: int = 0
+    colour_example: str | None = None
 
     @property
     def median_aspect(self) -> float:
@@ -146,6 +156,21 @@ def pixel_levels(values: np.ndarray) -> tuple[tuple[int, int], str]:
               f"widened by {LEVEL_MARGIN:.0%} each side: {low}..{high} mapped onto the network's 0..255 input "
               f"({(high - low) / 255:.1f} levels per input step; values outside clip)")
     return (low, high), reason
+
+
+def colour_channels(stats: DataStats) -> tuple[int, str]:
+    """The network's input channels: 3 where at least ``COLOUR_SHARE`` of the surveyed training
+    frames are colour, else 1; and why."""
+    if not stats.surveyed:
+        return 1, "no training frame surveyed: one channel"
+    share = stats.colour / stats.surveyed
+    counted = f"{stats.colour} of {stats.surveyed} training frames surveyed are colour"
+    if share >= COLOUR_SHARE:
+        return 3, (f"{counted} (e.g. {stats.colour_example}): the network sees the three colour channels (a "
+                   "discolouration can be of the same brightness)")
+    return 1, (f"{counted}" + (" (R=G=B frames count as gray)" if stats.colour == 0 else
+                               f" (under {COLOUR_SHARE:.0%}: colour frames are converted to gray)")
+               + ": one gray channel")
 
 
 def choose_precision(fp32_s: float, bf16_s: float) -> tuple[str, str]:
@@ -224,6 +249,9 @@ def resolve(
         update[setting] = value
         choices.append(Choice(setting, value, reason))
 
+    if cfg.channels is None:
+        channels, reason = colour_channels(stats)
+        choose("channels", channels, reason)
     if cfg.levels is None and stats.pixel_values is not None:
         levels, reason = pixel_levels(stats.pixel_values)
         choose("levels", list(levels), reason)
@@ -356,9 +384,13 @@ def stats_from(
     train_counts: dict[str, int],
     orientation: str | None,
     pixel_values: np.ndarray | None = None,
+    *,
+    surveyed: int = 0,
+    colour: int = 0,
+    colour_example: str | None = None,
 ) -> DataStats:
-    """``DataStats`` from the frames' sizes, the training split's class counts and (16-bit frames)
-    a sample of their pixel values."""
+    """``DataStats`` from the frames' sizes, the training split's class counts, (16-bit frames) a
+    sample of their pixel values and how many surveyed training frames are colour."""
     return DataStats(
         n_train=sum(train_counts.values()),
         train_counts=dict(train_counts),
@@ -366,4 +398,7 @@ def stats_from(
         widths=np.asarray(widths, dtype=np.float64),
         orientation=orientation,
         pixel_values=pixel_values,
+        surveyed=surveyed,
+        colour=colour,
+        colour_example=colour_example,
     )

@@ -181,18 +181,21 @@ def _choose_recipe(
     trains_epochs: bool = True,
 ) -> tuple[TrainConfig, list[dict[str, Any]]]:
     heights, widths = data.frame_sizes(ds)
-    pixels = data.pixel_sample(ds, train_samples, seed=cfg.seed)
+    survey = data.survey_frames(ds, train_samples, seed=cfg.seed)
     if cfg.roi is not None:
         heights, widths = np.full_like(heights, cfg.roi[3]), np.full_like(widths, cfg.roi[2])
     train_counts = counts["train"]
     if cfg.mode == "anomaly":
         # Every good frame is drawn twice an epoch, once with a synthetic anomaly (balanced).
         train_counts = {"good": train_counts["good"], anomaly.ANOMALY: train_counts["good"]}
-    stats = recipe_rules.stats_from(heights, widths, train_counts, ds.manifest.get("orientation"), pixels)
+    stats = recipe_rules.stats_from(heights, widths, train_counts, ds.manifest.get("orientation"),
+                                    survey.pixel_values, surveyed=survey.decoded, colour=survey.colour,
+                                    colour_example=survey.colour_example)
     device = _device(cfg).type
     # A feature memory trains no epochs: nothing to time, no precision to choose.
     cost_128, precision = (
-        _choose_precision(cfg, len(ds.classes), device) if trains_epochs else (model_info(cfg.arch).cost_128, None)
+        _choose_precision(cfg, len(ds.classes), device, channels=cfg.channels or recipe_rules.colour_channels(stats)[0])
+        if trains_epochs else (model_info(cfg.arch).cost_128, None)
     )
     resolved, choices = recipe_rules.resolve(
         cfg, stats, cost_128=cost_128, device="cuda" if device == "cuda" else "cpu"
@@ -206,7 +209,7 @@ def _choose_recipe(
 
 
 def _choose_precision(
-    cfg: TrainConfig, n_classes: int, device: str
+    cfg: TrainConfig, n_classes: int, device: str, *, channels: int
 ) -> tuple[float, recipe_rules.Choice | None]:
     """The architecture's cost per image for the budget, and the precision choice (``None`` when
     the config fixed it).
@@ -230,9 +233,11 @@ def _choose_precision(
     # The probe's weights come from a stream of its own: the run's model, drawn after it from
     # the seeded global stream, is the same whether or not a probe ran.
     with torch.random.fork_rng(devices=[]):
-        probe = Classifier(get_model(cfg.arch, num_classes=max(n_classes, 2), in_channels=cfg.channels),
-                           mean=[0.5] * cfg.channels, std=[0.25] * cfg.channels)
-        shape = (cfg.channels, 128, 128)
+        # The input's channels (the recipe's, where the config leaves them open) change the
+        # first stage's cost.
+        probe = Classifier(get_model(cfg.arch, num_classes=max(n_classes, 2), in_channels=channels),
+                           mean=[0.5] * channels, std=[0.25] * channels)
+        shape = (channels, 128, 128)
         if measure_cost:
             cost = recipe_rules.measured_cost(engine.step_seconds(probe, shape, precision="fp32", batch=32))
         if cfg.precision == "fp32":
@@ -258,8 +263,14 @@ def _good_only(train: data.SplitData) -> data.SplitData:
                           train.images[keep], train.labels[keep])
 
 
+def _channels(cfg: TrainConfig) -> int:
+    if cfg.channels is None:
+        raise TrainingError("the input channels were not resolved (training.recipe.resolve runs before)")
+    return cfg.channels
+
+
 def _input_spec(cfg: TrainConfig) -> InputSpec:
-    if cfg.input_shape is None:
+    if cfg.input_shape is None or cfg.channels is None:
         raise TrainingError("the input shape was not resolved (training.recipe.resolve runs before)")
     height, width = cfg.input_shape
     tiles = None
@@ -285,7 +296,7 @@ def _build_model(run: Run, spec: InputSpec, mean: list[float], std: list[float])
     """The network to train: backbone (pretrained weights when given and found), the
     normalisation inside, and the tile grid around it when the spec has one."""
     cfg = run.cfg
-    backbone = get_model(cfg.arch, num_classes=len(run.ds.classes), in_channels=cfg.channels)
+    backbone = get_model(cfg.arch, num_classes=len(run.ds.classes), in_channels=_channels(cfg))
     note = "none (from scratch)"
     if run.resume is None and (cfg.pretrained or cfg.pretrained_path):
         weights = find_pretrained(cfg.arch, path=cfg.pretrained_path)
@@ -337,7 +348,7 @@ def _fit_memory(
     mean: list[float], std: list[float],
 ) -> tuple[nn.Module, str, dict[str, Any]]:
     """The feature-memory anomaly model, filled from the good frames (no epochs)."""
-    backbone = get_model(run.cfg.arch, num_classes=2, in_channels=run.cfg.channels)
+    backbone = get_model(run.cfg.arch, num_classes=2, in_channels=_channels(run.cfg))
     skipped = load_pretrained(backbone, weights)
     loaded = [k for k in backbone.state_dict() if k not in skipped]
     if not any(k.startswith("layer3.") for k in loaded):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from inspection.card import InputSpec
-from inspection.dataset.layout import Sample, read_dataset
+from inspection.dataset.layout import Sample, read_dataset, write_dataset
 from inspection.errors import DatasetError
 from inspection.preprocess import prepare_frame
 from tests.training.conftest import make_dataset
@@ -146,3 +146,23 @@ def test_load_images_names_an_undecodable_file(tmp_path: Path) -> None:
     for workers in (1, 3):
         with pytest.raises(DatasetError, match=ds.samples[0].path):
             D.load_images(ds, ds.samples, InputSpec(height=16, width=16), workers=workers)
+
+
+def test_the_frame_survey_counts_colour_frames_and_takes_r_g_b_frames_for_gray(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(D.SURVEY_FRAMES + 16):
+        gray = rng.integers(0, 256, (12, 12), dtype=np.uint8)
+        kind = ("colour", "rgb-gray", "gray")[i % 3]
+        img = {"colour": np.dstack([gray, gray, 255 - gray]), "rgb-gray": np.dstack([gray] * 3), "gray": gray}[kind]
+        ok, buf = cv2.imencode(".png", img)
+        assert ok
+        items.append((Sample(f"images/good/{kind}-{i:03d}.png", "good"), buf.tobytes()))
+    ds = write_dataset(tmp_path / "ds", name="ds", classes=["good"], good_class="good", items=items)
+    survey = D.survey_frames(ds, ds.samples, seed=0)
+    assert survey.decoded == D.SURVEY_FRAMES and survey.pixel_values is None  # 8-bit frames: no range to take
+    # a third of the frames are colour; the R=G=B ones are gray, as serving decodes them
+    assert 0.2 < survey.colour / survey.decoded < 0.45
+    assert survey.colour_example is not None and "/colour-" in survey.colour_example
+    again = D.survey_frames(ds, ds.samples, seed=0)  # seeded: the same frames, the same choice
+    assert (again.decoded, again.colour, again.colour_example) == (survey.decoded, survey.colour, survey.colour_example)

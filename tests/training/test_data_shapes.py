@@ -94,6 +94,40 @@ def test_mixed_sizes_channels_and_a_huge_frame_are_adapted(tmp_path: Path) -> No
     _served_equals_golden(result.path, data)
 
 
+def _colour_dataset(dest: Path, *, good: int = 160, stain: int = 80) -> Path:
+    """A colour camera's frames (each channel its own sensor noise) of a gray part; a ``stain`` is
+    an 8 x 8 patch whose colour changes and whose brightness does not: its shift (B, G, R) =
+    (+50, -30, +40) is orthogonal to the luma weights, so in gray it is gone."""
+    rng = np.random.default_rng(0)
+    items = []
+    for label, n in (("good", good), ("stain", stain)):
+        for i in range(n):
+            img = rng.normal(rng.uniform(90, 160), 4.0, (32, 32, 3))
+            if label == "stain":
+                y, x = rng.integers(0, 24, 2)
+                img[y : y + 8, x : x + 8] += (50.0, -30.0, 40.0)
+            ok, buf = cv2.imencode(".png", np.clip(np.rint(img), 0, 255).astype(np.uint8))
+            assert ok
+            items.append((Sample(f"images/{label}/{i:03d}.png", label), buf.tobytes()))
+    write_dataset(dest, name=dest.name, classes=["good", "stain"], good_class="good", items=items)
+    return dest
+
+
+@pytest.mark.slow
+def test_colour_frames_train_a_colour_model_that_sees_a_defect_gray_cannot(tmp_path: Path) -> None:
+    data = _colour_dataset(tmp_path / "colour")
+    run = {**FAST, "epochs": 12, "min_epochs": 12, "max_escape": 0.5, "data": data, "image_size": 32}
+    colour = train_main(load_config(None, {**run, "models_dir": tmp_path / "m"}))
+    assert colour.card.input.channels == 3
+    recipe = {c["setting"]: c for c in colour.card.training["recipe"]}
+    assert recipe["channels"]["value"] == 3 and "training frames surveyed are colour" in recipe["channels"]["reason"]
+    _served_equals_golden(colour.path, data)  # serving hands the graph the same three channels
+    gray = train_main(load_config(None, {**run, "channels": 1, "models_dir": tmp_path / "g"}))
+    assert gray.card.input.channels == 1 and "channels" not in {c["setting"] for c in gray.card.training["recipe"]}
+    seen, unseen = colour.card.metrics["test"]["roc_auc"], gray.card.metrics["test"]["roc_auc"]
+    assert seen >= 0.9 and seen - unseen >= 0.25, (seen, unseen)
+
+
 @pytest.mark.slow
 def test_a_class_with_one_image_trains_and_says_it_cannot_be_measured(
     tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -213,3 +213,23 @@ def test_sixteen_bit_frames_get_their_own_range_with_a_margin() -> None:
     assert kept.levels == (0, 4095) and "levels" not in {c.setting for c in choices}
     eight, choices = _resolve(_stats())  # 8-bit frames: nothing to choose, nothing said
     assert eight.levels is None and "levels" not in {c.setting for c in choices}
+
+
+def test_colour_is_kept_where_most_surveyed_frames_are_colour() -> None:
+    def stats(colour: int, surveyed: int = 64) -> R.DataStats:
+        return R.stats_from([64] * 50, [64] * 50, {"good": 30, "scratch": 20}, None, surveyed=surveyed,
+                            colour=colour, colour_example="images/scratch/007.png" if colour else None)
+
+    cfg, choices = _resolve(stats(40))
+    assert cfg.channels == 3
+    said = {c.setting: c for c in choices}["channels"]
+    assert said.value == 3
+    assert "40 of 64 training frames surveyed are colour (e.g. images/scratch/007.png)" in said.reason
+    assert _resolve(stats(32))[0].channels == 3  # the share is COLOUR_SHARE, inclusive
+    few, choices = _resolve(stats(10))  # a few colour files among gray frames: gray
+    assert few.channels == 1 and "converted to gray" in {c.setting: c for c in choices}["channels"].reason
+    gray, choices = _resolve(stats(0))
+    assert gray.channels == 1 and "R=G=B frames count as gray" in {c.setting: c for c in choices}["channels"].reason
+    assert _resolve(stats(0, surveyed=0))[0].channels == 1
+    kept, choices = _resolve(stats(64), channels=1)  # an engineer's channels are kept
+    assert kept.channels == 1 and "channels" not in {c.setting for c in choices}

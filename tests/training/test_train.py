@@ -363,17 +363,24 @@ def test_the_budget_sizes_the_input_with_this_machines_measured_speed(monkeypatc
     from training.models import model_info
 
     calls: list[int] = []
+    shapes: list[tuple] = []
 
     def step(model: object, shape: tuple, *, precision: str, batch: int = 8, **_: object) -> float:
         calls.append(batch)
+        shapes.append(shape)
         return 0.017 if precision == "fp32" else 0.11  # fp32 17 ms/image; bf16 slower (emulated)
 
     monkeypatch.setattr(engine, "step_seconds", step)
-    cost, choice = T._choose_precision(load_config(None, {"threads": 2}), 2, "cpu")
+    cost, choice = T._choose_precision(load_config(None, {"threads": 2}), 2, "cpu", channels=1)
     assert cost == pytest.approx(R.measured_cost(0.017)) and cost > 2 * model_info("linecnn").cost_128
     assert 32 in calls and choice is not None and choice.value == "fp32"
+    assert {s[0] for s in shapes} == {1}
+    shapes.clear()
+    T._choose_precision(load_config(None, {"threads": 2}), 2, "cpu", channels=3)  # colour: timed in colour
+    assert shapes and {s[0] for s in shapes} == {3}
     calls.clear()
-    cost, _ = T._choose_precision(load_config(None, {"threads": 2, "image_size": 96, "precision": "fp32"}), 2, "cpu")
+    cost, _ = T._choose_precision(load_config(None, {"threads": 2, "image_size": 96, "precision": "fp32"}), 2, "cpu",
+                                  channels=1)
     assert cost == model_info("linecnn").cost_128 and calls == []
     # The slower machine's cost gives a smaller input for the same data and budget.
     stats = R.stats_from([300] * 50, [300] * 50, {"good": 900, "defect": 900}, None)
