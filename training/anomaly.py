@@ -5,7 +5,8 @@ never been seen. Pretrained features cannot be downloaded onto a line PC, so the
 **from scratch** what a good part looks like by telling good frames from good frames with a
 synthetic anomaly pasted in (the CutPaste / DRAEM family): a patch of the part moved elsewhere
 with its grey level shifted, a thin scar, a brightness blob, a textured region, a small crisp pit,
-a thin wandering crack, a large region of the part's own texture made rougher or smoother. None
+a thin wandering crack, a large region of the part's own texture made rougher or smoother, and
+on colour frames a region whose colour changes at the same brightness (a stain, a discolouration). None
 of these is a real defect type; together they teach "anything that does not belong here", which
 is what a reject gate needs for defects nobody has shown it.
 
@@ -77,7 +78,9 @@ class Synthesizer:
 
     def __call__(self, chw: np.ndarray) -> np.ndarray:
         out = chw.astype(np.float32)  # copy
-        self.kinds[int(self.rng.integers(len(self.kinds)))](out)
+        # Colour frames draw from one more kind; gray frames keep the stream they always had.
+        kinds = [*self.kinds, self._discolour] if out.shape[0] == 3 else self.kinds
+        kinds[int(self.rng.integers(len(kinds)))](out)
         return np.clip(out, 0, 255).astype(np.uint8)
 
     def _box(self, h: int, w: int, lo: float, hi: float) -> tuple[int, int, int, int]:
@@ -180,6 +183,22 @@ class Synthesizer:
         n = int(self.rng.integers(*cells))
         field = cv2.resize(self.rng.random((n, n)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
         return (field > np.quantile(field, 1 - self.rng.uniform(*area))).astype(np.float32)
+
+    #: The luma weights of the network's RGB input (ITU-R BT.601, as OpenCV's gray conversion).
+    LUMA_RGB = np.array([0.299, 0.587, 0.114], np.float32)
+
+    def _discolour(self, img: np.ndarray) -> None:
+        # Every other kind changes all channels alike, i.e. brightness: a colour line's stain or
+        # discolouration can keep the brightness of its surroundings. A region shifted along a
+        # random colour direction orthogonal to the luma weights teaches the network that colour
+        # belongs to "normal" too.
+        _, h, w = img.shape
+        mask = cv2.GaussianBlur(self._field_region(h, w, cells=(2, 6), area=(0.02, 0.2)), (0, 0), 1.5)
+        direction = self.rng.normal(0, 1, 3).astype(np.float32)
+        direction -= self.LUMA_RGB * (direction @ self.LUMA_RGB) / (self.LUMA_RGB @ self.LUMA_RGB)
+        direction /= max(float(np.linalg.norm(direction)), 1e-6)
+        amount = self.rng.uniform(0.5, 2.0) * max(float(img.std()), 8.0)
+        img += mask[None] * (direction * amount)[:, None, None]
 
     def _texture(self, img: np.ndarray) -> None:
         _, h, w = img.shape

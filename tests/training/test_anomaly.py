@@ -102,6 +102,30 @@ def test_regions_are_large_faint_changes_of_the_frames_own_texture() -> None:
     assert (np.abs(out - flat) >= 1.5).mean() > 0.05  # never an "anomaly" that changed nothing
 
 
+def test_colour_frames_also_get_stains_of_the_same_brightness() -> None:
+    rng = np.random.default_rng(0)
+    frame = np.clip(rng.normal(120, 6, (3, 64, 80)), 0, 255).astype(np.uint8)
+    synth = anomaly.Synthesizer(7)
+    luma = anomaly.Synthesizer.LUMA_RGB
+    peaks = []
+    for _ in range(20):
+        out = frame.astype(np.float32)
+        synth._discolour(out)
+        diff = out - frame
+        changed = np.abs(diff).max(axis=0) > 3
+        assert 0.01 < changed.mean() < 0.5  # a region of the frame
+        colour_change = np.abs(diff[:, changed]).max(axis=0).mean()
+        brightness_change = np.abs(np.tensordot(luma, diff, axes=1)[changed]).mean()
+        assert brightness_change < 0.05 * colour_change  # a change of colour, not of brightness
+        peaks.append(float(np.abs(diff).max()))
+    assert float(np.median(peaks)) > 6  # visible: as strong as the gray kinds' level shifts
+    # Drawn among the kinds for colour frames.
+    colour = anomaly.Synthesizer(1)
+    drawn = [colour(frame) for _ in range(60)]
+    assert any(np.abs(np.tensordot(luma, d.astype(np.float32) - frame, axes=1)).max() < 2
+               and np.abs(d.astype(np.float32) - frame).max() > 8 for d in drawn)
+
+
 def test_the_training_set_is_balanced_good_and_synthetic() -> None:
     good = np.full((5, 1, 16, 16), 120, np.uint8)
     train = anomaly.AnomalyTrainSet(good, None, anomaly.Synthesizer(0))
