@@ -44,8 +44,6 @@ AUDIT_ROLES: tuple[Literal["auditor"], Literal["admin"]] = ("auditor", "admin")
 DISPOSABLE_KINDS = ("inspection", "part")
 
 
-
-
 def registry_cards(models_dir: Path) -> CardLookup:
     """``(name, version) -> card`` from the model registry (None when the version is gone)."""
 
