@@ -63,15 +63,14 @@ def _as_image_file(rec: StoredRecord, data: bytes) -> tuple[bytes, dict[str, Any
     """
     source = f"frame {rec.entry.inspection_id}"
     raw = RawLayout.of_record(rec.entry.data)
-    if raw is None:
-        if media_type(data) == RAW_TYPE:
-            decode_stored(data, None, source=source)  # raises: says the layout was not recorded
+    if raw is None and media_type(data) != RAW_TYPE:
         return data, {}
-    image = decode_stored(data, raw, source=source)
+    image = decode_stored(data, raw, source=source)  # raw bytes without a layout: refused, saying why
     ok, buf = cv2.imencode(".png", image)
     if not ok:  # pragma: no cover -- OpenCV encodes any 8/16-bit gray or BGR image
         raise ImageError(f"{source}: its pixels could not be encoded as PNG")
-    return buf.tobytes(), {"sent_as": f"raw {raw.width}x{raw.height}x{raw.channels}, "
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    return buf.tobytes(), {"sent_as": f"raw {image.shape[1]}x{image.shape[0]}x{channels}, "
                                       f"{8 * image.dtype.itemsize}-bit; written as PNG"}
 
 
