@@ -42,14 +42,14 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def file_header_size(path: Path, *, head: int = 1 << 16) -> tuple[int, int] | None:
-    """``header_size`` of a file, reading only its first ``head`` bytes (the whole file for TIFF,
-    whose directory may sit anywhere)."""
+def file_head(path: Path, *, head: int = 1 << 16) -> bytes:
+    """A file's first ``head`` bytes, enough for ``header_size`` and ``bit_depth`` (the whole file
+    for TIFF, whose directory may sit anywhere)."""
     with open(path, "rb") as fh:
         data = fh.read(head)
         if data[:4] in (b"II*\x00", b"MM\x00*"):
             data += fh.read()
-    return header_size(data)
+    return data
 
 
 def bit_depth(head: bytes) -> int | None:
@@ -61,12 +61,6 @@ def bit_depth(head: bytes) -> int | None:
     if head.startswith((b"\xff\xd8", b"BM")):
         return 8
     return None
-
-
-def file_bit_depth(path: Path) -> int | None:
-    """``bit_depth`` of a file, reading only its first bytes."""
-    with open(path, "rb") as fh:
-        return bit_depth(fh.read(32))
 
 
 #: Segments read before giving up on finding a JPEG's SOF. A real file has a dozen or so (APPn,

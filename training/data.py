@@ -29,7 +29,7 @@ from inspection.dataset.split import (  # noqa: F401 -- the split moved to inspe
     write_split,
 )
 from inspection.errors import DatasetError, ImageError
-from inspection.imageheader import file_bit_depth, file_header_size
+from inspection.imageheader import bit_depth, file_head, header_size
 from inspection.preprocess import read_image, to_model_input
 from training.config import AugmentConfig
 
@@ -70,25 +70,42 @@ def check_dataset(ds: Dataset, *, may_be_empty: Collection[str] = ()) -> None:
         raise DatasetError(f"class(es) {empty} of {ds.classes} have no images; every class needs some")
 
 
-def frame_sizes(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Heights and widths of every image, from the file headers (decoding only images whose
-    header is not one we read), in the order of ``ds.samples``.
+@dataclass(frozen=True)
+class FrameHeaders:
+    """What every image's file header says, in the order of ``ds.samples``."""
+
+    heights: np.ndarray  # int64[N]
+    widths: np.ndarray  # int64[N]
+    depths: dict[str, int]  # sample path -> 8 or 16, for the images whose format declares it
+
+
+def frame_headers(ds: Dataset) -> FrameHeaders:
+    """Every image's size and, where its format declares it, pixel depth: one read of each file's
+    header (decoding only images whose size the header does not give).
 
     Raises:
         DatasetError: an image cannot be read or decoded (names the file).
     """
     heights = np.empty(len(ds.samples), dtype=np.int64)
     widths = np.empty(len(ds.samples), dtype=np.int64)
+    depths: dict[str, int] = {}
     for i, s in enumerate(ds.samples):
+        path = ds.path_of(s)
         try:
-            size = file_header_size(ds.path_of(s))
+            head = file_head(path)
+            size = header_size(head)
             if size is None:
-                h, w = read_image(ds.path_of(s)).shape[:2]
+                h, w = read_image(path).shape[:2]
                 size = (w, h)
-        except (OSError, ImageError) as exc:
+        except OSError as exc:
+            raise DatasetError(f"dataset {ds.name!r}: {s.path}: cannot read ({exc.strerror})") from None
+        except ImageError as exc:
             raise DatasetError(f"dataset {ds.name!r}: {exc}") from None
         widths[i], heights[i] = size
-    return heights, widths
+        depth = bit_depth(head)
+        if depth is not None:
+            depths[s.path] = depth
+    return FrameHeaders(heights, widths, depths)
 
 
 #: Training frames decoded before the recipe runs (seeded): enough to tell whether the frames carry
@@ -108,9 +125,10 @@ class FrameSurvey:
     pixel_values: np.ndarray | None  # 16-bit frames: sampled pixel values; None for 8-bit frames
 
 
-def survey_frames(ds: Dataset, samples: list[Sample], *, seed: int) -> FrameSurvey:
+def survey_frames(ds: Dataset, samples: list[Sample], *, seed: int, depths: dict[str, int]) -> FrameSurvey:
     """Decode up to ``SURVEY_FRAMES`` of ``samples`` (seeded): how many are colour, and a sample of
-    their pixel values when they are 16-bit.
+    their pixel values when they are 16-bit. ``depths`` are the headers' (``frame_headers``): every
+    sample's depth is checked, the decoded ones' by their pixels too.
 
     Raises:
         DatasetError: an image cannot be read, or 8-bit and 16-bit frames are mixed (a model
@@ -122,14 +140,13 @@ def survey_frames(ds: Dataset, samples: list[Sample], *, seed: int) -> FrameSurv
     decoded = colour = 0
     colour_example = None
     for i in rng.permutation(len(samples)).tolist():
-        path = ds.path_of(samples[i])
+        depth = depths.get(samples[i].path)
+        if depth is not None:
+            by_depth.setdefault(depth, samples[i].path)
+        if decoded >= SURVEY_FRAMES:
+            continue  # enough frames decoded; the headers still tell every frame's depth
         try:
-            depth = file_bit_depth(path)
-            if depth is not None:
-                by_depth.setdefault(depth, samples[i].path)
-            if decoded >= SURVEY_FRAMES:
-                continue  # enough frames decoded; the headers still tell every frame's depth
-            image = read_image(path)
+            image = read_image(ds.path_of(samples[i]))
         except OSError as exc:
             raise DatasetError(f"dataset {ds.name!r}: {samples[i].path}: cannot read ({exc.strerror})") from None
         except ImageError as exc:

@@ -180,8 +180,9 @@ def _choose_recipe(
     cfg: TrainConfig, ds: Dataset, counts: dict[str, dict[str, int]], train_samples: list[Sample], *,
     trains_epochs: bool = True,
 ) -> tuple[TrainConfig, list[dict[str, Any]]]:
-    heights, widths = data.frame_sizes(ds)
-    survey = data.survey_frames(ds, train_samples, seed=cfg.seed)
+    headers = data.frame_headers(ds)
+    heights, widths = headers.heights, headers.widths
+    survey = data.survey_frames(ds, train_samples, seed=cfg.seed, depths=headers.depths)
     if cfg.roi is not None:
         heights, widths = np.full_like(heights, cfg.roi[3]), np.full_like(widths, cfg.roi[2])
     train_counts = counts["train"]

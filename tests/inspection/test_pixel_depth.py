@@ -71,14 +71,14 @@ def test_float_tiff_is_refused_with_its_type() -> None:
 
 
 def test_the_header_tells_the_depth_of_png_jpeg_and_bmp_and_leaves_tiff_to_the_decoder(tmp_path) -> None:
-    from inspection.imageheader import file_bit_depth
+    from inspection.imageheader import bit_depth, file_head
 
     gray = np.full((8, 8), 100, np.uint8)
     cases = {"a.png": (gray, 8), "b.png": (gray.astype(np.uint16) * 16, 16), "c.jpg": (gray, 8), "d.bmp": (gray, 8),
              "e.tif": (gray.astype(np.uint16), None)}
     for name, (image, depth) in cases.items():
         (tmp_path / name).write_bytes(_encode("." + name.split(".")[1], image))
-        assert file_bit_depth(tmp_path / name) == depth, name
+        assert bit_depth(file_head(tmp_path / name)) == depth, name
 
 
 def test_raw_sixteen_bit_samples_are_little_endian_and_other_depths_refused() -> None:

@@ -159,10 +159,11 @@ def test_the_frame_survey_counts_colour_frames_and_takes_r_g_b_frames_for_gray(t
         assert ok
         items.append((Sample(f"images/good/{kind}-{i:03d}.png", "good"), buf.tobytes()))
     ds = write_dataset(tmp_path / "ds", name="ds", classes=["good"], good_class="good", items=items)
-    survey = D.survey_frames(ds, ds.samples, seed=0)
+    depths = D.frame_headers(ds).depths
+    survey = D.survey_frames(ds, ds.samples, seed=0, depths=depths)
     assert survey.decoded == D.SURVEY_FRAMES and survey.pixel_values is None  # 8-bit frames: no range to take
     # a third of the frames are colour; the R=G=B ones are gray, as serving decodes them
     assert 0.2 < survey.colour / survey.decoded < 0.45
     assert survey.colour_example is not None and "/colour-" in survey.colour_example
-    again = D.survey_frames(ds, ds.samples, seed=0)  # seeded: the same frames, the same choice
+    again = D.survey_frames(ds, ds.samples, seed=0, depths=depths)  # seeded: the same frames, the same choice
     assert (again.decoded, again.colour, again.colour_example) == (survey.decoded, survey.colour, survey.colour_example)
