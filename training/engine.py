@@ -340,20 +340,59 @@ def budget_epochs(
 
 def _may_lengthen(timed: int, *, done: int, epochs: int, note: dict[str, Any] | None) -> bool:
     """Whether the plan may be lengthened after this epoch: once after the first
-    ``EXTEND_AFTER_EPOCHS`` epochs (``timed``), and again where the last re-plan was a cut made
-    while the run is still in the first half of its plan.
+    ``EXTEND_AFTER_EPOCHS`` epochs (``timed``), and again, once the plan has been cut, while the
+    run is still in the first half of its plan.
 
     Why the second: a cut follows the last few epochs' speed, and a line PC is shared. A minute
     of other work during epochs 5-7 of a magnetic-tile run (a test suite beside it) doubled their
     time; the plan, lengthened to 114 epochs after epoch 3, was cut to 58, and the run ended at
-    11 of its 20 minutes while every later epoch ran at the first epochs' speed. Only in the
-    first half: later, raising the decaying rate again would undo the annealing the cut re-planned.
+    11 of its 20 minutes while every later epoch ran at the first epochs' speed. After any cut,
+    not only right after one: the speed is the last three epochs' mean (``replan_epochs``), which
+    comes back over three epochs, and the undo may take as many steps. Only in the first half:
+    later, raising the decaying rate again would undo the annealing the cut re-planned.
     """
     if timed == EXTEND_AFTER_EPOCHS:
         return True
     replans = (note or {}).get("replans") or []
-    cut = bool(replans) and replans[-1]["to_epochs"] < replans[-1]["from_epochs"]
+    cut = any(r["to_epochs"] < r["from_epochs"] for r in replans)
     return timed > EXTEND_AFTER_EPOCHS and cut and done <= epochs // 2
+
+
+def replan_epochs(
+    budget: TimeBudget,
+    *,
+    now: float,
+    done: int,
+    epochs: int,
+    epoch_times: list[float],
+    note: dict[str, Any] | None,
+    eval_s: float,
+) -> tuple[int, float] | None:
+    """The plan after ``done`` epochs, with the epoch time it was sized with: fewer epochs where
+    ``epochs`` would overrun the deadline, more where the budget affords at least
+    ``EXTEND_MIN_GAIN`` times them and a lengthening is due (``_may_lengthen``); None: keep it.
+
+    Both directions read the machine's speed alike, as the mean of the last three epochs. Why
+    one estimator: the undo of a cut once took their median (to look past the slow epoch the
+    cut followed), and on a run whose epochs alternated between 17.8 and 21 s (ELPV in anomaly
+    mode) the mean cut the plan and the median lengthened it again, six re-plans in 24 epochs
+    (57, 52, 60, 54, 60, 56), each one re-planning the learning rate. With the mean a passing
+    slowdown is looked past as it leaves the last three epochs, still early in the plan.
+    Each new plan is sized with ``BUDGET_SLACK`` to spare, so a machine that slows a little
+    more later need not cut the schedule again (each cut steps the decaying rate down).
+    """
+    epoch_s = float(np.mean(epoch_times[-3:]))
+    if budget_epochs(budget, now=now, done=done, planned=epochs, epoch_s=epoch_s, eval_s=eval_s) < epochs:
+        return budget_epochs(budget, now=now, done=done, planned=epochs, epoch_s=BUDGET_SLACK * epoch_s,
+                             eval_s=eval_s), epoch_s
+    if budget.max_epochs and budget.max_epochs > epochs and _may_lengthen(
+        len(epoch_times), done=done, epochs=epochs, note=note
+    ):
+        more = budget_epochs(budget, now=now, done=done, planned=budget.max_epochs, epoch_s=BUDGET_SLACK * epoch_s,
+                             eval_s=eval_s)
+        if more >= math.ceil(EXTEND_MIN_GAIN * epochs):
+            return more, epoch_s
+    return None
 
 
 def _plan_words(note: dict[str, Any] | None, epochs: int, planned: int) -> str:
@@ -569,16 +608,14 @@ def fit(
             on_epoch(row)
         stop = stopper.should_stop(epoch)
         epoch_times.append(time.monotonic() - epoch_began)
-        if budget is not None and not stop and epoch + 1 < epochs:
-            # The last few epochs' mean: the machine's speed now, not at the start.
-            epoch_s = float(np.mean(epoch_times[-3:]))
-            afford = budget_epochs(budget, now=time.monotonic(), done=epoch + 1, planned=epochs,
-                                   epoch_s=epoch_s, eval_s=eval_s)
+        replan = (
+            replan_epochs(budget, now=time.monotonic(), done=epoch + 1, epochs=epochs, epoch_times=epoch_times,
+                          note=budget_note, eval_s=eval_s)
+            if budget is not None and not stop and epoch + 1 < epochs else None
+        )
+        if replan is not None and budget is not None:
+            afford, epoch_s = replan
             if afford < epochs:
-                # Re-planned with 10% to spare: a machine that slows a little more later need
-                # not cut the schedule again (each cut steps the decaying rate down).
-                afford = budget_epochs(budget, now=time.monotonic(), done=epoch + 1, planned=epochs,
-                                       epoch_s=BUDGET_SLACK * epoch_s, eval_s=eval_s)
                 budget_note = {
                     # A lengthened plan's scaled patience / min_epochs still hold after a cut.
                     **(budget_note or {}),
@@ -595,32 +632,23 @@ def fit(
                 else:
                     scheduler = _one_cycle(optimizer, lr, afford * steps_per_epoch, (epoch + 1) * steps_per_epoch)
                 epochs = afford
-            elif budget.max_epochs and budget.max_epochs > epochs and _may_lengthen(
-                len(epoch_times), done=epoch + 1, epochs=epochs, note=budget_note
-            ):
-                if len(epoch_times) > EXTEND_AFTER_EPOCHS:
-                    # Undoing a cut: the median, so that the slow epoch the cut followed, still
-                    # among the last three, does not hide that the machine is fast again.
-                    epoch_s = float(np.median(epoch_times[-3:]))
-                more = budget_epochs(budget, now=time.monotonic(), done=epoch + 1, planned=budget.max_epochs,
-                                     epoch_s=BUDGET_SLACK * epoch_s, eval_s=eval_s)
-                if more >= math.ceil(EXTEND_MIN_GAIN * epochs):
-                    budget_note = {
-                        "planned_epochs": planned,
-                        "epochs": more,
-                        "epoch_seconds": round(epoch_s, 2),
-                        "replans": _replans(budget_note, after=epoch + 1, plan=epochs, new=more, epoch_s=epoch_s),
-                        "reason": f"an epoch takes {epoch_s:.1f} s here: the time budget affords {more} epochs, "
-                        f"not only {_plan_words(budget_note, epochs, planned)} (at most {budget.max_epochs}); "
-                        f"the schedule now ends after epoch {more}",
-                    }
-                    for name, value in recipe_stops.items():
-                        value = max(getattr(stopper, name), round(value * more / planned))
-                        setattr(stopper, name, value)
-                        budget_note[name] = value
-                    log.info("time budget: %s", budget_note["reason"])
-                    scheduler = _one_cycle(optimizer, lr, more * steps_per_epoch, (epoch + 1) * steps_per_epoch)
-                    epochs = more
+            else:
+                budget_note = {
+                    "planned_epochs": planned,
+                    "epochs": afford,
+                    "epoch_seconds": round(epoch_s, 2),
+                    "replans": _replans(budget_note, after=epoch + 1, plan=epochs, new=afford, epoch_s=epoch_s),
+                    "reason": f"an epoch takes {epoch_s:.1f} s here: the time budget affords {afford} epochs, "
+                    f"not only {_plan_words(budget_note, epochs, planned)} (at most {budget.max_epochs}); "
+                    f"the schedule now ends after epoch {afford}",
+                }
+                for name, value in recipe_stops.items():
+                    value = max(getattr(stopper, name), round(value * afford / planned))
+                    setattr(stopper, name, value)
+                    budget_note[name] = value
+                log.info("time budget: %s", budget_note["reason"])
+                scheduler = _one_cycle(optimizer, lr, afford * steps_per_epoch, (epoch + 1) * steps_per_epoch)
+                epochs = afford
         distributed.broadcast((stop, epochs), ranks)
         save_checkpoint(
             checkpoint,

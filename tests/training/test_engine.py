@@ -249,6 +249,62 @@ def test_a_cut_made_during_a_passing_slowdown_is_undone_when_the_machine_is_fast
     assert fit["budget"]["patience"] == round(100 * most / 6) and fit["budget"]["min_epochs"] == round(3 * most / 6)
 
 
+#: Seconds per epoch of a real run (ELPV in anomaly mode, 2 threads, an idle machine): they wander
+#: by +-10% with nothing else running.
+_WANDERING_EPOCHS = [
+    18.0, 17.8, 19.4, 18.1, 19.1, 18.2, 19.3, 20.0, 21.1, 22.5, 19.7, 20.4, 17.1, 17.8, 19.7, 20.9, 20.5, 18.8,
+    17.9, 17.9, 18.5, 20.4, 19.7, 20.1, 20.1, 17.5, 17.7, 17.1, 17.2, 17.7, 20.2, 20.4, 20.5, 20.0, 20.4, 19.9,
+]
+
+
+def _plans_on_a_clock(
+    times: list[float], *, epochs: int, deadline: float, max_epochs: int
+) -> list[tuple[int, int, int]]:
+    """The re-plans ``replan_epochs`` makes for epochs of the given durations on a simulated clock,
+    as (after epoch, from, to): the loop's own bookkeeping of the plan and its record."""
+    budget = E.TimeBudget(deadline=deadline, after_evals=0.0, max_epochs=max_epochs)
+    now, seen, note, done, steps = 0.0, [], None, 0, []
+    while done < epochs:
+        seconds = times[done] if done < len(times) else float(np.mean(times))
+        now, done = now + seconds, done + 1
+        seen.append(seconds)
+        if done == epochs:
+            break
+        replan = E.replan_epochs(budget, now=now, done=done, epochs=epochs, epoch_times=seen, note=note, eval_s=0.0)
+        if replan is not None:
+            note = {"replans": E._replans(note, after=done, plan=epochs, new=replan[0], epoch_s=replan[1])}
+            steps.append((done, epochs, replan[0]))
+            epochs = replan[0]
+    return steps
+
+
+def test_epoch_times_that_wander_by_ten_percent_do_not_make_the_plan_flap() -> None:
+    # The run these times come from was re-planned six times in 24 epochs (57, 52, 60, 54, 60, 56
+    # epochs) when a cut read the last three epochs' mean and its undo their median; each re-plan
+    # rebuilds the learning rate's schedule.
+    for deadline in (1160.0, 1170.0, 1180.0):
+        steps = _plans_on_a_clock(_WANDERING_EPOCHS, epochs=25, deadline=deadline, max_epochs=150)
+        assert steps[0][:2] == (3, 25) and steps[0][2] > 50  # lengthened after the third epoch
+        cuts = [s for s in steps if s[2] < s[1]]
+        assert len(cuts) <= 1 and len(steps) <= 3, steps
+        # The run ends within its deadline (the simulated clock: the plan's epochs at these times).
+        assert sum((_WANDERING_EPOCHS + [float(np.mean(_WANDERING_EPOCHS))] * 100)[: steps[-1][2]]) <= deadline
+
+
+def test_a_slowdown_that_lasts_cuts_the_plan_and_a_machine_fast_again_undoes_the_cut() -> None:
+    # 10 s epochs, then 30 s from the 6th to the 8th (another job), then 10 s again.
+    times = [10.0] * 5 + [30.0] * 3 + [10.0] * 100
+    steps = _plans_on_a_clock(times, epochs=20, deadline=800.0, max_epochs=150)
+    assert steps[0] == (3, 20, steps[0][2]) and steps[0][2] > 60  # the budget affords ~70 epochs
+    cuts = [s for s in steps if s[2] < s[1]]
+    assert cuts and all(6 <= c[0] <= 8 for c in cuts)  # while the slow epochs count
+    undo = steps[-1]
+    # Undone as the slow epochs leave the last three (by epoch 11), back to nearly the plan the
+    # budget afforded before them, and the run still ends within its deadline.
+    assert undo[2] > cuts[-1][2] and undo[0] <= 11 and undo[2] >= 0.9 * steps[0][2]
+    assert sum(times[: undo[2]]) <= 800.0
+
+
 def test_a_resumed_run_keeps_the_shortened_plan(tmp_path: Path) -> None:
     import time
 
