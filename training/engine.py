@@ -615,40 +615,32 @@ def fit(
         )
         if replan is not None and budget is not None:
             afford, epoch_s = replan
-            if afford < epochs:
-                budget_note = {
-                    # A lengthened plan's scaled patience / min_epochs still hold after a cut.
-                    **(budget_note or {}),
-                    "planned_epochs": planned,
-                    "epochs": afford,
-                    "epoch_seconds": round(epoch_s, 2),
-                    "replans": _replans(budget_note, after=epoch + 1, plan=epochs, new=afford, epoch_s=epoch_s),
-                    "reason": f"an epoch takes {epoch_s:.1f} s here: {_plan_words(budget_note, epochs, planned)} "
-                    f"would overrun the time budget; the schedule now ends after epoch {afford}",
-                }
-                log.warning("time budget: %s", budget_note["reason"])
-                if afford <= epoch + 1:
-                    stop = True
-                else:
-                    scheduler = _one_cycle(optimizer, lr, afford * steps_per_epoch, (epoch + 1) * steps_per_epoch)
-                epochs = afford
-            else:
-                budget_note = {
-                    "planned_epochs": planned,
-                    "epochs": afford,
-                    "epoch_seconds": round(epoch_s, 2),
-                    "replans": _replans(budget_note, after=epoch + 1, plan=epochs, new=afford, epoch_s=epoch_s),
-                    "reason": f"an epoch takes {epoch_s:.1f} s here: the time budget affords {afford} epochs, "
-                    f"not only {_plan_words(budget_note, epochs, planned)} (at most {budget.max_epochs}); "
-                    f"the schedule now ends after epoch {afford}",
-                }
+            cut = afford < epochs
+            change = (
+                f"{_plan_words(budget_note, epochs, planned)} would overrun the time budget" if cut
+                else f"the time budget affords {afford} epochs, not only {_plan_words(budget_note, epochs, planned)} "
+                f"(at most {budget.max_epochs})"
+            )
+            budget_note = {
+                # A lengthened plan's scaled patience / min_epochs still hold after a cut.
+                **(budget_note or {}),
+                "planned_epochs": planned,
+                "epochs": afford,
+                "epoch_seconds": round(epoch_s, 2),
+                "replans": _replans(budget_note, after=epoch + 1, plan=epochs, new=afford, epoch_s=epoch_s),
+                "reason": f"an epoch takes {epoch_s:.1f} s here: {change}; the schedule now ends after epoch {afford}",
+            }
+            if not cut:
                 for name, value in recipe_stops.items():
                     value = max(getattr(stopper, name), round(value * afford / planned))
                     setattr(stopper, name, value)
                     budget_note[name] = value
-                log.info("time budget: %s", budget_note["reason"])
+            log.log(logging.WARNING if cut else logging.INFO, "time budget: %s", budget_note["reason"])
+            if afford <= epoch + 1:
+                stop = True  # a cut to the epochs already run
+            else:
                 scheduler = _one_cycle(optimizer, lr, afford * steps_per_epoch, (epoch + 1) * steps_per_epoch)
-                epochs = afford
+            epochs = afford
         distributed.broadcast((stop, epochs), ranks)
         save_checkpoint(
             checkpoint,
