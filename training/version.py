@@ -279,6 +279,8 @@ def export_version(
                 "config": cfg.to_yaml_dict(),
                 "recipe": run.recipe,
                 "best_epoch": fit["best_epoch"],
+                # Which epoch was kept and why (a small validation split cannot tell near epochs apart).
+                "selection": fit.get("selection"),
                 "epochs_run": len(fit["history"]),
                 "train_seconds": round(train_seconds, 1),
                 "pretrained": pretrained_note,

@@ -159,3 +159,26 @@ def test_intervals_refuse_arrays_of_different_lengths() -> None:
         M.recall_intervals(np.zeros(3, int), np.zeros(3, int), np.arange(2), 2)
     with pytest.raises(ValueError, match="differ in shape"):
         M.auroc_interval(np.zeros(3, bool), np.zeros(3), np.arange(2))
+
+
+@pytest.mark.parametrize(("n_pos", "n_neg"), [(8, 52), (40, 120), (123, 286)])
+def test_the_auroc_standard_error_is_the_spread_of_aurocs_over_repeated_splits(n_pos: int, n_neg: int) -> None:
+    # Scores of a binormal model (AUROC ~0.89): the standard error must be how much the AUROC of a
+    # split this size scatters from one draw to the next; never narrower, at most a little wider.
+    rng = np.random.default_rng(0)
+    d = np.r_[np.ones(n_pos, bool), np.zeros(n_neg, bool)]
+    draws = [M.roc_auc(d, np.where(d, rng.normal(1.75, 1.0, d.size), rng.normal(0.0, 1.0, d.size)))
+             for _ in range(2000)]
+    spread = float(np.std(draws))
+    se = M.auroc_standard_error(float(np.mean(draws)), n_pos, n_neg)
+    assert spread * 0.95 <= se <= spread * 1.4
+    assert M.auroc_standard_error(0.9, 0, 10) == math.inf
+    assert M.auroc_standard_error(float("nan"), 5, 10) == math.inf
+
+
+def test_the_macro_recall_standard_error_averages_the_classes_binomial_errors() -> None:
+    cm = np.array([[8, 2, 0], [1, 9, 0], [0, 0, 0]])  # the third class is absent from the truth
+    expected = math.sqrt(0.8 * 0.2 / 10 + 0.9 * 0.1 / 10) / 2
+    assert M.macro_recall_standard_error(cm) == pytest.approx(expected)
+    assert M.macro_recall_standard_error(np.diag([5, 7])) == 0.0  # every image right: nothing to spread
+    assert M.macro_recall_standard_error(np.zeros((2, 2))) == math.inf

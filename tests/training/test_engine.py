@@ -337,3 +337,65 @@ def test_a_bf16_fit_hands_back_a_float32_contiguous_model(tmp_path: Path) -> Non
     for name, p in model.state_dict().items():
         if p.is_floating_point():
             assert p.dtype == torch.float32 and p.is_contiguous(), name
+
+
+# A small line's validation curve (8 defective and 52 good frames: tall frames of three stacked
+# ELPV cells, 244 good and 36 defective ones to train on), epochs 1-60 of the default run; 200
+# test frames scored the same epochs' weights.
+_SMALL_VAL_AUROC = [
+    0.305, 0.351, 0.392, 0.452, 0.483, 0.577, 0.632, 0.69, 0.772, 0.839, 0.894, 0.909, 0.892, 0.894, 0.897, 0.894,
+    0.892, 0.892, 0.894, 0.885, 0.885, 0.88, 0.868, 0.856, 0.841, 0.841, 0.839, 0.839, 0.837, 0.822, 0.829, 0.834,
+    0.837, 0.839, 0.832, 0.827, 0.829, 0.822, 0.815, 0.815, 0.81, 0.812, 0.808, 0.8, 0.798, 0.798, 0.8, 0.8, 0.796,
+    0.796, 0.793, 0.788, 0.793, 0.786, 0.776, 0.781, 0.776, 0.776, 0.776, 0.774,
+]
+_SMALL_VAL_LOSS = [
+    0.711, 0.749, 0.799, 0.868, 0.949, 1.032, 1.123, 1.21, 1.295, 1.371, 1.443, 1.508, 1.558, 1.605, 1.651, 1.694,
+    1.732, 1.723, 1.708, 1.696, 1.638, 1.595, 1.536, 1.455, 1.377, 1.315, 1.258, 1.156, 1.092, 1.029, 0.962, 0.883,
+    0.836, 0.779, 0.721, 0.676, 0.633, 0.604, 0.573, 0.589, 0.537, 0.495, 0.481, 0.47, 0.445, 0.422, 0.382, 0.369,
+    0.361, 0.352, 0.355, 0.354, 0.35, 0.355, 0.352, 0.346, 0.347, 0.347, 0.349, 0.349,
+]
+_SMALL_TEST_AUROC = [
+    0.328, 0.363, 0.396, 0.435, 0.479, 0.517, 0.543, 0.571, 0.599, 0.619, 0.64, 0.66, 0.677, 0.684, 0.702, 0.715,
+    0.719, 0.721, 0.729, 0.733, 0.739, 0.742, 0.744, 0.745, 0.747, 0.748, 0.747, 0.75, 0.75, 0.752, 0.75, 0.753,
+    0.756, 0.755, 0.754, 0.749, 0.755, 0.76, 0.759, 0.759, 0.76, 0.761, 0.762, 0.762, 0.762, 0.76, 0.76, 0.76,
+    0.759, 0.76, 0.762, 0.763, 0.766, 0.766, 0.765, 0.766, 0.765, 0.764, 0.764, 0.766,
+]
+
+
+def _kept(resolution: float | None) -> E.EarlyStopping:
+    from inspection.metrics import auroc_standard_error
+
+    s = E.EarlyStopping(patience=1000)
+    for epoch, (score, loss) in enumerate(zip(_SMALL_VAL_AUROC, _SMALL_VAL_LOSS, strict=True)):
+        se = auroc_standard_error(score, 8, 52) if resolution is None else resolution
+        s.step(epoch, score=score, loss=loss, resolution=se)
+    return s
+
+
+def test_a_validation_split_too_small_to_resolve_epochs_does_not_pick_its_noise_peak() -> None:
+    exact = _kept(resolution=0.0)  # every difference taken at face value: the old rule
+    assert exact.best_epoch + 1 == 12 and _SMALL_TEST_AUROC[exact.best_epoch] == 0.66
+    banded = _kept(resolution=None)
+    assert banded.top_epoch + 1 == 12
+    assert banded.best_epoch + 1 >= 30, "an epoch inside the warm-up's noise peak was kept"
+    assert _SMALL_TEST_AUROC[banded.best_epoch] >= 0.75
+    note = E.selection_note(banded, n_val=60)
+    assert note["epoch"] == banded.best_epoch + 1 and note["top_epoch"] == 12
+    assert "within one standard error" in note["reason"] and "60 validation images" in note["reason"]
+
+
+def test_a_far_better_epoch_moves_the_band_and_is_kept() -> None:
+    s = E.EarlyStopping(patience=3)
+    assert s.step(0, score=0.70, loss=1.0, resolution=0.05)
+    assert s.step(1, score=0.68, loss=0.9, resolution=0.05)  # a tie: within the band
+    assert not s.step(2, score=0.60, loss=0.5, resolution=0.05)  # resolved as worse, whatever its loss
+    assert s.step(3, score=0.90, loss=0.8, resolution=0.02)  # resolved as better: the band moves up
+    assert not s.step(4, score=0.86, loss=0.1, resolution=0.02)
+    assert s.best_epoch == 3 and s.top == (0.9, 0.02)
+    state = s.state()
+    again = E.EarlyStopping(patience=3)
+    again.load(state)
+    assert (again.top, again.top_epoch, again.best_epoch) == (s.top, s.top_epoch, s.best_epoch)
+    old = {k: v for k, v in state.items() if k not in ("top", "top_epoch")}  # a checkpoint from before the band
+    again.load(old)
+    assert again.top == (0.9, 0.0) and again.top_epoch == again.best_epoch == 3

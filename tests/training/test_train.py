@@ -174,7 +174,14 @@ def test_saved_config_split_and_report(trained: tuple[Path, Path]) -> None:
     assert "independent units" in html and "by units" in html
     assert "escape rate" in html and "95% CI" in html and "alt='ROC'" in html and "Escape per defect class" in html
     assert "src='data:image/png;base64," in html and "src='roc.png'" not in html
-    assert len(json.loads((folder / "history.json").read_text())) == card.training["epochs_run"]
+    history = json.loads((folder / "history.json").read_text())
+    assert len(history) == card.training["epochs_run"]
+    # Which epoch was kept, and why: the card says it in words and numbers that match the history.
+    selection = card.training["selection"]
+    assert selection["epoch"] == card.training["best_epoch"]
+    assert selection["score"] == pytest.approx(history[selection["epoch"] - 1]["val_score"], abs=1e-6)
+    assert selection["top_score"] == pytest.approx(max(r["val_score"] for r in history), abs=1e-6)
+    assert selection["resolution"] > 0 and f"epoch {selection['epoch']}" in selection["reason"]
     assert _leftovers(folder.parent.parent) == sorted(
         ["parts", "parts/v1", *(f"parts/v1/{n}" for n in card.files), "parts/v1/model.json"]
     )
