@@ -285,6 +285,7 @@ def _show(args: argparse.Namespace) -> int:
         f"test      {_headline(card)}",
         f"files     {', '.join(sorted(card.files))}" + ("  (sha256 verified)" if args.verify else ""),
         *(f"recipe    {c['setting']} = {c['value']}  ({c['reason']})" for c in card.training.get("recipe", [])),
+        *([f"kept      {card.training['selection']['reason']}"] if card.training.get("selection") else []),
     ]
     print("\n".join(lines))
     return 0

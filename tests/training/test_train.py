@@ -13,6 +13,7 @@ import yaml
 from inspection.card import load_card, verify_files
 from inspection.cli import main as cli
 from inspection.errors import ConfigError, DatasetError, TrainingError
+from inspection.metrics import auroc_standard_error
 from inspection.preprocess import prepare_frame
 from inspection.registry import ModelRegistry
 from tests.training.conftest import make_dataset
@@ -181,10 +182,23 @@ def test_saved_config_split_and_report(trained: tuple[Path, Path]) -> None:
     assert selection["epoch"] == card.training["best_epoch"]
     assert selection["score"] == pytest.approx(history[selection["epoch"] - 1]["val_score"], abs=1e-6)
     assert selection["top_score"] == pytest.approx(max(r["val_score"] for r in history), abs=1e-6)
-    assert selection["resolution"] > 0 and f"epoch {selection['epoch']}" in selection["reason"]
+    val = card.dataset.split_counts["val"]
+    n_defect = sum(n for c, n in val.items() if c != card.good_class)
+    expected = auroc_standard_error(selection["top_score"], n_defect, val[card.good_class])
+    assert selection["resolution"] == pytest.approx(expected, abs=1e-6)
+    assert f"epoch {selection['epoch']}" in selection["reason"]
     assert _leftovers(folder.parent.parent) == sorted(
         ["parts", "parts/v1", *(f"parts/v1/{n}" for n in card.files), "parts/v1/model.json"]
     )
+
+
+def test_models_show_says_which_epoch_was_kept(trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    _, folder = trained
+    card = load_card(folder)
+    assert cli(["models", "show", card.model_id, "--models-dir", str(folder.parent.parent)]) == 0
+    kept = [line for line in capsys.readouterr().out.splitlines() if line.startswith("kept ")]
+    assert kept == [f"kept      {card.training['selection']['reason']}"]
+    assert f"epoch {card.training['best_epoch']}" in kept[0]
 
 
 @pytest.mark.slow
