@@ -716,7 +716,7 @@ def fit(
         if stop:
             if epochs > epoch + 1:  # not the time budget's stop, which has set the plan's end here
                 log.info(
-                    "early stop after epoch %d: no better validation score for %d epochs (best epoch %d)",
+                    "early stop after epoch %d: the kept epoch has not changed for %d epochs (kept epoch %d)",
                     epoch + 1,
                     stopper.patience,
                     stopper.best_epoch + 1,
