@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from inspection.errors import TrainingError
+from inspection.metrics import auroc_standard_error
 from training import data as D
 from training import engine as E
 from training.config import AugmentConfig
@@ -363,8 +364,6 @@ _SMALL_TEST_AUROC = [
 
 
 def _kept(resolution: float | None) -> E.EarlyStopping:
-    from inspection.metrics import auroc_standard_error
-
     s = E.EarlyStopping(patience=1000)
     for epoch, (score, loss) in enumerate(zip(_SMALL_VAL_AUROC, _SMALL_VAL_LOSS, strict=True)):
         se = auroc_standard_error(score, 8, 52) if resolution is None else resolution
