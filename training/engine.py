@@ -270,22 +270,46 @@ class EarlyStopping:
     validation AUROC stays inside its band to the 150th epoch while the loss climbs from the
     58th, and the latest epoch scored 0.978 on test where the lowest loss's scored 0.985.
 
+    An epoch whose validation loss is above ``reference_loss`` (the loss of a constant answer:
+    the class frequencies the training draws, ``reference_loss``) is not eligible once any epoch
+    at or below it has been seen: its probabilities tell the validation frames apart worse than
+    no model, so whatever ranking its score credits it with is the split's luck. Why: on the
+    same small line a second run's highest validation AUROC, 0.91, again came in the warm-up
+    (epoch 12, loss 1.55 against the constant answer's 0.69), and its later epochs (0.81-0.82,
+    loss 0.35) stayed just below that peak's band: the band alone kept epoch 11 (test 0.62).
+    Until an epoch reaches the reference every epoch is eligible, so a run always keeps one.
+
     ``best_score`` is the kept epoch's (score, -loss); ``top`` the highest score seen and its
-    standard error.
+    standard error (among eligible epochs).
     """
 
     patience: int
     min_epochs: int = 1
+    reference_loss: float = math.inf
     best_score: tuple[float, float] = (-np.inf, -np.inf)
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     top: tuple[float, float] = (-np.inf, 0.0)
     top_epoch: int = -1
+    #: Whether an epoch at or below ``reference_loss`` has been seen (from then on only such count).
+    informed: bool = False
+    #: Epochs left out for a validation loss above ``reference_loss`` (after ``informed``, or
+    #: set aside when it became so).
+    uninformative: int = 0
 
     def step(self, epoch: int, *, score: float, loss: float, resolution: float = 0.0) -> bool:
         """Record an epoch; True when it becomes the kept one."""
         score = round(score, 6)
+        if not loss <= self.reference_loss:  # NaN included
+            self.uninformative += 1
+            if self.informed:
+                self.bad_epochs += 1
+                return False
+        elif not self.informed:
+            # The first epoch better than a constant answer: what was kept before it is set aside.
+            self.informed = True
+            self.top, self.top_epoch, self.best_score, self.best_epoch = (-np.inf, 0.0), -1, (-np.inf, -np.inf), -1
         if score > self.top[0]:
             self.top, self.top_epoch = (score, resolution if math.isfinite(resolution) else 0.0), epoch
         band = self.top[0] - self.top[1]
@@ -309,6 +333,9 @@ class EarlyStopping:
             "top": list(self.top),
             "top_epoch": self.top_epoch,
             "bad_epochs": self.bad_epochs,
+            "reference_loss": self.reference_loss,
+            "informed": self.informed,
+            "uninformative": self.uninformative,
             "history": self.history,
             "patience": self.patience,  # a lengthened plan may have scaled these (TimeBudget)
             "min_epochs": self.min_epochs,
@@ -321,9 +348,26 @@ class EarlyStopping:
         self.top = tuple(state.get("top", (self.best_score[0], 0.0)))  # type: ignore[assignment]
         self.top_epoch = int(state.get("top_epoch", self.best_epoch))
         self.bad_epochs = int(state["bad_epochs"])
+        # A checkpoint from before the reference: every epoch of it was eligible.
+        self.reference_loss = float(state.get("reference_loss", self.reference_loss))
+        self.informed = bool(state.get("informed", False))
+        self.uninformative = int(state.get("uninformative", 0))
         self.history = list(state["history"])
         self.patience = int(state.get("patience", self.patience))
         self.min_epochs = int(state.get("min_epochs", self.min_epochs))
+
+
+def constant_answer_loss(train_labels: np.ndarray, val_labels: np.ndarray, n_classes: int, *, balance: str) -> float:
+    """The validation loss (mean negative log-likelihood, as ``evaluate`` computes it) of a model
+    that answers, for every frame, the class frequencies its training draws have: even over the
+    training's classes under the balanced sampler, their counts otherwise. An epoch above it has
+    learnt nothing its probabilities show (``EarlyStopping``)."""
+    if len(val_labels) == 0 or len(train_labels) == 0:
+        return math.inf
+    counts = np.bincount(train_labels, minlength=n_classes).astype(np.float64)
+    q = (counts > 0).astype(np.float64) if balance == "sampler" else counts
+    q = q / q.sum()
+    return float(-np.log(np.clip(q[val_labels], 1e-12, 1.0)).mean())
 
 
 def selection_note(stopper: EarlyStopping, *, n_val: int) -> dict[str, Any]:
@@ -341,6 +385,16 @@ def selection_note(stopper: EarlyStopping, *, n_val: int) -> dict[str, Any]:
             f"error ({se:.4f}, what {n_val} validation images resolve) of the highest score, {top_score:.4f} at "
             f"epoch {top}, with a lower validation loss"
         )
+    if math.isfinite(stopper.reference_loss):
+        ref = stopper.reference_loss
+        note["reference_loss"] = round(ref, 6)
+        note["uninformative_epochs"] = stopper.uninformative
+        if not stopper.informed:
+            note["reason"] += (f"; no epoch's validation loss reached {ref:.4f}, a constant answer's, so every epoch "
+                               "was eligible")
+        elif stopper.uninformative:
+            note["reason"] += (f"; {stopper.uninformative} epoch(s) with a validation loss above {ref:.4f} (a constant "
+                               "answer's: the training draws' class frequencies) were not eligible")
     return note
 
 

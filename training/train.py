@@ -436,7 +436,10 @@ def _train(
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         loss_fn=loss_fn,
-        stopper=engine.EarlyStopping(patience=int(cfg.patience or 1), min_epochs=int(cfg.min_epochs or 1)),
+        stopper=engine.EarlyStopping(
+            patience=int(cfg.patience or 1), min_epochs=int(cfg.min_epochs or 1),
+            reference_loss=engine.constant_answer_loss(train_labels, val_labels, n_classes, balance=balance),
+        ),
         checkpoint=run.run_dir / "checkpoint.pt",
         checkpoint_extra=extra,
         use_ema=cfg.ema,

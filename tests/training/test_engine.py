@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -381,6 +382,79 @@ def test_a_validation_split_too_small_to_resolve_epochs_does_not_pick_its_noise_
     note = E.selection_note(banded, n_val=60)
     assert note["epoch"] == banded.best_epoch + 1 and note["top_epoch"] == 12
     assert "within one standard error" in note["reason"] and "60 validation images" in note["reason"]
+
+
+# A second default run on the same small line (epochs 1-74, early stop): its warm-up peak again,
+# and a plateau after it that stays just below that peak's band.
+_SECOND_VAL_AUROC = [
+    0.305, 0.356, 0.401, 0.447, 0.488, 0.582, 0.635, 0.675, 0.776, 0.849, 0.897, 0.906, 0.889, 0.889, 0.865, 0.87,
+    0.889, 0.885, 0.875, 0.863, 0.861, 0.853, 0.832, 0.829, 0.822, 0.822, 0.822, 0.822, 0.822, 0.82, 0.817, 0.827,
+    0.825, 0.822, 0.827, 0.825, 0.825, 0.822, 0.82, 0.825, 0.822, 0.82, 0.822, 0.817, 0.815, 0.81, 0.81, 0.81, 0.808,
+    0.81, 0.81, 0.805, 0.808, 0.812, 0.805, 0.808, 0.808, 0.812, 0.808, 0.81, 0.808, 0.808, 0.808, 0.805, 0.808,
+    0.81, 0.81, 0.81, 0.81, 0.812, 0.81, 0.805, 0.803, 0.8,
+]
+_SECOND_VAL_LOSS = [
+    0.711, 0.749, 0.799, 0.868, 0.948, 1.032, 1.125, 1.217, 1.309, 1.394, 1.477, 1.554, 1.62, 1.683, 1.724, 1.738,
+    1.756, 1.738, 1.715, 1.732, 1.698, 1.676, 1.627, 1.553, 1.44, 1.381, 1.313, 1.233, 1.184, 1.099, 1.01, 0.892,
+    0.828, 0.77, 0.698, 0.634, 0.579, 0.547, 0.514, 0.48, 0.45, 0.432, 0.421, 0.402, 0.377, 0.366, 0.355, 0.349,
+    0.345, 0.349, 0.352, 0.35, 0.347, 0.353, 0.355, 0.355, 0.352, 0.35, 0.351, 0.349, 0.355, 0.355, 0.358, 0.363,
+    0.367, 0.371, 0.376, 0.38, 0.382, 0.388, 0.392, 0.393, 0.4, 0.407,
+]
+
+
+def _replay(aurocs: list[float], losses: list[float], reference: float) -> E.EarlyStopping:
+    s = E.EarlyStopping(patience=1000, reference_loss=reference)
+    for epoch, (score, loss) in enumerate(zip(aurocs, losses, strict=True)):
+        s.step(epoch, score=score, loss=loss, resolution=auroc_standard_error(score, 8, 52))
+    return s
+
+
+def test_epochs_that_know_less_than_a_constant_answer_are_not_kept() -> None:
+    # Trained on balanced draws of two classes: a constant answer is (0.5, 0.5), loss ln 2.
+    reference = E.constant_answer_loss(np.array([0] * 244 + [1] * 36), np.array([0] * 52 + [1] * 8), 2,
+                                       balance="sampler")
+    assert reference == pytest.approx(math.log(2))
+    band_only = _replay(_SECOND_VAL_AUROC, _SECOND_VAL_LOSS, math.inf)
+    assert band_only.best_epoch + 1 == 11, "the band alone keeps the warm-up's peak on this curve"
+    kept = _replay(_SECOND_VAL_AUROC, _SECOND_VAL_LOSS, reference)
+    assert kept.best_epoch + 1 >= 36 and _SECOND_VAL_LOSS[kept.best_epoch] <= reference
+    assert kept.top_epoch + 1 == 36 and kept.uninformative == 35  # epochs 1-35 are above ln 2
+    note = E.selection_note(kept, n_val=60)
+    assert note["reference_loss"] == pytest.approx(reference, abs=1e-6) and note["uninformative_epochs"] == 35
+    assert "35 epoch(s) with a validation loss above 0.6931" in note["reason"]
+    # The first run's curve: the test frames' AUROC of the epoch kept holds with the reference too.
+    first = _replay(_SMALL_VAL_AUROC, _SMALL_VAL_LOSS, reference)
+    assert first.best_epoch + 1 >= 36 and _SMALL_TEST_AUROC[first.best_epoch] >= 0.75
+
+
+def test_a_run_that_never_beats_a_constant_answer_still_keeps_an_epoch() -> None:
+    s = E.EarlyStopping(patience=2, reference_loss=0.5)
+    assert s.step(0, score=0.6, loss=0.9)
+    assert s.step(1, score=0.8, loss=0.8)
+    assert not s.step(2, score=0.7, loss=0.7)
+    assert s.best_epoch == 1 and not s.informed
+    assert "every epoch was eligible" in E.selection_note(s, n_val=10)["reason"]
+    # The first epoch at or below it sets the others aside, however high they scored.
+    assert s.step(3, score=0.55, loss=0.45)
+    assert s.best_epoch == 3 and s.top == (0.55, 0.0) and s.bad_epochs == 0
+    assert not s.step(4, score=0.99, loss=0.6)  # above the reference: not eligible any more
+    assert not s.step(5, score=0.9, loss=float("nan"))
+    assert s.best_epoch == 3 and s.uninformative == 5
+    again = E.EarlyStopping(patience=2, reference_loss=0.5)
+    again.load(s.state())
+    assert (again.informed, again.uninformative, again.best_epoch, again.reference_loss) == (True, 5, 3, 0.5)
+    old = {k: v for k, v in s.state().items() if k not in ("reference_loss", "informed", "uninformative")}
+    again = E.EarlyStopping(patience=2, reference_loss=0.7)  # a checkpoint from before the reference
+    again.load(old)
+    assert (again.reference_loss, again.informed, again.best_epoch) == (0.7, False, 3)
+
+
+def test_constant_answer_loss_follows_the_draws() -> None:
+    train, val = np.array([0] * 90 + [1] * 10), np.array([0] * 8 + [1] * 2)
+    natural = E.constant_answer_loss(train, val, 2, balance="none")
+    assert natural == pytest.approx(-(8 * math.log(0.9) + 2 * math.log(0.1)) / 10)
+    assert E.constant_answer_loss(train, val, 3, balance="sampler") == pytest.approx(math.log(2))  # class 2 absent
+    assert E.constant_answer_loss(train, np.array([], dtype=int), 2, balance="none") == math.inf
 
 
 def test_a_far_better_epoch_moves_the_band_and_is_kept() -> None:

@@ -181,8 +181,19 @@ def test_saved_config_split_and_report(trained: tuple[Path, Path]) -> None:
     selection = card.training["selection"]
     assert selection["epoch"] == card.training["best_epoch"]
     assert selection["score"] == pytest.approx(history[selection["epoch"] - 1]["val_score"], abs=1e-6)
-    assert selection["top_score"] == pytest.approx(max(r["val_score"] for r in history), abs=1e-6)
-    val = card.dataset.split_counts["val"]
+    # The reference: the loss of answering the training draws' class frequencies for every frame.
+    train_counts, val = card.dataset.split_counts["train"], card.dataset.split_counts["val"]
+    classes = card.classes
+    drawn = np.array([train_counts.get(c, 0) for c in classes], dtype=float)
+    if card.training["config"]["balance"] == "sampler":
+        drawn = (drawn > 0).astype(float)
+    q = drawn / drawn.sum()
+    reference = -sum(val.get(c, 0) * np.log(q[i]) for i, c in enumerate(classes)) / sum(val.values())
+    assert selection["reference_loss"] == pytest.approx(reference, abs=1e-6)
+    eligible = [r for r in history if r["val_loss"] <= selection["reference_loss"]] or history
+    assert selection["uninformative_epochs"] == len(history) - len(eligible) or eligible is history
+    assert history[selection["epoch"] - 1] in eligible
+    assert selection["top_score"] == pytest.approx(max(r["val_score"] for r in eligible), abs=1e-6)
     n_defect = sum(n for c, n in val.items() if c != card.good_class)
     expected = auroc_standard_error(selection["top_score"], n_defect, val[card.good_class])
     assert selection["resolution"] == pytest.approx(expected, abs=1e-6)
