@@ -270,14 +270,17 @@ class EarlyStopping:
     validation AUROC stays inside its band to the 150th epoch while the loss climbs from the
     58th, and the latest epoch scored 0.978 on test where the lowest loss's scored 0.985.
 
-    An epoch whose validation loss is above ``reference_loss`` (the loss of a constant answer:
-    the class frequencies the training draws, ``reference_loss``) is not eligible once any epoch
-    at or below it has been seen: its probabilities tell the validation frames apart worse than
-    no model, so whatever ranking its score credits it with is the split's luck. Why: on the
-    same small line a second run's highest validation AUROC, 0.91, again came in the warm-up
-    (epoch 12, loss 1.55 against the constant answer's 0.69), and its later epochs (0.81-0.82,
-    loss 0.35) stayed just below that peak's band: the band alone kept epoch 11 (test 0.62).
-    Until an epoch reaches the reference every epoch is eligible, so a run always keeps one.
+    The epochs before the first whose validation loss reaches ``reference_loss`` (the loss of a
+    constant answer: the class frequencies training fits, ``constant_answer_loss``) are set aside
+    once it comes: the network had not yet learnt anything its probabilities show, so whatever
+    ranking their score credits it with is the split's luck. Why: on the same small line a
+    second run's highest validation AUROC, 0.91, again came in the warm-up (epoch 12, loss 1.55
+    against the constant answer's 0.69), and its later epochs (0.81-0.82, loss 0.35) stayed just
+    below that peak's band: the band alone kept epoch 11 (test 0.62). Only the start: a loss
+    that climbs above the reference late in a run is overconfidence on a few frames, after the
+    network has learnt to rank (magnetic tile: validation AUROC still rising at 0.85 with a
+    loss of 0.77). Until an epoch reaches the reference every epoch is eligible, so a run
+    always keeps one.
 
     ``best_score`` is the kept epoch's (score, -loss); ``top`` the highest score seen and its
     standard error (among eligible epochs).
@@ -292,25 +295,23 @@ class EarlyStopping:
     history: list[dict[str, float]] = field(default_factory=list)
     top: tuple[float, float] = (-np.inf, 0.0)
     top_epoch: int = -1
-    #: Whether an epoch at or below ``reference_loss`` has been seen (from then on only such count).
+    #: Whether an epoch at or below ``reference_loss`` has been seen (the ones before it are set aside).
     informed: bool = False
-    #: Epochs left out for a validation loss above ``reference_loss`` (after ``informed``, or
-    #: set aside when it became so).
+    #: Epochs before the first at or below ``reference_loss``.
     uninformative: int = 0
 
     def step(self, epoch: int, *, score: float, loss: float, resolution: float = 0.0) -> bool:
         """Record an epoch; True when it becomes the kept one."""
         score = round(score, 6)
-        if not loss <= self.reference_loss:  # NaN included
-            self.uninformative += 1
-            if self.informed:
-                self.bad_epochs += 1
-                return False
-        elif not self.informed:
-            # The first epoch better than a constant answer: what was kept before it is set aside.
-            self.informed = True
-            self.top, self.top_epoch, self.best_score, self.best_epoch = (-np.inf, 0.0), -1, (-np.inf, -np.inf), -1
-        if score > self.top[0]:
+        if not self.informed:
+            if loss <= self.reference_loss:
+                # The first epoch better than a constant answer: what was kept before it is set aside.
+                self.informed = True
+                self.top, self.top_epoch, self.best_score, self.best_epoch = (-np.inf, 0.0), -1, (-np.inf, -np.inf), -1
+            else:  # NaN included
+                self.uninformative += 1
+        rose = score > self.top[0]
+        if rose:
             self.top, self.top_epoch = (score, resolution if math.isfinite(resolution) else 0.0), epoch
         band = self.top[0] - self.top[1]
         kept, kept_loss = self.best_score[0], -self.best_score[1]
@@ -318,9 +319,12 @@ class EarlyStopping:
         # (the weights of earlier epochs inside the new band are gone; it is the best of them).
         improved = score >= band and (kept < band or loss < kept_loss)
         if improved:
-            self.best_score, self.best_epoch, self.bad_epochs = (score, -loss), epoch, 0
-        else:
-            self.bad_epochs += 1
+            self.best_score, self.best_epoch = (score, -loss), epoch
+        # Patience counts the epochs since the selection last moved: a new kept epoch or a higher
+        # score. A score still rising keeps the run going even while the kept epoch, a tie with a
+        # lower loss, stays put (magnetic tile: the validation AUROC rose to its 75th epoch while
+        # the loss climbed from the 35th; counting from the kept epoch alone stopped it there).
+        self.bad_epochs = 0 if improved or rose else self.bad_epochs + 1
         return improved
 
     def should_stop(self, epoch: int) -> bool:
@@ -359,13 +363,15 @@ class EarlyStopping:
 
 def constant_answer_loss(train_labels: np.ndarray, val_labels: np.ndarray, n_classes: int, *, balance: str) -> float:
     """The validation loss (mean negative log-likelihood, as ``evaluate`` computes it) of a model
-    that answers, for every frame, the class frequencies its training draws have: even over the
-    training's classes under the balanced sampler, their counts otherwise. An epoch above it has
-    learnt nothing its probabilities show (``EarlyStopping``)."""
+    that answers, for every frame, the class frequencies its training objective sees: even over
+    the training's classes where the sampler draws them evenly or the loss weighs them by inverse
+    frequency (``balance`` "sampler" or "weights": the constant that objective fits), their
+    counts otherwise. An epoch above it has learnt nothing its probabilities show
+    (``EarlyStopping``)."""
     if len(val_labels) == 0 or len(train_labels) == 0:
         return math.inf
     counts = np.bincount(train_labels, minlength=n_classes).astype(np.float64)
-    q = (counts > 0).astype(np.float64) if balance == "sampler" else counts
+    q = (counts > 0).astype(np.float64) if balance in ("sampler", "weights") else counts
     q = q / q.sum()
     return float(-np.log(np.clip(q[val_labels], 1e-12, 1.0)).mean())
 
@@ -393,8 +399,9 @@ def selection_note(stopper: EarlyStopping, *, n_val: int) -> dict[str, Any]:
             note["reason"] += (f"; no epoch's validation loss reached {ref:.4f}, a constant answer's, so every epoch "
                                "was eligible")
         elif stopper.uninformative:
-            note["reason"] += (f"; {stopper.uninformative} epoch(s) with a validation loss above {ref:.4f} (a constant "
-                               "answer's: the training draws' class frequencies) were not eligible")
+            note["reason"] += (f"; the {stopper.uninformative} epoch(s) before the first with a validation loss at or "
+                               f"below {ref:.4f} (a constant answer's: the class frequencies training fits) were not "
+                               "eligible")
     return note
 
 

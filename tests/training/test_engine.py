@@ -421,7 +421,7 @@ def test_epochs_that_know_less_than_a_constant_answer_are_not_kept() -> None:
     assert kept.top_epoch + 1 == 36 and kept.uninformative == 35  # epochs 1-35 are above ln 2
     note = E.selection_note(kept, n_val=60)
     assert note["reference_loss"] == pytest.approx(reference, abs=1e-6) and note["uninformative_epochs"] == 35
-    assert "35 epoch(s) with a validation loss above 0.6931" in note["reason"]
+    assert "the 35 epoch(s) before the first with a validation loss at or below 0.6931" in note["reason"]
     # The first run's curve: the test frames' AUROC of the epoch kept holds with the reference too.
     first = _replay(_SMALL_VAL_AUROC, _SMALL_VAL_LOSS, reference)
     assert first.best_epoch + 1 >= 36 and _SMALL_TEST_AUROC[first.best_epoch] >= 0.75
@@ -436,17 +436,33 @@ def test_a_run_that_never_beats_a_constant_answer_still_keeps_an_epoch() -> None
     assert "every epoch was eligible" in E.selection_note(s, n_val=10)["reason"]
     # The first epoch at or below it sets the others aside, however high they scored.
     assert s.step(3, score=0.55, loss=0.45)
-    assert s.best_epoch == 3 and s.top == (0.55, 0.0) and s.bad_epochs == 0
-    assert not s.step(4, score=0.99, loss=0.6)  # above the reference: not eligible any more
+    assert s.best_epoch == 3 and s.top == (0.55, 0.0) and s.bad_epochs == 0 and s.uninformative == 3
+    # From then on a loss above it is overconfidence, not ignorance: the epoch counts.
+    assert s.step(4, score=0.99, loss=0.6)
     assert not s.step(5, score=0.9, loss=float("nan"))
-    assert s.best_epoch == 3 and s.uninformative == 5
+    assert s.best_epoch == 4 and s.uninformative == 3
+    assert "the 3 epoch(s) before the first with a validation loss at or below 0.5000" in (
+        E.selection_note(s, n_val=10)["reason"])
     again = E.EarlyStopping(patience=2, reference_loss=0.5)
     again.load(s.state())
-    assert (again.informed, again.uninformative, again.best_epoch, again.reference_loss) == (True, 5, 3, 0.5)
+    assert (again.informed, again.uninformative, again.best_epoch, again.reference_loss) == (True, 3, 4, 0.5)
     old = {k: v for k, v in s.state().items() if k not in ("reference_loss", "informed", "uninformative")}
     again = E.EarlyStopping(patience=2, reference_loss=0.7)  # a checkpoint from before the reference
     again.load(old)
-    assert (again.reference_loss, again.informed, again.best_epoch) == (0.7, False, 3)
+    assert (again.reference_loss, again.informed, again.best_epoch) == (0.7, False, 4)
+
+
+def test_patience_counts_from_the_last_rise_of_the_score_too() -> None:
+    # A score still rising while its loss climbs: the kept epoch (a tie with a lower loss) stays,
+    # and the run goes on as long as the score rises.
+    s = E.EarlyStopping(patience=2)
+    s.step(0, score=0.80, loss=0.50, resolution=0.05)
+    for epoch, score in enumerate((0.81, 0.82, 0.83, 0.84), start=1):
+        assert not s.step(epoch, score=score, loss=0.5 + 0.05 * epoch, resolution=0.05)
+        assert s.bad_epochs == 0 and not s.should_stop(epoch)
+    assert s.best_epoch == 0 and s.top_epoch == 4
+    assert not s.step(5, score=0.83, loss=0.9, resolution=0.05) and not s.should_stop(5)
+    assert not s.step(6, score=0.83, loss=0.9, resolution=0.05) and s.should_stop(6)
 
 
 def test_constant_answer_loss_follows_the_draws() -> None:
@@ -454,6 +470,8 @@ def test_constant_answer_loss_follows_the_draws() -> None:
     natural = E.constant_answer_loss(train, val, 2, balance="none")
     assert natural == pytest.approx(-(8 * math.log(0.9) + 2 * math.log(0.1)) / 10)
     assert E.constant_answer_loss(train, val, 3, balance="sampler") == pytest.approx(math.log(2))  # class 2 absent
+    # Inverse-frequency weights fit the even answer too, whatever the draws.
+    assert E.constant_answer_loss(train, val, 2, balance="weights") == pytest.approx(math.log(2))
     assert E.constant_answer_loss(train, np.array([], dtype=int), 2, balance="none") == math.inf
 
 

@@ -185,13 +185,15 @@ def test_saved_config_split_and_report(trained: tuple[Path, Path]) -> None:
     train_counts, val = card.dataset.split_counts["train"], card.dataset.split_counts["val"]
     classes = card.classes
     drawn = np.array([train_counts.get(c, 0) for c in classes], dtype=float)
-    if card.training["config"]["balance"] == "sampler":
+    if card.training["config"]["balance"] in ("sampler", "weights"):
         drawn = (drawn > 0).astype(float)
     q = drawn / drawn.sum()
     reference = -sum(val.get(c, 0) * np.log(q[i]) for i, c in enumerate(classes)) / sum(val.values())
     assert selection["reference_loss"] == pytest.approx(reference, abs=1e-6)
-    eligible = [r for r in history if r["val_loss"] <= selection["reference_loss"]] or history
-    assert selection["uninformative_epochs"] == len(history) - len(eligible) or eligible is history
+    # Eligible: the epochs from the first at or below the reference (all of them if none is).
+    first = next((i for i, r in enumerate(history) if r["val_loss"] <= selection["reference_loss"]), None)
+    eligible = history if first is None else history[first:]
+    assert selection["uninformative_epochs"] == (len(history) if first is None else first)
     assert history[selection["epoch"] - 1] in eligible
     assert selection["top_score"] == pytest.approx(max(r["val_score"] for r in eligible), abs=1e-6)
     n_defect = sum(n for c, n in val.items() if c != card.good_class)
