@@ -365,7 +365,7 @@ _SMALL_TEST_AUROC = [
 
 
 def _kept(resolution: float | None) -> E.EarlyStopping:
-    s = E.EarlyStopping(patience=1000)
+    s = E.EarlyStopping(patience=1000, band_se=1.0)
     for epoch, (score, loss) in enumerate(zip(_SMALL_VAL_AUROC, _SMALL_VAL_LOSS, strict=True)):
         se = auroc_standard_error(score, 8, 52) if resolution is None else resolution
         s.step(epoch, score=score, loss=loss, resolution=se)
@@ -381,7 +381,7 @@ def test_a_validation_split_too_small_to_resolve_epochs_does_not_pick_its_noise_
     assert _SMALL_TEST_AUROC[banded.best_epoch] >= 0.75
     note = E.selection_note(banded, n_val=60)
     assert note["epoch"] == banded.best_epoch + 1 and note["top_epoch"] == 12
-    assert "within one standard error" in note["reason"] and "60 validation images" in note["reason"]
+    assert "within 1 standard error(s)" in note["reason"] and "60 validation images" in note["reason"]
 
 
 # A second default run on the same small line (epochs 1-74, early stop): its warm-up peak again,
@@ -402,8 +402,8 @@ _SECOND_VAL_LOSS = [
 ]
 
 
-def _replay(aurocs: list[float], losses: list[float], reference: float) -> E.EarlyStopping:
-    s = E.EarlyStopping(patience=1000, reference_loss=reference)
+def _replay(aurocs: list[float], losses: list[float], reference: float, band_se: float = 0.0) -> E.EarlyStopping:
+    s = E.EarlyStopping(patience=1000, reference_loss=reference, band_se=band_se)
     for epoch, (score, loss) in enumerate(zip(aurocs, losses, strict=True)):
         s.step(epoch, score=score, loss=loss, resolution=auroc_standard_error(score, 8, 52))
     return s
@@ -414,8 +414,9 @@ def test_epochs_that_know_less_than_a_constant_answer_are_not_kept() -> None:
     reference = E.constant_answer_loss(np.array([0] * 244 + [1] * 36), np.array([0] * 52 + [1] * 8), 2,
                                        balance="sampler")
     assert reference == pytest.approx(math.log(2))
-    band_only = _replay(_SECOND_VAL_AUROC, _SECOND_VAL_LOSS, math.inf)
+    band_only = _replay(_SECOND_VAL_AUROC, _SECOND_VAL_LOSS, math.inf, band_se=1.0)
     assert band_only.best_epoch + 1 == 11, "the band alone keeps the warm-up's peak on this curve"
+    assert _replay(_SECOND_VAL_AUROC, _SECOND_VAL_LOSS, math.inf).best_epoch + 1 == 12  # so does the top score
     kept = _replay(_SECOND_VAL_AUROC, _SECOND_VAL_LOSS, reference)
     assert kept.best_epoch + 1 >= 36 and _SECOND_VAL_LOSS[kept.best_epoch] <= reference
     assert kept.top_epoch + 1 == 36 and kept.uninformative == 35  # epochs 1-35 are above ln 2
@@ -455,7 +456,7 @@ def test_a_run_that_never_beats_a_constant_answer_still_keeps_an_epoch() -> None
 def test_patience_counts_from_the_last_rise_of_the_score_too() -> None:
     # A score still rising while its loss climbs: the kept epoch (a tie with a lower loss) stays,
     # and the run goes on as long as the score rises.
-    s = E.EarlyStopping(patience=2)
+    s = E.EarlyStopping(patience=2, band_se=1.0)
     s.step(0, score=0.80, loss=0.50, resolution=0.05)
     for epoch, score in enumerate((0.81, 0.82, 0.83, 0.84), start=1):
         assert not s.step(epoch, score=score, loss=0.5 + 0.05 * epoch, resolution=0.05)
@@ -463,6 +464,17 @@ def test_patience_counts_from_the_last_rise_of_the_score_too() -> None:
     assert s.best_epoch == 0 and s.top_epoch == 4
     assert not s.step(5, score=0.83, loss=0.9, resolution=0.05) and not s.should_stop(5)
     assert not s.step(6, score=0.83, loss=0.9, resolution=0.05) and s.should_stop(6)
+
+
+def test_by_default_only_exact_ties_go_to_the_lower_loss() -> None:
+    s = E.EarlyStopping(patience=5)
+    assert s.step(0, score=0.80, loss=0.5, resolution=0.05)
+    assert not s.step(1, score=0.79, loss=0.1, resolution=0.05)  # within a standard error, but lower
+    assert s.step(2, score=0.80, loss=0.4, resolution=0.05)  # the same score, a lower loss
+    note = E.selection_note(s, n_val=100)
+    assert (note["epoch"], note["top_epoch"], note["resolution"]) == (3, 1, 0.05)
+    assert note["reason"] == "epoch 3: the highest validation score (0.8000), tied with epoch 1's, with a lower " \
+        "validation loss (0.4000)"
 
 
 def test_constant_answer_loss_follows_the_draws() -> None:
@@ -476,7 +488,7 @@ def test_constant_answer_loss_follows_the_draws() -> None:
 
 
 def test_a_far_better_epoch_moves_the_band_and_is_kept() -> None:
-    s = E.EarlyStopping(patience=3)
+    s = E.EarlyStopping(patience=3, band_se=1.0)
     assert s.step(0, score=0.70, loss=1.0, resolution=0.05)
     assert s.step(1, score=0.68, loss=0.9, resolution=0.05)  # a tie: within the band
     assert not s.step(2, score=0.60, loss=0.5, resolution=0.05)  # resolved as worse, whatever its loss
