@@ -353,7 +353,7 @@ class EarlyStopping:
         self.bad_epochs = int(state["bad_epochs"])
         # A checkpoint from before the reference: every epoch of it was eligible.
         self.reference_loss = float(state.get("reference_loss", self.reference_loss))
-        self.informed = bool(state.get("informed", False))
+        self.informed = bool(state.get("informed", True))
         self.uninformative = int(state.get("uninformative", 0))
         self.history = list(state["history"])
         self.patience = int(state.get("patience", self.patience))

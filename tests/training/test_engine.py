@@ -450,7 +450,8 @@ def test_a_run_that_never_beats_a_constant_answer_still_keeps_an_epoch() -> None
     old = {k: v for k, v in s.state().items() if k not in ("reference_loss", "informed", "uninformative")}
     again = E.EarlyStopping(patience=2, reference_loss=0.7)  # a checkpoint from before the reference
     again.load(old)
-    assert (again.reference_loss, again.informed, again.best_epoch) == (0.7, False, 4)
+    assert (again.reference_loss, again.informed, again.best_epoch) == (0.7, True, 4)
+    assert not again.step(6, score=0.5, loss=0.1)  # what it kept stays: nothing of it is set aside
 
 
 def test_patience_counts_from_the_last_rise_of_the_score_too() -> None:
