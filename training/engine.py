@@ -376,8 +376,9 @@ def constant_answer_loss(train_labels: np.ndarray, val_labels: np.ndarray, n_cla
 
 
 def selection_note(stopper: EarlyStopping, *, n_val: int) -> dict[str, Any]:
-    """What model selection kept and why, for the card: the kept epoch, the top one, and the band
-    of the validation's resolution between them (epochs 1-based)."""
+    """What model selection kept and why, for the card: the kept epoch, the top one, the standard
+    error of the top score (what the validation split resolves), the reference loss and the
+    epochs it set aside (epochs 1-based)."""
     kept, top = stopper.best_epoch + 1, stopper.top_epoch + 1
     score, (top_score, se) = stopper.best_score[0], stopper.top
     note: dict[str, Any] = {"epoch": kept, "score": score, "top_epoch": top, "top_score": top_score,

@@ -181,7 +181,8 @@ def test_saved_config_split_and_report(trained: tuple[Path, Path]) -> None:
     selection = card.training["selection"]
     assert selection["epoch"] == card.training["best_epoch"]
     assert selection["score"] == pytest.approx(history[selection["epoch"] - 1]["val_score"], abs=1e-6)
-    # The reference: the loss of answering the training draws' class frequencies for every frame.
+    # The reference: the loss of answering, for every frame, the class frequencies the training
+    # objective sees (even under the balanced sampler or inverse-frequency weights).
     train_counts, val = card.dataset.split_counts["train"], card.dataset.split_counts["val"]
     classes = card.classes
     drawn = np.array([train_counts.get(c, 0) for c in classes], dtype=float)
