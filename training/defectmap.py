@@ -33,7 +33,15 @@ from torch import nn
 from inspection.card import MapCells
 from inspection.errors import TrainingError
 from training.memory import FeatureMemory
-from training.models import Classifier, FlipAverage, LineCNN, TiledClassifier, TinyResNet, frames_per_batch
+from training.models import (
+    Classifier,
+    FlipAverage,
+    LineCNN,
+    TiledClassifier,
+    TinyResNet,
+    frames_per_batch,
+    scoring_frames,
+)
 
 
 def grid_outputs(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -293,7 +301,7 @@ def predict_maps(model: nn.Module, images: np.ndarray, good_index: int | None, *
     the exported graph outputs them (``MapOutputs``)."""
     model.eval()
     device = next(model.parameters()).device
-    batch_size = frames_per_batch(model, batch_size)
+    batch_size = frames_per_batch(model, scoring_frames(batch_size, images.shape))
     mapped = MapOutputs(model, good_index)
     out = [mapped(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device))[1]
            .float().cpu().numpy() for i in range(0, len(images), batch_size)]

@@ -34,7 +34,7 @@ from inspection.metrics import (
 )
 from training import distributed
 from training.distributed import Ranks, Shard
-from training.models import frames_per_batch
+from training.models import frames_per_batch, scoring_frames
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def predict(
     about ``batch_size`` images go through the network at once (``frames_per_batch``)."""
     model.eval()
     device = device or next(model.parameters()).device
-    batch_size = frames_per_batch(model, batch_size)
+    batch_size = frames_per_batch(model, scoring_frames(batch_size, images.shape))
     out: list[np.ndarray] = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)

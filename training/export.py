@@ -23,6 +23,7 @@ from torch import nn
 from inspection.card import InputSpec
 from inspection.errors import TrainingError
 from training.defectmap import MapOutputs
+from training.models import scoring_frames
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def ort_session(path: Path) -> Any:
 
 def ort_predict(session: Any, images: np.ndarray, spec: InputSpec, *, batch_size: int = 64) -> np.ndarray:
     """Probabilities from an ONNX Runtime session for ``uint8[N, C, H, W]`` inputs."""
+    batch_size = scoring_frames(batch_size, images.shape)
     out = [
         session.run([spec.output_name], {spec.input_name: np.ascontiguousarray(images[i : i + batch_size])})[0]
         for i in range(0, len(images), batch_size)
@@ -119,6 +121,7 @@ def ort_predict(session: Any, images: np.ndarray, spec: InputSpec, *, batch_size
 def ort_predict_maps(session: Any, images: np.ndarray, spec: InputSpec, map_output: str, *,
                      batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, defect maps) from an ONNX Runtime session, one run per batch for both."""
+    batch_size = scoring_frames(batch_size, images.shape)
     probs, maps = [], []
     for i in range(0, len(images), batch_size):
         p, m = session.run([spec.output_name, map_output],

@@ -440,6 +440,18 @@ class FlipAverage(nn.Module):
         return logits.reshape(self.n_views, x.shape[0], -1).mean(dim=0)
 
 
+#: Pixels one scoring batch holds at most: 128 frames of 208 x 176, about 0.7 GB of linecnn's
+#: activations. A count of frames alone grew with the input: 128 frames of 720 x 240 took
+#: +2.9 GB, and a default run on tall 300 x 900 frames peaked at 6.9 GB in all.
+SCORING_PIXELS = 128 * 208 * 176
+
+
+def scoring_frames(images: int, frame_shape: tuple[int, ...]) -> int:
+    """Frames to score at once: ``images``, fewer where they would hold more than
+    ``SCORING_PIXELS`` (``frame_shape`` ends with height, width)."""
+    return max(1, min(images, SCORING_PIXELS // max(1, int(frame_shape[-2]) * int(frame_shape[-1]))))
+
+
 def frames_per_batch(model: nn.Module, images: int) -> int:
     """Frames to score at once so that about ``images`` images go through the network: a test-time
     mirror sends each frame through it ``n_views`` times in one batch (a batch sized for single

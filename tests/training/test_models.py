@@ -166,3 +166,35 @@ def test_a_mirrored_model_is_scored_in_batches_of_as_many_images() -> None:
     assert frames_per_batch(FlipAverage(base, hflip=True, vflip=False), 128) == 64
     assert frames_per_batch(FlipAverage(base, hflip=True, vflip=True), 128) == 42
     assert frames_per_batch(FlipAverage(base, hflip=True, vflip=True), 2) == 1
+
+
+def test_large_frames_are_scored_in_batches_of_bounded_pixels() -> None:
+    """A scoring batch holds at most ``SCORING_PIXELS``: 128 frames of 720 x 240 at once took
+    +2.9 GB; the probabilities do not depend on how the frames were batched."""
+    import numpy as np
+    from torch import nn
+
+    from training import engine
+    from training.models import SCORING_PIXELS, scoring_frames
+
+    assert scoring_frames(128, (1, 128, 128)) == 128
+    tall = scoring_frames(128, (1, 720, 240))
+    assert tall * 720 * 240 <= SCORING_PIXELS < (tall + 1) * 720 * 240
+    assert scoring_frames(128, (1, 8000, 8000)) == 1
+
+    class Counting(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner, self.batches = inner, []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.batches.append(int(x.shape[0]))
+            return self.inner(x)
+
+    torch.manual_seed(0)
+    model = Counting(Classifier(get_model("linecnn", num_classes=2), mean=[0.5], std=[0.25]).eval())
+    frames = np.random.default_rng(0).integers(0, 256, (40, 1, 512, 512), dtype=np.uint8)
+    probs = engine.predict(model, frames)
+    assert max(model.batches) == SCORING_PIXELS // (512 * 512) < 40 and sum(model.batches) == 40
+    one_by_one = np.concatenate([engine.predict(model, frames[i : i + 1]) for i in range(len(frames))])
+    np.testing.assert_allclose(probs, one_by_one, atol=1e-5)
