@@ -10,7 +10,8 @@ it adapts to (docs/training.md gives the reasoning):
 * **epochs** — the dataset size: a network trained from scratch needs a number of optimiser
   *steps*, not of passes, so small datasets get more passes (bounded both ways);
 * **patience / min epochs** — a share of the epochs (the one-cycle schedule improves late);
-* **batch size** — the training split's size (at least ~10 steps an epoch);
+* **batch size** — the training split's size (at least ~10 steps an epoch) and the device (at
+  most 16 frames a step on a CPU, where a step costs less per frame at 16 than at 32);
 * **class balance** — how imbalanced the training split is;
 * **flips and 90-degree rotations** — the dataset's declared ``orientation`` (manifest), and
   the input's shape (a rotation of a non-square input changes its shape);
@@ -62,6 +63,13 @@ DEFAULT_ORIENTATION = "flip"
 #: more pixels bought less than more steps. The rest of the budget goes to resolution.
 TARGET_STEPS = 2000
 MIN_EPOCHS, MAX_EPOCHS = 20, 150
+#: Frames an optimiser step takes at most on a CPU (the steps rule still counts passes in batches
+#: of up to 32). A CPU step costs less per frame at 16 than at 32 (linecnn, 2 threads, 192 px:
+#: bf16 3.5 against 5.0 ms, fp32 7.2 against 8.3; likely the caches, which a batch's first-stage
+#: activations outgrow),
+#: and the same passes make twice the optimiser steps, which a network from scratch needs
+#: (docs/training.md, "Half the batch on a CPU"). A GPU needs the larger batch to be busy.
+CPU_MAX_BATCH = 16
 #: Input sizes: the short side stays within these, in steps of the networks' total stride.
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 320, 16
 #: Aspect ratios beyond this are clamped (a line-scan strip is tiled, not fed as a needle).
@@ -260,22 +268,29 @@ def resolve(
         choose("threads", threads, f"{threads} of the CPU cores are free now (cores less those busy over the last "
                                    "half second)")
 
+    # The batch the steps rule counts in: >= 10 steps an epoch, at most 32.
+    steps_batch = int(min(32, max(8, 2 ** int(math.log2(max(stats.n_train // 10, 8))))))
     if cfg.batch_size is None:
-        batch = int(min(32, max(8, 2 ** int(math.log2(max(stats.n_train // 10, 8))))))
-        choose(
-            "batch_size",
-            batch,
-            f"{stats.n_train} training images: batch {batch} keeps >= 10 steps an epoch (at most 32)",
-        )
+        batch = steps_batch
+        why = f"{stats.n_train} training images: batch {batch} keeps >= 10 steps an epoch (at most 32)"
+        if device == "cpu" and batch > CPU_MAX_BATCH:
+            batch = CPU_MAX_BATCH
+            why += (f"; on a CPU {batch} frames a step: a CPU step costs less per frame at {batch} than at "
+                    f"{steps_batch}, and the same passes make more optimiser steps")
+        choose("batch_size", batch, why)
+    else:
+        steps_batch = cfg.batch_size
     batch = int(update.get("batch_size", cfg.batch_size) or 32)
 
     if cfg.epochs is None:
-        epochs = int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS * batch / max(stats.n_train, 1)))))
+        frames = TARGET_STEPS * steps_batch
+        epochs = int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(frames / max(stats.n_train, 1)))))
         choose(
             "epochs",
             epochs,
-            f"~{TARGET_STEPS} optimiser steps of batch {batch} on {stats.n_train} training images "
-            f"(bounded to {MIN_EPOCHS}..{MAX_EPOCHS} epochs)",
+            f"~{TARGET_STEPS} optimiser steps of batch {steps_batch} ({frames} frames drawn) on {stats.n_train} "
+            f"training images (bounded to {MIN_EPOCHS}..{MAX_EPOCHS} epochs)"
+            + (f"; in steps of {batch}, ~{frames // batch}" if batch != steps_batch else ""),
         )
     epochs = int(update.get("epochs", cfg.epochs) or 1)
 

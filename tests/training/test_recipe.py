@@ -50,6 +50,22 @@ def test_small_datasets_get_more_epochs_large_ones_fewer() -> None:
     assert R.MIN_EPOCHS <= large.epochs and small.epochs <= R.MAX_EPOCHS
 
 
+def test_a_cpu_takes_the_steps_rules_batches_sixteen_frames_at_a_time() -> None:
+    stats = _stats(n_train=2000, h=1000, w=1000)
+    cpu, choices = _resolve(stats)
+    gpu, _ = R.resolve(load_config(None, {"threads": 2}), stats, cost_128=0.011, device="cuda")
+    # the passes are the steps rule's (batches of 32 for 2,000 images), the CPU's steps half-size
+    assert gpu.batch_size == 32 and cpu.batch_size == R.CPU_MAX_BATCH == 16
+    assert cpu.epochs == math.ceil(R.TARGET_STEPS * 32 / 2000)
+    reasons = {c.setting: c.reason for c in choices}
+    assert "on a CPU 16 frames a step" in reasons["batch_size"] and "steps of 16" in reasons["epochs"]
+    # a small split's batch is below the cap already; a batch given is the engineer's, on any device
+    small, _ = _resolve(_stats(n_train=120, h=1000, w=1000), budget_minutes=1)
+    assert small.batch_size == 8 and small.epochs == math.ceil(R.TARGET_STEPS * 8 / 120) < R.MAX_EPOCHS
+    given, _ = _resolve(stats, batch_size=32)
+    assert given.batch_size == 32 and given.epochs == cpu.epochs
+
+
 def test_input_never_exceeds_the_frames_resolution() -> None:
     cfg, choices = _resolve(_stats(n_train=200, h=96, w=96))
     assert tuple(cfg.input_shape) == (96, 96)
