@@ -66,9 +66,9 @@ MIN_EPOCHS, MAX_EPOCHS = 20, 150
 #: Frames an optimiser step takes at most on a CPU (the steps rule still counts passes in batches
 #: of up to 32). A CPU step costs less per frame at 16 than at 32 (linecnn, 2 threads, 192 px:
 #: bf16 3.5 against 5.0 ms, fp32 7.2 against 8.3; likely the caches, which a batch's first-stage
-#: activations outgrow),
-#: and the same passes make twice the optimiser steps, which a network from scratch needs
-#: (docs/training.md, "Half the batch on a CPU"). A GPU needs the larger batch to be busy.
+#: activations outgrow), and the same passes make twice the optimiser steps, which a network
+#: from scratch needs (docs/training.md, "Half the batch on a CPU"). A GPU needs the larger batch
+#: to be busy.
 CPU_MAX_BATCH = 16
 #: Input sizes: the short side stays within these, in steps of the networks' total stride.
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 320, 16
