@@ -268,8 +268,8 @@ def resolve(
         choose("threads", threads, f"{threads} of the CPU cores are free now (cores less those busy over the last "
                                    "half second)")
 
-    # The batch the steps rule counts in: >= 10 steps an epoch, at most 32.
-    steps_batch = int(min(32, max(8, 2 ** int(math.log2(max(stats.n_train // 10, 8))))))
+    # The batch the steps rule counts passes in: the engineer's, else >= 10 steps an epoch, at most 32.
+    steps_batch = cfg.batch_size or int(min(32, max(8, 2 ** int(math.log2(max(stats.n_train // 10, 8))))))
     if cfg.batch_size is None:
         batch = steps_batch
         why = f"{stats.n_train} training images: batch {batch} keeps >= 10 steps an epoch (at most 32)"
@@ -278,8 +278,6 @@ def resolve(
             why += (f"; on a CPU {batch} frames a step: a CPU step costs less per frame at {batch} than at "
                     f"{steps_batch}, and the same passes make more optimiser steps")
         choose("batch_size", batch, why)
-    else:
-        steps_batch = cfg.batch_size
     batch = int(update.get("batch_size", cfg.batch_size) or 32)
 
     if cfg.epochs is None:
