@@ -21,7 +21,8 @@ it adapts to (docs/training.md gives the reasoning):
   8-bit input (with a margin for brighter or darker parts);
 * **threads** — the cores this process may use, less those busy with other work right now;
 * **cost per image** — this machine's measured speed: the training step is timed here (a second or
-  a few) and the input is sized with it, not with the reference machine's figure;
+  a few, at the threads the run will use) and the input is sized with it, not with the reference
+  machine's figure; a timing that other work disturbed is taken again (``quiet_probe``);
 * **precision** — what this machine computes fastest: bf16 where a probe of a few training
   steps finds it faster than fp32 here (CPUs with native bf16), fp16 on CUDA; the budget's cost
   per image follows the measured speed-up.
@@ -35,9 +36,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -86,6 +87,20 @@ MARGIN = 1.25
 BF16_MIN_SPEEDUP = 1.15
 #: A GPU trains this many times faster than the reference 2-core CPU (conservative).
 CUDA_SPEEDUP = 20.0
+#: The start-up probe (the cost per image and the precision) is a few seconds of training steps,
+#: and it sizes the input for the whole run, which no later re-plan changes. Other work that
+#: takes the probe's cores for those seconds makes it read several times slower: on an idle
+#: 2-core machine, one process spinning on one core made the batch-32 step read 7.6-8.3 instead
+#: of 3.5-4.1 ms an image and the batch-8 fp32 step 19-22 instead of 2.9-3.1 (two threads wait on
+#: the one that shares its core), and a bench run whose probe met a few seconds of another
+#: command got 128 px where its undisturbed run had 208 (docs/training.md). So the probe is taken
+#: again, up to this many attempts in all, while other processes kept more than
+#: ``PROBE_DISTURBED_CORES`` beyond the cores the run leaves free busy during it.
+PROBE_ATTEMPTS = 3
+#: Cores of other work, beyond those the run leaves free, that mark a probe as disturbed: well
+#: above an idle machine's background (services, the kernel: a few hundredths of a core here),
+#: well below one process computing (a whole core).
+PROBE_DISTURBED_CORES = 0.25
 #: 16-bit frames: the percentiles of the training frames' pixel values that bound their range
 #: (a few hot or dead pixels must not set it), and the margin added on each side, a share of the
 #: range, for production parts a little brighter or darker than the training ones.
@@ -190,6 +205,18 @@ def choose_precision(fp32_s: float, bf16_s: float) -> tuple[str, str]:
     return "fp32", f"{measured} ({speedup:.2f}x; bf16 needs >= {BF16_MIN_SPEEDUP}x): fp32"
 
 
+def _cpu_ticks() -> tuple[int, int] | None:
+    """All CPUs' (total, idle) time in clock ticks since boot (``/proc/stat``); ``None`` where the
+    kernel does not offer it."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]), idle  # user..steal; guest time is already inside user
+
+
 def busy_cores(window_s: float = 0.5) -> float | None:
     """Cores other work keeps busy right now: the share of non-idle CPU time over ``window_s``
     seconds (``/proc/stat``), times the cores; ``None`` where the kernel does not offer it.
@@ -197,31 +224,27 @@ def busy_cores(window_s: float = 0.5) -> float | None:
     Not the load average: it trails by minutes, so a process that has just ended (the previous
     run of a bench, a test suite) would still count as busy and halve the threads for nothing.
     """
-    def sample() -> tuple[int, int] | None:
-        try:
-            with open("/proc/stat", encoding="ascii") as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields[:8]), idle  # user..steal; guest time is already inside user
-
-    first = sample()
+    first = _cpu_ticks()
     if first is None:
         return None
     time.sleep(window_s)
-    second = sample()
+    second = _cpu_ticks()
     if second is None or second[0] <= first[0]:
         return None
     total, idle = second[0] - first[0], second[1] - first[1]
     return (os.cpu_count() or 1) * (total - idle) / total
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the system tells)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def available_threads(*, cores: int | None = None, busy: float | None = None) -> int:
     """Cores this process may use, less those other work keeps busy now (``busy_cores``, else the
     1-minute load average), at least 1."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
     if busy is None:
         busy = busy_cores()
     if busy is None:
@@ -230,6 +253,79 @@ def available_threads(*, cores: int | None = None, busy: float | None = None) ->
         except OSError:
             busy = 0.0
     return max(1, min(cores, math.floor(cores - busy + 0.5)))
+
+
+def choose_threads() -> Choice:
+    """The threads a run uses when the config leaves them open: the cores free now."""
+    threads = available_threads()
+    return Choice("threads", threads, f"{threads} of the CPU cores are free now (cores less those busy over the "
+                                      "last half second)")
+
+
+T = TypeVar("T")
+
+
+def others_during(fn: Callable[[], T]) -> tuple[T, float | None]:
+    """``fn()``'s result and the cores other processes kept busy while it ran: all CPUs' busy
+    time (``/proc/stat``) less this process's own, over the wall time; ``None`` where the kernel
+    does not tell."""
+    first = _cpu_ticks()
+    own, began = time.process_time(), time.perf_counter()
+    value = fn()
+    own, wall = time.process_time() - own, time.perf_counter() - began
+    second = _cpu_ticks()
+    if first is None or second is None or wall <= 0:
+        return value, None
+    busy_s = ((second[0] - first[0]) - (second[1] - first[1])) / os.sysconf("SC_CLK_TCK")
+    return value, max(0.0, busy_s - own) / wall
+
+
+@dataclass(frozen=True)
+class ProbeReading(Generic[T]):
+    """A start-up probe's result, and how much other work shared the machine while it ran."""
+
+    value: T
+    #: Cores other processes kept busy during the attempt whose value this is (None: unknown).
+    others: float | None
+    attempts: int
+    #: Attempts set aside because other work disturbed them.
+    disturbed: int
+
+    def note(self, spare_cores: float) -> str:
+        """What the log and the card say about the probe's conditions ('' when the first attempt was quiet)."""
+        if self.disturbed == 0:
+            return ""
+        allowed = f"more than {spare_cores + PROBE_DISTURBED_CORES:.2f} core(s)"
+        used = "unknown" if self.others is None else f"{self.others:.2f} cores"
+        if self.disturbed < self.attempts:
+            return (f"timed again: other work kept {allowed} busy during {self.disturbed} of {self.attempts} "
+                    f"attempts; the quiet attempt's reading is used (other work {used})")
+        return (f"disturbed: other work kept {allowed} busy during every one of {self.attempts} attempts; the "
+                f"least disturbed reading is used (other work {used}), and the time budget re-plans the epochs "
+                "from what they then take")
+
+
+def quiet_probe(
+    fn: Callable[[], T],
+    *,
+    spare_cores: float,
+    attempts: int = PROBE_ATTEMPTS,
+    watch: Callable[[Callable[[], T]], tuple[T, float | None]] | None = None,
+) -> ProbeReading[T]:
+    """Run the probe ``fn`` until other processes kept at most ``spare_cores`` (the cores the run
+    leaves them) plus ``PROBE_DISTURBED_CORES`` busy during it, at most ``attempts`` times; where
+    every attempt was disturbed (a machine busy for good), the least disturbed one is kept: the
+    epochs then measure what the run really gets, and the time budget re-plans with that."""
+    watch = watch or others_during
+    best: tuple[T, float] | None = None
+    for attempt in range(1, attempts + 1):
+        value, others = watch(fn)
+        if others is None or others <= spare_cores + PROBE_DISTURBED_CORES:
+            return ProbeReading(value, others, attempt, attempt - 1)
+        if best is None or others < best[1]:
+            best = (value, others)
+    assert best is not None  # attempts >= 1
+    return ProbeReading(best[0], best[1], attempts, attempts)
 
 
 def resolve(
@@ -264,9 +360,8 @@ def resolve(
         levels, reason = pixel_levels(stats.pixel_values)
         choose("levels", list(levels), reason)
     if cfg.threads is None:
-        threads = available_threads()
-        choose("threads", threads, f"{threads} of the CPU cores are free now (cores less those busy over the last "
-                                   "half second)")
+        c = choose_threads()
+        choose(c.setting, c.value, c.reason)
 
     # The batch the steps rule counts passes in: the engineer's, else >= 10 steps an epoch, at most 32.
     steps_batch = cfg.batch_size or int(min(32, max(8, 2 ** int(math.log2(max(stats.n_train // 10, 8))))))

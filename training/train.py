@@ -160,7 +160,8 @@ def _prepare(cfg: TrainConfig, ranks: distributed.Ranks) -> Run:
         train_samples = [s for s in ds.samples if split[s.path] == "train"]
         if cfg.mode == "anomaly":
             train_samples = [s for s in train_samples if s.label == ds.good_class]
-        cfg, recipe = _choose_recipe(cfg, ds, counts, train_samples, trains_epochs=weights is None)
+        cfg, recipe = _choose_recipe(cfg, ds, counts, train_samples, trains_epochs=weights is None,
+                                     ranks_here=ranks.local_world)
     registry = ModelRegistry(cfg.models_dir)
     version = (
         resume["version"]
@@ -178,7 +179,7 @@ def _prepare(cfg: TrainConfig, ranks: distributed.Ranks) -> Run:
 
 def _choose_recipe(
     cfg: TrainConfig, ds: Dataset, counts: dict[str, dict[str, int]], train_samples: list[Sample], *,
-    trains_epochs: bool = True,
+    trains_epochs: bool = True, ranks_here: int = 1,
 ) -> tuple[TrainConfig, list[dict[str, Any]]]:
     headers = data.frame_headers(ds)
     heights, widths = headers.heights, headers.widths
@@ -193,14 +194,22 @@ def _choose_recipe(
                                     survey.pixel_values, surveyed=survey.decoded, colour=survey.colour,
                                     colour_example=survey.colour_example)
     device = _device(cfg).type
+    threads = None
+    if cfg.threads is None:
+        # Before the probe, which times the steps at the threads each rank of the run will use.
+        threads = recipe_rules.choose_threads()
+        cfg = cfg.model_copy(update={"threads": threads.value})
     # A feature memory trains no epochs: nothing to time, no precision to choose.
     cost_128, precision = (
-        _choose_precision(cfg, len(ds.classes), device, channels=cfg.channels or recipe_rules.colour_channels(stats)[0])
+        _choose_precision(cfg, len(ds.classes), device, channels=cfg.channels or recipe_rules.colour_channels(stats)[0],
+                          threads=max(1, (cfg.threads or 1) // ranks_here))
         if trains_epochs else (model_info(cfg.arch).cost_128, None)
     )
     resolved, choices = recipe_rules.resolve(
         cfg, stats, cost_128=cost_128, device="cuda" if device == "cuda" else "cpu"
     )
+    if threads is not None:
+        choices.insert(0, threads)
     if precision is not None:
         resolved = resolved.model_copy(update={"precision": precision.value})
         choices.append(precision)
@@ -210,7 +219,7 @@ def _choose_recipe(
 
 
 def _choose_precision(
-    cfg: TrainConfig, n_classes: int, device: str, *, channels: int
+    cfg: TrainConfig, n_classes: int, device: str, *, channels: int, threads: int | None = None
 ) -> tuple[float, recipe_rules.Choice | None]:
     """The architecture's cost per image for the budget, and the precision choice (``None`` when
     the config fixed it).
@@ -220,7 +229,8 @@ def _choose_precision(
     PCs differ by 3x and more in speed, and a cost taken from a faster machine sizes an input
     whose epochs the time budget must then cut (13 of 34 planned on a slow one: far fewer steps
     than the recipe's rule, at pixels it could not afford). Then a few steps in fp32 and bf16
-    tell which precision is faster here."""
+    tell which precision is faster here. All of it runs at the run's ``threads`` and is taken
+    again where other work disturbed it (``recipe.quiet_probe``): it sizes the whole run."""
     cost = model_info(cfg.arch).cost_128
     if device == "cuda":
         if cfg.precision is not None:
@@ -231,6 +241,8 @@ def _choose_precision(
     measure_cost = cfg.input_shape is None and cfg.image_size is None  # the cost sizes nothing else
     if cfg.precision == "fp32" and not measure_cost:
         return cost, None
+    compare = cfg.precision != "fp32"
+    threads = threads or torch.get_num_threads()
     # The probe's weights come from a stream of its own: the run's model, drawn after it from
     # the seeded global stream, is the same whether or not a probe ran.
     with torch.random.fork_rng(devices=[]):
@@ -239,17 +251,35 @@ def _choose_precision(
         probe = Classifier(get_model(cfg.arch, num_classes=max(n_classes, 2), in_channels=channels),
                            mean=[0.5] * channels, std=[0.25] * channels)
         shape = (channels, 128, 128)
-        if measure_cost:
-            cost = recipe_rules.measured_cost(engine.step_seconds(probe, shape, precision="fp32", batch=32))
-        if cfg.precision == "fp32":
-            return cost, None
-        fp32_s = engine.step_seconds(probe, shape, precision="fp32")
-        bf16_s = engine.step_seconds(probe, shape, precision="bf16")
+
+        def timings() -> tuple[float | None, float, float]:
+            step = engine.step_seconds(probe, shape, precision="fp32", batch=32) if measure_cost else None
+            if not compare:
+                return step, 1.0, 1.0
+            return (step, engine.step_seconds(probe, shape, precision="fp32"),
+                    engine.step_seconds(probe, shape, precision="bf16"))
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            spare = recipe_rules.usable_cores() - threads
+            reading = recipe_rules.quiet_probe(timings, spare_cores=spare)
+        finally:
+            torch.set_num_threads(before)
+    step_s, fp32_s, bf16_s = reading.value
+    note = reading.note(spare)
+    if note:
+        log.warning("recipe: the start-up probe (cost per image, precision) was %s", note)
+    if step_s is not None:
+        cost = recipe_rules.measured_cost(step_s)
+    if not compare:
+        return cost, None
     value, reason = recipe_rules.choose_precision(fp32_s, bf16_s)
     if cfg.precision == "bf16":
         value, choice = "bf16", None  # the engineer's choice; its measured speed still sizes the budget
     else:
-        choice = recipe_rules.Choice("precision", value, reason)
+        choice = recipe_rules.Choice("precision", value, f"{reason}; probe at {threads} thread(s)"
+                                     + (f", {note}" if note else ""))
     return (recipe_rules.scaled_cost(cost, bf16_s / fp32_s) if value == "bf16" else cost), choice
 
 

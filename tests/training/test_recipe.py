@@ -249,3 +249,63 @@ def test_colour_is_kept_where_most_surveyed_frames_are_colour() -> None:
     assert _resolve(stats(0, surveyed=0))[0].channels == 1
     kept, choices = _resolve(stats(64), channels=1)  # an engineer's channels are kept
     assert kept.channels == 1 and "channels" not in {c.setting for c in choices}
+
+
+def test_a_disturbed_probe_is_taken_again_and_the_quiet_reading_used() -> None:
+    readings = iter([(10.0, 1.0), (3.0, 0.05), (99.0, 0.0)])
+    calls: list[int] = []
+
+    def watch(fn: object) -> tuple[float, float | None]:
+        calls.append(1)
+        return next(readings)
+
+    got = R.quiet_probe(lambda: 0.0, spare_cores=0, watch=watch)
+    assert (got.value, got.attempts, got.disturbed) == (3.0, 2, 1) and len(calls) == 2
+    assert "timed again" in got.note(0) and "1 of 2 attempts" in got.note(0)
+    # A quiet first attempt is the reading, and says nothing.
+    quiet = R.quiet_probe(lambda: 0.0, spare_cores=0, watch=lambda fn: (4.0, 0.02))
+    assert (quiet.value, quiet.disturbed, quiet.note(0)) == (4.0, 0, "")
+
+
+def test_a_machine_busy_for_good_keeps_the_least_disturbed_of_the_attempts() -> None:
+    readings = iter([(10.0, 1.0), (8.0, 0.6), (9.0, 0.9)])
+    got = R.quiet_probe(lambda: 0.0, spare_cores=0, watch=lambda fn: next(readings))
+    assert (got.value, got.others, got.attempts, got.disturbed) == (8.0, 0.6, R.PROBE_ATTEMPTS, R.PROBE_ATTEMPTS)
+    assert "every one of 3 attempts" in got.note(0) and "re-plans" in got.note(0)
+
+
+def test_work_on_the_cores_the_run_leaves_free_does_not_disturb_the_probe() -> None:
+    # A run of 1 thread on 2 cores leaves one core to others: a server busy on it is not a disturbance.
+    got = R.quiet_probe(lambda: 0.0, spare_cores=1, watch=lambda fn: (5.0, 1.1))
+    assert (got.value, got.attempts, got.disturbed) == (5.0, 1, 0)
+    # Where the kernel cannot tell, the reading is taken as it is.
+    unknown = R.quiet_probe(lambda: 0.0, spare_cores=0, watch=lambda fn: (6.0, None))
+    assert (unknown.value, unknown.attempts) == (6.0, 1)
+
+
+def test_others_during_counts_other_processes_not_this_ones_own_work() -> None:
+    import multiprocessing
+    import time
+
+    def spin_here() -> str:
+        end = time.perf_counter() + 0.6
+        while time.perf_counter() < end:
+            pass
+        return "done"
+
+    value, own = R.others_during(spin_here)
+    if own is None:
+        pytest.skip("no /proc/stat on this system")
+    assert value == "done" and own < 0.5  # this process's own core is not "other work"
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    spinner = ctx.Process(target=_spin, args=(stop,))
+    spinner.start()
+    try:
+        time.sleep(1.0)  # the child's interpreter is up and spinning
+        _, others = R.others_during(lambda: time.sleep(0.6))
+    finally:
+        stop.set()
+        spinner.join(5)
+    assert others is not None and others >= 0.7
+

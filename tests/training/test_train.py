@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -424,6 +425,40 @@ def test_the_budget_sizes_the_input_with_this_machines_measured_speed(monkeypatc
     slow, _ = R.resolve(load_config(None, {"threads": 2}), stats, cost_128=R.measured_cost(0.017), device="cpu")
     fast, _ = R.resolve(load_config(None, {"threads": 2}), stats, cost_128=model_info("linecnn").cost_128, device="cpu")
     assert min(slow.input_shape) < min(fast.input_shape)
+
+
+def test_the_probe_runs_at_the_runs_threads_and_a_disturbed_one_is_timed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The probe sizes the whole run: timed at the threads the run will use, and where other work
+    took the probe's cores (the first attempt here), taken again; the quiet reading is used and
+    the card's precision reason says so."""
+    import torch
+
+    from training import recipe as R
+    from training import train as T
+
+    threads_seen: list[int] = []
+    attempt = {"n": 0}
+
+    def step(model: object, shape: tuple, *, precision: str, batch: int = 8, **_: object) -> float:
+        threads_seen.append(torch.get_num_threads())
+        slow = 5.0 if attempt["n"] == 1 else 1.0  # the disturbed attempt reads five times slower
+        return slow * (0.004 if precision == "fp32" else 0.002)
+
+    def watch(fn: Callable[[], object]) -> tuple[object, float]:
+        attempt["n"] += 1
+        # Other work on every core (the run leaves all but one free), then gone.
+        return fn(), (float(R.usable_cores()) if attempt["n"] == 1 else 0.0)
+
+    monkeypatch.setattr(engine, "step_seconds", step)
+    monkeypatch.setattr(R, "others_during", watch)
+    before = torch.get_num_threads()
+    cost, choice = T._choose_precision(load_config(None, {"threads": 1}), 2, "cpu", channels=1, threads=1)
+    assert set(threads_seen) == {1} and torch.get_num_threads() == before
+    assert cost == pytest.approx(R.scaled_cost(R.measured_cost(0.004), 0.5))
+    assert choice is not None and choice.value == "bf16" and "timed again" in choice.reason
+    assert "probe at 1 thread(s)" in choice.reason
 
 
 def test_fp16_on_a_cpu_is_refused_naming_the_alternatives(tmp_path: Path) -> None:
