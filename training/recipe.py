@@ -101,6 +101,12 @@ PROBE_ATTEMPTS = 3
 #: above an idle machine's background (services, the kernel: a few hundredths of a core here),
 #: well below one process computing (a whole core).
 PROBE_DISTURBED_CORES = 0.25
+#: The threads rule reads how busy the cores are over half a second, up to this many times, and
+#: counts the least: the run keeps its threads to the end, and a command that happened to run in
+#: that half second would otherwise halve them for twenty minutes (one thread of two trains
+#: 1.4x slower here, ``bench/cost_probe.py``), while other work there for good shows in every
+#: reading. An idle machine is read once.
+BUSY_READINGS = 3
 #: 16-bit frames: the percentiles of the training frames' pixel values that bound their range
 #: (a few hot or dead pixels must not set it), and the margin added on each side, a share of the
 #: range, for production parts a little brighter or darker than the training ones.
@@ -240,13 +246,24 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def available_threads(*, cores: int | None = None, busy: float | None = None) -> int:
-    """Cores this process may use, less those other work keeps busy now (``busy_cores``, else the
-    1-minute load average), at least 1."""
+def available_threads(
+    *, cores: int | None = None, busy: float | None = None, read: Callable[[], float | None] | None = None
+) -> int:
+    """Cores this process may use, less those other work keeps busy now (the least of up to
+    ``BUSY_READINGS`` half-second readings of ``busy_cores``, else the 1-minute load average), at
+    least 1."""
     if cores is None:
         cores = usable_cores()
     if busy is None:
-        busy = busy_cores()
+        readings: list[float] = []
+        for _ in range(BUSY_READINGS):
+            reading = (read or busy_cores)()
+            if reading is None:
+                break
+            readings.append(reading)
+            if math.floor(cores - reading + 0.5) >= cores:
+                break  # every core is free: another reading could not give more
+        busy = min(readings) if readings else None
     if busy is None:
         try:
             busy = os.getloadavg()[0]

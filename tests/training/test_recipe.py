@@ -309,3 +309,12 @@ def test_others_during_counts_other_processes_not_this_ones_own_work() -> None:
         spinner.join(5)
     assert others is not None and others >= 0.7
 
+
+def test_a_moments_work_does_not_halve_the_threads_but_work_there_for_good_does() -> None:
+    burst = iter([1.1, 0.05])
+    assert R.available_threads(cores=2, read=lambda: next(burst)) == 2
+    steady = iter([1.1, 1.0, 1.2])
+    assert R.available_threads(cores=2, read=lambda: next(steady)) == 1
+    # An idle machine is read once.
+    reads: list[int] = []
+    assert R.available_threads(cores=2, read=lambda: reads.append(1) or 0.02) == 2 and len(reads) == 1
