@@ -211,21 +211,41 @@ def choose_precision(fp32_s: float, bf16_s: float) -> tuple[str, str]:
     return "fp32", f"{measured} ({speedup:.2f}x; bf16 needs >= {BF16_MIN_SPEEDUP}x): fp32"
 
 
-def _cpu_ticks() -> tuple[int, int] | None:
-    """All CPUs' (total, idle) time in clock ticks since boot (``/proc/stat``); ``None`` where the
-    kernel does not offer it."""
+def _cpu_ticks() -> tuple[int, int, int] | None:
+    """(total, idle) time in clock ticks since boot of the CPUs this process may run on, and how
+    many they are (``/proc/stat``'s per-CPU rows); ``None`` where the kernel does not offer it.
+
+    Only those CPUs: in a container pinned to a few of a large host's cores (``--cpuset-cpus``),
+    or under ``taskset``, the host's other cores are busy with work that cannot slow this
+    process, and summed in they would read as a machine too busy to train on.
+    """
     try:
         with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
+            rows = [line.split() for line in f if line.startswith("cpu")]
+    except OSError:
         return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields[:8]), idle  # user..steal; guest time is already inside user
+    mine = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    picked = [r for r in rows[1:] if r[0][3:].isdigit() and (mine is None or int(r[0][3:]) in mine)]
+    if not picked:
+        picked = rows[:1]  # no per-CPU rows: the aggregate, all CPUs
+    total = idle = 0
+    try:
+        for row in picked:
+            fields = [int(v) for v in row[1:]]
+            idle += fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+            total += sum(fields[:8])  # user..steal; guest time is already inside user
+    except (ValueError, IndexError):
+        return None
+    if not picked or not total:
+        return None
+    n = len(picked) if picked[0][0] != "cpu" else (os.cpu_count() or 1)
+    return total, idle, n
 
 
 def busy_cores(window_s: float = 0.5) -> float | None:
-    """Cores other work keeps busy right now: the share of non-idle CPU time over ``window_s``
-    seconds (``/proc/stat``), times the cores; ``None`` where the kernel does not offer it.
+    """Cores other work keeps busy right now, of those this process may run on: the share of
+    their non-idle CPU time over ``window_s`` seconds (``/proc/stat``), times their number;
+    ``None`` where the kernel does not offer it.
 
     Not the load average: it trails by minutes, so a process that has just ended (the previous
     run of a bench, a test suite) would still count as busy and halve the threads for nothing.
@@ -238,7 +258,7 @@ def busy_cores(window_s: float = 0.5) -> float | None:
     if second is None or second[0] <= first[0]:
         return None
     total, idle = second[0] - first[0], second[1] - first[1]
-    return (os.cpu_count() or 1) * (total - idle) / total
+    return second[2] * (total - idle) / total
 
 
 def usable_cores() -> int:
@@ -283,9 +303,9 @@ T = TypeVar("T")
 
 
 def others_during(fn: Callable[[], T]) -> tuple[T, float | None]:
-    """``fn()``'s result and the cores other processes kept busy while it ran: all CPUs' busy
-    time (``/proc/stat``) less this process's own, over the wall time; ``None`` where the kernel
-    does not tell."""
+    """``fn()``'s result and the cores other processes kept busy while it ran: the busy time of
+    the CPUs this process may run on (``/proc/stat``) less this process's own, over the wall time;
+    ``None`` where the kernel does not tell."""
     first = _cpu_ticks()
     own, began = time.process_time(), time.perf_counter()
     value = fn()

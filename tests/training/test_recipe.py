@@ -318,3 +318,44 @@ def test_a_moments_work_does_not_halve_the_threads_but_work_there_for_good_does(
     # An idle machine is read once.
     reads: list[int] = []
     assert R.available_threads(cores=2, read=lambda: reads.append(1) or 0.02) == 2 and len(reads) == 1
+
+
+def test_work_on_cores_this_process_may_not_use_is_not_counted() -> None:
+    """A container pinned to some of a host's cores (or ``taskset``): the other cores' work cannot
+    slow this process and must not read as a busy machine."""
+    import multiprocessing
+    import os
+    import time
+
+    if not hasattr(os, "sched_setaffinity") or R.busy_cores(window_s=0.1) is None:
+        pytest.skip("no CPU affinity or /proc/stat on this system")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs: one for this process, one for the other work")
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    spinner = ctx.Process(target=_spin_on, args=(stop, cpus[1]))
+    spinner.start()
+    try:
+        time.sleep(1.0)  # the child's interpreter is up and spinning on the second CPU
+        seen_everywhere = R.busy_cores(window_s=0.5)
+        os.sched_setaffinity(0, {cpus[0]})
+        try:
+            seen_here = R.busy_cores(window_s=0.5)
+            _, others_here = R.others_during(lambda: time.sleep(0.5))
+            assert R.usable_cores() == 1
+        finally:
+            os.sched_setaffinity(0, set(cpus))
+    finally:
+        stop.set()
+        spinner.join(5)
+    assert seen_everywhere is not None and seen_everywhere >= 0.7
+    assert seen_here is not None and seen_here < 0.5
+    assert others_here is not None and others_here < 0.5
+
+
+def _spin_on(stop: object, cpu: int) -> None:
+    import os
+
+    os.sched_setaffinity(0, {cpu})
+    _spin(stop)
