@@ -295,8 +295,8 @@ def available_threads(
 def choose_threads() -> Choice:
     """The threads a run uses when the config leaves them open: the cores free now."""
     threads = available_threads()
-    return Choice("threads", threads, f"{threads} of the CPU cores are free now (cores less those busy over the "
-                                      "last half second)")
+    return Choice("threads", threads, f"{threads} of the CPU cores are free now (cores less those other work kept "
+                                      f"busy: the least of up to {BUSY_READINGS} half-second readings)")
 
 
 T = TypeVar("T")
