@@ -28,7 +28,8 @@ it adapts to (docs/training.md gives the reasoning):
   per image follows the measured speed-up.
 
 ``resolve`` returns the config with every open setting filled and the list of choices with
-their reasons; the config saved beside the model holds the chosen values.
+their reasons (the threads excepted: ``choose_threads`` comes first, as the cost is timed at
+them); the config saved beside the model holds the chosen values.
 """
 
 from __future__ import annotations
@@ -374,6 +375,9 @@ def resolve(
 ) -> tuple[TrainConfig, list[Choice]]:
     """Fill every open setting of ``cfg`` by rule; returns the new config and the choices.
 
+    All but the threads: the caller chooses them first (``choose_threads``), because the
+    ``cost_128`` it measures is timed at them.
+
     ``cost_128`` is the architecture's training cost in seconds per image at 128x128: measured
     on this machine (CPU, ``measured_cost``), else the registered reference-machine figure
     (``training.models.ModelInfo.cost_128``; CUDA scales the budget by ``CUDA_SPEEDUP``).
@@ -396,10 +400,6 @@ def resolve(
     if cfg.levels is None and stats.pixel_values is not None:
         levels, reason = pixel_levels(stats.pixel_values)
         choose("levels", list(levels), reason)
-    if cfg.threads is None:
-        c = choose_threads()
-        choose(c.setting, c.value, c.reason)
-
     # The batch the steps rule counts passes in: the engineer's, else >= 10 steps an epoch, at most 32.
     steps_batch = cfg.batch_size or int(min(32, max(8, 2 ** int(math.log2(max(stats.n_train // 10, 8))))))
     if cfg.batch_size is None:
