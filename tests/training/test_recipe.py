@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -146,30 +151,34 @@ def test_available_threads_leaves_busy_cores_alone() -> None:
 
 
 def test_busy_cores_sees_work_that_runs_now_not_the_load_averages_trail() -> None:
-    import multiprocessing
-    import os
-
     idle = R.busy_cores(window_s=0.3)
     if idle is None:
         pytest.skip("no /proc/stat on this system (the load average is used instead)")
     assert 0.0 <= idle <= (os.cpu_count() or 1)
     # A process spinning on one core for the whole window counts as (about) one busy core.
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    spinner = ctx.Process(target=_spin, args=(stop,))
-    spinner.start()
-    try:
-        import time
-
-        time.sleep(1.0)  # the child's interpreter is up and spinning
+    with _spinning():
         busy = R.busy_cores(window_s=0.5)
-    finally:
-        stop.set()
-        spinner.join(5)
     assert busy is not None and busy >= 0.7
 
 
-def _spin(stop: object) -> None:
+@contextlib.contextmanager
+def _spinning(cpu: int | None = None) -> Iterator[None]:
+    """Another process spinning on one core (on ``cpu`` where given) while the block runs."""
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    spinner = ctx.Process(target=_spin, args=(stop, cpu))
+    spinner.start()
+    try:
+        time.sleep(1.0)  # the child's interpreter is up and spinning
+        yield
+    finally:
+        stop.set()
+        spinner.join(5)
+
+
+def _spin(stop: object, cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     while not stop.is_set():  # type: ignore[attr-defined]
         pass
 
@@ -284,9 +293,6 @@ def test_work_on_the_cores_the_run_leaves_free_does_not_disturb_the_probe() -> N
 
 
 def test_others_during_counts_other_processes_not_this_ones_own_work() -> None:
-    import multiprocessing
-    import time
-
     def spin_here() -> str:
         end = time.perf_counter() + 0.6
         while time.perf_counter() < end:
@@ -297,16 +303,8 @@ def test_others_during_counts_other_processes_not_this_ones_own_work() -> None:
     if own is None:
         pytest.skip("no /proc/stat on this system")
     assert value == "done" and own < 0.5  # this process's own core is not "other work"
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    spinner = ctx.Process(target=_spin, args=(stop,))
-    spinner.start()
-    try:
-        time.sleep(1.0)  # the child's interpreter is up and spinning
+    with _spinning():
         _, others = R.others_during(lambda: time.sleep(0.6))
-    finally:
-        stop.set()
-        spinner.join(5)
     assert others is not None and others >= 0.7
 
 
@@ -316,28 +314,24 @@ def test_a_moments_work_does_not_halve_the_threads_but_work_there_for_good_does(
     steady = iter([1.1, 1.0, 1.2])
     assert R.available_threads(cores=2, read=lambda: next(steady)) == 1
     # An idle machine is read once.
-    reads: list[int] = []
-    assert R.available_threads(cores=2, read=lambda: reads.append(1) or 0.02) == 2 and len(reads) == 1
+    reads: list[float] = []
+
+    def idle() -> float:
+        reads.append(0.02)
+        return 0.02
+
+    assert R.available_threads(cores=2, read=idle) == 2 and len(reads) == 1
 
 
 def test_work_on_cores_this_process_may_not_use_is_not_counted() -> None:
     """A container pinned to some of a host's cores (or ``taskset``): the other cores' work cannot
     slow this process and must not read as a busy machine."""
-    import multiprocessing
-    import os
-    import time
-
     if not hasattr(os, "sched_setaffinity") or R.busy_cores(window_s=0.1) is None:
         pytest.skip("no CPU affinity or /proc/stat on this system")
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         pytest.skip("needs two CPUs: one for this process, one for the other work")
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    spinner = ctx.Process(target=_spin_on, args=(stop, cpus[1]))
-    spinner.start()
-    try:
-        time.sleep(1.0)  # the child's interpreter is up and spinning on the second CPU
+    with _spinning(cpu=cpus[1]):
         seen_everywhere = R.busy_cores(window_s=0.5)
         os.sched_setaffinity(0, {cpus[0]})
         try:
@@ -346,16 +340,6 @@ def test_work_on_cores_this_process_may_not_use_is_not_counted() -> None:
             assert R.usable_cores() == 1
         finally:
             os.sched_setaffinity(0, set(cpus))
-    finally:
-        stop.set()
-        spinner.join(5)
     assert seen_everywhere is not None and seen_everywhere >= 0.7
     assert seen_here is not None and seen_here < 0.5
     assert others_here is not None and others_here < 0.5
-
-
-def _spin_on(stop: object, cpu: int) -> None:
-    import os
-
-    os.sched_setaffinity(0, {cpu})
-    _spin(stop)
