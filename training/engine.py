@@ -429,13 +429,16 @@ class TimeBudget:
     the rate; later only to undo a cut that a passing slowdown caused (``_may_lengthen``).
     """
 
-    deadline: float  #: ``time.monotonic()`` by which the whole run should be done
+    deadline: float  #: ``clock()`` by which the whole run should be done
     after_evals: float  #: the work after the last epoch, in validation passes
     max_epochs: int | None = None  #: lengthen the plan up to this where the budget affords it (None: never)
     #: The early-stopping settings chosen as shares of the epochs (``"patience"``, ``"min_epochs"``):
     #: a lengthened plan scales them alike, or a stop meant for the old plan's end would cut the
     #: new one off mid-schedule, its learning rate still high.
     scale_with_epochs: tuple[str, ...] = ()
+    #: What the loop times epochs with. Runs keep ``time.monotonic``; a test passes a simulated
+    #: clock its data advances, so what a re-plan sees does not depend on how busy the machine is.
+    clock: Callable[[], float] = time.monotonic
 
 
 #: Epochs timed before a plan is lengthened: the first is slower (allocation, caches), three
@@ -664,9 +667,10 @@ def fit(
     n_train = len(make_epoch_loader(0).dataset)  # type: ignore[arg-type]
     epoch_times: list[float] = []
     epoch = start - 1
+    clock = budget.clock if budget is not None else time.monotonic
     while epoch + 1 < epochs:
         epoch += 1
-        epoch_began = time.monotonic()
+        epoch_began = clock()
         loader = make_epoch_loader(epoch)
         bar = tqdm(
             total=n_train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not (progress and main), unit="img"
@@ -695,9 +699,9 @@ def fit(
                 epochs = plan
                 scheduler = _one_cycle(optimizer, lr, epochs * steps_per_epoch, (epoch + 1) * steps_per_epoch)
             continue
-        eval_began = time.monotonic()
+        eval_began = clock()
         val = evaluate(judged, val_images, val_labels, n_classes, good_index=good_index)
-        eval_s = time.monotonic() - eval_began
+        eval_s = clock() - eval_began
         score = selection_score(val)
         improved = stopper.step(epoch, score=score, loss=val["loss"], resolution=val["resolution"])
         if improved:
@@ -726,9 +730,9 @@ def fit(
         if on_epoch is not None:
             on_epoch(row)
         stop = stopper.should_stop(epoch)
-        epoch_times.append(time.monotonic() - epoch_began)
+        epoch_times.append(clock() - epoch_began)
         replan = (
-            replan_epochs(budget, now=time.monotonic(), done=epoch + 1, epochs=epochs, epoch_times=epoch_times,
+            replan_epochs(budget, now=clock(), done=epoch + 1, epochs=epochs, epoch_times=epoch_times,
                           note=budget_note, eval_s=eval_s)
             if budget is not None and not stop and epoch + 1 < epochs else None
         )
