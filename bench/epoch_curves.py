@@ -55,6 +55,7 @@ def run(dataset: Path, models: Path, threads: int | None, budget_minutes: float 
     off_clock = [0.0]
     rows: list[dict[str, Any]] = []
     mirror: dict[str, Any] = {}
+    scored_as: dict[str, Any] = {}  # the classes and good class the loop scores with
     load_splits, evaluate, time_budget, flip = data.load_splits, engine.evaluate, train._time_budget, train.FlipAverage
 
     def loading(*args: Any, **kwargs: Any) -> Any:
@@ -63,6 +64,7 @@ def run(dataset: Path, models: Path, threads: int | None, budget_minutes: float 
 
     def scoring(model: Any, images: Any, labels: Any, n_classes: int, *, good_index: int | None = None) -> Any:
         val = evaluate(model, images, labels, n_classes, good_index=good_index)
+        scored_as.update(n_classes=n_classes, good_index=good_index)
         began = time.monotonic()
         test = evaluate(model, splits["test"].images, splits["test"].labels, n_classes, good_index=good_index)
         off_clock[0] += time.monotonic() - began
@@ -78,22 +80,14 @@ def run(dataset: Path, models: Path, threads: int | None, budget_minutes: float 
         # The kept epoch's network, scored as it is and with the mirror the recipe folds into the graph.
         averaged = flip(model, hflip=hflip, vflip=vflip).eval()
         for name in ("val", "test"):
-            split, good = splits[name], train_run.get("good_index")
+            split = splits[name]
             for arm, net in (("without", model), ("with", averaged)):
-                got = evaluate(net, split.images, split.labels, train_run["classes"], good_index=good)
+                got = evaluate(net, split.images, split.labels, **scored_as)
                 mirror[f"{name} {arm}"] = (engine.selection_score(got), got["macro_recall"])
         return averaged
 
-    train_run: dict[str, Any] = {}
-    prepare = train._prepare
-
-    def preparing(*args: Any, **kwargs: Any) -> Any:
-        run_ = prepare(*args, **kwargs)
-        train_run["good_index"], train_run["classes"] = run_.good_index, len(run_.ds.classes)
-        return run_
-
     data.load_splits, engine.evaluate, train._time_budget = loading, scoring, budget  # type: ignore[assignment]
-    train.FlipAverage, train._prepare = mirrored, preparing  # type: ignore[assignment,misc]
+    train.FlipAverage = mirrored  # type: ignore[assignment,misc]
     try:
         overrides: dict[str, Any] = {"data": dataset, "models_dir": models, "progress": False, "threads": threads,
                                      "name": dataset.name.removeprefix("data-")}
@@ -105,7 +99,7 @@ def run(dataset: Path, models: Path, threads: int | None, budget_minutes: float 
         card = train.main(load_config(None, overrides)).card
     finally:
         data.load_splits, engine.evaluate, train._time_budget = load_splits, evaluate, time_budget  # type: ignore[assignment]
-        train.FlipAverage, train._prepare = flip, prepare  # type: ignore[misc]
+        train.FlipAverage = flip  # type: ignore[misc]
     return {"rows": rows, "kept": card.training["best_epoch"], "selection": card.training.get("selection") or {},
             "input": [card.input.height, card.input.width], "mirror": mirror}
 
