@@ -237,7 +237,7 @@ def _cpu_ticks() -> tuple[int, int, int] | None:
             total += sum(fields[:8])  # user..steal; guest time is already inside user
     except (ValueError, IndexError):
         return None
-    if not picked or not total:
+    if not total:  # nothing read (no cpu rows at all)
         return None
     n = len(picked) if picked[0][0] != "cpu" else (os.cpu_count() or 1)
     return total, idle, n
