@@ -17,7 +17,9 @@ validation and test curves follow each other over the eligible epochs (those aft
 validation loss reached a constant answer's). The figure is the selection score: AUROC of
 P(defect), or macro recall without a good class. Test figures here are the network's own, without
 the exported graph's mirror (the card's test figures include it). ``--keep DIR`` keeps each run's
-per-epoch rows in ``DIR/<name>.curve.json``.
+per-epoch rows in ``DIR/<name>.curve.json``, and the kept network's probabilities on validation and
+test for the frame and for its mirror, each on its own, and every epoch's (``epoch_val``,
+``epoch_test``: ``[epochs, frames, classes]``, the network's own), in ``DIR/<name>.views.npz``.
 
 It also scores the kept epoch's network on the validation and test splits without and with the
 test-time mirror the recipe folds into the exported graph (selection score and macro recall): on
@@ -55,6 +57,8 @@ def run(dataset: Path, models: Path, threads: int | None, budget_minutes: float 
     off_clock = [0.0]
     rows: list[dict[str, Any]] = []
     mirror: dict[str, Any] = {}
+    views: dict[str, np.ndarray] = {}
+    epochs: dict[str, list[np.ndarray]] = {}  # every epoch's probabilities on validation and test
     scored_as: dict[str, Any] = {}  # the classes and good class the loop scores with
     load_splits, evaluate, time_budget, flip = data.load_splits, engine.evaluate, train._time_budget, train.FlipAverage
 
@@ -70,6 +74,8 @@ def run(dataset: Path, models: Path, threads: int | None, budget_minutes: float 
         off_clock[0] += time.monotonic() - began
         score = engine.selection_score
         rows.append({"val": score(val), "test": score(test), "val_loss": val["loss"], "test_acc": test["acc"]})
+        epochs.setdefault("epoch_val", []).append(val["probs"])
+        epochs.setdefault("epoch_test", []).append(test["probs"])
         return val
 
     def budget(*args: Any, **kwargs: Any) -> Any:
@@ -84,6 +90,11 @@ def run(dataset: Path, models: Path, threads: int | None, budget_minutes: float 
             for arm, net in (("without", model), ("with", averaged)):
                 got = evaluate(net, split.images, split.labels, **scored_as)
                 mirror[f"{name} {arm}"] = (engine.selection_score(got), got["macro_recall"])
+            # Each view's own probabilities, so that ways of combining them can be compared offline
+            # (the mean of the views' log-probabilities is the graph's mean of logits, up to softmax).
+            axis = -1 if hflip else -2
+            views[f"{name}_own"] = engine.predict(model, split.images)
+            views[f"{name}_mirror"] = engine.predict(model, np.ascontiguousarray(np.flip(split.images, axis)))
         return averaged
 
     data.load_splits, engine.evaluate, train._time_budget = loading, scoring, budget  # type: ignore[assignment]
@@ -101,7 +112,10 @@ def run(dataset: Path, models: Path, threads: int | None, budget_minutes: float 
         data.load_splits, engine.evaluate, train._time_budget = load_splits, evaluate, time_budget  # type: ignore[assignment]
         train.FlipAverage = flip  # type: ignore[misc]
     return {"rows": rows, "kept": card.training["best_epoch"], "selection": card.training.get("selection") or {},
-            "input": [card.input.height, card.input.width], "mirror": mirror}
+            "input": [card.input.height, card.input.width], "mirror": mirror,
+            "views": {**views, **{k: np.stack(v) for k, v in epochs.items()},
+                      **{f"{name}_labels": splits[name].labels for name in ("val", "test")}},
+            "classes": list(card.classes)}
 
 
 def summary(name: str, curve: dict[str, Any]) -> str:
@@ -148,6 +162,9 @@ def main() -> int:
         if not dataset.exists():
             TQ.import_kind(kind, args.data, dataset)
         curve = run(dataset, work / "models", args.threads, args.budget_minutes)
+        views = curve.pop("views")
+        if views:
+            np.savez(work / f"{kind}.views.npz", classes=np.array(curve["classes"]), **views)
         (work / f"{kind}.curve.json").write_text(json.dumps(curve, default=float))
         lines.append(summary(kind, curve))
         print(lines[-1], flush=True)
