@@ -152,9 +152,13 @@ def main() -> int:
             print(f"error: --dataset {extra} is not a dataset folder (no labels.csv)", file=sys.stderr)
             return 2
     work = args.keep or Path(tempfile.mkdtemp(prefix="epoch-curves-"))
-    work.mkdir(parents=True, exist_ok=True)
     only = list(TQ.KINDS) if args.only is None else args.only
-    runs = [(kind, work / f"data-{kind}") for kind in only] + [(p.name, p.resolve()) for p in args.dataset]
+    try:
+        runs = TQ.named_runs(only, work, args.dataset)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    work.mkdir(parents=True, exist_ok=True)
     lines = [("| dataset | input | epochs run | kept epoch: test | last epoch: test | best test epoch (hindsight) | "
               "mean test, second half | corr(val, test), eligible epochs | kept epoch without / with the mirror: "
               "val, test (macro recall) |"), "|---|---|---|---|---|---|---|---|---|"]

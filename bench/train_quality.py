@@ -124,6 +124,20 @@ def escape_target(dataset: Path) -> float | None:
     return next((t for t in TARGETS if n_def >= needed(t)), math.ceil(1000 / n_def) / 1000)
 
 
+def named_runs(only: list[str], work: Path, datasets: list[Path]) -> list[tuple[str, Path]]:
+    """The runs in order, each named: a built-in kind by its name, a ``--dataset`` folder by its
+    own. Two runs of one name would share every file named after it (models, curves, rows), so
+    that is refused, both folders named (``ValueError``)."""
+    runs = [(kind, work / f"data-{kind}") for kind in only] + [(p.name, p.resolve()) for p in datasets]
+    seen: dict[str, Path] = {}
+    for name, path in runs:
+        if name in seen:
+            raise ValueError(f"{seen[name]} and {path} would both run as {name!r}; give the dataset folders "
+                             "distinct names")
+        seen[name] = path
+    return runs
+
+
 def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
@@ -326,9 +340,13 @@ def main() -> int:
         print(f"error: real datasets not found at {args.data} (needed for {real})", file=sys.stderr)
         return 2
     work = args.keep or Path(tempfile.mkdtemp(prefix="train-quality-"))
+    try:
+        runs = named_runs(only, work, args.dataset)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    runs = [(kind, work / f"data-{kind}") for kind in only] + [(p.name, p.resolve()) for p in args.dataset]
     for kind, dataset in runs:
         title = KINDS.get(kind, kind)  # a --dataset folder is named by its folder
         if not dataset.exists():
