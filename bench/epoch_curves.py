@@ -90,10 +90,11 @@ def run(dataset: Path, models: Path, threads: int | None, budget_minutes: float 
             for arm, net in (("without", model), ("with", averaged)):
                 got = evaluate(net, split.images, split.labels, **scored_as)
                 mirror[f"{name} {arm}"] = (engine.selection_score(got), got["macro_recall"])
-            # Each view's own probabilities, so that ways of combining them can be compared offline
+                if arm == "without":
+                    views[f"{name}_own"] = got["probs"]
+            # The mirror's view on its own too, so that ways of combining the two can be compared offline
             # (the mean of the views' log-probabilities is the graph's mean of logits, up to softmax).
             axis = -1 if hflip else -2
-            views[f"{name}_own"] = engine.predict(model, split.images)
             views[f"{name}_mirror"] = engine.predict(model, np.ascontiguousarray(np.flip(split.images, axis)))
         return averaged
 
@@ -166,9 +167,7 @@ def main() -> int:
         if not dataset.exists():
             TQ.import_kind(kind, args.data, dataset)
         curve = run(dataset, work / "models", args.threads, args.budget_minutes)
-        views = curve.pop("views")
-        if views:
-            np.savez(work / f"{kind}.views.npz", classes=np.array(curve["classes"]), **views)
+        np.savez(work / f"{kind}.views.npz", classes=np.array(curve["classes"]), **curve.pop("views"))
         (work / f"{kind}.curve.json").write_text(json.dumps(curve, default=float))
         lines.append(summary(kind, curve))
         print(lines[-1], flush=True)
