@@ -22,9 +22,10 @@ test for the frame and for its mirror, each on its own, and every epoch's (``epo
 ``epoch_test``: ``[epochs, frames, classes]``, the network's own), in ``DIR/<name>.views.npz``.
 
 It also scores the kept epoch's network on the validation and test splits without and with the
-test-time mirror the recipe folds into the exported graph (selection score and macro recall): on
-magnetic tile's six classes the mirror lowered the macro recall that the card reports
-(docs/training.md, "Every epoch scored on test").
+test-time mirror the recipe folds into the exported graph (selection score and macro recall). On
+magnetic tile's six classes the mirror seemed to lower the macro recall the card reports; the
+views kept frame by frame showed that to be a few test frames, changing sign between runs, with
+no effect on validation (docs/training.md, "The mirror, frame by frame").
 """
 
 from __future__ import annotations
