@@ -343,6 +343,8 @@ def main() -> int:
     try:
         runs = named_runs(only, work, args.dataset)
     except ValueError as exc:
+        if args.keep is None:
+            work.rmdir()  # made empty just above; a refused run leaves nothing behind
         print(f"error: {exc}", file=sys.stderr)
         return 2
     work.mkdir(parents=True, exist_ok=True)
