@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize(("script", "prefix"), [("train_quality.py", "train-quality-"),
                                                 ("epoch_curves.py", "epoch-curves-")])
-def test_two_datasets_of_one_name_are_refused_without_a_stray_work_folder(tmp_path, script, prefix):
+def test_two_datasets_of_one_name_are_refused_without_a_stray_work_folder(tmp_path, script, prefix) -> None:
     for parent in ("a", "b"):
         folder = tmp_path / parent / "line"
         folder.mkdir(parents=True)
