@@ -127,6 +127,9 @@ class LoadedModel:
         if heat.shape != (len(pixels), mapping.height, mapping.width):
             raise ModelError(f"{self.model_id}: defect map shape {heat.shape}, expected "
                              f"({len(pixels)}, {mapping.height}, {mapping.width})")
+        if not np.isfinite(heat).all():
+            # The map places a reject's box; NaN there would fail after scoring, outside the fail-safe path.
+            raise ModelError(f"{self.model_id}: defect map has NaN or infinite values")
         return out, heat
 
 

@@ -47,6 +47,7 @@ def build_onnx(
     conv: bool = True,
     nan_when_black: bool = False,
     map_cell: int | None = None,
+    nan_map_when_black: bool = False,
 ) -> bytes:
     """Serialized ONNX graph: pixels -> brightness feature -> Gemm -> Softmax.
 
@@ -60,6 +61,8 @@ def build_onnx(
     runs first, so the graph does real per-pixel work like a CNN (its output is unchanged).
     With ``nan_when_black`` the logits are scaled by ``sqrt(b + 0.95)``, so a (nearly) black
     frame makes the model output NaN: a model failing at run time, for fail-safe tests.
+    ``nan_map_when_black`` does the same to the map alone (each cell through ``sqrt(c + 0.97)``),
+    the probabilities staying finite.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -122,7 +125,13 @@ def build_onnx(
             helper.make_node("AveragePool", ["gray"], ["cells4"], kernel_shape=[map_cell, map_cell],
                              strides=[map_cell, map_cell]),
             helper.make_node("Squeeze", ["cells4", "axis1"], ["cells"]),
-            helper.make_node("Mul", ["cells", "neg_gain"], ["dark"]),
+        ]
+        if nan_map_when_black:
+            inits.append(numpy_helper.from_array(np.array(0.97, dtype=np.float32), "map_shift"))
+            nodes += [helper.make_node("Add", ["cells", "map_shift"], ["cells_shifted"]),
+                      helper.make_node("Sqrt", ["cells_shifted"], ["cells_gated"])]
+        nodes += [
+            helper.make_node("Mul", ["cells_gated" if nan_map_when_black else "cells", "neg_gain"], ["dark"]),
             helper.make_node("Sigmoid", ["dark"], ["defect_map"]),
         ]
         outputs.append(helper.make_tensor_value_info("defect_map", TensorProto.FLOAT, ["N", cells, cells]))
@@ -175,6 +184,7 @@ def make_model_version(
     reference_frames: np.ndarray | None = None,
     map_cell: int | None = None,
     levels: tuple[int, int] | None = None,
+    nan_map_when_black: bool = False,
 ) -> ModelVersion:
     """Write a complete model version under ``models_dir/name/version`` and return it.
 
@@ -198,6 +208,7 @@ def make_model_version(
             conv=conv,
             nan_when_black=nan_when_black,
             map_cell=map_cell,
+            nan_map_when_black=nan_map_when_black,
         )
     )
     pixels = golden_frames(size, channels)

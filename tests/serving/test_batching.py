@@ -110,5 +110,29 @@ async def test_model_error_is_a_failsafe_reject_and_the_next_frame_is_scored(tmp
             headers={**auth(keys), "content-type": "image/png"},
         )
         assert ok.status_code == 200 and ok.json()["decision"] == "reject"
+
+
+@pytest.mark.asyncio
+async def test_a_defect_map_with_nan_is_a_failsafe_reject_like_nan_probabilities(tmp_path, keys) -> None:
+    # The probabilities are finite; only the map is not. It used to fail after scoring, where the
+    # reject's box is placed: 503 with no fail-safe record and the part left without its view.
+    models_dir = tmp_path / "models"
+    make_model_version(models_dir, map_cell=8, nan_map_when_black=True)
+    ModelRegistry(models_dir).promote("tiny", "v1", station=SINGLE)
+    data = settings_data(tmp_path, models_dir, keys)
+    data["stations"] = {SINGLE: data["stations"][SINGLE]}
+    app = create_app(build_settings(data))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        r = await http.post("/v1/inspections", content=frame_png(0),
+                            params={"station": SINGLE, "camera": "cam", "part_id": "black"},
+                            headers={**auth(keys), "content-type": "image/png"})
+        assert r.status_code == 503 and r.json()["error"] == "model_error" and "defect map" in r.json()["detail"]
+        assert r.json()["failsafe"]["reason"] == "model_error" and r.json()["failsafe"]["stored"] is True
+        assert app.state.log.get(r.json()["failsafe"]["inspection_id"]).entry.decision == "reject"
+        part = await app.state.service.parts.wait(SINGLE, "black", 5.0)
+        assert part.decision == "reject" and [v.failsafe_reason for v in part.views["cam"]] == ["model_error"]
         part = (await http.get("/v1/parts/black/decision", params={"wait_ms": 5000}, headers=auth(keys))).json()
         assert part["decision"] == "reject" and "model_error" in part["failsafe_reason"]
