@@ -45,6 +45,7 @@ from pydantic import ValidationError as PydanticValidationError
 from inspection.config import deep_merge, safe_url
 from inspection.errors import ConfigError
 from inspection.imageheader import MAX_FRAME_PIXELS
+from inspection.log.rows import STR_LIMITS
 from serving.line.settings import LineSettings
 from serving.monitoring.settings import MonitoringSettings
 
@@ -276,7 +277,8 @@ class ServeSettings(_Section):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     decoding: DecodeSettings = Field(default_factory=DecodeSettings)
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1, le=1 << 31)
-    max_part_id_length: int = Field(default=128, ge=1, le=1024)
+    #: At most what the log's part_id column stores: a longer id would be scored and then not logged.
+    max_part_id_length: int = Field(default=128, ge=1, le=STR_LIMITS["part_id"])
     #: How often models/active.json is checked for a promotion or rollback.
     reload_poll_s: float = Field(default=0.5, gt=0, le=3600)
     #: Part decisions kept in memory for GET /v1/parts/{id}/decision after they are made.

@@ -18,7 +18,8 @@ from inspection.log.records import LogEntry, RecordKind, StoredRecord
 from inspection.log.tables import ENTRY_COLUMNS, as_utc
 
 _KINDS = frozenset(get_args(RecordKind))
-_STR_LIMITS = {
+#: The longest text each column stores (characters); settings that feed a column stay within it.
+STR_LIMITS = {
     "inspection_id": 64, "station": 128, "camera": 128, "part_id": 256, "frame_sha256": 64, "decision": 32,
     "defect_class": 128, "model_name": 128, "model_version": 128, "model_sha256": 64, "failsafe_reason": 4000,
     "ref": 64, "actor": 128,
@@ -36,12 +37,12 @@ def normalise_entry(entry: LogEntry) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for name in ENTRY_COLUMNS:
         value = getattr(entry, name)
-        if name in _STR_LIMITS and value is not None:
+        if name in STR_LIMITS and value is not None:
             if not isinstance(value, str):
                 raise ValidationError(f"log record field {name}={value!r} must be a string")
-            if len(value) > _STR_LIMITS[name]:
+            if len(value) > STR_LIMITS[name]:
                 raise ValidationError(f"log record field {name} is {len(value)} characters; "
-                                      f"at most {_STR_LIMITS[name]} allowed")
+                                      f"at most {STR_LIMITS[name]} allowed")
             if "\x00" in value:
                 raise ValidationError(f"log record field {name}={value!r} contains a NUL character")
         fields[name] = value

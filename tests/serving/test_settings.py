@@ -61,6 +61,9 @@ def test_json_file_is_accepted(tmp_path: Path) -> None:
     ("stations: {s: {cameras: [a]}}\napi_keys: []", "no api_keys configured"),
     ("stations: {s: {cameras: [a]}}\napi_keys: [{name: k, role: admin, sha256: " + hash_key("changethis") + "}]",
      "well-known default key"),
+    # A part id longer than the log's part_id column would be scored and then not logged.
+    ("stations: {s: {cameras: [a]}}\nmax_part_id_length: 300\napi_keys: [" + json.dumps(KEY) + "]",
+     "max_part_id_length: Input should be less than or equal to 256"),
     ("- just a list", "must hold a mapping"),
     ("stations: {s: [", "not valid YAML"),
 ])
