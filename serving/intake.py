@@ -40,6 +40,7 @@ Up to 8 frames may be in flight on one connection (they batch with everyone else
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import deque
@@ -47,7 +48,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import get_route_path
 from starlette.types import Receive, Scope, Send
@@ -161,11 +162,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLargeError(f"body of {size} bytes is over the limit of {limit} bytes (max_body_bytes)")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLargeError(f"body is over the limit of {limit} bytes (max_body_bytes)")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLargeError(f"body is over the limit of {limit} bytes (max_body_bytes)")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Not an answer anyone reads, but the view must still be logged as the reject it is.
+        raise ValidationError(f"the frame's body was cut off: the client disconnected after {total} bytes") from None
     return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
@@ -184,22 +189,26 @@ async def inspect_frame(request: Request, who: Principal, service: InspectionSer
         _param(request, "part_id", b"x-part-id"))
     want_map = parse_map_flag(_param(request, "map", b"x-map"))
     service.check_map(station, want_map)
-    req = FrameRequest(station, camera, part_id, content_type="", actor=who.name, started=started)
-    with service.batcher.arriving() as arrival:
-        try:
-            shape = raw_shape(_param(request, "width", b"x-width"), _param(request, "height", b"x-height"),
-                              _param(request, "channels", b"x-channels"))
-            media = service.check_media(request.headers.get("content-type"), shape)
-            capture = parse_capture_time(_param(request, "capture_time", b"x-capture-time"))
-            body = await _read_body(request, service.settings.max_body_bytes)
-        except InspectionError as exc:
-            arrival.done()
-            await service.reject_failsafe(req, exc)
-            raise
-        req = FrameRequest(station, camera, part_id, content_type=media,
-                           raw_shape=shape if media == RAW_TYPE else None, capture_time=capture,
-                           actor=who.name, started=started, want_map=want_map)
-        return _json(await service.inspect(req, body, arrival=arrival))
+    ticket = service.parts.open_view(station, part_id, camera)
+    req = FrameRequest(station, camera, part_id, content_type="", actor=who.name, started=started, ticket=ticket)
+    try:
+        with service.batcher.arriving() as arrival:
+            try:
+                shape = raw_shape(_param(request, "width", b"x-width"), _param(request, "height", b"x-height"),
+                                  _param(request, "channels", b"x-channels"))
+                media = service.check_media(request.headers.get("content-type"), shape)
+                capture = parse_capture_time(_param(request, "capture_time", b"x-capture-time"))
+                body = await _read_body(request, service.settings.max_body_bytes)
+            except InspectionError as exc:
+                arrival.done()
+                await service.reject_failsafe(req, exc)
+                raise
+            req = FrameRequest(station, camera, part_id, content_type=media,
+                               raw_shape=shape if media == RAW_TYPE else None, capture_time=capture,
+                               actor=who.name, started=started, want_map=want_map, ticket=ticket)
+            return _json(await service.inspect(req, body, arrival=arrival))
+    finally:
+        service.parts.release(ticket)  # nothing where its view was reported; else the part goes on
 
 
 def is_frame_request(scope: Scope) -> bool:
@@ -239,7 +248,8 @@ def build_router(settings: ServeSettings) -> APIRouter:
         # route documents the endpoint (OpenAPI, role x route test) and serves any app without it.
         return await inspect_frame(request, who, service)
 
-    @router.get("/v1/parts/{part_id}/decision", summary="The part's decision across the station's cameras")
+    # ``:path``: a part id may hold "/" (serials such as LOT-7/SN-42), sent as is or as %2F.
+    @router.get("/v1/parts/{part_id:path}/decision", summary="The part's decision across the station's cameras")
     async def part_decision(
         part_id: str,
         who: Annotated[Principal, Depends(LINE)],
@@ -279,15 +289,24 @@ def build_router(settings: ServeSettings) -> APIRouter:
                 await sender_wakeup.wait()
 
         sender = asyncio.create_task(send_answers())
+        out_of_step: ValidationError | None = None
         try:
-            while True:
-                header = await websocket.receive_text()
-                frame = await websocket.receive_bytes()
+            while out_of_step is None:
+                header, frame = None, b""
+                try:
+                    header = await _stream_message(websocket, "text")
+                    frame = await _stream_message(websocket, "bytes")
+                except ValidationError as exc:
+                    out_of_step = exc  # its header's part (if any) is answered and fail-safe rejected
+                    if header is None:
+                        pending.append(asyncio.create_task(_error_answer(exc)))
+                        sender_wakeup.set()
+                        break
                 started = time.perf_counter()
                 while len(pending) >= _STREAM_IN_FLIGHT:
                     await asyncio.sleep(0)
                     await asyncio.wait({pending[0]})
-                answer = _stream_frame(service, station, camera, who, header, frame, started)
+                answer = _stream_frame(service, station, camera, who, header, frame, started, out_of_step)
                 pending.append(asyncio.create_task(answer))
                 sender_wakeup.set()
         except WebSocketDisconnect:
@@ -300,14 +319,44 @@ def build_router(settings: ServeSettings) -> APIRouter:
             except (WebSocketDisconnect, RuntimeError):
                 for task in pending:
                     await asyncio.gather(task, return_exceptions=True)
+        if out_of_step is not None:
+            # Which message is a header and which a frame cannot be told any more: say why and end.
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # unless the client left first
+                await websocket.close(code=1003, reason=str(out_of_step)[:120])
 
     return router
 
 
+async def _stream_message(websocket: WebSocket, kind: str) -> Any:
+    """The next message's ``text`` or ``bytes``, as the stream's protocol expects it next.
+
+    Raises:
+        WebSocketDisconnect: the client went away.
+        ValidationError: the message is of the other kind (the stream is out of step).
+    """
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    value = message.get(kind)
+    if value is None:
+        expected = "a text message (the frame's JSON header)" if kind == "text" else "a binary message (the frame)"
+        raise ValidationError(f"stream out of step: expected {expected}, got a "
+                              f"{'binary' if kind == 'text' else 'text'} message; the stream is closed (1003)")
+    return value
+
+
+async def _error_answer(exc: InspectionError) -> dict[str, Any]:
+    return {**error_body(exc, where="WS /v1/stream"), "status": status_for(exc)}
+
+
 async def _stream_frame(service: InspectionService, station: str, camera: str, who: Principal,
-                        header: str, frame: bytes, started: float) -> dict[str, Any]:
-    """One streamed frame -> its answer dict (errors become error answers, never exceptions)."""
-    req: FrameRequest | None = None
+                        header: str, frame: bytes, started: float,
+                        error: InspectionError | None = None) -> dict[str, Any]:
+    """One streamed frame -> its answer dict (errors become error answers, never exceptions).
+
+    ``error``: the frame did not come (the stream went out of step after this header): the
+    header's part gets the fail-safe reject of a view that failed with it.
+    """
     try:
         try:
             meta = json.loads(header)
@@ -320,20 +369,29 @@ async def _stream_frame(service: InspectionService, station: str, camera: str, w
         str_or_none = lambda k: None if meta.get(k) is None else str(meta.get(k))
         want_map = parse_map_flag(str_or_none("map"))
         service.check_map(station, want_map)
-        req = FrameRequest(station, camera, part_id, content_type="", actor=who.name, started=started)
-        shape = raw_shape(str_or_none("width"), str_or_none("height"), str_or_none("channels"))
-        media = service.check_media(str_or_none("content_type"), shape)
-        capture = parse_capture_time(str_or_none("capture_time"))
-        if len(frame) > service.settings.max_body_bytes:
-            raise PayloadTooLargeError(f"frame of {len(frame)} bytes is over the limit of "
-                                       f"{service.settings.max_body_bytes} bytes (max_body_bytes)")
+        req = FrameRequest(station, camera, part_id, content_type="", actor=who.name, started=started,
+                           ticket=service.parts.open_view(station, part_id, camera))
     except InspectionError as exc:
-        if req is not None:
-            await service.reject_failsafe(req, exc)
         return {**error_body(exc, where="WS /v1/stream"), "status": status_for(exc)}
-    req = FrameRequest(station, camera, part_id, content_type=media, raw_shape=shape if media == RAW_TYPE else None,
-                       capture_time=capture, actor=who.name, started=started, want_map=want_map)
     try:
-        return await service.inspect(req, frame)
-    except InspectionError as exc:
-        return {**error_body(exc, where="WS /v1/stream"), "status": status_for(exc)}
+        try:
+            if error is not None:
+                raise error
+            shape = raw_shape(str_or_none("width"), str_or_none("height"), str_or_none("channels"))
+            media = service.check_media(str_or_none("content_type"), shape)
+            capture = parse_capture_time(str_or_none("capture_time"))
+            if len(frame) > service.settings.max_body_bytes:
+                raise PayloadTooLargeError(f"frame of {len(frame)} bytes is over the limit of "
+                                           f"{service.settings.max_body_bytes} bytes (max_body_bytes)")
+        except InspectionError as exc:
+            await service.reject_failsafe(req, exc)
+            return {**error_body(exc, where="WS /v1/stream"), "status": status_for(exc)}
+        req = FrameRequest(station, camera, part_id, content_type=media,
+                           raw_shape=shape if media == RAW_TYPE else None, capture_time=capture, actor=who.name,
+                           started=started, want_map=want_map, ticket=req.ticket)
+        try:
+            return await service.inspect(req, frame)
+        except InspectionError as exc:
+            return {**error_body(exc, where="WS /v1/stream"), "status": status_for(exc)}
+    finally:
+        service.parts.release(req.ticket)  # nothing where its view was reported; else the part goes on

@@ -2,10 +2,15 @@
 
 A part (station + part id) collects one view per camera the station lists. It is decided
 as soon as every camera has reported — ``reject`` if any view rejected — or, at the
-station's ``part_deadline_ms`` after it was first seen (first view or first decision
+station's ``part_deadline_ms`` after it was first seen (first frame or first decision
 query), as a **fail-safe reject** naming the missing cameras. A view that failed (bad frame,
 model error, overload) counts as a rejecting view with its reason. A view arriving after its
 part was decided is late: it is logged, and the part stays as decided.
+
+Every frame counts from its arrival (``open_view``) until its view is reported (``add_view``) or
+given up (``release``): a part is not decided while a frame of it is still being read, scored or
+written. Why: a camera triggered twice on one part sends two frames; when the passing one finished
+first it completed the part as a pass, and the rejecting one, still writing its frame, came late.
 
 The part record is appended to the inspection log (and published on the decision bus)
 before anyone waiting for it is answered; the frame that completed the part is answered as
@@ -86,12 +91,19 @@ class Part:
     failsafe_reason: str | None = None
     inspection_id: str | None = None  # of the part record, once logged
     decided: Decided = field(default_factory=Decided)
+    #: Cameras of the frames received and not yet reported as views (one entry per frame).
+    in_flight: list[str] = field(default_factory=list)
     _timer: asyncio.TimerHandle | None = None
     _finalizing: bool = False
 
     @property
     def missing(self) -> list[str]:
         return [c for c in self.cameras if c not in self.views]
+
+    @property
+    def complete(self) -> bool:
+        """Every camera reported and no frame of the part is still on its way."""
+        return not self.missing and not self.in_flight
 
     def summary(self) -> dict[str, Any]:
         """The decision as ``GET /v1/parts/{id}/decision`` answers it."""
@@ -109,6 +121,22 @@ class Part:
                 for views in self.views.values() for v in views
             ],
         }
+
+
+class ViewTicket:
+    """One frame of a part, from its arrival until its view is reported or the frame is given up."""
+
+    __slots__ = ("camera", "open", "part")
+
+    def __init__(self, part: Part, camera: str, counted: bool) -> None:
+        self.part = part
+        self.camera = camera
+        self.open = counted  # a frame of a part already decided holds nothing up
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.part.in_flight.remove(self.camera)
 
 
 #: Called to make a part's decision durable: (part) -> None; must not raise.
@@ -149,19 +177,41 @@ class PartTracker:
                 break  # open parts are bounded by their deadline; never drop one undecided
             del self._parts[key]
 
+    def open_view(self, station: str, part_id: str, camera: str) -> ViewTicket:
+        """Count a frame of the part as on its way (its deadline starts if it is new): the part is
+        not decided before this frame's view is reported (``add_view``) or given up (``release``)."""
+        part = self.touch(station, part_id)
+        counted = not (part.decided.is_set() or part._finalizing)
+        if counted:
+            part.in_flight.append(camera)
+        return ViewTicket(part, camera, counted)
+
+    def release(self, ticket: ViewTicket | None) -> None:
+        """The ticket's frame ended without a view (nothing if its view was reported): the part is
+        decided now if it was waiting only for this frame, else by its other views or deadline."""
+        if ticket is None or not ticket.open:
+            return
+        ticket.close()
+        part = ticket.part
+        if part.complete and not (part.decided.is_set() or part._finalizing):
+            self._spawn(part, None)
+
     def is_late(self, station: str, part_id: str) -> bool:
         """True when the part was already decided (a view now would be late)."""
         part = self._parts.get((station, part_id))
         return part is not None and (part.decided.is_set() or part._finalizing)
 
-    async def add_view(self, station: str, part_id: str, view: View) -> Part:
-        """Record a view; when it was the last one missing, the part is decided (and logged)."""
+    async def add_view(self, station: str, part_id: str, view: View, ticket: ViewTicket | None = None) -> Part:
+        """Record a view (of the frame ``ticket`` counted, if any); when it was the last one the part
+        waited for, the part is decided (and logged)."""
+        if ticket is not None:
+            ticket.close()
         part = self.touch(station, part_id)
         if part.decided.is_set() or part._finalizing:
             log.warning("late view %s of part %s/%s (already %s)", view.camera, station, part_id, part.decision)
             return part
         part.views.setdefault(view.camera, []).append(view)
-        if not part.missing:
+        if part.complete:
             # The part record is written in the background: the frame's own answer waits only for
             # its inspection record, while the part's answer (decision query, decision bus) waits
             # for the part record. Both records are durable before the answer that reports them.
@@ -177,10 +227,13 @@ class PartTracker:
     def _on_deadline(self, part: Part) -> None:
         if part.decided.is_set() or part._finalizing:
             return
-        missing = part.missing
-        reason = f"missing_view: no frame from camera(s) {', '.join(missing)} within " \
-                 f"{self._settings.stations[part.station].part_deadline_ms:g} ms"
-        self._spawn(part, reason)
+        deadline = self._settings.stations[part.station].part_deadline_ms
+        why = [f"no frame from camera(s) {', '.join(part.missing)} within {deadline:g} ms"] if part.missing else []
+        # A camera with a view may have sent another frame of the part that is still on its way.
+        busy = [c for c in part.cameras if c in part.in_flight and c in part.views]
+        if busy:
+            why.append(f"a frame from camera(s) {', '.join(busy)} still on its way at the {deadline:g} ms deadline")
+        self._spawn(part, "missing_view: " + " and ".join(why))
 
     async def _finalize(self, part: Part, deadline_reason: str | None) -> None:
         part._finalizing = True

@@ -44,7 +44,7 @@ from serving.events import DecisionBus, DecisionEvent
 from serving.lifecycle import ModelManager
 from serving.model import LoadedModel
 from serving.monitoring.live import LineMonitor
-from serving.parts import Part, PartTracker, View
+from serving.parts import Part, PartTracker, View, ViewTicket
 from serving.settings import ServeSettings
 from serving.telemetry import ServingMetrics
 
@@ -73,6 +73,8 @@ class FrameRequest:
     started: float = 0.0  # perf_counter() when the request arrived
     #: Answer the defect map's place for a pass too (a reject's is always answered and logged).
     want_map: bool = False
+    #: The frame counted on its part since it arrived (``PartTracker.open_view``).
+    ticket: ViewTicket | None = None
 
 
 class InspectionService:
@@ -246,7 +248,7 @@ class InspectionService:
         # the log hands the appends of one loop iteration to its writer together: ONE transaction
         # (one fsync instead of two).
         await self.parts.add_view(req.station, req.part_id, View(req.camera, entry.inspection_id, verdict,
-                                                                 model.model_id, failsafe_reason, commit))
+                                                                 model.model_id, failsafe_reason, commit), req.ticket)
         try:
             await commit
         except InspectionError as exc:
@@ -335,14 +337,21 @@ class InspectionService:
         self.metrics.failsafe.labels(req.station, code).inc()
         self.line.failsafe(req.station, code, model)
         await self._view_failed(req, entry.inspection_id, code, model_version)
-        attach_failsafe(exc, {"decision": "reject", "reason": code, "inspection_id": entry.inspection_id,
-                              "part_id": req.part_id, "station": req.station, "camera": req.camera,
-                              "model_version": model_version})
+        # The id names a record only where one was stored (the log may be why the frame failed).
+        attach_failsafe(exc, {"decision": "reject", "reason": code,
+                              "inspection_id": entry.inspection_id if record is not None else None,
+                              "stored": record is not None, "part_id": req.part_id, "station": req.station,
+                              "camera": req.camera, "model_version": model_version})
         return record
 
     async def _view_failed(self, req: FrameRequest, inspection_id: str, code: str, model_version: str | None) -> None:
         view = View(req.camera, inspection_id, "reject", model_version, code)
-        await self.parts.add_view(req.station, req.part_id, view)
+        await self.parts.add_view(req.station, req.part_id, view, req.ticket)
+
+    def _view_not_stored(self, part: Part) -> None:
+        part.decision = "reject"
+        part.failsafe_reason = "log_error: a view's inspection record could not be stored"
+        self.metrics.failsafe.labels(part.station, "log_error").inc()
 
     def _part_entry(self, part: Part, views: list[View]) -> LogEntry:
         # The model that decided every view, when it is one and the same.
@@ -361,6 +370,10 @@ class InspectionService:
 
     async def _record_part(self, part: Part) -> None:
         views = [v for vs in part.views.values() for v in vs]
+        if part.decision == "pass" and any(_failed(v.committed) for v in views):
+            # A view's record already failed (a frame written first, then its record): the pass
+            # part record must not be written at all, not even to be superseded below.
+            self._view_not_stored(part)
         try:
             record: StoredRecord | None = await self.log.append_async(self._part_entry(part, views))
         except InspectionError as exc:
@@ -377,9 +390,9 @@ class InspectionService:
         if part.decision == "pass" and any(isinstance(o, BaseException) for o in outcomes):
             # A view's own record could not be stored: that view never became evidence, so the
             # part cannot pass. Record (or try to) the fail-safe reject that supersedes the pass.
-            part.decision = "reject"
-            part.failsafe_reason = "log_error: a view's inspection record could not be stored"
-            self.metrics.failsafe.labels(part.station, "log_error").inc()
+            # (Only where the view's append was still in flight: it shares the part's commit, so
+            # a failure of that commit left no pass record behind either.)
+            self._view_not_stored(part)
             try:
                 record = await self.log.append_async(self._part_entry(part, views))
             except InspectionError as exc:
@@ -392,3 +405,8 @@ class InspectionService:
         self.line.part(part.station, part.decision or "reject", failsafe=bool(part.failsafe_reason))
         if part.failsafe_reason and any(r.startswith("missing_view") for r in part.failsafe_reason.split("; ")):
             self.metrics.failsafe.labels(part.station, "missing_view").inc()
+
+
+def _failed(commit: asyncio.Future[Any] | None) -> bool:
+    """A view's log append that has already ended in an error."""
+    return commit is not None and commit.done() and (commit.cancelled() or commit.exception() is not None)

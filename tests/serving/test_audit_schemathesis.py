@@ -3,6 +3,7 @@ valid or not, makes the audit API answer 5xx. Bounded: a few examples per operat
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,9 @@ def _route_roles(app: Any) -> dict[tuple[str, str], str | None]:
             if isinstance(dep.call, Require):
                 roles |= dep.call.roles
             stack.extend(dep.dependencies)
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", ctx.path)  # the schema names {part_id}, not {part_id:path}
         for method in ctx.methods or route.methods:
-            out[(method.upper(), ctx.path)] = min(roles) if roles else None
+            out[(method.upper(), path)] = min(roles) if roles else None
     return out
 
 

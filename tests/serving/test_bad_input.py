@@ -160,3 +160,38 @@ def test_over_limit_body_without_content_length_is_refused_while_streaming(
                                 content=chunks(), headers={**auth(keys), "content-type": "image/png"})
     assert r.status_code == 413 and "over the limit of 2048 bytes" in r.json()["detail"]
     _still_healthy(small_limit_client, keys, "after-stream")
+
+
+@pytest.mark.asyncio
+async def test_a_body_cut_off_by_the_client_going_away_is_logged_as_a_failsafe_reject(settings, keys) -> None:
+    # No answer reaches a client that left, but its part must not wait for a view that never
+    # comes without a record saying why (before, the disconnect escaped as a server error).
+    from serving.app import create_app
+
+    app = create_app(settings)
+    body = frame_png(BRIGHT)
+    messages = [{"type": "http.request", "body": body[:100], "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = {**auth(keys), "content-type": "image/png", "content-length": str(len(body))}
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/inspections", "raw_path": b"/v1/inspections", "root_path": "",
+             "query_string": f"station={SINGLE}&camera=cam&part_id=CUT-1".encode(),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "server": ("test", 80), "client": ("client", 1), "state": {}}
+    async with app.router.lifespan_context(app):
+        await app(scope, receive, send)
+        assert sent[0]["status"] == 400
+        part = await app.state.service.parts.wait(SINGLE, "CUT-1", 5.0)
+        assert part.decision == "reject"
+        [view] = part.views["cam"]
+        entry = app.state.log.get(view.inspection_id).entry
+        assert entry.decision == "reject"
+        assert "cut off: the client disconnected after 100 bytes" in entry.failsafe_reason

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
 from serving.settings import build_settings
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
-from tests.serving.conftest import STATION, auth, post_frame, settings_data
+from tests.serving.conftest import SINGLE, STATION, all_records, auth, post_frame, settings_data
 
 
 def _decision(client: TestClient, keys, part_id: str, wait_ms: float = 0) -> tuple[int, dict]:
@@ -69,6 +71,33 @@ def test_missing_view_is_a_failsafe_reject_at_the_deadline_and_a_late_view_stays
     assert _decision(client, keys, "P3")[1]["decision"] == "reject"
 
 
+@pytest.mark.asyncio
+async def test_frames_of_one_part_racing_each_other_never_let_a_rejected_part_pass(settings, keys) -> None:
+    # A camera triggered twice on one part: the rejecting frame is written to the log before its
+    # view is reported, and the passing one, answered meanwhile, used to complete the part as a pass.
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        def post(level: int, part_id: str):  # type: ignore[no-untyped-def]
+            return http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": part_id},
+                             content=frame_png(level), headers={**auth(keys), "content-type": "image/png"})
+
+        for part_id, first, second in (("R1", DARK, BRIGHT), ("R2", BRIGHT, DARK)):
+            answers = await asyncio.gather(post(first, part_id), post(second, part_id))
+            assert sorted(a.json()["decision"] for a in answers) == ["pass", "reject"]
+            part = (await http.get(f"/v1/parts/{part_id}/decision", params={"station": SINGLE, "wait_ms": 5000},
+                                   headers=auth(keys))).json()
+            assert (part["decision"], part["failsafe_reason"]) == ("reject", None)
+            assert sorted(v["decision"] for v in part["views"]) == ["pass", "reject"]
+
+
+def test_a_part_id_with_a_slash_can_be_asked_for(client: TestClient, keys) -> None:
+    assert post_frame(client, keys, frame_png(BRIGHT), part_id="LOT-7/SN-42").status_code == 200
+    for path in ("LOT-7/SN-42", "LOT-7%2FSN-42"):
+        r = client.get(f"/v1/parts/{path}/decision", params={"station": SINGLE, "wait_ms": 5000}, headers=auth(keys))
+        assert r.status_code == 200 and (r.json()["part_id"], r.json()["decision"]) == ("LOT-7/SN-42", "pass")
+
+
 def test_asking_for_a_part_no_camera_saw_fails_safe_at_the_deadline(client: TestClient, keys) -> None:
     status, part = _decision(client, keys, "ghost", wait_ms=3000)
     assert (status, part["decision"], part["missing_cameras"]) == (200, "reject", ["top", "side"])
@@ -122,7 +151,14 @@ def test_a_view_whose_record_cannot_be_stored_never_lets_its_part_pass(tmp_path,
                 "log_error: a view's inspection record could not be stored",
             )
             assert store.get(part["inspection_id"]).entry.decision == "reject"
+            # The view's record failed before its part was decided: no pass part record at all.
+            parts = [r.entry.decision for r in all_records(client) if r.entry.part_id == "boom"]
+            assert parts == ["reject"]
             assert post_frame(client, keys, frame_png(BRIGHT), part_id="fine").json()["decision"] == "pass"
+            # A bad frame while its fail-safe record cannot be stored either: the answer names no record.
+            r = post_frame(client, keys, b"not an image", part_id="boom")
+            assert r.status_code == 422 and r.json()["failsafe"]["decision"] == "reject"
+            assert (r.json()["failsafe"]["stored"], r.json()["failsafe"]["inspection_id"]) == (False, None)
     finally:
         store.close()
 

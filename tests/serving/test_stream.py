@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
+from starlette.websockets import WebSocketDisconnect
 
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
-from tests.serving.conftest import STATION, auth
+from tests.serving.conftest import STATION, all_records, auth
 
 
 def test_a_camera_streams_frames_and_gets_answers_in_order(client: TestClient, keys) -> None:
@@ -59,3 +60,30 @@ def test_stream_refuses_bad_keys_and_unknown_cameras_before_accepting(client: Te
     ):
         pass
     assert denied.value.status_code == 404
+
+
+@pytest.mark.parametrize("wrong", ["a frame where the header is due", "text where the frame is due"])
+def test_a_message_of_the_wrong_kind_is_answered_and_closes_the_stream(client: TestClient, keys, wrong: str) -> None:
+    # Which message is a header and which a frame cannot be told any more: the server says why,
+    # fail-safe rejects the part whose header it holds, and closes with 1003 (unsupported data).
+    with client.websocket_connect(f"/v1/stream?station={STATION}&camera=top", headers=auth(keys)) as ws:
+        ws.send_text(json.dumps({"part_id": "before", "content_type": "image/png"}))
+        ws.send_bytes(frame_png(BRIGHT))
+        if wrong.startswith("a frame"):
+            ws.send_bytes(frame_png(BRIGHT))
+        else:
+            ws.send_text(json.dumps({"part_id": "cut", "content_type": "image/png"}))
+            ws.send_text("this should have been the frame")
+        before, error = ws.receive_json(), ws.receive_json()
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    assert before["decision"] == "pass"
+    assert (error["status"], error["error"]) == (400, "invalid_request") and "out of step" in error["detail"]
+    assert closed.value.code == 1003
+    cut = [r.entry for r in all_records(client) if r.entry.part_id == "cut"]
+    if wrong.startswith("a frame"):
+        assert "failsafe" not in error and cut == []
+    else:
+        assert error["failsafe"]["reason"] == "invalid_request" and error["failsafe"]["stored"] is True
+        assert [e.decision for e in cut if e.kind == "inspection"] == ["reject"]
+
