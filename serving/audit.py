@@ -32,6 +32,7 @@ from inspection.log.query import MAX_LIMIT, RecordFilter, count_records, model_n
 from inspection.log.records import LogEntry, RecordKind, StoredRecord
 from inspection.log.retention import prune_frames
 from inspection.log.store import SqlInspectionLog
+from inspection.log.verify import pruned_after
 from inspection.registry import ModelRegistry
 from serving.deps import get_log as app_log
 from serving.frames import CardLookup, frame_view, stored_frame
@@ -198,8 +199,9 @@ def frame_status(log: SqlInspectionLog, rec: StoredRecord) -> dict[str, Any]:
     if not kept:
         return {"state": "not_kept", "tampering": False,
                 "text": "Frame not kept: passes are stored only at the sample rate."}
-    prunes = query_records(log, RecordFilter(kind="prune"), limit=MAX_LIMIT, order="desc").records
-    if any(sha in ((p.entry.data or {}).get("removed") or []) for p in prunes):
+    with log.engine.connect() as conn:  # every prune after this record, however many (not one page)
+        pruned = pruned_after(conn, sha, rec.seq)
+    if pruned:
         return {"state": "pruned", "tampering": False, "text": "Frame removed by retention (a prune record lists it)."}
     return {"state": "deleted", "tampering": True,
             "text": "TAMPERED: the frame was stored with this record and is gone, and no prune record removed it."}

@@ -60,7 +60,8 @@ def finite_float(name: str, value: Any) -> float | None:
         raise ValidationError(f"log record field {name}={value!r} is not a number") from exc
     if not math.isfinite(out):
         raise ValidationError(f"log record field {name}={value!r} must be a finite number")
-    return out
+    # -0.0 hashes as "-0.0" but SQLite reads it back as 0.0: the record would fail verify untouched.
+    return out + 0.0
 
 
 def record_hash(seq: int, prev_hash: str, fields: Mapping[str, Any]) -> str:
@@ -129,10 +130,12 @@ class VerifyReport:
 
 @dataclass(frozen=True, slots=True)
 class UnreadableRow:
-    """A stored row whose values cannot be read back (garbage in a typed column, a NULL seq, ...)."""
+    """A stored row whose values cannot be read back (garbage in a typed column, a NULL seq, ...),
+    or (``kind`` "edited") whose stored text reads back as values the chain cannot vouch for."""
 
     seq: int | None
     detail: str
+    kind: Tampering = "unreadable"
 
 
 #: How far from its position a moved record is looked for, and how many rows after the
@@ -158,12 +161,18 @@ def verify_rows(
     for row in rows:
         if isinstance(row, UnreadableRow):
             at = row.seq if row.seq is not None else expected_seq
+            if row.kind != "unreadable":
+                return _bad(checked, head_seq, head_hash, at, row.kind, f"record {at}: {row.detail}")
             return _bad(checked, head_seq, head_hash, at, "unreadable",
                         f"record {row.seq if row.seq is not None else '(no seq)'} cannot be read: {row.detail}")
         if row.seq == expected_seq - 1 and expected_seq > 1:
             return _bad(checked, head_seq, head_hash, row.seq, "duplicate",
                         f"seq {row.seq} is stored twice: a record was slipped in under an existing number")
-        if row.seq != expected_seq or row.prev_hash != prev_hash or row.hash_at(row.seq) != row.hash:
+        try:
+            own = row.hash_at(row.seq)
+        except ValidationError as exc:  # bytes, NaN or infinity written into a column: a finding, not a crash
+            return _bad(checked, head_seq, head_hash, row.seq, "unreadable", f"record {row.seq} cannot be read: {exc}")
+        if row.seq != expected_seq or row.prev_hash != prev_hash or own != row.hash:
             return _classify(row, expected_seq, prev_hash, checked, head_seq, head_hash, window)
         expected_seq, prev_hash, checked = row.seq + 1, row.hash, checked + 1
     last_seq = expected_seq - 1
@@ -192,13 +201,21 @@ def _bad(checked: int, head_seq: int | None, head_hash: str | None, seq: int, ki
                         first_bad_seq=seq, tampering=kind, detail=detail, problems=(Problem(kind, seq, detail),))
 
 
+def _hashes_to(row: ChainRow, seq: int) -> bool:
+    """Whether ``row`` at ``seq`` hashes to its stored hash (False where its values cannot be hashed)."""
+    try:
+        return row.hash_at(seq) == row.hash
+    except ValidationError:
+        return False
+
+
 def _original_seq(row: ChainRow, near: int) -> int | None:
     """The seq ``row``'s stored hash was computed for, if within WINDOW of ``near``."""
-    if row.hash_at(row.seq) == row.hash:
+    if _hashes_to(row, row.seq):
         return row.seq
     for delta in range(1, WINDOW + 1):
         for seq in (near - delta, near + delta):
-            if seq >= 1 and row.hash_at(seq) == row.hash:
+            if seq >= 1 and _hashes_to(row, seq):
                 return seq
     return None
 
@@ -218,7 +235,7 @@ def _classify(
     if row.seq > expected_seq:
         return bad(expected_seq, "deleted",
                    f"{_span(expected_seq, row.seq - 1)} missing (the next stored record is {row.seq})")
-    self_ok = row.hash_at(row.seq) == row.hash
+    self_ok = _hashes_to(row, row.seq)
     if self_ok:
         # Row intact, but its predecessor is not the record it was chained to.
         later = {r.hash: r.seq for r in window(row.seq + 1, WINDOW)}
@@ -238,7 +255,7 @@ def _classify(
         # record that belonged here, shifted up by one.
         nxt = rows_after[0] if rows_after else None
         if (nxt is not None and nxt.seq == row.seq + 1 and nxt.prev_hash == prev_hash
-                and nxt.hash_at(row.seq) == nxt.hash):
+                and _hashes_to(nxt, row.seq)):
             return bad(row.seq, "inserted", f"record {row.seq} was inserted (the records after it were renumbered)")
         return bad(row.seq, "edited", f"record {row.seq}'s contents no longer match its hash: it was edited")
     if original < row.seq:

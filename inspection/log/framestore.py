@@ -81,6 +81,9 @@ class FrameStore:
         final = self.path(digest)
         try:
             if final.exists() and self._intact(final, digest):
+                # Kept again now: age-based retention reads the file's mtime, and must not take a
+                # frame a record keeps today for the older record that first stored the same bytes.
+                os.utime(final)
                 return digest
             final.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)

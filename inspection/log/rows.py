@@ -45,6 +45,7 @@ def normalise_entry(entry: LogEntry) -> dict[str, Any]:
                                       f"at most {STR_LIMITS[name]} allowed")
             if "\x00" in value:
                 raise ValidationError(f"log record field {name}={value!r} contains a NUL character")
+            _check_utf8(name, value)
         fields[name] = value
     if not entry.inspection_id:
         raise ValidationError("log record inspection_id must not be empty")
@@ -54,12 +55,24 @@ def normalise_entry(entry: LogEntry) -> dict[str, Any]:
     if entry.scores is not None:
         scores = {str(k): chain.finite_float(f"scores[{k!r}]", v) for k, v in dict(entry.scores).items()}
         fields["scores"] = chain.canonical_json(scores)
+        _check_utf8("scores", fields["scores"])
     if entry.data is not None:
         text_ = chain.canonical_json(entry.data)
         if "\\u0000" in text_:
             raise ValidationError("log record data contains a NUL character")
+        _check_utf8("data", text_)
         fields["data"] = text_
     return fields
+
+
+def _check_utf8(name: str, text: str) -> None:
+    # A lone surrogate is a Python str but no UTF-8: refused here, it would otherwise fail the
+    # database's write later, as a log failure (the log reported unready) for one bad value.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"log record field {name} is not valid text ({exc.reason} at {exc.start}): "
+                              "only UTF-8 encodable text is stored") from None
 
 
 def row_to_record(row: Mapping[str, Any] | RowMapping) -> StoredRecord:

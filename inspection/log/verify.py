@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import inspect as sa_inspect
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 #: Problems listed per category beyond the first (a report stays readable on a wrecked log).
 MAX_PROBLEMS = 100
 _COLUMNS = ("seq", *ENTRY_COLUMNS, "prev_hash", "hash")
+_TIME = _COLUMNS.index("time")
+#: How SQLAlchemy's SQLite DateTime writes a (naive UTC) time: the only spelling the log stores.
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 class _RowReader:
@@ -62,6 +66,16 @@ class _RowReader:
             return chain.UnreadableRow(None, f"its seq is {seq_raw!r}, not a whole number")
         if not isinstance(row["prev_hash"], str) or not isinstance(row["hash"], str):
             return chain.UnreadableRow(seq, "its prev_hash or hash is missing")
+        stored_time = raw[_TIME]
+        if isinstance(stored_time, str) and isinstance(row["time"], datetime):
+            # SQLite keeps times as text, and filters and sorts compare that text; the chain hashes
+            # the instant it parses to. Another spelling of the same instant (an offset, a "T")
+            # hashes the same but drops the record out of every time window: only the writer's own
+            # spelling is the record as appended.
+            written = row["time"].replace(tzinfo=None).strftime(_SQLITE_TIME)
+            if stored_time != written:
+                return chain.UnreadableRow(seq, f"its time is stored as {stored_time!r}, which the log never "
+                                                f"writes (it writes {written!r}): the text was edited", "edited")
         return chain.ChainRow(seq=seq, prev_hash=row["prev_hash"], hash=row["hash"],
                               fields={name: row[name] for name in ENTRY_COLUMNS})
 
@@ -199,7 +213,7 @@ def _check_frames(conn: Connection, reader: _RowReader, frames: FrameStore,
     problems: list[chain.Problem] = []
     checked = 0
     verdicts: dict[str, str | None] = {}  # sha256 -> problem, for files named by several records
-    pruned: set[str] | None = None
+    pruned: dict[str, int] | None = None
     for row in reader.rows(batch=batch, where="frame_sha256 IS NOT NULL"):
         if not isinstance(row, chain.ChainRow):
             continue  # reported by the chain walk
@@ -228,8 +242,8 @@ def _check_frames(conn: Connection, reader: _RowReader, frames: FrameStore,
                     continue  # a pass's frame is kept only at the sample rate
                 if pruned is None:
                     pruned = _pruned(conn)
-                if sha in pruned:
-                    continue
+                if pruned.get(sha, 0) > row.seq:
+                    continue  # removed by retention after this record kept it
                 problems.append(chain.Problem("frame_missing", row.seq,
                                               f"record {row.seq} ({rid}) names {what} {sha[:12]}..., which is not "
                                               "stored and no prune record removed it: it was deleted", rid))
@@ -245,14 +259,31 @@ def _check_frames(conn: Connection, reader: _RowReader, frames: FrameStore,
     return problems, checked
 
 
-def _pruned(conn: Connection) -> set[str]:
-    """Every sha256 a ``prune`` record lists (read only when a reject's frame is missing)."""
-    out: set[str] = set()
-    result = conn.exec_driver_sql(f"SELECT data FROM {records.name} WHERE kind = 'prune'")
-    for (data,) in result:
+def _pruned(conn: Connection, *, sha: str | None = None, after_seq: int = 0) -> dict[str, int]:
+    """sha256 -> the seq of the latest ``prune`` record listing it (read only when a kept frame is
+    missing; ``sha``/``after_seq`` narrow the read to one frame and to prunes after a record).
+
+    Why the seq: a frame pruned once can be kept again by a later record (the same bytes, e.g. a
+    black frame) and stored anew; only a prune *after* a record excuses that record's missing frame.
+    """
+    out: dict[str, int] = {}
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = f"SELECT seq, data FROM {records.name} WHERE kind = 'prune' AND seq > {mark}"
+    params: tuple[Any, ...] = (after_seq,)
+    if sha is not None:
+        sql += f" AND data LIKE {mark}"
+        params += (f"%{sha}%",)
+    for seq, data in conn.exec_driver_sql(sql, params):
         try:
             removed = json.loads(data).get("removed", [])
         except (TypeError, ValueError, AttributeError):
             continue
-        out.update(r for r in removed if isinstance(r, str))
+        for r in removed:
+            if isinstance(r, str) and isinstance(seq, int) and seq > out.get(r, 0):
+                out[r] = seq
     return out
+
+
+def pruned_after(conn: Connection, sha: str, seq: int) -> bool:
+    """Whether a ``prune`` record after record ``seq`` removed frame ``sha`` (retention, not tampering)."""
+    return sha in _pruned(conn, sha=sha, after_seq=seq)

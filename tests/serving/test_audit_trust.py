@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,29 @@ def test_audit_show_finds_the_frames_where_the_server_kept_them(tmp_path: Path, 
     assert cli(["audit", "list", "--kind", "event", "--json", "--log-url", url]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["data"] for e in events] == [{"event": "frame_store", "frames_dir": str(frames.resolve())}]
+
+
+def test_a_pruned_frame_stays_pruned_however_many_prunes_follow_and_only_prunes_after_count(
+        client: TestClient, keys: dict[str, str]) -> None:
+    from inspection.log.records import LogEntry
+    from inspection.log.retention import prune_frames
+
+    store = client.app.state.log  # type: ignore[attr-defined]
+    first = post_frame(client, keys, frame_png(DARK, seed=1), part_id="P1").json()
+    sha = store.get(first["inspection_id"]).entry.frame_sha256
+    old = time.time() - 40 * 86400
+    os.utime(store.frames.path(sha), (old, old))
+    assert prune_frames(store, max_age=timedelta(days=30)).removed == [sha]
+    for i in range(1001):  # hourly retention for six weeks: more prune records than one page holds
+        store.append(LogEntry(kind="prune", data={"removed": [], "bytes": 0, "policy": f"hour {i}"}))
+
+    def frame(answer: dict[str, Any]) -> dict[str, Any]:
+        r = client.get(f"/v1/audit/records/{answer['inspection_id']}", headers=auth(keys, "auditor"))
+        assert r.status_code == 200, r.text
+        return r.json()["frame"]
+
+    assert frame(first)["state"] == "pruned" and frame(first)["tampering"] is False
+    # The same bytes kept again by a later reject, then deleted: the earlier prune does not excuse it.
+    again = post_frame(client, keys, frame_png(DARK, seed=1), part_id="P2").json()
+    store.frames.path(sha).unlink()
+    assert frame(again)["state"] == "deleted" and frame(again)["tampering"] is True

@@ -151,3 +151,28 @@ def test_prune_by_quota_removes_oldest_first(log: Any) -> None:
 def test_prune_needs_a_sane_policy(log: Any, kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         prune_frames(log, **kwargs)
+
+
+def test_a_frame_kept_again_after_a_prune_is_not_excused_by_that_prune(log: Any) -> None:
+    # The same bytes (a covered lens: a black frame) kept by a later reject are stored anew; the
+    # earlier prune record names that sha256 but removed the old copy, not this one.
+    black = b"\x00" * 1000
+    first = log.append(LogEntry(kind="inspection", decision="reject"), frame=black)
+    sha = first.entry.frame_sha256
+    _age(log, sha, 40 * 86400)
+    assert prune_frames(log, max_age=timedelta(days=30)).removed == [sha]
+    assert log.verify().ok  # pruned after the record that kept it: retention, not tampering
+    again = log.append(LogEntry(kind="inspection", decision="reject"), frame=black)
+    assert log.has_frame(sha)
+    os.remove(log.frames.path(sha))
+    report = log.verify()
+    assert not report.ok and [(p.kind, p.seq) for p in report.problems] == [("frame_missing", again.seq)]
+
+
+def test_age_retention_counts_from_the_last_record_that_kept_a_frame(log: Any) -> None:
+    same = b"\x01" * 1000
+    first = log.append(LogEntry(kind="inspection", decision="reject"), frame=same)
+    _age(log, first.entry.frame_sha256, 29 * 86400)
+    log.append(LogEntry(kind="inspection", decision="reject"), frame=same)  # kept again today
+    assert prune_frames(log, max_age=timedelta(days=28)).removed == []
+    assert log.has_frame(first.entry.frame_sha256)

@@ -118,12 +118,23 @@ def test_duplicate_id_fails_alone_without_failing_its_batch(log: Any) -> None:
         (LogEntry(kind="inspection", scores={"ok": float("inf")}), "scores"),
         (LogEntry(kind="inspection", data={"x": object()}), "not plain JSON"),
         (LogEntry(kind="inspection", inspection_id=""), "inspection_id"),
+        # A lone surrogate: refused with its field, not a failed write counted as a log failure.
+        (LogEntry(kind="inspection", part_id="P\ud800"), "part_id is not valid text"),
+        (LogEntry(kind="inspection", data={"note": "\udc80"}), "data is not valid text"),
     ],
 )
 def test_bad_entries_are_refused_with_a_reason(log: Any, entry: LogEntry, match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         log.append(entry)
     assert log.head()[0] == 0
+    assert log.stats.failing_since is None
+
+
+def test_a_negative_zero_reads_back_and_verifies_as_it_was_hashed(log: Any) -> None:
+    # SQLite stores -0.0 as 0.0: hashed as "-0.0", the untouched record failed verify as edited.
+    stored = log.append(LogEntry(kind="inspection", decision="pass", threshold=-0.0, latency_ms=-0.0))
+    assert log.get(stored.entry.inspection_id) == stored
+    assert log.verify().ok
 
 
 def test_reject_frames_always_kept_passes_only_at_sample_rate(logs: Any) -> None:

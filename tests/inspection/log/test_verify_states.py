@@ -8,6 +8,7 @@ with ``ok: false`` from ``log.verify()`` and exit code 1 from ``inspection audit
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -129,3 +130,35 @@ def test_dropped_records_table(log: Any) -> None:
     _sql(log, "DROP TABLE inspection_records")
     report = log.verify()
     assert not report.ok and "records table" in report.detail
+
+
+def test_values_the_chain_cannot_hash_are_reported_not_raised(log: Any, logs: Any,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # Garbage a typed column still holds (an infinite float; on SQLite also bytes in a text
+    # column) used to make the hash raise: verify, and `audit verify`, crashed instead of reporting.
+    _fill(log)
+    infinity = "9e999" if log.dialect == "sqlite" else "'Infinity'"
+    _sql(log, f"UPDATE inspection_records SET threshold = {infinity} WHERE seq = 3")
+    if log.dialect == "sqlite":
+        _sql(log, "UPDATE inspection_records SET station = X'7331' WHERE seq = 5")
+    report = log.verify()
+    assert (report.ok, report.first_bad_seq, report.tampering) == (False, 3, "unreadable"), report.detail
+    assert "record 3 cannot be read" in report.detail
+    assert _cli(logs, capsys)[0] == 1
+
+
+def test_another_spelling_of_a_stored_time_is_an_edit(log: Any, logs: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    # SQLite keeps times as text and filters compare the text: the same instant spelt with an
+    # offset hashes the same but drops the record out of every time window.
+    if log.dialect != "sqlite":
+        pytest.skip("PostgreSQL stores a timestamp, not its spelling")
+    _fill(log)
+    with log.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT time FROM inspection_records WHERE seq = 2").scalar()
+    moved = (datetime.fromisoformat(stored) - timedelta(hours=12)).strftime("%Y-%m-%d %H:%M:%S.%f") + "-12:00"
+    _sql(log, f"UPDATE inspection_records SET time = '{moved}' WHERE seq = 2")
+    report = log.verify()
+    assert (report.ok, report.first_bad_seq, report.tampering) == (False, 2, "edited"), report.detail
+    assert "the text was edited" in report.detail
+    assert _cli(logs, capsys)[0] == 1
+
