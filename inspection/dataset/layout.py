@@ -120,6 +120,30 @@ def _read_source(path: Path) -> bytes:
         raise ImageError(f"{path}: cannot read ({exc.strerror}); fix or remove the file") from None
 
 
+def check_dest(dest: Path, *, overwrite: bool) -> None:
+    """Refuse ``dest`` as the folder a new dataset is written to, before any work is done.
+
+    Raises:
+        DatasetError: ``dest`` names no folder (empty, ``.`` or ``..``); it exists and
+            ``overwrite`` is False; or it exists and is not a dataset folder (no manifest.json),
+            which ``overwrite`` never replaces.
+    """
+    dest = Path(dest)
+    # Path("") and Path(".") have no name: replacing them would replace the current folder.
+    if dest.name in ("", ".", ".."):
+        raise DatasetError(f"--out {str(dest)!r} names no folder of its own; give a dataset folder, "
+                           "e.g. datasets/coating")
+    if not dest.exists():
+        return
+    if not overwrite:
+        raise DatasetError(f"{dest} already exists; choose another --out or pass --overwrite")
+    # --overwrite replaces an earlier dataset, never a file or a folder of something else.
+    if not (dest / MANIFEST).is_file():
+        what = "a folder" if dest.is_dir() else "a file"
+        raise DatasetError(f"{dest} is {what} with no {MANIFEST}, not a dataset; --overwrite replaces only a "
+                           "dataset folder: choose another --out")
+
+
 def write_dataset(
     dest: Path,
     *,
@@ -143,15 +167,19 @@ def write_dataset(
             ``dest`` exists and ``overwrite`` is False.
         ImageError: a source file cannot be read, or ``check_image`` found an unreadable or
             truncated image.
+
+    ``dest`` is checked first (``check_dest``).
     """
     from inspection.preprocess import decode_image  # local: keeps layout importable alone
 
     dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise DatasetError(f"{dest} already exists; choose another --out or pass --overwrite")
+    check_dest(dest, overwrite=overwrite)
     check = check_image or (lambda data, source: decode_image(data, source=source))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    except OSError as exc:
+        raise DatasetError(f"cannot create {dest} ({exc.strerror}); choose another --out") from None
     try:
         samples: list[Sample] = []
         digests: dict[str, str] = {}

@@ -244,8 +244,8 @@ def generate_dataset(
     ``n_per_defect`` of each defect type, each with a part serial (``P000123``) as its source.
 
     Raises:
-        DatasetError: a count below 1, ``size`` outside 32..2048, or ``out`` exists and
-            ``overwrite`` is False.
+        DatasetError: a count below 1, ``size`` outside 32..2048, or ``out`` refused
+            (``layout.check_dest``: exists without ``overwrite``, or is no dataset).
     """
     for name, value in (("n_good", n_good), ("n_per_defect", n_per_defect)):
         if int(value) < 1:

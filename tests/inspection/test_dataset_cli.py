@@ -41,6 +41,39 @@ def test_generate_refuses_an_existing_folder_with_exit_2(tmp_path: Path, capsys:
     assert _generate(tmp_path / "coat", "--overwrite") == 0
 
 
+def test_overwrite_replaces_only_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep", encoding="utf-8")
+    assert _generate(notes, "--overwrite") == 2
+    assert f"{notes} is a folder with no manifest.json, not a dataset" in capsys.readouterr().err
+    assert [p.name for p in notes.iterdir()] == ["notes.txt"]
+    assert _generate(tmp_path / "coat") == 0
+    labels = tmp_path / "coat" / "labels.csv"
+    text = labels.read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert _generate(labels, "--overwrite") == 2
+    assert f"{labels} is a file with no manifest.json" in capsys.readouterr().err
+    assert labels.read_text(encoding="utf-8") == text
+    assert sorted(p.name for p in (tmp_path / "coat").iterdir()) == ["images", "labels.csv", "manifest.json"]
+    src = tmp_path / "coat" / "images"
+    assert main(["dataset", "import", "--layout", "folders", str(src), "--out", str(notes), "--overwrite"]) == 2
+    assert "not a dataset" in capsys.readouterr().err and [p.name for p in notes.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("out", ["", ".", ".."])
+def test_out_naming_no_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str], out: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "manifest.json").write_text("{}", encoding="utf-8")  # even a dataset-looking folder
+    monkeypatch.chdir(work)
+    assert main(["dataset", "generate", "--out", out, "--good", "2", "--per-defect", "1", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out ") and "names no folder of its own" in err
+    assert [p.name for p in work.iterdir()] == ["manifest.json"]
+
+
 def test_generate_bad_size_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["dataset", "generate", "--out", str(tmp_path / "x"), "--size", "4"]) == 2
     assert "size=4 is out of range 32..2048" in capsys.readouterr().err
