@@ -80,6 +80,15 @@ def test_generate_bad_size_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(("seed", "message"), [("-1", "seed=-1 is out of range 0..4294967295"),
+                                               ("4294967296", "seed=4294967296 is out of range")])
+def test_generate_bad_seed_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], seed: str, message: str) -> None:
+    assert main(["dataset", "generate", "--out", str(tmp_path / "x"), "--seed", seed]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_import_folders_with_exclude_and_pattern(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _generate(tmp_path / "gen") == 0
     src = tmp_path / "src"
