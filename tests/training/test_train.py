@@ -340,6 +340,21 @@ def test_cli_reports_refusals_with_exit_2(tmp_path: Path, capfd: pytest.CaptureF
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").glob("*/v*"))
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--seed", "-1"], "seed=-1: Input should be greater than or equal to 0"),
+    (["--tiles", "99x99"], "tiles='99x99': Value error, rows and columns must each be 1..16"),
+    (["--roi", "0,0,0,0"], "roi=(0, 0, 0, 0): Value error, x, y >= 0 and width, height > 0"),
+    (["--roi=-5,-5,10,10"], "roi=(-5, -5, 10, 10)"),
+])
+def test_cli_refuses_bad_flags_before_training(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                               flags: list[str], message: str) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
+    assert cli(["train", "--data", str(ds.root), "--models-dir", str(tmp_path / "m"), *flags]) == 2
+    err = capfd.readouterr().err
+    assert "error: invalid training config: " in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
 def test_allow_unsupported_target_trains_and_says_so(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 20, "scratch": 10, "spot": 10})
     result = train_main(
