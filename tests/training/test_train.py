@@ -355,6 +355,24 @@ def test_cli_refuses_bad_flags_before_training(tmp_path: Path, capfd: pytest.Cap
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize(("flag", "target", "message"), [
+    ("--result-json", "nodir/res.json", "--result-json {t}: folder {t_parent} does not exist"),
+    ("--result-json", ".", "--result-json {t!r} is a folder"),
+    ("--models-dir", "afile.txt", "--models-dir {t} is a file"),
+])
+def test_cli_refuses_an_unwritable_output_before_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+        flag: str, target: str, message: str) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile.txt").write_text("keep", encoding="utf-8")
+    models = ["--models-dir", "m"] if flag != "--models-dir" else []
+    assert cli(["train", "--data", str(ds.root), *models, flag, target, "--epochs", "1"]) == 2
+    err = capfd.readouterr().err
+    assert message.format(t=target, t_parent=str(Path(target).parent)) in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists() and (tmp_path / "afile.txt").read_text(encoding="utf-8") == "keep"
+
+
 def test_allow_unsupported_target_trains_and_says_so(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 20, "scratch": 10, "spot": 10})
     result = train_main(
