@@ -138,12 +138,21 @@ class ModelRegistry:
         return self.root / ACTIVE_FILE
 
     def read_state(self) -> dict[str, Any]:
+        """The stations' active versions and events (``active.json``; empty when there is none).
+
+        Raises:
+            RegistryError: the file is not valid JSON, or cannot be read (e.g. the root is a file).
+        """
         try:
             state = json.loads(self.active_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {"stations": {}}
         except json.JSONDecodeError as exc:
             raise RegistryError(f"{self.active_path} is not valid JSON: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:  # the root is a file, active.json a folder, ...
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise RegistryError(f"cannot read {self.active_path} ({why}); is {self.root} a model registry "
+                                "folder?") from None
         state.setdefault("stations", {})
         return state
 

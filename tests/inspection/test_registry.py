@@ -82,3 +82,12 @@ def test_cli_refusals_exit_2_with_the_reason(models: Path, capsys: pytest.Captur
     assert "error: tiny/v1: file 'model.onnx' has sha256" in capsys.readouterr().err
     assert cli(["models", "show", "nope/v1", "--models-dir", str(models)]) == 2
     assert "known:" in capsys.readouterr().err
+
+
+def test_cli_models_dir_that_is_a_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "afile.txt"
+    afile.write_text("keep", encoding="utf-8")
+    assert cli(["models", "list", "--models-dir", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read {afile / 'active.json'} (Not a directory); is {afile} a model registry")
+    assert afile.read_text(encoding="utf-8") == "keep"
