@@ -236,8 +236,9 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
     ``verify=True`` recomputes the fingerprint from the image bytes and checks every file.
 
     Raises:
-        DatasetError: missing manifest/labels, a label outside the class list, a missing image
-            file, or (verify) a fingerprint that no longer matches.
+        DatasetError: missing or unreadable manifest/labels (not UTF-8, a folder, a manifest that
+            is no JSON object), a label outside the class list, a missing image file, or
+            (verify) a fingerprint that no longer matches.
     """
     root = Path(root)
     if not root.is_dir():
@@ -250,6 +251,9 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
         ) from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{root / MANIFEST} is not valid JSON: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder of that name, no permission, not UTF-8
+        raise DatasetError(f"{root / MANIFEST}: cannot read ({_why(exc)}); it must be a UTF-8 JSON file") from None
+    _require_object(manifest, root / MANIFEST)
     try:
         with open(root / LABELS, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
@@ -263,6 +267,8 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
             ]
     except FileNotFoundError:
         raise DatasetError(f"{root} has no {LABELS}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{root / LABELS}: cannot read ({_why(exc)}); it must be a UTF-8 CSV file") from None
     classes = list(manifest.get("classes") or [])
     allowed = set(classes)
     for s in samples:
@@ -288,6 +294,19 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
     )
 
 
+def _why(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+    return exc.strerror or type(exc).__name__
+
+
+def _require_object(manifest: Any, path: Path) -> None:
+    """Raises DatasetError unless ``manifest`` is a JSON object (``[]`` or ``3`` parse as JSON too)."""
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path} holds a JSON {type(manifest).__name__}; a manifest is a JSON object "
+                           "({\"name\": ..., \"classes\": [...], ...})")
+
+
 def check_orientation(value: str | None) -> None:
     """Raises DatasetError when ``value`` is neither None nor one of ``ORIENTATIONS``."""
     if value is not None and value not in ORIENTATIONS:
@@ -305,8 +324,9 @@ def set_orientation(root: Path, value: str) -> None:
     path = Path(root) / MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or not UTF-8
         raise DatasetError(f"{root}: cannot read {MANIFEST} ({exc}); is it a dataset folder?") from None
+    _require_object(manifest, path)
     manifest["orientation"] = value
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

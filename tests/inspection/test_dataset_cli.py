@@ -151,3 +151,30 @@ def test_import_warns_when_a_good_like_class_is_not_named_good(tmp_path: Path, c
         assert main(["dataset", "import", "--layout", "folders", str(src), "--out", str(tmp_path / "b"),
                      "--good", good_dir]) == 0
     assert "looks like the 'no defect' class" not in caplog.text
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("labels_latin1", "labels.csv: cannot read (not UTF-8: byte 0xe9 at offset"),
+    ("manifest_folder", "manifest.json: cannot read (Is a directory)"),
+    ("manifest_list", "manifest.json holds a JSON list; a manifest is a JSON object"),
+])
+def test_an_unreadable_dataset_exits_2_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       damage: str, message: str) -> None:
+    assert _generate(tmp_path / "coat") == 0
+    root = tmp_path / "coat"
+    if damage == "labels_latin1":
+        (root / "labels.csv").write_bytes((root / "labels.csv").read_bytes() + "images/good/café.png,good\n"
+                                          .encode("latin-1"))
+    elif damage == "manifest_folder":
+        (root / "manifest.json").unlink()
+        (root / "manifest.json").mkdir()
+    else:
+        (root / "manifest.json").write_text("[]", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["dataset", "info", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    if damage == "manifest_list":
+        assert main(["dataset", "set-orientation", str(root), "free"]) == 2
+        assert message in capsys.readouterr().err
+        assert (root / "manifest.json").read_text(encoding="utf-8") == "[]"
