@@ -205,7 +205,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from ``path``.
 
     Raises:
-        ConfigError: missing file, invalid YAML, or not a mapping.
+        ConfigError: missing or unreadable file, not UTF-8, invalid YAML, or not a mapping.
     """
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -213,6 +213,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist; see {CONFIG_DIR} for examples") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:  # a folder, no permission
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
