@@ -177,9 +177,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(path: Path) -> None:
+    """Raises ConfigError where ``-o`` cannot be a file to write (checked before the log is read)."""
+    if not path.name or path.is_dir():  # Path("") is the current folder
+        raise ConfigError(f"-o {str(path)!r} is a folder; give a file to write, e.g. export.csv")
+    if not path.parent.is_dir():
+        raise ConfigError(f"-o {path}: folder {path.parent} does not exist; create it first")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from inspection.log.export import iter_export
 
+    if args.output is not None:
+        _check_output(args.output)
     with _open(args) as log:
         chunks = iter_export(log, args.format, _filter(args))
         if args.output is None:

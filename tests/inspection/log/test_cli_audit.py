@@ -66,6 +66,23 @@ def test_export_csv_to_file(logs: Any, filled: list[Any], tmp_path: Path) -> Non
     assert not (tmp_path / "out.csv.part").exists()
 
 
+@pytest.mark.parametrize(("output", "message"), [
+    ("nodir/out.csv", "-o {tmp}/nodir/out.csv: folder {tmp}/nodir does not exist"),
+    ("", "-o '.' is a folder; give a file to write"),
+    ("folder", "-o '{tmp}/folder' is a folder"),
+])
+def test_export_to_a_path_that_is_no_file_exits_2(
+        logs: Any, filled: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], output: str, message: str) -> None:
+    (tmp_path / "folder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    target = str(tmp_path / output) if output else output
+    assert main(_args(logs, "audit", "export", "-o", target)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message.format(tmp=tmp_path) in err
+    assert list((tmp_path / "folder").iterdir()) == [] and not (tmp_path / "nodir").exists()
+
+
 def test_export_jsonl_to_stdout(logs: Any, filled: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_args(logs, "audit", "export", "--format", "jsonl", "--part-id", "P1")) == 0
     assert [json.loads(x)["seq"] for x in capsys.readouterr().out.splitlines()] == [2]
