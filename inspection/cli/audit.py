@@ -20,6 +20,22 @@ def _time(value: str) -> datetime:
         raise argparse.ArgumentTypeError(f"{value!r} is not an ISO-8601 time (e.g. 2026-05-04T08:00:00Z)") from None
 
 
+#: The most days --max-age-days takes: a century, far past any log's age, well below where
+#: ``timedelta`` overflows.
+MAX_AGE_DAYS = 36500
+
+
+def _age_days(value: str) -> float:
+    # float() also takes "nan" and "inf", which no comparison with a frame's age makes sense of.
+    try:
+        days = float(value)
+    except ValueError:
+        days = float("nan")
+    if not 0 <= days <= MAX_AGE_DAYS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not allowed; give a number of days from 0 to {MAX_AGE_DAYS}")
+    return days
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-url", default=None,
                    help="sqlite:///path/log.db or postgresql+psycopg://user@host/db (default: $INSPECTION_LOG_URL)")
@@ -89,7 +105,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = asub.add_parser("prune", help="remove frames by age or total size (records are kept; a prune record is added)")
     _common(p)
-    p.add_argument("--max-age-days", type=float, default=None)
+    p.add_argument("--max-age-days", type=_age_days, default=None,
+                   help=f"remove frames older than this many days (0..{MAX_AGE_DAYS})")
     p.add_argument("--max-bytes", type=int, default=None)
     p.set_defaults(func=cmd_prune)
 

@@ -109,6 +109,19 @@ def test_prune_needs_a_limit_and_records_the_pruning(logs: Any, filled: list[Any
     assert json.loads(capsys.readouterr().out)["data"]["removed"] == [filled[2].entry.frame_sha256]
 
 
+@pytest.mark.parametrize("days", ["nan", "inf", "1e12", "-1", "36500.5", "week"])
+def test_prune_refuses_an_age_outside_0_to_36500_days(logs: Any, filled: list[Any], days: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    frames = sorted((logs.tmp_path / "frames").rglob("*"))
+    assert frames
+    with pytest.raises(SystemExit) as exc:
+        main(_args(logs, "audit", "prune", f"--max-age-days={days}"))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --max-age-days: {days!r} is not allowed; give a number of days from 0 to 36500" in err
+    assert sorted((logs.tmp_path / "frames").rglob("*")) == frames
+
+
 def test_missing_sqlite_log_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "verify", "--log-url", f"sqlite:///{tmp_path}/nope.db"]) == 2
     assert "no inspection log at" in capsys.readouterr().err
