@@ -111,18 +111,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_prune)
 
 
-def _open(args: argparse.Namespace) -> Any:
-    from inspection.log.store import open_log
+def require_existing_log(url: str) -> None:
+    """For commands that read a log: opening a SQLite url creates the file, so a typo would read an
+    empty log as if it were the real one.
 
-    url = args.log_url or os.environ.get("INSPECTION_LOG_URL")
-    if not url:
-        raise ConfigError("no log given: pass --log-url sqlite:///path/log.db (or set INSPECTION_LOG_URL)")
+    Raises:
+        ConfigError: ``url`` names a SQLite file that does not exist.
+    """
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_file():
             raise ConfigError(
                 f"no inspection log at {path}; allowed: an existing SQLite log file or a postgresql+psycopg:// url"
             )
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from inspection.log.store import open_log
+
+    url = args.log_url or os.environ.get("INSPECTION_LOG_URL")
+    if not url:
+        raise ConfigError("no log given: pass --log-url sqlite:///path/log.db (or set INSPECTION_LOG_URL)")
+    require_existing_log(url)
     log = open_log(url, frames_dir=args.frames_dir, schema=args.schema)
     if args.frames_dir is None:
         # The frames are where the server kept them (it records that in the log), not where a
