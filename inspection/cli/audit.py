@@ -133,6 +133,11 @@ def _open(args: argparse.Namespace) -> Any:
     if not url:
         raise ConfigError("no log given: pass --log-url sqlite:///path/log.db (or set INSPECTION_LOG_URL)")
     require_existing_log(url)
+    # Opening the log creates a missing frames folder: `verify` would then report every frame
+    # as deleted (a false tampering report), and the others would read no frames.
+    if args.frames_dir is not None and not args.frames_dir.is_dir():
+        raise ConfigError(f"--frames-dir {args.frames_dir} is not a folder; give the folder the log keeps its "
+                          "frames in (default: <log>.frames beside a SQLite log)")
     log = open_log(url, frames_dir=args.frames_dir, schema=args.schema)
     if args.frames_dir is None:
         # The frames are where the server kept them (it records that in the log), not where a

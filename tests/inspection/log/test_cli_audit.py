@@ -99,6 +99,15 @@ def test_verify_ok_then_tampered(logs: Any, filled: list[Any], capsys: pytest.Ca
     assert "record 3: edited: record 3's contents no longer match its hash" in capsys.readouterr().out
 
 
+def test_verify_refuses_a_frames_dir_that_does_not_exist(logs: Any, filled: list[Any], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    args = _args(logs, "audit", "verify")
+    args[args.index("--frames-dir") + 1] = str(tmp_path / "nonexistent")
+    assert main(args) == 2
+    assert f"error: --frames-dir {tmp_path / 'nonexistent'} is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "nonexistent").exists()
+
+
 def test_prune_needs_a_limit_and_records_the_pruning(logs: Any, filled: list[Any],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_args(logs, "audit", "prune")) == 2
