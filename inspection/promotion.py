@@ -115,7 +115,7 @@ def promote_gated(registry: Registry, name: str, version: str, *, station: str =
     gate, comparison = _gate(registry.active(station), candidate, data=data, split=split, force=force)
     event = registry.promote(name, version, station=station, actor=actor, reason=reason)
     record = None
-    if log is not None:
+    if log is not None and event["action"] != "already_active":  # nothing changed, nothing to record
         record = log.append(
             LogEntry(
                 kind="promotion",

@@ -186,7 +186,10 @@ class ModelRegistry:
     def promote(
         self, name: str, version: str, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = ""
     ) -> dict[str, Any]:
-        """Make ``name/version`` the active model for ``station``.
+        """Make ``name/version`` the active model for ``station``; returns the event recorded.
+
+        A version already active for ``station`` (its own latest, not the ``default`` fallback)
+        changes nothing and is not recorded: the event returned says ``"action": "already_active"``.
 
         Raises:
             RegistryError: unknown version or station name.
@@ -201,6 +204,9 @@ class ModelRegistry:
             entry = state["stations"].setdefault(station, {"history": [], "events": []})
             previous = entry["history"][-1]["model"] if entry["history"] else None
             event["previous"] = previous
+            if previous == mv.model_id:
+                # A second entry would make `rollback` "return" to this same version.
+                return {**event, "action": "already_active"}
             entry["history"].append({"model": mv.model_id, "at": event["at"]})
             entry["events"].append(event)
         return event
