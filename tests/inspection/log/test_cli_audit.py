@@ -36,6 +36,12 @@ def test_list_filters_and_prints_json(logs: Any, filled: list[Any], capsys: pyte
     assert [json.loads(line)["part_id"] for line in lines] == ["P2"]
 
 
+def test_list_refuses_a_decision_no_record_can_have(logs: Any, filled: list[Any],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_args(logs, "audit", "list", "--decision", "maybe")) == 2
+    assert "error: decision 'maybe' is not one of ['pass', 'reject']" in capsys.readouterr().err
+
+
 def test_list_table_pages_with_cursor(logs: Any, filled: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_args(logs, "audit", "list", "--limit", "2")) == 0
     out = capsys.readouterr()
