@@ -242,7 +242,8 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"dataset folder {root} does not exist")
+        what = "is a file, not a dataset folder" if root.exists() else "does not exist"
+        raise DatasetError(f"dataset folder {root} {what}")
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -132,6 +132,17 @@ def test_unknown_layout_is_an_argparse_error(capsys: pytest.CaptureFixture[str])
 def test_info_on_a_folder_without_a_dataset_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["dataset", "info", str(tmp_path)]) == 2
     assert "has no manifest.json" in capsys.readouterr().err
+    (tmp_path / "afile.txt").write_text("x", encoding="utf-8")
+    assert main(["dataset", "info", str(tmp_path / "afile.txt")]) == 2
+    assert f"dataset folder {tmp_path / 'afile.txt'} is a file, not a dataset folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--min-per-class", "--min-units-per-class"])
+def test_info_refuses_a_negative_minimum(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str) -> None:
+    assert _generate(tmp_path / "coat") == 0
+    capsys.readouterr()
+    assert main(["dataset", "info", str(tmp_path / "coat"), flag, "-3"]) == 2
+    assert f"error: {flag} -3 is not allowed; give 0 or more" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("good_dir", ["OK", "Free", "good"])
