@@ -61,6 +61,14 @@ def test_overwrite_replaces_only_a_dataset(tmp_path: Path, capsys: pytest.Captur
     assert "not a dataset" in capsys.readouterr().err and [p.name for p in notes.iterdir()] == ["notes.txt"]
 
 
+def test_overwrite_keeps_a_file_named_like_the_old_dataset_aside(tmp_path: Path) -> None:
+    assert _generate(tmp_path / "coat") == 0
+    (tmp_path / ".coat.old").write_text("someone's file", encoding="utf-8")
+    assert _generate(tmp_path / "coat", "--overwrite") == 0
+    assert (tmp_path / ".coat.old").read_text(encoding="utf-8") == "someone's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".coat.old", "coat"]
+
+
 @pytest.mark.parametrize("out", ["", ".", ".."])
 def test_out_naming_no_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str], out: str) -> None:
