@@ -33,12 +33,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: The most tile rows (and columns) a model's input may be cut into.
+MAX_TILES = 16
+
+
 class TileGrid(_Strict):
     """``rows`` x ``cols`` tiles of ``tile_height`` x ``tile_width`` pixels, evenly spread over the
     model input (neighbours overlap when the tiles are larger than input / count)."""
 
-    rows: int = Field(ge=1, le=16)
-    cols: int = Field(ge=1, le=16)
+    rows: int = Field(ge=1, le=MAX_TILES)
+    cols: int = Field(ge=1, le=MAX_TILES)
     tile_height: int = Field(gt=0, le=4096)
     tile_width: int = Field(gt=0, le=4096)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from inspection.compare import Comparison, Split, compare_models
+from inspection.dataset.layout import read_dataset
 from inspection.errors import ModelIntegrityError, PromotionRefused, ValidationError
 from inspection.golden import GoldenResult, check_golden
 from inspection.log.records import LogEntry, StoredRecord
@@ -106,16 +107,21 @@ def promote_gated(registry: Registry, name: str, version: str, *, station: str =
         PromotionRefused: the candidate's golden frames do not re-score as its card says, or its
             escape rate is worse than the active model's.
         RegistryError / ModelIntegrityError: unknown version, files that do not match the card.
-        DatasetError / ModelError: the comparison set or a model cannot be used.
+        DatasetError / ModelError: the comparison set (read first, even where there is nothing to
+            compare with) or a model cannot be used.
     """
     if force and not reason.strip():
         raise ValidationError("--force needs --reason TEXT: why the gate is overridden (it is recorded in the log)")
+    if data is not None:
+        # Read now: the gate is skipped where no model is active yet, and a comparison set given
+        # but never read would go unnoticed however wrong its path.
+        read_dataset(data)
     candidate = registry.get(name, version, verify=True)
     golden = _check_golden(candidate)
     gate, comparison = _gate(registry.active(station), candidate, data=data, split=split, force=force)
     event = registry.promote(name, version, station=station, actor=actor, reason=reason)
     record = None
-    if log is not None:
+    if log is not None and event["action"] != "already_active":  # nothing changed, nothing to record
         record = log.append(
             LogEntry(
                 kind="promotion",

@@ -138,12 +138,21 @@ class ModelRegistry:
         return self.root / ACTIVE_FILE
 
     def read_state(self) -> dict[str, Any]:
+        """The stations' active versions and events (``active.json``; empty when there is none).
+
+        Raises:
+            RegistryError: the file is not valid JSON, or cannot be read (e.g. the root is a file).
+        """
         try:
             state = json.loads(self.active_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {"stations": {}}
         except json.JSONDecodeError as exc:
             raise RegistryError(f"{self.active_path} is not valid JSON: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:  # the root is a file, active.json a folder, ...
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise RegistryError(f"cannot read {self.active_path} ({why}); is {self.root} a model registry "
+                                "folder?") from None
         state.setdefault("stations", {})
         return state
 
@@ -177,7 +186,10 @@ class ModelRegistry:
     def promote(
         self, name: str, version: str, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = ""
     ) -> dict[str, Any]:
-        """Make ``name/version`` the active model for ``station``.
+        """Make ``name/version`` the active model for ``station``; returns the event recorded.
+
+        A version already active for ``station`` (its own latest, not the ``default`` fallback)
+        changes nothing and is not recorded: the event returned says ``"action": "already_active"``.
 
         Raises:
             RegistryError: unknown version or station name.
@@ -192,6 +204,9 @@ class ModelRegistry:
             entry = state["stations"].setdefault(station, {"history": [], "events": []})
             previous = entry["history"][-1]["model"] if entry["history"] else None
             event["previous"] = previous
+            if previous == mv.model_id:
+                # A second entry would make `rollback` "return" to this same version.
+                return {**event, "action": "already_active"}
             entry["history"].append({"model": mv.model_id, "at": event["at"]})
             entry["events"].append(event)
         return event

@@ -27,13 +27,25 @@ from serving.settings import ROLES, hash_key, load_settings, worker_settings
 require_extra("serve", "fastapi", "uvicorn", "onnxruntime")
 
 
+def _port(value: str) -> int:
+    # Checked here: uvicorn takes 70000 modulo 65536 (and listens on 4464), and -1 fails only as
+    # "Servname not supported". 0 lets the system choose, as the settings' port allows.
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a TCP port; allowed 0..65535 (0: any free port)")
+    return port
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `serve` subcommand to the ``inspection`` CLI (entry point ``inspection.commands: serve``)."""
     p = sub.add_parser("serve", help="serve reject decisions over HTTP/WebSocket (FastAPI + onnxruntime)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", type=Path, help="YAML or JSON settings file (see serving/settings.py)")
     p.add_argument("--host", help="interface to listen on (default: the settings' host, 127.0.0.1)")
-    p.add_argument("--port", type=int, help="TCP port (default: the settings' port, 8000)")
+    p.add_argument("--port", type=_port, help="TCP port, 0..65535 (default: the settings' port, 8000)")
     p.add_argument("--demo", action="store_true", help="demo mode: well-known or no API keys allowed")
     p.add_argument("--workers", type=int, default=None,
                    help="serving processes on this line PC: process i answers the stations i, i+N, ... of the "

@@ -31,13 +31,18 @@ from pathlib import Path
 import yaml
 
 import serving.cli  # noqa: F401 - only where the serve extra is installed (above)
-from inspection.errors import InspectionError
+from inspection.errors import ConfigError, InspectionError
 from serving.settings import hash_key
 from serving.workers import stop_process
 from training.cli import resolve_config
 
 STATION = "line1"
 CAMERAS = ["top"]
+
+#: Everything the demo writes into --out (the SQLite log's side files included). A folder that
+#: holds ``serve.yaml`` and nothing else but these is an earlier demo's output and may be replaced.
+_OUT_NAMES = frozenset({"serve.yaml", "server.log", "log.db", "log.db-wal", "log.db-shm", "log.db-journal",
+                        "frames"})
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,27 +84,62 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.
     raise InspectionError(f"the server at {url} was not ready within {timeout_s:.0f} s")
 
 
+def _clear_out(given: Path) -> Path:
+    """Make ``given`` an empty folder for this run and return it resolved; only a missing folder,
+    an empty one or an earlier demo's output (see ``_OUT_NAMES``) is accepted.
+
+    Raises:
+        ConfigError: ``given`` is a file, the current folder or one above it, or a folder holding
+            anything the demo did not write.
+    """
+    out = given.resolve()
+    cwd = Path.cwd().resolve()
+    # Path("") is the current folder: clearing it, or a folder above it, would delete the user's work.
+    if out == cwd or out in cwd.parents:
+        raise ConfigError(f"--out {str(given)!r} is the current folder or one above it ({out}); "
+                          "give a folder of its own, e.g. demo-output")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {given} is a file; give a folder (missing, empty or an earlier demo's output)")
+    if out.is_dir():
+        names = {p.name for p in out.iterdir()}
+        if names and ("serve.yaml" not in names or not names <= _OUT_NAMES):
+            other = sorted(names - _OUT_NAMES) or ["no serve.yaml"]
+            raise ConfigError(f"--out {given} holds files the demo did not write ({', '.join(other[:5])}); "
+                              "give a missing or empty folder, or an earlier demo's output")
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {given} cannot be created: {exc.strerror}") from None
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
     from inspection.dataset.synthetic import generate_dataset
     from inspection.registry import ModelRegistry
 
     started = time.monotonic()
-    out: Path = args.out.resolve()
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    # Every argument is checked before --out is cleared: a typo must not cost an earlier demo's log.
+    from training.config import load_config
+
+    data_dir = args.datasets_dir / "demo"
+    overrides = {"data": data_dir, "name": "demo", "models_dir": args.models_dir, "epochs": args.epochs}
+    cfg = load_config(resolve_config(Path("demo")), overrides)
+    if args.parts < 0:
+        raise ConfigError(f"--parts {args.parts} is not allowed: give a count >= 1, or 0 for every held-out frame")
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed {args.seed} is out of range 0..{2**32 - 1}")
+    out = _clear_out(args.out)
 
     _step(1, "generate a sample CCD dataset (battery electrode coating, good + 5 defect types)")
-    data_dir = args.datasets_dir / "demo"
     ds = generate_dataset(data_dir, seed=args.seed, overwrite=True)
     counts = ", ".join(f"{k} {v}" for k, v in ds.counts().items())
     print(f"{data_dir}: {len(ds.samples)} images ({counts}); fingerprint {ds.fingerprint[:16]}")
 
     _step(2, "train, calibrate the reject threshold, export ONNX with parity and golden checks")
-    from training.config import load_config
     from training.train import main as train_model
 
-    overrides = {"data": data_dir, "name": "demo", "models_dir": args.models_dir, "epochs": args.epochs}
-    trained = train_model(load_config(resolve_config(Path("demo")), overrides))
+    trained = train_model(cfg)
     print(trained.summary)
     print(f"report: {trained.path / 'report.html'}", flush=True)
     version_dir, card = trained.path, trained.card

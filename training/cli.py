@@ -219,6 +219,15 @@ def _roi(value: str) -> tuple[int, int, int, int]:
     return x, y, w, h
 
 
+def _check_result_json(path: Path) -> None:
+    """Raises ConfigError where ``path`` cannot be written: found after training, the model
+    version would be written and the script that asked for the file told it failed."""
+    if path.is_dir() or not path.name:
+        raise ConfigError(f"--result-json {str(path)!r} is a folder; give a file name, e.g. result.json")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--result-json {path}: folder {path.parent} does not exist; create it first")
+
+
 def resolve_config(value: Path | None) -> Path | None:
     """A config path, or the name of a bundled config (``demo`` -> training/configs/demo.yaml).
 
@@ -258,6 +267,8 @@ def _train(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     cfg = load_config(resolve_config(args.config), overrides)
+    if args.result_json is not None:
+        _check_result_json(args.result_json)
     result = train_model(cfg)
     if result is None:
         return 0  # a rank other than 0 under torchrun: rank 0 prints the result

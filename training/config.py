@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from inspection.card import MAX_TILES
 from inspection.config import deep_merge
 from inspection.errors import ConfigError
 
@@ -125,7 +126,8 @@ class TrainConfig(BaseModel):
     #: What the training steps compute in: ``fp32``; ``bf16`` (mixed, CPUs that compute it
     #: natively); ``fp16`` (mixed, CUDA). None: by rule (training.recipe.choose_precision).
     precision: Literal["fp32", "bf16", "fp16"] | None = None
-    seed: int = 0
+    #: numpy and torch take seeds of 32 bits, no sign.
+    seed: int = Field(0, ge=0, lt=2**32)
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig.model_validate({}))
@@ -159,6 +161,21 @@ class TrainConfig(BaseModel):
     resume: Path | None = None
     progress: bool = True
 
+    @field_validator("tiles")
+    @classmethod
+    def _tiles_fit_the_card(cls, value: str | None) -> str | None:
+        # The pattern only checks the form; the card (TileGrid) allows no more than MAX_TILES a side.
+        if value is not None and max(int(n) for n in value.split("x")) > MAX_TILES:
+            raise ValueError(f"rows and columns must each be 1..{MAX_TILES}")
+        return value
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_is_a_region(cls, value: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if value is not None and (value[0] < 0 or value[1] < 0 or value[2] <= 0 or value[3] <= 0):
+            raise ValueError("x, y >= 0 and width, height > 0 are required")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.val_fraction + self.test_fraction >= 0.8:
@@ -188,7 +205,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from ``path``.
 
     Raises:
-        ConfigError: missing file, invalid YAML, or not a mapping.
+        ConfigError: missing or unreadable file, not UTF-8, invalid YAML, or not a mapping.
     """
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -196,6 +213,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist; see {CONFIG_DIR} for examples") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:  # a folder, no permission
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

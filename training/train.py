@@ -68,6 +68,9 @@ class TrainResult:
 def _validate_inputs(cfg: TrainConfig) -> tuple[Dataset, str]:
     if cfg.data is None:
         raise ConfigError("no dataset given; pass --data DATASET_FOLDER")
+    # Found only when the version is written, a file here would cost the whole run.
+    if cfg.models_dir.exists() and not cfg.models_dir.is_dir():
+        raise ConfigError(f"--models-dir {cfg.models_dir} is a file; give a folder (created when missing)")
     ds = read_dataset(cfg.data)
     if cfg.mode == "anomaly":
         ds = anomaly.anomaly_view(ds)
@@ -551,7 +554,8 @@ def main(cfg: TrainConfig) -> TrainResult:
     ``cfg.nproc > 1`` trains on that many ranks of this machine and returns rank 0's result.
 
     Raises:
-        ConfigError: no dataset, bad per-class thresholds, an unknown manifest orientation.
+        ConfigError: no dataset, bad per-class thresholds, an unknown manifest orientation, a
+            ``models_dir`` that is a file.
         DatasetError: one class, missing or undecodable images, identical images under different
             labels, labels outside the class list, an empty split.
         TrainingError: unknown architecture, a target validation cannot support, failed export

@@ -20,6 +20,22 @@ def _time(value: str) -> datetime:
         raise argparse.ArgumentTypeError(f"{value!r} is not an ISO-8601 time (e.g. 2026-05-04T08:00:00Z)") from None
 
 
+#: The most days --max-age-days takes: a century, far past any log's age, well below where
+#: ``timedelta`` overflows.
+MAX_AGE_DAYS = 36500
+
+
+def _age_days(value: str) -> float:
+    # float() also takes "nan" and "inf", which no comparison with a frame's age makes sense of.
+    try:
+        days = float(value)
+    except ValueError:
+        days = float("nan")
+    if not 0 <= days <= MAX_AGE_DAYS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not allowed; give a number of days from 0 to {MAX_AGE_DAYS}")
+    return days
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-url", default=None,
                    help="sqlite:///path/log.db or postgresql+psycopg://user@host/db (default: $INSPECTION_LOG_URL)")
@@ -89,9 +105,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = asub.add_parser("prune", help="remove frames by age or total size (records are kept; a prune record is added)")
     _common(p)
-    p.add_argument("--max-age-days", type=float, default=None)
+    p.add_argument("--max-age-days", type=_age_days, default=None,
+                   help=f"remove frames older than this many days (0..{MAX_AGE_DAYS})")
     p.add_argument("--max-bytes", type=int, default=None)
     p.set_defaults(func=cmd_prune)
+
+
+def require_existing_log(url: str) -> None:
+    """For commands that read a log: opening a SQLite url creates the file, so a typo would read an
+    empty log as if it were the real one.
+
+    Raises:
+        ConfigError: ``url`` names a SQLite file that does not exist.
+    """
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise ConfigError(
+                f"no inspection log at {path}; allowed: an existing SQLite log file or a postgresql+psycopg:// url"
+            )
 
 
 def _open(args: argparse.Namespace) -> Any:
@@ -100,12 +132,12 @@ def _open(args: argparse.Namespace) -> Any:
     url = args.log_url or os.environ.get("INSPECTION_LOG_URL")
     if not url:
         raise ConfigError("no log given: pass --log-url sqlite:///path/log.db (or set INSPECTION_LOG_URL)")
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise ConfigError(
-                f"no inspection log at {path}; allowed: an existing SQLite log file or a postgresql+psycopg:// url"
-            )
+    require_existing_log(url)
+    # Opening the log creates a missing frames folder: `verify` would then report every frame
+    # as deleted (a false tampering report), and the others would read no frames.
+    if args.frames_dir is not None and not args.frames_dir.is_dir():
+        raise ConfigError(f"--frames-dir {args.frames_dir} is not a folder; give the folder the log keeps its "
+                          "frames in (default: <log>.frames beside a SQLite log)")
     log = open_log(url, frames_dir=args.frames_dir, schema=args.schema)
     if args.frames_dir is None:
         # The frames are where the server kept them (it records that in the log), not where a
@@ -177,9 +209,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(path: Path) -> None:
+    """Raises ConfigError where ``-o`` cannot be a file to write (checked before the log is read)."""
+    if not path.name or path.is_dir():  # Path("") is the current folder
+        raise ConfigError(f"-o {str(path)!r} is a folder; give a file to write, e.g. export.csv")
+    if not path.parent.is_dir():
+        raise ConfigError(f"-o {path}: folder {path.parent} does not exist; create it first")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from inspection.log.export import iter_export
 
+    if args.output is not None:
+        _check_output(args.output)
     with _open(args) as log:
         chunks = iter_export(log, args.format, _filter(args))
         if args.output is None:

@@ -96,14 +96,16 @@ def promote(args: argparse.Namespace) -> int:
     with registry(args) as reg, _log(args.log_url) as log:
         result = promote_gated(reg, name, version, station=args.station, data=args.data, split=args.split,
                                force=args.force, reason=args.reason, actor=args.actor, log=log)
-    gate = result.gate
+    gate, event = result.gate, result.event
+    if event["action"] == "already_active":
+        print(f"{event['model']} is already active for station {args.station!r}; nothing changed")
+        return 0
     if gate["status"] == "skipped":
         print(f"note: escape-rate gate skipped: {gate['why']}", file=sys.stderr)
     elif gate["status"] == "overridden":
         print(f"warning: gate overridden (--force, reason: {args.reason!r}): {gate['why']}", file=sys.stderr)
     else:
         print(f"gate passed: {gate['why']}")
-    event = result.event
     print(f"{event['model']} is now active for station {args.station!r} (previous: {event['previous'] or 'none'})")
     if result.record is not None:
         print(f"recorded in the inspection log as record {result.record.seq} ({result.record.entry.inspection_id})")

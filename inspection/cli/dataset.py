@@ -198,9 +198,11 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from inspection.cli.audit import require_existing_log
     from inspection.dataset.build import build_dataset
     from inspection.log.store import open_log
 
+    require_existing_log(args.log_url)  # else a typo builds a copy of the base from a new, empty log
     with open_log(args.log_url, frames_dir=args.frames_dir) as log:
         ds = build_dataset(
             args.base,

@@ -33,7 +33,7 @@ import cv2
 
 from inspection.card import utc_now
 from inspection.config import safe_url
-from inspection.dataset.layout import Dataset, Sample, read_dataset, write_dataset
+from inspection.dataset.layout import Dataset, Sample, check_dest, read_dataset, write_dataset
 from inspection.errors import DatasetError, ImageError, NotFoundError, ValidationError
 from inspection.frameview import RawLayout, decode_stored
 from inspection.labels import all_labels
@@ -106,7 +106,7 @@ def build_dataset(
     """Write base + production labels as a new dataset version at ``out``.
 
     Raises:
-        DatasetError: the base is unreadable, ``out`` exists (without ``overwrite``), one image
+        DatasetError: the base is unreadable, ``out`` refused (``check_dest``), one image
             carries two different current labels, or the result fails the layout's checks.
         ValidationError: fractions outside (0, 0.5).
     """
@@ -115,8 +115,7 @@ def build_dataset(
             raise ValidationError(f"{what} {f!r} must be between 0 and 0.5")
     base_ds = read_dataset(base)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise DatasetError(f"{out} already exists; choose another --out or pass --overwrite")
+    check_dest(out, overwrite=overwrite)
     head_seq, head_hash = log.head()
     prods: list[_Prod] = []
     skipped: list[dict[str, Any]] = []

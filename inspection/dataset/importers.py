@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inspection.dataset.layout import Dataset, Sample, check_orientation, write_dataset
+from inspection.dataset.layout import Dataset, Sample, check_dest, check_orientation, write_dataset
 from inspection.errors import DatasetError, ImageError
 
 log = logging.getLogger(__name__)
@@ -370,8 +370,9 @@ def import_dataset(
     Raises:
         DatasetError: unknown layout, nothing to import, a label outside ``classes``, an empty
             class, identical images (bytes or pixels) under different labels (all listed), a bad
-            ``group_pattern`` or one given with a CSV that has a group column, ``dest`` exists
-            without ``overwrite``, or a layout-specific problem (see the ``scan_*`` functions).
+            ``group_pattern`` or one given with a CSV that has a group column, ``dest`` refused
+            (``check_dest``: exists without ``overwrite``, or is no dataset), or a layout-specific
+            problem (see the ``scan_*`` functions).
         ImageError: an unreadable, truncated or non-image file (named, with what to do).
     """
     src, dest = Path(src), Path(dest)
@@ -380,8 +381,7 @@ def import_dataset(
     check_orientation(orientation)
     if class_pattern is not None and layout != "folders":
         raise DatasetError(f"--class-from-dir-pattern applies to --layout folders only, not {layout!r}")
-    if dest.exists() and not overwrite:
-        raise DatasetError(f"{dest} already exists; choose another --out or pass --overwrite")
+    check_dest(dest, overwrite=overwrite)
     if dest.resolve() == src.resolve() or src.resolve() in dest.resolve().parents:
         raise DatasetError(f"--out {dest} is inside the source {src}; write the dataset elsewhere")
     if layout == "folders":

@@ -18,7 +18,7 @@ from typing import Any
 from inspection.dataset.duplicates import Signature, find_duplicates, signature
 from inspection.dataset.layout import Sample, compute_fingerprint, read_dataset
 from inspection.dataset.split import group_label, split_groups
-from inspection.errors import ImageError
+from inspection.errors import ImageError, ValidationError
 
 #: Problem kinds, most serious first. ``error``: the dataset must be fixed before training.
 _SEVERITY = {
@@ -61,9 +61,14 @@ def dataset_info(root: Path, *, min_per_class: int = 10, min_units_per_class: in
     Raises:
         DatasetError: no dataset at ``root`` (missing manifest/labels, a label outside the
             class list, a listed image missing) - see ``read_dataset``.
+        ValidationError: a negative ``min_per_class`` or ``min_units_per_class``.
     """
     from inspection.preprocess import decode_image
 
+    # A negative minimum flags nothing, silently, as if every class were large enough.
+    for flag, value in (("--min-per-class", min_per_class), ("--min-units-per-class", min_units_per_class)):
+        if value < 0:
+            raise ValidationError(f"{flag} {value} is not allowed; give 0 or more (0: flag no class)")
     ds = read_dataset(Path(root))
     problems: list[dict[str, Any]] = []
     widths: list[int] = []

@@ -120,6 +120,30 @@ def _read_source(path: Path) -> bytes:
         raise ImageError(f"{path}: cannot read ({exc.strerror}); fix or remove the file") from None
 
 
+def check_dest(dest: Path, *, overwrite: bool) -> None:
+    """Refuse ``dest`` as the folder a new dataset is written to, before any work is done.
+
+    Raises:
+        DatasetError: ``dest`` names no folder (empty, ``.`` or ``..``); it exists and
+            ``overwrite`` is False; or it exists and is not a dataset folder (no manifest.json),
+            which ``overwrite`` never replaces.
+    """
+    dest = Path(dest)
+    # Path("") and Path(".") have no name: replacing them would replace the current folder.
+    if dest.name in ("", ".", ".."):
+        raise DatasetError(f"--out {str(dest)!r} names no folder of its own; give a dataset folder, "
+                           "e.g. datasets/coating")
+    if not dest.exists():
+        return
+    if not overwrite:
+        raise DatasetError(f"{dest} already exists; choose another --out or pass --overwrite")
+    # --overwrite replaces an earlier dataset, never a file or a folder of something else.
+    if not (dest / MANIFEST).is_file():
+        what = "a folder" if dest.is_dir() else "a file"
+        raise DatasetError(f"{dest} is {what} with no {MANIFEST}, not a dataset; --overwrite replaces only a "
+                           "dataset folder: choose another --out")
+
+
 def write_dataset(
     dest: Path,
     *,
@@ -143,15 +167,19 @@ def write_dataset(
             ``dest`` exists and ``overwrite`` is False.
         ImageError: a source file cannot be read, or ``check_image`` found an unreadable or
             truncated image.
+
+    ``dest`` is checked first (``check_dest``).
     """
     from inspection.preprocess import decode_image  # local: keeps layout importable alone
 
     dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise DatasetError(f"{dest} already exists; choose another --out or pass --overwrite")
+    check_dest(dest, overwrite=overwrite)
     check = check_image or (lambda data, source: decode_image(data, source=source))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    except OSError as exc:
+        raise DatasetError(f"cannot create {dest} ({exc.strerror}); choose another --out") from None
     try:
         samples: list[Sample] = []
         digests: dict[str, str] = {}
@@ -189,8 +217,9 @@ def write_dataset(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            # A fresh name to move the old dataset aside to: a fixed one (".name.old") may be a
+            # file someone keeps, which the rename would fail on or the clean-up delete.
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
             os.replace(dest, old)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
@@ -208,12 +237,14 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
     ``verify=True`` recomputes the fingerprint from the image bytes and checks every file.
 
     Raises:
-        DatasetError: missing manifest/labels, a label outside the class list, a missing image
-            file, or (verify) a fingerprint that no longer matches.
+        DatasetError: missing or unreadable manifest/labels (not UTF-8, a folder, a manifest that
+            is no JSON object), a label outside the class list, a missing image file, or
+            (verify) a fingerprint that no longer matches.
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"dataset folder {root} does not exist")
+        what = "is a file, not a dataset folder" if root.exists() else "does not exist"
+        raise DatasetError(f"dataset folder {root} {what}")
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -222,6 +253,9 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
         ) from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{root / MANIFEST} is not valid JSON: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder of that name, no permission, not UTF-8
+        raise DatasetError(f"{root / MANIFEST}: cannot read ({_why(exc)}); it must be a UTF-8 JSON file") from None
+    _require_object(manifest, root / MANIFEST)
     try:
         with open(root / LABELS, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
@@ -235,6 +269,8 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
             ]
     except FileNotFoundError:
         raise DatasetError(f"{root} has no {LABELS}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{root / LABELS}: cannot read ({_why(exc)}); it must be a UTF-8 CSV file") from None
     classes = list(manifest.get("classes") or [])
     allowed = set(classes)
     for s in samples:
@@ -260,6 +296,19 @@ def read_dataset(root: Path, *, verify: bool = False) -> Dataset:
     )
 
 
+def _why(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+    return exc.strerror or type(exc).__name__
+
+
+def _require_object(manifest: Any, path: Path) -> None:
+    """Raises DatasetError unless ``manifest`` is a JSON object (``[]`` or ``3`` parse as JSON too)."""
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path} holds a JSON {type(manifest).__name__}; a manifest is a JSON object "
+                           "({\"name\": ..., \"classes\": [...], ...})")
+
+
 def check_orientation(value: str | None) -> None:
     """Raises DatasetError when ``value`` is neither None nor one of ``ORIENTATIONS``."""
     if value is not None and value not in ORIENTATIONS:
@@ -277,8 +326,9 @@ def set_orientation(root: Path, value: str) -> None:
     path = Path(root) / MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or not UTF-8
         raise DatasetError(f"{root}: cannot read {MANIFEST} ({exc}); is it a dataset folder?") from None
+    _require_object(manifest, path)
     manifest["orientation"] = value
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -34,6 +34,7 @@ CLASSES = (GOOD_CLASS, *DEFECT_CLASSES)
 #: Bumped whenever the drawing changes, so a fingerprint change is explained by the manifest.
 GENERATOR_VERSION = 1
 MIN_SIZE, MAX_SIZE = 32, 2048
+MAX_SEED = 2**32 - 1
 
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 6]
 
@@ -244,14 +245,17 @@ def generate_dataset(
     ``n_per_defect`` of each defect type, each with a part serial (``P000123``) as its source.
 
     Raises:
-        DatasetError: a count below 1, ``size`` outside 32..2048, or ``out`` exists and
-            ``overwrite`` is False.
+        DatasetError: a count below 1, ``size`` outside 32..2048, ``seed`` outside 0..2**32-1, or ``out`` refused
+            (``layout.check_dest``: exists without ``overwrite``, or is no dataset).
     """
     for name, value in (("n_good", n_good), ("n_per_defect", n_per_defect)):
         if int(value) < 1:
             raise DatasetError(f"{name}={value} is not allowed; every class needs at least 1 image")
     if not MIN_SIZE <= int(size) <= MAX_SIZE:
         raise DatasetError(f"size={size} is out of range {MIN_SIZE}..{MAX_SIZE}")
+    # numpy's SeedSequence refuses a negative seed; the upper bound is training's (32 bits).
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise DatasetError(f"seed={seed} is out of range 0..{MAX_SEED}")
     out = Path(out)
     labels = plan_labels(seed, int(n_good), int(n_per_defect))
     lineage = {

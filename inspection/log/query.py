@@ -30,6 +30,10 @@ def model_notation(name: str | None, version: str | None) -> str | None:
     return version or None
 
 
+#: The decisions records carry (``inspection.decisions.Verdict``; a disposition overrides to one).
+DECISIONS = ("pass", "reject")
+
+
 @dataclass(frozen=True, slots=True)
 class RecordFilter:
     """Every field is optional; set fields are ANDed. Times are inclusive-from, exclusive-to."""
@@ -72,6 +76,8 @@ class RecordFilter:
                         f"filter {name}={value.isoformat()} is outside the representable UTC range") from None
         if self.kind is not None and self.kind not in get_args(RecordKind):
             raise ValidationError(f"kind {self.kind!r} is not one of {sorted(get_args(RecordKind))}")
+        if self.decision is not None and self.decision not in DECISIONS:  # else an empty answer, as if none
+            raise ValidationError(f"decision {self.decision!r} is not one of {list(DECISIONS)}")
         if self.time_from and self.time_to and _aware(self.time_from) >= _aware(self.time_to):
             raise ValidationError(f"time_from {self.time_from.isoformat()} must be before "
                                   f"time_to {self.time_to.isoformat()}")

@@ -222,3 +222,13 @@ def test_compare_refuses_a_dataset_without_a_test_split(setup: tuple[Path, Path]
     assert cli(args) == 2
     assert "no images with split 'test'" in capsys.readouterr().err
     assert cli([*args, "--split", "all"]) == 0
+
+
+def test_promote_reads_data_even_where_no_model_is_active(setup: tuple[Path, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    _, models = setup
+    missing = tmp_path / "nonexist"
+    assert cli(["models", "promote", "tiny/v1", "--station", "s1", "--data", str(missing),
+                "--models-dir", str(models)]) == 2
+    assert f"error: dataset folder {missing} does not exist" in capsys.readouterr().err
+    assert ModelRegistry(models).active("s1") is None

@@ -41,9 +41,59 @@ def test_generate_refuses_an_existing_folder_with_exit_2(tmp_path: Path, capsys:
     assert _generate(tmp_path / "coat", "--overwrite") == 0
 
 
+def test_overwrite_replaces_only_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep", encoding="utf-8")
+    assert _generate(notes, "--overwrite") == 2
+    assert f"{notes} is a folder with no manifest.json, not a dataset" in capsys.readouterr().err
+    assert [p.name for p in notes.iterdir()] == ["notes.txt"]
+    assert _generate(tmp_path / "coat") == 0
+    labels = tmp_path / "coat" / "labels.csv"
+    text = labels.read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert _generate(labels, "--overwrite") == 2
+    assert f"{labels} is a file with no manifest.json" in capsys.readouterr().err
+    assert labels.read_text(encoding="utf-8") == text
+    assert sorted(p.name for p in (tmp_path / "coat").iterdir()) == ["images", "labels.csv", "manifest.json"]
+    src = tmp_path / "coat" / "images"
+    assert main(["dataset", "import", "--layout", "folders", str(src), "--out", str(notes), "--overwrite"]) == 2
+    assert "not a dataset" in capsys.readouterr().err and [p.name for p in notes.iterdir()] == ["notes.txt"]
+
+
+def test_overwrite_keeps_a_file_named_like_the_old_dataset_aside(tmp_path: Path) -> None:
+    assert _generate(tmp_path / "coat") == 0
+    (tmp_path / ".coat.old").write_text("someone's file", encoding="utf-8")
+    assert _generate(tmp_path / "coat", "--overwrite") == 0
+    assert (tmp_path / ".coat.old").read_text(encoding="utf-8") == "someone's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".coat.old", "coat"]
+
+
+@pytest.mark.parametrize("out", ["", ".", ".."])
+def test_out_naming_no_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str], out: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "manifest.json").write_text("{}", encoding="utf-8")  # even a dataset-looking folder
+    monkeypatch.chdir(work)
+    assert main(["dataset", "generate", "--out", out, "--good", "2", "--per-defect", "1", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out ") and "names no folder of its own" in err
+    assert [p.name for p in work.iterdir()] == ["manifest.json"]
+
+
 def test_generate_bad_size_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["dataset", "generate", "--out", str(tmp_path / "x"), "--size", "4"]) == 2
     assert "size=4 is out of range 32..2048" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("seed", "message"), [("-1", "seed=-1 is out of range 0..4294967295"),
+                                               ("4294967296", "seed=4294967296 is out of range")])
+def test_generate_bad_seed_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], seed: str, message: str) -> None:
+    assert main(["dataset", "generate", "--out", str(tmp_path / "x"), "--seed", seed]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
     assert not (tmp_path / "x").exists()
 
 
@@ -90,6 +140,17 @@ def test_unknown_layout_is_an_argparse_error(capsys: pytest.CaptureFixture[str])
 def test_info_on_a_folder_without_a_dataset_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["dataset", "info", str(tmp_path)]) == 2
     assert "has no manifest.json" in capsys.readouterr().err
+    (tmp_path / "afile.txt").write_text("x", encoding="utf-8")
+    assert main(["dataset", "info", str(tmp_path / "afile.txt")]) == 2
+    assert f"dataset folder {tmp_path / 'afile.txt'} is a file, not a dataset folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--min-per-class", "--min-units-per-class"])
+def test_info_refuses_a_negative_minimum(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str) -> None:
+    assert _generate(tmp_path / "coat") == 0
+    capsys.readouterr()
+    assert main(["dataset", "info", str(tmp_path / "coat"), flag, "-3"]) == 2
+    assert f"error: {flag} -3 is not allowed; give 0 or more" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("good_dir", ["OK", "Free", "good"])
@@ -109,3 +170,30 @@ def test_import_warns_when_a_good_like_class_is_not_named_good(tmp_path: Path, c
         assert main(["dataset", "import", "--layout", "folders", str(src), "--out", str(tmp_path / "b"),
                      "--good", good_dir]) == 0
     assert "looks like the 'no defect' class" not in caplog.text
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("labels_latin1", "labels.csv: cannot read (not UTF-8: byte 0xe9 at offset"),
+    ("manifest_folder", "manifest.json: cannot read (Is a directory)"),
+    ("manifest_list", "manifest.json holds a JSON list; a manifest is a JSON object"),
+])
+def test_an_unreadable_dataset_exits_2_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       damage: str, message: str) -> None:
+    assert _generate(tmp_path / "coat") == 0
+    root = tmp_path / "coat"
+    if damage == "labels_latin1":
+        (root / "labels.csv").write_bytes((root / "labels.csv").read_bytes() + "images/good/café.png,good\n"
+                                          .encode("latin-1"))
+    elif damage == "manifest_folder":
+        (root / "manifest.json").unlink()
+        (root / "manifest.json").mkdir()
+    else:
+        (root / "manifest.json").write_text("[]", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["dataset", "info", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    if damage == "manifest_list":
+        assert main(["dataset", "set-orientation", str(root), "free"]) == 2
+        assert message in capsys.readouterr().err
+        assert (root / "manifest.json").read_text(encoding="utf-8") == "[]"

@@ -148,6 +148,16 @@ def test_build_refusals_leave_everything_as_it_was(
     assert "already exists" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
 
 
+def test_build_refuses_a_sqlite_log_that_does_not_exist(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = tmp_path / "typo.db"
+    assert cli(["dataset", "build", "--base", str(base), "--log-url", f"sqlite:///{typo}",
+                "--out", str(tmp_path / "v2")]) == 2
+    assert f"error: no inspection log at {typo}; allowed: an existing SQLite log file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]  # no empty log, frames folder or dataset
+
+
 def test_import_unlabelled_cli_feeds_the_queue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "new"
     (src / "sub").mkdir(parents=True)

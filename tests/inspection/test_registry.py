@@ -82,3 +82,27 @@ def test_cli_refusals_exit_2_with_the_reason(models: Path, capsys: pytest.Captur
     assert "error: tiny/v1: file 'model.onnx' has sha256" in capsys.readouterr().err
     assert cli(["models", "show", "nope/v1", "--models-dir", str(models)]) == 2
     assert "known:" in capsys.readouterr().err
+
+
+def test_cli_models_dir_that_is_a_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "afile.txt"
+    afile.write_text("keep", encoding="utf-8")
+    assert cli(["models", "list", "--models-dir", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read {afile / 'active.json'} (Not a directory); is {afile} a model registry")
+    assert afile.read_text(encoding="utf-8") == "keep"
+
+
+def test_promoting_the_active_version_again_changes_nothing(models: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reg = ModelRegistry(models)
+    reg.promote("tiny", "v1", station="line1")
+    state = reg.read_state()
+    again = reg.promote("tiny", "v1", station="line1")
+    assert (again["action"], again["model"], again["previous"]) == ("already_active", "tiny/v1", "tiny/v1")
+    assert reg.read_state() == state
+    d = ["--models-dir", str(models), "--station", "line1"]
+    assert cli(["models", "promote", "tiny/v1", *d]) == 0
+    assert "tiny/v1 is already active for station 'line1'; nothing changed" in capsys.readouterr().out
+    assert reg.read_state() == state and [e["action"] for e in reg.history("line1")] == ["promote"]
+    assert cli(["models", "rollback", *d]) == 2  # no earlier version: not the same one "again"
+    assert "has no earlier model to roll back to" in capsys.readouterr().err

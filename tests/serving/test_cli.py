@@ -1,4 +1,5 @@
-"""`inspection serve --new-key`: the key is printed once, and its entry is what settings accept."""
+"""`inspection serve --new-key`: the key is printed once, and its entry is what settings accept; bad flags
+are refused before anything starts."""
 
 from __future__ import annotations
 
@@ -30,3 +31,11 @@ def test_new_key_refuses_an_unknown_role_or_a_missing_name(spec: str, capsys: py
     err = capsys.readouterr().err
     roles = "['line', 'engineer', 'auditor', 'admin', 'viewer']"
     assert f"--new-key {spec!r}: expected ROLE:NAME with ROLE one of {roles}" in err
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "65536", "http"])
+def test_a_port_outside_0_to_65535_is_refused(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--demo", f"--port={port}"])
+    assert exc.value.code == 2
+    assert f"argument --port: {port!r} is not a TCP port; allowed 0..65535" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -55,10 +56,16 @@ def test_max_overkill_flag_replaces_the_default_escape_target() -> None:
         ({"val_fraction": 0.45, "test_fraction": 0.45}, "leaves too little to train"),
         ({"balance": "magic"}, "balance='magic'"),
         ({"unknown_key": 1}, "unknown_key"),
+        ({"seed": -1}, "seed=-1: Input should be greater than or equal to 0"),
+        ({"seed": 2**32}, "seed=4294967296: Input should be less than 4294967296"),
+        ({"tiles": "99x99"}, "tiles='99x99': Value error, rows and columns must each be 1..16"),
+        ({"tiles": "2x17"}, "tiles='2x17'"),
+        ({"roi": (0, 0, 0, 0)}, "roi=(0, 0, 0, 0): Value error, x, y >= 0 and width, height > 0 are required"),
+        ({"roi": (-5, -5, 10, 10)}, "roi=(-5, -5, 10, 10)"),
     ],
 )
 def test_invalid_values_name_the_key(overrides: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, overrides)
 
 
@@ -69,6 +76,12 @@ def test_bad_files(tmp_path: Path) -> None:
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml is not UTF-8 text \(byte 0xe9 at offset 9\)"):
+        load_config(latin1)
+    with pytest.raises(ConfigError, match=r"cannot be read \(Is a directory\)"):
+        load_config(tmp_path)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))

@@ -340,6 +340,39 @@ def test_cli_reports_refusals_with_exit_2(tmp_path: Path, capfd: pytest.CaptureF
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").glob("*/v*"))
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--seed", "-1"], "seed=-1: Input should be greater than or equal to 0"),
+    (["--tiles", "99x99"], "tiles='99x99': Value error, rows and columns must each be 1..16"),
+    (["--roi", "0,0,0,0"], "roi=(0, 0, 0, 0): Value error, x, y >= 0 and width, height > 0"),
+    (["--roi=-5,-5,10,10"], "roi=(-5, -5, 10, 10)"),
+])
+def test_cli_refuses_bad_flags_before_training(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                               flags: list[str], message: str) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
+    assert cli(["train", "--data", str(ds.root), "--models-dir", str(tmp_path / "m"), *flags]) == 2
+    err = capfd.readouterr().err
+    assert "error: invalid training config: " in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(("flag", "target", "message"), [
+    ("--result-json", "nodir/res.json", "--result-json {t}: folder {t_parent} does not exist"),
+    ("--result-json", ".", "--result-json {t!r} is a folder"),
+    ("--models-dir", "afile.txt", "--models-dir {t} is a file"),
+])
+def test_cli_refuses_an_unwritable_output_before_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+        flag: str, target: str, message: str) -> None:
+    ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile.txt").write_text("keep", encoding="utf-8")
+    models = ["--models-dir", "m"] if flag != "--models-dir" else []
+    assert cli(["train", "--data", str(ds.root), *models, flag, target, "--epochs", "1"]) == 2
+    err = capfd.readouterr().err
+    assert message.format(t=target, t_parent=str(Path(target).parent)) in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists() and (tmp_path / "afile.txt").read_text(encoding="utf-8") == "keep"
+
+
 def test_allow_unsupported_target_trains_and_says_so(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 20, "scratch": 10, "spot": 10})
     result = train_main(

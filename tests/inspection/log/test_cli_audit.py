@@ -36,6 +36,12 @@ def test_list_filters_and_prints_json(logs: Any, filled: list[Any], capsys: pyte
     assert [json.loads(line)["part_id"] for line in lines] == ["P2"]
 
 
+def test_list_refuses_a_decision_no_record_can_have(logs: Any, filled: list[Any],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_args(logs, "audit", "list", "--decision", "maybe")) == 2
+    assert "error: decision 'maybe' is not one of ['pass', 'reject']" in capsys.readouterr().err
+
+
 def test_list_table_pages_with_cursor(logs: Any, filled: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_args(logs, "audit", "list", "--limit", "2")) == 0
     out = capsys.readouterr()
@@ -66,6 +72,23 @@ def test_export_csv_to_file(logs: Any, filled: list[Any], tmp_path: Path) -> Non
     assert not (tmp_path / "out.csv.part").exists()
 
 
+@pytest.mark.parametrize(("output", "message"), [
+    ("nodir/out.csv", "-o {tmp}/nodir/out.csv: folder {tmp}/nodir does not exist"),
+    ("", "-o '.' is a folder; give a file to write"),
+    ("folder", "-o '{tmp}/folder' is a folder"),
+])
+def test_export_to_a_path_that_is_no_file_exits_2(
+        logs: Any, filled: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], output: str, message: str) -> None:
+    (tmp_path / "folder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    target = str(tmp_path / output) if output else output
+    assert main(_args(logs, "audit", "export", "-o", target)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message.format(tmp=tmp_path) in err
+    assert list((tmp_path / "folder").iterdir()) == [] and not (tmp_path / "nodir").exists()
+
+
 def test_export_jsonl_to_stdout(logs: Any, filled: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_args(logs, "audit", "export", "--format", "jsonl", "--part-id", "P1")) == 0
     assert [json.loads(x)["seq"] for x in capsys.readouterr().out.splitlines()] == [2]
@@ -82,6 +105,15 @@ def test_verify_ok_then_tampered(logs: Any, filled: list[Any], capsys: pytest.Ca
     assert "record 3: edited: record 3's contents no longer match its hash" in capsys.readouterr().out
 
 
+def test_verify_refuses_a_frames_dir_that_does_not_exist(logs: Any, filled: list[Any], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    args = _args(logs, "audit", "verify")
+    args[args.index("--frames-dir") + 1] = str(tmp_path / "nonexistent")
+    assert main(args) == 2
+    assert f"error: --frames-dir {tmp_path / 'nonexistent'} is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "nonexistent").exists()
+
+
 def test_prune_needs_a_limit_and_records_the_pruning(logs: Any, filled: list[Any],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_args(logs, "audit", "prune")) == 2
@@ -90,6 +122,19 @@ def test_prune_needs_a_limit_and_records_the_pruning(logs: Any, filled: list[Any
     assert "removed 1 frame(s)" in capsys.readouterr().out  # only the reject's frame was kept
     assert main(_args(logs, "audit", "list", "--kind", "prune", "--json")) == 0
     assert json.loads(capsys.readouterr().out)["data"]["removed"] == [filled[2].entry.frame_sha256]
+
+
+@pytest.mark.parametrize("days", ["nan", "inf", "1e12", "-1", "36500.5", "week"])
+def test_prune_refuses_an_age_outside_0_to_36500_days(logs: Any, filled: list[Any], days: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    frames = sorted((logs.tmp_path / "frames").rglob("*"))
+    assert frames
+    with pytest.raises(SystemExit) as exc:
+        main(_args(logs, "audit", "prune", f"--max-age-days={days}"))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --max-age-days: {days!r} is not allowed; give a number of days from 0 to 36500" in err
+    assert sorted((logs.tmp_path / "frames").rglob("*")) == frames
 
 
 def test_missing_sqlite_log_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
