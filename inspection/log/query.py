@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
 
 from sqlalchemy import Select, and_, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
 from inspection.errors import ValidationError
@@ -166,21 +168,23 @@ FRAME_STORE_EVENT = "frame_store"
 
 
 def recorded_frames_dir(log: SqlInspectionLog) -> str | None:
-    """The frame store the newest server recorded in this log (``None``: none recorded).
+    """The frame store the newest server recorded in this log (``None``: none recorded, or the log
+    cannot be read here: ``audit verify`` then reports what it finds).
 
     Servers append a ``frame_store`` event when the directory they keep frames in differs from
     the last one recorded, so a command reading the log later (``inspection audit show``) finds
-    the frames without being told where the server kept them.
+    the frames without being told where the server kept them. One query for the newest such
+    event: other events (one per labelled image imported) may be many more than a page, and a
+    record other than the event may hold values that no longer read back.
     """
-    cursor = None
-    for _ in range(10):  # events are rare; a long run of other events ends the search
-        page = query_records(log, RecordFilter(kind="event"), cursor=cursor, limit=MAX_LIMIT, order="desc")
-        for rec in page.records:
-            data = rec.entry.data if isinstance(rec.entry.data, dict) else {}
-            if data.get("event") == FRAME_STORE_EVENT:
-                value = data.get("frames_dir")
-                return value if isinstance(value, str) else None
-        if page.next_cursor is None:
-            return None
-        cursor = page.next_cursor
-    return None
+    pattern = '%"event":"' + FRAME_STORE_EVENT.replace("_", "\\_") + '"%'
+    query = (select(records.c.data).where(records.c.kind == "event", records.c.data.like(pattern, escape="\\"))
+             .order_by(records.c.seq.desc()).limit(1))
+    try:
+        with log.engine.connect() as conn:
+            text = conn.execute(query).scalar()
+        data = json.loads(text) if isinstance(text, str) else None
+    except (SQLAlchemyError, ValueError):
+        return None
+    value = data.get("frames_dir") if isinstance(data, dict) and data.get("event") == FRAME_STORE_EVENT else None
+    return value if isinstance(value, str) else None

@@ -157,3 +157,27 @@ def test_list_names_models_as_name_slash_version_and_filters_by_it(
     assert sorted(json.loads(line)["part_id"] for line in capsys.readouterr().out.splitlines()) == ["M0", "M2"]
     assert main(_args(logs, "audit", "list", "--model-version", "coat/v1", "--model-name", "other")) == 2
     assert "names model 'coat' but model_name is 'other'" in capsys.readouterr().err
+
+
+def test_verify_finds_the_servers_frames_behind_many_other_events_and_garbled_rows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `audit verify` without --frames-dir reads where the server kept its frames from the log's
+    # newest frame_store event. It used to page through at most 10,000 events (a labelling import
+    # appends one per image) and then check the default folder: every kept frame "deleted".
+    from inspection.log.query import FRAME_STORE_EVENT
+    from inspection.log.store import open_log
+
+    url, frames = f"sqlite:///{tmp_path / 'log.db'}", tmp_path / "server-frames"
+    log = open_log(url, frames_dir=frames, sqlite_synchronous="NORMAL")
+    log.append(LogEntry(kind="event", data={"event": FRAME_STORE_EVENT, "frames_dir": str(frames.resolve())}))
+    log.append(LogEntry(kind="inspection", decision="reject"), frame=b"kept")
+    for i in range(10_001):
+        log.append(LogEntry(kind="event", data={"event": "label_import", "n": i}))
+    log.close()
+    assert main(["audit", "verify", "--log-url", url]) == 0, capsys.readouterr()
+    assert "1 frame(s) re-hashed" in capsys.readouterr().out
+    # A garbled row (a time that no longer parses) is verify's finding, not a crash of the lookup.
+    with sa.create_engine(url).begin() as conn:
+        conn.execute(sa.text("UPDATE inspection_records SET time = 'not a time' WHERE seq = 5"))
+    assert main(["audit", "verify", "--log-url", url]) == 1
+    assert "record 5 cannot be read" in capsys.readouterr().out
