@@ -30,6 +30,10 @@ def uvicorn_config(settings: ServeSettings, *, host: str | None = None, port: in
         log_level="warning",
         # Frames come in bursts from a few clients; keep their connections open.
         timeout_keep_alive=30,
+        # Without a bound uvicorn waits for every connection on SIGTERM, and a /line page's event
+        # stream never ends: one wall screen kept the server from stopping until it was killed,
+        # skipping the clean stop (open parts decided, the log closed).
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
 
 

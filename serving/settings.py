@@ -289,6 +289,9 @@ class ServeSettings(_Section):
     api_keys: list[ApiKeySettings] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    #: On SIGTERM, open connections get this long to finish before they are closed (a /line page's
+    #: event stream never finishes by itself) and the server decides its open parts and closes the log.
+    shutdown_grace_s: int = Field(default=5, ge=1, le=300)
     labelling: LabellingSettings = Field(default_factory=LabellingSettings)
     #: Stations of this line PC that another serving process answers (station -> host:port);
     #: their frames get 421 naming it. Set by ``worker_settings`` (``inspection serve --workers``).

@@ -82,3 +82,38 @@ def test_cli_on_an_untrusted_model_stays_up_not_ready_and_fail_safe_rejects(tmp_
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert "failed verification at start" in out and "Traceback" not in out, out
+
+
+def test_sigterm_stops_the_server_while_a_line_page_streams_its_events(tmp_path: Path, models_dir: Path,
+                                                                      keys) -> None:
+    # The /line page's event stream never ends by itself: uvicorn waited for it, and one wall
+    # screen kept the server up after SIGTERM until it was killed (no clean stop of parts and log).
+    import threading
+
+    port = free_port()
+    path = _write(tmp_path, {**settings_data(tmp_path, models_dir, keys), "shutdown_grace_s": 1})
+    proc = start_server(path, port, capture=True)
+    base = f"http://127.0.0.1:{port}"
+    streaming = threading.Event()
+
+    def watch() -> None:
+        try:
+            with httpx.stream("GET", f"{base}/v1/line/{SINGLE}/events", headers=auth(keys, "viewer"),
+                              timeout=None) as r:
+                for _ in r.iter_bytes():
+                    streaming.set()
+        except httpx.HTTPError:
+            pass
+
+    try:
+        wait_ready(proc, base)
+        threading.Thread(target=watch, daemon=True).start()
+        assert streaming.wait(30), "the line page's stream sent nothing"
+        stopping = time.monotonic()
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert time.monotonic() - stopping < 15 and proc.returncode == -15, out
