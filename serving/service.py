@@ -402,8 +402,11 @@ class InspectionService:
         if record is not None:
             self.bus.publish(DecisionEvent("part", record))
         self.metrics.child(self.metrics.part_decisions, part.station, part.decision or "reject").inc()
-        self.line.part(part.station, part.decision or "reject", failsafe=bool(part.failsafe_reason))
-        if part.failsafe_reason and any(r.startswith("missing_view") for r in part.failsafe_reason.split("; ")):
+        missing = bool(part.failsafe_reason) and any(r.startswith("missing_view")
+                                                     for r in (part.failsafe_reason or "").split("; "))
+        self.line.part(part.station, part.decision or "reject", failsafe=bool(part.failsafe_reason),
+                       missing_views=max(len(part.missing), 1) if missing else 0)
+        if missing:
             self.metrics.failsafe.labels(part.station, "missing_view").inc()
 
 

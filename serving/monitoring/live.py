@@ -176,10 +176,23 @@ class LineMonitor:
         live.monitor.observe_failsafe()
         live.count("frames", "failsafe", reason=reason)
 
-    def part(self, station: str, decision: str, *, failsafe: bool) -> None:
+    def part(self, station: str, decision: str, *, failsafe: bool, missing_views: int = 0) -> None:
+        """A part's decision; ``missing_views``: cameras whose frame never came by its deadline.
+
+        A missing view is a fail-safe reject of a view that no frame stood for: counted and fed to
+        the fail-safe rate like a failed frame. Why: with one camera of a station dead, every part
+        was rejected at its deadline while the fail-safe count stayed 0 and no alarm rose.
+        """
+        if station in self._off:
+            return
         live = self.stations.get(station)
         if live is None:
-            return
+            if not missing_views:
+                return
+            live = self._live(station, None)  # no frame has come yet: the missing views are the news
+        for _ in range(missing_views):
+            live.monitor.observe_failsafe()
+            live.count("failsafe", reason="missing_view")
         live.monitor.observe_part(decision == "reject", failsafe=failsafe)
         live.count("parts", "reject" if decision == "reject" else "pass")
 

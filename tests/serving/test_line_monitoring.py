@@ -120,6 +120,26 @@ def test_a_fail_safe_rate_alarm_is_a_chained_record_and_a_metric(
         assert "failsafe_rate" in snap["alarms"]
 
 
+def test_a_dead_camera_counts_its_missing_views_as_fail_safe_and_raises_the_alarm(
+    tmp_path: Path, watched_models: Path, keys: dict[str, str]
+) -> None:
+    # STATION has cameras top and side; side is dead. Every part is rejected at its deadline, and
+    # before, the page said "fail-safe rejects 0" and no alarm rose: no frame had failed.
+    settings = _settings(tmp_path, watched_models, keys, failsafe_window=10, failsafe_rate_limit=0.2)
+    with TestClient(create_app(settings)) as client:
+        for i in range(6):
+            post_frame(client, keys, frame_png(BRIGHT, seed=i), station=STATION, camera="top", part_id=f"D{i}")
+        deadline = time.monotonic() + 15
+        alarms: list[Any] = []
+        while not alarms and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alarms = [r for r in all_records(client) if r.entry.kind == "alarm" and r.entry.station == STATION]
+        assert alarms and alarms[0].entry.data["alarm"] == "failsafe_rate", "no fail-safe alarm for a dead camera"
+        snap = client.get(f"/v1/line/{STATION}", headers=auth(keys, "viewer")).json()
+        assert snap["shift"]["failsafe_by_reason"] == {"missing_view": 6} and snap["shift"]["failsafe"] == 6
+        assert snap["shift"]["reject"] == 6 and "failsafe_rate" in snap["alarms"]
+
+
 def test_the_line_api_admits_the_line_roles_and_names_bad_stations(client: TestClient, keys: dict[str, str]) -> None:
     for role in ("viewer", "engineer", "auditor", "admin"):
         r = client.get("/v1/line", headers=auth(keys, role))
