@@ -24,14 +24,15 @@ class StationLine:
     """Feed a station's decisions (``kind`` = settings.result_kind) into its handshake."""
 
     def __init__(self, station: str, settings: PlcSettings, *, sink: LogSink,
-                 metrics: LineMetrics | None = None) -> None:
+                 metrics: LineMetrics | None = None, first_seq: int | None = None) -> None:
+        """``first_seq``: the first result number (tests); None starts a random session (handshake)."""
         self.station = station
         self.settings = settings
         self.metrics = metrics or LineMetrics()
         self._sink = sink
         self.handshake = ResultHandshake(
             station=station, depth=settings.buffer_depth, ack_deadline_s=settings.ack_deadline_s,
-            class_codes=settings.class_codes, on_record=self._record)
+            class_codes=settings.class_codes, on_record=self._record, first_seq=first_seq)
         self._tasks: list[asyncio.Task[None]] = []
 
     def _record(self, entry: LogEntry) -> None:

@@ -12,6 +12,7 @@ from pymodbus.client import ModbusTcpClient
 from inspection.errors import ConfigError
 from serving.app import create_app
 from serving.line import registers as reg
+from serving.line.handshake import next_seq
 from serving.line.registers import Decision, StatusBit
 from serving.settings import build_settings
 from tests.helpers.server import until
@@ -38,15 +39,16 @@ def test_decisions_reach_the_plc_and_mqtt_and_acks_are_logged(
             line = client.app.state.line  # type: ignore[attr-defined]
             until(lambda: line.lines[SINGLE].handshake.counters.inspected == 3, "3 part decisions at the PLC")
 
-            acked = []
-            for seq in (1, 2, 3):
+            acked, seqs = [], []
+            for _ in range(3):
                 w = plc.read_holding_registers(0, count=reg.REGISTER_COUNT).registers
                 assert w[reg.STATUS] & StatusBit.RESULT_VALID
-                assert reg.join_u32(w[reg.RESULT_SEQ], w[reg.RESULT_SEQ + 1]) == seq
+                seqs.append(reg.join_u32(w[reg.RESULT_SEQ], w[reg.RESULT_SEQ + 1]))
                 text = reg.decode_text(w[reg.PART_ID_TEXT: reg.PART_ID_TEXT + reg.PART_ID_TEXT_LEN])
                 acked.append((text, Decision(w[reg.DECISION])))
-                assert not plc.write_register(reg.RESULT_ACK, seq).isError()
+                assert not plc.write_register(reg.RESULT_ACK, seqs[-1] & 0xFFFF).isError()
                 assert not plc.write_register(reg.RESULT_ACK, 0).isError()
+            assert seqs[1:] == [next_seq(seqs[0]), next_seq(seqs[1])]  # from the session's random start
             records = all_records(client)
             part_records = [r for r in records if r.entry.kind == "part"]
             assert acked == [(r.entry.part_id, Decision.OK if r.entry.decision == "pass" else Decision.NG)

@@ -30,7 +30,7 @@ async def station(log_store: SqlInspectionLog, port: int) -> AsyncIterator[dict[
     bus = DecisionBus()
     sink = LogSink(log_store)
     sink.start()
-    line = StationLine(STATION, PlcSettings(class_codes={"dent": 2}, heartbeat_s=0.05), sink=sink)
+    line = StationLine(STATION, PlcSettings(class_codes={"dent": 2}, heartbeat_s=0.05), sink=sink, first_seq=1)
     server = OpcUaStationServer(line.handshake, OpcUaSettings(enabled=True, port=port, username=USER,
                                                               password=PASSWORD))
     await line.start(bus.subscribe("plc").queue)
