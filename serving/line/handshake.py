@@ -17,6 +17,8 @@ Fail-safe rules, all documented in docs/plc.md:
   acknowledgement is still recorded (``late: true``).
 * An acknowledgement that names anything but the presented result sets
   ERROR_CODE=ACK_NOT_PENDING and changes nothing else.
+* When the station's PLC side stops (a stop, a restart), every result still buffered leaves
+  with a ``plc_ack`` record ``unacknowledged_at_stop``: it can no longer be acknowledged.
 * Every handshake (every start or restart of the station's PLC side) is a new session: its
   result numbers start at a random number and it shows a random ``session`` id, so an
   acknowledgement a PLC still holds from before a restart does not name a new result.
@@ -320,6 +322,25 @@ class ResultHandshake:
         with self.lock:
             self.heartbeat = (self.heartbeat + 1) & 0xFFFF
             self._changed()
+
+    def close(self) -> int:
+        """The PLC side stops: log every buffered result ``unacknowledged_at_stop`` and empty the buffer.
+
+        After a restart nobody can acknowledge these results any more (a new session has other
+        numbers), so without this record the log would end at a result no outcome was ever
+        written for. Returns how many were logged; a second call logs nothing.
+        """
+        with self.lock:
+            self.running = False
+            now = self._clock()
+            closed = len(self._buffer)
+            while self._buffer:
+                slot = self._buffer.popleft()
+                self._emit(slot.result, "unacknowledged_at_stop", via=None, age_s=now - slot.offered_at,
+                           extra={"late": slot.flagged})
+            if closed:
+                self._changed()
+            return closed
 
     def check_deadlines(self) -> int:
         """Flag buffered results older than the deadline (once each); returns how many were flagged."""

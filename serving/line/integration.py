@@ -124,7 +124,11 @@ class LineIntegration:
                                        data={"event": "plc_results_lost", "count": n, "where": "decision bus"}))
 
     async def stop(self) -> None:
-        """Stop everything that started (MQTT first so it can drain, servers, then handshakes)."""
+        """Stop everything that started (MQTT first so it can drain, servers, then handshakes).
+
+        The handshakes stop after the servers, so no acknowledgement races their
+        ``unacknowledged_at_stop`` records, and before the log sink, which writes those records.
+        """
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -58,6 +58,7 @@ class StationLine:
         ]
 
     async def stop(self) -> None:
+        """Stop taking decisions; results still buffered are logged ``unacknowledged_at_stop``."""
         self.handshake.running = False
         for t in self._tasks:
             t.cancel()
@@ -65,6 +66,10 @@ class StationLine:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        # After the tasks: no decision is offered any more. Before the log sink stops (the caller's
+        # order): these records must reach the log.
+        self.handshake.close()
+        self.metrics.plc_pending.labels(self.station).set(self.handshake.pending)
 
     async def _consume(self, queue: asyncio.Queue[DecisionEvent]) -> None:
         while True:

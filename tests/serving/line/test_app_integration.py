@@ -10,15 +10,19 @@ from fastapi.testclient import TestClient
 from pymodbus.client import ModbusTcpClient
 
 from inspection.errors import ConfigError
+from inspection.log.store import SqlInspectionLog
 from serving.app import create_app
+from serving.events import DecisionBus, DecisionEvent
 from serving.line import registers as reg
 from serving.line.handshake import next_seq
+from serving.line.integration import LineIntegration
 from serving.line.registers import Decision, StatusBit
+from serving.line.settings import LineSettings
 from serving.settings import build_settings
 from tests.helpers.server import until
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
 from tests.serving.conftest import SINGLE, all_records, post_frame, settings_data
-from tests.serving.line.conftest import LinePeers, free_port
+from tests.serving.line.conftest import LinePeers, decide_many, free_port, part_entry, records_of, wait_for
 
 
 @pytest.mark.mqtt
@@ -74,6 +78,33 @@ def test_decisions_reach_the_plc_and_mqtt_and_acks_are_logged(
     # On a clean stop the retained status says offline.
     until(lambda: any(t.endswith(f"{SINGLE}/status") and m["state"] == "offline" for t, m, _ in sub.messages),
            "offline status")
+
+
+@pytest.mark.asyncio
+async def test_a_stop_logs_every_result_the_plc_did_not_acknowledge(log_store: SqlInspectionLog, port: int) -> None:
+    """A stop or restart with results waiting: each gets a plc_ack record (none may end without an
+    outcome in the log), after the acknowledged one and before the log sink stops."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    bus = DecisionBus()
+    line = LineIntegration({SINGLE: LineSettings(modbus={"enabled": True, "port": port},
+                                                 plc={"ack_deadline_s": 60, "heartbeat_s": 60})},
+                           bus=bus, log_store=log_store)
+    await line.start()
+    recs = await decide_many(log_store, [part_entry(SINGLE, f"P{i}", "reject") for i in range(3)])
+    for r in recs:
+        bus.publish(DecisionEvent(kind="part", record=r))
+    hs = line.lines[SINGLE].handshake
+    await wait_for(lambda: hs.pending == 3, what="3 results buffered")
+    plc = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5)
+    assert await plc.connect()
+    w = (await plc.read_holding_registers(0, count=reg.REGISTER_COUNT)).registers
+    assert not (await plc.write_register(reg.RESULT_ACK, w[reg.RESULT_SEQ + 1])).isError()
+    plc.close()
+    await line.stop()
+    acks = [(a.entry.ref, (a.entry.data or {})["outcome"]) for a in records_of(log_store, "plc_ack")]
+    assert acks == [(recs[0].entry.inspection_id, "acknowledged"),
+                    *((r.entry.inspection_id, "unacknowledged_at_stop") for r in recs[1:])]
 
 
 def test_anonymous_opcua_outside_demo_mode_refuses_to_start(tmp_path: Path, models_dir: Path,
