@@ -229,19 +229,11 @@ class ResultHandshake:
             seq = self._take_seq()
             result = to_line_result(record, seq=seq, class_codes=self.class_codes, kind=kind,
                                     skipped_before=self._skipped)
+            if self.full:
+                self._overflow(result, {"buffer_depth": self.depth})
+                return None
             c = self.counters
             c.inspected += 1
-            if self.full:
-                c.overflowed += 1
-                c.failsafe += 1
-                c.rejected += 1
-                self._skipped += 1
-                self.error_code = ErrorCode.BUFFER_FULL
-                # The PLC never sees this result, so it rejects the part (docs/plc.md, safety rule 1).
-                self._emit(result, "overflow", via=None, age_s=0.0,
-                           extra={"buffer_depth": self.depth, "plc_action": "reject (no result)"})
-                self._changed()
-                return None
             if result.decision == Decision.NG:
                 c.rejected += 1
             if result.error == ResultError.FAILSAFE:
@@ -251,13 +243,37 @@ class ResultHandshake:
             self._changed()
             return result
 
+    def lose(self, record: StoredRecord, *, kind: str = "part") -> None:
+        """A decision dropped on its way to the station (the decision bus): numbered, logged ``overflow``.
+
+        Call it in decision order, before the next :meth:`offer`, so its number and the next
+        result's ``skipped_before`` say where the gap is.
+        """
+        with self.lock:
+            result = to_line_result(record, seq=self._take_seq(), class_codes=self.class_codes, kind=kind,
+                                    skipped_before=self._skipped)
+            self._overflow(result, {"lost_on": "decision bus"})
+
+    def _overflow(self, result: LineResult, extra: dict[str, object]) -> None:
+        c = self.counters
+        c.inspected += 1
+        c.overflowed += 1
+        c.failsafe += 1
+        c.rejected += 1
+        self._skipped += 1
+        self.error_code = ErrorCode.BUFFER_FULL
+        # The PLC never sees this result, so it rejects the part (docs/plc.md, safety rule 1).
+        self._emit(result, "overflow", via=None, age_s=0.0, extra={**extra, "plc_action": "reject (no result)"})
+        self._changed()
+
     def _take_seq(self) -> int:
         seq = self._next_seq
         self._next_seq = next_seq(seq)
         return seq
 
     def note_lost(self, n: int) -> None:
-        """``n`` decisions never reached the station (dropped upstream): count them as overflowed."""
+        """``n`` decisions never reached the station (dropped upstream) and are not known any more:
+        count them as overflowed (no log record can name them; see :meth:`lose` for known ones)."""
         with self.lock:
             if n <= 0:
                 return

@@ -107,6 +107,41 @@ async def test_a_stop_logs_every_result_the_plc_did_not_acknowledge(log_store: S
                     *((r.entry.inspection_id, "unacknowledged_at_stop") for r in recs[1:])]
 
 
+@pytest.mark.asyncio
+async def test_decisions_lost_on_the_bus_are_numbered_and_logged_before_the_next_result(
+        log_store: SqlInspectionLog, port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bus drops the oldest decisions when the PLC side falls behind: those results get their
+    numbers and an overflow plc_ack each before the next result, which says they were skipped (a gap
+    found a second later had newer results already numbered in its place). Another station's
+    lost decision is not ours."""
+    from serving.line import integration
+
+    monkeypatch.setattr(integration, "BUS_QUEUE", 4)  # stands for 65,536: the same path, with fewer events
+    bus = DecisionBus()
+    line = LineIntegration({SINGLE: LineSettings(modbus={"enabled": True, "port": port},
+                                                 plc={"ack_deadline_s": 60, "heartbeat_s": 60})},
+                           bus=bus, log_store=log_store)
+    await line.start()
+    try:
+        recs = await decide_many(log_store, [part_entry(SINGLE, "P0", "reject"), part_entry("other", "X"),
+                                             *(part_entry(SINGLE, f"P{i}", "pass") for i in range(1, 6))])
+        for r in recs:  # one burst before the PLC side's task runs: P0, X and P1 are dropped
+            bus.publish(DecisionEvent(kind="part", record=r))
+        hs = line.lines[SINGLE].handshake
+        await wait_for(lambda: hs.pending == 4, what="4 results buffered")
+        lost = [recs[0], recs[2]]
+        first = hs.presented
+        assert first is not None and first.part_id == "P2" and first.skipped_before == 2
+        assert (hs.counters.inspected, hs.counters.overflowed) == (6, 2)
+        await line.sink.flush()
+        acks = [(a.entry.ref, a.entry.data or {}) for a in records_of(log_store, "plc_ack")]
+        assert [(ref, d["outcome"]) for ref, d in acks] == [(r.entry.inspection_id, "overflow") for r in lost]
+        seqs = [d["result_seq"] for _, d in acks]
+        assert [next_seq(seqs[0]), next_seq(seqs[1])] == [seqs[1], first.seq]
+    finally:
+        await line.stop()
+
+
 def test_anonymous_opcua_outside_demo_mode_refuses_to_start(tmp_path: Path, models_dir: Path,
                                                              keys: dict[str, str]) -> None:
     data = settings_data(tmp_path, models_dir, keys)

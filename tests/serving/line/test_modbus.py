@@ -72,7 +72,7 @@ async def make_rig(log_store: SqlInspectionLog, port: int) -> AsyncIterator[RigF
         sink.start()
         line = StationLine(STATION, PlcSettings(**plc), sink=sink, first_seq=first_seq)
         server = ModbusStationServer(line.handshake, host="127.0.0.1", port=port)
-        await line.start(bus.subscribe("plc", maxsize=4096).queue)
+        await line.start(bus.subscribe("plc", maxsize=4096, keep_dropped=True))
         await server.start()
         client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5)
         assert await client.connect()
