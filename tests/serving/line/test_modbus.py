@@ -220,6 +220,27 @@ async def test_bad_writes_get_the_error_code_and_change_nothing_else(make_rig: R
     assert len(records_of(rig.log, "plc_ack")) == 1
 
 
+async def test_a_read_write_request_with_a_bad_read_range_applies_nothing(make_rig: RigFactory) -> None:
+    """Function code 23 writes, then reads: a read range outside the map is refused (exception 02) and
+    its write, here an acknowledgement, must not be applied, since the PLC saw the request refused."""
+    rig = await make_rig()
+    recs = await decide_many(rig.log, [part_entry(STATION, f"P-{i}", "reject") for i in range(2)])
+    rig.publish(recs)
+    await wait_for(lambda: rig.line.handshake.pending == 2, what="2 results")
+    before = await rig.read()
+    rr = await rig.client.readwrite_registers(read_address=reg.REGISTER_COUNT, read_count=1,
+                                              write_address=reg.RESULT_ACK, values=[1])
+    assert rr.isError() and rr.exception_code == 2
+    assert await rig.read() == before
+    # A good read range: the write is applied, and the read shows it (the acknowledgement latched).
+    rr = await rig.client.readwrite_registers(read_address=0, read_count=reg.REGISTER_COUNT,
+                                              write_address=reg.RESULT_ACK, values=[1])
+    assert not rr.isError()
+    assert rr.registers[reg.STATUS] & StatusBit.ACK_LATCHED and rr.registers[reg.RESULT_ACK] == 1
+    await rig.sink.flush()
+    assert [a.entry.ref for a in records_of(rig.log, "plc_ack")] == [recs[0].entry.inspection_id]
+
+
 async def test_full_buffer_is_fail_safe_and_recovers(make_rig: RigFactory) -> None:
     rig = await make_rig(buffer_depth=8, class_codes={"scratch": 1})
     recs = await decide_many(rig.log, [part_entry(STATION, f"P-{i}", "pass") for i in range(12)])
