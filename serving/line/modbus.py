@@ -30,7 +30,7 @@ from serving.line.registers import Command, ErrorCode
 
 log = logging.getLogger(__name__)
 
-_READ_FC = frozenset({3, 4, 6, 16, 23})  # 6 and 16: the read-back after a write
+_READ_FC = frozenset({3, 4, 6, 16, 23})  # 6 and 16: the read-back after a write (6: its echo)
 _WRITE_FC = frozenset({6, 16, 23})
 
 
@@ -47,6 +47,8 @@ class HandshakeContext(ModbusServerContext):
         self.ack_register = 0
         # A function code 23 write held until its read range is checked (see async_setValues).
         self._held: tuple[int, list[int]] | None = None
+        # The value of the last function code 6 write, for its echo.
+        self._echo: list[int] | None = None
 
     def device_ids(self) -> list[int]:
         return [0]
@@ -57,6 +59,11 @@ class HandshakeContext(ModbusServerContext):
         if func_code not in _READ_FC:
             return ExcCodes.ILLEGAL_ADDRESS  # no coils or discrete inputs in this map
         held, self._held = self._held, None
+        echo, self._echo = self._echo, None
+        if func_code == 6 and echo is not None:
+            # pymodbus answers a single write with a read-back of the register, but Modbus wants the
+            # written value echoed: COMMAND reads 0, and COMMAND=1 answered 0 looks refused to a PLC.
+            return echo
         if address < 0 or count < 1 or address + count > reg.REGISTER_COUNT:
             return ExcCodes.ILLEGAL_ADDRESS  # a function code 23 write held for this read is dropped
         if held is not None:
@@ -76,7 +83,10 @@ class HandshakeContext(ModbusServerContext):
             # request runs and the held write is this request's.
             self._held = (address, words)
             return None
-        return self.write(address, words, func_code=func_code)
+        refused = self.write(address, words, func_code=func_code)
+        if func_code == 6 and refused is None:
+            self._echo = words
+        return refused
 
     def write(self, address: int, values: list[int], *, func_code: int = 16) -> ExcCodes | None:
         """Apply a PLC write; returns the Modbus exception code for a refused one."""

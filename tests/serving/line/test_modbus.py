@@ -241,6 +241,19 @@ async def test_a_read_write_request_with_a_bad_read_range_applies_nothing(make_r
     assert [a.entry.ref for a in records_of(rig.log, "plc_ack")] == [recs[0].entry.inspection_id]
 
 
+async def test_a_single_register_write_is_answered_with_the_value_written(make_rig: RigFactory) -> None:
+    """Function code 6 answers with an echo of the request; COMMAND reads back 0, which is not what
+    was written, and a PLC that checks the echo takes the command for refused."""
+    rig = await make_rig()
+    [rec] = await decide_many(rig.log, [part_entry(STATION, "P-1", "reject")])
+    rig.publish([rec])
+    await wait_for(lambda: rig.line.handshake.pending == 1, what="a result")
+    for address, value in ((reg.COMMAND, reg.Command.CLEAR_ERROR), (reg.RESULT_ACK, 1), (reg.RESULT_ACK, 0)):
+        rr = await rig.write(address, int(value))
+        assert not rr.isError() and (rr.address, rr.registers) == (address, [value])
+    assert (await rig.read(reg.COMMAND, 1)) == [0]
+
+
 async def test_full_buffer_is_fail_safe_and_recovers(make_rig: RigFactory) -> None:
     rig = await make_rig(buffer_depth=8, class_codes={"scratch": 1})
     recs = await decide_many(rig.log, [part_entry(STATION, f"P-{i}", "pass") for i in range(12)])
