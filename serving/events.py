@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,6 +38,9 @@ class Subscription:
     queue: asyncio.Queue[DecisionEvent]
     dropped: int = 0
     kinds: frozenset[str] = field(default_factory=lambda: frozenset({"inspection", "part"}))
+    #: With ``keep_dropped``: the dropped events, oldest first, for a subscriber that must account for
+    #: each one (the PLC side logs them); at most as many as the queue holds, older ones only counted.
+    lost: deque[DecisionEvent] | None = None
 
 
 class DecisionBus:
@@ -45,10 +49,18 @@ class DecisionBus:
     def __init__(self) -> None:
         self._subs: dict[str, Subscription] = {}
 
-    def subscribe(self, name: str, *, maxsize: int = 1024, kinds: frozenset[str] | None = None) -> Subscription:
+    def subscribe(self, name: str, *, maxsize: int = 1024, kinds: frozenset[str] | None = None,
+                  keep_dropped: bool = False) -> Subscription:
+        """A new subscriber's queue; ``keep_dropped`` keeps what it loses in ``Subscription.lost``.
+
+        Raises:
+            ValueError: ``name`` is already subscribed.
+        """
         if name in self._subs:
             raise ValueError(f"subscriber {name!r} already registered")
         sub = Subscription(name, asyncio.Queue(maxsize=maxsize))
+        if keep_dropped:
+            sub.lost = deque(maxlen=maxsize)
         if kinds is not None:
             sub.kinds = kinds
         self._subs[name] = sub
@@ -66,9 +78,12 @@ class DecisionBus:
                 sub.queue.put_nowait(event)
             except asyncio.QueueFull:
                 try:
-                    sub.queue.get_nowait()
+                    oldest = sub.queue.get_nowait()
                 except asyncio.QueueEmpty:
                     pass
+                else:
+                    if sub.lost is not None:
+                        sub.lost.append(oldest)
                 sub.dropped += 1
                 log.warning("subscriber %s is behind; dropped its oldest event (%d so far)", sub.name, sub.dropped)
                 sub.queue.put_nowait(event)

@@ -17,6 +17,11 @@ Fail-safe rules, all documented in docs/plc.md:
   acknowledgement is still recorded (``late: true``).
 * An acknowledgement that names anything but the presented result sets
   ERROR_CODE=ACK_NOT_PENDING and changes nothing else.
+* When the station's PLC side stops (a stop, a restart), every result still buffered leaves
+  with a ``plc_ack`` record ``unacknowledged_at_stop``: it can no longer be acknowledged.
+* Every handshake (every start or restart of the station's PLC side) is a new session: its
+  result numbers start at a random number and it shows a random ``session`` id, so an
+  acknowledgement a PLC still holds from before a restart does not name a new result.
 
 The class is synchronous. The serving event loop offers decisions while the Modbus server
 answers PLC polls on its own thread (off the decision path): every change of state and every
@@ -27,6 +32,7 @@ block and must be safe to call from any thread.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections import deque
@@ -43,7 +49,7 @@ from serving.line.registers import Decision, ErrorCode, ResultError, StatusBit
 class LineResult:
     """One decision as the PLC sees it."""
 
-    seq: int                    # per-station result number (1, 2, ...)
+    seq: int                    # result number (random start per session, then +1; see next_seq)
     inspection_id: str          # the decision's log record (what plc_ack records reference)
     inspection_no: int          # the log record's seq: a number a PLC can store
     kind: str                   # "part" or "inspection"
@@ -73,6 +79,30 @@ class _Slot:
     result: LineResult
     offered_at: float
     flagged: bool = False
+
+
+def next_seq(seq: int) -> int:
+    """The result number after ``seq``: +1, wrapping at 32 bits, never with a low word of 0.
+
+    A Modbus PLC acknowledges with the low word and writes 0 to clear, so 0 is never a number.
+    """
+    seq = (seq + 1) & 0xFFFFFFFF
+    return seq + 1 if seq & 0xFFFF == 0 else seq
+
+
+def new_session() -> tuple[int, int]:
+    """A new session's (first result number, session id), both random, nonzero 32-bit values.
+
+    Why random rather than 1, or "after the last ``result_seq`` in the log": a PLC that read a
+    result just before a restart may write its acknowledgement (the low word) afterwards. Started
+    at 1 again, that acknowledged a new, unread result -- its part passed on another part's
+    result. The log cannot tell which numbers a PLC still holds: after a crash (power loss, kill)
+    the last results it was shown were never logged. A random start needs no log and works the
+    same after a crash; a stale acknowledgement then meets the new session's result only with odds
+    of 1 in 65,535 (its low word), and a PLC that checks SESSION before acknowledging (docs/plc.md,
+    safety rules) cannot be fooled at all.
+    """
+    return next_seq(secrets.randbits(32)), secrets.randbits(32) or 1
 
 
 def to_line_result(
@@ -119,7 +149,9 @@ class ResultHandshake:
         class_codes: Mapping[str, int] | None = None,
         on_record: Callable[[LogEntry], None] = lambda entry: None,
         clock: Callable[[], float] = time.monotonic,
+        first_seq: int | None = None,
     ) -> None:
+        """``first_seq``: the first result number; None (in service) for a new random session."""
         if depth < 1:
             raise ValueError(f"buffer depth must be >= 1, got {depth}")
         self.station = station
@@ -135,7 +167,8 @@ class ResultHandshake:
         self._clock = clock
         self._buffer: deque[_Slot] = deque()
         self._latched = False
-        self._next_seq = 1
+        start, self.session = new_session()
+        self._next_seq = start if first_seq is None else first_seq
         self._skipped = 0
         self._listeners: list[Callable[[], None]] = []
         # Re-entrant: acknowledge() reads ``presented`` while holding it.
@@ -196,19 +229,11 @@ class ResultHandshake:
             seq = self._take_seq()
             result = to_line_result(record, seq=seq, class_codes=self.class_codes, kind=kind,
                                     skipped_before=self._skipped)
+            if self.full:
+                self._overflow(result, {"buffer_depth": self.depth})
+                return None
             c = self.counters
             c.inspected += 1
-            if self.full:
-                c.overflowed += 1
-                c.failsafe += 1
-                c.rejected += 1
-                self._skipped += 1
-                self.error_code = ErrorCode.BUFFER_FULL
-                # The PLC never sees this result, so it rejects the part (docs/plc.md, safety rule 1).
-                self._emit(result, "overflow", via=None, age_s=0.0,
-                           extra={"buffer_depth": self.depth, "plc_action": "reject (no result)"})
-                self._changed()
-                return None
             if result.decision == Decision.NG:
                 c.rejected += 1
             if result.error == ResultError.FAILSAFE:
@@ -218,16 +243,37 @@ class ResultHandshake:
             self._changed()
             return result
 
+    def lose(self, record: StoredRecord, *, kind: str = "part") -> None:
+        """A decision dropped on its way to the station (the decision bus): numbered, logged ``overflow``.
+
+        Call it in decision order, before the next :meth:`offer`, so its number and the next
+        result's ``skipped_before`` say where the gap is.
+        """
+        with self.lock:
+            result = to_line_result(record, seq=self._take_seq(), class_codes=self.class_codes, kind=kind,
+                                    skipped_before=self._skipped)
+            self._overflow(result, {"lost_on": "decision bus"})
+
+    def _overflow(self, result: LineResult, extra: dict[str, object]) -> None:
+        c = self.counters
+        c.inspected += 1
+        c.overflowed += 1
+        c.failsafe += 1
+        c.rejected += 1
+        self._skipped += 1
+        self.error_code = ErrorCode.BUFFER_FULL
+        # The PLC never sees this result, so it rejects the part (docs/plc.md, safety rule 1).
+        self._emit(result, "overflow", via=None, age_s=0.0, extra={**extra, "plc_action": "reject (no result)"})
+        self._changed()
+
     def _take_seq(self) -> int:
         seq = self._next_seq
-        self._next_seq += 1
-        if self._next_seq & 0xFFFF == 0:
-            # A Modbus PLC acknowledges with the low word and writes 0 to clear: never use 0.
-            self._next_seq += 1
+        self._next_seq = next_seq(seq)
         return seq
 
     def note_lost(self, n: int) -> None:
-        """``n`` decisions never reached the station (dropped upstream): count them as overflowed."""
+        """``n`` decisions never reached the station (dropped upstream) and are not known any more:
+        count them as overflowed (no log record can name them; see :meth:`lose` for known ones)."""
         with self.lock:
             if n <= 0:
                 return
@@ -293,6 +339,25 @@ class ResultHandshake:
             self.heartbeat = (self.heartbeat + 1) & 0xFFFF
             self._changed()
 
+    def close(self) -> int:
+        """The PLC side stops: log every buffered result ``unacknowledged_at_stop`` and empty the buffer.
+
+        After a restart nobody can acknowledge these results any more (a new session has other
+        numbers), so without this record the log would end at a result no outcome was ever
+        written for. Returns how many were logged; a second call logs nothing.
+        """
+        with self.lock:
+            self.running = False
+            now = self._clock()
+            closed = len(self._buffer)
+            while self._buffer:
+                slot = self._buffer.popleft()
+                self._emit(slot.result, "unacknowledged_at_stop", via=None, age_s=now - slot.offered_at,
+                           extra={"late": slot.flagged})
+            if closed:
+                self._changed()
+            return closed
+
     def check_deadlines(self) -> int:
         """Flag buffered results older than the deadline (once each); returns how many were flagged."""
         with self.lock:
@@ -340,6 +405,7 @@ def _render(hs: ResultHandshake, ack_register: int) -> list[int]:
     w[reg.MAP_VERSION_REG] = reg.MAP_VERSION
     w[reg.BUFFER_DEPTH] = hs.depth
     w[reg.ACK_DEADLINE_MS] = min(int(hs.ack_deadline_s * 1000), 0xFFFF)
+    w[reg.SESSION], w[reg.SESSION + 1] = reg.split_u32(hs.session)
     r = hs.presented
     if r is not None:
         w[reg.RESULT_SEQ], w[reg.RESULT_SEQ + 1] = reg.split_u32(r.seq)

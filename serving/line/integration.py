@@ -8,7 +8,6 @@ queue of its own, so none of them can slow the decision path or each other.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -17,7 +16,6 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from inspection.errors import ConfigError, InspectionError
-from inspection.log.records import LogEntry
 from serving.events import DecisionBus, Subscription
 from serving.line.logsink import AppendsAsync, LogSink
 from serving.line.settings import LineSettings, check_line_settings
@@ -26,7 +24,7 @@ from serving.line.telemetry import LineMetrics
 log = logging.getLogger(__name__)
 
 #: Bus queue per integration: far above any burst, so the bus never drops for us in practice;
-#: if it ever does, the PLC side counts it as overflow (fail-safe) and logs it.
+#: if it ever does, the PLC side numbers and logs each lost decision as overflow (fail-safe).
 BUS_QUEUE = 65_536
 
 
@@ -49,7 +47,6 @@ class LineIntegration:
         self.servers: dict[str, dict[str, _Server]] = {}
         self.mqtt: dict[str, Any] = {}         # station -> MqttPublisher
         self._subs: list[str] = []
-        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start every enabled integration; on any failure, stop what started and re-raise.
@@ -66,17 +63,15 @@ class LineIntegration:
         except BaseException:
             await self.stop()
             raise
-        if self.lines:
-            self._watch = asyncio.create_task(self._watch_bus_drops(), name="line-bus-drops")
 
     async def _start_station(self, name: str, cfg: LineSettings) -> None:
         if cfg.modbus.enabled or cfg.opcua.enabled:
             from serving.line.station import StationLine
 
-            sub = self._subscribe(f"line.plc.{name}", frozenset({cfg.plc.result_kind}))
+            sub = self._subscribe(f"line.plc.{name}", frozenset({cfg.plc.result_kind}), keep_dropped=True)
             line = StationLine(name, cfg.plc, sink=self.sink, metrics=self.metrics)
             self.lines[name] = line
-            await line.start(sub.queue)
+            await line.start(sub)
             servers: dict[str, _Server] = {}
             self.servers[name] = servers
             if cfg.modbus.enabled:
@@ -102,34 +97,17 @@ class LineIntegration:
             self.mqtt[name] = pub
             await pub.start(sub.queue)
 
-    def _subscribe(self, name: str, kinds: frozenset[str]) -> Subscription:
-        sub = self.bus.subscribe(name, maxsize=BUS_QUEUE, kinds=kinds)
+    def _subscribe(self, name: str, kinds: frozenset[str], *, keep_dropped: bool = False) -> Subscription:
+        sub = self.bus.subscribe(name, maxsize=BUS_QUEUE, kinds=kinds, keep_dropped=keep_dropped)
         self._subs.append(name)
         return sub
 
-    async def _watch_bus_drops(self) -> None:
-        seen: dict[str, int] = {}
-        while True:
-            await asyncio.sleep(1.0)
-            for sub_name, dropped in self.bus.dropped().items():
-                if not sub_name.startswith("line.plc.") or dropped <= seen.get(sub_name, 0):
-                    continue
-                n = dropped - seen.get(sub_name, 0)
-                seen[sub_name] = dropped
-                station = sub_name.removeprefix("line.plc.")
-                line = self.lines.get(station)
-                if line is not None:
-                    line.handshake.note_lost(n)
-                self.sink.put(LogEntry(kind="event", station=station,
-                                       data={"event": "plc_results_lost", "count": n, "where": "decision bus"}))
-
     async def stop(self) -> None:
-        """Stop everything that started (MQTT first so it can drain, servers, then handshakes)."""
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
+        """Stop everything that started (MQTT first so it can drain, servers, then handshakes).
+
+        The handshakes stop after the servers, so no acknowledgement races their
+        ``unacknowledged_at_stop`` records, and before the log sink, which writes those records.
+        """
         for pub in self.mqtt.values():
             await _quietly(pub.stop(), "MQTT publisher")
         for servers in self.servers.values():

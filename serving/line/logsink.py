@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 from inspection.log.records import LogEntry, StoredRecord
-from serving.tasks import on_this_loop
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +36,25 @@ class LogSink:
         self._put_any_thread: Callable[[LogEntry], None] | None = None  # set by start(), on the loop
 
     def put(self, entry: LogEntry) -> None:
-        """Queue ``entry``; safe from any thread (the Modbus server's acknowledgements come from its own)."""
+        """Queue ``entry``; safe from any thread (the Modbus server's acknowledgements come from its own).
+
+        Records reach the log in the order ``put`` was called, whichever threads called it.
+        """
         if self._log is None:
             return
         (self._put_any_thread or self._put)(entry)
+
+    @staticmethod
+    def _in_order(loop: asyncio.AbstractEventLoop, put: Callable[[LogEntry], None]) -> Callable[[LogEntry], None]:
+        # Always through the loop's callbacks, even on the loop's own thread: the loop runs them in
+        # the order they were handed over, and the handshake hands its records over under its lock,
+        # so they keep the order they were made in. Queued at once on the loop's thread and a loop
+        # turn later from the Modbus thread, an acknowledgement landed after a later timeout record.
+        def call(entry: LogEntry) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown: nobody left to run it
+                loop.call_soon_threadsafe(put, entry)
+
+        return call
 
     def _put(self, entry: LogEntry) -> None:
         try:
@@ -51,7 +65,7 @@ class LogSink:
 
     def start(self) -> None:
         if self._task is None and self._log is not None:  # without a log, put() drops everything
-            self._put_any_thread = on_this_loop(self._put)
+            self._put_any_thread = self._in_order(asyncio.get_running_loop(), self._put)
             self._task = asyncio.create_task(self._run(self._log), name="line-log-sink")
 
     async def _run(self, store: AppendsAsync) -> None:
@@ -75,6 +89,7 @@ class LogSink:
         """Wait until every record put so far is written (or ``timeout_s`` passes)."""
         if self._task is None:
             return
+        await asyncio.sleep(0)  # one loop turn: the records handed over before now are queued
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), timeout_s)
 

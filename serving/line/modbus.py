@@ -30,7 +30,7 @@ from serving.line.registers import Command, ErrorCode
 
 log = logging.getLogger(__name__)
 
-_READ_FC = frozenset({3, 4, 6, 16, 23})  # 6 and 16: the read-back after a write
+_READ_FC = frozenset({3, 4, 6, 16, 23})  # 6 and 16: the read-back after a write (6: its echo)
 _WRITE_FC = frozenset({6, 16, 23})
 
 
@@ -45,6 +45,10 @@ class HandshakeContext(ModbusServerContext):
         self._devices = {}
         self.handshake = handshake
         self.ack_register = 0
+        # A function code 23 write held until its read range is checked (see async_setValues).
+        self._held: tuple[int, list[int]] | None = None
+        # The value of the last function code 6 write, for its echo.
+        self._echo: list[int] | None = None
 
     def device_ids(self) -> list[int]:
         return [0]
@@ -54,14 +58,35 @@ class HandshakeContext(ModbusServerContext):
     ) -> list[int] | list[bool] | ExcCodes:
         if func_code not in _READ_FC:
             return ExcCodes.ILLEGAL_ADDRESS  # no coils or discrete inputs in this map
+        held, self._held = self._held, None
+        echo, self._echo = self._echo, None
+        if func_code == 6 and echo is not None:
+            # pymodbus answers a single write with a read-back of the register, but Modbus wants the
+            # written value echoed: COMMAND reads 0, and COMMAND=1 answered 0 looks refused to a PLC.
+            return echo
         if address < 0 or count < 1 or address + count > reg.REGISTER_COUNT:
-            return ExcCodes.ILLEGAL_ADDRESS
+            return ExcCodes.ILLEGAL_ADDRESS  # a function code 23 write held for this read is dropped
+        if held is not None:
+            refused = self.write(*held, func_code=23)
+            if refused is not None:
+                return refused
         return render_registers(self.handshake, ack_register=self.ack_register)[address: address + count]
 
     async def async_setValues(
         self, device_id: int, func_code: int, address: int, values: Sequence[int] | Sequence[bool]
     ) -> ExcCodes | None:
-        return self.write(address, [int(v) for v in values], func_code=func_code)
+        words = [int(v) for v in values]
+        if func_code == 23:
+            # pymodbus applies a read/write request's write before it checks the read range, and then
+            # answers exception 02: an acknowledgement applied and logged that the PLC saw refused.
+            # Held until async_getValues has checked the range; nothing awaits in between, so no other
+            # request runs and the held write is this request's.
+            self._held = (address, words)
+            return None
+        refused = self.write(address, words, func_code=func_code)
+        if func_code == 6 and refused is None:
+            self._echo = words
+        return refused
 
     def write(self, address: int, values: list[int], *, func_code: int = 16) -> ExcCodes | None:
         """Apply a PLC write; returns the Modbus exception code for a refused one."""

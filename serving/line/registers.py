@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 
 #: Bumped whenever an address or a meaning below changes; the PLC can check it at start-up.
-MAP_VERSION = 1
+MAP_VERSION = 2
 
 # --- station block -------------------------------------------------------------------------
 HEARTBEAT = 0          # u16, +1 every heartbeat period (wraps); a frozen value means the station is down
@@ -25,9 +25,10 @@ ERROR_CODE = 3         # u16, last station error (ErrorCode), latched until COMM
 MAP_VERSION_REG = 4    # u16, MAP_VERSION
 BUFFER_DEPTH = 5       # u16, how many results the station holds for a slow PLC
 ACK_DEADLINE_MS = 6    # u16, a result older than this (ms) that is not acknowledged is flagged
+SESSION = 8            # u32, random per start of the station's PLC side: a change means a restart
 
 # --- presented result (valid while STATUS.RESULT_VALID is set) -----------------------------
-RESULT_SEQ = 10        # u32, per-station result number, +1 for every decision (overflowed ones too)
+RESULT_SEQ = 10        # u32, result number: random start per session, +1 for every decision (lost ones too)
 INSPECTION_NO = 12     # u32, the inspection log's record number (seq) of the decision
 DECISION = 14          # u16, Decision
 DEFECT_CLASS = 15      # u16, configured class code; 0 on OK, UNMAPPED_CLASS when not configured

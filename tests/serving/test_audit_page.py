@@ -203,7 +203,7 @@ def test_an_auditor_reaches_a_parts_frame_decision_and_plc_ack_in_three_clicks(
                 for _ in range(3):  # the PLC acknowledges the three part results in order
                     w = plc.read_holding_registers(0, count=reg.REGISTER_COUNT).registers
                     seq = reg.join_u32(w[reg.RESULT_SEQ], w[reg.RESULT_SEQ + 1])
-                    assert not plc.write_register(reg.RESULT_ACK, seq).isError()
+                    assert not plc.write_register(reg.RESULT_ACK, seq & 0xFFFF).isError()
                     assert not plc.write_register(reg.RESULT_ACK, 0).isError()
             finally:
                 plc.close()

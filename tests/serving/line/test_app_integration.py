@@ -10,14 +10,19 @@ from fastapi.testclient import TestClient
 from pymodbus.client import ModbusTcpClient
 
 from inspection.errors import ConfigError
+from inspection.log.store import SqlInspectionLog
 from serving.app import create_app
+from serving.events import DecisionBus, DecisionEvent
 from serving.line import registers as reg
+from serving.line.handshake import next_seq
+from serving.line.integration import LineIntegration
 from serving.line.registers import Decision, StatusBit
+from serving.line.settings import LineSettings
 from serving.settings import build_settings
 from tests.helpers.server import until
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png
 from tests.serving.conftest import SINGLE, all_records, post_frame, settings_data
-from tests.serving.line.conftest import LinePeers, free_port
+from tests.serving.line.conftest import LinePeers, decide_many, free_port, part_entry, records_of, wait_for
 
 
 @pytest.mark.mqtt
@@ -38,15 +43,16 @@ def test_decisions_reach_the_plc_and_mqtt_and_acks_are_logged(
             line = client.app.state.line  # type: ignore[attr-defined]
             until(lambda: line.lines[SINGLE].handshake.counters.inspected == 3, "3 part decisions at the PLC")
 
-            acked = []
-            for seq in (1, 2, 3):
+            acked, seqs = [], []
+            for _ in range(3):
                 w = plc.read_holding_registers(0, count=reg.REGISTER_COUNT).registers
                 assert w[reg.STATUS] & StatusBit.RESULT_VALID
-                assert reg.join_u32(w[reg.RESULT_SEQ], w[reg.RESULT_SEQ + 1]) == seq
+                seqs.append(reg.join_u32(w[reg.RESULT_SEQ], w[reg.RESULT_SEQ + 1]))
                 text = reg.decode_text(w[reg.PART_ID_TEXT: reg.PART_ID_TEXT + reg.PART_ID_TEXT_LEN])
                 acked.append((text, Decision(w[reg.DECISION])))
-                assert not plc.write_register(reg.RESULT_ACK, seq).isError()
+                assert not plc.write_register(reg.RESULT_ACK, seqs[-1] & 0xFFFF).isError()
                 assert not plc.write_register(reg.RESULT_ACK, 0).isError()
+            assert seqs[1:] == [next_seq(seqs[0]), next_seq(seqs[1])]  # from the session's random start
             records = all_records(client)
             part_records = [r for r in records if r.entry.kind == "part"]
             assert acked == [(r.entry.part_id, Decision.OK if r.entry.decision == "pass" else Decision.NG)
@@ -72,6 +78,68 @@ def test_decisions_reach_the_plc_and_mqtt_and_acks_are_logged(
     # On a clean stop the retained status says offline.
     until(lambda: any(t.endswith(f"{SINGLE}/status") and m["state"] == "offline" for t, m, _ in sub.messages),
            "offline status")
+
+
+@pytest.mark.asyncio
+async def test_a_stop_logs_every_result_the_plc_did_not_acknowledge(log_store: SqlInspectionLog, port: int) -> None:
+    """A stop or restart with results waiting: each gets a plc_ack record (none may end without an
+    outcome in the log), after the acknowledged one and before the log sink stops."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    bus = DecisionBus()
+    line = LineIntegration({SINGLE: LineSettings(modbus={"enabled": True, "port": port},
+                                                 plc={"ack_deadline_s": 60, "heartbeat_s": 60})},
+                           bus=bus, log_store=log_store)
+    await line.start()
+    recs = await decide_many(log_store, [part_entry(SINGLE, f"P{i}", "reject") for i in range(3)])
+    for r in recs:
+        bus.publish(DecisionEvent(kind="part", record=r))
+    hs = line.lines[SINGLE].handshake
+    await wait_for(lambda: hs.pending == 3, what="3 results buffered")
+    plc = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5)
+    assert await plc.connect()
+    w = (await plc.read_holding_registers(0, count=reg.REGISTER_COUNT)).registers
+    assert not (await plc.write_register(reg.RESULT_ACK, w[reg.RESULT_SEQ + 1])).isError()
+    plc.close()
+    await line.stop()
+    acks = [(a.entry.ref, (a.entry.data or {})["outcome"]) for a in records_of(log_store, "plc_ack")]
+    assert acks == [(recs[0].entry.inspection_id, "acknowledged"),
+                    *((r.entry.inspection_id, "unacknowledged_at_stop") for r in recs[1:])]
+
+
+@pytest.mark.asyncio
+async def test_decisions_lost_on_the_bus_are_numbered_and_logged_before_the_next_result(
+        log_store: SqlInspectionLog, port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bus drops the oldest decisions when the PLC side falls behind: those results get their
+    numbers and an overflow plc_ack each before the next result, which says they were skipped (a gap
+    found a second later had newer results already numbered in its place). Another station's
+    lost decision is not ours."""
+    from serving.line import integration
+
+    monkeypatch.setattr(integration, "BUS_QUEUE", 4)  # stands for 65,536: the same path, with fewer events
+    bus = DecisionBus()
+    line = LineIntegration({SINGLE: LineSettings(modbus={"enabled": True, "port": port},
+                                                 plc={"ack_deadline_s": 60, "heartbeat_s": 60})},
+                           bus=bus, log_store=log_store)
+    await line.start()
+    try:
+        recs = await decide_many(log_store, [part_entry(SINGLE, "P0", "reject"), part_entry("other", "X"),
+                                             *(part_entry(SINGLE, f"P{i}", "pass") for i in range(1, 6))])
+        for r in recs:  # one burst before the PLC side's task runs: P0, X and P1 are dropped
+            bus.publish(DecisionEvent(kind="part", record=r))
+        hs = line.lines[SINGLE].handshake
+        await wait_for(lambda: hs.pending == 4, what="4 results buffered")
+        lost = [recs[0], recs[2]]
+        first = hs.presented
+        assert first is not None and first.part_id == "P2" and first.skipped_before == 2
+        assert (hs.counters.inspected, hs.counters.overflowed) == (6, 2)
+        await line.sink.flush()
+        acks = [(a.entry.ref, a.entry.data or {}) for a in records_of(log_store, "plc_ack")]
+        assert [(ref, d["outcome"]) for ref, d in acks] == [(r.entry.inspection_id, "overflow") for r in lost]
+        seqs = [d["result_seq"] for _, d in acks]
+        assert [next_seq(seqs[0]), next_seq(seqs[1])] == [seqs[1], first.seq]
+    finally:
+        await line.stop()
 
 
 def test_anonymous_opcua_outside_demo_mode_refuses_to_start(tmp_path: Path, models_dir: Path,

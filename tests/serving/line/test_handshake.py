@@ -8,7 +8,7 @@ import pytest
 
 from inspection.log.records import LogEntry, StoredRecord
 from serving.line import registers as reg
-from serving.line.handshake import ResultHandshake, render_registers
+from serving.line.handshake import ResultHandshake, next_seq, render_registers
 from serving.line.modbus import ModbusStationServer
 from serving.line.registers import ErrorCode, StatusBit
 
@@ -20,8 +20,7 @@ def _record(seq: int, decision: str = "pass") -> StoredRecord:
 
 def test_result_numbers_skip_a_zero_low_word() -> None:
     """A Modbus PLC acknowledges with the low word and clears with 0, so no result may end in 0x0000."""
-    hs = ResultHandshake(station="s", depth=4)
-    hs._next_seq = 0xFFFF  # as after 65,534 decisions
+    hs = ResultHandshake(station="s", depth=4, first_seq=0xFFFF)
     seqs = []
     for i in range(2):
         r = hs.offer(_record(i))
@@ -33,11 +32,27 @@ def test_result_numbers_skip_a_zero_low_word() -> None:
     assert hs.acknowledge(0xFFFF, via="t", bits=16) == ErrorCode.NONE
     assert hs.presented is not None and hs.presented.seq & 0xFFFF == 1
     assert hs.acknowledge(1, via="t", bits=16) == ErrorCode.NONE
+    assert next_seq(0xFFFFFFFF) == 1 and next_seq(0x1FFFF) == 0x20001  # 32 bits wrap, never a 0 low word
+
+
+def test_each_session_starts_at_a_random_result_number_with_a_random_session_id() -> None:
+    """A PLC may write an acknowledgement it read before a restart after it: a new session that numbered
+    its results 1, 2, ... again would take it for its own result 1, which the PLC never read."""
+    sessions = [ResultHandshake(station="s") for _ in range(32)]
+    firsts = []
+    for hs in sessions:
+        r = hs.offer(_record(1))
+        assert r is not None
+        firsts.append(r.seq)
+    assert 1 not in firsts and all(f & 0xFFFF for f in firsts) and len({f & 0xFFFF for f in firsts}) > 1
+    assert all(hs.session for hs in sessions) and len({hs.session for hs in sessions}) == len(sessions)
+    w = render_registers(sessions[0])
+    assert reg.join_u32(w[reg.SESSION], w[reg.SESSION + 1]) == sessions[0].session
 
 
 def test_decisions_lost_upstream_count_as_fail_safe_and_leave_a_gap() -> None:
     logged: list[LogEntry] = []
-    hs = ResultHandshake(station="s", depth=4, on_record=logged.append)
+    hs = ResultHandshake(station="s", depth=4, on_record=logged.append, first_seq=1)
     hs.running = True
     hs.offer(_record(1))
     hs.note_lost(2)

@@ -49,35 +49,40 @@ class Rig:
         for r in records:
             self.bus.publish(DecisionEvent(kind="part", record=r))
 
+    async def stop(self) -> None:
+        """The station's PLC side stops (a restart, a deploy); safe to call twice."""
+        self.client.close()
+        await self.server.stop()
+        await self.line.stop()
+        await self.sink.stop()
+
 
 RigFactory = Callable[..., Awaitable[Rig]]
 
 
 @pytest_asyncio.fixture
 async def make_rig(log_store: SqlInspectionLog, port: int) -> AsyncIterator[RigFactory]:
-    started: list[tuple[Rig, ModbusStationServer]] = []
+    started: list[Rig] = []
 
-    async def make(**plc: Any) -> Rig:
+    async def make(*, first_seq: int | None = 1, **plc: Any) -> Rig:
+        """``first_seq`` 1 numbers results 1, 2, ... to read easily; None is a random session, as in service."""
         plc.setdefault("heartbeat_s", 60.0)  # frozen unless a test wants it, so images compare equal
         bus = DecisionBus()
         sink = LogSink(log_store)
         sink.start()
-        line = StationLine(STATION, PlcSettings(**plc), sink=sink)
+        line = StationLine(STATION, PlcSettings(**plc), sink=sink, first_seq=first_seq)
         server = ModbusStationServer(line.handshake, host="127.0.0.1", port=port)
-        await line.start(bus.subscribe("plc", maxsize=4096).queue)
+        await line.start(bus.subscribe("plc", maxsize=4096, keep_dropped=True))
         await server.start()
         client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5)
         assert await client.connect()
         rig = Rig(bus, line, client, sink, log_store, server)
-        started.append((rig, server))
+        started.append(rig)
         return rig
 
     yield make
-    for rig, server in started:
-        rig.client.close()
-        await server.stop()
-        await rig.line.stop()
-        await rig.sink.stop()
+    for rig in started:
+        await rig.stop()
 
 
 def u32(words: list[int], addr: int) -> int:
@@ -133,6 +138,35 @@ async def test_full_handshake_presents_acknowledges_in_order_and_logs(make_rig: 
     assert all(a.entry.station == STATION for a in acks)
 
 
+async def test_an_acknowledgement_from_before_a_restart_does_not_acknowledge_a_new_result(
+        make_rig: RigFactory) -> None:
+    """The PLC reads part A's result, the station restarts, and the PLC then writes A's acknowledgement.
+    It must not acknowledge part B, which the PLC never read: each start is a new session with a new
+    SESSION and result numbers from a random start (numbered from 1 again, A's 1 acknowledged B's 1)."""
+    rig = await make_rig(first_seq=None)
+    [a] = await decide_many(rig.log, [part_entry(STATION, "A", "reject")])
+    rig.publish([a])
+    await wait_for(lambda: rig.line.handshake.pending == 1, what="A presented")
+    before = await rig.read()
+    await rig.stop()
+
+    rig = await make_rig(first_seq=None)
+    [b] = await decide_many(rig.log, [part_entry(STATION, "B", "pass")])
+    rig.publish([b])
+    await wait_for(lambda: rig.line.handshake.pending == 1, what="B presented")
+    after = await rig.read()
+    assert u32(after, reg.SESSION) not in (0, u32(before, reg.SESSION))  # what a PLC checks first
+    stale = before[reg.RESULT_SEQ + 1]
+    if stale != after[reg.RESULT_SEQ + 1]:  # 1 in 65,535 restarts share the low word; SESSION still differs
+        rr = await rig.write(reg.RESULT_ACK, stale)
+        assert rr.isError() and rr.exception_code == 3
+        w = await rig.read()
+        assert w[reg.ERROR_CODE] == ErrorCode.ACK_NOT_PENDING and u32(w, reg.INSPECTION_NO) == b.seq
+    await rig.sink.flush()
+    acked = [r.entry.ref for r in records_of(rig.log, "plc_ack") if (r.entry.data or {})["outcome"] == "acknowledged"]
+    assert acked == []
+
+
 async def test_heartbeat_counts_up(make_rig: RigFactory) -> None:
     rig = await make_rig(heartbeat_s=0.02)
     first = (await rig.read(reg.HEARTBEAT, 1))[0]
@@ -184,6 +218,40 @@ async def test_bad_writes_get_the_error_code_and_change_nothing_else(make_rig: R
     assert u32(w, reg.ACKNOWLEDGED) == 1
     await rig.sink.flush()
     assert len(records_of(rig.log, "plc_ack")) == 1
+
+
+async def test_a_read_write_request_with_a_bad_read_range_applies_nothing(make_rig: RigFactory) -> None:
+    """Function code 23 writes, then reads: a read range outside the map is refused (exception 02) and
+    its write, here an acknowledgement, must not be applied, since the PLC saw the request refused."""
+    rig = await make_rig()
+    recs = await decide_many(rig.log, [part_entry(STATION, f"P-{i}", "reject") for i in range(2)])
+    rig.publish(recs)
+    await wait_for(lambda: rig.line.handshake.pending == 2, what="2 results")
+    before = await rig.read()
+    rr = await rig.client.readwrite_registers(read_address=reg.REGISTER_COUNT, read_count=1,
+                                              write_address=reg.RESULT_ACK, values=[1])
+    assert rr.isError() and rr.exception_code == 2
+    assert await rig.read() == before
+    # A good read range: the write is applied, and the read shows it (the acknowledgement latched).
+    rr = await rig.client.readwrite_registers(read_address=0, read_count=reg.REGISTER_COUNT,
+                                              write_address=reg.RESULT_ACK, values=[1])
+    assert not rr.isError()
+    assert rr.registers[reg.STATUS] & StatusBit.ACK_LATCHED and rr.registers[reg.RESULT_ACK] == 1
+    await rig.sink.flush()
+    assert [a.entry.ref for a in records_of(rig.log, "plc_ack")] == [recs[0].entry.inspection_id]
+
+
+async def test_a_single_register_write_is_answered_with_the_value_written(make_rig: RigFactory) -> None:
+    """Function code 6 answers with an echo of the request; COMMAND reads back 0, which is not what
+    was written, and a PLC that checks the echo takes the command for refused."""
+    rig = await make_rig()
+    [rec] = await decide_many(rig.log, [part_entry(STATION, "P-1", "reject")])
+    rig.publish([rec])
+    await wait_for(lambda: rig.line.handshake.pending == 1, what="a result")
+    for address, value in ((reg.COMMAND, reg.Command.CLEAR_ERROR), (reg.RESULT_ACK, 1), (reg.RESULT_ACK, 0)):
+        rr = await rig.write(address, int(value))
+        assert not rr.isError() and (rr.address, rr.registers) == (address, [value])
+    assert (await rig.read(reg.COMMAND, 1)) == [0]
 
 
 async def test_full_buffer_is_fail_safe_and_recovers(make_rig: RigFactory) -> None:

@@ -30,10 +30,10 @@ async def station(log_store: SqlInspectionLog, port: int) -> AsyncIterator[dict[
     bus = DecisionBus()
     sink = LogSink(log_store)
     sink.start()
-    line = StationLine(STATION, PlcSettings(class_codes={"dent": 2}, heartbeat_s=0.05), sink=sink)
+    line = StationLine(STATION, PlcSettings(class_codes={"dent": 2}, heartbeat_s=0.05), sink=sink, first_seq=1)
     server = OpcUaStationServer(line.handshake, OpcUaSettings(enabled=True, port=port, username=USER,
                                                               password=PASSWORD))
-    await line.start(bus.subscribe("plc").queue)
+    await line.start(bus.subscribe("plc", keep_dropped=True))
     await server.start()
     yield {"bus": bus, "line": line, "server": server, "sink": sink, "log": log_store}
     await server.stop()
@@ -146,7 +146,7 @@ async def test_with_a_certificate_only_encrypted_sessions_are_offered(log_store:
     server = OpcUaStationServer(line.handshake, OpcUaSettings(
         enabled=True, port=port, username=USER, password=PASSWORD,
         certificate=certs["server"][0], private_key=certs["server"][1]))
-    await line.start(asyncio.Queue())
+    await line.start(DecisionBus().subscribe("plc"))
     await server.start()
     try:
         plain = Client(server.endpoint, timeout=5)
