@@ -254,3 +254,57 @@ def test_the_page_shows_the_recent_rejects_as_thumbnails(live: str, keys: dict[s
     page.goto(f"{live}{href}")
     expect(page.get_by_test_id("chain-status")).to_contain_text("verify")
     page.close()
+
+
+# Counts the page's object URLs (made, revoked) from before its own script runs.
+_COUNT_OBJECT_URLS = """
+  window.__made = 0; window.__revoked = 0;
+  const make = URL.createObjectURL, revoke = URL.revokeObjectURL;
+  URL.createObjectURL = function (b) { window.__made++; return make.call(URL, b); };
+  URL.revokeObjectURL = function (u) { window.__revoked++; return revoke.call(URL, u); };
+"""
+
+
+def test_the_reject_thumbnails_are_fetched_once_and_let_go_when_they_leave(
+    live: str, keys: dict[str, str], browser: Any  # noqa: F811
+) -> None:
+    from playwright.sync_api import expect
+
+    from serving.monitoring.live import RECENT_REJECTS
+
+    def reject(http: httpx.Client, part: str, seed: int) -> None:
+        r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": part},
+                      content=frame_png(DARK, seed=seed), headers={"Content-Type": "image/png"})
+        assert r.json()["decision"] == "reject", r.text
+
+    with httpx.Client(base_url=live, headers=auth(keys, "line")) as http:
+        for i in range(2):
+            reject(http, f"old-{i}", i)
+        page = browser.new_page(viewport={"width": 1920, "height": 1080})
+        page.add_init_script(_COUNT_OBJECT_URLS)
+        fetched: list[str] = []
+        page.on("request", lambda req: fetched.append(req.url) if "/rejects/" in req.url else None)
+        page.goto(f"{live}/line?station={SINGLE}")
+        page.get_by_placeholder("paste your key").fill(keys["viewer"])
+        page.get_by_role("button", name="Use key").click()
+        thumbs = page.locator("#rejects img")
+        expect(thumbs).to_have_count(2)
+        until(lambda: page.evaluate("[...document.querySelectorAll('#rejects img')].every(i => i.naturalWidth > 0)"),
+              "the thumbnails")
+        page.evaluate("document.querySelector('#rejects li').dataset.kept = 'yes'")
+        updated = page.get_by_test_id("updated").inner_text()
+        for _ in range(3):  # three more snapshots: nothing fetched again, the same tiles (no flicker)
+            expect(page.get_by_test_id("updated")).not_to_have_text(updated)
+            updated = page.get_by_test_id("updated").inner_text()
+        assert len(fetched) == 2 and page.evaluate("window.__made") == 2
+        expect(page.locator("#rejects li[data-kept=yes]")).to_have_count(1)
+        # newer rejects push the two oldest out: their tiles go and their object URLs are revoked
+        for i in range(RECENT_REJECTS):
+            reject(http, f"new-{i}", 100 + i)
+    expect(page.get_by_test_id("rejects")).not_to_contain_text("part old-")
+    expect(thumbs).to_have_count(RECENT_REJECTS)
+    expect(page.get_by_test_id("rejects").locator("li").first).to_contain_text(f"part new-{RECENT_REJECTS - 1}")
+    until(lambda: page.evaluate("window.__made") == 2 + RECENT_REJECTS, "the new thumbnails")
+    assert page.evaluate("window.__revoked") == 2
+    assert len(fetched) == 2 + RECENT_REJECTS
+    page.close()
