@@ -18,7 +18,7 @@ from inspection.registry import ModelRegistry
 from serving.app import create_app
 from serving.monitoring.page import EVENT_BUFFER, AlarmSubscriber
 from serving.settings import ServeSettings, build_settings
-from tests.helpers.server import until, uvicorn_in_thread
+from tests.helpers.server import free_port, start_logged, stop_server, until, uvicorn_in_thread
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png, make_model_version
 from tests.serving.conftest import SINGLE, STATION, all_records, auth, post_frame, settings_data
 from tests.serving.test_audit_page import browser, live  # noqa: F401  (fixtures)
@@ -308,3 +308,51 @@ def test_the_reject_thumbnails_are_fetched_once_and_let_go_when_they_leave(
     assert page.evaluate("window.__revoked") == 2
     assert len(fetched) == 2 + RECENT_REJECTS
     page.close()
+
+
+def test_the_page_says_when_the_server_is_gone_and_comes_back_on_the_station_chosen_meanwhile(
+    tmp_path: Path, models_dir: Path, keys: dict[str, str], browser: Any  # noqa: F811
+) -> None:
+    from playwright.sync_api import expect
+
+    # A real ``inspection serve`` process, killed and started again on the same port (a restart).
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps(settings_data(tmp_path, models_dir, keys)), encoding="utf-8")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server_log = tmp_path / "server.log"
+    proc = start_logged(settings_file, port, server_log)
+    try:
+        page = browser.new_page(viewport={"width": 1920, "height": 1080})
+        streams: list[str] = []
+        page.on("request", lambda req: streams.append(req.url) if req.url.endswith("/events") else None)
+        page.goto(f"{url}/line?station={SINGLE}")
+        page.get_by_placeholder("paste your key").fill(keys["viewer"])
+        page.get_by_role("button", name="Use key").click()
+        with httpx.Client(base_url=url, headers=auth(keys, "line")) as http:
+            for i in range(3):
+                http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": f"a-{i}"},
+                          content=frame_png(BRIGHT, seed=i), headers={"Content-Type": "image/png"})
+        expect(page.get_by_test_id("pass")).to_have_text("3")
+        expect(page.get_by_test_id("alarms")).to_have_text("No alarm")
+
+        proc.kill()  # the stream breaks off mid-read
+        proc.wait()
+        status = page.get_by_test_id("status")
+        expect(status).to_contain_text("Connection lost — reconnecting…")
+        # no snapshot for a few seconds: old counts are not shown under "No alarm"
+        expect(page.get_by_test_id("alarms")).to_contain_text("NO LIVE DATA since")
+        expect(page.get_by_test_id("alarms")).not_to_contain_text("No alarm")
+        # switched while the server is down: the page comes back on this station, never the old one
+        page.get_by_test_id("station").select_option(STATION)
+        switched = len(streams)
+
+        proc = start_logged(settings_file, port, server_log)
+        expect(status).to_have_text("", timeout=30_000)  # reconnected
+        expect(page.get_by_test_id("alarms")).to_have_text("No alarm")
+        expect(page.get_by_test_id("pass")).to_have_text("0")  # the restarted server's shift, this station
+        after = streams[switched:]
+        assert after and all(u.endswith(f"/v1/line/{STATION}/events") for u in after), after
+        page.close()
+    finally:
+        stop_server(proc)
