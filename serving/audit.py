@@ -63,6 +63,10 @@ def summary(rec: StoredRecord, cards: CardLookup | None = None) -> str | None:
     e = rec.entry
     if e.kind not in ("inspection", "part"):
         return None
+    if e.failsafe_reason and e.kind == "part":
+        # A part's reason is its views' reasons, each after its camera ("top: unsupported_media_type";
+        # serving.parts), or the deadline's: no one code to pull out of its front.
+        return f"fail-safe reject: {e.failsafe_reason}"
     if e.failsafe_reason:
         code, _, why = e.failsafe_reason.partition(": ")
         return f"fail-safe reject ({code}): {why or code}"

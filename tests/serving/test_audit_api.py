@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from typing import Any
 
 import cv2
@@ -259,3 +260,21 @@ def test_retention_policy_prunes_frames_and_records_it(tmp_path: Any, models_dir
         assert prunes[0]["actor"] == "retention"
         assert record["frame"]["stored"] is False and record["record"]["decision"] == "reject"  # the record stays
         assert client.post("/v1/audit/verify", headers=h).json()["ok"] is True
+
+
+def test_a_fail_safe_parts_reason_is_not_read_as_a_code(client: TestClient, keys: dict[str, str]) -> None:
+    # A part's fail-safe reason names the camera first ("cam: unsupported_media_type",
+    # serving.parts): read as "<code>: <why>" it showed the camera as the code.
+    r = client.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": "F1"},
+                    content=b"not an image", headers={**auth(keys, "line"), "Content-Type": "text/plain"})
+    assert r.status_code == 415, r.text
+    h = auth(keys, "auditor")
+    deadline = time.monotonic() + 10
+    parts: list[Any] = []
+    while not parts and time.monotonic() < deadline:  # the part record follows the view's answer
+        parts = client.get("/v1/audit/records", params={"kind": "part", "part_id": "F1"}, headers=h).json()["records"]
+    assert len(parts) == 1
+    assert parts[0]["failsafe_reason"] == "cam: unsupported_media_type"
+    assert parts[0]["summary"] == "fail-safe reject: cam: unsupported_media_type"
+    view = client.get("/v1/audit/records", params={"kind": "inspection", "part_id": "F1"}, headers=h).json()["records"]
+    assert view[0]["summary"].startswith("fail-safe reject (unsupported_media_type): ")

@@ -125,6 +125,28 @@ def test_filter_by_part_and_decision_shows_exactly_the_expected_rows(
     assert keys["auditor"] not in page.url
 
 
+def test_a_record_linked_before_the_key_is_given_shows_once_the_key_is(
+    live: str, keys: dict[str, str], browser: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    with httpx.Client(base_url=live, headers={"Authorization": f"Bearer {keys['line']}"}) as http:
+        ids = [http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": part},
+                         content=png(level, seed=level), headers={"Content-Type": "image/png"}).json()["inspection_id"]
+               for part, level in (("L1", 5), ("L2", 250))]
+    page = browser.new_page()
+    page.goto(f"{live}/audit?inspection_id={ids[0]}")  # the line page's link to a reject, on a fresh tab
+    expect(page.locator("#detail")).to_contain_text("401")
+    page.fill("#api-key", keys["auditor"])
+    page.click("#save-key")
+    expect(page.get_by_test_id("count")).to_contain_text(" of ")  # the rows load
+    expect(page.get_by_test_id("chain-status")).to_contain_text("verify")  # the linked record, not the 401
+    expect(page.locator("#detail h2")).to_have_count(1)
+    expect(page.locator("#detail")).to_contain_text(ids[0])
+    assert "401" not in page.locator("#detail h2").inner_text()
+    page.close()
+
+
 def test_the_detail_says_whether_the_frame_is_intact_and_shows_undecodable_frames_as_such(
     live: str, keys: dict[str, str], browser: Any, settings: ServeSettings
 ) -> None:

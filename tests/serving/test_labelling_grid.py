@@ -78,3 +78,85 @@ def test_the_grid_labels_twenty_frames_by_keyboard_and_the_picker_offers_every_c
     assert len(given) == 21 and sorted(set(given.values())) == ["defect-11", "dent", "scratch"]
     assert body["progress"]["labelled"] == 21 and body["progress"]["total"] == 25
     page.close()
+
+
+def test_grid_labels_are_undone_by_u_and_ctrl_z_key_press_by_key_press(
+    live: str, keys: dict[str, str], browser: Any  # noqa: F811
+) -> None:
+    from playwright.sync_api import expect
+
+    with httpx.Client(base_url=live, headers=auth(keys, "line")) as http:
+        for i in range(6):
+            r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": f"U{i}"},
+                          content=frame_png(30 + 30 * i, seed=i), headers={"Content-Type": "image/png"})
+            assert r.status_code == 200, r.text
+
+    def labels() -> dict[str, str | None]:
+        return {item["frame_id"]: item["label"] for item in _labels(live, keys)["items"]}
+
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(f"{live}/label")
+    page.fill("#api-key", keys["engineer"])
+    page.click("#save-key")
+    frame_id = page.get_by_test_id("frame-id")
+    expect(frame_id).not_to_have_text("")
+    single = frame_id.inner_text()
+    page.keyboard.press("1")  # single view: good
+    expect(frame_id).not_to_have_text(single)
+
+    page.keyboard.press("g")
+    tiles = page.get_by_test_id("tile")
+    expect(tiles).to_have_count(5)
+    ids = [tiles.nth(i).get_attribute("data-frame-id") for i in range(5)]
+    page.keyboard.press("a")
+    page.keyboard.press("2")  # a slip: scratch on all five
+    expect(page.locator(".tile.done")).to_have_count(5)
+    expect(page.get_by_test_id("status")).to_have_text("5 frame(s) labelled scratch")
+    # u undoes that key press, all five, and gives the tiles back as they were (still selected)
+    page.keyboard.press("u")
+    expect(page.get_by_test_id("status")).to_have_text("undone: 5 frames labelled scratch")
+    assert page.get_by_test_id("status").get_attribute("class") != "error"
+    expect(page.locator(".tile.done")).to_have_count(0)
+    expect(page.locator(".tile.selected")).to_have_count(5)
+    expect(page.locator("#done li")).to_have_count(1)  # the single view's label stays
+    expect(page.locator("#remaining")).to_contain_text("1 of 6 labelled (good 1)")
+    assert labels() == {single: "good", **dict.fromkeys(ids)}
+
+    page.keyboard.press("a")  # unselect: keys now label the focused tile and move on
+    expect(page.locator(".tile.selected")).to_have_count(0)
+    page.keyboard.press("3")  # dent on the first
+    expect(tiles.nth(0)).to_contain_text("labelled dent")
+    page.keyboard.press("Control+z")  # ctrl+z undoes this one, not the single view's older label
+    expect(page.get_by_test_id("status")).to_have_text(f"undone: {ids[0]}")
+    expect(tiles.nth(0)).to_contain_text("unlabelled")
+    expect(tiles.nth(0)).to_have_class("tile focus")  # the focus is back on it
+    assert labels() == {single: "good", **dict.fromkeys(ids)}
+
+    # labelled twice: undo gives back the first label, then the next undo is the older key press
+    page.keyboard.press("2")
+    expect(tiles.nth(0)).to_contain_text("labelled scratch")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("3")
+    expect(tiles.nth(0)).to_contain_text("labelled dent")
+    page.keyboard.press("u")
+    expect(tiles.nth(0)).to_contain_text("labelled scratch")
+    expect(page.get_by_test_id("status")).to_have_text(f"undone: {ids[0]}")
+    page.keyboard.press("u")
+    expect(page.get_by_test_id("status")).to_have_text(f"undone: {single}")
+    expect(tiles.nth(0)).to_contain_text("labelled scratch")
+    expect(page.locator("#done li")).to_have_count(1)  # scratch on the first tile
+    assert labels() == {single: None, ids[0]: "scratch", **dict.fromkeys(ids[1:])}
+    page.keyboard.press("u")
+    expect(page.get_by_test_id("status")).to_have_text("nothing to undo")
+    # a grid label undone from the single view shows that frame again, unlabelled
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("3")
+    expect(tiles.nth(1)).to_contain_text("labelled dent")
+    page.keyboard.press("g")
+    expect(frame_id).not_to_have_text("")
+    page.keyboard.press("u")
+    expect(page.get_by_test_id("status")).to_have_text(f"undone: {ids[1]}")
+    expect(frame_id).to_have_text(ids[1] or "")
+    expect(page.get_by_test_id("current-label")).to_have_text("unlabelled")
+    assert labels() == {single: None, ids[0]: "scratch", **dict.fromkeys(ids[1:])}
+    page.close()

@@ -18,7 +18,7 @@ from inspection.registry import ModelRegistry
 from serving.app import create_app
 from serving.monitoring.page import EVENT_BUFFER, AlarmSubscriber
 from serving.settings import ServeSettings, build_settings
-from tests.helpers.server import until, uvicorn_in_thread
+from tests.helpers.server import free_port, start_logged, stop_server, until, uvicorn_in_thread
 from tests.helpers.tiny_model import BRIGHT, DARK, frame_png, make_model_version
 from tests.serving.conftest import SINGLE, STATION, all_records, auth, post_frame, settings_data
 from tests.serving.test_audit_page import browser, live  # noqa: F401  (fixtures)
@@ -274,3 +274,105 @@ def test_the_page_shows_the_recent_rejects_as_thumbnails(live: str, keys: dict[s
     page.goto(f"{live}{href}")
     expect(page.get_by_test_id("chain-status")).to_contain_text("verify")
     page.close()
+
+
+# Counts the page's object URLs (made, revoked) from before its own script runs.
+_COUNT_OBJECT_URLS = """
+  window.__made = 0; window.__revoked = 0;
+  const make = URL.createObjectURL, revoke = URL.revokeObjectURL;
+  URL.createObjectURL = function (b) { window.__made++; return make.call(URL, b); };
+  URL.revokeObjectURL = function (u) { window.__revoked++; return revoke.call(URL, u); };
+"""
+
+
+def test_the_reject_thumbnails_are_fetched_once_and_let_go_when_they_leave(
+    live: str, keys: dict[str, str], browser: Any  # noqa: F811
+) -> None:
+    from playwright.sync_api import expect
+
+    from serving.monitoring.live import RECENT_REJECTS
+
+    def reject(http: httpx.Client, part: str, seed: int) -> None:
+        r = http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": part},
+                      content=frame_png(DARK, seed=seed), headers={"Content-Type": "image/png"})
+        assert r.json()["decision"] == "reject", r.text
+
+    with httpx.Client(base_url=live, headers=auth(keys, "line")) as http:
+        for i in range(2):
+            reject(http, f"old-{i}", i)
+        page = browser.new_page(viewport={"width": 1920, "height": 1080})
+        page.add_init_script(_COUNT_OBJECT_URLS)
+        fetched: list[str] = []
+        page.on("request", lambda req: fetched.append(req.url) if "/rejects/" in req.url else None)
+        page.goto(f"{live}/line?station={SINGLE}")
+        page.get_by_placeholder("paste your key").fill(keys["viewer"])
+        page.get_by_role("button", name="Use key").click()
+        thumbs = page.locator("#rejects img")
+        expect(thumbs).to_have_count(2)
+        until(lambda: page.evaluate("[...document.querySelectorAll('#rejects img')].every(i => i.naturalWidth > 0)"),
+              "the thumbnails")
+        page.evaluate("document.querySelector('#rejects li').dataset.kept = 'yes'")
+        updated = page.get_by_test_id("updated").inner_text()
+        for _ in range(3):  # three more snapshots: nothing fetched again, the same tiles (no flicker)
+            expect(page.get_by_test_id("updated")).not_to_have_text(updated)
+            updated = page.get_by_test_id("updated").inner_text()
+        assert len(fetched) == 2 and page.evaluate("window.__made") == 2
+        expect(page.locator("#rejects li[data-kept=yes]")).to_have_count(1)
+        # newer rejects push the two oldest out: their tiles go and their object URLs are revoked
+        for i in range(RECENT_REJECTS):
+            reject(http, f"new-{i}", 100 + i)
+    expect(page.get_by_test_id("rejects")).not_to_contain_text("part old-")
+    expect(thumbs).to_have_count(RECENT_REJECTS)
+    expect(page.get_by_test_id("rejects").locator("li").first).to_contain_text(f"part new-{RECENT_REJECTS - 1}")
+    until(lambda: page.evaluate("window.__made") == 2 + RECENT_REJECTS, "the new thumbnails")
+    assert page.evaluate("window.__revoked") == 2
+    assert len(fetched) == 2 + RECENT_REJECTS
+    page.close()
+
+
+def test_the_page_says_when_the_server_is_gone_and_comes_back_on_the_station_chosen_meanwhile(
+    tmp_path: Path, models_dir: Path, keys: dict[str, str], browser: Any  # noqa: F811
+) -> None:
+    from playwright.sync_api import expect
+
+    # A real ``inspection serve`` process, killed and started again on the same port (a restart).
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps(settings_data(tmp_path, models_dir, keys)), encoding="utf-8")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server_log = tmp_path / "server.log"
+    proc = start_logged(settings_file, port, server_log)
+    try:
+        page = browser.new_page(viewport={"width": 1920, "height": 1080})
+        streams: list[str] = []
+        page.on("request", lambda req: streams.append(req.url) if req.url.endswith("/events") else None)
+        page.goto(f"{url}/line?station={SINGLE}")
+        page.get_by_placeholder("paste your key").fill(keys["viewer"])
+        page.get_by_role("button", name="Use key").click()
+        with httpx.Client(base_url=url, headers=auth(keys, "line")) as http:
+            for i in range(3):
+                http.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": f"a-{i}"},
+                          content=frame_png(BRIGHT, seed=i), headers={"Content-Type": "image/png"})
+        expect(page.get_by_test_id("pass")).to_have_text("3")
+        expect(page.get_by_test_id("alarms")).to_have_text("No alarm")
+
+        proc.kill()  # the stream breaks off mid-read
+        proc.wait()
+        status = page.get_by_test_id("status")
+        expect(status).to_contain_text("Connection lost — reconnecting…")
+        # no snapshot for a few seconds: old counts are not shown under "No alarm"
+        expect(page.get_by_test_id("alarms")).to_contain_text("NO LIVE DATA since")
+        expect(page.get_by_test_id("alarms")).not_to_contain_text("No alarm")
+        # switched while the server is down: the page comes back on this station, never the old one
+        page.get_by_test_id("station").select_option(STATION)
+        switched = len(streams)
+
+        proc = start_logged(settings_file, port, server_log)
+        expect(status).to_have_text("", timeout=30_000)  # reconnected
+        expect(page.get_by_test_id("alarms")).to_have_text("No alarm")
+        expect(page.get_by_test_id("pass")).to_have_text("0")  # the restarted server's shift, this station
+        after = streams[switched:]
+        assert after and all(u.endswith(f"/v1/line/{STATION}/events") for u in after), after
+        page.close()
+    finally:
+        stop_server(proc)
