@@ -1,7 +1,8 @@
 """A simulated PLC for demos and benchmarks: polls a station's Modbus server and acknowledges results.
 
-It does what docs/plc.md asks of a real PLC program: read STATUS and the result block, write
-the low word of RESULT_SEQ to RESULT_ACK, wait for RESULT_VALID to drop, write 0. It runs in a
+It does what docs/plc.md asks of a real PLC program: write 0 to RESULT_ACK once connected (safety
+rule 6), then read STATUS and the result block, write the low word of RESULT_SEQ to RESULT_ACK,
+wait for RESULT_VALID to drop, write 0. It runs in a
 thread of its own (its own blocking Modbus client), so it can sit beside any event loop. One
 scan every ``poll_s``: a scan reads the registers and, when a result is valid, acknowledges it,
 so it takes at most one result per scan (a 10 ms PLC: 100 results/s)::
@@ -62,6 +63,9 @@ class SimulatedPlc(threading.Thread):
         client = ModbusTcpClient(self.host, port=self.port, timeout=5, retries=0)
         client.connect()
         try:
+            # Rule 6: an acknowledgement latched before this program (re)started releases nothing
+            # until it is cleared; writing 0 acknowledges nothing.
+            client.write_register(reg.RESULT_ACK, 0)
             while not self._stop_flag.is_set():
                 self._scan(client)
                 # One scan per period, as a PLC program runs: polling flat out while results are

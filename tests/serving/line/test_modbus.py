@@ -370,6 +370,29 @@ async def test_simulated_plc_acknowledges_every_result(make_rig: RigFactory, por
     assert plc.results == [(i + 1, f"S-{i}", "NG" if i % 2 else "OK") for i in range(20)]
 
 
+async def test_the_simulated_plc_clears_an_acknowledgement_latched_before_it_started(
+        make_rig: RigFactory, port: int) -> None:
+    # A PLC that restarted between acknowledging and clearing finds ACK_LATCHED: without writing
+    # RESULT_ACK = 0 at start-up (docs/plc.md, rule 6) it waits for a result that never comes.
+    from sim.plc import SimulatedPlc
+
+    rig = await make_rig(buffer_depth=8)
+    first, second = await decide_many(rig.log, [part_entry(STATION, "L-1", "pass"),
+                                                part_entry(STATION, "L-2", "reject")])
+    rig.publish([first])
+    await wait_for(lambda: rig.line.handshake.presented is not None, what="result presented")
+    w = await rig.read()
+    assert not (await rig.write(reg.RESULT_ACK, w[reg.RESULT_SEQ + 1])).isError()  # then the "PLC" restarts
+    rig.publish([second])
+    plc = SimulatedPlc("127.0.0.1", port, poll_s=0.001)
+    plc.start()
+    try:
+        await wait_for(lambda: plc.acked == 1, what="the result after the latch acknowledged")
+    finally:
+        await asyncio.to_thread(plc.stop)
+    assert [(part, decision) for _, part, decision in plc.results] == [("L-2", "NG")]
+
+
 async def test_plc_polls_are_answered_off_the_serving_event_loop(make_rig: RigFactory, port: int) -> None:
     """The Modbus server has its own thread and loop: while the serving loop is busy (here: blocked
     outright for 0.6 s, as a long frame decode would), a PLC still gets its registers, and an
