@@ -220,7 +220,8 @@ def _build(args: argparse.Namespace) -> int:
     print(f"wrote {len(ds.samples)} images to {ds.root} ({counts})")
     print(
         f"base {lineage['base']['name']} ({lineage['base']['count']} images) + {len(lineage['labels'])} labelled "
-        f"frame(s) from the log; new classes: {lineage['new_classes'] or 'none'}; skipped: {len(lineage['skipped'])}"
+        f"frame(s) from the log ({len(lineage['in_base'])} more already in the base); new classes: "
+        f"{lineage['new_classes'] or 'none'}; skipped: {len(lineage['skipped'])}"
     )
     print(f"fingerprint {ds.fingerprint}")
     return 0

@@ -19,6 +19,12 @@ without password, head seq and hash at build time) and, per production sample, t
 record, the label record (id, seq, revision), who labelled it and when. Labels whose frame is
 no longer stored (pruned), or raw frames whose layout was not recorded, are listed under
 ``skipped`` with the reason.
+
+A labelled frame whose image (the bytes the version would hold) is already a base sample is not
+added again: it is listed under ``in_base`` with the base sample's path and split, and its part
+keeps that split — a copy of a base training image in the test split would have the model scored
+on a frame it was trained on. Its label must be the base sample's (refused otherwise, both
+named). Building from an earlier built version therefore adds only what was labelled since.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import cv2
 
 from inspection.card import utc_now
 from inspection.config import safe_url
-from inspection.dataset.layout import Dataset, Sample, check_dest, read_dataset, write_dataset
+from inspection.dataset.layout import Dataset, Sample, check_dest, file_sha256, read_dataset, write_dataset
 from inspection.errors import DatasetError, ImageError, NotFoundError, ValidationError
 from inspection.frameview import RawLayout, decode_stored
 from inspection.labels import all_labels
@@ -74,12 +80,14 @@ def _as_image_file(rec: StoredRecord, data: bytes) -> tuple[bytes, dict[str, Any
                                       f"{8 * image.dtype.itemsize}-bit; written as PNG"}
 
 
-def _assign_splits(items: list[_Prod], *, seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
-    """group -> split, stratified per label: at least one group in val and test once a label has 3."""
+def _assign_splits(items: list[_Prod], *, seed: int, val_fraction: float, test_fraction: float,
+                   fixed: dict[str, str]) -> dict[str, str]:
+    """group -> split, stratified per label: at least one group in val and test once a label has 3.
+    Groups in ``fixed`` keep the split given there."""
     groups_by_label: dict[str, set[str]] = defaultdict(set)
     for it in items:
         groups_by_label[it.label].add(it.group)
-    out: dict[str, str] = {}
+    out: dict[str, str] = dict(fixed)
     for label in sorted(groups_by_label):
         groups = sorted(g for g in groups_by_label[label] if g not in out)
         groups.sort(key=lambda g: hashlib.sha256(f"{seed}\0{g}".encode()).hexdigest())
@@ -147,14 +155,22 @@ def build_dataset(
                                f"same image is labelled {other.label!r}; one image can have only one label — relabel "
                                f"one of them")
         by_sha.setdefault(p.sha, p)
-    splits = _assign_splits(list(by_sha.values()), seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    in_base = _in_base(base_ds, prods)
+    fixed = _base_splits(base_ds, prods, in_base)
+    splits = _assign_splits([p for p in by_sha.values() if p.frame_id not in in_base], seed=seed,
+                            val_fraction=val_fraction, test_fraction=test_fraction, fixed=fixed)
     new_classes = sorted({p.label for p in prods} - set(base_ds.classes))
     classes = [*base_ds.classes, *new_classes]
 
     items: list[tuple[Sample, bytes | Path]] = [(s, base_ds.path_of(s)) for s in base_ds.samples]
     lineage_samples: list[dict[str, Any]] = []
+    lineage_in_base: list[dict[str, Any]] = []
     written: dict[str, tuple[str, str]] = {}  # sha -> (path, split): the same image seen twice is one sample
     for p in prods:
+        twin = in_base.get(p.frame_id)
+        if twin is not None:
+            lineage_in_base.append({"path": twin.path, "split": twin.split, **p.lineage})
+            continue
         if p.sha not in written:
             first = by_sha[p.sha]
             path = f"images/production/{p.label}/{p.sha[:20]}.{_EXT.get(media_type(p.data), 'img')}"
@@ -171,7 +187,52 @@ def build_dataset(
                   "rule": "production samples: stratified per label, grouped by part, order by sha256(seed, group)"},
         "new_classes": new_classes,
         "labels": lineage_samples,
+        "in_base": lineage_in_base,
         "skipped": skipped,
     }
     return write_dataset(out, name=name or out.name, classes=classes, good_class=base_ds.good_class, items=items,
                          extra_manifest={"lineage": lineage}, overwrite=overwrite)
+
+
+def _in_base(base_ds: Dataset, prods: list[_Prod]) -> dict[str, Sample]:
+    """frame id -> the base sample holding the same image (the bytes the version would hold).
+
+    Raises:
+        DatasetError: a frame's label is not that base sample's (both named).
+    """
+    by_digest: dict[str, Sample] = {}
+    for s in base_ds.samples:
+        by_digest.setdefault(file_sha256(base_ds.path_of(s)), s)
+    found: dict[str, Sample] = {}
+    for p in prods:
+        twin = by_digest.get(hashlib.sha256(p.data).hexdigest())
+        if twin is None:
+            continue
+        if twin.label != p.label:
+            # As for two frames of one image: the version could hold only one of the two labels.
+            built = base_ds.manifest.get("lineage")
+            earlier = built.get("base") if isinstance(built, dict) else None
+            hint = (f"; if it was relabelled since {base_ds.name!r} was built, build from that version's own base "
+                    f"({earlier.get('path')}) instead" if isinstance(earlier, dict) else "")
+            raise DatasetError(f"frame {p.frame_id!r} is labelled {p.label!r} and base sample {twin.path!r} of "
+                               f"{base_ds.name!r}, the same image, is labelled {twin.label!r}; one image can have "
+                               f"only one label — relabel the frame or correct the base{hint}")
+        found[p.frame_id] = twin
+    return found
+
+
+def _base_splits(base_ds: Dataset, prods: list[_Prod], in_base: dict[str, Sample]) -> dict[str, str]:
+    """group -> split for the production groups the base already holds (an identical image, or a
+    sample of the same ``group``): they keep the base's split, the most held-out where it has several,
+    so that no part the base trains on is tested on here, nor the other way round."""
+    given: dict[str, set[str]] = defaultdict(set)
+    for s in base_ds.samples:
+        if s.group:
+            given[s.group].add(s.split)
+    for p in prods:
+        twin = in_base.get(p.frame_id)
+        if twin is not None:
+            given[p.group].add(twin.split)
+    wanted = {p.group for p in prods}
+    return {g: next(sp for sp in ("test", "val", "train", "") if sp in splits)
+            for g, splits in given.items() if g in wanted}
