@@ -9,10 +9,13 @@
   read by the layout its record keeps) as a lossless PNG of the same pixels, 8- or 16-bit.
 
 Classes are the base's classes, then any new label classes (sorted), so a defect type the base
-model never saw becomes a new class. Production samples get an explicit split, stratified per
-label and grouped by part (views of one part stay together), from a seeded hash — the same
-log and seed always give the same split, so a model trained on the version and the model it
-replaces can be compared on the same held-out test split (``inspection models compare``).
+model never saw becomes a new class. Production samples get an explicit split, grouped by part
+(views of one part stay together), each part's from its own seeded hash: the same log and seed
+always give the same split, so a model trained on the version and the model it replaces can be
+compared on the same held-out test split (``inspection models compare``), and a part keeps its
+split in every later version built with the same seed and fractions. Nothing forces a class
+into val or test (that would move a part into test when its class gained parts); the classes
+left without val or test images are listed in the lineage (``split.not_held_out``).
 
 The manifest's ``lineage`` says what went in: the base (name, fingerprint), the log (url
 without password, head seq and hash at build time) and, per production sample, the frame's
@@ -80,23 +83,22 @@ def _as_image_file(rec: StoredRecord, data: bytes) -> tuple[bytes, dict[str, Any
                                       f"{8 * image.dtype.itemsize}-bit; written as PNG"}
 
 
-def _assign_splits(items: list[_Prod], *, seed: int, val_fraction: float, test_fraction: float,
-                   fixed: dict[str, str]) -> dict[str, str]:
-    """group -> split, stratified per label: at least one group in val and test once a label has 3.
-    Groups in ``fixed`` keep the split given there."""
-    groups_by_label: dict[str, set[str]] = defaultdict(set)
-    for it in items:
-        groups_by_label[it.label].add(it.group)
-    out: dict[str, str] = dict(fixed)
-    for label in sorted(groups_by_label):
-        groups = sorted(g for g in groups_by_label[label] if g not in out)
-        groups.sort(key=lambda g: hashlib.sha256(f"{seed}\0{g}".encode()).hexdigest())
-        n = len(groups)
-        n_test = max(1, round(n * test_fraction)) if n >= 3 else 0
-        n_val = max(1, round(n * val_fraction)) if n >= 3 else 0
-        for i, g in enumerate(groups):
-            out[g] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    return out
+def _group_split(group: str, *, seed: int, val_fraction: float, test_fraction: float) -> str:
+    """A part's split from its own hash alone, never from the other parts: ranking each label's
+    parts and cutting at a share moved 3-8% of them between versions as labels were added (a part
+    in v2's train in v3's test, where the gate then scores v2 on a part it was trained on)."""
+    u = int(hashlib.sha256(f"{seed}\0{group}".encode()).hexdigest(), 16) / 2**256
+    return "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
+
+
+def _not_held_out(samples: list[Sample], classes: list[str]) -> dict[str, list[str]]:
+    """class -> the held-out splits (val, test) where the version has none of its images; classes
+    with images of no given split (split at training) are left out."""
+    splits: dict[str, set[str]] = defaultdict(set)
+    for s in samples:
+        splits[s.label].add(s.split)
+    return {c: missing for c in classes if "" not in splits[c]
+            and (missing := [sp for sp in ("val", "test") if sp not in splits[c]])}
 
 
 def build_dataset(
@@ -157,8 +159,8 @@ def build_dataset(
         by_sha.setdefault(p.sha, p)
     in_base = _in_base(base_ds, prods)
     fixed = _base_splits(base_ds, prods, in_base)
-    splits = _assign_splits([p for p in by_sha.values() if p.frame_id not in in_base], seed=seed,
-                            val_fraction=val_fraction, test_fraction=test_fraction, fixed=fixed)
+    splits = {**{p.group: _group_split(p.group, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+                 for p in prods}, **fixed}
     new_classes = sorted({p.label for p in prods} - set(base_ds.classes))
     classes = [*base_ds.classes, *new_classes]
 
@@ -184,7 +186,9 @@ def build_dataset(
                  "count": len(base_ds.samples)},
         "log": {"url": safe_url(log_url) if log_url else None, "head_seq": head_seq, "head_hash": head_hash},
         "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                  "rule": "production samples: stratified per label, grouped by part, order by sha256(seed, group)"},
+                  "rule": "production samples: grouped by part, each part's split from u = sha256(seed, group) / "
+                          "2**256: test below test_fraction, val below test_fraction + val_fraction, else train",
+                  "not_held_out": _not_held_out([s for s, _ in items], classes)},
         "new_classes": new_classes,
         "labels": lineage_samples,
         "in_base": lineage_in_base,

@@ -70,7 +70,8 @@ def test_build_takes_the_latest_labels_with_lineage(
 
     out = tmp_path / "datasets" / "v2"
     assert cli(["dataset", "build", "--base", str(base), "--log-url", url, "--out", str(out), "--seed", "4"]) == 0
-    assert "new classes: ['spot']" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "new classes: ['spot']" in printed and "classes without val or test images: spot (test)" in printed
     ds = read_dataset(out, verify=True)
     assert ds.classes == ["good", "scratch", "spot"] and ds.good_class == "good"
     base_ds = read_dataset(base)
@@ -94,8 +95,9 @@ def test_build_takes_the_latest_labels_with_lineage(
             rec = log.get(e["label_record"])
             assert rec.entry.kind == "label" and rec.entry.ref == fid and rec.seq == e["label_seq"]
     assert [s["frame_id"] for s in lineage["skipped"]] == [pruned.entry.inspection_id]
-    spot_splits = sorted(s.split for s in prod.values() if s.label == "spot")
-    assert "test" in spot_splits and "val" in spot_splits and "train" in spot_splits
+    # Each part's split from its own hash; at this seed none of spot's 6 parts falls in test, said.
+    assert sorted(s.split for s in prod.values() if s.label == "spot") == ["train"] * 4 + ["val"] * 2
+    assert lineage["split"]["not_held_out"] == {"spot": ["test"]}
 
     again = tmp_path / "datasets" / "v2-again"
     assert cli(["dataset", "build", "--base", str(base), "--log-url", url, "--out", str(again), "--seed", "4"]) == 0
@@ -248,3 +250,25 @@ def test_a_version_builds_on_an_earlier_built_version_adding_only_the_new_labels
                 "--out", str(tmp_path / "v4")]) == 2
     err = capsys.readouterr().err
     assert "one image can have only one label" in err and f"build from that version's own base ({base})" in err
+
+
+@pytest.mark.parametrize("seed", [54, 68, 3])
+def test_a_part_keeps_its_split_when_later_versions_add_parts(base: Path, tmp_path: Path, seed: int) -> None:
+    # Ranking each label's parts and cutting at a share moved parts as labels were added: at these
+    # seeds a part in v2's train split was in v3's test split, where compare scores v2 on it.
+    def label_parts(log: SqlInspectionLog, parts: range) -> None:
+        for i in parts:
+            r = _frame(log, i, f"P{i}")
+            L.add_label(log, r.entry.inspection_id, "scratch", classes=CLASSES, actor="ann", expected_revision=0)
+
+    def production(ds_path: Path) -> dict[str, str]:
+        return {s.path: s.split for s in read_dataset(ds_path).samples if s.path.startswith("images/production/")}
+
+    with open_log(f"sqlite:///{tmp_path / 'log.db'}") as log:
+        label_parts(log, range(5))
+        build_dataset(base, log, tmp_path / "v2", seed=seed)
+        label_parts(log, range(5, 30))
+        build_dataset(base, log, tmp_path / "v3", seed=seed)
+    v2, v3 = production(tmp_path / "v2"), production(tmp_path / "v3")
+    assert len(v2) == 5 and len(v3) == 30
+    assert {path: v3[path] for path in v2} == v2
