@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,19 +356,24 @@ class CentralRegistry:
 
         return self._change(station, "promote", push_on, actor=actor, reason=reason)
 
-    def rollback(self, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "") -> dict[str, Any]:
-        """Re-activate the version that was active before the current one, centrally.
+    def rollback(self, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "",
+                 check: Callable[[ModelVersion], object] | None = None) -> dict[str, Any]:
+        """Re-activate the version that was active before the current one, centrally; ``check``
+        (e.g. the golden-frame check) runs on that version before anything changes.
 
         Raises:
             RegistryError: the station has no earlier version to return to.
+            Whatever ``check`` raises: nothing changed.
         """
 
         def pop(stack: list[dict[str, str]]) -> tuple[str, str | None]:
             if len(stack) < 2:
                 raise RegistryError(f"station {station!r} has no earlier model to roll back to")
+            name, version = stack[-2]["model"].split("/")
+            target = self.get(name, version, verify=True)
+            if check is not None:
+                check(target)
             current = stack.pop()["model"]
-            name, version = stack[-1]["model"].split("/")
-            self.get(name, version, verify=True)
             return stack[-1]["model"], current
 
         return self._change(station, "rollback", pop, actor=actor, reason=reason)

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +74,8 @@ class Registry(Protocol):
         self, name: str, version: str, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = ""
     ) -> dict[str, Any]: ...
 
-    def rollback(self, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "") -> dict[str, Any]: ...
+    def rollback(self, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "",
+                 check: Callable[[ModelVersion], object] | None = None) -> dict[str, Any]: ...
 
 
 class ModelRegistry:
@@ -211,18 +212,24 @@ class ModelRegistry:
             entry["events"].append(event)
         return event
 
-    def rollback(self, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "") -> dict[str, Any]:
-        """Re-activate the version that was active before the current one.
+    def rollback(self, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "",
+                 check: Callable[[ModelVersion], object] | None = None) -> dict[str, Any]:
+        """Re-activate the version that was active before the current one. ``check`` (e.g. the
+        golden-frame check) is run on that version under the lock, before anything changes.
 
         Raises:
             RegistryError: the station has no earlier version to return to.
+            ModelIntegrityError: a file of that version does not match the card's sha256.
+            Whatever ``check`` raises: nothing changed.
         """
         with self._locked_state() as state:
             entry = state["stations"].get(station)
             if not entry or len(entry["history"]) < 2:
                 raise RegistryError(f"station {station!r} has no earlier model to roll back to")
             name, version = parse_model_id(entry["history"][-2]["model"])
-            self.get(name, version, verify=True)
+            target = self.get(name, version, verify=True)
+            if check is not None:
+                check(target)
             current = entry["history"].pop()["model"]
             event = {"action": "rollback", "model": f"{name}/{version}", "previous": current,
                      "at": utc_now().isoformat(), "actor": actor, "reason": reason}
