@@ -46,6 +46,11 @@ class ModelVersion:
         return f"{self.name}/{self.version}"
 
 
+def _latest(entry: dict[str, Any] | None) -> str | None:
+    """The model at the top of a station's history (None: no entry, or an empty history)."""
+    return entry["history"][-1]["model"] if entry and entry.get("history") else None
+
+
 def parse_model_id(model_id: str) -> tuple[str, str]:
     """``"name/version"`` -> (name, version).
 
@@ -191,6 +196,8 @@ class ModelRegistry:
 
         A version already active for ``station`` (its own latest, not the ``default`` fallback)
         changes nothing and is not recorded: the event returned says ``"action": "already_active"``.
+        A station without a history of its own ran the ``default`` station's model: its history
+        starts with that model, which ``previous`` names and ``rollback`` returns to.
 
         Raises:
             RegistryError: unknown version or station name.
@@ -204,10 +211,15 @@ class ModelRegistry:
         with self._locked_state() as state:
             entry = state["stations"].setdefault(station, {"history": [], "events": []})
             previous = entry["history"][-1]["model"] if entry["history"] else None
-            event["previous"] = previous
             if previous == mv.model_id:
                 # A second entry would make `rollback` "return" to this same version.
-                return {**event, "action": "already_active"}
+                return {**event, "previous": previous, "action": "already_active"}
+            fallback = _latest(state["stations"].get(DEFAULT_STATION)) if station != DEFAULT_STATION else None
+            if previous is None and fallback is not None and fallback != mv.model_id:
+                # The station was really running the default's model: recorded as where it came
+                # from, so that its rollback returns there instead of finding "no earlier model".
+                entry["history"].append({"model": fallback, "at": event["at"], "via": DEFAULT_STATION})
+            event["previous"] = previous or fallback
             entry["history"].append({"model": mv.model_id, "at": event["at"]})
             entry["events"].append(event)
         return event

@@ -94,6 +94,19 @@ def test_promotions_are_central_and_line_pcs_follow_them(
         central.rollback(station="line1")
 
 
+def test_promoting_over_the_default_model_a_station_ran_makes_that_model_its_previous_one(
+    schema: str, workstation: ModelRegistry
+) -> None:
+    central = _central(schema, workstation.root)
+    for v in ("v1", "v2"):
+        central.push(workstation.get("tiny", v))
+    central.promote("tiny", "v1")  # station "default": line1 follows it
+    assert central.active_id("line1") == "tiny/v1"
+    assert central.promote("tiny", "v2", station="line1")["previous"] == "tiny/v1"
+    back = central.rollback(station="line1")
+    assert (back["model"], back["previous"]) == ("tiny/v1", "tiny/v2") and central.active_id("line1") == "tiny/v1"
+
+
 def test_a_rollback_whose_check_refuses_the_earlier_version_changes_nothing(
     schema: str, workstation: ModelRegistry
 ) -> None:
