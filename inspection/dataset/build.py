@@ -42,7 +42,15 @@ import cv2
 
 from inspection.card import utc_now
 from inspection.config import safe_url
-from inspection.dataset.layout import Dataset, Sample, check_dest, file_sha256, read_dataset, write_dataset
+from inspection.dataset.layout import (
+    Dataset,
+    Sample,
+    check_dest,
+    compute_fingerprint,
+    file_sha256,
+    read_dataset,
+    write_dataset,
+)
 from inspection.errors import DatasetError, ImageError, NotFoundError, ValidationError
 from inspection.frameview import RawLayout, decode_stored
 from inspection.labels import all_labels
@@ -116,14 +124,16 @@ def build_dataset(
     """Write base + production labels as a new dataset version at ``out``.
 
     Raises:
-        DatasetError: the base is unreadable, ``out`` refused (``check_dest``), one image
-            carries two different current labels, or the result fails the layout's checks.
+        DatasetError: the base is unreadable or its files no longer match its manifest's
+            fingerprint, ``out`` refused (``check_dest``), one image carries two different current
+            labels (two frames, or a frame and a base sample), or the result fails the layout's checks.
         ValidationError: fractions outside (0, 0.5).
     """
     for what, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < f < 0.5:
             raise ValidationError(f"{what} {f!r} must be between 0 and 0.5")
     base_ds = read_dataset(base)
+    base_digests = _verified_digests(base_ds)
     out = Path(out)
     check_dest(out, overwrite=overwrite)
     head_seq, head_hash = log.head()
@@ -157,7 +167,7 @@ def build_dataset(
                                f"same image is labelled {other.label!r}; one image can have only one label — relabel "
                                f"one of them")
         by_sha.setdefault(p.sha, p)
-    in_base = _in_base(base_ds, prods)
+    in_base = _in_base(base_ds, base_digests, prods)
     fixed = _base_splits(base_ds, prods, in_base)
     splits = {**{p.group: _group_split(p.group, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
                  for p in prods}, **fixed}
@@ -198,7 +208,24 @@ def build_dataset(
                          extra_manifest={"lineage": lineage}, overwrite=overwrite)
 
 
-def _in_base(base_ds: Dataset, prods: list[_Prod]) -> dict[str, Sample]:
+def _verified_digests(base_ds: Dataset) -> dict[str, str]:
+    """path -> sha256 of every base image, once they are shown to match the base's manifest.
+
+    Raises:
+        DatasetError: the images no longer give the manifest's fingerprint (the base named).
+    """
+    digests = {s.path: file_sha256(base_ds.path_of(s)) for s in base_ds.samples}
+    # The lineage records the base's fingerprint as what the version was built on: that must be
+    # what its files hold, not what its manifest said when it was written.
+    actual = compute_fingerprint(base_ds.root, base_ds.samples, digests=digests)
+    if actual != base_ds.fingerprint:
+        raise DatasetError(f"base {base_ds.root} ({base_ds.name!r}): its images and labels give fingerprint "
+                           f"{actual[:12]}…, its manifest says {base_ds.fingerprint[:12]}…; the base changed "
+                           "since it was written — restore it, or re-import it to give it a fingerprint of its own")
+    return digests
+
+
+def _in_base(base_ds: Dataset, digests: dict[str, str], prods: list[_Prod]) -> dict[str, Sample]:
     """frame id -> the base sample holding the same image (the bytes the version would hold).
 
     Raises:
@@ -206,7 +233,7 @@ def _in_base(base_ds: Dataset, prods: list[_Prod]) -> dict[str, Sample]:
     """
     by_digest: dict[str, Sample] = {}
     for s in base_ds.samples:
-        by_digest.setdefault(file_sha256(base_ds.path_of(s)), s)
+        by_digest.setdefault(digests[s.path], s)
     found: dict[str, Sample] = {}
     for p in prods:
         twin = by_digest.get(hashlib.sha256(p.data).hexdigest())

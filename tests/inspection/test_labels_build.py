@@ -272,3 +272,18 @@ def test_a_part_keeps_its_split_when_later_versions_add_parts(base: Path, tmp_pa
     v2, v3 = production(tmp_path / "v2"), production(tmp_path / "v3")
     assert len(v2) == 5 and len(v3) == 30
     assert {path: v3[path] for path in v2} == v2
+
+
+def test_a_base_whose_files_no_longer_match_its_manifest_is_refused_naming_it(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The lineage records the base's fingerprint as what the version was built on.
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    with open_log(url) as log:
+        r = _frame(log, 0, "P0")
+        L.add_label(log, r.entry.inspection_id, "spot", classes=CLASSES, actor="ann", expected_revision=0)
+    (base / "images" / "good" / "0.png").write_bytes(png(200, 999))  # a readable image, other pixels
+    assert cli(["dataset", "build", "--base", str(base), "--log-url", url, "--out", str(tmp_path / "v2")]) == 2
+    err = capsys.readouterr().err
+    assert f"base {base} ('base'): its images and labels give fingerprint" in err and "the base changed" in err
+    assert not (tmp_path / "v2").exists()
