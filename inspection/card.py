@@ -205,7 +205,8 @@ class ModelCard(_Strict):
     #: (every frame of such a model's line is already known to be defective).
     good_class: str | None
     #: ``classify``: trained on the dataset's classes; ``anomaly``: trained on good images alone
-    #: (classes ``good``/``anomaly``; serving treats both alike). Older cards: classify.
+    #: (classes: the dataset's good class, then ``anomaly``; older anomaly cards say ``good``;
+    #: serving treats both modes alike). Older cards: classify.
     mode: Literal["classify", "anomaly"] = "classify"
     arch: str
     model_file: str = "model.onnx"

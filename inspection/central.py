@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,7 +330,8 @@ class CentralRegistry:
                 .on_conflict_do_nothing()
             )
             stack = self._stack(conn, station, lock=True)
-            model, previous = change(stack)
+            default = self._stack(conn, DEFAULT_STATION) if station != DEFAULT_STATION else []
+            model, previous = change(stack, default[-1]["model"] if default else None)
             event = {"action": action, "model": model, "previous": previous, "at": now, "actor": actor,
                      "reason": reason}
             conn.execute(stations.update().where(stations.c.station == station)
@@ -349,26 +350,36 @@ class CentralRegistry:
         """
         mv = self.get(name, version, verify=True)
 
-        def push_on(stack: list[dict[str, str]]) -> tuple[str, str | None]:
+        def push_on(stack: list[dict[str, str]], fallback: str | None) -> tuple[str, str | None]:
             previous = stack[-1]["model"] if stack else None
-            stack.append({"model": mv.model_id, "at": utc_now().isoformat()})
-            return mv.model_id, previous
+            now = utc_now().isoformat()
+            if previous is None and fallback is not None and fallback != mv.model_id:
+                # The station ran the default's model (``active_id`` falls back to it): its stack
+                # starts there, so that its rollback returns to it.
+                stack.append({"model": fallback, "at": now, "via": DEFAULT_STATION})
+            stack.append({"model": mv.model_id, "at": now})
+            return mv.model_id, previous or fallback
 
         return self._change(station, "promote", push_on, actor=actor, reason=reason)
 
-    def rollback(self, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "") -> dict[str, Any]:
-        """Re-activate the version that was active before the current one, centrally.
+    def rollback(self, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "",
+                 check: Callable[[ModelVersion], object] | None = None) -> dict[str, Any]:
+        """Re-activate the version that was active before the current one, centrally; ``check``
+        (e.g. the golden-frame check) runs on that version before anything changes.
 
         Raises:
             RegistryError: the station has no earlier version to return to.
+            Whatever ``check`` raises: nothing changed.
         """
 
-        def pop(stack: list[dict[str, str]]) -> tuple[str, str | None]:
+        def pop(stack: list[dict[str, str]], fallback: str | None) -> tuple[str, str | None]:
             if len(stack) < 2:
                 raise RegistryError(f"station {station!r} has no earlier model to roll back to")
+            name, version = stack[-2]["model"].split("/")
+            target = self.get(name, version, verify=True)
+            if check is not None:
+                check(target)
             current = stack.pop()["model"]
-            name, version = stack[-1]["model"].split("/")
-            self.get(name, version, verify=True)
             return stack[-1]["model"], current
 
         return self._change(station, "rollback", pop, actor=actor, reason=reason)

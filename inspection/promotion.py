@@ -10,7 +10,8 @@ rates in the two cards (each measured on its own test split, so the message says
 the cards carry none the promotion goes ahead with the gate marked ``skipped`` (the first
 promotion of a station has nothing to compare with either).
 
-Promotions and rollbacks are appended to the inspection log (kind ``promotion`` /
+``rollback_logged`` runs the same golden check on the version it returns to, before anything
+changes. Promotions and rollbacks are appended to the inspection log (kind ``promotion`` /
 ``rollback``) when a log is given. Serving picks the change up from ``active.json`` on its
 next poll; no restart is needed.
 """
@@ -146,12 +147,28 @@ def promote_gated(registry: Registry, name: str, version: str, *, station: str =
 
 def rollback_logged(registry: Registry, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "",
                     log: SqlInspectionLog | None = None) -> tuple[dict[str, Any], StoredRecord | None]:
-    """Re-activate the previous version (``ModelRegistry.rollback``) and record it in ``log``.
+    """Re-activate the previous version (``ModelRegistry.rollback``) if its golden frames
+    re-score as its card says, and record it in ``log``.
 
     Raises:
         RegistryError: nothing to roll back to.
+        PromotionRefused: the previous version's golden frames do not re-score as its card says
+            (nothing changed).
+        ModelIntegrityError: a file of the previous version does not match its card.
     """
-    event = registry.rollback(station=station, actor=actor, reason=reason)
+    golden: list[GoldenResult] = []
+
+    def check(target: ModelVersion) -> None:
+        # The version rolled back to is activated as surely as a promoted one: the same check as
+        # promote's, or weights altered since (card re-hashed) would go live by the back door.
+        try:
+            golden.append(check_golden(target.card, target.path))
+        except ModelIntegrityError as exc:
+            raise PromotionRefused(f"rollback of station {station!r} to {target.model_id} refused: golden-frame "
+                                   f"check failed: {exc}. Nothing was changed; re-export the model or restore its "
+                                   "files") from None
+
+    event = registry.rollback(station=station, actor=actor, reason=reason, check=check)
     record = None
     if log is not None:
         name, _, version = event["model"].partition("/")
@@ -162,7 +179,9 @@ def rollback_logged(registry: Registry, *, station: str = DEFAULT_STATION, actor
                 model_name=name,
                 model_version=version,
                 actor=actor,
-                data={"previous": event["previous"], "reason": reason, "at": event["at"]},
+                data={"previous": event["previous"], "reason": reason, "at": event["at"],
+                      "golden": {"frames": golden[0].frames, "max_diff": golden[0].max_diff,
+                                 "tolerance": golden[0].tolerance}},
             )
         )
     return event, record

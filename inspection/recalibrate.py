@@ -5,6 +5,7 @@ threshold, not another training run: the validation probabilities stored beside 
 (``scores.npz``, see ``inspection.calibration``) are all calibration needs. The result is a new
 version of the same model — same ONNX file, same golden frames — whose card carries the new
 threshold, its calibration evidence, the test operating point recomputed from the stored test
+probabilities, the monitoring reference's reject rate recomputed from the stored validation
 probabilities, and where it came from (``training.lineage``). The source version is never
 touched: stations keep running it until the new version is promoted.
 
@@ -24,6 +25,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from inspection import calibration as C
 from inspection.card import CARD_FILENAME, ModelCard, hash_files, load_card, save_card, sha256_file, utc_now
@@ -105,7 +108,15 @@ def set_threshold(
         "test": _test_operating_point(card.metrics.get("test", {}), scores, draft, good, evidence),
     }
     training = {**card.training, "lineage": lineage}
-    return _write_version(registry, source, draft.model_copy(update={"metrics": metrics, "training": training}),
+    monitoring = card.monitoring
+    if monitoring is not None:
+        # Serving centres the reject-rate chart on it until the line's own baseline: the source's
+        # rate, at the old threshold, would raise false alarms or hide real ones. The export's
+        # definition (inspection.monitoring.build): the reject rule over the validation frames,
+        # whose probabilities are the stored ones.
+        monitoring = monitoring.model_copy(update={"reject_rate": float(np.mean(reject_mask(scores.val_probs, draft)))})
+    return _write_version(registry, source, draft.model_copy(update={"metrics": metrics, "training": training,
+                                                                     "monitoring": monitoring}),
                           carry=[f for f in card.files if f not in not_carried])
 
 

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,11 @@ class ModelVersion:
     @property
     def model_id(self) -> str:
         return f"{self.name}/{self.version}"
+
+
+def _latest(entry: dict[str, Any] | None) -> str | None:
+    """The model at the top of a station's history (None: no entry, or an empty history)."""
+    return entry["history"][-1]["model"] if entry and entry.get("history") else None
 
 
 def parse_model_id(model_id: str) -> tuple[str, str]:
@@ -74,7 +79,8 @@ class Registry(Protocol):
         self, name: str, version: str, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = ""
     ) -> dict[str, Any]: ...
 
-    def rollback(self, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "") -> dict[str, Any]: ...
+    def rollback(self, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "",
+                 check: Callable[[ModelVersion], object] | None = None) -> dict[str, Any]: ...
 
 
 class ModelRegistry:
@@ -190,6 +196,8 @@ class ModelRegistry:
 
         A version already active for ``station`` (its own latest, not the ``default`` fallback)
         changes nothing and is not recorded: the event returned says ``"action": "already_active"``.
+        A station without a history of its own ran the ``default`` station's model: its history
+        starts with that model, which ``previous`` names and ``rollback`` returns to.
 
         Raises:
             RegistryError: unknown version or station name.
@@ -203,26 +211,37 @@ class ModelRegistry:
         with self._locked_state() as state:
             entry = state["stations"].setdefault(station, {"history": [], "events": []})
             previous = entry["history"][-1]["model"] if entry["history"] else None
-            event["previous"] = previous
             if previous == mv.model_id:
                 # A second entry would make `rollback` "return" to this same version.
-                return {**event, "action": "already_active"}
+                return {**event, "previous": previous, "action": "already_active"}
+            fallback = _latest(state["stations"].get(DEFAULT_STATION)) if station != DEFAULT_STATION else None
+            if previous is None and fallback is not None and fallback != mv.model_id:
+                # The station was really running the default's model: recorded as where it came
+                # from, so that its rollback returns there instead of finding "no earlier model".
+                entry["history"].append({"model": fallback, "at": event["at"], "via": DEFAULT_STATION})
+            event["previous"] = previous or fallback
             entry["history"].append({"model": mv.model_id, "at": event["at"]})
             entry["events"].append(event)
         return event
 
-    def rollback(self, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "") -> dict[str, Any]:
-        """Re-activate the version that was active before the current one.
+    def rollback(self, *, station: str = DEFAULT_STATION, actor: str = "cli", reason: str = "",
+                 check: Callable[[ModelVersion], object] | None = None) -> dict[str, Any]:
+        """Re-activate the version that was active before the current one. ``check`` (e.g. the
+        golden-frame check) is run on that version under the lock, before anything changes.
 
         Raises:
             RegistryError: the station has no earlier version to return to.
+            ModelIntegrityError: a file of that version does not match the card's sha256.
+            Whatever ``check`` raises: nothing changed.
         """
         with self._locked_state() as state:
             entry = state["stations"].get(station)
             if not entry or len(entry["history"]) < 2:
                 raise RegistryError(f"station {station!r} has no earlier model to roll back to")
             name, version = parse_model_id(entry["history"][-2]["model"])
-            self.get(name, version, verify=True)
+            target = self.get(name, version, verify=True)
+            if check is not None:
+                check(target)
             current = entry["history"].pop()["model"]
             event = {"action": "rollback", "model": f"{name}/{version}", "previous": current,
                      "at": utc_now().isoformat(), "actor": actor, "reason": reason}

@@ -10,14 +10,15 @@ on colour frames a region whose colour changes at the same brightness (a stain, 
 of these is a real defect type; together they teach "anything that does not belong here", which
 is what a reject gate needs for defects nobody has shown it.
 
-The contract with the rest of training is a two-class dataset ``good`` / ``anomaly``: real
-defective images (any class) become ``anomaly`` and are **never fitted** — the split holds
-their groups out for validation and test (``split_dataset(held_out=...)``); defective images
+The contract with the rest of training is a two-class dataset, the good class (under the
+dataset's own name for it) / ``anomaly``: real defective images (any class) become ``anomaly``
+and are **never fitted** — the split holds their groups out for validation and test
+(``split_dataset(held_out=...)``); defective images
 that share a group with training images are left out entirely. Model selection uses the
 validation AUROC of real defects when there are enough, else of synthetic anomalies on the
 validation's good frames; the threshold is calibrated on good validation frames alone to a
 target overkill (``max_overkill``, 1% by default). Serving needs nothing new: the card says
-``mode: anomaly`` and the classes are ``good`` and ``anomaly``.
+``mode: anomaly`` and the classes are the good class and ``anomaly``.
 """
 
 from __future__ import annotations
@@ -45,14 +46,19 @@ MIN_REAL_VAL_DEFECTS = 10
 
 
 def anomaly_view(ds: Dataset) -> Dataset:
-    """``ds`` as ``good`` / ``anomaly``: every defect class becomes ``anomaly`` (for evaluation only).
+    """``ds`` as its good class / ``anomaly``: every defect class becomes ``anomaly`` (for
+    evaluation only); the good class keeps the dataset's name for it.
 
     Raises:
-        DatasetError: no good class, no good images, or fewer than ``MIN_GOOD``.
+        DatasetError: no good class, a good class named ``anomaly``, no good images, or fewer
+            than ``MIN_GOOD``.
     """
     if ds.good_class is None:
         raise DatasetError(f"--mode anomaly needs a good class to learn from; {ds.name!r} has none "
                            f"(classes {ds.classes}); set good_class in its manifest")
+    if ds.good_class == ANOMALY:
+        raise DatasetError(f"--mode anomaly names its defect class {ANOMALY!r}, which is {ds.name!r}'s good class; "
+                           "rename the good class (manifest good_class and its labels)")
     good = sum(1 for s in ds.samples if s.label == ds.good_class)
     if good == 0:
         raise DatasetError(f"--mode anomaly learns from good images and {ds.name!r} has none of class "
@@ -60,8 +66,11 @@ def anomaly_view(ds: Dataset) -> Dataset:
     if good < MIN_GOOD:
         raise DatasetError(f"--mode anomaly needs at least {MIN_GOOD} good images to learn a part's normal "
                            f"variation; {ds.name!r} has {good} of class {ds.good_class!r}")
-    samples = [replace(s, label="good" if s.label == ds.good_class else ANOMALY) for s in ds.samples]
-    return replace(ds, classes=["good", ANOMALY], good_class="good", samples=samples)
+    # The card's classes are the ones the labelling page offers for the model's frames, and a
+    # dataset build maps a label to a class by name: a good class renamed "good" here (magnetic
+    # tile's is "Free") came back from the line as a new *defect* class "good".
+    samples = [s if s.label == ds.good_class else replace(s, label=ANOMALY) for s in ds.samples]
+    return replace(ds, classes=[ds.good_class, ANOMALY], samples=samples)
 
 
 class Synthesizer:

@@ -190,9 +190,11 @@ def _choose_recipe(
     if cfg.roi is not None:
         heights, widths = np.full_like(heights, cfg.roi[3]), np.full_like(widths, cfg.roi[2])
     train_counts = counts["train"]
-    if cfg.mode == "anomaly":
-        # Every good frame is drawn twice an epoch, once with a synthetic anomaly (balanced).
-        train_counts = {"good": train_counts["good"], anomaly.ANOMALY: train_counts["good"]}
+    if cfg.mode == "anomaly" and ds.good_class is not None:
+        # Every good frame is drawn twice an epoch, once with a synthetic anomaly (balanced). The
+        # view's good class keeps the dataset's name for it (magnetic tile: "Free").
+        good = ds.good_class
+        train_counts = {good: train_counts[good], anomaly.ANOMALY: train_counts[good]}
     stats = recipe_rules.stats_from(heights, widths, train_counts, ds.manifest.get("orientation"),
                                     survey.pixel_values, surveyed=survey.decoded, colour=survey.colour,
                                     colour_example=survey.colour_example)

@@ -220,8 +220,15 @@ def _build(args: argparse.Namespace) -> int:
     print(f"wrote {len(ds.samples)} images to {ds.root} ({counts})")
     print(
         f"base {lineage['base']['name']} ({lineage['base']['count']} images) + {len(lineage['labels'])} labelled "
-        f"frame(s) from the log; new classes: {lineage['new_classes'] or 'none'}; skipped: {len(lineage['skipped'])}"
+        f"frame(s) from the log ({len(lineage['in_base'])} more already in the base); new classes: "
+        f"{lineage['new_classes'] or 'none'}; skipped: {len(lineage['skipped'])}"
     )
+    not_held_out = lineage["split"]["not_held_out"]
+    if not_held_out:
+        # Parts are never forced into val or test (that would move a part between versions).
+        missing = ", ".join(f"{c} ({'/'.join(sp)})" for c, sp in not_held_out.items())
+        print(f"classes without val or test images: {missing}; their recall cannot be measured on this version "
+              "until more of their parts are labelled")
     print(f"fingerprint {ds.fingerprint}")
     return 0
 

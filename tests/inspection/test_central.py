@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from inspection.central import CentralRegistry, RegistryUnreachable, sync_station
-from inspection.errors import ConfigError, ModelIntegrityError, RegistryError
+from inspection.errors import ConfigError, ModelIntegrityError, PromotionRefused, RegistryError
 from inspection.promotion import promote_gated
-from inspection.registry import ModelRegistry
+from inspection.registry import ModelRegistry, ModelVersion
 from tests.helpers.logdb import PG_URL, pg_schema, pg_unreachable_reason
 from tests.helpers.tiny_model import make_model_version, tamper_weights
 
@@ -92,6 +92,39 @@ def test_promotions_are_central_and_line_pcs_follow_them(
     with pytest.raises(RegistryError, match="no earlier model to roll back to"):
         central.rollback(station="line1")
         central.rollback(station="line1")
+
+
+def test_promoting_over_the_default_model_a_station_ran_makes_that_model_its_previous_one(
+    schema: str, workstation: ModelRegistry
+) -> None:
+    central = _central(schema, workstation.root)
+    for v in ("v1", "v2"):
+        central.push(workstation.get("tiny", v))
+    central.promote("tiny", "v1")  # station "default": line1 follows it
+    assert central.active_id("line1") == "tiny/v1"
+    assert central.promote("tiny", "v2", station="line1")["previous"] == "tiny/v1"
+    back = central.rollback(station="line1")
+    assert (back["model"], back["previous"]) == ("tiny/v1", "tiny/v2") and central.active_id("line1") == "tiny/v1"
+
+
+def test_a_rollback_whose_check_refuses_the_earlier_version_changes_nothing(
+    schema: str, workstation: ModelRegistry
+) -> None:
+    # `rollback_logged` passes the golden-frame check; it runs before the station's stack changes.
+    central = _central(schema, workstation.root)
+    for v in ("v1", "v2"):
+        central.push(workstation.get("tiny", v))
+        central.promote("tiny", v, station="line1")
+    checked: list[str] = []
+
+    def refuse(target: ModelVersion) -> None:
+        checked.append(target.model_id)
+        raise PromotionRefused(f"{target.model_id}: golden frames differ")
+
+    with pytest.raises(PromotionRefused, match="tiny/v1: golden frames differ"):
+        central.rollback(station="line1", check=refuse)
+    assert checked == ["tiny/v1"] and central.active_id("line1") == "tiny/v2"
+    assert [e["action"] for e in central.history("line1")] == ["promote", "promote"]
 
 
 def test_a_version_whose_files_do_not_match_its_card_is_refused_at_push(

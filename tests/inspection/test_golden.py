@@ -13,7 +13,7 @@ from inspection.cli import main as cli
 from inspection.errors import ModelIntegrityError, PromotionRefused
 from inspection.golden import check_golden, verify_version
 from inspection.log.store import open_log
-from inspection.promotion import promote_gated
+from inspection.promotion import promote_gated, rollback_logged
 from inspection.registry import ModelRegistry
 from tests.helpers.tiny_model import make_model_version, tamper_weights
 
@@ -69,6 +69,32 @@ def test_promote_records_the_golden_check_of_a_true_version(models: Path, tmp_pa
         assert result.record is not None
         golden = result.record.entry.data["golden"]
         assert golden["frames"] >= 1 and 0 <= golden["max_diff"] <= golden["tolerance"] == 1e-4
+
+
+def test_rollback_refuses_a_version_tampered_since_and_changes_nothing(models: Path, tmp_path: Path) -> None:
+    # Hashes alone let it through: weights altered and the card re-hashed, as promote's check exists for.
+    reg = ModelRegistry(models)
+    promote_gated(reg, "tiny", "v2", station="line1")
+    tamper_weights(models / "tiny" / "v1")
+    active_before = (models / "active.json").read_bytes()
+    with open_log(f"sqlite:///{tmp_path / 'log.db'}") as log:
+        with pytest.raises(PromotionRefused, match=r"rollback of station 'line1' to tiny/v1 refused: golden-frame "
+                                                   r"check failed: .*max abs difference"):
+            rollback_logged(reg, station="line1", reason="v2 lets scratches through", log=log)
+        assert log.head()[0] == 0  # nothing recorded
+    assert (models / "active.json").read_bytes() == active_before
+    assert reg.active("line1").model_id == "tiny/v2"
+
+
+def test_rollback_records_the_golden_check_of_the_version_it_returns_to(models: Path, tmp_path: Path) -> None:
+    reg = ModelRegistry(models)
+    promote_gated(reg, "tiny", "v2", station="line1")
+    with open_log(f"sqlite:///{tmp_path / 'log.db'}") as log:
+        event, record = rollback_logged(reg, station="line1", reason="overkill up", log=log)
+    assert event["model"] == "tiny/v1" and reg.active("line1").model_id == "tiny/v1"
+    assert record is not None and record.entry.kind == "rollback"
+    golden = record.entry.data["golden"]
+    assert golden["frames"] >= 1 and 0 <= golden["max_diff"] <= golden["tolerance"] == 1e-4
 
 
 def test_models_verify_cli_exit_codes(models: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -46,6 +46,25 @@ def test_promote_and_rollback_per_station(models: Path) -> None:
         reg.rollback(station="line1")
 
 
+def test_promoting_over_the_default_model_a_station_ran_makes_that_model_its_previous_one(models: Path) -> None:
+    reg = ModelRegistry(models)
+    reg.promote("tiny", "v1")  # station "default": every station without its own entry runs v1
+    assert reg.active("line1").model_id == "tiny/v1"
+    event = reg.promote("tiny", "v2", station="line1")
+    assert event["previous"] == "tiny/v1"  # was None, and rollback found "no earlier model"
+    back = reg.rollback(station="line1", reason="v2 lets scratches through")
+    assert (back["model"], back["previous"]) == ("tiny/v1", "tiny/v2")
+    assert reg.active("line1").model_id == "tiny/v1"
+    reg.promote("tiny", "v2")  # line1 now has its own history: the default's next model is not line1's
+    assert reg.active("line1").model_id == "tiny/v1" and reg.active("line2").model_id == "tiny/v2"
+    # Pinning the model a station already runs through the default: no earlier model to invent.
+    pinned = reg.promote("tiny", "v2", station="line2")
+    assert pinned["action"] == "promote" and [h["model"] for h in reg.read_state()["stations"]["line2"]["history"]] \
+        == ["tiny/v2"]
+    with pytest.raises(RegistryError, match="no earlier model"):
+        reg.rollback(station="line2")
+
+
 def test_promote_refuses_a_version_whose_files_do_not_match_the_card(models: Path) -> None:
     golden = models / "tiny" / "v2" / "golden.npz"
     golden.write_bytes(golden.read_bytes()[:-1] + b"x")

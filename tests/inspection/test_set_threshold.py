@@ -16,7 +16,7 @@ from inspection.errors import ValidationError
 from inspection.metrics import escape_overkill
 from inspection.recalibrate import rescore_golden, set_threshold
 from inspection.registry import ModelRegistry, ModelVersion
-from tests.helpers.tiny_model import make_model_version
+from tests.helpers.tiny_model import make_model_version, score
 
 CLASSES = ("good", "scratch", "dent")
 
@@ -149,6 +149,31 @@ def test_max_overkill_target(models: Path) -> None:
     rejected_good = np.sum(good & (defect_scores(scores.val_probs, new.card) >= new.card.thresholds.reject))
     assert (rejected_good + 1) / (good.sum() + 1) <= 0.05  # a new good part, rejected with probability <= 5%
     assert new.card.thresholds.target == {"max_overkill": 0.05}
+
+
+def test_the_monitoring_reject_rate_is_the_validation_reject_rate_at_the_new_threshold(tmp_path: Path) -> None:
+    # Serving centres the reject-rate chart on it until 1,000 parts: the source's, at the old
+    # threshold, raised false alarms (or hid real ones) after a threshold move.
+    rng = np.random.default_rng(0)
+    levels = rng.integers(0, 256, (400, 1, 1, 1))
+    frames = np.clip(levels + rng.integers(-10, 11, (400, 1, 32, 32)), 0, 255).astype(np.uint8)
+    source = make_model_version(tmp_path / "models", classes=CLASSES, reference_frames=frames)
+    # As training stores them: the probabilities of the validation frames the reference was built from.
+    probs = score(source.path / "model.onnx", frames)
+    labels = np.where(levels.ravel() < 128, 1, 0)
+    save_scores(source.path / SCORES_FILE, val_probs=probs, val_labels=labels, test_probs=probs, test_labels=labels)
+    save_card(source.card.model_copy(update={"files": hash_files(source.path, [*source.card.files, SCORES_FILE])}),
+              source.path)
+    assert source.card.monitoring is not None
+    assert source.card.monitoring.reject_rate == pytest.approx(float(np.mean(reject_mask(probs, source.card))))
+
+    new = set_threshold(ModelRegistry(tmp_path / "models"), "tiny/v1", {"max_overkill": 0.3}, overkill_limit=None)
+    assert new.card.thresholds.reject != source.card.thresholds.reject
+    assert new.card.monitoring is not None
+    expected = float(np.mean(reject_mask(probs, new.card)))
+    assert new.card.monitoring.reject_rate == pytest.approx(expected)
+    assert abs(expected - source.card.monitoring.reject_rate) > 0.05
+    assert new.card.monitoring.stats == source.card.monitoring.stats  # the frames' statistics do not move
 
 
 @pytest.mark.parametrize(("args", "message"), [

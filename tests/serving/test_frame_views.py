@@ -128,7 +128,8 @@ def test_labelled_raw_production_frames_become_png_samples_of_a_new_dataset_vers
                         headers=auth(keys, "engineer"))
         assert r.status_code == 201, r.text
         sent[fid] = pixels
-    base_items = [(Sample(f"images/{c}/{i}.png", c, "train"), frame_png(BRIGHT if c == "good" else DARK, seed=i))
+    # Other seeds than the frames': a frame already in the base is not added again (lineage in_base).
+    base_items = [(Sample(f"images/{c}/{i}.png", c, "train"), frame_png(BRIGHT if c == "good" else DARK, seed=10 + i))
                   for c in ("good", "scratch") for i in range(3)]
     write_dataset(tmp_path / "base", name="base", classes=["good", "scratch"], good_class="good", items=base_items)
     build_dataset(tmp_path / "base", client.app.state.log, tmp_path / "v2")  # type: ignore[attr-defined]

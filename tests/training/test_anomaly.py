@@ -145,6 +145,32 @@ def test_the_view_refuses_what_cannot_be_learnt(tmp_path: Path) -> None:
     assert view.classes == ["good", "anomaly"] and sum(s.label == "anomaly" for s in view.samples) == 7
 
 
+def test_the_view_keeps_the_datasets_name_for_its_good_class(tmp_path: Path) -> None:
+    # The card's classes come from the view, the labelling page offers them and a dataset build
+    # maps labels to classes by name: a good class renamed "good" came back as a new defect class.
+    ds = make_dataset(tmp_path / "tile", classes=("Free", "scratch", "spot"), good_class="Free",
+                      counts={"Free": 25, "scratch": 3, "spot": 4})
+    view = anomaly.anomaly_view(ds)
+    assert view.classes == ["Free", "anomaly"] and view.good_class == "Free"
+    assert sorted({s.label for s in view.samples}) == ["Free", "anomaly"]
+    assert sum(s.label == "Free" for s in view.samples) == 25
+    named = make_dataset(tmp_path / "named", classes=("anomaly", "scratch"), good_class="anomaly",
+                         counts={"anomaly": 25, "scratch": 3})
+    with pytest.raises(DatasetError, match="names its defect class 'anomaly', which is 'named''s good class"):
+        anomaly.anomaly_view(named)
+
+
+@pytest.mark.slow
+def test_an_anomaly_model_of_a_good_class_named_otherwise_carries_that_name(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    items = [(Sample(f"images/Free/{i:03d}.png", "Free"), cv2.imencode(".png", draw("good", rng, 32))[1].tobytes())
+             for i in range(150)]
+    ds = write_dataset(tmp_path / "tile", name="tile", classes=["Free"], good_class="Free", items=items)
+    result = train_main(load_config(None, {**FAST, "epochs": 1, "data": ds.root, "models_dir": tmp_path / "models"}))
+    assert result.card.classes == ["Free", "anomaly"] and result.card.good_class == "Free"
+    verify_version(result.card, result.path)
+
+
 def test_defects_are_held_out_of_training(tmp_path: Path) -> None:
     view = anomaly.anomaly_view(make_dataset(tmp_path / "d", counts={"good": 60, "scratch": 20, "spot": 21}))
     split = split_dataset(view, seed=0, val_fraction=0.15, test_fraction=0.15, held_out=["anomaly"]).split
