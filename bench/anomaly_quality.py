@@ -203,7 +203,7 @@ def overkill_target(dataset: Path) -> float:
     cfg = load_config(None, {})
     split = split_dataset(ds, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                           held_out=[ANOMALY]).split
-    good = split_counts(ds.samples, split, ds.classes)["val"]["good"]
+    good = split_counts(ds.samples, split, ds.classes)["val"][ds.good_class]  # the dataset's name for it
     return next((t for t in (0.01, 0.02, 0.05) if good >= needed(t)), 0.10)
 
 
