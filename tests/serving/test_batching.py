@@ -80,14 +80,19 @@ async def test_full_queue_answers_503_with_retry_after_and_failsafe_rejects_the_
         assert all(r.status_code == 200 for r in await _burst(app, keys, 1, prefix="after"))
 
 
-@pytest.mark.asyncio
-async def test_model_error_is_a_failsafe_reject_and_the_next_frame_is_scored(tmp_path, keys) -> None:
+def _single_station_app(tmp_path, keys, **model):  # type: ignore[no-untyped-def]
+    """The app with one station (SINGLE) serving a tiny model built with ``model``."""
     models_dir = tmp_path / "models"
-    make_model_version(models_dir, nan_when_black=True, conv=False)
+    make_model_version(models_dir, **model)
     ModelRegistry(models_dir).promote("tiny", "v1", station=SINGLE)
     data = settings_data(tmp_path, models_dir, keys)
     data["stations"] = {SINGLE: data["stations"][SINGLE]}
-    app = create_app(build_settings(data))
+    return create_app(build_settings(data))
+
+
+@pytest.mark.asyncio
+async def test_model_error_is_a_failsafe_reject_and_the_next_frame_is_scored(tmp_path, keys) -> None:
+    app = _single_station_app(tmp_path, keys, nan_when_black=True, conv=False)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
@@ -116,12 +121,7 @@ async def test_model_error_is_a_failsafe_reject_and_the_next_frame_is_scored(tmp
 async def test_a_defect_map_with_nan_is_a_failsafe_reject_like_nan_probabilities(tmp_path, keys) -> None:
     # The probabilities are finite; only the map is not. It used to fail after scoring, where the
     # reject's box is placed: 503 with no fail-safe record and the part left without its view.
-    models_dir = tmp_path / "models"
-    make_model_version(models_dir, map_cell=8, nan_map_when_black=True)
-    ModelRegistry(models_dir).promote("tiny", "v1", station=SINGLE)
-    data = settings_data(tmp_path, models_dir, keys)
-    data["stations"] = {SINGLE: data["stations"][SINGLE]}
-    app = create_app(build_settings(data))
+    app = _single_station_app(tmp_path, keys, map_cell=8, nan_map_when_black=True)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
