@@ -183,6 +183,7 @@ class InspectionService:
             the view was fail-safe rejected (the error carries ``failsafe``).
         """
         started = req.started or time.perf_counter()
+        model: LoadedModel | None = None
         try:
             try:
                 model = self.models.current(req.station)
@@ -203,7 +204,8 @@ class InspectionService:
         except InspectionError as exc:
             # A frame that cannot be decoded is kept as evidence; one over a size limit is not
             # (a bomb must not fill the frame store).
-            await self.reject_failsafe(req, exc, frame=None if isinstance(exc, PayloadTooLargeError) else body)
+            await self.reject_failsafe(req, exc, frame=None if isinstance(exc, PayloadTooLargeError) else body,
+                                       model=model)
             raise
         return await self._record_decision(req, model, probs, heat, model_ms, body, started, stats)
 
@@ -307,16 +309,22 @@ class InspectionService:
         return record
 
     # -- fail-safe -------------------------------------------------------------------------
-    async def reject_failsafe(self, req: FrameRequest, exc: InspectionError, *,
-                              frame: bytes | None = None) -> StoredRecord | None:
-        """Record a fail-safe reject of ``req``'s view because of ``exc`` and attach it to ``exc``."""
+    async def reject_failsafe(self, req: FrameRequest, exc: InspectionError, *, frame: bytes | None = None,
+                              model: LoadedModel | None = None) -> StoredRecord | None:
+        """Record a fail-safe reject of ``req``'s view because of ``exc`` and attach it to ``exc``.
+
+        ``model``: the model that handled the frame, where one did; else the station's current one.
+        (Read again here, a promotion that landed while the frame was scored named the new model
+        beside the old one's error.)
+        """
         code = exc.failsafe_code  # declared on the error's class (inspection.errors)
         reason = f"{code}: {exc}"
         model_version: str | None = None
-        try:
-            model: LoadedModel | None = self.models.current(req.station)
-        except ModelError:
-            model = None
+        if model is None:
+            try:
+                model = self.models.current(req.station)
+            except ModelError:
+                model = None
         if model is not None:
             model_version = model.model_id
         entry = LogEntry(

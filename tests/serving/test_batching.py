@@ -118,6 +118,33 @@ async def test_model_error_is_a_failsafe_reject_and_the_next_frame_is_scored(tmp
 
 
 @pytest.mark.asyncio
+async def test_a_frame_that_failed_is_logged_under_the_model_that_handled_it_not_one_promoted_meanwhile(
+        tmp_path, keys) -> None:
+    from inspection.registry import ModelRegistry as Registry
+    from serving.model import load_model
+
+    app = _single_station_app(tmp_path, keys, nan_when_black=True, conv=False)
+    make_model_version(tmp_path / "models", version="v2")
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        service = app.state.service
+        handling = service.models.current(SINGLE)
+        promoted = load_model(Registry(tmp_path / "models").get("tiny", "v2"), app.state.settings.runtime)
+        calls = iter([handling])
+        # A promotion lands while the frame is scored: every later lookup finds v2.
+        service.models.current = lambda station: next(calls, promoted)
+        r = await http.post("/v1/inspections", content=frame_png(0),
+                            params={"station": SINGLE, "camera": "cam", "part_id": "swap"},
+                            headers={**auth(keys), "content-type": "image/png"})
+        assert r.status_code == 503 and "tiny/v1" in r.json()["detail"]
+        assert r.json()["failsafe"]["model_version"] == "tiny/v1"
+        entry = app.state.log.get(r.json()["failsafe"]["inspection_id"]).entry
+        assert (entry.model_name, entry.model_version) == ("tiny", "v1")
+
+
+@pytest.mark.asyncio
 async def test_a_defect_map_with_nan_is_a_failsafe_reject_like_nan_probabilities(tmp_path, keys) -> None:
     # The probabilities are finite; only the map is not. It used to fail after scoring, where the
     # reject's box is placed: 503 with no fail-safe record and the part left without its view.
