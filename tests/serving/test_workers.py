@@ -41,6 +41,28 @@ def test_stations_are_split_round_robin_and_the_others_named(tmp_path: Path, key
         worker_groups(settings, 4)
 
 
+def test_a_worker_asks_for_the_station_a_decision_query_left_out_as_the_line_pc_would(
+        tmp_path: Path, keys: dict[str, str]) -> None:
+    # A worker holding one station used to take a query without ?station= as its own: it opened
+    # that part there and logged a fail-safe reject for it, where the one-process server answers 400.
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from tests.serving.conftest import auth
+
+    root = tmp_path / "models"
+    make_model_version(root, version="v1")
+    ModelRegistry(root).promote("tiny", "v1")
+    data = settings_data(tmp_path, root, keys, stations={s: {"cameras": cams} for s, cams in STATIONS.items()})
+    worker = worker_settings(build_settings(data), 1, 2, host="127.0.0.1", port=9000)
+    assert list(worker.stations) == ["line-b"]
+    with TestClient(create_app(worker)) as client:
+        r = client.get("/v1/parts/SN-1/decision", headers=auth(keys))
+        assert r.status_code == 400 and "station is required" in r.json()["detail"]
+        assert "line-a" in r.json()["detail"] and "line-b" in r.json()["detail"]
+        assert client.app.state.service.parts.get("line-b", "SN-1") is None  # no part opened
+
+
 def test_workers_refuse_a_sqlite_log(tmp_path: Path, keys: dict[str, str]) -> None:
     path = tmp_path / "serve.json"
     path.write_text(json.dumps(settings_data(tmp_path, tmp_path / "models", keys,
