@@ -17,7 +17,7 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -125,7 +125,9 @@ class Thresholds(_Strict):
     """
 
     reject: float = Field(ge=0.0, le=1.0)
-    per_class: dict[str, float] = Field(default_factory=dict)
+    #: Each within 0..1 like ``reject``: NaN compares false, so a NaN here (JSON allows it) would
+    #: silently switch off a class that must never pass.
+    per_class: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=dict)
     #: What the threshold was calibrated for, e.g. {"max_escape": 0.01}.
     target: dict[str, float] = Field(default_factory=dict)
     #: Calibration evidence (validation counts, achieved rates, whether the target is supported).

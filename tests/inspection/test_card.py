@@ -46,6 +46,9 @@ def _edit(folder: Path, **changes) -> None:
         ({"thresholds__per_class": {"good": 0.2}}, "allowed only for defect classes"),
         ({"normalization__mean": [0.5, 0.5, 0.5]}, "normalization has 3 values, the input has 1"),
         ({"thresholds__reject": 1.5}, "thresholds.reject"),
+        # NaN compares false: the class that must never pass would never be rejected by its threshold.
+        ({"thresholds__per_class": {"scratch": float("nan")}}, "thresholds.per_class.scratch"),
+        ({"thresholds__per_class": {"scratch": 1.5}}, "thresholds.per_class.scratch"),
         ({"files": {"golden.npz": "0" * 64}}, "must list the model file 'model.onnx'"),
         ({"surprise": 1}, "surprise"),
         ({"input__resize": "lanczos"}, "input.resize"),
