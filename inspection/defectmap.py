@@ -11,7 +11,9 @@ is, whatever the geometry.
   peak (8-neighbourhood) that rise at least half-way from the map's background (its median)
   to the peak: the "half maximum" blob around the peak, measured above the background because
   a classifier's map is rarely 0 on good surface. One defect gives one box, and faint texture
-  elsewhere does not stretch it. Clipped to the frame.
+  elsewhere does not stretch it. Clipped to the part of the frame the model saw (its region of
+  interest, else the whole frame); cells of a letterbox's padding (a mirror of the frame's edge,
+  not the frame) are never the peak nor part of the box.
 * ``extent``: the frame rectangle the whole map covers (x, y, width, height); under letterbox it
   reaches beyond the frame (the padding). Pages stretch the map PNG over it.
 * ``png``: the map as an 8-bit grayscale PNG (value x 255), a few hundred bytes: stored
@@ -50,18 +52,27 @@ class MapLocation:
         }
 
 
-def _input_to_frame(spec: InputSpec, frame_width: int, frame_height: int) -> tuple[float, float, float, float]:
-    """(scale x, scale y, offset x, offset y): frame = input * scale + offset, for this card."""
-    if spec.roi is not None:
-        ox, oy, width, height = spec.roi
-    else:
-        ox, oy, width, height = 0, 0, frame_width, frame_height
+def _seen(spec: InputSpec, frame_width: int, frame_height: int) -> tuple[int, int, int, int]:
+    """The frame rectangle the model sees (x, y, width, height): its region of interest, else the frame."""
+    return spec.roi if spec.roi is not None else (0, 0, frame_width, frame_height)
+
+
+def _content(spec: InputSpec, frame_width: int, frame_height: int) -> tuple[int, int, int, int]:
+    """Where that rectangle lies in the model input (left, top, width, height): all of it, but
+    for a letterbox's padding."""
+    _, _, width, height = _seen(spec, frame_width, frame_height)
     if spec.geometry == "letterbox" and (height, width) != (spec.height, spec.width):
         h, w = letterbox_size(height, width, spec)
-        top, left = (spec.height - h) // 2, (spec.width - w) // 2
-        sx, sy = width / w, height / h
-        return sx, sy, ox - left * sx, oy - top * sy
-    return width / spec.width, height / spec.height, float(ox), float(oy)
+        return (spec.width - w) // 2, (spec.height - h) // 2, w, h
+    return 0, 0, spec.width, spec.height
+
+
+def _input_to_frame(spec: InputSpec, frame_width: int, frame_height: int) -> tuple[float, float, float, float]:
+    """(scale x, scale y, offset x, offset y): frame = input * scale + offset, for this card."""
+    ox, oy, width, height = _seen(spec, frame_width, frame_height)
+    left, top, w, h = _content(spec, frame_width, frame_height)
+    sx, sy = width / w, height / h
+    return sx, sy, ox - left * sx, oy - top * sy
 
 
 def locate(heat: np.ndarray, spec: InputSpec, frame_width: int, frame_height: int) -> MapLocation:
@@ -76,18 +87,26 @@ def locate(heat: np.ndarray, spec: InputSpec, frame_width: int, frame_height: in
     rows, cols = heat.shape
     cell_w, cell_h = spec.width / cols, spec.height / rows  # in model-input pixels
     sx, sy, ox, oy = _input_to_frame(spec, frame_width, frame_height)
-    r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    # Cells whose centre lies on the frame's content: a letterbox's padding mirrors the frame's
+    # edge, so a defect near it shows there too, outside anything the camera framed for the model.
+    left, top, w, h = _content(spec, frame_width, frame_height)
+    cx, cy = (np.arange(cols) + 0.5) * cell_w, (np.arange(rows) + 0.5) * cell_h
+    inside = ((cy >= top) & (cy < top + h))[:, None] & ((cx >= left) & (cx < left + w))[None, :]
+    if not inside.any():  # a map coarser than the content: every cell straddles it
+        inside[:] = True
+    r, c = np.unravel_index(int(np.argmax(np.where(inside, heat, -np.inf))), heat.shape)
     peak_value = float(heat[r, c])
-    background = float(np.median(heat))
-    hot = (heat >= background + BOX_FRACTION * (peak_value - background)).astype(np.uint8)
+    background = float(np.median(heat[inside]))
+    hot = ((heat >= background + BOX_FRACTION * (peak_value - background)) & inside).astype(np.uint8)
     _, labels = cv2.connectedComponents(hot, connectivity=8)
     ys, xs = np.nonzero(labels == labels[r, c])
     x0, x1 = xs.min() * cell_w * sx + ox, (xs.max() + 1) * cell_w * sx + ox
     y0, y1 = ys.min() * cell_h * sy + oy, (ys.max() + 1) * cell_h * sy + oy
-    x0, y0 = max(0.0, x0), max(0.0, y0)
-    x1, y1 = min(float(frame_width), x1), min(float(frame_height), y1)
-    peak_x = min(max((c + 0.5) * cell_w * sx + ox, 0.0), float(frame_width))
-    peak_y = min(max((r + 0.5) * cell_h * sy + oy, 0.0), float(frame_height))
+    rx, ry, rw, rh = _seen(spec, frame_width, frame_height)
+    x0, y0 = max(float(rx), x0), max(float(ry), y0)
+    x1, y1 = min(float(rx + rw), x1), min(float(ry + rh), y1)
+    peak_x = min(max((c + 0.5) * cell_w * sx + ox, float(rx)), float(rx + rw))
+    peak_y = min(max((r + 0.5) * cell_h * sy + oy, float(ry)), float(ry + rh))
     extent = (ox, oy, spec.width * sx, spec.height * sy)
     return MapLocation((peak_x, peak_y), peak_value, (x0, y0, max(0.0, x1 - x0), max(0.0, y1 - y0)), extent)
 

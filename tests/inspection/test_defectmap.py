@@ -51,6 +51,22 @@ def test_letterbox_and_roi_follow_the_preprocessing() -> None:
     assert x >= 0 and y >= 0 and x + w <= 400 and y + h <= 200  # clipped to the frame
 
 
+def test_a_defect_at_the_edge_of_a_letterboxed_roi_is_placed_inside_it_not_on_its_mirror() -> None:
+    # The letterbox pads with a mirror of the content's edge: a defect there shows twice in the
+    # input. The copy in the padding is nothing the camera framed: it maps outside the region.
+    spec = InputSpec(height=64, width=64, geometry="letterbox", roi=(0, 100, 300, 150))  # y 100..250
+    frame = np.zeros((400, 400), dtype=np.uint8)
+    frame[100:106, 140:160] = 255  # a defect on the region's top edge
+    model_input = to_model_input(frame, spec)[0].astype(np.float32)
+    assert model_input[:16].max() > 0  # mirrored into the top padding (rows 0..15)
+    cells = cv2.resize(model_input, (16, 16), interpolation=cv2.INTER_AREA) / 255.0
+    cells[3, 7] = cells.max() + 0.1  # the padding's copy a little hotter: the first maximum before
+    where = locate(cells, spec, frame_width=400, frame_height=400)
+    assert 140 <= where.peak[0] <= 160 and 100 <= where.peak[1] <= 110
+    x, y, w, h = where.box
+    assert x >= 0 and y >= 100 and x + w <= 300 and y + h <= 250  # within the region the model saw
+
+
 @pytest.mark.parametrize("bad", [np.zeros((0, 3)), np.zeros((2, 2, 2)), np.array([[0.1, np.nan]])])
 def test_a_broken_map_places_nothing(bad: np.ndarray) -> None:
     with pytest.raises(ModelError, match="not a finite 2-D grid"):
