@@ -330,10 +330,13 @@ class CentralRegistry:
                 .on_conflict_do_nothing()
             )
             stack = self._stack(conn, station, lock=True)
+            before = list(stack)
             default = self._stack(conn, DEFAULT_STATION) if station != DEFAULT_STATION else []
             model, previous = change(stack, default[-1]["model"] if default else None)
             event = {"action": action, "model": model, "previous": previous, "at": now, "actor": actor,
                      "reason": reason}
+            if stack == before:  # the version was already active: nothing changed, nothing recorded
+                return {**event, "action": "already_active"}
             conn.execute(stations.update().where(stations.c.station == station)
                          .values(stack=json.dumps(stack), changed_at=now))
             conn.execute(events.insert().values(station=station, **event))
@@ -344,6 +347,10 @@ class CentralRegistry:
     ) -> dict[str, Any]:
         """Make a central version active for ``station`` (for every line PC that follows it).
 
+        A version already active for ``station`` (its own latest, not the ``default`` fallback)
+        changes nothing and is not recorded: the event returned says ``"action": "already_active"``
+        (as ``ModelRegistry.promote``).
+
         Raises:
             RegistryError: unknown version or station name.
             ModelIntegrityError: the version fails its checks when pulled here.
@@ -352,6 +359,9 @@ class CentralRegistry:
 
         def push_on(stack: list[dict[str, str]], fallback: str | None) -> tuple[str, str | None]:
             previous = stack[-1]["model"] if stack else None
+            if previous == mv.model_id:
+                # A second entry would make `rollback` "return" to this same version.
+                return mv.model_id, previous
             now = utc_now().isoformat()
             if previous is None and fallback is not None and fallback != mv.model_id:
                 # The station ran the default's model (``active_id`` falls back to it): its stack

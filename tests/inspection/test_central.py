@@ -107,6 +107,19 @@ def test_promoting_over_the_default_model_a_station_ran_makes_that_model_its_pre
     assert (back["model"], back["previous"]) == ("tiny/v1", "tiny/v2") and central.active_id("line1") == "tiny/v1"
 
 
+def test_promoting_the_version_already_active_changes_nothing(schema: str, workstation: ModelRegistry) -> None:
+    # As the folder registry: a second entry would make rollback "return" to the same version.
+    central = _central(schema, workstation.root)
+    for v in ("v1", "v2"):
+        central.push(workstation.get("tiny", v))
+        central.promote("tiny", v, station="line1")
+    again = central.promote("tiny", "v2", station="line1", actor="qe")
+    assert (again["action"], again["model"], again["previous"]) == ("already_active", "tiny/v2", "tiny/v2")
+    assert [e["action"] for e in central.history("line1")] == ["promote", "promote"]  # not recorded
+    back = central.rollback(station="line1")
+    assert (back["model"], back["previous"]) == ("tiny/v1", "tiny/v2") and central.active_id("line1") == "tiny/v1"
+
+
 def test_a_rollback_whose_check_refuses_the_earlier_version_changes_nothing(
     schema: str, workstation: ModelRegistry
 ) -> None:
