@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,13 +238,11 @@ class CentralRegistry:
         """Copy a central version into the cache after checking every byte and the golden frames.
 
         Raises:
-            RegistryError: no such version centrally.
+            RegistryError: no such version centrally; the cache cannot be written (disk full,
+                permissions: the path is named).
             ModelIntegrityError: a file differs from its stored sha256 or the card's, a file of
                 the card is missing, or the golden frames fail.
         """
-        from inspection.card import load_card
-        from inspection.golden import verify_version
-
         target = self.cache.version_dir(name, version)
         with self._db(f"pulling {name}/{version}") as conn:
             row = conn.execute(
@@ -258,11 +256,23 @@ class CentralRegistry:
                     files.c.name == name, files.c.version == version
                 )
             ).all()
+        try:
+            self._place(name, version, row.card, blobs, target)
+        except OSError as exc:  # a domain error, so the registry watch counts it and carries on
+            raise RegistryError(f"cannot pull {name}/{version} into {self.cache.root}: "
+                                f"{exc.strerror or exc} ({exc.filename or target})") from None
+        return self.cache.get(name, version)
+
+    def _place(self, name: str, version: str, card_text: str, blobs: Sequence[Any], target: Path) -> None:
+        """Check the central files in a staging folder of the cache, then move it to ``target``."""
+        from inspection.card import load_card
+        from inspection.golden import verify_version
+
         staging_root = self.cache.root / ".staging" / name
         staging_root.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(dir=staging_root, prefix=f"{version}."))
         try:
-            (stage / CARD_FILENAME).write_text(row.card, encoding="utf-8")
+            (stage / CARD_FILENAME).write_text(card_text, encoding="utf-8")
             card: ModelCard = load_card(stage)
             stored = {b.path: b for b in blobs}
             for rel, sha in card.files.items():
@@ -287,7 +297,6 @@ class CentralRegistry:
             os.replace(stage, target)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        return self.cache.get(name, version)
 
     # -- stations -----------------------------------------------------------------------
     def _stack(self, conn: sa.Connection, station: str, *, lock: bool = False) -> list[dict[str, str]]:
