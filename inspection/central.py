@@ -15,7 +15,8 @@ lines keeps one registry on the PostgreSQL server it already runs for the inspec
 ``rollback``, ``history``, ``list_versions``), so the promotion gate and the CLI work on either;
 versions it hands out are copies in a local cache folder, pulled and checked first: every file
 against the sha256 stored with it *and* the card's, then the golden frames re-scored
-(``inspection.golden.verify_version``). Nothing that fails is ever placed in the cache, and a
+(``inspection.golden.verify_version``); processes sharing the cache pull a version one at a
+time. Nothing that fails is ever placed in the cache, and a
 push refuses a version whose files do not match its card, or a different version under a name
 already taken. Line PCs follow the central promotions with ``sync_station`` (serving's registry
 watch), which promotes in the local folder only what it pulled and verified.
@@ -23,6 +24,8 @@ watch), which promotes in the local folder only what it pulled and verified.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -237,34 +240,71 @@ class CentralRegistry:
     def pull(self, name: str, version: str) -> ModelVersion:
         """Copy a central version into the cache after checking every byte and the golden frames.
 
+        Processes sharing the cache (``serve --workers N``) pull a version one at a time (a lock
+        file beside its folder); a folder another one placed is used when its card is the
+        central one and its files match that card.
+
         Raises:
             RegistryError: no such version centrally; the cache cannot be written (disk full,
-                permissions: the path is named).
+                permissions: the path is named), or something else is in the version's place.
             ModelIntegrityError: a file differs from its stored sha256 or the card's, a file of
-                the card is missing, or the golden frames fail.
+                the card is missing, or the golden frames fail; a folder found in the version's
+                place differs from the central version.
         """
         target = self.cache.version_dir(name, version)
-        with self._db(f"pulling {name}/{version}") as conn:
-            row = conn.execute(
-                sa.select(versions.c.card).where(versions.c.name == name, versions.c.version == version)
-            ).first()
-            if row is None:
-                known = [f"{v['name']}/{v['version']}" for v in self.list_versions()]
-                raise RegistryError(f"no model {name}/{version} in the central registry; known: {known or 'none'}")
-            blobs = conn.execute(
-                sa.select(files.c.path, files.c.sha256, files.c.content).where(
-                    files.c.name == name, files.c.version == version
-                )
-            ).all()
         try:
-            self._place(name, version, row.card, blobs, target)
+            with self._pull_lock(target):
+                if (target / CARD_FILENAME).is_file():  # pulled by another process while this one waited
+                    return self._placed_by_another(name, version)
+                with self._db(f"pulling {name}/{version}") as conn:
+                    row = conn.execute(
+                        sa.select(versions.c.card).where(versions.c.name == name, versions.c.version == version)
+                    ).first()
+                    if row is None:
+                        known = [f"{v['name']}/{v['version']}" for v in self.list_versions()]
+                        raise RegistryError(
+                            f"no model {name}/{version} in the central registry; known: {known or 'none'}"
+                        )
+                    blobs = conn.execute(
+                        sa.select(files.c.path, files.c.sha256, files.c.content).where(
+                            files.c.name == name, files.c.version == version
+                        )
+                    ).all()
+                if not self._place(name, version, row.card, blobs, target):
+                    return self._placed_by_another(name, version)
         except OSError as exc:  # a domain error, so the registry watch counts it and carries on
             raise RegistryError(f"cannot pull {name}/{version} into {self.cache.root}: "
                                 f"{exc.strerror or exc} ({exc.filename or target})") from None
         return self.cache.get(name, version)
 
-    def _place(self, name: str, version: str, card_text: str, blobs: Sequence[Any], target: Path) -> None:
-        """Check the central files in a staging folder of the cache, then move it to ``target``."""
+    @contextmanager
+    def _pull_lock(self, target: Path) -> Iterator[None]:
+        """One pull of ``target``'s version at a time among the processes sharing the cache."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.parent / f".{target.name}.pull.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, a crashed holder's too
+            yield
+
+    def _placed_by_another(self, name: str, version: str) -> ModelVersion:
+        """The version folder another process placed, once its card is the central one and its
+        files match that card (its golden frames passed there, and pass again on load).
+
+        Raises:
+            RegistryError: the folder in the version's place holds no model card.
+            ModelIntegrityError: its card differs from the central one, or a file from the card.
+        """
+        if not (self.cache.version_dir(name, version) / CARD_FILENAME).is_file():
+            raise RegistryError(f"{self.cache.version_dir(name, version)} is in the way of pulling "
+                                f"{name}/{version} and holds no model card: remove it and pull again")
+        mv = self.cache.get(name, version, verify=True)
+        self._same_as_central(mv)
+        return mv
+
+    def _place(self, name: str, version: str, card_text: str, blobs: Sequence[Any], target: Path) -> bool:
+        """Check the central files in a staging folder of the cache, then move it to ``target``.
+
+        Returns False when a folder took ``target``'s place meanwhile (the caller checks it).
+        """
         from inspection.card import load_card
         from inspection.golden import verify_version
 
@@ -293,8 +333,15 @@ class CentralRegistry:
             verify_version(card, stage)
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
-                raise RegistryError(f"{target} appeared while pulling {name}/{version}; pull again")
-            os.replace(stage, target)
+                return False
+            try:
+                os.replace(stage, target)
+            except OSError as exc:
+                # A folder placed between the check and the move, by a process without the lock.
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    return False
+                raise
+            return True
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
