@@ -225,7 +225,11 @@ class ModelManager:
         loaded: dict[str, LoadedModel] = {m.model_id: m for m in self._current.values() if m is not None}
         for station, version in wanted.items():
             current = self._current.get(station)
-            if version is None or (current is not None and current.model_id == version.model_id):
+            if version is None:
+                continue
+            if current is not None and current.model_id == version.model_id:
+                # Already on its active version (a rollback past a refused one): that refusal is over.
+                self.errors.pop(station, None)
                 continue
             if self._refused.get(station) == version.model_id:
                 continue  # refused since active.json last changed: not re-verified at every retry

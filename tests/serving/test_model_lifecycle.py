@@ -257,3 +257,19 @@ def test_a_station_whose_version_folder_is_gone_at_start_is_untrusted_alone(tmp_
         away.rename(models_dir / "tiny" / "v0")
         assert _reload(client, keys) == [STATION]  # retried though active.json did not change
         assert client.get("/readyz").status_code == 200
+
+
+def test_a_refusal_is_cleared_by_the_rollback_that_returns_to_the_model_kept(tmp_path, models_dir, keys) -> None:
+    make_model_version(models_dir, version="v3")
+    _skew_golden(models_dir / "tiny" / "v3", 0.05)
+    registry = ModelRegistry(models_dir)
+    data = settings_data(tmp_path, models_dir, keys, reload_poll_s=60)  # reloads only when asked
+    with TestClient(create_app(build_settings(data))) as client:
+        registry.promote("tiny", "v3", station=SINGLE)
+        assert _reload(client, keys) == []
+        assert "refused tiny/v3" in client.get("/readyz").json()["refused"][SINGLE]
+        registry.rollback(station=SINGLE)  # back to tiny/v1, which the station never left
+        assert _reload(client, keys) == []
+        status = client.get("/v1/models", headers=auth(keys, "engineer")).json()["stations"]
+        assert {(s["model_version"], s["error"]) for s in status} == {("tiny/v1", None)}
+        assert client.get("/readyz").json()["refused"] == {}
