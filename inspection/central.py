@@ -15,7 +15,8 @@ lines keeps one registry on the PostgreSQL server it already runs for the inspec
 ``rollback``, ``history``, ``list_versions``), so the promotion gate and the CLI work on either;
 versions it hands out are copies in a local cache folder, pulled and checked first: every file
 against the sha256 stored with it *and* the card's, then the golden frames re-scored
-(``inspection.golden.verify_version``). Nothing that fails is ever placed in the cache, and a
+(``inspection.golden.verify_version``); processes sharing the cache pull a version one at a
+time. Nothing that fails is ever placed in the cache, and a
 push refuses a version whose files do not match its card, or a different version under a name
 already taken. Line PCs follow the central promotions with ``sync_station`` (serving's registry
 watch), which promotes in the local folder only what it pulled and verified.
@@ -23,13 +24,15 @@ watch), which promotes in the local folder only what it pulled and verified.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,32 +240,79 @@ class CentralRegistry:
     def pull(self, name: str, version: str) -> ModelVersion:
         """Copy a central version into the cache after checking every byte and the golden frames.
 
+        Processes sharing the cache (``serve --workers N``) pull a version one at a time (a lock
+        file beside its folder); a folder another one placed is used when its card is the
+        central one and its files match that card.
+
         Raises:
-            RegistryError: no such version centrally.
+            RegistryError: no such version centrally; the cache cannot be written (disk full,
+                permissions: the path is named), or something else is in the version's place.
             ModelIntegrityError: a file differs from its stored sha256 or the card's, a file of
-                the card is missing, or the golden frames fail.
+                the card is missing, or the golden frames fail; a folder found in the version's
+                place differs from the central version.
+        """
+        target = self.cache.version_dir(name, version)
+        try:
+            with self._pull_lock(target):
+                if (target / CARD_FILENAME).is_file():  # pulled by another process while this one waited
+                    return self._placed_by_another(name, version)
+                with self._db(f"pulling {name}/{version}") as conn:
+                    row = conn.execute(
+                        sa.select(versions.c.card).where(versions.c.name == name, versions.c.version == version)
+                    ).first()
+                    if row is None:
+                        known = [f"{v['name']}/{v['version']}" for v in self.list_versions()]
+                        raise RegistryError(
+                            f"no model {name}/{version} in the central registry; known: {known or 'none'}"
+                        )
+                    blobs = conn.execute(
+                        sa.select(files.c.path, files.c.sha256, files.c.content).where(
+                            files.c.name == name, files.c.version == version
+                        )
+                    ).all()
+                if not self._place(name, version, row.card, blobs, target):
+                    return self._placed_by_another(name, version)
+        except OSError as exc:  # a domain error, so the registry watch counts it and carries on
+            raise RegistryError(f"cannot pull {name}/{version} into {self.cache.root}: "
+                                f"{exc.strerror or exc} ({exc.filename or target})") from None
+        return self.cache.get(name, version)
+
+    @contextmanager
+    def _pull_lock(self, target: Path) -> Iterator[None]:
+        """One pull of ``target``'s version at a time among the processes sharing the cache."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.parent / f".{target.name}.pull.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, a crashed holder's too
+            yield
+
+    def _placed_by_another(self, name: str, version: str) -> ModelVersion:
+        """The version folder another process placed, once its card is the central one and its
+        files match that card (its golden frames passed there, and pass again on load).
+
+        Raises:
+            RegistryError: the folder in the version's place holds no model card.
+            ModelIntegrityError: its card differs from the central one, or a file from the card.
+        """
+        if not (self.cache.version_dir(name, version) / CARD_FILENAME).is_file():
+            raise RegistryError(f"{self.cache.version_dir(name, version)} is in the way of pulling "
+                                f"{name}/{version} and holds no model card: remove it and pull again")
+        mv = self.cache.get(name, version, verify=True)
+        self._same_as_central(mv)
+        return mv
+
+    def _place(self, name: str, version: str, card_text: str, blobs: Sequence[Any], target: Path) -> bool:
+        """Check the central files in a staging folder of the cache, then move it to ``target``.
+
+        Returns False when a folder took ``target``'s place meanwhile (the caller checks it).
         """
         from inspection.card import load_card
         from inspection.golden import verify_version
 
-        target = self.cache.version_dir(name, version)
-        with self._db(f"pulling {name}/{version}") as conn:
-            row = conn.execute(
-                sa.select(versions.c.card).where(versions.c.name == name, versions.c.version == version)
-            ).first()
-            if row is None:
-                known = [f"{v['name']}/{v['version']}" for v in self.list_versions()]
-                raise RegistryError(f"no model {name}/{version} in the central registry; known: {known or 'none'}")
-            blobs = conn.execute(
-                sa.select(files.c.path, files.c.sha256, files.c.content).where(
-                    files.c.name == name, files.c.version == version
-                )
-            ).all()
         staging_root = self.cache.root / ".staging" / name
         staging_root.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(dir=staging_root, prefix=f"{version}."))
         try:
-            (stage / CARD_FILENAME).write_text(row.card, encoding="utf-8")
+            (stage / CARD_FILENAME).write_text(card_text, encoding="utf-8")
             card: ModelCard = load_card(stage)
             stored = {b.path: b for b in blobs}
             for rel, sha in card.files.items():
@@ -283,11 +333,17 @@ class CentralRegistry:
             verify_version(card, stage)
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
-                raise RegistryError(f"{target} appeared while pulling {name}/{version}; pull again")
-            os.replace(stage, target)
+                return False
+            try:
+                os.replace(stage, target)
+            except OSError as exc:
+                # A folder placed between the check and the move, by a process without the lock.
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    return False
+                raise
+            return True
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        return self.cache.get(name, version)
 
     # -- stations -----------------------------------------------------------------------
     def _stack(self, conn: sa.Connection, station: str, *, lock: bool = False) -> list[dict[str, str]]:
@@ -330,10 +386,13 @@ class CentralRegistry:
                 .on_conflict_do_nothing()
             )
             stack = self._stack(conn, station, lock=True)
+            before = list(stack)
             default = self._stack(conn, DEFAULT_STATION) if station != DEFAULT_STATION else []
             model, previous = change(stack, default[-1]["model"] if default else None)
             event = {"action": action, "model": model, "previous": previous, "at": now, "actor": actor,
                      "reason": reason}
+            if stack == before:  # the version was already active: nothing changed, nothing recorded
+                return {**event, "action": "already_active"}
             conn.execute(stations.update().where(stations.c.station == station)
                          .values(stack=json.dumps(stack), changed_at=now))
             conn.execute(events.insert().values(station=station, **event))
@@ -344,6 +403,10 @@ class CentralRegistry:
     ) -> dict[str, Any]:
         """Make a central version active for ``station`` (for every line PC that follows it).
 
+        A version already active for ``station`` (its own latest, not the ``default`` fallback)
+        changes nothing and is not recorded: the event returned says ``"action": "already_active"``
+        (as ``ModelRegistry.promote``).
+
         Raises:
             RegistryError: unknown version or station name.
             ModelIntegrityError: the version fails its checks when pulled here.
@@ -352,6 +415,9 @@ class CentralRegistry:
 
         def push_on(stack: list[dict[str, str]], fallback: str | None) -> tuple[str, str | None]:
             previous = stack[-1]["model"] if stack else None
+            if previous == mv.model_id:
+                # A second entry would make `rollback` "return" to this same version.
+                return mv.model_id, previous
             now = utc_now().isoformat()
             if previous is None and fallback is not None and fallback != mv.model_id:
                 # The station ran the default's model (``active_id`` falls back to it): its stack

@@ -36,7 +36,9 @@ def build_health_router(settings: ServeSettings) -> APIRouter:
         if health is not None and (log_problem := health.problem()):
             problems["log"] = log_problem  # not ready while the log cannot commit: frames would all fail
         body = {"status": "ready" if not problems else "not_ready", "problems": problems,
-                "models": {s["station"]: s["model_version"] for s in models.status()}}
+                "models": {s["station"]: s["model_version"] for s in models.status()},
+                # a station kept on its model when its active version was refused still scores
+                "refused": models.kept()}
         watch = getattr(request.app.state, "registry_watch", None)
         if watch is not None:
             body["registry"] = watch.status()  # unreachable is not a problem: verified models keep serving

@@ -157,8 +157,9 @@ def create_app(
     the frames router is mounted) answers frames ahead of FastAPI's routing and middleware
     (see ``InspectionApp``); turn it off to add middleware.
 
-    Start-up raises ``ModelIntegrityError`` / ``ModelCardError`` when an active model fails
-    verification (hashes or golden frames): the server refuses to serve an untrusted model.
+    A station whose active model fails verification at start (hashes or golden frames) or
+    cannot be read is untrusted, not a failed start: its frames are fail-safe rejected
+    (``serving.lifecycle``). Start-up raises ``RegistryError`` when ``active.json`` cannot be read.
     """
     hooks = list(default_lifespan_hooks() if lifespan_hooks is None else lifespan_hooks)
 

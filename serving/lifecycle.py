@@ -1,15 +1,18 @@
 """Which model scores which station, and live swaps when ``models/active.json`` changes.
 
 At start every station's active version (``ModelRegistry.active``) is loaded and verified
-(hashes, then the golden frames: ``inspection.golden``). A version that fails verification does
-not stop the start: the server comes up **not ready** for that station, answers each of its
+(hashes, then the golden frames: ``inspection.golden``). A version that fails verification, or
+cannot be read (its folder gone, its card invalid), does not stop the start: each station is
+resolved on its own, and the server comes up **not ready** for that station, answers each of its
 frames with a fail-safe reject (reason ``model_untrusted: ...``) and raises the model alarm
 (``serving.modeltrust``): a PLC gets rejects, not timeouts, and the operator sees why. Afterwards a watcher polls
 ``active.json`` (mtime, size, inode); on a change it loads and verifies the newly active
 versions in a worker thread and then swaps the station's reference in one assignment. A
 request holds the ``LoadedModel`` it started with, so in-flight frames finish on the old
 model and every answer names the version that really decided it. A version refused on
-reload leaves the station on its current model; the refusal is logged and counted.
+reload leaves the station on its current model; the refusal is logged and counted, and
+``/readyz`` names it under ``refused``. A station whose active version cannot be read is
+tried again at every poll until it can.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ class ModelManager:
         #: Station -> why its active model was not trusted at start (until a trusted one loads).
         self.untrusted: dict[str, str] = {}
         self._stamp: tuple[int, int, int] | None = None
+        # Stations whose active version could not be resolved (tried again at every check until
+        # none), and station -> version refused since active.json last changed (not re-verified
+        # by those retries).
+        self._unresolved: set[str] = set()
+        self._refused: dict[str, str] = {}
         # active.json's stamp and each station's last promotion time, read once per change.
         self._promoted: tuple[tuple[int, int, int] | None, dict[str, str | None]] = (None, {})
         self._task: asyncio.Task[None] | None = None
@@ -69,9 +77,16 @@ class ModelManager:
         return {s: (None if m is not None else scrub(self.errors.get(s) or "no active model"))
                 for s, m in self._current.items()}
 
+    def kept(self) -> dict[str, str]:
+        """Station -> why it still scores with a model that is not its active version (refused on
+        reload, or unreadable): not a readiness problem, but ``/readyz`` shows it; scrubbed."""
+        return {s: scrub(self.errors[s]) for s, m in self._current.items() if m is not None and s in self.errors}
+
     def status(self) -> list[dict[str, Any]]:
+        """Per station its model and error (scrubbed: /v1/models and /v1/home show it)."""
         out = []
         for station, model in self._current.items():
+            error = self.errors.get(station)
             out.append({
                 "station": station,
                 "model_version": model.model_id if model else None,
@@ -79,7 +94,7 @@ class ModelManager:
                 "classes": model.card.classes if model else None,
                 "threshold": model.card.thresholds.reject if model else None,
                 "golden_max_diff": model.golden_max_diff if model else None,
-                "error": self.errors.get(station),
+                "error": scrub(error) if error else None,
             })
         return out
 
@@ -112,14 +127,31 @@ class ModelManager:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _wanted(self) -> dict[str, ModelVersion | None]:
-        return {s: self.registry.active(s) for s in self._current}
+    def _wanted(self) -> tuple[dict[str, ModelVersion | None], dict[str, Exception]]:
+        """Each station's active version, and the stations whose version cannot be resolved.
+
+        Resolved one station at a time: a version folder that is gone or a card that does not
+        parse is that station's problem (like a failed verification), not every station's.
+
+        Raises:
+            RegistryError: ``active.json`` itself cannot be read (every station's problem).
+        """
+        self.registry.read_state()
+        wanted: dict[str, ModelVersion | None] = {}
+        failed: dict[str, Exception] = {}
+        for station in self._current:
+            try:
+                wanted[station] = self.registry.active(station)
+            except (InspectionError, OSError) as exc:
+                failed[station] = exc
+        return wanted, failed
 
     def load_all(self) -> None:
         """Load every station's active model (start-up).
 
-        A version that fails verification is not used: its stations are marked untrusted
-        (``untrusted``; their frames are fail-safe rejected) and the start goes on.
+        A version that fails verification, or cannot be read (folder gone, card invalid), is not
+        used: its stations are marked untrusted (``untrusted``; their frames are fail-safe
+        rejected) and the start goes on.
 
         Raises:
             RegistryError: ``active.json`` cannot be read.
@@ -127,7 +159,14 @@ class ModelManager:
         self._stamp = self._stat()
         by_id: dict[str, LoadedModel] = {}
         refused: dict[str, InspectionError] = {}
-        for station, version in self._wanted().items():
+        wanted, failed = self._wanted()
+        self._unresolved = set(failed)  # the watcher tries them again (check)
+        for station, exc in failed.items():
+            self.untrusted[station] = f"its active version cannot be read at start: {exc}"
+            self.errors[station] = f"model_untrusted: {self.untrusted[station]}"
+            log.error("ALARM: station %s: %s; its frames are fail-safe rejected until a readable version is "
+                      "active", station, self.untrusted[station])
+        for station, version in wanted.items():
             if version is None:
                 self.errors[station] = f"no model is active for station {station!r} in {self.registry.root}"
                 log.warning("%s", self.errors[station])
@@ -140,6 +179,7 @@ class ModelManager:
                     self._metrics.model_load_failures.labels(version.model_id).inc()
             if version.model_id in refused:
                 why = refused[version.model_id]
+                self._refused[station] = version.model_id
                 self.untrusted[station] = f"{version.model_id} failed verification at start: {why}"
                 self.errors[station] = f"model_untrusted: {self.untrusted[station]}"
                 log.error("ALARM: station %s: %s; its frames are fail-safe rejected until a trusted version is "
@@ -160,25 +200,44 @@ class ModelManager:
         """Bring every station to its active version (blocking; run in a thread).
 
         Returns the stations that changed model. Never raises for a bad version: the station
-        keeps its current model and the error is kept in ``errors``.
+        keeps its current model and the error is kept in ``errors``. A station whose active
+        version cannot be resolved (folder gone, card invalid) is left in ``_unresolved``:
+        ``check`` tries it again at the next poll.
         """
         try:
-            wanted = self._wanted()
+            wanted, failed = self._wanted()
         except InspectionError as exc:
-            log.error("cannot read the active models: %s", exc)
+            why = f"active.json unreadable, staying on current model: {exc}"
+            if any(self.errors.get(s) != why for s in self._current):  # tried again at every poll: logged once
+                log.error("cannot read the active models: %s", exc)
             for station in self._current:
-                self.errors[station] = f"active.json unreadable, staying on current model: {exc}"
+                self.errors[station] = why
+            self._unresolved = set(self._current)
             return []
+        self._unresolved = set(failed)
+        for station, problem in failed.items():
+            current = self._current.get(station)
+            why = f"cannot read its active version, staying on {current.model_id if current else 'no model'}: {problem}"
+            if self.errors.get(station) != why:  # tried again at every poll: logged once
+                log.error("station %s %s", station, why)
+            self.errors[station] = why
         changed: list[str] = []
         loaded: dict[str, LoadedModel] = {m.model_id: m for m in self._current.values() if m is not None}
         for station, version in wanted.items():
             current = self._current.get(station)
-            if version is None or (current is not None and current.model_id == version.model_id):
+            if version is None:
                 continue
+            if current is not None and current.model_id == version.model_id:
+                # Already on its active version (a rollback past a refused one): that refusal is over.
+                self.errors.pop(station, None)
+                continue
+            if self._refused.get(station) == version.model_id:
+                continue  # refused since active.json last changed: not re-verified at every retry
             try:
                 model = loaded.get(version.model_id) or load_model(version, self._settings.runtime)
             except InspectionError as exc:
                 self.errors[station] = f"refused {version.model_id}: {exc}"
+                self._refused[station] = version.model_id
                 self._metrics.model_load_failures.labels(version.model_id).inc()
                 log.error("station %s stays on %s: %s", station, current.model_id if current else "no model", exc)
                 continue
@@ -191,13 +250,19 @@ class ModelManager:
         return changed
 
     async def check(self) -> list[str]:
-        """Reload if active.json changed since the last look (one reload at a time)."""
+        """Reload if active.json changed since the last look (one reload at a time).
+
+        A station whose active version could not be resolved (folder gone, card invalid) is
+        tried again at every call until it is, even when active.json did not change again.
+        """
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
             stamp = self._stat()
-            if stamp == self._stamp:
+            if stamp == self._stamp and not self._unresolved:
                 return []
+            if stamp != self._stamp:  # a new change: a version refused before gets another try
+                self._refused.clear()
             self._stamp = stamp
             return await asyncio.to_thread(self.reload)
 

@@ -11,8 +11,11 @@ watch says so on ``/readyz`` (``registry``: reachable false, since when, why —
 ready: it has a trusted model) and on ``/metrics`` (``inspection_registry_reachable`` 0), and
 catches up at the first answer. At start an unreachable registry is served through from the
 local copy (``registry.offline_start``, default) or refuses the start with the reason.
-A central version that fails its checks is refused (logged, ``inspection_registry_refused_total``,
-``/readyz`` names it) and the station stays on what it has.
+A central version that fails its checks, or cannot be pulled (disk full: the path is named), is
+refused (logged, ``inspection_registry_refused_total``, ``/readyz`` names it) and the station
+stays on what it has. A pass that fails otherwise (writing ``active.json``, say) does not end the
+watch: ``/readyz`` shows it as ``registry.error``, ``inspection_registry_watch_failures_total``
+counts it, and the next poll tries again.
 """
 
 from __future__ import annotations
@@ -54,11 +57,14 @@ class RegistryWatch:
                             "When the central registry last answered (unix time)", registry=metrics.registry)
         self.c_refused = Counter("inspection_registry_refused_total",
                                  "Central versions refused by their checks", ["station"], registry=metrics.registry)
+        self.c_failed = Counter("inspection_registry_watch_failures_total",
+                                "Passes following the central registry that failed (tried again at the next poll)",
+                                registry=metrics.registry)
 
     def close(self) -> None:
         if self._central is not None:
             self._central.close()
-        self.app.state.metrics.unregister(self.g_reachable, self.g_last, self.c_refused)
+        self.app.state.metrics.unregister(self.g_reachable, self.g_last, self.c_refused, self.c_failed)
 
     def status(self) -> dict[str, Any]:
         """For /readyz: not a readiness problem (a verified model keeps serving), but visible."""
@@ -123,7 +129,20 @@ class RegistryWatch:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.settings.registry.poll_s)
-            await self.step()
+            try:
+                await self.step()
+            except Exception as exc:  # noqa: BLE001 -- the watch must outlive any one pass (full disk, a race)
+                self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """A pass that failed unexpectedly: shown as ``error`` on /readyz (until a pass succeeds),
+        counted on /metrics; logged with its traceback once per distinct failure."""
+        reason = scrub(f"following the central registry failed: {type(exc).__name__}: {exc}")
+        if reason != self.error:
+            log.exception("following the central registry failed; tried again every %s s",
+                          self.settings.registry.poll_s)
+        self.error = reason
+        self.c_failed.inc()
 
     async def step(self) -> None:
         changed = await asyncio.to_thread(self.sync_once)

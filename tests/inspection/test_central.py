@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -66,6 +70,61 @@ def test_a_pushed_version_is_pulled_byte_for_byte_on_another_machine(
     assert not any((tmp_path / "line-pc" / ".staging").rglob("*.onnx"))
 
 
+def test_processes_sharing_a_cache_pull_a_version_once(
+    schema: str, workstation: ModelRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `serve --workers 2`: two processes, one models_dir, the same promotion followed at once.
+    import inspection.golden
+
+    _central(schema, workstation.root).push(workstation.get("tiny", "v1"))
+    workers = [_central(schema, tmp_path / "line-pc") for _ in range(2)]
+    real, scored = inspection.golden.verify_version, []
+
+    def slow(card: object, folder: Path) -> None:  # the golden frames take a while: the pulls overlap
+        scored.append(folder)
+        time.sleep(0.3)
+        real(card, folder)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(inspection.golden, "verify_version", slow)
+    with ThreadPoolExecutor(2) as pool:
+        pulled = list(pool.map(lambda w: w.get("tiny", "v1", verify=True).model_id, workers))
+    assert pulled == ["tiny/v1", "tiny/v1"]
+    assert len(scored) == 1  # the second waited, then used the first one's folder (hashes checked)
+
+
+@pytest.mark.parametrize("when", ["before the move", "during the move"])
+def test_a_version_folder_placed_meanwhile_is_used_when_it_matches_the_central_card(
+    schema: str, workstation: ModelRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    # A writer that takes no lock (another program) places the folder while this one pulls.
+    import inspection.golden
+
+    central = _central(schema, workstation.root)
+    for v in ("v1", "v2"):
+        central.push(workstation.get("tiny", v))
+    line_pc = _central(schema, tmp_path / "line-pc")
+    hook = "verify_version" if when == "before the move" else "replace"
+    module = inspection.golden if hook == "verify_version" else os
+    real = getattr(module, hook)
+    placing: list[Path] = []
+
+    def place_meanwhile(*args: object) -> None:
+        if placing:
+            target = tmp_path / "line-pc" / "tiny" / placing[0].name
+            shutil.copytree(placing.pop(), target)
+        real(*args)
+
+    monkeypatch.setattr(module, hook, place_meanwhile)
+    placing.append(workstation.root / "tiny" / "v1")
+    assert line_pc.get("tiny", "v1").model_id == "tiny/v1"
+    altered = tmp_path / "altered" / "v2"
+    shutil.copytree(workstation.root / "tiny" / "v2", altered)
+    (altered / "model.onnx").write_bytes((altered / "model.onnx").read_bytes() + b"\x00")  # card the central one
+    placing.append(altered)
+    with pytest.raises(ModelIntegrityError, match="model.onnx"):
+        line_pc.get("tiny", "v2")
+
+
 def test_promotions_are_central_and_line_pcs_follow_them(
     schema: str, workstation: ModelRegistry, tmp_path: Path
 ) -> None:
@@ -103,6 +162,19 @@ def test_promoting_over_the_default_model_a_station_ran_makes_that_model_its_pre
     central.promote("tiny", "v1")  # station "default": line1 follows it
     assert central.active_id("line1") == "tiny/v1"
     assert central.promote("tiny", "v2", station="line1")["previous"] == "tiny/v1"
+    back = central.rollback(station="line1")
+    assert (back["model"], back["previous"]) == ("tiny/v1", "tiny/v2") and central.active_id("line1") == "tiny/v1"
+
+
+def test_promoting_the_version_already_active_changes_nothing(schema: str, workstation: ModelRegistry) -> None:
+    # As the folder registry: a second entry would make rollback "return" to the same version.
+    central = _central(schema, workstation.root)
+    for v in ("v1", "v2"):
+        central.push(workstation.get("tiny", v))
+        central.promote("tiny", v, station="line1")
+    again = central.promote("tiny", "v2", station="line1", actor="qe")
+    assert (again["action"], again["model"], again["previous"]) == ("already_active", "tiny/v2", "tiny/v2")
+    assert [e["action"] for e in central.history("line1")] == ["promote", "promote"]  # not recorded
     back = central.rollback(station="line1")
     assert (back["model"], back["previous"]) == ("tiny/v1", "tiny/v2") and central.active_id("line1") == "tiny/v1"
 

@@ -16,7 +16,7 @@ from inspection.registry import ModelRegistry
 from serving.app import create_app
 from serving.settings import ServeSettings, build_settings
 from tests.helpers.tiny_model import BRIGHT, frame_png, make_model_version
-from tests.serving.conftest import SINGLE, auth, settings_data
+from tests.serving.conftest import SINGLE, STATION, auth, settings_data
 
 # Errors say what, not where: every answer of these fault tests is checked (tests/helpers/leaks.py).
 pytestmark = pytest.mark.usefixtures("no_infrastructure_details")
@@ -200,3 +200,76 @@ def test_promotion_time_is_read_once_per_change_of_active_json(settings: ServeSe
     registry.promote("tiny", "v2", station=SINGLE)
     assert manager.promoted_at(SINGLE) == registry.history(SINGLE)[-1]["at"] and len(reads) == 1
     assert manager.promoted_at("no-such-station") is None
+
+
+def _reload(client: TestClient, keys: dict[str, str]) -> list[str]:
+    r = client.post("/v1/models/reload", headers=auth(keys, "engineer"))
+    assert r.status_code == 200, r.text
+    return r.json()["changed"]
+
+
+def test_a_station_whose_version_cannot_be_read_on_reload_keeps_its_model_alone_and_is_retried(
+    tmp_path, models_dir, keys
+) -> None:
+    # One station's promoted version with a broken card must not hold back the other's swap,
+    # and is tried again without a further change of active.json once the card is readable.
+    make_model_version(models_dir, version="v2")
+    make_model_version(models_dir, version="v4")
+    registry = ModelRegistry(models_dir)
+    data = settings_data(tmp_path, models_dir, keys, reload_poll_s=60)  # reloads only when asked
+    with TestClient(create_app(build_settings(data))) as client:
+        registry.promote("tiny", "v4", station=STATION)
+        card = models_dir / "tiny" / "v4" / "model.json"
+        good = card.read_text()
+        card.write_text("{")
+        registry.promote("tiny", "v2", station=SINGLE)
+        assert _reload(client, keys) == [SINGLE]
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text  # the station still scores with its verified model
+        body = ready.json()
+        assert body["models"] == {STATION: "tiny/v1", SINGLE: "tiny/v2"}
+        assert set(body["refused"]) == {STATION} and "not valid JSON" in body["refused"][STATION]
+        assert "active.json unreadable" not in body["refused"][STATION]
+        card.write_text(good)
+        assert _reload(client, keys) == [STATION]  # active.json did not change again
+        body = client.get("/readyz").json()
+        assert body["models"] == {STATION: "tiny/v4", SINGLE: "tiny/v2"} and body["refused"] == {}
+
+
+def test_a_station_whose_version_folder_is_gone_at_start_is_untrusted_alone(tmp_path, models_dir, keys) -> None:
+    make_model_version(models_dir, version="v0")
+    ModelRegistry(models_dir).promote("tiny", "v0", station=STATION)
+    away = tmp_path / "away"
+    (models_dir / "tiny" / "v0").rename(away)
+    data = settings_data(tmp_path, models_dir, keys, reload_poll_s=60)
+    with TestClient(create_app(build_settings(data))) as client:  # the server starts
+        ready = client.get("/readyz")
+        assert ready.status_code == 503, ready.text
+        problems = ready.json()["problems"]
+        assert set(problems) == {STATION} and "model_untrusted: its active version cannot be read" in problems[STATION]
+        assert "no model tiny/v0" in problems[STATION]
+        r = client.post("/v1/inspections", params={"station": SINGLE, "camera": "cam", "part_id": "P-1"},
+                        content=frame_png(BRIGHT), headers={**auth(keys), "Content-Type": "image/png"})
+        assert r.status_code == 200, r.text  # the other station scores
+        r = client.post("/v1/inspections", params={"station": STATION, "camera": "top", "part_id": "P-2"},
+                        content=frame_png(BRIGHT), headers={**auth(keys), "Content-Type": "image/png"})
+        assert r.status_code == 503 and r.json()["failsafe"]["reason"] == "model_untrusted", r.text
+        away.rename(models_dir / "tiny" / "v0")
+        assert _reload(client, keys) == [STATION]  # retried though active.json did not change
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_refusal_is_cleared_by_the_rollback_that_returns_to_the_model_kept(tmp_path, models_dir, keys) -> None:
+    make_model_version(models_dir, version="v3")
+    _skew_golden(models_dir / "tiny" / "v3", 0.05)
+    registry = ModelRegistry(models_dir)
+    data = settings_data(tmp_path, models_dir, keys, reload_poll_s=60)  # reloads only when asked
+    with TestClient(create_app(build_settings(data))) as client:
+        registry.promote("tiny", "v3", station=SINGLE)
+        assert _reload(client, keys) == []
+        assert "refused tiny/v3" in client.get("/readyz").json()["refused"][SINGLE]
+        registry.rollback(station=SINGLE)  # back to tiny/v1, which the station never left
+        assert _reload(client, keys) == []
+        status = client.get("/v1/models", headers=auth(keys, "engineer")).json()["stations"]
+        assert {(s["model_version"], s["error"]) for s in status} == {("tiny/v1", None)}
+        assert client.get("/readyz").json()["refused"] == {}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import NoReturn
 
 import pytest
 from fastapi.testclient import TestClient
@@ -107,3 +111,38 @@ def test_an_unreachable_registry_keeps_the_verified_model_serving_and_is_reporte
     with (pytest.raises(InspectionError, match="central model registry is unreachable at start"),
           TestClient(create_app(strict))):  # type: ignore[arg-type]
         pass
+
+
+def _no_space(*args: object, **kwargs: object) -> NoReturn:
+    raise OSError(errno.ENOSPC, "No space left on device", str(args[0]) if args else None)
+
+
+def test_a_full_disk_while_following_the_registry_is_reported_and_the_watch_goes_on(
+    tmp_path: Path, keys: dict[str, str], plant: tuple[CentralRegistry, str, TcpProxy],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inspection.central
+    import inspection.registry
+
+    central, url, _ = plant
+    with TestClient(create_app(_settings(tmp_path, keys, url))) as client:  # type: ignore[arg-type]
+        # The line PC's disk fills up: first while pulling the promoted version ...
+        monkeypatch.setattr(inspection.central, "tempfile", SimpleNamespace(mkdtemp=_no_space))
+        central.promote("tiny", "v2", station=SINGLE, actor="qe")
+        _until(lambda: SINGLE in client.get("/readyz").json()["registry"]["refused"])
+        refused = client.get("/readyz").json()["registry"]["refused"][SINGLE]
+        assert "cannot pull tiny/v2" in refused and "No space left on device" in refused
+        # ... then while promoting it locally (active.json cannot be written)
+        monkeypatch.undo()
+        monkeypatch.setattr(inspection.registry, "tempfile", SimpleNamespace(mkstemp=_no_space))
+        _until(lambda: "No space left on device" in (client.get("/readyz").json()["registry"]["error"] or ""))
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["models"][SINGLE] == "tiny/v1"  # still serving v1
+        metrics = client.get("/metrics", headers=auth(keys, "admin")).text
+        failures = re.search(r"^inspection_registry_watch_failures_total (\S+)$", metrics, re.MULTILINE)
+        assert failures and float(failures[1]) >= 1
+        # Room again: the watch, still running, follows the promotion.
+        monkeypatch.undo()
+        _until(lambda: client.get("/readyz").json()["models"][SINGLE] == "tiny/v2")
+        registry = client.get("/readyz").json()["registry"]
+        assert registry["error"] is None and registry["refused"] == {}
