@@ -259,9 +259,11 @@ def build_router(settings: ServeSettings) -> APIRouter:
     ) -> Response:
         service.check_part_id(part_id)
         if station is None:
-            if len(settings.stations) != 1:
-                raise ValidationError("station is required with several stations configured: "
-                                      f"{sorted(settings.stations)}")
+            # The line PC's stations, not this process's: a worker of `serve --workers` holding one
+            # station would otherwise answer (and open a part) for a query meant for another.
+            every = sorted({*settings.stations, *settings.served_elsewhere})
+            if len(every) != 1:
+                raise ValidationError(f"station is required with several stations configured: {every}")
             station = next(iter(settings.stations))
         service.check_station(station)
         part = await service.parts.wait(station, part_id, wait_ms / 1000.0)
