@@ -197,7 +197,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="do not look for pretrained weights in the local torch cache",
     )
     p.add_argument("--pretrained-path", type=Path, help="pretrained torchvision weights file (never downloaded)")
-    p.add_argument("--name", help="model name (default: the dataset's name)")
+    p.add_argument(
+        "--name",
+        help="model name: letters A-Z a-z, digits and _ . - (default: the dataset's name in those characters)",
+    )
     p.add_argument("--models-dir", type=Path, help="registry root (default: models)")
     p.add_argument("--resume", type=Path, help="checkpoint.pt (or its folder) of an interrupted run")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inspection.card import MAX_TILES
 from inspection.config import deep_merge
 from inspection.errors import ConfigError
+from inspection.registry import NAME_PATTERN
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -74,7 +75,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: Path | None = None
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
+    #: The model's name in the registry (None: from the dataset's name, ``training.train.default_name``).
+    name: str | None = None
     models_dir: Path = Path("models")
     arch: str = "linecnn"
     pretrained: bool = True
@@ -167,6 +169,15 @@ class TrainConfig(BaseModel):
         # The pattern only checks the form; the card (TileGrid) allows no more than MAX_TILES a side.
         if value is not None and max(int(n) for n in value.split("x")) > MAX_TILES:
             raise ValueError(f"rows and columns must each be 1..{MAX_TILES}")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name_fits_the_registry(cls, value: str | None) -> str | None:
+        # Checked here, at start: the card refuses any other name only once the model is trained.
+        if value is not None and not NAME_PATTERN.match(value):
+            raise ValueError("a model name takes letters A-Z a-z, digits and _ . - (starting with a letter or "
+                             "digit), at most 128 characters")
         return value
 
     @field_validator("roi")

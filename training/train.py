@@ -17,8 +17,10 @@ Checkpoints live in ``models/.runs/<name>-<version>/checkpoint.pt``; ``--resume`
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,8 +84,16 @@ def _validate_inputs(cfg: TrainConfig) -> tuple[Dataset, str]:
     bad = sorted(set(cfg.per_class_thresholds) - set(allowed))
     if bad:
         raise ConfigError(f"per-class thresholds for {bad}: allowed only for defect classes {allowed}")
-    name = cfg.name or "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in ds.name).lstrip("-_.") or "model"
-    return ds, name
+    return ds, cfg.name or default_name(ds.name)
+
+
+def default_name(dataset_name: str) -> str:
+    """The model name a dataset's name gives: what the registry's folders and the card accept
+    (``inspection.registry.NAME_PATTERN``: letters A-Z a-z, digits, ``_ . -``, at most 128)."""
+    # str.isalnum() also passes 'ü' and 'ß', which the card refuses only after the whole run:
+    # marks are dropped ('prüfung' -> 'prufung'), anything else outside the set becomes '-'.
+    plain = "".join(ch for ch in unicodedata.normalize("NFKD", dataset_name) if not unicodedata.combining(ch))
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", plain).lstrip("-_.")[:128] or "model"
 
 
 def _check_split(counts: dict[str, dict[str, int]], cfg: TrainConfig, good_class: str | None) -> None:

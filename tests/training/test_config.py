@@ -62,6 +62,9 @@ def test_max_overkill_flag_replaces_the_default_escape_target() -> None:
         ({"tiles": "2x17"}, "tiles='2x17'"),
         ({"roi": (0, 0, 0, 0)}, "roi=(0, 0, 0, 0): Value error, x, y >= 0 and width, height > 0 are required"),
         ({"roi": (-5, -5, 10, 10)}, "roi=(-5, -5, 10, 10)"),
+        # The card takes no other name: refused at start, not after the whole run.
+        ({"name": "prüfung"}, "name='prüfung': Value error, a model name takes letters A-Z a-z, digits and _ . -"),
+        ({"name": "x" * 129}, "a model name takes"),
     ],
 )
 def test_invalid_values_name_the_key(overrides: dict, message: str) -> None:

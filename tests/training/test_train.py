@@ -16,10 +16,11 @@ from inspection.cli import main as cli
 from inspection.errors import ConfigError, DatasetError, TrainingError
 from inspection.metrics import auroc_standard_error
 from inspection.preprocess import prepare_frame
-from inspection.registry import ModelRegistry
+from inspection.registry import NAME_PATTERN, ModelRegistry
 from tests.training.conftest import make_dataset
 from training import engine
 from training.config import load_config
+from training.train import _validate_inputs
 from training.train import main as train_main
 
 FAST = {
@@ -301,6 +302,14 @@ def test_label_outside_the_class_list_is_refused(tmp_path: Path) -> None:
     _expect_refusal(
         tmp_path, ds.root, DatasetError, r"label 'rust', not in the class list \['good', 'scratch', 'spot'\]"
     )
+
+
+@pytest.mark.parametrize(("folder", "expected"), [("prüfung", "prufung"), ("Straße 2", "Stra-e-2"), ("部品", "model")])
+def test_the_default_name_is_one_the_card_accepts(tmp_path: Path, folder: str, expected: str) -> None:
+    # str.isalnum() passed 'ü': the card refused the name only after training, calibration and export.
+    ds = make_dataset(tmp_path / folder, counts={"good": 6, "scratch": 4, "spot": 4})
+    _, name = _validate_inputs(load_config(None, {**FAST, "data": ds.root}))
+    assert name == expected and NAME_PATTERN.match(name)
 
 
 def test_unknown_architecture_is_refused(tmp_path: Path) -> None:
