@@ -196,7 +196,7 @@ def _choose_recipe(
 ) -> tuple[TrainConfig, list[dict[str, Any]]]:
     headers = data.frame_headers(ds)
     heights, widths = headers.heights, headers.widths
-    survey = data.survey_frames(ds, train_samples, seed=cfg.seed, depths=headers.depths)
+    survey = data.survey_frames(ds, train_samples, seed=cfg.seed, depths=headers.depths, roi=cfg.roi)
     if cfg.roi is not None:
         heights, widths = np.full_like(heights, cfg.roi[3]), np.full_like(widths, cfg.roi[2])
     train_counts = counts["train"]
