@@ -312,6 +312,17 @@ def test_the_default_name_is_one_the_card_accepts(tmp_path: Path, folder: str, e
     assert name == expected and NAME_PATTERN.match(name)
 
 
+def test_a_dataset_whose_files_no_longer_give_its_fingerprint_is_refused(tmp_path: Path) -> None:
+    # `dataset info` calls this an error to fix before training; the card carried the stale fingerprint.
+    ds = make_dataset(tmp_path / "d", counts={"good": 20, "scratch": 10, "spot": 10})
+    labels = ds.root / "labels.csv"
+    labels.write_text(labels.read_text().replace(",scratch,", ",spot,", 1))
+    stale = ds.fingerprint[:12]
+    _expect_refusal(tmp_path, ds.root, DatasetError,
+                    rf"its images and labels give fingerprint [0-9a-f]{{12}}…, its manifest says {stale}…",
+                    max_escape=0.5)
+
+
 def test_unknown_architecture_is_refused(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
     _expect_refusal(
