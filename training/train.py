@@ -115,13 +115,21 @@ def _check_split(counts: dict[str, dict[str, int]], cfg: TrainConfig, good_class
             )
     if good_class is not None:
         val = counts["val"]
+        n_defects, n_good = sum(v for c, v in val.items() if c != good_class), val[good_class]
         try:
-            cal.check_supported(
-                cfg.target, n_val_defects=sum(v for c, v in val.items() if c != good_class), n_val_good=val[good_class]
-            )
+            cal.check_supported(cfg.target, n_val_defects=n_defects, n_val_good=n_good)
         except TrainingError as exc:
             if not cfg.allow_unsupported_target:
                 raise
+            # The flag calibrates on too few validation images, not on none: with none the
+            # threshold has nothing to be placed by, and calibration would fail after every epoch.
+            if "max_escape" in cfg.target and n_defects == 0:
+                raise TrainingError(f"{exc}. --allow-unsupported-target cannot help: validation holds no defective "
+                                    f"image to place the threshold by (--max-overkill needs good images alone)"
+                                    ) from None
+            if "max_overkill" in cfg.target and n_good == 0:
+                raise TrainingError(f"{exc}. --allow-unsupported-target cannot help: validation holds no good "
+                                    "image to place the threshold by") from None
             log.warning("TARGET NOT SUPPORTED (training anyway, --allow-unsupported-target): %s", exc)
 
 

@@ -345,6 +345,16 @@ def test_unsupported_target_is_refused_before_training(tmp_path: Path) -> None:
     )
 
 
+def test_a_target_with_none_of_its_parts_in_validation_is_refused_even_when_allowed(tmp_path: Path) -> None:
+    # --allow-unsupported-target is for too few: with no validation defect the run trained every
+    # epoch and then failed at calibration. (Two scratches make fewer than 3 units: all in train.)
+    ds = make_dataset(tmp_path / "d", classes=("good", "scratch"), counts={"good": 24, "scratch": 2})
+    _expect_refusal(tmp_path, ds.root, TrainingError,
+                    r"validation has 0\. .*--allow-unsupported-target cannot help: validation holds no defective image "
+                    r"to place the threshold by \(--max-overkill needs good images alone\)",
+                    allow_unsupported_target=True)
+
+
 def test_per_class_threshold_for_the_good_class_is_refused(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
     _expect_refusal(
