@@ -333,6 +333,11 @@ def _channels(cfg: TrainConfig) -> int:
     return cfg.channels
 
 
+def _tile_side(side: int, count: int) -> int:
+    # Tiles overlap by a quarter of a tile: a defect on a seam is whole in one of them.
+    return min(side, int(np.ceil(side / (count - (count - 1) * 0.25))))
+
+
 def _input_spec(cfg: TrainConfig) -> InputSpec:
     if cfg.input_shape is None or cfg.channels is None:
         raise TrainingError("the input shape was not resolved (training.recipe.resolve runs before)")
@@ -340,9 +345,16 @@ def _input_spec(cfg: TrainConfig) -> InputSpec:
     tiles = None
     if cfg.tiles:
         rows, cols = (int(v) for v in cfg.tiles.split("x"))
-        # Tiles overlap by a quarter of a tile: a defect on a seam is whole in one of them.
-        tile_h = min(height, int(np.ceil(height / (rows - (rows - 1) * 0.25))))
-        tile_w = min(width, int(np.ceil(width / (cols - (cols - 1) * 0.25))))
+        tile_h, tile_w = _tile_side(height, rows), _tile_side(width, cols)
+        smallest = model_info(cfg.arch).min_side
+        if min(tile_h, tile_w) < smallest:
+            # Found here, before the images load: the network would fail in the first epoch.
+            fit_rows = max(n for n in range(1, rows + 1) if n == 1 or _tile_side(height, n) >= smallest)
+            fit_cols = max(n for n in range(1, cols + 1) if n == 1 or _tile_side(width, n) >= smallest)
+            raise ConfigError(
+                f"--tiles {cfg.tiles} cuts the {width}x{height} input into tiles of {tile_w}x{tile_h} px; "
+                f"{cfg.arch} takes at least {smallest} px a side: give at most --tiles {fit_rows}x{fit_cols} "
+                "at this input, or a larger --image-size")
         tiles = TileGrid(rows=rows, cols=cols, tile_height=tile_h, tile_width=tile_w)
     return InputSpec(
         height=height,
@@ -585,7 +597,7 @@ def main(cfg: TrainConfig) -> TrainResult:
 
     Raises:
         ConfigError: no dataset, bad per-class thresholds, an unknown manifest orientation, a
-            ``models_dir`` that is a file.
+            ``models_dir`` that is a file, tiles smaller than the architecture takes.
         DatasetError: one class, missing or undecodable images, files that no longer give the
             manifest's fingerprint, identical images under different labels, labels outside the
             class list, an empty split.

@@ -355,6 +355,14 @@ def test_a_target_with_none_of_its_parts_in_validation_is_refused_even_when_allo
                     allow_unsupported_target=True)
 
 
+def test_tiles_smaller_than_the_network_takes_are_refused_naming_the_grid_that_fits(tmp_path: Path) -> None:
+    # 6x6 tiles of a 32 px input are 7 px a side: linecnn's four poolings failed in epoch 1.
+    ds = make_dataset(tmp_path / "d", counts={"good": 20, "scratch": 10, "spot": 10})
+    _expect_refusal(tmp_path, ds.root, ConfigError,
+                    r"--tiles 6x6 cuts the 32x32 input into tiles of 7x7 px; linecnn takes at least 16 px a side: "
+                    r"give at most --tiles 2x2 at this input, or a larger --image-size", tiles="6x6")
+
+
 def test_per_class_threshold_for_the_good_class_is_refused(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
     _expect_refusal(
