@@ -100,8 +100,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--image-size",
         type=int,
-        help="the model input's shorter side in pixels (default: by rule, from the frames' resolution "
-        "and the compute budget; the other side follows the frames' aspect ratio)",
+        help="the model input's shorter side in pixels, rounded to a multiple of 16 (default: by rule, from the "
+        "frames' resolution and the compute budget; the other side follows the frames' aspect ratio)",
     )
     p.add_argument(
         "--channels",

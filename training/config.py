@@ -81,8 +81,8 @@ class TrainConfig(BaseModel):
     arch: str = "linecnn"
     pretrained: bool = True
     pretrained_path: Path | None = None
-    #: The model input's shorter side in pixels (None: the largest the compute budget allows,
-    #: never above the frames' own resolution).
+    #: The model input's shorter side in pixels, rounded to a multiple of 16 (None: the largest
+    #: the compute budget allows, never above the frames' own resolution).
     image_size: int | None = Field(None, ge=16, le=1024)
     #: (height, width) of the model input; None: ``image_size`` on the shorter side, the other
     #: side from the frames' median aspect ratio.
