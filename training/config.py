@@ -240,25 +240,35 @@ def load_config(config_file: Path | None = None, overrides: dict[str, Any] | Non
     """Default YAML, then ``config_file``, then non-None ``overrides`` (flags win).
 
     Raises:
-        ConfigError: a file cannot be read, or a value is invalid (the message names the key).
+        ConfigError: a file cannot be read, a value is invalid (the message names the key), or
+            ``max_escape`` is given (file or flag) with ``mode: anomaly`` and no ``max_overkill``.
     """
     merged = read_yaml(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else {}
-    if config_file is not None:
-        merged = deep_merge(merged, read_yaml(config_file))
+    given = read_yaml(config_file) if config_file is not None else {}
+    merged = deep_merge(merged, given)
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    given = {**given, **flags}  # the engineer's own values: the packaged defaults are not "given"
     if "max_overkill" in flags and "max_escape" not in flags:
         merged["max_escape"] = None
     if "max_escape" in flags and "max_overkill" not in flags:
         merged["max_overkill"] = None
     merged = deep_merge(merged, flags)
     try:
-        return TrainConfig.model_validate(merged)
+        cfg = TrainConfig.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<config>'}={err.get('input')!r}: {err['msg']}"
             for err in exc.errors()
         )
         raise ConfigError(f"invalid training config: {problems}") from None
+    if cfg.mode == "anomaly" and cfg.max_overkill is None and given.get("max_escape") is not None:
+        # Anomaly mode replaces the default escape target by an overkill target (training.train);
+        # one the engineer gave must not be replaced without a word.
+        raise ConfigError(
+            f"--max-escape {cfg.max_escape:g} (flag or config file) with --mode anomaly: an anomaly model's "
+            "threshold is placed on good images alone, so its target is an overkill rate; give --max-overkill "
+            "RATE instead (default 0.01)")
+    return cfg
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
