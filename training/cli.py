@@ -202,7 +202,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="model name: letters A-Z a-z, digits and _ . - (default: the dataset's name in those characters)",
     )
     p.add_argument("--models-dir", type=Path, help="registry root (default: models)")
-    p.add_argument("--resume", type=Path, help="checkpoint.pt (or its folder) of an interrupted run")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        help="checkpoint.pt (or its folder) of an interrupted run; it runs with the checkpoint's settings (flags "
+        "other than --threads, --nproc, --int8, --no-progress that differ from them are refused)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
     p.add_argument(
         "--result-json",

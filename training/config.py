@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from inspection.card import MAX_TILES
 from inspection.config import deep_merge
@@ -162,6 +162,14 @@ class TrainConfig(BaseModel):
     nproc: int = Field(1, ge=1, le=256)
     resume: Path | None = None
     progress: bool = True
+    #: The settings the engineer gave (config file or flags; ``augment.<key>`` for its keys), not
+    #: the packaged defaults: ``--resume`` refuses those that differ from the checkpoint's.
+    _given: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def given(self) -> frozenset[str]:
+        """The keys ``load_config`` was given (empty for a config built otherwise)."""
+        return self._given
 
     @field_validator("tiles")
     @classmethod
@@ -261,6 +269,13 @@ def load_config(config_file: Path | None = None, overrides: dict[str, Any] | Non
             for err in exc.errors()
         )
         raise ConfigError(f"invalid training config: {problems}") from None
+    keys: set[str] = set()
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(getattr(cfg, key), BaseModel):
+            keys |= {f"{key}.{sub}" for sub in value}  # augment: the keys given, not its defaults
+        else:
+            keys.add(key)
+    cfg._given = frozenset(keys)
     if cfg.mode == "anomaly" and cfg.max_overkill is None and given.get("max_escape") is not None:
         # Anomaly mode replaces the default escape target by an overkill target (training.train);
         # one the engineer gave must not be replaced without a word.

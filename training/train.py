@@ -133,6 +133,33 @@ def _check_split(counts: dict[str, dict[str, int]], cfg: TrainConfig, good_class
             log.warning("TARGET NOT SUPPORTED (training anyway, --allow-unsupported-target): %s", exc)
 
 
+#: What a resumed run may change: how it runs and what it exports, not what shapes the weights.
+_RESUME_MAY_CHANGE = ("progress", "threads", "nproc", "int8", "parity_tolerance", "golden_count")
+
+
+def _check_resume(cfg: TrainConfig, saved: TrainConfig) -> None:
+    """Refuse given settings (flags, config file) that differ from the checkpoint's: a resumed
+    run takes those from the checkpoint, and dropped them without a word.
+
+    Raises:
+        ConfigError: names each setting, its given value and the checkpoint's.
+    """
+    def value(config: TrainConfig, key: str) -> Any:
+        v: Any = config
+        for part in key.split("."):
+            v = getattr(v, part)
+        return v.resolve() if isinstance(v, Path) else v
+
+    differ = [f"{key} {value(cfg, key)!r} (checkpoint: {value(saved, key)!r})"
+              for key in sorted(cfg.given - {*_RESUME_MAY_CHANGE, "resume"})
+              if value(cfg, key) != value(saved, key)]
+    if differ:
+        raise ConfigError(
+            f"--resume {cfg.resume} continues the checkpoint's run with its own settings; given otherwise: "
+            f"{'; '.join(differ)}. Leave them out (only {', '.join(_RESUME_MAY_CHANGE)} may change on resume), "
+            "or start a new run without --resume")
+
+
 def _device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda: no CUDA device is available here; use --device auto or cpu")
@@ -145,10 +172,10 @@ def _prepare(cfg: TrainConfig, ranks: distributed.Ranks) -> Run:
     if resume is not None:
         # Everything that shaped the weights comes from the checkpoint; only how to run and
         # what to export may change on resume.
-        keep = {
-            k: getattr(cfg, k) for k in ("progress", "threads", "nproc", "int8", "parity_tolerance", "golden_count")
-        }
-        cfg = TrainConfig.model_validate({**resume["config"], **keep, "resume": str(cfg.resume)})
+        keep = {k: getattr(cfg, k) for k in _RESUME_MAY_CHANGE}
+        saved = TrainConfig.model_validate({**resume["config"], **keep, "resume": str(cfg.resume)})
+        _check_resume(cfg, saved)
+        cfg = saved
     engine.seed_everything(cfg.seed)
     if cfg.mode == "anomaly" and cfg.max_overkill is None:
         # Good parts alone set the threshold: the target is an overkill rate (escape needs defects).

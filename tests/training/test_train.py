@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from inspection.card import load_card, verify_files
@@ -20,7 +21,7 @@ from inspection.registry import NAME_PATTERN, ModelRegistry
 from tests.training.conftest import make_dataset
 from training import engine
 from training.config import load_config
-from training.train import _validate_inputs
+from training.train import _check_resume, _validate_inputs
 from training.train import main as train_main
 
 FAST = {
@@ -537,3 +538,19 @@ def test_fp16_on_a_cpu_is_refused_naming_the_alternatives(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="fp16 is for CUDA; on a CPU use bf16 or fp32"):
         train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "m", "precision": "fp16"}))
     assert _leftovers(tmp_path / "m") == []
+
+
+def test_resume_refuses_given_settings_that_differ_from_the_checkpoints(tmp_path: Path) -> None:
+    # They were dropped without a word: the run went on with the checkpoint's data, arch and epochs.
+    ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
+    first = load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "m"})
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"config": first.to_yaml_dict()}, checkpoint)
+    named = (r"given otherwise: arch 'tinyres' \(checkpoint: 'linecnn'\); augment.shift_px 4 \(checkpoint: 0\); "
+             r"epochs 5 \(checkpoint: 2\)\. Leave them out \(only progress, threads, nproc")
+    with pytest.raises(ConfigError, match=named):
+        train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "m", "resume": checkpoint,
+                                      "arch": "tinyres", "epochs": 5, "augment": {"shift_px": 4}, "threads": 2}))
+    # The same values again (the original command line with --resume added) are no conflict.
+    _check_resume(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "m", "resume": checkpoint}),
+                  first)
