@@ -108,6 +108,23 @@ def frame_headers(ds: Dataset) -> FrameHeaders:
     return FrameHeaders(heights, widths, depths)
 
 
+def check_roi(ds: Dataset, headers: FrameHeaders, roi: tuple[int, int, int, int]) -> None:
+    """Refuse frames smaller than the region of interest (x, y, width, height), from their
+    headers' sizes: at start, not when the images load after the start-up probe.
+
+    Raises:
+        DatasetError: names the first such frame, its size and how many there are.
+    """
+    x, y, w, h = roi
+    small = np.flatnonzero((headers.widths < x + w) | (headers.heights < y + h))
+    if small.size:
+        i = int(small[0])
+        raise DatasetError(
+            f"dataset {ds.name!r}: {ds.samples[i].path} ({headers.widths[i]}x{headers.heights[i]} px) does not "
+            f"contain the region of interest --roi {x},{y},{w},{h} ({small.size} of {len(ds.samples)} frames are "
+            "smaller); give a region inside every frame")
+
+
 #: Training frames decoded before the recipe runs (seeded): enough to tell whether the frames carry
 #: colour and, for 16-bit frames, for their range's percentiles (4,096 pixels each); a second or
 #: two. Every training frame's header is read for its pixel depth where the format tells it.
@@ -162,9 +179,9 @@ def survey_frames(
             # The model sees the region alone (inspection.preprocess.crop_roi): a bright fixture or
             # a coloured label beside the part must set neither its levels nor its channels.
             try:
-                image = crop_roi(image, region)
+                image = crop_roi(image, region, source=samples[i].path)
             except ImageError as exc:
-                raise DatasetError(f"dataset {ds.name!r}: {samples[i].path}: {exc}") from None
+                raise DatasetError(f"dataset {ds.name!r}: {exc}") from None
             if image.ndim == 3 and all(np.array_equal(image[:, :, 0], image[:, :, c]) for c in (1, 2)):
                 image = image[:, :, 0]  # R=G=B inside the region: gray there, as the whole frame would be
         if image.ndim == 3:

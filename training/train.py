@@ -241,6 +241,8 @@ def _choose_recipe(
 ) -> tuple[TrainConfig, list[dict[str, Any]]]:
     headers = data.frame_headers(ds)
     heights, widths = headers.heights, headers.widths
+    if cfg.roi is not None:
+        data.check_roi(ds, headers, cfg.roi)
     survey = data.survey_frames(ds, train_samples, seed=cfg.seed, depths=headers.depths, roi=cfg.roi)
     if cfg.roi is not None:
         heights, widths = np.full_like(heights, cfg.roi[3]), np.full_like(widths, cfg.roi[2])

@@ -188,6 +188,6 @@ def test_the_frame_survey_reads_the_region_of_interest_alone(tmp_path: Path) -> 
     region = D.survey_frames(ds, ds.samples, seed=0, depths=depths, roi=(24, 0, 24, 24))
     assert region.decoded == 12 and region.colour == 0 and region.colour_example is None
     assert region.pixel_values is not None and 1000 <= region.pixel_values.min() <= region.pixel_values.max() < 2000
-    with pytest.raises(DatasetError, match=r"images/good/\d+\.png: frame of 48x24 px does not contain the model's "
+    with pytest.raises(DatasetError, match=r"images/good/\d+\.png \(48x24 px\) does not contain the model's "
                                            r"region of interest x=24 y=0 width=32 height=24"):
         D.survey_frames(ds, ds.samples, seed=0, depths=depths, roi=(24, 0, 32, 24))

@@ -364,6 +364,15 @@ def test_tiles_smaller_than_the_network_takes_are_refused_naming_the_grid_that_f
                     r"give at most --tiles 2x2 at this input, or a larger --image-size", tiles="6x6")
 
 
+def test_frames_smaller_than_the_region_of_interest_are_refused_at_start_naming_one(tmp_path: Path) -> None:
+    # The headers give every frame's size: it was found only when the images loaded, after the
+    # start-up probe, and the message did not name the file.
+    ds = make_dataset(tmp_path / "d", counts={"good": 20, "scratch": 10, "spot": 10})
+    _expect_refusal(tmp_path, ds.root, DatasetError,
+                    r"images/good/000\.png \(32x32 px\) does not contain the region of interest --roi 8,0,32,32 "
+                    r"\(40 of 40 frames are smaller\)", roi=(8, 0, 32, 32))
+
+
 def test_per_class_threshold_for_the_good_class_is_refused(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
     _expect_refusal(
