@@ -180,7 +180,7 @@ def _prepare(cfg: TrainConfig, ranks: distributed.Ranks) -> Run:
     if cfg.mode == "anomaly" and cfg.max_overkill is None:
         # Good parts alone set the threshold: the target is an overkill rate (escape needs defects).
         cfg = cfg.model_copy(update={"max_overkill": 0.01})
-        log.info("anomaly mode: threshold calibrated on good validation images for overkill <= 1%% "
+        log.info("anomaly mode: threshold calibrated on good validation images for overkill <= 1% "
                  "(--max-overkill to change)")
     ds, name = _validate_inputs(cfg)
     if resume is not None:

@@ -563,3 +563,10 @@ def test_resume_refuses_given_settings_that_differ_from_the_checkpoints(tmp_path
     # The same values again (the original command line with --resume added) are no conflict.
     _check_resume(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "m", "resume": checkpoint}),
                   first)
+
+
+def test_anomaly_modes_default_target_is_logged_as_one_percent(caplog: pytest.LogCaptureFixture) -> None:
+    # Logged without arguments, "%%" reached the log as it was written.
+    with caplog.at_level("INFO", logger="training.train"), pytest.raises(ConfigError, match="no dataset given"):
+        train_main(load_config(None, {"mode": "anomaly", "progress": False}))
+    assert "for overkill <= 1% (--max-overkill to change)" in caplog.text and "%%" not in caplog.text
