@@ -171,6 +171,13 @@ class TrainConfig(BaseModel):
         """The keys ``load_config`` was given (empty for a config built otherwise)."""
         return self._given
 
+    def __eq__(self, other: object) -> bool:
+        # The settings alone: which of them were given is how a config came about (a saved and
+        # reloaded config is the same config), and pydantic would compare private attributes too.
+        if not isinstance(other, TrainConfig):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
     @field_validator("tiles")
     @classmethod
     def _tiles_fit_the_card(cls, value: str | None) -> str | None:
