@@ -148,11 +148,16 @@ def _check_resume(cfg: TrainConfig, saved: TrainConfig) -> None:
         v: Any = config
         for part in key.split("."):
             v = getattr(v, part)
-        return v.resolve() if isinstance(v, Path) else v
+        return v
 
-    differ = [f"{key} {value(cfg, key)!r} (checkpoint: {value(saved, key)!r})"
-              for key in sorted(cfg.given - {*_RESUME_MAY_CHANGE, "resume"})
-              if value(cfg, key) != value(saved, key)]
+    differ = []
+    for key in sorted(cfg.given - {*_RESUME_MAY_CHANGE, "resume"}):
+        now, then = value(cfg, key), value(saved, key)
+        if isinstance(now, Path) and isinstance(then, Path):
+            # A folder as it was saved, or another path to it from here; named as written.
+            now, then = (str(now), str(then)) if now.resolve() != then.resolve() else (now, now)
+        if now != then:
+            differ.append(f"{key} {now!r} (checkpoint: {then!r})")
     if differ:
         raise ConfigError(
             f"--resume {cfg.resume} continues the checkpoint's run with its own settings; given otherwise: "
