@@ -281,7 +281,8 @@ def calibrate(
 
     Raises:
         TrainingError: the validation split cannot support the target (see ``check_supported``)
-            and ``allow_unsupported`` is False; or validation has no defects / no good parts.
+            and ``allow_unsupported`` is False; or validation has no defects (``max_escape``) / no
+            good parts (``max_overkill``).
         ValidationError: ``overkill_limit`` outside (0, 1], a malformed target.
     """
     if overkill_limit is not None and not 0.0 < overkill_limit <= 1.0:
@@ -294,7 +295,9 @@ def calibrate(
     try:
         check_supported(target, n_val_defects=n_def, n_val_good=n_good)
     except TrainingError as exc:
-        if not allow_unsupported or n_def == 0 or n_good == 0:
+        # Too few is allowed when asked, none never: the target's own kind must be there to place
+        # the threshold (an overkill target needs no defects, an escape target no good parts).
+        if not allow_unsupported or (n_def if kind == "max_escape" else n_good) == 0:
             raise
         unsupported = str(exc)
     threshold = threshold_for(s, d, kind, rate)

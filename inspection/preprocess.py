@@ -210,18 +210,18 @@ def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def crop_roi(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+def crop_roi(image: np.ndarray, spec: InputSpec, *, source: str = "frame") -> np.ndarray:
     """The card's region of interest of a decoded frame (the frame itself when none is set).
 
     Raises:
-        ImageError: the frame is smaller than the region (wrong camera or settings).
+        ImageError: the frame (``source`` named) is smaller than the region (wrong camera or settings).
     """
     if spec.roi is None:
         return image
     x, y, w, h = spec.roi
     if image.shape[0] < y + h or image.shape[1] < x + w:
         raise ImageError(
-            f"frame of {image.shape[1]}x{image.shape[0]} px does not contain the model's region of interest "
+            f"{source} ({image.shape[1]}x{image.shape[0]} px) does not contain the model's region of interest "
             f"x={x} y={y} width={w} height={h}"
         )
     return image[y : y + h, x : x + w]
@@ -310,7 +310,7 @@ def to_model_input(image: np.ndarray, spec: InputSpec, *, source: str = "frame")
             is not the model's.
     """
     check_depth(image, spec, source=source)
-    converted = to_eight_bit(resize(convert_channels(crop_roi(image, spec), spec.channels), spec), spec)
+    converted = to_eight_bit(resize(convert_channels(crop_roi(image, spec, source=source), spec.channels), spec), spec)
     if converted.ndim == 2:
         return np.ascontiguousarray(converted[np.newaxis, :, :])
     return np.ascontiguousarray(converted.transpose(2, 0, 1))

@@ -100,8 +100,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--image-size",
         type=int,
-        help="the model input's shorter side in pixels (default: by rule, from the frames' resolution "
-        "and the compute budget; the other side follows the frames' aspect ratio)",
+        help="the model input's shorter side in pixels, rounded to a multiple of 16 (default: by rule, from the "
+        "frames' resolution and the compute budget; the other side follows the frames' aspect ratio)",
     )
     p.add_argument(
         "--channels",
@@ -197,9 +197,17 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="do not look for pretrained weights in the local torch cache",
     )
     p.add_argument("--pretrained-path", type=Path, help="pretrained torchvision weights file (never downloaded)")
-    p.add_argument("--name", help="model name (default: the dataset's name)")
+    p.add_argument(
+        "--name",
+        help="model name: letters A-Z a-z, digits and _ . - (default: the dataset's name in those characters)",
+    )
     p.add_argument("--models-dir", type=Path, help="registry root (default: models)")
-    p.add_argument("--resume", type=Path, help="checkpoint.pt (or its folder) of an interrupted run")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        help="checkpoint.pt (or its folder) of an interrupted run; it runs with the checkpoint's settings (flags "
+        "other than --threads, --nproc, --int8, --no-progress that differ from them are refused)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
     p.add_argument(
         "--result-json",

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from inspection.card import MAX_TILES
 from inspection.config import deep_merge
 from inspection.errors import ConfigError
+from inspection.registry import NAME_PATTERN
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -74,13 +75,14 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: Path | None = None
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
+    #: The model's name in the registry (None: from the dataset's name, ``training.train.default_name``).
+    name: str | None = None
     models_dir: Path = Path("models")
     arch: str = "linecnn"
     pretrained: bool = True
     pretrained_path: Path | None = None
-    #: The model input's shorter side in pixels (None: the largest the compute budget allows,
-    #: never above the frames' own resolution).
+    #: The model input's shorter side in pixels, rounded to a multiple of 16 (None: the largest
+    #: the compute budget allows, never above the frames' own resolution).
     image_size: int | None = Field(None, ge=16, le=1024)
     #: (height, width) of the model input; None: ``image_size`` on the shorter side, the other
     #: side from the frames' median aspect ratio.
@@ -160,6 +162,21 @@ class TrainConfig(BaseModel):
     nproc: int = Field(1, ge=1, le=256)
     resume: Path | None = None
     progress: bool = True
+    #: The settings the engineer gave (config file or flags; ``augment.<key>`` for its keys), not
+    #: the packaged defaults: ``--resume`` refuses those that differ from the checkpoint's.
+    _given: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def given(self) -> frozenset[str]:
+        """The keys ``load_config`` was given (empty for a config built otherwise)."""
+        return self._given
+
+    def __eq__(self, other: object) -> bool:
+        # The settings alone: which of them were given is how a config came about (a saved and
+        # reloaded config is the same config), and pydantic would compare private attributes too.
+        if not isinstance(other, TrainConfig):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
 
     @field_validator("tiles")
     @classmethod
@@ -167,6 +184,15 @@ class TrainConfig(BaseModel):
         # The pattern only checks the form; the card (TileGrid) allows no more than MAX_TILES a side.
         if value is not None and max(int(n) for n in value.split("x")) > MAX_TILES:
             raise ValueError(f"rows and columns must each be 1..{MAX_TILES}")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name_fits_the_registry(cls, value: str | None) -> str | None:
+        # Checked here, at start: the card refuses any other name only once the model is trained.
+        if value is not None and not NAME_PATTERN.match(value):
+            raise ValueError("a model name takes letters A-Z a-z, digits and _ . - (starting with a letter or "
+                             "digit), at most 128 characters")
         return value
 
     @field_validator("roi")
@@ -229,25 +255,42 @@ def load_config(config_file: Path | None = None, overrides: dict[str, Any] | Non
     """Default YAML, then ``config_file``, then non-None ``overrides`` (flags win).
 
     Raises:
-        ConfigError: a file cannot be read, or a value is invalid (the message names the key).
+        ConfigError: a file cannot be read, a value is invalid (the message names the key), or
+            ``max_escape`` is given (file or flag) with ``mode: anomaly`` and no ``max_overkill``.
     """
     merged = read_yaml(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else {}
-    if config_file is not None:
-        merged = deep_merge(merged, read_yaml(config_file))
+    given = read_yaml(config_file) if config_file is not None else {}
+    merged = deep_merge(merged, given)
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    given = {**given, **flags}  # the engineer's own values: the packaged defaults are not "given"
     if "max_overkill" in flags and "max_escape" not in flags:
         merged["max_escape"] = None
     if "max_escape" in flags and "max_overkill" not in flags:
         merged["max_overkill"] = None
     merged = deep_merge(merged, flags)
     try:
-        return TrainConfig.model_validate(merged)
+        cfg = TrainConfig.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<config>'}={err.get('input')!r}: {err['msg']}"
             for err in exc.errors()
         )
         raise ConfigError(f"invalid training config: {problems}") from None
+    keys: set[str] = set()
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(getattr(cfg, key), BaseModel):
+            keys |= {f"{key}.{sub}" for sub in value}  # augment: the keys given, not its defaults
+        else:
+            keys.add(key)
+    cfg._given = frozenset(keys)
+    if cfg.mode == "anomaly" and cfg.max_overkill is None and given.get("max_escape") is not None:
+        # Anomaly mode replaces the default escape target by an overkill target (training.train);
+        # one the engineer gave must not be replaced without a word.
+        raise ConfigError(
+            f"--max-escape {cfg.max_escape:g} (flag or config file) with --mode anomaly: an anomaly model's "
+            "threshold is placed on good images alone, so its target is an overkill rate; give --max-overkill "
+            "RATE instead (default 0.01)")
+    return cfg
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

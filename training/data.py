@@ -30,7 +30,7 @@ from inspection.dataset.split import (  # noqa: F401 -- the split moved to inspe
 )
 from inspection.errors import DatasetError, ImageError
 from inspection.imageheader import bit_depth, file_head, header_size
-from inspection.preprocess import read_image, to_model_input
+from inspection.preprocess import crop_roi, read_image, to_model_input
 from training.config import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,23 @@ def frame_headers(ds: Dataset) -> FrameHeaders:
     return FrameHeaders(heights, widths, depths)
 
 
+def check_roi(ds: Dataset, headers: FrameHeaders, roi: tuple[int, int, int, int]) -> None:
+    """Refuse frames smaller than the region of interest (x, y, width, height), from their
+    headers' sizes: at start, not when the images load after the start-up probe.
+
+    Raises:
+        DatasetError: names the first such frame, its size and how many there are.
+    """
+    x, y, w, h = roi
+    small = np.flatnonzero((headers.widths < x + w) | (headers.heights < y + h))
+    if small.size:
+        i = int(small[0])
+        raise DatasetError(
+            f"dataset {ds.name!r}: {ds.samples[i].path} ({headers.widths[i]}x{headers.heights[i]} px) does not "
+            f"contain the region of interest --roi {x},{y},{w},{h} ({small.size} of {len(ds.samples)} frames are "
+            "smaller); give a region inside every frame")
+
+
 #: Training frames decoded before the recipe runs (seeded): enough to tell whether the frames carry
 #: colour and, for 16-bit frames, for their range's percentiles (4,096 pixels each); a second or
 #: two. Every training frame's header is read for its pixel depth where the format tells it.
@@ -125,20 +142,25 @@ class FrameSurvey:
     pixel_values: np.ndarray | None  # 16-bit frames: sampled pixel values; None for 8-bit frames
 
 
-def survey_frames(ds: Dataset, samples: list[Sample], *, seed: int, depths: dict[str, int]) -> FrameSurvey:
+def survey_frames(
+    ds: Dataset, samples: list[Sample], *, seed: int, depths: dict[str, int],
+    roi: tuple[int, int, int, int] | None = None,
+) -> FrameSurvey:
     """Decode up to ``SURVEY_FRAMES`` of ``samples`` (seeded): how many are colour, and a sample of
-    their pixel values when they are 16-bit. ``depths`` are the headers' (``frame_headers``): every
-    sample's depth is checked, the decoded ones' by their pixels too.
+    their pixel values when they are 16-bit, both inside ``roi`` (x, y, width, height) where one is
+    given. ``depths`` are the headers' (``frame_headers``): every sample's depth is checked, the
+    decoded ones' by their pixels too.
 
     Raises:
-        DatasetError: an image cannot be read, or 8-bit and 16-bit frames are mixed (a model
-            takes frames of one depth; one of each is named).
+        DatasetError: an image cannot be read or does not contain ``roi``, or 8-bit and 16-bit
+            frames are mixed (a model takes frames of one depth; one of each is named).
     """
     rng = np.random.default_rng(seed)
     by_depth: dict[int, str] = {}
     values = []
     decoded = colour = 0
     colour_example = None
+    region = InputSpec(height=1, width=1, roi=roi)  # crop_roi reads the region alone
     for i in rng.permutation(len(samples)).tolist():
         depth = depths.get(samples[i].path)
         if depth is not None:
@@ -153,6 +175,15 @@ def survey_frames(ds: Dataset, samples: list[Sample], *, seed: int, depths: dict
             raise DatasetError(f"dataset {ds.name!r}: {exc}") from None
         decoded += 1
         by_depth.setdefault(8 * image.dtype.itemsize, samples[i].path)
+        if roi is not None:
+            # The model sees the region alone (inspection.preprocess.crop_roi): a bright fixture or
+            # a coloured label beside the part must set neither its levels nor its channels.
+            try:
+                image = crop_roi(image, region, source=samples[i].path)
+            except ImageError as exc:
+                raise DatasetError(f"dataset {ds.name!r}: {exc}") from None
+            if image.ndim == 3 and all(np.array_equal(image[:, :, 0], image[:, :, c]) for c in (1, 2)):
+                image = image[:, :, 0]  # R=G=B inside the region: gray there, as the whole frame would be
         if image.ndim == 3:
             colour += 1
             colour_example = colour_example or samples[i].path

@@ -47,13 +47,17 @@ class ModelInfo:
     #: ``bench/arch_cost.py``. On CPU the recipe measures the same figure on the machine it
     #: trains on (``training.recipe.measured_cost``); this one serves CUDA and the tests.
     cost_128: float = 0.02
+    #: The smallest input side, in pixels, the network takes (a tile is an input too): LineCNN's
+    #: four 2x2 poolings leave one pixel of 16; the config's floor for every input.
+    min_side: int = 16
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    name: str, *, pretrained_file: str | None = None, description: str = "", cost_128: float = 0.02
+    name: str, *, pretrained_file: str | None = None, description: str = "", cost_128: float = 0.02,
+    min_side: int = 16,
 ) -> Callable:
     """Decorator adding a builder ``fn(num_classes, in_channels) -> nn.Module`` to the registry.
 
@@ -64,7 +68,8 @@ def register_model(
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelInfo(name, fn, pretrained_file, description or (fn.__doc__ or "").strip(), cost_128)
+        _REGISTRY[name] = ModelInfo(name, fn, pretrained_file, description or (fn.__doc__ or "").strip(), cost_128,
+                                    min_side)
         return fn
 
     return wrap

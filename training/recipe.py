@@ -428,7 +428,12 @@ def resolve(
         aspect = float(np.clip(stats.median_aspect, 1 / MAX_ASPECT, MAX_ASPECT))
         native = stats.median_short_side
         if cfg.image_size is not None:
-            side, why = cfg.image_size, f"image_size {cfg.image_size} given"
+            # To the networks' step first: the long side is a multiple of it, and from a side off
+            # the step it came out shorter than the short one (100 on square frames: 100x96).
+            side = max(SIDE_STEP, round(cfg.image_size / SIDE_STEP) * SIDE_STEP)
+            why = f"image_size {cfg.image_size} given" + (
+                f", rounded to {side} (the networks downsample by {SIDE_STEP}: sides are multiples of it)"
+                if side != cfg.image_size else "")
         else:
             budget_s = cfg.budget_minutes * 60.0 * (CUDA_SPEEDUP if device == "cuda" else 1.0)
             passes = stats.n_train * epochs

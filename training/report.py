@@ -142,9 +142,9 @@ def plot_escape_overkill(
     plt.close(fig)
 
 
-def _rate_cell(r: dict[str, Any]) -> str:
+def _rate_cell(r: dict[str, Any], *, none: str = "n/a") -> str:
     if not r["n"]:
-        return "n/a"
+        return none
     return f"{r['rate']:.2%} ({r['k']}/{r['n']}; 95% CI {r['ci_low']:.2%}–{r['ci_high']:.2%})"
 
 
@@ -252,11 +252,14 @@ def write_report(
                 f"<tr><td colspan=2 style='color:#b00;text-align:left'><b>NOT SUPPORTED:</b> "
                 f"{esc(calibration.get('unsupported_reason', ''))}</td></tr>"
             )
-        parts.append(f"<tr><td><b>escape rate</b> (defects passed)</td><td>{_rate_cell(op['escape'])}</td></tr>")
-        parts.append(f"<tr><td><b>overkill rate</b> (good rejected)</td><td>{_rate_cell(op['overkill'])}</td></tr>")
-        parts.append(f"<tr><td>ROC AUC defect vs good</td><td>{test_metrics['roc_auc']:.4f}"
+        parts.append(f"<tr><td><b>escape rate</b> (defects passed)</td>"
+                     f"<td>{_rate_cell(op['escape'], none=_NO_DEFECT)}</td></tr>")
+        parts.append(f"<tr><td><b>overkill rate</b> (good rejected)</td>"
+                     f"<td>{_rate_cell(op['overkill'], none=_NO_GOOD)}</td></tr>")
+        parts.append(f"<tr><td>ROC AUC defect vs good</td><td>{_score_text(test_metrics['roc_auc'])}"
                      f"{_interval_text(test_metrics, 'roc_auc')}</td></tr>")
-        parts.append(f"<tr><td>average precision</td><td>{test_metrics['average_precision']:.4f}</td></tr></table>")
+        parts.append(f"<tr><td>average precision</td><td>{_score_text(test_metrics['average_precision'])}"
+                     "</td></tr></table>")
         parts.append(
             "<p>The interval is how sure the figure is: with few defects on the test split a low escape rate is "
             "compatible with a much higher true rate.</p>"
@@ -392,6 +395,18 @@ def _tradeoff_html(table: list[dict[str, Any]], test: list[dict[str, Any]], limi
     return "\n".join(rows)
 
 
+#: What the test figures read where the split lacks the parts they count: an anomaly line of good
+#: frames alone (its overkill target calibrates without a defect) must say so, not print "nan".
+_NO_DEFECT = "not measurable (no defective image)"
+_NO_GOOD = "not measurable (no good image)"
+
+
+def _score_text(value: float | None, fmt: str = ".4f") -> str:
+    if value is None or math.isnan(value):
+        return "not measurable (needs defective and good images)"
+    return format(value, fmt)
+
+
 def _interval_text(test_metrics: dict[str, Any], key: str) -> str:
     """`` (95% CI a–b, by units)`` for a figure with a unit interval, else nothing."""
     ci = (test_metrics.get("intervals") or {}).get(key)
@@ -415,9 +430,10 @@ def text_summary(
     ]
     if good_class is not None:
         op = test_metrics["operating_point"]
-        lines.append(f"escape rate   {_rate_cell(op['escape'])}")
-        lines.append(f"overkill rate {_rate_cell(op['overkill'])}")
-        lines.append(f"ROC AUC defect vs good {test_metrics['roc_auc']:.4f}{_interval_text(test_metrics, 'roc_auc')}")
+        lines.append(f"escape rate   {_rate_cell(op['escape'], none=_NO_DEFECT)}")
+        lines.append(f"overkill rate {_rate_cell(op['overkill'], none=_NO_GOOD)}")
+        lines.append(f"ROC AUC defect vs good {_score_text(test_metrics['roc_auc'])}"
+                     f"{_interval_text(test_metrics, 'roc_auc')}")
     if calibration and calibration.get("tradeoff"):
         lines.append(tradeoff_text(calibration["tradeoff"], test=test_metrics.get("tradeoff")))
     if calibration and calibration.get("warning"):

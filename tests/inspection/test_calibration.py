@@ -18,7 +18,7 @@ from inspection.calibration import (
     tradeoff_table,
     tradeoff_text,
 )
-from inspection.errors import ModelCardError, ValidationError
+from inspection.errors import ModelCardError, TrainingError, ValidationError
 from inspection.metrics import wilson_interval
 
 
@@ -135,6 +135,20 @@ def test_the_limit_is_configurable_and_can_be_switched_off() -> None:
     assert "warning" not in calibrate(s, d, {"max_overkill": 0.5})[1]
     with pytest.raises(ValidationError, match=r"overkill limit 1\.5: allowed \(0, 1\]"):
         calibrate(s, d, {"max_escape": 0.01}, overkill_limit=1.5)
+
+
+def test_allowed_on_too_few_a_target_needs_only_its_own_kind_of_part() -> None:
+    # An overkill target is placed by good parts alone: an anomaly line of good frames (no defect
+    # in validation) calibrates when told to go on with too few of them.
+    s, d = _scores(5, 0, 30, separation=4)
+    t, ev = calibrate(s, d, {"max_overkill": 0.01}, allow_unsupported=True)
+    assert ev["supported"] is False and "validation has 30" in ev["unsupported_reason"]
+    assert ev["val_escape"]["n"] == 0 and ev["val_overkill"]["n"] == 30 and t > s.max()
+    # None of the target's own kind is refused even when told to go on: nothing places the threshold.
+    with pytest.raises(TrainingError, match="--max-escape 0.01 needs at least 100 defective .* validation has 0"):
+        calibrate(s, d, {"max_escape": 0.01}, allow_unsupported=True)
+    with pytest.raises(TrainingError, match="--max-overkill 0.01 needs at least 100 good .* validation has 0"):
+        calibrate(*_scores(5, 30, 0, separation=4), {"max_overkill": 0.01}, allow_unsupported=True)
 
 
 def test_scores_round_trip_and_malformed_files_are_refused(tmp_path: Path) -> None:

@@ -49,6 +49,10 @@ def test_roi_is_cropped_first_and_a_small_frame_is_refused() -> None:
     assert (to_model_input(frame, spec) == 200).all()
     with pytest.raises(ImageError, match="region of interest"):
         to_model_input(np.zeros((15, 15), np.uint8), spec)
+    # The file is named (training loads thousands of them), with its size and the region.
+    with pytest.raises(ImageError, match=r"^images/good/007\.png \(15x15 px\) does not contain the model's region of "
+                                         r"interest x=30 y=10 width=10 height=10$"):
+        to_model_input(np.zeros((15, 15), np.uint8), spec, source="images/good/007.png")
 
 
 def test_tile_boxes_cover_the_input_edge_to_edge() -> None:

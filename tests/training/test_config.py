@@ -62,6 +62,9 @@ def test_max_overkill_flag_replaces_the_default_escape_target() -> None:
         ({"tiles": "2x17"}, "tiles='2x17'"),
         ({"roi": (0, 0, 0, 0)}, "roi=(0, 0, 0, 0): Value error, x, y >= 0 and width, height > 0 are required"),
         ({"roi": (-5, -5, 10, 10)}, "roi=(-5, -5, 10, 10)"),
+        # The card takes no other name: refused at start, not after the whole run.
+        ({"name": "prüfung"}, "name='prüfung': Value error, a model name takes letters A-Z a-z, digits and _ . -"),
+        ({"name": "x" * 129}, "a model name takes"),
     ],
 )
 def test_invalid_values_name_the_key(overrides: dict, message: str) -> None:
@@ -94,3 +97,16 @@ def test_saved_config_reloads_to_the_same_config(tmp_path: Path) -> None:
     save_config(cfg, tmp_path / "config.yaml")
     again = TrainConfig.model_validate(yaml.safe_load((tmp_path / "config.yaml").read_text()))
     assert again == cfg
+
+
+def test_an_escape_target_given_for_an_anomaly_model_is_refused_naming_the_overkill_target(tmp_path: Path) -> None:
+    # It was silently replaced by max_overkill 0.01; the packaged default escape target still is.
+    with pytest.raises(ConfigError, match=r"--max-escape 0\.05 \(flag or config file\) with --mode anomaly: .* "
+                                          r"give --max-overkill RATE instead"):
+        load_config(None, {"mode": "anomaly", "max_escape": 0.05})
+    line = tmp_path / "line.yaml"
+    line.write_text("max_escape: 0.05\n")
+    with pytest.raises(ConfigError, match="--max-overkill"):
+        load_config(line, {"mode": "anomaly"})
+    assert load_config(line, {"mode": "anomaly", "max_overkill": 0.02}).target == {"max_overkill": 0.02}
+    assert load_config(None, {"mode": "anomaly"}).max_overkill is None  # training.train then sets 0.01

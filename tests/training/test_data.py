@@ -167,3 +167,27 @@ def test_the_frame_survey_counts_colour_frames_and_takes_r_g_b_frames_for_gray(t
     assert survey.colour_example is not None and "/colour-" in survey.colour_example
     again = D.survey_frames(ds, ds.samples, seed=0, depths=depths)  # seeded: the same frames, the same choice
     assert (again.decoded, again.colour, again.colour_example) == (survey.decoded, survey.colour, survey.colour_example)
+
+
+def test_the_frame_survey_reads_the_region_of_interest_alone(tmp_path: Path) -> None:
+    # With --roi the model sees the region alone: a saturated fixture beside it set the 16-bit
+    # levels (0..62990 for a part of ~1000..2000) and a coloured label the channels.
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(12):
+        frame = np.zeros((24, 48, 3), dtype=np.uint16)
+        frame[:, :24] = rng.choice([0, 65535], (24, 24, 3))  # the fixture, outside the region
+        frame[:, 24:] = rng.integers(1000, 2000, (24, 24))[:, :, None]  # the part: gray (R=G=B)
+        ok, buf = cv2.imencode(".png", frame)
+        assert ok
+        items.append((Sample(f"images/good/{i:03d}.png", "good"), buf.tobytes()))
+    ds = write_dataset(tmp_path / "ds", name="ds", classes=["good"], good_class="good", items=items)
+    depths = D.frame_headers(ds).depths
+    whole = D.survey_frames(ds, ds.samples, seed=0, depths=depths)
+    assert whole.colour == whole.decoded and whole.pixel_values is not None and whole.pixel_values.max() == 65535
+    region = D.survey_frames(ds, ds.samples, seed=0, depths=depths, roi=(24, 0, 24, 24))
+    assert region.decoded == 12 and region.colour == 0 and region.colour_example is None
+    assert region.pixel_values is not None and 1000 <= region.pixel_values.min() <= region.pixel_values.max() < 2000
+    with pytest.raises(DatasetError, match=r"images/good/\d+\.png \(48x24 px\) does not contain the model's "
+                                           r"region of interest x=24 y=0 width=32 height=24"):
+        D.survey_frames(ds, ds.samples, seed=0, depths=depths, roi=(24, 0, 32, 24))

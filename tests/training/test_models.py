@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from inspection.errors import TrainingError
-from training.models import Classifier, find_pretrained, get_model, list_models, load_pretrained, register_model
+from training.models import (
+    Classifier,
+    find_pretrained,
+    get_model,
+    list_models,
+    load_pretrained,
+    model_info,
+    register_model,
+)
 
 
 def test_registry_has_a_small_default_and_larger_torchvision_choices() -> None:
@@ -33,6 +41,17 @@ def test_every_model_runs_forward_and_backward_at_a_tiny_size(name: str, channel
     model.eval()
     with torch.no_grad():
         assert model(x).shape == (2, 4)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_takes_inputs_of_its_registered_smallest_side(name: str) -> None:
+    # Training refuses tiles below it (training.train._input_spec): it must be a side the network takes.
+    side = model_info(name).min_side
+    model = get_model(name, num_classes=2)
+    model(torch.zeros(2, 1, side, side)).sum().backward()
+    if name.startswith("linecnn"):
+        with pytest.raises(RuntimeError):  # four 2x2 poolings: 15 px leave nothing
+            model(torch.zeros(2, 1, side - 1, side - 1))
 
 
 @pytest.mark.parametrize("name", ["linecnn", "linecnn_wide"])

@@ -42,6 +42,19 @@ def test_every_open_setting_is_filled_and_explained() -> None:
     assert all(c.reason for c in choices)
 
 
+@pytest.mark.parametrize(("given", "h", "w", "shape"), [
+    (100, 300, 300, (96, 96)), (100, 200, 300, (96, 144)), (120, 300, 200, (192, 128)), (112, 300, 300, (112, 112)),
+])
+def test_an_image_size_off_the_networks_step_is_rounded_to_it_and_says_so(
+        given: int, h: int, w: int, shape: tuple[int, int]) -> None:
+    # 100 on square frames gave a 100x96 input: the long side, a multiple of 16, below the short one.
+    cfg, choices = _resolve(_stats(h=h, w=w), image_size=given)
+    assert tuple(cfg.input_shape) == shape
+    reason = next(c.reason for c in choices if c.setting == "input_shape")
+    rounded = f"image_size {given} given, rounded to {min(shape)} (the networks downsample by 16"
+    assert (rounded in reason) == (given != min(shape))
+
+
 def test_given_settings_are_kept() -> None:
     cfg, choices = _resolve(_stats(), epochs=7, image_size=96, balance="none")
     assert cfg.epochs == 7 and cfg.balance == "none" and min(cfg.input_shape) == 96

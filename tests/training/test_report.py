@@ -99,6 +99,22 @@ def test_text_summary_prints_the_warning_and_the_table(tmp_path: Path) -> None:
     assert len([line for line in text.splitlines() if line.startswith("  0.")]) == 5
 
 
+def test_a_test_split_without_defects_says_the_escape_is_not_measurable(tmp_path: Path) -> None:
+    # An anomaly line of good frames alone: its overkill target calibrates without a defect, and
+    # the report and summary printed "ROC AUC defect vs good nan".
+    labels, probs = _split(2, 0, 40, 4.0)
+    threshold, evidence = calibrate(probs[:, 1], labels == 1, {"max_overkill": 0.05})
+    evidence["target"] = {"max_overkill": 0.05}
+    metrics = _test_metrics(labels, probs, threshold)
+    text = text_summary(metrics, "good", evidence)
+    assert "escape rate   not measurable (no defective image)" in text
+    assert "ROC AUC defect vs good not measurable (needs defective and good images)" in text and "nan" not in text
+    write_report(tmp_path, title="line v1", classes=CLASSES, good_class="good", y_true=labels, probs=probs,
+                 threshold=threshold, test_metrics=metrics, calibration=evidence, history=[])
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<td>not measurable (no defective image)</td>" in page and ">nan<" not in page
+
+
 def test_escape_overkill_curve_is_the_roc_read_by_the_line() -> None:
     labels, probs = _split(2, 50, 80, 3)
     escape, overkill, thresholds = escape_overkill_curve(labels == 1, probs[:, 1])

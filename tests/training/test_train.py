@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from inspection.card import load_card, verify_files
@@ -16,10 +17,11 @@ from inspection.cli import main as cli
 from inspection.errors import ConfigError, DatasetError, TrainingError
 from inspection.metrics import auroc_standard_error
 from inspection.preprocess import prepare_frame
-from inspection.registry import ModelRegistry
+from inspection.registry import NAME_PATTERN, ModelRegistry
 from tests.training.conftest import make_dataset
 from training import engine
 from training.config import load_config
+from training.train import _check_resume, _validate_inputs
 from training.train import main as train_main
 
 FAST = {
@@ -303,6 +305,25 @@ def test_label_outside_the_class_list_is_refused(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(("folder", "expected"), [("prüfung", "prufung"), ("Straße 2", "Stra-e-2"), ("部品", "model")])
+def test_the_default_name_is_one_the_card_accepts(tmp_path: Path, folder: str, expected: str) -> None:
+    # str.isalnum() passed 'ü': the card refused the name only after training, calibration and export.
+    ds = make_dataset(tmp_path / folder, counts={"good": 6, "scratch": 4, "spot": 4})
+    _, name = _validate_inputs(load_config(None, {**FAST, "data": ds.root}))
+    assert name == expected and NAME_PATTERN.match(name)
+
+
+def test_a_dataset_whose_files_no_longer_give_its_fingerprint_is_refused(tmp_path: Path) -> None:
+    # `dataset info` calls this an error to fix before training; the card carried the stale fingerprint.
+    ds = make_dataset(tmp_path / "d", counts={"good": 20, "scratch": 10, "spot": 10})
+    labels = ds.root / "labels.csv"
+    labels.write_text(labels.read_text().replace(",scratch,", ",spot,", 1))
+    stale = ds.fingerprint[:12]
+    _expect_refusal(tmp_path, ds.root, DatasetError,
+                    rf"its images and labels give fingerprint [0-9a-f]{{12}}…, its manifest says {stale}…",
+                    max_escape=0.5)
+
+
 def test_unknown_architecture_is_refused(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
     _expect_refusal(
@@ -323,6 +344,33 @@ def test_unsupported_target_is_refused_before_training(tmp_path: Path) -> None:
         r"--max-escape 0.01 needs at least 100 defective images .* validation has 4",
         max_escape=0.01,
     )
+
+
+def test_a_target_with_none_of_its_parts_in_validation_is_refused_even_when_allowed(tmp_path: Path) -> None:
+    # --allow-unsupported-target is for too few: with no validation defect the run trained every
+    # epoch and then failed at calibration. (Two scratches make fewer than 3 units: all in train.)
+    ds = make_dataset(tmp_path / "d", classes=("good", "scratch"), counts={"good": 24, "scratch": 2})
+    _expect_refusal(tmp_path, ds.root, TrainingError,
+                    r"validation has 0\. .*--allow-unsupported-target cannot help: validation holds no defective image "
+                    r"to place the threshold by \(--max-overkill needs good images alone\)",
+                    allow_unsupported_target=True)
+
+
+def test_tiles_smaller_than_the_network_takes_are_refused_naming_the_grid_that_fits(tmp_path: Path) -> None:
+    # 6x6 tiles of a 32 px input are 7 px a side: linecnn's four poolings failed in epoch 1.
+    ds = make_dataset(tmp_path / "d", counts={"good": 20, "scratch": 10, "spot": 10})
+    _expect_refusal(tmp_path, ds.root, ConfigError,
+                    r"--tiles 6x6 cuts the 32x32 input into tiles of 7x7 px; linecnn takes at least 16 px a side: "
+                    r"give at most --tiles 2x2 at this input, or a larger --image-size", tiles="6x6")
+
+
+def test_frames_smaller_than_the_region_of_interest_are_refused_at_start_naming_one(tmp_path: Path) -> None:
+    # The headers give every frame's size: it was found only when the images loaded, after the
+    # start-up probe, and the message did not name the file.
+    ds = make_dataset(tmp_path / "d", counts={"good": 20, "scratch": 10, "spot": 10})
+    _expect_refusal(tmp_path, ds.root, DatasetError,
+                    r"images/good/000\.png \(32x32 px\) does not contain the region of interest --roi 8,0,32,32 "
+                    r"\(40 of 40 frames are smaller\)", roi=(8, 0, 32, 32))
 
 
 def test_per_class_threshold_for_the_good_class_is_refused(tmp_path: Path) -> None:
@@ -499,3 +547,26 @@ def test_fp16_on_a_cpu_is_refused_naming_the_alternatives(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="fp16 is for CUDA; on a CPU use bf16 or fp32"):
         train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "m", "precision": "fp16"}))
     assert _leftovers(tmp_path / "m") == []
+
+
+def test_resume_refuses_given_settings_that_differ_from_the_checkpoints(tmp_path: Path) -> None:
+    # They were dropped without a word: the run went on with the checkpoint's data, arch and epochs.
+    ds = make_dataset(tmp_path / "d", counts={"good": 6, "scratch": 4, "spot": 4})
+    first = load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "m"})
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"config": first.to_yaml_dict()}, checkpoint)
+    named = (r"given otherwise: arch 'tinyres' \(checkpoint: 'linecnn'\); augment.shift_px 4 \(checkpoint: 0\); "
+             r"epochs 5 \(checkpoint: 2\)\. Leave them out \(only progress, threads, nproc")
+    with pytest.raises(ConfigError, match=named):
+        train_main(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "m", "resume": checkpoint,
+                                      "arch": "tinyres", "epochs": 5, "augment": {"shift_px": 4}, "threads": 2}))
+    # The same values again (the original command line with --resume added) are no conflict.
+    _check_resume(load_config(None, {**FAST, "data": ds.root, "models_dir": tmp_path / "m", "resume": checkpoint}),
+                  first)
+
+
+def test_anomaly_modes_default_target_is_logged_as_one_percent(caplog: pytest.LogCaptureFixture) -> None:
+    # Logged without arguments, "%%" reached the log as it was written.
+    with caplog.at_level("INFO", logger="training.train"), pytest.raises(ConfigError, match="no dataset given"):
+        train_main(load_config(None, {"mode": "anomaly", "progress": False}))
+    assert "for overkill <= 1% (--max-overkill to change)" in caplog.text and "%%" not in caplog.text
