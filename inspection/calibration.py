@@ -147,21 +147,29 @@ def allowed_misses(rate: float, n: int) -> int:
     return max(0, math.floor(rate * (n + 1) + 1e-9) - 1)
 
 
-def threshold_for(scores: np.ndarray, is_defect: np.ndarray, kind: str, rate: float) -> float:
-    """The threshold meeting ``{kind: rate}`` on the line's next parts (see the module docstring)."""
+def threshold_for(scores: np.ndarray, is_defect: np.ndarray, kind: str, rate: float,
+                  forced: np.ndarray | None = None) -> float:
+    """The threshold meeting ``{kind: rate}`` on the line's next parts (see the module docstring).
+
+    ``forced``: parts rejected whatever the threshold (a per-class threshold reached): a forced
+    defect never escapes, a forced good part is overkill the threshold cannot take back.
+    """
     s = np.asarray(scores, dtype=np.float64)
     d = np.asarray(is_defect, dtype=bool)
+    f = np.zeros_like(d) if forced is None else np.asarray(forced, dtype=bool)
     if kind == "max_escape":
-        defect_scores = np.sort(s[d])
-        n_def = defect_scores.size
-        k = allowed_misses(rate, n_def)
-        threshold = float(defect_scores[k]) if k < n_def else 1.0
+        k = allowed_misses(rate, int(d.sum()))
+        defect_scores = np.sort(s[d & ~f])  # only these can escape
+        threshold = float(defect_scores[k]) if k < defect_scores.size else 1.0
     else:
-        good_scores = np.sort(s[~d])[::-1]
-        n_good = good_scores.size
-        k = allowed_misses(rate, n_good)
+        # What the budget leaves once the forced good parts are counted: none left, reject nothing more.
+        k = allowed_misses(rate, int((~d).sum())) - int((~d & f).sum())
+        good_scores = np.sort(s[~d & ~f])[::-1]
         # reject when s >= t: the lowest t above the (k+1)-th highest good score.
-        threshold = float(np.nextafter(good_scores[k], np.inf)) if k < n_good else 0.0
+        if k < 0:
+            threshold = 1.0
+        else:
+            threshold = float(np.nextafter(good_scores[k], np.inf)) if k < good_scores.size else 0.0
     return min(max(threshold, 0.0), 1.0)
 
 
@@ -269,15 +277,20 @@ def calibrate(
     overkill_limit: float | None = DEFAULT_OVERKILL_LIMIT,
     model_id: str = "NAME/VERSION",
     escapes: Sequence[float] = TRADEOFF_ESCAPES,
+    forced: np.ndarray | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """Threshold on P(defect) meeting ``target`` on validation, and the calibration evidence.
+
+    ``forced``: the parts the card's per-class thresholds reject whatever the threshold (see
+    ``threshold_for``); the evidence's escape and overkill are those of the whole rule. (The
+    trade-off table's rows are P(defect) alone.)
 
     The evidence always holds the trade-off table (``tradeoff``, see ``tradeoff_table``); with
     a ``max_escape`` target whose validation overkill exceeds ``overkill_limit`` it also holds
     ``warning``, a sentence naming the target, the overkill with its CI, the limit and the
     command that moves the operating point (``model_id`` fills it in). ``overkill_limit=None``
-    never warns. A ``max_overkill`` target is never warned about: the engineer chose the
-    overkill.
+    never warns. A ``max_overkill`` target is warned about only where no threshold meets it
+    (good parts rejected at any threshold); otherwise the engineer chose the overkill.
 
     Raises:
         TrainingError: the validation split cannot support the target (see ``check_supported``)
@@ -300,13 +313,20 @@ def calibrate(
         if not allow_unsupported or (n_def if kind == "max_escape" else n_good) == 0:
             raise
         unsupported = str(exc)
-    threshold = threshold_for(s, d, kind, rate)
-    rates = escape_overkill(d, s >= threshold)
+    f = np.zeros_like(d) if forced is None else np.asarray(forced, dtype=bool)
+    threshold = threshold_for(s, d, kind, rate, f)
+    rates = escape_overkill(d, (s >= threshold) | f)
     table = tradeoff_table(s, d, escapes=escapes)
     overkill = rates["overkill"]
     warning = ""
     if kind == "max_escape" and overkill_limit is not None and overkill.n and overkill.rate > overkill_limit:
         warning = _overkill_warning(rate, overkill, overkill_limit, table, model_id)
+    if kind == "max_overkill" and overkill.k > allowed_misses(rate, n_good):
+        # The rule rejects more good parts than the target allows at any threshold: good parts the
+        # per-class thresholds take, or scores at 1.0 that no threshold below 1 spares.
+        warning = (f"target overkill {_pct(rate)} cannot be met: {overkill.k} of {n_good} good validation parts "
+                   f"are rejected at any threshold (per-class thresholds, or P(defect) = 1); "
+                   f"lower the per-class thresholds or improve the model")
     evidence = {
         "supported": not unsupported,
         **({"unsupported_reason": unsupported} if unsupported else {}),

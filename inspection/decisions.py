@@ -37,16 +37,21 @@ def rule_defect_scores(probs: np.ndarray, classes: list[str], good_class: str | 
     return 1.0 - probs[:, classes.index(good_class)]
 
 
+def per_class_mask(probs: np.ndarray, classes: list[str], per_class: dict[str, float]) -> np.ndarray:
+    """True where a per-class threshold is reached: rejected whatever the threshold on P(defect)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    mask = np.zeros(probs.shape[0], dtype=bool)
+    for cls, ct in per_class.items():
+        mask |= probs[:, classes.index(cls)] >= ct
+    return mask
+
+
 def rule_reject_mask(
     probs: np.ndarray, classes: list[str], good_class: str | None, threshold: float, per_class: dict[str, float]
 ) -> np.ndarray:
     """The reject rule on a batch, from its parts (training applies it before a card exists):
     True where P(defect) >= ``threshold`` or a per-class threshold is reached."""
-    probs = np.asarray(probs, dtype=np.float64)
-    mask = rule_defect_scores(probs, classes, good_class) >= threshold
-    for cls, ct in per_class.items():
-        mask |= probs[:, classes.index(cls)] >= ct
-    return mask
+    return (rule_defect_scores(probs, classes, good_class) >= threshold) | per_class_mask(probs, classes, per_class)
 
 
 def defect_scores(probs: np.ndarray, card: ModelCard) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 
 from inspection import calibration as C
 from inspection.card import CARD_FILENAME, ModelCard, hash_files, load_card, save_card, sha256_file, utc_now
-from inspection.decisions import defect_scores, reject_mask
+from inspection.decisions import defect_scores, per_class_mask, reject_mask
 from inspection.errors import ModelCardError, ModelIntegrityError, RegistryError, ValidationError
 from inspection.golden import check_golden
 from inspection.metrics import escape_overkill
@@ -84,7 +84,8 @@ def set_threshold(
     new_version = registry.next_version(name)
     new_id = f"{name}/{new_version}"
     threshold, evidence = C.calibrate(defect_scores(scores.val_probs, card), val_defect, {kind: rate},
-                                      overkill_limit=overkill_limit, model_id=new_id)
+                                      overkill_limit=overkill_limit, model_id=new_id,
+                                      forced=per_class_mask(scores.val_probs, card.classes, card.thresholds.per_class))
     not_carried = sorted(f for f in card.files if f.endswith(_REPORT_SUFFIXES))
     lineage = {
         "recalibrated_from": source.model_id,

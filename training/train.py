@@ -36,6 +36,7 @@ from inspection.card import (
 )
 from inspection.dataset.layout import Dataset, Sample, compute_fingerprint, read_dataset
 from inspection.dataset.split import split_dataset
+from inspection.decisions import per_class_mask, rule_defect_scores
 from inspection.errors import ConfigError, DatasetError, TrainingError
 from inspection.preprocess import tile_boxes
 from inspection.registry import ModelRegistry
@@ -610,13 +611,18 @@ def _operating_point(
             "note": "no good class: every frame of this line is a defect; the threshold does not apply",
         }
         return 0.5, evidence, {}
+    classes = run.ds.classes
     threshold, evidence = cal.calibrate(
-        1.0 - val_probs[:, gi],
+        # float64, as the reject rule computes P(defect) (inspection.decisions): from float32
+        # probabilities 1 - p rounds differently, and a defect scored exactly at the threshold
+        # passed the card's rule though calibration had counted it rejected.
+        rule_defect_scores(val_probs, classes, classes[gi]),
         val.labels != gi,
         cfg.target,
         allow_unsupported=cfg.allow_unsupported_target,
         overkill_limit=cfg.overkill_limit,
         model_id=f"{run.name}/{run.version}",
+        forced=per_class_mask(val_probs, classes, cfg.per_class_thresholds),
     )
     evidence["target"] = cfg.target
     if evidence.get("warning"):
@@ -718,7 +724,8 @@ def _main(cfg: TrainConfig, ranks: distributed.Ranks) -> TrainResult | None:
                                  units=run.test_units(test.samples))
     if run.good_index is not None and evidence.get("tradeoff"):
         gi = run.good_index
-        test_metrics["tradeoff"] = cal.tradeoff_at(evidence["tradeoff"], 1.0 - test_probs[:, gi], test.labels != gi)
+        test_metrics["tradeoff"] = cal.tradeoff_at(evidence["tradeoff"], 1.0 - test_probs[:, gi].astype(np.float64),
+                                                   test.labels != gi)
     card = export_version(
         run,
         model,

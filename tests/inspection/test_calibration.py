@@ -151,6 +151,32 @@ def test_allowed_on_too_few_a_target_needs_only_its_own_kind_of_part() -> None:
         calibrate(*_scores(5, 30, 0, separation=4), {"max_overkill": 0.01}, allow_unsupported=True)
 
 
+@pytest.mark.parametrize("kind", ["max_escape", "max_overkill"])
+def test_parts_a_per_class_threshold_rejects_count_in_the_evidence_and_the_budget(kind: str) -> None:
+    # Per-class thresholds reject some parts whatever the threshold on P(defect): a good part they
+    # take is overkill, a defect they take never escapes. The evidence used to count P(defect) alone.
+    s, d = _scores(3, 200, 200, separation=3)
+    forced = np.random.default_rng(4).random(400) < 0.04
+    t, ev = calibrate(s, d, {kind: 0.05}, forced=forced)
+    rejected = (s >= t) | forced
+    assert ev["val_overkill"]["k"] == int((rejected & ~d).sum())
+    assert ev["val_escape"]["k"] == int((~rejected & d).sum())
+    if kind == "max_overkill":
+        assert int((rejected & ~d).sum()) <= allowed_misses(0.05, 200)  # the budget holds with them
+    else:
+        assert int((~rejected & d).sum()) == allowed_misses(0.05, 200)  # the highest threshold that holds
+    t_free, _ = calibrate(s, d, {kind: 0.05})
+    assert t >= t_free  # forced defects leave fewer that can escape; forced good parts spend the budget
+
+
+def test_an_overkill_target_no_threshold_can_meet_is_said() -> None:
+    # Good parts at P(defect) = 1 are rejected by every threshold up to 1: the target cannot hold.
+    s, d = _scores(5, 50, 200, separation=4)
+    s[np.flatnonzero(~d)[:5]] = 1.0
+    _, ev = calibrate(s, d, {"max_overkill": 0.01})
+    assert ev["val_overkill"]["k"] == 5 and "cannot be met" in ev["warning"]
+
+
 def test_scores_round_trip_and_malformed_files_are_refused(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     val = rng.dirichlet(np.ones(3), 20)

@@ -65,3 +65,29 @@ def test_allow_unsupported_calibrates_but_records_it() -> None:
     t, ev = calibrate(s, d, {"max_escape": 0.01}, allow_unsupported=True)
     assert ev["supported"] is False and "validation has 30" in ev["unsupported_reason"]
     assert np.sum(d & (s < t)) == 0  # floor(0.01 * 30) = 0 escapes allowed on validation
+
+
+@pytest.mark.parametrize("kind", ["max_escape", "max_overkill"])
+def test_training_places_the_threshold_on_the_scores_the_cards_rule_computes(kind: str) -> None:
+    # The network's probabilities are float32; the reject rule computes P(defect) = 1 - P(good)
+    # in float64 (inspection.decisions). Calibrated on 1 - p in float32, the part at the threshold
+    # fell on the other side of the card's rule a quarter of the time: the evidence said one part
+    # fewer than the card then let through (or rejected).
+    from types import SimpleNamespace
+
+    from inspection.decisions import rule_reject_mask
+    from training.train import _operating_point
+
+    classes = ["good", "scratch"]
+    cfg = SimpleNamespace(target={kind: 0.05}, allow_unsupported_target=False, overkill_limit=None,
+                          per_class_thresholds={})
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        labels = np.r_[np.ones(40, np.int64), np.zeros(40, np.int64)]
+        p_good = np.where(labels == 1, rng.beta(2, 5, 80), rng.beta(5, 2, 80)).astype(np.float32)
+        probs = np.stack([p_good, 1 - p_good], axis=1).astype(np.float32)
+        run = SimpleNamespace(cfg=cfg, good_index=0, ds=SimpleNamespace(classes=classes), name="m", version="v1")
+        threshold, evidence, _ = _operating_point(run, probs, SimpleNamespace(labels=labels))  # type: ignore[arg-type]
+        rejected = rule_reject_mask(probs, classes, "good", threshold, {})
+        assert evidence["val_escape"]["k"] == int((labels == 1)[~rejected].sum()), seed
+        assert evidence["val_overkill"]["k"] == int((labels == 0)[rejected].sum()), seed
