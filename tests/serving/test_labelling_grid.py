@@ -109,9 +109,10 @@ def test_grid_labels_are_undone_by_u_and_ctrl_z_key_press_by_key_press(
     expect(tiles).to_have_count(5)
     ids = [tiles.nth(i).get_attribute("data-frame-id") for i in range(5)]
     page.keyboard.press("a")
+    expect(page.locator(".tile.selected")).to_have_count(5)  # as the grid test above: selected, then labelled
     page.keyboard.press("2")  # a slip: scratch on all five
+    expect(page.get_by_test_id("status")).to_have_text("5 frame(s) labelled scratch")  # (or the error, if not)
     expect(page.locator(".tile.done")).to_have_count(5)
-    expect(page.get_by_test_id("status")).to_have_text("5 frame(s) labelled scratch")
     # u undoes that key press, all five, and gives the tiles back as they were (still selected)
     page.keyboard.press("u")
     expect(page.get_by_test_id("status")).to_have_text("undone: 5 frames labelled scratch")
