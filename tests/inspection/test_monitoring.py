@@ -135,6 +135,23 @@ def test_psi_and_ks_separate_same_from_shifted() -> None:
         psi(dist, np.array([]))
 
 
+def test_ks_reads_a_statistic_that_repeats_as_its_raw_two_sample_test_does() -> None:
+    # ``saturated`` is exactly 0 on most frames: 70% zeros here. A window drawn like the reference
+    # read d = 0.7 (p ~ 1e-196), so the "PSI and KS must agree" guard rested on PSI alone.
+    rng = np.random.default_rng(1)
+
+    def draw(n: int, nonzero: float) -> np.ndarray:
+        return np.where(rng.random(n) < nonzero, rng.uniform(0, 0.02, n), 0.0)
+
+    dist = Distribution.from_sample(draw(5000, 0.3))
+    d, p = ks(dist, draw(500, 0.3))
+    assert d < 0.08 and p > 0.05
+    d, p = ks(dist, draw(500, 0.6))  # twice as many non-zero: the jump at 0 moves by 0.3
+    assert 0.2 < d < 0.4 and p < 1e-6
+    constant = Distribution.from_sample(np.full(1000, 3.0))
+    assert ks(constant, np.full(200, 3.0)) == (0.0, 1.0)
+
+
 def test_gate_rejects_black_overexposed_blurred_and_wrong_camera_frames(ref: MonitoringReference) -> None:
     gate = QualityGate(ref)
     rng = np.random.default_rng(3)
