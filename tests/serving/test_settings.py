@@ -40,6 +40,18 @@ api_keys:
     assert "sha256" not in json.dumps(settings.redacted())
 
 
+def test_a_database_password_in_the_query_string_is_hidden_too() -> None:
+    # libpq and psycopg take the password as ?password=... as well as in user:password@.
+    from serving.settings import ServeSettings
+
+    settings = ServeSettings(demo=True, stations={"s": {"cameras": ["c"]}},
+                             log_url="postgresql+psycopg://inspector@db/log?password=S3cret&sslmode=require",
+                             registry={"url": "postgresql+psycopg://reg:R3g@central/models?sslpassword=K3y"})
+    shown = json.dumps(settings.redacted())
+    assert "S3cret" not in shown and "R3g" not in shown and "K3y" not in shown
+    assert "sslmode=require" in shown
+
+
 def test_json_file_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "serve.json"
     path.write_text(json.dumps({"stations": {"s": {"cameras": ["c"]}}, "api_keys": [KEY]}), encoding="utf-8")
