@@ -101,6 +101,11 @@ class Part:
         return [c for c in self.cameras if c not in self.views]
 
     @property
+    def settled(self) -> bool:
+        """Decided, or being decided: a view now would be late."""
+        return self.decided.is_set() or self._finalizing
+
+    @property
     def complete(self) -> bool:
         """Every camera reported and no frame of the part is still on its way."""
         return not self.missing and not self.in_flight
@@ -181,7 +186,7 @@ class PartTracker:
         """Count a frame of the part as on its way (its deadline starts if it is new): the part is
         not decided before this frame's view is reported (``add_view``) or given up (``release``)."""
         part = self.touch(station, part_id)
-        counted = not (part.decided.is_set() or part._finalizing)
+        counted = not part.settled
         if counted:
             part.in_flight.append(camera)
         return ViewTicket(part, camera, counted)
@@ -193,13 +198,13 @@ class PartTracker:
             return
         ticket.close()
         part = ticket.part
-        if part.complete and not (part.decided.is_set() or part._finalizing):
+        if part.complete and not part.settled:
             self._spawn(part, None)
 
     def is_late(self, station: str, part_id: str) -> bool:
         """True when the part was already decided (a view now would be late)."""
         part = self._parts.get((station, part_id))
-        return part is not None and (part.decided.is_set() or part._finalizing)
+        return part is not None and part.settled
 
     async def add_view(self, station: str, part_id: str, view: View, ticket: ViewTicket | None = None) -> Part:
         """Record a view (of the frame ``ticket`` counted, if any); when it was the last one the part
@@ -207,7 +212,7 @@ class PartTracker:
         if ticket is not None:
             ticket.close()
         part = self.touch(station, part_id)
-        if part.decided.is_set() or part._finalizing:
+        if part.settled:
             log.warning("late view %s of part %s/%s (already %s)", view.camera, station, part_id, part.decision)
             return part
         part.views.setdefault(view.camera, []).append(view)
@@ -225,7 +230,7 @@ class PartTracker:
         task.add_done_callback(self._tasks.discard)
 
     def _on_deadline(self, part: Part) -> None:
-        if part.decided.is_set() or part._finalizing:
+        if part.settled:
             return
         deadline = self._settings.stations[part.station].part_deadline_ms
         why = [f"no frame from camera(s) {', '.join(part.missing)} within {deadline:g} ms"] if part.missing else []
@@ -300,7 +305,7 @@ class PartTracker:
     async def close(self) -> None:
         """Decide every open part now (fail-safe) so nothing is left unlogged at shutdown."""
         for part in list(self._parts.values()):
-            if not part.decided.is_set() and not part._finalizing:
+            if not part.settled:
                 self._spawn(part, "missing_view: server shut down before all views arrived")
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -410,8 +410,7 @@ class InspectionService:
         if record is not None:
             self.bus.publish(DecisionEvent("part", record))
         self.metrics.child(self.metrics.part_decisions, part.station, part.decision or "reject").inc()
-        missing = bool(part.failsafe_reason) and any(r.startswith("missing_view")
-                                                     for r in (part.failsafe_reason or "").split("; "))
+        missing = any(r.startswith("missing_view") for r in (part.failsafe_reason or "").split("; "))
         self.line.part(part.station, part.decision or "reject", failsafe=bool(part.failsafe_reason),
                        missing_views=max(len(part.missing), 1) if missing else 0)
         if missing:
